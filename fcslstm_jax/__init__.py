@@ -1,0 +1,6 @@
+"""fcslstm-jax: Fully Convolutional Structured LSTM networks (Gao et al., ISBI 2018) in JAX/Flax.
+
+Arrays are channels-last throughout: images ``[batch, time, H, W, C]``, labels ``[batch, time, H, W]``.
+"""
+
+__version__ = "0.1.0"
