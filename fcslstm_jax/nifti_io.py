@@ -100,8 +100,12 @@ def _check_size(img, shape, path, max_bytes):
   nbytes = int(np.prod(shape, dtype=np.int64)) * itemsize
   if nbytes > max_bytes:
     raise DataError(
-        f"{path}: header shape {shape} would need {nbytes / 2**20:.0f} MiB, over the "
-        f"{max_bytes / 2**20:.0f} MiB limit. Crop or downsample the volume, or raise max_bytes.")
+        f"{path}: header shape {shape} would need {_size(nbytes)}, over the {_size(max_bytes)} "
+        "limit. Crop or downsample the volume, or raise max_bytes.")
+
+
+def _size(nbytes):
+  return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes} bytes"
 
 
 def _check_affine(affine, path):

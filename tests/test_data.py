@@ -1,0 +1,333 @@
+"""data: BIDS-like longitudinal loading, ordering, masks, protocol splits and errors."""
+
+import gzip
+import pathlib
+
+import nibabel as nib
+from nibabel import orientations
+import numpy as np
+import pytest
+
+from fcslstm_jax import data
+from fcslstm_jax import protocol as protocol_lib
+from fcslstm_jax.errors import DataError
+
+SHAPE = (8, 9, 6)  # canonical [X, Y, Z]
+AFFINE = np.array([[1.2, 0, 0, -5.0], [0, 1.0, 0, -4.0], [0, 0, 2.0, -6.0], [0, 0, 0, 1]])
+LABELED_Z = (2, 3)
+TINY = protocol_lib.Protocol(name="tiny", num_timepoints=3, ages=(0.0, 6.0, 12.0),
+                             train_timepoints=(0, 2), test_timepoints=(1,))
+
+
+def write(path, canonical, codes="RAS", dtype=None, affine=AFFINE):
+  """Writes a canonical [X, Y, Z] array as a file stored in orientation ``codes``."""
+  transform = orientations.ornt_transform(orientations.axcodes2ornt("RAS"),
+                                          orientations.axcodes2ornt(codes))
+  stored = orientations.apply_orientation(canonical, transform)
+  stored_affine = affine @ orientations.inv_ornt_aff(transform, canonical.shape)
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  nib.save(nib.Nifti1Image(stored.astype(dtype or canonical.dtype), stored_affine), str(path))
+  return path
+
+
+def canonical_image(seed):
+  """A head-like volume: noisy background, brighter block with structure."""
+  rng = np.random.default_rng(seed)
+  img = rng.uniform(0, 20, size=SHAPE)
+  img[1:-1, 1:-1, :] += rng.uniform(300, 1000, size=(SHAPE[0] - 2, SHAPE[1] - 2, SHAPE[2]))
+  return img.astype(np.float32)
+
+
+def canonical_labels(seed):
+  rng = np.random.default_rng(seed)
+  labels = np.zeros(SHAPE, np.int16)
+  for z in LABELED_Z:
+    labels[:, :, z] = rng.integers(0, 4, size=SHAPE[:2])
+    labels[3, 3, z] = 2  # never an all-background slice
+  return labels
+
+
+def make_dataset(root, subjects=("01",), sessions=(("00mo", 0), ("06mo", 6), ("12mo", 12)),
+                 codes="RAS", suffix=".nii.gz", dtype=np.int16, tsv=False, labels=True,
+                 modalities=("T1w", "T2w")):
+  """Writes a small dataset; returns {(sub, ses): (canonical images dict, labels)}."""
+  root = pathlib.Path(root)
+  truth = {}
+  for i, sub in enumerate(subjects):
+    for j, (ses, age) in enumerate(sessions):
+      anat = root / f"sub-{sub}" / f"ses-{ses}" / "anat"
+      images = {}
+      for k, mod in enumerate(modalities):
+        images[mod] = canonical_image([i, j, k])
+        write(anat / f"sub-{sub}_ses-{ses}_{mod}{suffix}", images[mod], codes, dtype)
+      lab = canonical_labels([i, j]) if labels else None
+      if labels:
+        write(root / "derivatives" / "manual" / f"sub-{sub}" / f"ses-{ses}" / "anat" /
+              f"sub-{sub}_ses-{ses}_dseg{suffix}", lab, codes, np.uint8)
+      truth[sub, ses] = (images, lab)
+    if tsv:
+      rows = "".join(f"ses-{ses}\t{age}\n" for ses, age in sessions)
+      (root / f"sub-{sub}" / f"sub-{sub}_sessions.tsv").write_text("session_id\tage\n" + rows)
+  return truth
+
+
+@pytest.mark.parametrize("codes,suffix,dtype", [("RAS", ".nii", np.float32),
+                                                ("LAS", ".nii.gz", np.int16),
+                                                ("PIR", ".nii.gz", np.float32)])
+def test_loader_returns_reoriented_arrays(tmp_path, codes, suffix, dtype):
+  truth = make_dataset(tmp_path, codes=codes, suffix=suffix, dtype=dtype)
+  (subject,) = data.load_dataset(tmp_path)
+  assert subject.subject_id == "01"
+  assert [s.label for s in subject.sessions] == ["00mo", "06mo", "12mo"]
+  for session in subject.sessions:
+    images, labels = truth["01", session.label]
+    assert session.image.shape == SHAPE + (2,)
+    assert session.image.dtype == np.float32
+    np.testing.assert_allclose(session.affine, AFFINE, atol=1e-4)
+    np.testing.assert_array_equal(session.labels, labels)
+    for c, mod in enumerate(("T1w", "T2w")):
+      expected = data.normalize_intensity(images[mod].astype(dtype))
+      np.testing.assert_allclose(session.image[..., c], expected, atol=1e-6)
+    assert session.paths["T1w"].endswith(f"_T1w{suffix}")
+
+
+def test_sessions_ordered_by_number_in_label(tmp_path):
+  make_dataset(tmp_path, sessions=(("12mo", 12), ("3mo", 3), ("6mo", 6)))
+  (subject,) = data.load_dataset(tmp_path)
+  assert [s.label for s in subject.sessions] == ["3mo", "6mo", "12mo"]  # not "12mo" first
+  assert [s.age for s in subject.sessions] == [3, 6, 12]
+
+
+def test_sessions_ordered_by_tsv_age(tmp_path):
+  make_dataset(tmp_path, sessions=(("a", 9), ("b", 1), ("c", 5)), tsv=True)
+  (subject,) = data.load_dataset(tmp_path)
+  assert [s.label for s in subject.sessions] == ["b", "c", "a"]
+
+
+def test_modalities_are_configurable(tmp_path):
+  truth = make_dataset(tmp_path)
+  (subject,) = data.load_dataset(tmp_path, modalities=("T2w",))
+  assert subject.sessions[0].image.shape == SHAPE + (1,)
+  np.testing.assert_allclose(subject.sessions[0].image[..., 0],
+                             data.normalize_intensity(truth["01", "00mo"][0]["T2w"].astype(np.int16)),
+                             atol=1e-6)
+
+
+def test_normalize_intensity_maps_head_percentiles_to_unit_range():
+  vol = canonical_image(0) * 3.7 + 100  # gain and offset must not matter
+  out = data.normalize_intensity(vol)
+  assert out.min() == 0.0 and out.max() == 1.0
+  np.testing.assert_allclose(out, data.normalize_intensity(canonical_image(0)), atol=1e-5)
+  head = out[1:-1, 1:-1, :]
+  assert 0.3 < np.median(head) < 0.7  # background did not drag the percentiles down
+  assert np.all(out[0] < 0.05)
+
+
+def test_missing_session_is_invalid_and_zero(tmp_path):
+  make_dataset(tmp_path, sessions=(("00mo", 0), ("12mo", 12)))
+  subjects = data.load_dataset(tmp_path)
+  np.testing.assert_array_equal(data.valid_timepoints(subjects[0], TINY), [True, False, True])
+  for split in ("train", "test", "all"):
+    s = data.make_sequences(subjects, TINY, split)
+    assert np.all(s.valid == [True, False, True])
+    assert np.all(s.images[:, 1] == 0) and np.all(s.label_mask[:, 1] == 0)
+    assert np.any(s.images[:, 0] != 0)
+
+
+def test_train_split_hides_test_labels(tmp_path):
+  truth = make_dataset(tmp_path)
+  subjects = data.load_dataset(tmp_path)
+  train = data.make_sequences(subjects, TINY, "train")
+  test = data.make_sequences(subjects, TINY, "test")
+  z = LABELED_Z[1]  # 'center' of the labeled slab (2, 3)
+  for s in (train, test):
+    assert s.images.shape == (1, 3) + SHAPE[:2] + (2,)
+    assert s.labels.dtype == np.int32 and s.label_mask.dtype == np.float32
+    np.testing.assert_array_equal(s.slice_index, [z])
+    assert s.subject_ids == ("01",)
+  np.testing.assert_array_equal(train.label_mask[0].any(axis=(1, 2)), [True, False, True])
+  np.testing.assert_array_equal(test.label_mask[0].any(axis=(1, 2)), [False, True, False])
+  assert np.all(train.labels[:, 1] == 0)  # held-out labels are not even in the array
+  np.testing.assert_array_equal(test.labels[0, 1], truth["01", "06mo"][1][:, :, z])
+  np.testing.assert_array_equal(train.labels[0, 2], truth["01", "12mo"][1][:, :, z])
+  np.testing.assert_allclose(train.images, test.images)  # all time points are inputs
+
+
+def test_only_labeled_slices_count(tmp_path):
+  make_dataset(tmp_path)
+  subjects = data.load_dataset(tmp_path)
+  protocol = protocol_lib.Protocol(name="x", num_timepoints=3, ages=(0.0, 6.0, 12.0),
+                                   train_timepoints=(0, 1, 2), slice_selection=(0, 2))
+  s = data.make_sequences(subjects, protocol, "train")
+  np.testing.assert_array_equal(s.slice_index, [0, 2])
+  assert not s.label_mask[0].any()  # slice 0 has no labels
+  assert s.label_mask[1].all()  # slice 2 is labeled everywhere (background included)
+
+
+def test_all_split_covers_every_slice_and_labeled_voxel(tmp_path):
+  make_dataset(tmp_path, subjects=("01", "02"))
+  subjects = data.load_dataset(tmp_path)
+  s = data.make_sequences(subjects, TINY, "all")
+  assert len(s) == 2 * SHAPE[2]
+  assert s.subject_ids == ("01",) * SHAPE[2] + ("02",) * SHAPE[2]
+  np.testing.assert_array_equal(s.slice_index, list(range(SHAPE[2])) * 2)
+  per_slice = s.label_mask.any(axis=(1, 2, 3))
+  np.testing.assert_array_equal(np.flatnonzero(per_slice[:SHAPE[2]]), LABELED_Z)
+  assert s.label_mask[per_slice].all()
+
+
+def test_center_selection_spreads_several_slices(tmp_path):
+  make_dataset(tmp_path)
+  (subject,) = data.load_dataset(tmp_path)
+  two = protocol_lib.Protocol(name="x", num_timepoints=3, ages=(0.0, 6.0, 12.0),
+                              labeled_slices_per_volume=2)
+  assert data.select_slices(subject, two) == LABELED_Z
+  assert data.select_slices(subject, TINY) == (LABELED_Z[1],)
+
+
+def test_unlabeled_dataset_has_empty_masks(tmp_path):
+  make_dataset(tmp_path, labels=False)
+  subjects = data.load_dataset(tmp_path)
+  assert subjects[0].sessions[0].labels is None
+  s = data.make_sequences(subjects, TINY, "train")
+  assert s.label_mask.sum() == 0 and s.slice_index[0] == SHAPE[2] // 2
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+def _t1(root, ses="06mo"):
+  return pathlib.Path(root) / "sub-01" / f"ses-{ses}" / "anat" / f"sub-01_ses-{ses}_T1w.nii.gz"
+
+
+def _dseg(root, ses="06mo"):
+  return (pathlib.Path(root) / "derivatives" / "manual" / "sub-01" / f"ses-{ses}" / "anat" /
+          f"sub-01_ses-{ses}_dseg.nii.gz")
+
+
+def assert_error_names(path, root, **kwargs):
+  with pytest.raises(DataError) as info:
+    data.load_dataset(root, **kwargs)
+  assert str(path) in str(info.value), str(info.value)
+  return str(info.value)
+
+
+def test_error_no_subjects(tmp_path):
+  (tmp_path / "derivatives").mkdir()
+  assert "no subjects" in assert_error_names(tmp_path, tmp_path)
+
+
+def test_error_missing_modality(tmp_path):
+  make_dataset(tmp_path)
+  t2 = _t1(tmp_path).with_name("sub-01_ses-06mo_T2w.nii.gz")
+  t2.unlink()
+  assert "T2w" in assert_error_names(t2, tmp_path)
+
+
+def test_error_modality_shape_mismatch(tmp_path):
+  make_dataset(tmp_path)
+  t2 = _t1(tmp_path).with_name("sub-01_ses-06mo_T2w.nii.gz")
+  write(t2, np.ones((8, 9, 5), np.float32))
+  assert_error_names(t2, tmp_path)
+
+
+def test_error_modality_affine_mismatch(tmp_path):
+  make_dataset(tmp_path)
+  t2 = _t1(tmp_path).with_name("sub-01_ses-06mo_T2w.nii.gz")
+  shifted = AFFINE.copy()
+  shifted[0, 3] += 3.0
+  write(t2, canonical_image(1), affine=shifted)
+  assert "grid" in assert_error_names(t2, tmp_path)
+
+
+def test_error_grid_mismatch_across_sessions(tmp_path):
+  make_dataset(tmp_path)
+  bigger = (9, 9, 6)
+  for mod in ("T1w", "T2w"):
+    write(_t1(tmp_path, "12mo").with_name(f"sub-01_ses-12mo_{mod}.nii.gz"),
+          np.ones(bigger, np.float32))
+  write(_dseg(tmp_path, "12mo"), np.zeros(bigger, np.uint8))
+  message = assert_error_names(_t1(tmp_path, "12mo"), tmp_path)
+  assert "resample" in message
+
+
+def test_error_nan_voxels(tmp_path):
+  make_dataset(tmp_path)
+  img = canonical_image(0)
+  img[2, 2, 2] = np.nan
+  write(_t1(tmp_path), img)
+  assert "NaN" in assert_error_names(_t1(tmp_path), tmp_path)
+
+
+def test_error_labels_out_of_range(tmp_path):
+  make_dataset(tmp_path)
+  labels = canonical_labels(0)
+  labels[0, 0, 2] = 4
+  write(_dseg(tmp_path), labels, dtype=np.uint8)
+  assert "0..3" in assert_error_names(_dseg(tmp_path), tmp_path)
+
+
+def test_error_negative_labels(tmp_path):
+  make_dataset(tmp_path)
+  labels = canonical_labels(0)
+  labels[0, 0, 2] = -1
+  write(_dseg(tmp_path), labels, dtype=np.int16)
+  assert_error_names(_dseg(tmp_path), tmp_path)
+
+
+def test_error_non_integer_labels(tmp_path):
+  make_dataset(tmp_path)
+  labels = canonical_labels(0).astype(np.float32)
+  labels[0, 0, 2] = 0.5
+  write(_dseg(tmp_path), labels)
+  assert "integer" in assert_error_names(_dseg(tmp_path), tmp_path)
+
+
+def test_error_unreadable_file(tmp_path):
+  make_dataset(tmp_path)
+  _t1(tmp_path).write_bytes(b"this is not a NIfTI file at all" * 20)
+  assert_error_names(_t1(tmp_path), tmp_path)
+
+
+def test_error_truncated_file(tmp_path):
+  make_dataset(tmp_path)
+  raw = _t1(tmp_path).read_bytes()
+  _t1(tmp_path).write_bytes(raw[:len(raw) * 2 // 3])
+  assert "truncated" in assert_error_names(_t1(tmp_path), tmp_path)
+
+
+def test_error_4d_image(tmp_path):
+  make_dataset(tmp_path)
+  write(_t1(tmp_path), np.ones(SHAPE + (3,), np.float32))
+  assert "3D" in assert_error_names(_t1(tmp_path), tmp_path)
+
+
+def test_error_memory_limit_before_loading(tmp_path):
+  make_dataset(tmp_path)
+  write(_t1(tmp_path), np.zeros((64, 64, 64), np.float32))
+  with gzip.open(_t1(tmp_path)) as f:
+    header = f.read(352)
+  _t1(tmp_path).write_bytes(gzip.compress(header))  # header only: data would fail to read
+  assert "limit" in assert_error_names(_t1(tmp_path), tmp_path, max_bytes=100_000)
+
+
+def test_error_ambiguous_time_point(tmp_path):
+  make_dataset(tmp_path, sessions=(("05mo", 5), ("06mo", 6)))
+  subjects = data.load_dataset(tmp_path)
+  with pytest.raises(DataError, match="sub-01"):
+    data.make_sequences(subjects, TINY, "train")
+
+
+def test_cli_preview_on_folder(tmp_path):
+  make_dataset(tmp_path / "ds")
+  out = tmp_path / "preview.png"
+  # Sessions 0, 6, 12 months: BRIC time points 1, 3, 5; 3 and 9 months are missing.
+  assert data.main(["--dataset", str(tmp_path / "ds"), "--protocol", "bric",
+                    "--preview", str(out)]) == 0
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_reports_data_errors(tmp_path, capsys):
+  assert data.main(["--dataset", str(tmp_path)]) == 2
+  assert str(tmp_path) in capsys.readouterr().err
