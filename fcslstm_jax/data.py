@@ -113,7 +113,7 @@ def _number_in(label):
 
 
 def read_session_ages(tsv_path):
-  """``{session label: age}`` from a BIDS ``sub-<id>_sessions.tsv`` (empty without an age column)."""
+  """``{session label: age}`` from a BIDS ``sub-<id>_sessions.tsv`` ({} without an age column)."""
   ages = {}
   with open(tsv_path, newline="") as f:
     rows = list(csv.DictReader(f, delimiter="\t"))
@@ -149,7 +149,7 @@ def _find_one(candidates, what, expected):
 
 
 def find_modality(subject_dir, label, modality):
-  """Path of ``sub-<id>_ses-<label>[_<entities>]_<modality>.nii[.gz]`` in the session's anat folder."""
+  """The session's ``anat/sub-<id>_ses-<label>[_<entities>]_<modality>.nii[.gz]``."""
   anat = subject_dir / f"ses-{label}" / "anat"
   stem = f"{subject_dir.name}_ses-{label}"
   expected = anat / f"{stem}_{modality}.nii.gz"
@@ -505,7 +505,8 @@ def _summary(subjects, protocol):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog="python -m fcslstm_jax.data", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog="python -m fcslstm_jax.data",
+                                   description=__doc__.split("\n")[0])
   parser.add_argument("--dataset", default="bric",
                       help="built-in name (bric, ibis; generated on first use) or a dataset folder")
   parser.add_argument("--protocol", default=None, help="protocol for a dataset folder (bric, ibis)")

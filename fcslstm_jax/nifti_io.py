@@ -71,7 +71,8 @@ def _open(path):
   if not os.path.isfile(path):
     raise DataError(f"{path}: file not found. Check the path and the dataset layout.")
   if not is_nifti_path(path):
-    raise DataError(f"{path}: not a NIfTI file name. Convert it to .nii or .nii.gz (e.g. with dcm2niix).")
+    raise DataError(f"{path}: not a NIfTI file name. Convert it to .nii or .nii.gz "
+                    "(e.g. with dcm2niix).")
   try:
     img = nib.load(path, mmap=False)
   except _READ_ERRORS as e:
@@ -91,7 +92,7 @@ def _spatial_shape(img, path):
   if len(shape) != 3:
     raise DataError(
         f"{path}: has shape {img.shape}, expected a 3D volume. "
-        "Split 4D series into 3D files (e.g. nibabel.funcs.four_to_three) and keep one volume per file.")
+        "Split 4D series into 3D files (e.g. nibabel.funcs.four_to_three), one volume per file.")
   return shape
 
 
@@ -110,7 +111,8 @@ def _size(nbytes):
 
 def _check_affine(affine, path):
   if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-8:
-    raise DataError(f"{path}: invalid (singular or non-finite) affine. Fix the sform/qform of the header.")
+    raise DataError(f"{path}: invalid (singular or non-finite) affine. Fix the header's "
+                    "sform/qform.")
 
 
 def read_header(path, max_bytes=DEFAULT_MAX_BYTES):
@@ -202,7 +204,7 @@ def load_volume(path, *, kind="image", max_bytes=DEFAULT_MAX_BYTES):
 
 
 def to_original_orientation(canonical_array, ref):
-  """Maps a ``[X, Y, Z, ...]`` array in canonical (RAS) order back to the stored axis order of ``ref``."""
+  """Maps a canonical (RAS) ``[X, Y, Z, ...]`` array back to ``ref``'s stored axis order."""
   back = orientations.ornt_transform(_RAS, ref.ornt)
   out = orientations.apply_orientation(np.asarray(canonical_array), back)
   if tuple(out.shape[:3]) != tuple(ref.shape):

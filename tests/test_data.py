@@ -109,9 +109,8 @@ def test_modalities_are_configurable(tmp_path):
   truth = make_dataset(tmp_path)
   (subject,) = data.load_dataset(tmp_path, modalities=("T2w",))
   assert subject.sessions[0].image.shape == SHAPE + (1,)
-  np.testing.assert_allclose(subject.sessions[0].image[..., 0],
-                             data.normalize_intensity(truth["01", "00mo"][0]["T2w"].astype(np.int16)),
-                             atol=1e-6)
+  expected = data.normalize_intensity(truth["01", "00mo"][0]["T2w"].astype(np.int16))
+  np.testing.assert_allclose(subject.sessions[0].image[..., 0], expected, atol=1e-6)
 
 
 def test_normalize_intensity_maps_head_percentiles_to_unit_range():
