@@ -1,0 +1,197 @@
+"""The concise FCN (paper Sec. 2.1, Fig. 1) and FCSLSTM / Bi-FCSLSTM (Sec. 2.3, Fig. 3).
+
+Layout: inputs ``x`` are ``[B, T, H, W, n]`` (channels-last, ``n`` image channels, e.g. T1w and
+T2w), an optional validity mask ``valid`` is ``[B, T]`` bool, and the output logits are
+``[B, T, H, W, c]`` for ``c`` classes.
+
+Front-end: the five VGG-16 conv stages with the channels divided by 4 (16, 32, 64, 128, 128;
+2, 2, 3, 3, 3 convolutions of 3x3 + ReLU), 2x2 max-pooling between stages, no fully-connected
+layers (Sec. 2.1 observations 2 and the channel shrinking by 4). Table 1 of the paper did not
+survive in our copy of the text; these numbers follow its description of VGG-16 / 4.
+
+Back-end: deconv6..deconv10, each one 4x4 stride-2 transposed convolution with ``c`` output
+channels (observation 1: one convolution, ``c`` channels), and the highest fuse level
+(observation 3): a 1x1, ``c``-channel projection ``fuse1..fuse5`` of every front-end stage is
+added at that stage's resolution. Softmax is left to the loss.
+
+FCSLSTM: five stacked structured LSTM layers. Layer k uses front-end stage k as its Ψx and a
+3x3 convolution as its Ψh; pooling sits between layers, and the back-end reads the LSTM
+outputs. Bi-FCSLSTM makes each layer bidirectional. The FCN baseline sees every time step
+alone (time is folded into the batch).
+
+Arbitrary slice sizes: inputs whose H, W are not multiples of 32 (five poolings) are
+zero-padded at the bottom/right inside ``__call__`` and the logits are cropped back, so callers
+never see the padding. Normalized MRI is ~0 outside the head, so zero padding is background.
+
+Remat (``remat``, a config value as in maxtext): ``"none"``; ``"stages"`` wraps every conv
+stage (front-end and Ψx) in ``nn.remat`` so that only its output, not its inner activations,
+is kept for backpropagation through time; ``"full"`` also rematerializes each LSTM time step.
+"""
+
+import argparse
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fcslstm_jax import psi
+from fcslstm_jax import slstm
+
+# VGG-16 stages with channels / 4: (channels, number of 3x3 convolutions).
+VGG16_QUARTER = ((16, 2), (32, 2), (64, 3), (128, 3), (128, 3))
+REMAT_POLICIES = ("none", "stages", "full")
+MULTIPLE = 32  # 2 ** number of poolings
+
+
+def pad_to_multiple(x, multiple: int = MULTIPLE):
+  """Zero-pads axes H, W of ``[..., H, W, C]`` up to a multiple; returns (x, (H, W))."""
+  h, w = x.shape[-3:-1]
+  ph, pw = -h % multiple, -w % multiple
+  if ph or pw:
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(0, ph), (0, pw), (0, 0)])
+  return x, (h, w)
+
+
+def max_pool(x):
+  return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+def fold_time(x):
+  """``[B, T, ...] -> [B*T, ...]``."""
+  return x.reshape((-1,) + x.shape[2:])
+
+
+class BackEnd(nn.Module):
+  """deconv6..deconv10 with fuse projections of all five stages (highest fuse level).
+
+  ``feats[k]`` is stage k+1's output, ``[N, H / 2**k, W / 2**k, C_k]``. Returns
+  ``[N, H, W, num_classes]``.
+  """
+  num_classes: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, feats: Sequence[jax.Array]):
+    c = self.num_classes
+    y = max_pool(feats[-1])
+    for j, k in enumerate(reversed(range(len(feats)))):
+      y = nn.ConvTranspose(c, (4, 4), strides=(2, 2), padding="SAME", kernel_init=psi.kaiming,
+                           dtype=self.dtype, name=f"deconv{6 + j}")(y)
+      y = y + nn.Conv(c, (1, 1), kernel_init=psi.kaiming, dtype=self.dtype,
+                      name=f"fuse{k + 1}")(feats[k])
+    return y
+
+
+def _stage_cls(remat: str):
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {remat!r}")
+  return psi.ConvStage if remat == "none" else nn.remat(psi.ConvStage)
+
+
+class FCN(nn.Module):
+  """The concise FCN, applied to each time step alone: ``[B, T, H, W, n] -> [B, T, H, W, c]``."""
+  num_classes: int
+  stages: Sequence[tuple[int, int]] = VGG16_QUARTER
+  remat: str = "none"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, valid=None):
+    del valid  # every time step is segmented on its own
+    b, t = x.shape[:2]
+    y, (h, w) = pad_to_multiple(fold_time(x).astype(self.dtype))
+    stage = _stage_cls(self.remat)
+    feats = []
+    for k, (ch, n) in enumerate(self.stages):
+      y = stage(ch, num_convs=n, dtype=self.dtype, name=f"conv{k + 1}")(max_pool(y) if k else y)
+      feats.append(y)
+    logits = BackEnd(self.num_classes, self.dtype, name="backend")(feats)[:, :h, :w]
+    return logits.reshape((b, t) + logits.shape[1:]).astype(jnp.float32)
+
+
+class FCSLSTM(nn.Module):
+  """Stacked structured LSTM with the concise FCN's stages as Ψx (Fig. 3).
+
+  ``[B, T, H, W, n]`` (+ ``valid`` ``[B, T]``) ``-> [B, T, H, W, c]`` logits.
+  """
+  num_classes: int
+  bidirectional: bool = False
+  stages: Sequence[tuple[int, int]] = VGG16_QUARTER
+  psi_h_kernel: int = 3
+  remat: str = "none"
+  unroll: int | None = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, valid=None):
+    b, t = x.shape[:2]
+    y, (h, w) = pad_to_multiple(x.astype(self.dtype))
+    layer_cls = slstm.BidirectionalLSTM if self.bidirectional else slstm.StructuredLSTM
+    stage = _stage_cls(self.remat)
+    psi_h = functools.partial(psi.Conv, kernel_size=self.psi_h_kernel, use_bias=False,
+                              dtype=self.dtype)
+    feats = []
+    for k, (ch, n) in enumerate(self.stages):
+      if k:
+        y = max_pool(fold_time(y))
+        y = y.reshape((b, t) + y.shape[1:])
+      psi_x = functools.partial(stage, num_convs=n, width=ch, dtype=self.dtype)
+      y = layer_cls(hidden=ch, psi_x=psi_x, psi_h=psi_h, unroll=self.unroll,
+                    remat_step=self.remat == "full", dtype=self.dtype,
+                    name=f"slstm{k + 1}")(y, valid)
+      feats.append(fold_time(y).astype(self.dtype))
+    logits = BackEnd(self.num_classes, self.dtype, name="backend")(feats)[:, :h, :w]
+    return logits.reshape((b, t) + logits.shape[1:]).astype(jnp.float32)
+
+
+MODELS = ("fcn", "fcslstm", "bi-fcslstm")
+
+
+def create_model(name: str, num_classes: int, *, remat: str = "none",
+                 unroll: int | None = None, dtype: Any = jnp.float32) -> nn.Module:
+  """The model called ``name`` (one of :data:`MODELS`)."""
+  if name == "fcn":
+    return FCN(num_classes, remat=remat, dtype=dtype)
+  if name in ("fcslstm", "bi-fcslstm"):
+    return FCSLSTM(num_classes, bidirectional=name == "bi-fcslstm", remat=remat, unroll=unroll,
+                   dtype=dtype)
+  raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")
+
+
+def count_params(params) -> int:
+  return sum(p.size for p in jax.tree_util.tree_leaves(params))
+
+
+def init_params(model: nn.Module, in_channels: int, rng=None, size: int = 32, steps: int = 2):
+  """Parameters for ``model`` (their shapes do not depend on H, W or T)."""
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+  x = jnp.zeros((1, steps, size, size, in_channels), jnp.float32)
+  return jax.jit(model.init)(rng, x)["params"]
+
+
+def summary(num_classes: int = 4, in_channels: int = 2) -> dict[str, int]:
+  """Parameter counts of FCN, FCSLSTM and Bi-FCSLSTM (shapes only, nothing is computed)."""
+  out = {}
+  for name in MODELS:
+    model = create_model(name, num_classes)
+    shapes = jax.eval_shape(lambda m=model: init_params(m, in_channels))
+    out[name] = count_params(shapes)
+  return out
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--summary", action="store_true", help="print parameter counts")
+  parser.add_argument("--classes", type=int, default=4)
+  parser.add_argument("--channels", type=int, default=2)
+  args = parser.parse_args(argv)
+  if args.summary:
+    print(f"{'model':<12}{'parameters':>12}   (n={args.channels} channels, c={args.classes} classes)")
+    for name, n in summary(args.classes, args.channels).items():
+      print(f"{name:<12}{n:>12,}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,206 @@
+"""Model tests: shapes, Eq. 1 against independent references, causality, remat, gradients."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fcslstm_jax import model as M
+from fcslstm_jax import psi
+from fcslstm_jax import slstm
+
+TINY = ((4, 1), (4, 1), (6, 1), (6, 1), (8, 1))  # five stages, cheap enough for jacobians
+
+
+def sigmoid(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def numpy_lstm(xs, wx, bx, wh, b, hidden):
+  """Classic LSTM [14] on ``xs`` ``[T, N, C]``, gate order (i, f, g, o), written from Eq. 1."""
+  h = np.zeros((xs.shape[1], hidden))
+  c = np.zeros_like(h)
+  out = []
+  for x in xs:
+    z = x @ wx + bx + h @ wh + b
+    i, f, g, o = np.split(z, 4, axis=-1)
+    c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+    h = sigmoid(o) * np.tanh(c)
+    out.append(h)
+  return np.stack(out)
+
+
+def test_dense_psi_is_the_classic_lstm():
+  hidden, cin, t = 3, 2, 4
+  layer = slstm.StructuredLSTM(hidden, psi_x=psi.Dense,
+                               psi_h=functools.partial(psi.Dense, use_bias=False))
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, t, 5, 6, cin))
+  params = layer.init(jax.random.PRNGKey(1), x)["params"]
+  # Random (not initial) bias, so that every term of Eq. 1 is exercised.
+  params = jax.tree_util.tree_map(lambda p: p + 0.1, params)
+  got = layer.apply({"params": params}, x)
+  chex.assert_shape(got, (2, t, 5, 6, hidden))
+  xs = np.moveaxis(np.asarray(x, np.float64), 1, 0).reshape(t, -1, cin)  # pixels as batch
+  want = numpy_lstm(xs, np.asarray(params["psi_x"]["dense"]["kernel"]),
+                    np.asarray(params["psi_x"]["dense"]["bias"]),
+                    np.asarray(params["scan"]["psi_h"]["dense"]["kernel"]),
+                    np.asarray(params["scan"]["bias"]), hidden)
+  want = np.moveaxis(want.reshape(t, 2, 5, 6, hidden), 0, 1)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_psi_is_the_conv_lstm():
+  hidden, cin, t = 3, 2, 3
+  layer = slstm.StructuredLSTM(hidden, psi_x=psi.Conv,
+                               psi_h=functools.partial(psi.Conv, use_bias=False))
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, t, 7, 9, cin))
+  params = layer.init(jax.random.PRNGKey(1), x)["params"]
+  got = layer.apply({"params": params}, x)
+
+  def conv(a, k):  # independent reference: lax.conv on NCHW/OIHW
+    out = jax.lax.conv_general_dilated(
+        jnp.transpose(a, (0, 3, 1, 2)), jnp.transpose(k, (3, 2, 0, 1)), (1, 1), "SAME",
+        precision=jax.lax.Precision.HIGHEST)
+    return np.transpose(np.asarray(out), (0, 2, 3, 1))
+
+  kx, bx = params["psi_x"]["conv"]["kernel"], params["psi_x"]["conv"]["bias"]
+  kh, b = params["scan"]["psi_h"]["conv"]["kernel"], params["scan"]["bias"]
+  h = np.zeros((1, 7, 9, hidden))
+  c = np.zeros_like(h)
+  for step in range(t):
+    z = conv(x[:, step], kx) + np.asarray(bx) + conv(jnp.asarray(h, jnp.float32), kh) + np.asarray(b)
+    i, f, g, o = np.split(z, 4, axis=-1)
+    c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+    h = sigmoid(o) * np.tanh(c)
+    np.testing.assert_allclose(got[:, step], h, rtol=1e-4, atol=1e-5)
+
+
+def test_masked_step_keeps_state_and_outputs_zero():
+  step = slstm.LSTMStep(4, psi_h=functools.partial(psi.Conv, use_bias=False))
+  c = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, 4))
+  h = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 5, 4))
+  xg = jax.random.normal(jax.random.PRNGKey(2), (2, 5, 5, 16))
+  valid = jnp.array([False, True])
+  params = step.init(jax.random.PRNGKey(3), (c, h), (xg, valid))
+  (c2, h2), out = step.apply(params, (c, h), (xg, valid))
+  chex.assert_trees_all_equal((c2[0], h2[0]), (c[0], h[0]))
+  assert not np.allclose(c2[1], c[1]) and not np.allclose(h2[1], h[1])
+  chex.assert_trees_all_equal(out[0], jnp.zeros_like(out[0]))
+  chex.assert_trees_all_close(out[1], h2[1])
+
+
+def test_missing_time_point_is_skipped_by_the_sequence():
+  """A sequence with a missing middle session equals the same sequence without it."""
+  layer = slstm.StructuredLSTM(3, psi_x=psi.Conv, psi_h=functools.partial(psi.Conv, use_bias=False))
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 6, 6, 2))
+  params = layer.init(jax.random.PRNGKey(1), x)
+  with_gap = layer.apply(params, x, jnp.array([[True, False, True]]))
+  without = layer.apply(params, x[:, ::2])
+  chex.assert_trees_all_close(with_gap[:, ::2], without, atol=1e-6)
+  chex.assert_trees_all_equal(with_gap[:, 1], jnp.zeros_like(with_gap[:, 1]))
+
+
+@pytest.mark.parametrize("name", M.MODELS)
+@pytest.mark.parametrize("t", [1, 3, 5])
+@pytest.mark.parametrize("hw", [(64, 64), (97, 115), (33, 40)])
+def test_output_shapes(name, t, hw):
+  model = M.create_model(name, num_classes=4)
+  x = jax.ShapeDtypeStruct((2, t) + hw + (2,), jnp.float32)
+  params = jax.eval_shape(lambda: M.init_params(model, 2))
+  out = jax.eval_shape(lambda p, x: model.apply({"params": p}, x), params, x)
+  chex.assert_shape(out, (2, t) + hw + (4,))
+  chex.assert_type(out, jnp.float32)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_odd_size_forward_is_finite_and_crops(bidirectional):
+  model = M.FCSLSTM(3, bidirectional=bidirectional, stages=TINY)
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 97, 115, 2))
+  params = M.init_params(model, 2)
+  out = jax.jit(model.apply)({"params": params}, x)
+  chex.assert_shape(out, (1, 3, 97, 115, 3))
+  chex.assert_tree_all_finite(out)
+
+
+def _output_input_jacobian(model, t_out):
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 4, 32, 32, 2))
+  params = M.init_params(model, 2)
+  f = lambda x: jnp.sum(model.apply({"params": params}, x)[:, t_out])
+  return jax.jit(jax.grad(f))(x)  # [1, T, H, W, C]
+
+
+def test_unidirectional_is_causal():
+  g = _output_input_jacobian(M.FCSLSTM(3, stages=TINY), t_out=1)
+  per_step = np.abs(np.asarray(g)).sum(axis=(0, 2, 3, 4))
+  assert per_step[0] > 0 and per_step[1] > 0
+  assert np.all(per_step[2:] == 0.0), per_step
+
+
+def test_bidirectional_sees_the_future():
+  g = _output_input_jacobian(M.FCSLSTM(3, bidirectional=True, stages=TINY), t_out=1)
+  per_step = np.abs(np.asarray(g)).sum(axis=(0, 2, 3, 4))
+  assert np.all(per_step > 0), per_step
+
+
+def test_fcn_sees_only_its_own_time_point():
+  g = _output_input_jacobian(M.FCN(3, stages=TINY), t_out=1)
+  per_step = np.abs(np.asarray(g)).sum(axis=(0, 2, 3, 4))
+  assert per_step[1] > 0 and per_step[0] == 0 and np.all(per_step[2:] == 0)
+
+
+def _loss_fn(model):
+  def loss(params, x):
+    return jnp.mean(model.apply({"params": params}, x) ** 2)
+  return loss
+
+
+@pytest.mark.parametrize("remat", ["stages", "full"])
+def test_remat_gives_the_same_gradients(remat):
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 32, 32, 2))
+  base = M.FCSLSTM(3, bidirectional=True, stages=TINY)
+  params = M.init_params(base, 2)
+  g0 = jax.jit(jax.grad(_loss_fn(base)))(params, x)
+  g1 = jax.jit(jax.grad(_loss_fn(base.clone(remat=remat))))(params, x)
+  chex.assert_trees_all_close(g0, g1, rtol=1e-5, atol=1e-7)
+
+
+def test_remat_lowers_compiled_temp_memory():
+  """5-step 128x128 sequence, the while-loop path (unroll=1) that accelerators use."""
+  x = jax.ShapeDtypeStruct((1, 5, 128, 128, 2), jnp.float32)
+  temps = {}
+  for remat in ("none", "full"):
+    model = M.FCSLSTM(4, remat=remat, unroll=1)
+    params = jax.eval_shape(lambda m=model: M.init_params(m, 2))
+    compiled = jax.jit(jax.grad(_loss_fn(model))).lower(params, x).compile()
+    temps[remat] = compiled.memory_analysis().temp_size_in_bytes
+  assert temps["full"] < 0.8 * temps["none"], temps
+
+
+def test_finite_difference_gradients_float64():
+  with jax.enable_x64(True):
+    model = M.FCSLSTM(2, bidirectional=True, stages=((2, 1),) * 5, dtype=jnp.float64)
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, 2, 32, 32, 1), jnp.float64)
+    params = model.init(jax.random.PRNGKey(1), x)["params"]
+    params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), params)
+    loss = jax.jit(lambda p: jnp.mean(jnp.sin(model.apply({"params": p}, x))))
+    jax.test_util.check_grads(loss, (params,), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", M.MODELS)
+def test_every_parameter_gets_a_gradient(name):
+  model = M.create_model(name, 3)
+  model = model.clone(stages=TINY)
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 32, 32, 2))
+  params = M.init_params(model, 2)
+  grads = jax.jit(jax.grad(lambda p: jnp.mean(jnp.sin(model.apply({"params": p}, x)))))(params)
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    assert np.any(np.asarray(g) != 0), jax.tree_util.keystr(path)
+
+
+def test_fcn_parameter_count_is_concise():
+  counts = M.summary(num_classes=4, in_channels=2)
+  assert 0.9e6 <= counts["fcn"] <= 1.6e6, counts
+  assert counts["fcn"] < counts["fcslstm"] < counts["bi-fcslstm"]
