@@ -1,0 +1,43 @@
+"""Segment whole 4D scans with a trained run; write NIfTI predictions, metrics and a figure.
+
+    python evaluate.py --workdir runs/bric-bi-fcslstm-quick
+    python evaluate.py --workdir runs/X --data-dir NEW_DATA --out predictions/
+
+Writes to --out (default WORKDIR/predictions), never inside the input dataset:
+  sub-<id>/ses-<label>/anat/sub-<id>_ses-<label>_desc-<model>_dseg.nii.gz  (input grid/affine)
+  metrics.json       mPA / Dice / IoU per class and time point, temporal consistency
+  segmentation.png   rows = time points; T1w, T2w, ground truth, prediction
+"""
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--workdir", required=True, help="a folder written by train.py")
+  p.add_argument("--data-dir", help="segment this BIDS-like dataset instead of the run's own")
+  p.add_argument("--out", help="output folder (default: WORKDIR/predictions)")
+  p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
+  p.add_argument("--debug", action="store_true", help="show tracebacks")
+  args = p.parse_args(argv)
+  from fcslstm_jax.errors import FcslstmError
+  try:
+    from fcslstm_jax import inference
+    result = inference.evaluate_run(args.workdir, args.out, args.data_dir, args.batch_size)
+  except FcslstmError as e:
+    if args.debug:
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  fmt = lambda m: "n/a" if m is None or m["mpa"] is None else f"{m['mpa']:.4f}"
+  print(f"mPA train time points {fmt(result['train'])}, test time points {fmt(result['test'])}")
+  tc = result["temporal_consistency"]
+  print("temporal consistency (prediction / ground truth): " + ", ".join(
+      f"{a:.3f}/{b:.3f}" if a is not None and b is not None else "n/a"
+      for a, b in zip(tc["prediction"], tc["ground_truth"])))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,73 @@
+"""Segmentation metrics as pure functions of arrays.
+
+``pred`` and ``labels`` are integer class maps of any shape (e.g. ``[N, T, H, W]``), ``mask``
+the same shape with 1 where a voxel is labeled. Every metric derives from the confusion
+matrix ``cm[true, predicted]``; classes absent from the ground truth are NaN in per-class
+results and left out of means.
+
+mPA (paper Sec. 3): "the ratio between the amount of properly classified pixels and the
+total number of them in a per-class basis, averaged over the number of classes", i.e. the
+mean of per-class pixel accuracy (recall), background included.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def confusion_matrix(pred, labels, mask, num_classes: int):
+  """``[c, c]`` float counts, rows = ground truth, columns = prediction (jit-able)."""
+  t = (labels[..., None] == jnp.arange(num_classes)) * mask[..., None]
+  p = pred[..., None] == jnp.arange(num_classes)
+  return jnp.einsum("...i,...j->ij", t.astype(jnp.float32), p.astype(jnp.float32))
+
+
+def _ratio(num, den):
+  num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+  return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def pixel_accuracy_per_class(cm):
+  cm = np.asarray(cm, np.float64)
+  return _ratio(np.diag(cm), cm.sum(1))
+
+
+def dice_per_class(cm):
+  cm = np.asarray(cm, np.float64)
+  tp = np.diag(cm)
+  present = cm.sum(1) > 0
+  return np.where(present, _ratio(2 * tp, cm.sum(0) + cm.sum(1)), np.nan)
+
+
+def iou_per_class(cm):
+  cm = np.asarray(cm, np.float64)
+  tp = np.diag(cm)
+  present = cm.sum(1) > 0
+  return np.where(present, _ratio(tp, cm.sum(0) + cm.sum(1) - tp), np.nan)
+
+
+def mean_pixel_accuracy(cm) -> float:
+  return float(np.nanmean(pixel_accuracy_per_class(cm)))
+
+
+def summarize(cm, class_names) -> dict:
+  """mPA, mean Dice and IoU, and the per-class values, as plain floats (JSON-ready)."""
+  acc, dice, iou = pixel_accuracy_per_class(cm), dice_per_class(cm), iou_per_class(cm)
+  per = lambda v: {n: (None if np.isnan(x) else float(x)) for n, x in zip(class_names, v)}
+  nanmean = lambda v: None if np.all(np.isnan(v)) else float(np.nanmean(v))
+  return {"mpa": nanmean(acc), "mean_dice": nanmean(dice), "mean_iou": nanmean(iou),
+          "pixel_accuracy": per(acc), "dice": per(dice), "iou": per(iou),
+          "voxels": int(np.asarray(cm).sum())}
+
+
+def temporal_consistency(seg, mask):
+  """For each consecutive pair of time points, the fraction of voxels keeping their class.
+
+  ``seg`` and ``mask`` are ``[N, T, H, W]``; a voxel counts for the pair ``(t, t+1)`` where
+  ``mask`` is 1 at both. Returns ``T - 1`` fractions (NaN where no voxel counts). Apply it
+  to the prediction and to the ground truth with the same mask to compare the two: scans
+  are not registered over time, so even the ground truth is below 1 where the head grows.
+  """
+  seg, mask = np.asarray(seg), np.asarray(mask) > 0
+  both = mask[:, 1:] & mask[:, :-1]
+  same = (seg[:, 1:] == seg[:, :-1]) & both
+  return _ratio(same.sum((0, 2, 3)), both.sum((0, 2, 3)))

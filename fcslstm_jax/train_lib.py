@@ -1,0 +1,294 @@
+"""Training and evaluation: ``TrainState``, a jit-compiled ``train_step``, the loop.
+
+Layout: a batch is a dict of ``images [B, T, H, W, C]``, ``labels [B, T, H, W]``,
+``label_mask [B, T, H, W]`` and ``valid [B, T]`` (see :class:`fcslstm_jax.data.SliceSet`).
+
+Resume is exact: the data order of an epoch is a function of ``(seed, epoch)`` and the
+step's randomness is ``fold_in(rng, step)``, so a run restarted from a checkpoint takes the
+same batches and the same augmentations as one that never stopped.
+
+Model selection never looks at the held-out time point: the paper's protocol has no
+validation split, so the "best" checkpoint kept beside the last ones is the best by mPA on
+the training time points, and the reported test result is the final model's.
+"""
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+
+from fcslstm_jax import losses
+from fcslstm_jax import metrics as metrics_lib
+from fcslstm_jax.checkpoint import Checkpointer
+from fcslstm_jax.config import Config
+from fcslstm_jax.data import SliceSet
+from fcslstm_jax.errors import ConfigError, FcslstmError
+from fcslstm_jax.model import create_model
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+BATCH_KEYS = ("images", "labels", "label_mask", "valid")
+
+
+class NonFiniteLoss(FcslstmError):
+  """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+class TrainState(train_state.TrainState):
+  pass
+
+
+def build_model(config: Config, num_classes: int) -> nn.Module:
+  model = create_model(config.model, num_classes, remat=config.remat, unroll=config.unroll,
+                       dtype=DTYPES[config.precision])
+  return model.clone(stages=config.stages)
+
+
+def lr_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
+  """lr × 0.97 per epoch after epoch 20 (Sec. 3), as a function of the step."""
+  return optax.exponential_decay(
+      config.learning_rate, transition_steps=steps_per_epoch, decay_rate=config.lr_decay_rate,
+      transition_begin=config.lr_decay_begin_epoch * steps_per_epoch, staircase=True)
+
+
+def make_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
+  """RMSprop with smoothing constant α = 0.95 on :func:`lr_schedule` (Sec. 3)."""
+  # eps outside the square root, as in torch's RMSprop the paper used.
+  return optax.rmsprop(lr_schedule(config, steps_per_epoch), decay=config.rmsprop_decay,
+                       eps=config.rmsprop_eps, eps_in_sqrt=False)
+
+
+def create_train_state(rng, model: nn.Module, config: Config, in_channels: int,
+                       steps_per_epoch: int) -> TrainState:
+  x = jnp.zeros((1, 2, 32, 32, in_channels), jnp.float32)
+  params = jax.jit(model.init)(rng, x)["params"]
+  return TrainState.create(apply_fn=model.apply, params=params,
+                           tx=make_optimizer(config, steps_per_epoch))
+
+
+def augment(rng, batch: dict, flip_prob: float, intensity_scale: float) -> dict:
+  """Random flips along H and W (same for every time step) and per-channel scaling."""
+  images, labels, mask = batch["images"], batch["labels"], batch["label_mask"]
+  b, c = images.shape[0], images.shape[-1]
+  k_h, k_w, k_s = jax.random.split(rng, 3)
+  for key, axis in ((k_h, 2), (k_w, 3)):
+    flip = jax.random.bernoulli(key, flip_prob, (b,))
+    sel = lambda a, flip=flip, axis=axis: jnp.where(
+        flip.reshape((b,) + (1,) * (a.ndim - 1)), jnp.flip(a, axis), a)
+    images, labels, mask = sel(images), sel(labels), sel(mask)
+  scale = jax.random.uniform(k_s, (b, 1, 1, 1, c), minval=1 - intensity_scale,
+                             maxval=1 + intensity_scale)
+  return dict(batch, images=images * scale, labels=labels, label_mask=mask)
+
+
+def train_step(state: TrainState, batch: dict, rng, *, class_weights, config: Config):
+  """One RMSprop step on the weighted cross-entropy. Pure; jit it with the state donated."""
+  if config.augment:
+    batch = augment(jax.random.fold_in(rng, state.step), batch, config.flip_prob,
+                    config.intensity_scale)
+
+  def loss_fn(params):
+    logits = state.apply_fn({"params": params}, batch["images"], batch["valid"])
+    return losses.weighted_cross_entropy(logits, batch["labels"], batch["label_mask"],
+                                         class_weights)
+
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  return state.apply_gradients(grads=grads), {"loss": loss}
+
+
+def predict(state_or_params, apply_fn, images, valid):
+  """Class map ``[B, T, H, W]`` (int32) for images ``[B, T, H, W, C]``."""
+  params = getattr(state_or_params, "params", state_or_params)
+  return jnp.argmax(apply_fn({"params": params}, images, valid), axis=-1).astype(jnp.int32)
+
+
+def batches(data: SliceSet, indices) -> dict:
+  return {k: getattr(data, k)[indices] for k in BATCH_KEYS}
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def predict_all(predict_fn, params, data: SliceSet, batch_size: int) -> np.ndarray:
+  """Predictions for every sequence of ``data``, batched; the last batch is padded so that
+  one compiled program serves every batch."""
+  n = len(data)
+  out = []
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, start + batch_size) % n
+    out.append(np.asarray(predict_fn(params, data.images[idx], data.valid[idx])))
+  return np.concatenate(out)[:n]
+
+
+def evaluate(predict_fn, params, data: SliceSet, class_names, batch_size: int) -> dict:
+  """mPA / Dice / IoU over the labeled voxels of ``data`` (its ``label_mask``)."""
+  pred = predict_all(predict_fn, params, data, batch_size)
+  cm = metrics_lib.confusion_matrix(pred, data.labels, data.label_mask, len(class_names))
+  return metrics_lib.summarize(cm, class_names)
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+def check_run_dir(workdir: str, run_info: dict) -> None:
+  """Refuse to resume into a work directory that holds a different run."""
+  path = os.path.join(workdir, "run.json")
+  if not os.path.exists(path):
+    os.makedirs(workdir, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(run_info, f, indent=2)
+    os.replace(tmp, path)
+    return
+  with open(path) as f:
+    old = json.load(f)
+  ignore = {"epochs"}  # extending a finished run is fine
+  diff = sorted(k for k in set(old["config"]) | set(run_info["config"]) if k not in ignore
+                and old["config"].get(k) != run_info["config"].get(k))
+  diff += [k for k in ("dataset", "protocol") if old.get(k) != run_info.get(k)]
+  if diff:
+    details = ", ".join(f"{k}: {old['config'].get(k, old.get(k))!r} -> "
+                        f"{run_info['config'].get(k, run_info.get(k))!r}" for k in diff)
+    raise ConfigError(f"{path}: this work directory holds a different run ({details}). "
+                      "Use another --workdir, or delete this one to start over.")
+
+
+class StopRequest:
+  """SIGINT / SIGTERM set a flag; the loop saves a checkpoint and exits at the next step."""
+
+  def __init__(self):
+    self.signal = None
+
+  def __enter__(self):
+    self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for s, h in self._old.items():
+      signal.signal(s, h)
+
+
+@dataclasses.dataclass
+class RunResult:
+  state: Any
+  train: dict
+  test: dict
+  seconds: float
+  stopped_by: str | None = None
+
+
+def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, workdir: str,
+                       class_names, run_info: dict, progress: Callable = None,
+                       log: Callable = print) -> RunResult:
+  """The whole run: resume if possible, train, checkpoint each epoch, evaluate."""
+  t0 = time.time()
+  n, b = len(train_set), config.batch_size
+  if n < b:
+    raise ConfigError(f"--batch-size {b} is larger than the {n} training sequences.")
+  steps_per_epoch = n // b
+  check_run_dir(workdir, run_info)
+  model = build_model(config, len(class_names))
+  rng = jax.random.PRNGKey(config.seed)
+  state = create_train_state(rng, model, config, train_set.images.shape[-1], steps_per_epoch)
+  ckpt = Checkpointer(workdir, config.keep_checkpoints)
+  state, restored = ckpt.restore(state)
+  if restored is not None:
+    log(f"Resuming from {ckpt.directory} at step {restored}.")
+  weights = losses.class_weights(train_set.labels, train_set.label_mask, len(class_names))
+  step_fn = jax.jit(lambda s, batch, r: train_step(s, batch, r, class_weights=weights,
+                                                   config=config), donate_argnums=0)
+  predict_fn = jax.jit(lambda p, x, v: predict(p, model.apply, x, v))
+  logger = MetricsLog(workdir, int(state.step))
+  step_rng = jax.random.fold_in(rng, 1)
+  stopped_by = None
+  with StopRequest() as stop:
+    for epoch in range(int(state.step) // steps_per_epoch, config.epochs):
+      order = epoch_order(config.seed, epoch, n)
+      bar = range(int(state.step) % steps_per_epoch, steps_per_epoch)
+      bar = progress(bar, epoch) if progress else bar
+      t_epoch, losses_seen = time.time(), []
+      for i in bar:
+        idx = order[i * b:(i + 1) * b]
+        state, out = step_fn(state, batches(train_set, idx), step_rng)
+        loss = float(out["loss"])
+        if not np.isfinite(loss):
+          where = sorted({train_set.subject_ids[j] for j in idx})
+          raise NonFiniteLoss(
+              f"loss became {loss} at step {int(state.step)} (epoch {epoch + 1}, subjects "
+              f"{where}). Check those subjects' images; the last good checkpoint in "
+              f"{ckpt.directory} is kept. Lower the learning rate to retry.")
+        losses_seen.append(loss)
+        if hasattr(bar, "set_postfix"):
+          bar.set_postfix(loss=f"{loss:.4f}", seq_per_s=f"{b * len(losses_seen) / (time.time() - t_epoch):.2f}")
+        if stop.signal:
+          break
+      if stop.signal:
+        ckpt.save(state)
+        stopped_by = stop.signal
+        log(f"{stop.signal}: saved a checkpoint at step {int(state.step)}. Rerun the same "
+            "command to resume.")
+        break
+      train_m = evaluate(predict_fn, state.params, train_set, class_names, b)
+      test_m = evaluate(predict_fn, state.params, test_set, class_names, b)
+      record = {"epoch": epoch + 1, "step": int(state.step),
+                "loss": float(np.mean(losses_seen)) if losses_seen else None,
+                "lr": float(lr_schedule(config, steps_per_epoch)(int(state.step) - 1)),
+                "train_mpa": train_m["mpa"], "test_mpa": test_m["mpa"],
+                "epoch_seconds": time.time() - t_epoch}
+      ckpt.save(state, {"train_mpa": train_m["mpa"] or 0.0})
+      logger.write(record)
+  ckpt.close()
+  logger.close()
+  train_m = evaluate(predict_fn, state.params, train_set, class_names, b)
+  test_m = evaluate(predict_fn, state.params, test_set, class_names, b)
+  return RunResult(state, train_m, test_m, time.time() - t0, stopped_by)
+
+
+class MetricsLog:
+  """``workdir/metrics.jsonl`` (one JSON object per epoch) and TensorBoard event files.
+
+  On resume, lines written after the restored step (a run killed between its metrics write
+  and its checkpoint) are dropped, so the file matches the training that really happened.
+  """
+
+  def __init__(self, workdir: str, step: int):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    kept = []
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        kept = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
+    with open(self.path + ".tmp", "w") as f:
+      f.writelines(kept)
+    os.replace(self.path + ".tmp", self.path)
+    self.tb = None
+    try:
+      from tensorboardX import SummaryWriter
+      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    except ImportError:  # optional
+      pass
+
+  def write(self, record: dict) -> None:
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self.tb:
+      for k, v in record.items():
+        if k not in ("epoch", "step") and v is not None:
+          self.tb.add_scalar(k, v, record["step"])
+      self.tb.flush()
+
+  def close(self):
+    if self.tb:
+      self.tb.close()

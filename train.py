@@ -1,0 +1,109 @@
+"""Train FCN / FCSLSTM / Bi-FCSLSTM on longitudinal MRI and evaluate the held-out time point.
+
+    python train.py --dataset bric                      # built-in data, paper protocol
+    python train.py --data-dir DIR --protocol bric      # your BIDS-like dataset
+    python train.py --dataset bric --config paper       # the paper's full schedule
+
+Rerunning the same command resumes from the last checkpoint in --workdir.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def parse_args(argv=None):
+  from fcslstm_jax.config import CONFIGS
+  from fcslstm_jax.model import MODELS
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  src = p.add_mutually_exclusive_group()
+  src.add_argument("--dataset", choices=("bric", "ibis"), help="built-in dataset and protocol")
+  src.add_argument("--data-dir", help="BIDS-like folder (see README: data layout)")
+  p.add_argument("--protocol", default="bric", help="protocol for --data-dir (bric, ibis)")
+  p.add_argument("--config", default="quick", choices=sorted(CONFIGS))
+  p.add_argument("--model", choices=MODELS, help="default: bi-fcslstm")
+  p.add_argument("--epochs", type=int)
+  p.add_argument("--batch-size", type=int)
+  p.add_argument("--seed", type=int)
+  p.add_argument("--remat", choices=("none", "stages", "full"))
+  p.add_argument("--precision", choices=("float32", "bfloat16"))
+  p.add_argument("--workdir", help="default: runs/<dataset>-<model>-<config>")
+  p.add_argument("--data-seed", type=int, default=0, help="seed of the built-in dataset")
+  p.add_argument("--debug", action="store_true", help="show tracebacks")
+  args = p.parse_args(argv)
+  if not args.dataset and not args.data_dir:
+    args.dataset = "bric"
+  return args
+
+
+def format_table(result, class_names) -> str:
+  rows = [f"| {'':<14} | {'train':>8} | {'test':>8} |", f"|{'-' * 16}|{'-' * 10}|{'-' * 10}|"]
+  fmt = lambda v: f"{v:8.4f}" if v is not None else f"{'n/a':>8}"
+  rows.append(f"| {'mPA':<14} | {fmt(result.train['mpa'])} | {fmt(result.test['mpa'])} |")
+  for metric in ("pixel_accuracy", "dice", "iou"):
+    for c in class_names:
+      rows.append(f"| {metric.replace('pixel_accuracy', 'acc') + ' ' + c:<14} | "
+                  f"{fmt(result.train[metric][c])} | {fmt(result.test[metric][c])} |")
+  return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  try:
+    return run(args)
+  except Exception as e:  # one clear line for the user's mistakes; tracebacks for ours
+    from fcslstm_jax.errors import FcslstmError
+    if args.debug or not isinstance(e, FcslstmError):
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+def run(args) -> int:
+  from tqdm import tqdm
+  from fcslstm_jax import data as data_lib
+  from fcslstm_jax import protocol as protocol_lib
+  from fcslstm_jax import train_lib
+  from fcslstm_jax.config import get_config
+
+  config = get_config(args.config, model=args.model, epochs=args.epochs, remat=args.remat,
+                      batch_size=args.batch_size, seed=args.seed, precision=args.precision)
+  name = args.dataset or os.path.basename(os.path.normpath(args.data_dir))
+  workdir = args.workdir or os.path.join("runs", f"{name}-{config.model}-{args.config}")
+  if args.dataset:
+    subjects, protocol = data_lib.load_builtin(args.dataset, seed=args.data_seed)
+  else:
+    protocol = protocol_lib.get_protocol(args.protocol)
+    subjects = data_lib.load_dataset(args.data_dir, protocol.modalities, protocol.num_classes)
+  train_set = data_lib.make_sequences(subjects, protocol, "train")
+  test_set = data_lib.make_sequences(subjects, protocol, "test")
+  run_info = {"config": config.to_json(), "config_name": args.config,
+              "dataset": args.dataset or os.path.abspath(args.data_dir),
+              "data_seed": args.data_seed, "protocol": protocol.name}
+  print(f"{len(subjects)} subjects, {len(train_set)} training sequences of shape "
+        f"{train_set.images.shape[1:]}; model {config.model}; workdir {workdir}")
+  progress = lambda it, epoch: tqdm(it, desc=f"epoch {epoch + 1}/{config.epochs}",
+                                    leave=False, dynamic_ncols=True)
+  result = train_lib.train_and_evaluate(config, train_set, test_set, workdir,
+                                        protocol.class_names, run_info, progress=progress)
+  if result.stopped_by:
+    return 130
+  summary = {"train": result.train, "test": result.test, "seconds": result.seconds,
+             "step": int(result.state.step), "model": config.model, "config": args.config}
+  tmp = os.path.join(workdir, "results.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(summary, f, indent=2)
+  os.replace(tmp, os.path.join(workdir, "results.json"))
+  print(f"\n{config.model} on {protocol.name} (test = time point(s) "
+        f"{[t + 1 for t in protocol.test_timepoints]}), step {int(result.state.step)}, "
+        f"{result.seconds / 60:.1f} min")
+  print(format_table(result, protocol.class_names))
+  print(f"\nResults: {os.path.join(workdir, 'results.json')}; segment whole scans with "
+        f"python evaluate.py --workdir {workdir}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
