@@ -129,11 +129,22 @@ def predict_all(predict_fn, params, data: SliceSet, batch_size: int) -> np.ndarr
   return np.concatenate(out)[:n]
 
 
-def evaluate(predict_fn, params, data: SliceSet, class_names, batch_size: int) -> dict:
-  """mPA / Dice / IoU over the labeled voxels of ``data`` (its ``label_mask``)."""
-  pred = predict_all(predict_fn, params, data, batch_size)
-  cm = metrics_lib.confusion_matrix(pred, data.labels, data.label_mask, len(class_names))
-  return metrics_lib.summarize(cm, class_names)
+def evaluate(predict_fn, params, splits: list[SliceSet], class_names, batch_size: int):
+  """mPA / Dice / IoU over the labeled voxels (``label_mask``) of each split.
+
+  Splits that hold the same image sequences (the paper's protocol: train and test differ only
+  in which time points' labels they show) share one forward pass.
+  """
+  out, cache = [], []
+  for data in splits:
+    pred = next((p for d, p in cache if d.images is data.images or (
+        d.images.shape == data.images.shape and np.array_equal(d.images, data.images))), None)
+    if pred is None:
+      pred = predict_all(predict_fn, params, data, batch_size)
+      cache.append((data, pred))
+    cm = metrics_lib.confusion_matrix(pred, data.labels, data.label_mask, len(class_names))
+    out.append(metrics_lib.summarize(cm, class_names))
+  return out
 
 
 # ----------------------------------------------------------------------------- run folder
@@ -241,8 +252,7 @@ def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, 
         log(f"{stop.signal}: saved a checkpoint at step {int(state.step)}. Rerun the same "
             "command to resume.")
         break
-      train_m = evaluate(predict_fn, state.params, train_set, class_names, b)
-      test_m = evaluate(predict_fn, state.params, test_set, class_names, b)
+      train_m, test_m = evaluate(predict_fn, state.params, [train_set, test_set], class_names, b)
       record = {"epoch": epoch + 1, "step": int(state.step),
                 "loss": float(np.mean(losses_seen)) if losses_seen else None,
                 "lr": float(lr_schedule(config, steps_per_epoch)(int(state.step) - 1)),
@@ -252,8 +262,7 @@ def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, 
       logger.write(record)
   ckpt.close()
   logger.close()
-  train_m = evaluate(predict_fn, state.params, train_set, class_names, b)
-  test_m = evaluate(predict_fn, state.params, test_set, class_names, b)
+  train_m, test_m = evaluate(predict_fn, state.params, [train_set, test_set], class_names, b)
   return RunResult(state, train_m, test_m, time.time() - t0, stopped_by)
 
 
