@@ -15,8 +15,17 @@ def class_weights(labels: np.ndarray, mask: np.ndarray, num_classes: int) -> np.
   Computed once from the training labels (host side, numpy). Normalized so that the
   count-weighted mean weight is 1; classes absent from the labels get weight 0.
   """
-  counts = np.bincount(labels[mask > 0].ravel(), minlength=num_classes)[:num_classes]
-  counts = counts.astype(np.float64)
+  return class_weights_from_counts(class_counts(labels, mask, num_classes))
+
+
+def class_counts(labels: np.ndarray, mask: np.ndarray, num_classes: int) -> np.ndarray:
+  """Labeled pixels per class, ``int64 [num_classes]``."""
+  return np.bincount(labels[mask > 0].ravel(), minlength=num_classes)[:num_classes]
+
+
+def class_weights_from_counts(counts: np.ndarray) -> np.ndarray:
+  """:func:`class_weights` from per-class counts (e.g. summed over processes)."""
+  counts = np.asarray(counts).astype(np.float64)
   w = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
   w *= counts.sum() / max((w * counts).sum(), 1e-12)
   return w.astype(np.float32)
