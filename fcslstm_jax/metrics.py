@@ -10,15 +10,16 @@ total number of them in a per-class basis, averaged over the number of classes",
 mean of per-class pixel accuracy (recall), background included.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 
 def confusion_matrix(pred, labels, mask, num_classes: int):
   """``[c, c]`` float counts, rows = ground truth, columns = prediction (jit-able)."""
-  t = (labels[..., None] == jnp.arange(num_classes)) * mask[..., None]
-  p = pred[..., None] == jnp.arange(num_classes)
-  return jnp.einsum("...i,...j->ij", t.astype(jnp.float32), p.astype(jnp.float32))
+  t = jax.nn.one_hot(labels, num_classes) * jnp.asarray(mask, jnp.float32)[..., None]
+  p = jax.nn.one_hot(pred, num_classes)
+  return jnp.einsum("...i,...j->ij", t, p)
 
 
 def _ratio(num, den):
