@@ -2,11 +2,18 @@
 
 orbax writes each step into a temporary folder and renames it into place when complete, so
 a run killed mid-save leaves the previous checkpoints intact. A checkpoint that cannot be
-read back (truncated files) is skipped with a warning and the one before it is used.
+read back (truncated files) is skipped with a warning and the one before it is used; the next
+save of that step replaces it. A save that fails (disk full, read-only folder) removes its
+partial folder and raises :class:`CheckpointError`.
 """
 
+import contextlib
+import gc
+import glob
 import logging
 import os
+import shutil
+import warnings
 
 import jax
 import orbax.checkpoint as ocp
@@ -15,6 +22,45 @@ from fcslstm_jax.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 BEST_METRIC = "train_mpa"  # see train_lib: never the held-out time point
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Silences orbax's own error logs while we read or write one checkpoint.
+
+  A failed read or write leaves asyncio tasks and worker threads that log full tracebacks
+  ("Task exception was never retrieved"); the failure is reported once, as one line, by
+  the caller. Collecting garbage after a failure makes those tasks log now, while silenced.
+  """
+  loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+  levels = [logger.level for logger in loggers]
+  for logger in loggers:
+    logger.setLevel(logging.CRITICAL)
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", RuntimeWarning)  # "coroutine ... was never awaited"
+      try:
+        yield
+      except BaseException:
+        gc.collect()
+        raise
+  finally:
+    for logger, level in zip(loggers, levels):
+      logger.setLevel(level)
+
+
+_OS_ERRORS = ("No space left on device", "Disk quota exceeded", "Read-only file system",
+              "Permission denied")
+
+
+def _first_line(e: BaseException) -> str:
+  """A short reason: the OS error buried in a tensorstore message, else its first line."""
+  text = str(e).strip()
+  known = [m for m in _OS_ERRORS if m in text]
+  if known:
+    return known[0]
+  lines = text.splitlines()
+  return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
 
 
 def _state_dict(state):
@@ -34,14 +80,30 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(preservation_policy=policy,
                                            enable_async_checkpointing=False)
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    with _quiet_orbax():  # a truncated step's metadata is reported by restore()
+      self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self.unreadable = set()  # steps restore() could not read; save() replaces them
 
   def save(self, state, metrics: dict | None = None) -> None:
     step = int(state.step)
     if step in self.manager.all_steps():
-      return
-    self.manager.save(step, args=ocp.args.StandardSave(_state_dict(state)), metrics=metrics)
-    self.manager.wait_until_finished()
+      if step not in self.unreadable:
+        return
+      self.manager.delete(step)
+      self.unreadable.discard(step)
+    try:
+      with _quiet_orbax():
+        self.manager.save(step, args=ocp.args.StandardSave(_state_dict(state)),
+                          metrics=metrics)
+        self.manager.wait_until_finished()
+    except Exception as e:  # tensorstore reports a full disk as ValueError
+      for partial in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
+        shutil.rmtree(partial, ignore_errors=True)
+      older = [s for s in self.steps() if s < step]
+      kept = f"step {older[-1]} is kept" if older else "no earlier checkpoint exists"
+      raise CheckpointError(
+          f"{self.directory}: could not write checkpoint {step} ({_first_line(e)}). Free disk "
+          f"space or choose a writable --workdir, then rerun the same command ({kept}).") from e
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -57,11 +119,16 @@ class Checkpointer:
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _state_dict(state))
     for s in steps:
       try:
-        restored = self.manager.restore(s, args=ocp.args.StandardRestore(abstract))
+        with _quiet_orbax():
+          restored = self.manager.restore(s, args=ocp.args.StandardRestore(abstract))
       except Exception as e:  # orbax raises many types for truncated or missing files
-        log.warning("checkpoint %s/%s is unreadable (%s: %s); trying an older one.",
-                    self.directory, s, type(e).__name__, str(e).splitlines()[0][:200])
+        self.unreadable.add(s)
+        log.warning("checkpoint %s is unreadable (%s); trying an older one.",
+                    os.path.join(self.directory, str(s)), _first_line(e))
         continue
+      if self.unreadable:
+        log.warning("using checkpoint %s instead.",
+                    os.path.join(self.directory, str(s)))
       return state.replace(**restored), s
     raise CheckpointError(
         f"{self.directory}: no checkpoint could be read (tried steps {steps}). "
