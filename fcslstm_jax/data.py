@@ -92,6 +92,8 @@ class SliceSet:
     valid: ``bool [N, T]``; False for a missing session.
     subject_ids: N subject ids.
     slice_index: ``int32 [N]`` canonical axial (z) index of each sequence.
+    session_labels: ``str [N, T]`` session label at each time point (``""`` where missing),
+      so that errors can name the scan (``sub-<id> ses-<label>``).
   """
   images: np.ndarray
   labels: np.ndarray
@@ -99,6 +101,7 @@ class SliceSet:
   valid: np.ndarray
   subject_ids: tuple
   slice_index: np.ndarray
+  session_labels: Optional[np.ndarray] = None
 
   def __len__(self):
     return self.images.shape[0]
@@ -420,6 +423,9 @@ def make_sequences(subjects, protocol, split):
       valid=np.concatenate([np.broadcast_to(p[3], (len(p[4]), p[3].size)) for p in parts]),
       subject_ids=tuple(s.subject_id for s, p in zip(subjects, parts) for _ in p[4]),
       slice_index=np.concatenate([p[4] for p in parts]).astype(np.int32),
+      session_labels=np.concatenate([np.broadcast_to(
+          [ses.label if ses else "" for ses in align_sessions(subject, protocol)],
+          (len(p[4]), protocol.num_timepoints)) for subject, p in zip(subjects, parts)]),
   )
 
 

@@ -42,6 +42,22 @@ class NonFiniteLoss(FcslstmError):
   """The loss became NaN or Inf; the last good checkpoint is kept."""
 
 
+def describe_nonfinite(data: SliceSet, indices) -> str:
+  """Names the scans (``sub-<id> ses-<label>``) of a batch whose images hold NaN or Inf, and
+  the fix; or says that every input is finite (the optimization itself diverged)."""
+  finite = np.isfinite(data.images[indices]).all(axis=(2, 3, 4))  # [B, T]
+  labels = data.session_labels
+  scans = sorted({f"sub-{data.subject_ids[indices[b]]} " + (
+      f"ses-{labels[indices[b], t]}" if labels is not None else f"time point {t + 1}")
+      for b, t in zip(*np.nonzero(~finite))})
+  if scans:
+    return (f"NaN or Inf in the input images of {', '.join(scans)}. Fix or remove those "
+            "scans")
+  subjects = ", ".join(sorted({f"sub-{data.subject_ids[j]}" for j in indices}))
+  return (f"the batch's input images ({subjects}) are all finite, so training diverged. "
+          "Lower the learning rate")
+
+
 class TrainState(train_state.TrainState):
   pass
 
@@ -236,11 +252,13 @@ def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, 
         state, out = step_fn(state, batches(train_set, idx), step_rng)
         loss = float(out["loss"])
         if not np.isfinite(loss):
-          where = sorted({train_set.subject_ids[j] for j in idx})
+          kept = ckpt.steps()
+          kept = f"the last good checkpoint, step {kept[-1]}, is kept" if kept else (
+              "no checkpoint was written yet")
           raise NonFiniteLoss(
-              f"loss became {loss} at step {int(state.step)} (epoch {epoch + 1}, subjects "
-              f"{where}). Check those subjects' images; the last good checkpoint in "
-              f"{ckpt.directory} is kept. Lower the learning rate to retry.")
+              f"loss became {loss} at step {int(state.step)} (epoch {epoch + 1}): "
+              f"{describe_nonfinite(train_set, idx)}, then rerun the same command "
+              f"({ckpt.directory}: {kept}).")
         losses_seen.append(loss)
         if hasattr(bar, "set_postfix"):
           bar.set_postfix(loss=f"{loss:.4f}", seq_per_s=f"{b * len(losses_seen) / (time.time() - t_epoch):.2f}")
