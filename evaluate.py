@@ -21,14 +21,16 @@ def main(argv=None) -> int:
   p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
   p.add_argument("--debug", action="store_true", help="show tracebacks")
   args = p.parse_args(argv)
-  from fcslstm_jax.errors import FcslstmError
+  from fcslstm_jax.errors import user_message
   try:
     from fcslstm_jax import inference
     result = inference.evaluate_run(args.workdir, args.out, args.data_dir, args.batch_size)
-  except FcslstmError as e:
-    if args.debug:
+  except Exception as e:  # one clear line for the user's mistakes; tracebacks for ours
+    message = None if args.debug else user_message(
+        e, "Free disk space or choose a writable --out folder, then rerun.")
+    if message is None:
       raise
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {message}", file=sys.stderr)
     return 2
   fmt = lambda m: "n/a" if m is None or m["mpa"] is None else f"{m['mpa']:.4f}"
   print(f"mPA train time points {fmt(result['train'])}, test time points {fmt(result['test'])}")

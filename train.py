@@ -8,9 +8,12 @@ Rerunning the same command resumes from the last checkpoint in --workdir.
 """
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 
 
@@ -49,15 +52,41 @@ def format_table(result, class_names) -> str:
   return "\n".join(rows)
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+  """SIGTERM outside the training steps (a scheduler's preemption while the model compiles or
+  the final evaluation runs) ends the run like Ctrl-C; during the steps train_lib's handler
+  saves a checkpoint first."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  def interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+  old = signal.signal(signal.SIGTERM, interrupt)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, old)
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
+  from fcslstm_jax.errors import user_message
   try:
-    return run(args)
-  except Exception as e:  # one clear line for the user's mistakes; tracebacks for ours
-    from fcslstm_jax.errors import FcslstmError
-    if args.debug or not isinstance(e, FcslstmError):
+    with sigterm_as_interrupt():
+      return run(args)
+  except KeyboardInterrupt:
+    if args.debug:
       raise
-    print(f"error: {e}", file=sys.stderr)
+    print("interrupted outside a training step: checkpoints already written are kept. Rerun "
+          "the same command to resume.", file=sys.stderr)
+    return 130
+  except Exception as e:  # one clear line for the user's mistakes; tracebacks for ours
+    message = None if args.debug else user_message(
+        e, "Free disk space or choose a writable --workdir, then rerun the same command.")
+    if message is None:
+      raise
+    print(f"error: {message}", file=sys.stderr)
     return 2
 
 
@@ -72,6 +101,9 @@ def run(args) -> int:
                       batch_size=args.batch_size, seed=args.seed, precision=args.precision)
   name = args.dataset or os.path.basename(os.path.normpath(args.data_dir))
   workdir = args.workdir or os.path.join("runs", f"{name}-{config.model}-{args.config}")
+  if args.data_dir:
+    from fcslstm_jax.inference import check_outside_dataset
+    check_outside_dataset(workdir, args.data_dir, "--workdir")
   if args.dataset:
     subjects, protocol = data_lib.load_builtin(args.dataset, seed=args.data_seed)
   else:

@@ -1,5 +1,7 @@
 """Errors the user can act on. Each message names the file (or flag) and says how to fix it."""
 
+import errno
+
 
 class FcslstmError(Exception):
   """Base class: the CLIs print these as one line (no traceback unless ``--debug``)."""
@@ -15,3 +17,24 @@ class ConfigError(FcslstmError, ValueError):
 
 class CheckpointError(FcslstmError, RuntimeError):
   """No usable checkpoint could be restored."""
+
+
+# File-system conditions the user can fix: disk full, quota, read-only or forbidden folder.
+USER_OS_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def user_message(e: BaseException, fix: str):
+  """The one line a CLI prints for an error the user can act on; None for anything else
+  (a bug in this program: the CLI shows the traceback).
+
+  Args:
+    e: the exception.
+    fix: what to do about a file-system error (e.g. "Free disk space or choose a writable
+      --workdir.").
+  """
+  if isinstance(e, FcslstmError):
+    return str(e)
+  if isinstance(e, OSError) and e.errno in USER_OS_ERRNOS:
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{e.strerror}. {fix}"
+  return None

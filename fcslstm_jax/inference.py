@@ -42,13 +42,23 @@ def restore_params(workdir: str, config: Config, num_classes: int, in_channels: 
   return model, state.params, restored
 
 
-def check_output_dir(out_dir: str, input_root: str) -> None:
+def check_outside_dataset(out_dir: str, input_root: str, flag: str = "--out") -> None:
   """Outputs never go inside the input dataset (nothing can overwrite an input)."""
   out, root = os.path.realpath(out_dir), os.path.realpath(input_root)
   if os.path.commonpath([out, root]) == root:
-    raise ConfigError(f"{out_dir}: is inside the input dataset {input_root}. Choose an --out "
-                      "folder outside it; predictions never go next to the inputs.")
-  os.makedirs(out, exist_ok=True)
+    raise ConfigError(f"{out_dir}: is inside the input dataset {input_root}. Choose a {flag} "
+                      "folder outside it; outputs never go next to the inputs.")
+
+
+def check_output_dir(out_dir: str, input_root: str) -> None:
+  """Creates ``out_dir`` after checking it is outside the input dataset and writable."""
+  check_outside_dataset(out_dir, input_root)
+  out = os.path.realpath(out_dir)
+  try:
+    os.makedirs(out, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f"{out_dir}: cannot be created ({e.strerror}). Choose another --out "
+                      "folder.") from e
   if not os.access(out, os.W_OK):
     raise ConfigError(f"{out_dir}: is not writable. Choose another --out folder.")
 
@@ -102,11 +112,22 @@ def evaluate_run(workdir: str, out_dir: str | None = None, data_dir: str | None 
     log(f"sub-{subject.subject_id}: {pred.shape[0]} slices x {pred.shape[1]} time points")
   result = summarize_run(cms, preds, truths, masks, protocol)
   result.update(workdir=os.path.abspath(workdir), checkpoint_step=step, model=config.model)
-  with open(os.path.join(out_dir, "metrics.json.tmp"), "w") as f:
-    json.dump(result, f, indent=2)
-  os.replace(os.path.join(out_dir, "metrics.json.tmp"), os.path.join(out_dir, "metrics.json"))
   save_figure(os.path.join(out_dir, "segmentation.png"), *figure, protocol, config.model)
+  write_json(os.path.join(out_dir, "metrics.json"), result)  # last: marks a complete output
   return result
+
+
+def write_json(path: str, obj) -> None:
+  """Atomic: a temporary file renamed into place, removed if the write fails (disk full)."""
+  tmp = path + ".tmp"
+  try:
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
 
 
 def summarize_run(cms, preds, truths, masks, protocol) -> dict:
