@@ -5,6 +5,7 @@ the ``Z`` axial slices as a batch of sequences ``[Z, T, X, Y, C]`` and returns `
 Predictions are written back on each session's own grid, orientation, affine and header.
 """
 
+import contextlib
 import json
 import os
 
@@ -101,7 +102,8 @@ def evaluate_run(workdir: str, out_dir: str | None = None, data_dir: str | None 
       if session is None:
         continue
       path = prediction_path(out_dir, subject.subject_id, session.label, config.model)
-      nifti_io.save_like(path, np.moveaxis(pred[:, t], 0, -1), session.ref)
+      with naming(path):
+        nifti_io.save_like(path, np.moveaxis(pred[:, t], 0, -1), session.ref)
       cms[t] += np.asarray(metrics_lib.confusion_matrix(pred[:, t], seq.labels[:, t],
                                                         seq.label_mask[:, t], c))
     preds.append(pred)
@@ -112,9 +114,22 @@ def evaluate_run(workdir: str, out_dir: str | None = None, data_dir: str | None 
     log(f"sub-{subject.subject_id}: {pred.shape[0]} slices x {pred.shape[1]} time points")
   result = summarize_run(cms, preds, truths, masks, protocol)
   result.update(workdir=os.path.abspath(workdir), checkpoint_step=step, model=config.model)
-  save_figure(os.path.join(out_dir, "segmentation.png"), *figure, protocol, config.model)
-  write_json(os.path.join(out_dir, "metrics.json"), result)  # last: marks a complete output
+  with naming(os.path.join(out_dir, "segmentation.png")) as path:
+    save_figure(path, *figure, protocol, config.model)
+  with naming(os.path.join(out_dir, "metrics.json")) as path:
+    write_json(path, result)  # last: marks a complete output
   return result
+
+
+@contextlib.contextmanager
+def naming(path: str):
+  """Adds the file name to an OSError that lacks it (a full disk fails in write())."""
+  try:
+    yield path
+  except OSError as e:
+    if e.filename:
+      raise
+    raise type(e)(e.errno, e.strerror, str(path)) from e
 
 
 def write_json(path: str, obj) -> None:
