@@ -1,0 +1,25 @@
+"""The comparison experiment's --quick smoke run: three models, one seed, tiny data."""
+
+import json
+
+from fcslstm_jax.experiments import compare
+
+
+def test_quick_comparison_writes_consistent_results(tmp_path, monkeypatch):
+  monkeypatch.setenv("FCSLSTM_DATA_DIR", str(tmp_path / "data"))
+  out = tmp_path / "results"
+  summary = compare.main(["--quick", "--out", str(out), "--runs", str(tmp_path / "runs")])
+  saved = json.loads((out / "compare-bric.json").read_text())
+  assert [r["model"] for r in saved["runs"]] == ["fcn", "fcslstm", "bi-fcslstm"]
+  # The table is made from the runs, not typed: JSON, summary and markdown agree.
+  for r in saved["runs"]:
+    row = saved["summary"]["models"][r["model"]]
+    assert row["test_mpa"][0] == r["test"]["mpa"] and row["test_mpa"][1] == 0.0
+    assert f"{100 * r['test']['mpa']:.1f} ± 0.0" in (out / "compare-bric.md").read_text()
+    assert 0.0 <= r["test"]["mpa"] <= 1.0
+    assert len(r["temporal_consistency"]) == 4
+  p = saved["summary"]["models"]
+  assert p["fcn"]["parameters"] < p["fcslstm"]["parameters"] < p["bi-fcslstm"]["parameters"]
+  assert summary["models"].keys() == p.keys()
+  assert (out / "compare-bric.png").stat().st_size > 0
+  assert (out / "compare-bric-fig4.png").stat().st_size > 0
