@@ -276,8 +276,8 @@ def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, 
                 "lr": float(lr_schedule(config, steps_per_epoch)(int(state.step) - 1)),
                 "train_mpa": train_m["mpa"], "test_mpa": test_m["mpa"],
                 "epoch_seconds": time.time() - t_epoch}
+      logger.write(record)  # before the checkpoint: a resume drops lines past its step
       ckpt.save(state, {"train_mpa": train_m["mpa"] or 0.0})
-      logger.write(record)
   ckpt.close()
   logger.close()
   train_m, test_m = evaluate(predict_fn, state.params, [train_set, test_set], class_names, b)
