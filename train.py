@@ -8,6 +8,7 @@ Rerunning the same command resumes from the last checkpoint in --workdir.
 """
 
 import argparse
+import builtins
 import contextlib
 import json
 import os
@@ -31,11 +32,22 @@ def parse_args(argv=None):
   p.add_argument("--batch-size", type=int)
   p.add_argument("--seed", type=int)
   p.add_argument("--remat", choices=("none", "stages", "full"))
-  p.add_argument("--precision", choices=("float32", "bfloat16"))
+  p.add_argument("--precision", choices=("float32", "bfloat16", "bf16"),
+                 help="bfloat16 (alias bf16): convolutions in bfloat16; parameters, optimizer "
+                 "state, LSTM cell state and loss stay float32")
+  p.add_argument("--mesh", default="auto",
+                 help="devices of the data-parallel mesh: 'auto' (all) or a number")
+  p.add_argument("--coordinator-address", help="multi-process: process 0's host:port")
+  p.add_argument("--num-processes", type=int, help="multi-process: number of processes")
+  p.add_argument("--process-id", type=int, help="multi-process: this process, 0..N-1")
   p.add_argument("--workdir", help="default: runs/<dataset>-<model>-<config>")
   p.add_argument("--data-seed", type=int, default=0, help="seed of the built-in dataset")
   p.add_argument("--debug", action="store_true", help="show tracebacks")
   args = p.parse_args(argv)
+  if args.precision == "bf16":
+    args.precision = "bfloat16"
+  if args.mesh != "auto" and not args.mesh.isdigit():
+    p.error(f"--mesh must be 'auto' or a number of devices, got {args.mesh!r}")
   if not args.dataset and not args.data_dir:
     args.dataset = "bric"
   return args
@@ -91,12 +103,18 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
+  import jax
   from tqdm import tqdm
   from fcslstm_jax import data as data_lib
+  from fcslstm_jax import parallel
   from fcslstm_jax import protocol as protocol_lib
   from fcslstm_jax import train_lib
   from fcslstm_jax.config import get_config
 
+  parallel.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  mesh = parallel.make_mesh(None if args.mesh == "auto" else int(args.mesh))
+  main = parallel.is_main_process()
+  print = builtins.print if main else (lambda *a, **k: None)  # logs on process 0 only
   config = get_config(args.config, model=args.model, epochs=args.epochs, remat=args.remat,
                       batch_size=args.batch_size, seed=args.seed, precision=args.precision)
   name = args.dataset or os.path.basename(os.path.normpath(args.data_dir))
@@ -105,23 +123,31 @@ def run(args) -> int:
     from fcslstm_jax.inference import check_outside_dataset
     check_outside_dataset(workdir, args.data_dir, "--workdir")
   if args.dataset:
-    subjects, protocol = data_lib.load_builtin(args.dataset, seed=args.data_seed)
+    from fcslstm_jax import bric
+    protocol = protocol_lib.get_protocol(args.dataset)
+    root = bric.ensure_dataset(seed=args.data_seed)
   else:
     protocol = protocol_lib.get_protocol(args.protocol)
-    subjects = data_lib.load_dataset(args.data_dir, protocol.modalities, protocol.num_classes)
+    root = args.data_dir
+  subjects = parallel.load_subjects(root, protocol)  # this process's share
   train_set = data_lib.make_sequences(subjects, protocol, "train")
   test_set = data_lib.make_sequences(subjects, protocol, "test")
   run_info = {"config": config.to_json(), "config_name": args.config,
               "dataset": args.dataset or os.path.abspath(args.data_dir),
               "data_seed": args.data_seed, "protocol": protocol.name}
   print(f"{len(subjects)} subjects, {len(train_set)} training sequences of shape "
-        f"{train_set.images.shape[1:]}; model {config.model}; workdir {workdir}")
+        f"{train_set.images.shape[1:]}; model {config.model}; workdir {workdir}; "
+        f"{mesh.size} {mesh.devices.flat[0].platform} device(s), "
+        f"{jax.process_count()} process(es)")
   progress = lambda it, epoch: tqdm(it, desc=f"epoch {epoch + 1}/{config.epochs}",
                                     leave=False, dynamic_ncols=True)
   result = train_lib.train_and_evaluate(config, train_set, test_set, workdir,
-                                        protocol.class_names, run_info, progress=progress)
+                                        protocol.class_names, run_info,
+                                        progress=progress if main else None, mesh=mesh)
   if result.stopped_by:
     return 130
+  if not main:
+    return 0
   summary = {"train": result.train, "test": result.test, "seconds": result.seconds,
              "step": int(result.state.step), "model": config.model, "config": args.config}
   tmp = os.path.join(workdir, "results.json.tmp")

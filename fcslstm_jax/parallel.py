@@ -31,6 +31,7 @@ CPU clusters (and the tests) use gloo for cross-process collectives
 """
 
 import os
+import pathlib
 
 import jax
 import numpy as np
@@ -120,6 +121,18 @@ def subject_shard(items, index=None, count=None):
     raise ConfigError(f"{len(items)} subjects cannot be shared by {count} processes: each "
                       "process needs at least one. Use fewer processes.")
   return items[index::count]
+
+
+def load_subjects(root, protocol) -> list:
+  """This process's subjects of the dataset at ``root``: all of them for one process, else
+  :func:`subject_shard` of the sorted ``sub-*`` folders (only those files are read)."""
+  from fcslstm_jax import data as data_lib
+  modalities, num_classes = tuple(protocol.modalities), protocol.num_classes
+  dirs = sorted(d for d in pathlib.Path(root).glob("sub-*") if d.is_dir())
+  if jax.process_count() == 1 or not dirs:  # load_dataset explains an empty folder
+    return data_lib.load_dataset(root, modalities, num_classes)
+  return [data_lib.load_subject(pathlib.Path(root), d, modalities, num_classes)
+          for d in subject_shard(dirs)]
 
 
 def sum_over_processes(x: np.ndarray) -> np.ndarray:

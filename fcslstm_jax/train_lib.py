@@ -28,6 +28,7 @@ from flax.training import train_state
 
 from fcslstm_jax import losses
 from fcslstm_jax import metrics as metrics_lib
+from fcslstm_jax import parallel
 from fcslstm_jax.checkpoint import Checkpointer
 from fcslstm_jax.config import Config
 from fcslstm_jax.data import SliceSet
@@ -159,6 +160,7 @@ def evaluate(predict_fn, params, splits: list[SliceSet], class_names, batch_size
       pred = predict_all(predict_fn, params, data, batch_size)
       cache.append((data, pred))
     cm = metrics_lib.confusion_matrix(pred, data.labels, data.label_mask, len(class_names))
+    cm = parallel.sum_over_processes(cm)  # each process holds its own subjects
     out.append(metrics_lib.summarize(cm, class_names))
   return out
 
@@ -219,27 +221,42 @@ class RunResult:
 
 def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, workdir: str,
                        class_names, run_info: dict, progress: Callable = None,
-                       log: Callable = print) -> RunResult:
-  """The whole run: resume if possible, train, checkpoint each epoch, evaluate."""
+                       log: Callable = print, mesh=None) -> RunResult:
+  """The whole run: resume if possible, train, checkpoint each epoch, evaluate.
+
+  ``mesh``: the devices to train on (default: all, see :mod:`fcslstm_jax.parallel`). With
+  several processes, ``train_set`` / ``test_set`` hold this process's subjects only.
+  """
   t0 = time.time()
+  mesh = mesh or parallel.make_mesh()
+  main = parallel.is_main_process()
+  log = log if main else (lambda *a, **k: None)
   n, b = len(train_set), config.batch_size
-  if n < b:
-    raise ConfigError(f"--batch-size {b} is larger than the {n} training sequences.")
-  steps_per_epoch = n // b
-  check_run_dir(workdir, run_info)
+  local_b = parallel.process_batch_size(b, mesh)  # rows this process feeds per step
+  steps_per_epoch = parallel.agree_min(n // local_b)
+  if not steps_per_epoch:
+    raise ConfigError(f"--batch-size {b} is larger than the training sequences "
+                      f"({n} in this process's share).")
+  if main:
+    check_run_dir(workdir, run_info)
   model = build_model(config, len(class_names))
   rng = jax.random.PRNGKey(config.seed)
   state = create_train_state(rng, model, config, train_set.images.shape[-1], steps_per_epoch)
+  state = parallel.replicate(state, mesh)
   ckpt = Checkpointer(workdir, config.keep_checkpoints)
   state, restored = ckpt.restore(state)
   if restored is not None:
     log(f"Resuming from {ckpt.directory} at step {restored}.")
-  weights = losses.class_weights(train_set.labels, train_set.label_mask, len(class_names))
+  weights = losses.class_weights_from_counts(parallel.sum_over_processes(
+      losses.class_counts(train_set.labels, train_set.label_mask, len(class_names))))
   step_fn = jax.jit(lambda s, batch, r: train_step(s, batch, r, class_weights=weights,
-                                                   config=config), donate_argnums=0)
-  predict_fn = jax.jit(lambda p, x, v: predict(p, model.apply, x, v))
-  logger = MetricsLog(workdir, int(state.step))
-  step_rng = jax.random.fold_in(rng, 1)
+                                                   config=config), donate_argnums=0,
+                    out_shardings=parallel.replicated(mesh))
+  predict_fn = parallel.on_local_devices(
+      jax.jit(lambda p, x, v: predict(p, model.apply, x, v)), mesh)
+  eval_params = lambda: parallel.local_replica(state.params, mesh)
+  logger = MetricsLog(workdir, int(state.step)) if main else None
+  step_rng = parallel.replicate(jax.random.fold_in(rng, 1), mesh)
   stopped_by = None
   with StopRequest() as stop:
     for epoch in range(int(state.step) // steps_per_epoch, config.epochs):
@@ -248,8 +265,8 @@ def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, 
       bar = progress(bar, epoch) if progress else bar
       t_epoch, losses_seen = time.time(), []
       for i in bar:
-        idx = order[i * b:(i + 1) * b]
-        state, out = step_fn(state, batches(train_set, idx), step_rng)
+        idx = order[i * local_b:(i + 1) * local_b]
+        state, out = step_fn(state, parallel.shard_batch(batches(train_set, idx), mesh), step_rng)
         loss = float(out["loss"])
         if not np.isfinite(loss):
           kept = ckpt.steps()
@@ -270,17 +287,21 @@ def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, 
         log(f"{stop.signal}: saved a checkpoint at step {int(state.step)}. Rerun the same "
             "command to resume.")
         break
-      train_m, test_m = evaluate(predict_fn, state.params, [train_set, test_set], class_names, b)
+      train_m, test_m = evaluate(predict_fn, eval_params(), [train_set, test_set], class_names,
+                                 local_b)
       record = {"epoch": epoch + 1, "step": int(state.step),
                 "loss": float(np.mean(losses_seen)) if losses_seen else None,
                 "lr": float(lr_schedule(config, steps_per_epoch)(int(state.step) - 1)),
                 "train_mpa": train_m["mpa"], "test_mpa": test_m["mpa"],
                 "epoch_seconds": time.time() - t_epoch}
-      logger.write(record)  # before the checkpoint: a resume drops lines past its step
+      if logger:  # before the checkpoint: a resume drops lines past its step (MetricsLog)
+        logger.write(record)
       ckpt.save(state, {"train_mpa": train_m["mpa"] or 0.0})
   ckpt.close()
-  logger.close()
-  train_m, test_m = evaluate(predict_fn, state.params, [train_set, test_set], class_names, b)
+  if logger:
+    logger.close()
+  train_m, test_m = evaluate(predict_fn, eval_params(), [train_set, test_set], class_names,
+                             local_b)
   return RunResult(state, train_m, test_m, time.time() - t0, stopped_by)
 
 

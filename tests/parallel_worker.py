@@ -1,0 +1,140 @@
+"""Subprocess side of tests/test_parallel.py (XLA_FLAGS and jax.distributed need a fresh
+process: both must be set before JAX touches a device).
+
+    python tests/parallel_worker.py mesh OUT.npz
+        two train steps of a tiny FCN on a 1-device and on a 2-device mesh (run with
+        XLA_FLAGS=--xla_force_host_platform_device_count=2), and one bfloat16 step of a tiny
+        FCSLSTM; saves losses, parameters, and the bfloat16 step's HLO.
+    python tests/parallel_worker.py train OUT.npz TRAIN_ARGS...
+        train.py TRAIN_ARGS in one process of a multi-process run; saves the final
+        parameters and whether the newest checkpoint holds them.
+"""
+
+import os
+import sys
+import time
+
+T0 = time.time()
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fcslstm_jax import parallel  # noqa: E402
+from fcslstm_jax import train_lib  # noqa: E402
+from fcslstm_jax.config import get_config  # noqa: E402
+
+BATCH, STEPS, T, SIZE, CHANNELS, CLASSES = 2, 2, 2, 32, 2, 4
+WEIGHTS = np.array([0.5, 1.0, 1.5, 2.0], np.float32)
+
+
+def log(what):
+  print(f"[{time.time() - T0:6.1f} s] {what}", flush=True)
+
+
+def flat(tree) -> dict:
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
+
+
+def synthetic_batches(seed=0) -> list:
+  rng = np.random.default_rng(seed)
+  shape = (BATCH, T, SIZE, SIZE)
+  return [{"images": rng.random(shape + (CHANNELS,), np.float32),
+           "labels": rng.integers(0, CLASSES, shape).astype(np.int32),
+           "label_mask": (rng.random(shape) < 0.5).astype(np.float32),
+           "valid": np.ones((BATCH, T), bool)} for _ in range(STEPS)]
+
+
+def initial_state(config):
+  """A host copy of the initial TrainState (one init program serves every run below: the
+  parameters do not depend on the mesh or on ``precision``)."""
+  model = train_lib.build_model(config, CLASSES)
+  state = train_lib.create_train_state(jax.random.PRNGKey(config.seed), model, config,
+                                       CHANNELS, steps_per_epoch=1)
+  return jax.tree_util.tree_map(np.asarray, state)
+
+
+def step_on(mesh, config):
+  """The jitted train step as ``train_lib.train_and_evaluate`` builds it."""
+  return jax.jit(lambda s, b, r: train_lib.train_step(s, b, r, class_weights=WEIGHTS,
+                                                      config=config),
+                 donate_argnums=0, out_shardings=parallel.replicated(mesh))
+
+
+def train_on(mesh, config, state, batches):
+  """``STEPS`` steps on ``mesh``; returns the losses and the final parameters."""
+  state = parallel.replicate(state, mesh)
+  step_fn = step_on(mesh, config)
+  step_rng = parallel.replicate(jax.random.fold_in(jax.random.PRNGKey(config.seed), 1), mesh)
+  losses = []
+  for batch in batches:
+    state, out = step_fn(state, parallel.shard_batch(batch, mesh), step_rng)
+    losses.append(float(out["loss"]))
+  leaves = jax.tree_util.tree_leaves((state.params, state.opt_state))
+  assert all(x.sharding.is_fully_replicated and x.sharding.mesh.size == mesh.size
+             for x in leaves)  # parameters and optimizer state stay replicated
+  return np.array(losses), flat(state.params)
+
+
+def bf16_step(config, state, batch):
+  """One bfloat16 step on one device: its loss, the HLO before and after XLA's passes, and
+  the dtypes of the updated parameters and optimizer state."""
+  config = config.replace(precision="bfloat16")
+  model = train_lib.build_model(config, CLASSES)
+  state = state.replace(apply_fn=model.apply)
+  mesh = parallel.make_mesh(1)
+  args = (parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh),
+          parallel.replicate(jax.random.PRNGKey(1), mesh))
+  lowered = step_on(mesh, config).lower(*args)
+  compiled = lowered.compile()
+  new_state, out = compiled(*args)
+  dtypes = {str(x.dtype) for x in jax.tree_util.tree_leaves((new_state.params,
+                                                            new_state.opt_state))}
+  return {"bf16_loss": float(out["loss"]), "bf16_lowered": lowered.as_text(dialect="hlo"),
+          "bf16_compiled": compiled.as_text(), "bf16_state_dtypes": sorted(dtypes)}
+
+
+def mesh_main(out):
+  assert jax.device_count() == 2, jax.devices()
+  batches = synthetic_batches()
+  lstm = get_config("tiny", model="fcslstm")
+  log("imported")
+  state = initial_state(lstm)
+  log("fcslstm initialized")
+  result = bf16_step(lstm, state, batches[0])
+  log("bfloat16 step")
+  # 1 vs 2 devices on the FCN, the cheapest model to compile: data parallelism does not
+  # depend on what the model computes per sequence.
+  fcn = get_config("tiny", model="fcn")
+  state = initial_state(fcn)
+  for n in (1, 2):
+    losses, params = train_on(parallel.make_mesh(n), fcn, state, batches)
+    log(f"fcn on {n} device(s)")
+    result[f"loss{n}"] = losses
+    result.update({f"p{n}{k}": v for k, v in params.items()})
+  np.savez(out, **result)
+
+
+def train_main(out, argv):
+  import train
+  from fcslstm_jax.checkpoint import Checkpointer
+  results = []
+  run = train_lib.train_and_evaluate
+  train_lib.train_and_evaluate = lambda *a, **k: results.append(run(*a, **k)) or results[-1]
+  assert train.main(argv) == 0
+  state = results[-1].state
+  workdir = argv[argv.index("--workdir") + 1]
+  ckpt = Checkpointer(workdir)  # every process restores, as orbax expects
+  restored, step = ckpt.restore(state)
+  ckpt.close()
+  same = all(np.array_equal(a, b) for a, b in zip(flat(state.params).values(),
+                                                  flat(restored.params).values()))
+  np.savez(out, step=int(state.step), ckpt_step=step, ckpt_matches=same,
+           process_count=jax.process_count(), **flat(state.params))
+
+
+if __name__ == "__main__":
+  mode, out = sys.argv[1], sys.argv[2]
+  mesh_main(out) if mode == "mesh" else train_main(out, sys.argv[3:])

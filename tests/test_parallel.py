@@ -1,0 +1,194 @@
+"""Data parallelism (fcslstm_jax/parallel.py): 1 vs 2 devices, two processes, bfloat16.
+
+The device-count and multi-process runs need fresh interpreters (XLA_FLAGS and
+jax.distributed must be set before JAX touches a device): tests/parallel_worker.py runs in
+subprocesses, all started at once by one module fixture so that their compilations overlap,
+and killed in a ``finally`` block whatever happens. XLA:CPU's LLVM optimization level 0
+makes these tiny programs compile several times faster; the numbers compared are computed
+under the same flags on both sides.
+"""
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+
+from fcslstm_jax import bric
+from fcslstm_jax import parallel
+from fcslstm_jax.errors import ConfigError
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+WORKER = ROOT / "tests" / "parallel_worker.py"
+TINY_DATA = bric.GenerationConfig(num_subjects=2, grid=(32, 32), num_slices=3, voxel_mm=6.0)
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+TIMEOUT_S = 240  # all three; the two-process run must end within 120 s
+# 1 vs 2 devices: float32 sums split over two devices round differently; measured
+# differences are ~1e-6 (loss) and ~2e-7 (parameters, which move ~4e-3 per step).
+LOSS_RTOL, PARAM_ATOL = 1e-5, 1e-6
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def start(args, log, nice=0, **env):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **env)
+  env["XLA_FLAGS"] = " ".join(filter(None, (env.get("XLA_FLAGS", ""), FAST_COMPILE,
+                                            env.pop("EXTRA_XLA_FLAGS", ""))))
+  return subprocess.Popen([sys.executable, str(WORKER), *map(str, args)], cwd=ROOT, env=env,
+                          stdout=log, stderr=subprocess.STDOUT,
+                          preexec_fn=(lambda: os.nice(nice)) if nice else None)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Starts the 1-vs-2-device worker and a two-process train.py run; returns their outputs."""
+  tmp = tmp_path_factory.mktemp("parallel")
+  data = bric.generate(tmp / "data", seed=0, config=TINY_DATA)
+  workdir, port = tmp / "run", free_port()
+  # FCN: the cheapest model to compile (the LSTM runs sharded in the 1-vs-2-device worker).
+  train_args = ["--data-dir", data, "--protocol", "ibis", "--config", "tiny", "--model", "fcn",
+                "--epochs", "2", "--batch-size", "2", "--workdir", workdir,
+                "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2"]
+  jobs, logs, seconds, t0 = {}, {}, {}, time.time()
+  try:
+    # The two processes get the CPU first; the 1-vs-2-device worker fills their idle time.
+    for name, args, nice, env in [
+        *[(f"process{i}", ["train", tmp / f"process{i}.npz", *train_args, "--process-id", i],
+           0, {"JAX_COORDINATOR_BIND_ADDRESS": f"127.0.0.1:{port}"}) for i in (0, 1)],
+        ("mesh", ["mesh", tmp / "mesh.npz"], 10,
+         {"EXTRA_XLA_FLAGS": "--xla_force_host_platform_device_count=2"})]:
+      logs[name] = open(tmp / f"{name}.log", "w")
+      jobs[name] = start(args, logs[name], nice, **env)
+    for name, job in jobs.items():
+      job.wait(timeout=max(1.0, TIMEOUT_S - (time.time() - t0)))
+      seconds[name] = time.time() - t0
+  except subprocess.TimeoutExpired:
+    pass
+  finally:
+    for job in jobs.values():
+      if job.poll() is None:
+        job.kill()
+        job.wait()
+    for f in logs.values():
+      f.close()
+  out = {"seconds": seconds, "workdir": workdir}
+  for name, job in jobs.items():
+    text = (tmp / f"{name}.log").read_text()
+    out[name] = {"rc": job.returncode, "log": text}
+    if job.returncode == 0:
+      out[name].update(np.load(tmp / f"{name}.npz"))
+  return out
+
+
+def check_ok(run):
+  assert run["rc"] == 0, f"exit {run['rc']} (negative: killed after {TIMEOUT_S} s)\n{run['log'][-3000:]}"
+
+
+def params_of(run, prefix=""):
+  return {k[len(prefix):]: v for k, v in run.items() if k.startswith(prefix + "['")}
+
+
+def test_two_devices_match_one_device(runs):
+  run = runs["mesh"]
+  check_ok(run)
+  np.testing.assert_allclose(run["loss2"], run["loss1"], rtol=LOSS_RTOL)
+  one, two = params_of(run, "p1"), params_of(run, "p2")
+  assert one.keys() == two.keys() and len(one) > 10
+  for k in one:
+    np.testing.assert_allclose(two[k], one[k], atol=PARAM_ATOL, rtol=0, err_msg=k)
+
+
+def test_bfloat16_step_convolutions_and_finite_loss(runs):
+  run = runs["mesh"]
+  check_ok(run)
+  assert np.isfinite(run["bf16_loss"])
+  # Parameters and optimizer state stay float32 (the step counter is int32).
+  assert set(run["bf16_state_dtypes"].tolist()) == {"float32", "int32"}
+  lowered = [l for l in str(run["bf16_lowered"]).splitlines() if " convolution(" in l]
+  assert lowered and all(l.split("=", 1)[1].lstrip().startswith("bf16[") for l in lowered)
+  # XLA:CPU has no bfloat16 convolution kernels: its float normalization computes them in
+  # float32 between converts, so on CPU the compiled program holds bf16 values, not bf16
+  # convolutions. (On GPU the compiled convolutions stay bf16.)
+  compiled = str(run["bf16_compiled"])
+  assert "bf16[" in compiled and " convolution(" in compiled
+
+
+def test_two_processes_end_identical_with_one_checkpoint(runs):
+  p0, p1 = runs["process0"], runs["process1"]
+  check_ok(p0)
+  check_ok(p1)
+  assert int(p0["process_count"]) == int(p1["process_count"]) == 2
+  # 2 subjects, one per process, one sequence each, global batch 2: one step per epoch.
+  assert int(p0["step"]) == int(p1["step"]) == 2
+  a, b = params_of(p0), params_of(p1)
+  assert a.keys() == b.keys() and len(a) > 10
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  # One checkpoint folder, written once, holding the final parameters.
+  assert bool(p0["ckpt_matches"]) and bool(p1["ckpt_matches"])
+  assert int(p0["ckpt_step"]) == int(p1["ckpt_step"]) == 2
+  ckpt_dir = runs["workdir"] / "checkpoints"
+  entries = sorted(p.name for p in ckpt_dir.iterdir())
+  assert entries == ["1", "2"], entries  # no leftover temporary folders
+  # Process 0 alone logs and writes the run's text files.
+  assert "training sequences" in p0["log"] and "training sequences" not in p1["log"]
+  assert (runs["workdir"] / "results.json").is_file()
+  lines = (runs["workdir"] / "metrics.jsonl").read_text().splitlines()
+  assert len(lines) == 2, lines
+  assert max(runs["seconds"]["process0"], runs["seconds"]["process1"]) < 120, runs["seconds"]
+
+
+# ------------------------------------------------------------------ no device needed
+
+
+def test_distributed_args_from_flags_env_or_none():
+  assert parallel.distributed_args(environ={}) is None
+  assert parallel.distributed_args(num_processes=1, environ={}) is None
+  assert parallel.distributed_args("h:1234", 2, 1, environ={}) == {
+      "coordinator_address": "h:1234", "num_processes": 2, "process_id": 1}
+  env = {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
+  assert parallel.distributed_args(environ=env)["process_id"] == 3
+  assert parallel.distributed_args(process_id=0, environ=env)["process_id"] == 0  # flag wins
+  slurm = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}
+  assert parallel.distributed_args(environ=slurm) == {}  # JAX detects the rest
+
+
+def test_distributed_args_incomplete_is_a_clear_error():
+  with pytest.raises(ConfigError, match="--num-processes, --process-id"):
+    parallel.distributed_args("h:1234", environ={})
+  with pytest.raises(ConfigError, match="--process-id 2 must lie in 0..1"):
+    parallel.distributed_args("h:1234", 2, 2, environ={})
+
+
+def test_batch_not_divisible_by_devices_names_the_flag():
+  mesh = types.SimpleNamespace(size=4)
+  assert parallel.process_batch_size(8, mesh) == 8
+  with pytest.raises(ConfigError, match=r"--batch-size 6 is not divisible by the 4 devices.*"
+                                        r"--batch-size 4 or 8"):
+    parallel.process_batch_size(6, mesh)
+
+
+def test_subject_shard_covers_every_subject_once():
+  subjects = [f"sub-{i:02d}" for i in range(7)]
+  shards = [parallel.subject_shard(subjects, p, 3) for p in range(3)]
+  assert sorted(sum(shards, [])) == subjects
+  assert shards[1] == ["sub-01", "sub-04"]
+  with pytest.raises(ConfigError, match="2 subjects cannot be shared by 3 processes"):
+    parallel.subject_shard(subjects[:2], 0, 3)
+
+
+def test_mesh_of_more_devices_than_exist_is_a_clear_error():
+  import jax
+  mesh = parallel.make_mesh()
+  assert mesh.axis_names == ("data",) and mesh.size == jax.device_count()
+  with pytest.raises(ConfigError, match="--mesh 99"):
+    parallel.make_mesh(99)
