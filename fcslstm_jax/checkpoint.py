@@ -13,6 +13,7 @@ import glob
 import logging
 import os
 import shutil
+import sys
 import warnings
 
 import jax
@@ -36,6 +37,7 @@ def _quiet_orbax():
   levels = [logger.level for logger in loggers]
   for logger in loggers:
     logger.setLevel(logging.CRITICAL)
+  hook, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", RuntimeWarning)  # "coroutine ... was never awaited"
@@ -45,6 +47,7 @@ def _quiet_orbax():
         gc.collect()
         raise
   finally:
+    sys.unraisablehook = hook
     for logger, level in zip(loggers, levels):
       logger.setLevel(level)
 
@@ -61,6 +64,23 @@ def _first_line(e: BaseException) -> str:
     return known[0]
   lines = text.splitlines()
   return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
+
+
+def _disk_space_error(directory: str, state) -> str | None:
+  """Why a checkpoint of ``state`` would not fit on the disk, or None.
+
+  Checked before writing: orbax's worker threads fail noisily on a full disk.
+  """
+  needed = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state))
+  needed = int(needed * 1.1) + (1 << 20)  # metadata
+  try:
+    free = shutil.disk_usage(directory).free
+  except OSError:  # not a local folder: let the write tell
+    return None
+  if free >= needed:
+    return None
+  return (f"No space left on device: about {needed / 2**20:.1f} MiB needed, "
+          f"{free / 2**20:.1f} MiB free")
 
 
 def _state_dict(state):
@@ -91,6 +111,13 @@ class Checkpointer:
         return
       self.manager.delete(step)
       self.unreadable.discard(step)
+    older = [s for s in self.steps() if s < step]
+    kept = f"step {older[-1]} is kept" if older else "no earlier checkpoint exists"
+    fix = (f"Free disk space or choose a writable --workdir, then rerun the same command "
+           f"({kept}).")
+    full = _disk_space_error(self.directory, _state_dict(state))
+    if full:
+      raise CheckpointError(f"{self.directory}: could not write checkpoint {step} ({full}). {fix}")
     try:
       with _quiet_orbax():
         self.manager.save(step, args=ocp.args.StandardSave(_state_dict(state)),
@@ -99,11 +126,8 @@ class Checkpointer:
     except Exception as e:  # tensorstore reports a full disk as ValueError
       for partial in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
         shutil.rmtree(partial, ignore_errors=True)
-      older = [s for s in self.steps() if s < step]
-      kept = f"step {older[-1]} is kept" if older else "no earlier checkpoint exists"
       raise CheckpointError(
-          f"{self.directory}: could not write checkpoint {step} ({_first_line(e)}). Free disk "
-          f"space or choose a writable --workdir, then rerun the same command ({kept}).") from e
+          f"{self.directory}: could not write checkpoint {step} ({_first_line(e)}). {fix}") from e
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
