@@ -1,0 +1,120 @@
+"""Shared pieces of the benchmarks: the loss, the optimizer, the JAX train step, timing.
+
+The loss is the paper's weighted softmax cross-entropy over pixels (Sec. 2.3); the
+optimizer is RMSprop with smoothing constant 0.95 and learning rate 1e-3 (Sec. 3), written
+so that JAX and PyTorch do exactly the same update (see :func:`rmsprop`).
+"""
+
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+from fcslstm_jax import model as M  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+IN_CHANNELS = 2
+NUM_CLASSES = 4
+LEARNING_RATE = 1e-3
+RMSPROP_DECAY = 0.95  # the paper's smoothing constant alpha
+RMSPROP_EPS = 1e-8
+
+
+def weighted_cross_entropy(logits, labels, mask, class_weights):
+  """sum(w * CE) / max(sum(w), 1) with ``w = class_weights[label] * mask``.
+
+  logits ``[B, T, H, W, c]``; labels, mask ``[B, T, H, W]``. One-hot, not an integer gather:
+  XLA constant-folds the scatter-add of a gather's gradient for seconds at large sizes.
+  """
+  try:  # the project's own loss, when it exists
+    from fcslstm_jax import losses
+    return losses.weighted_cross_entropy(logits, labels, mask, class_weights)
+  except ImportError:
+    pass
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logp.dtype)
+  ce = -jnp.sum(onehot * logp, axis=-1)
+  w = jnp.sum(onehot * class_weights.astype(logp.dtype), axis=-1) * mask.astype(logp.dtype)
+  return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def rmsprop():
+  """torch.optim.RMSprop(lr=1e-3, alpha=0.95, eps=1e-8): eps outside the square root.
+
+  optax puts eps inside the square root by default (``eps_in_sqrt=True``); torch does not.
+  """
+  return optax.rmsprop(LEARNING_RATE, decay=RMSPROP_DECAY, eps=RMSPROP_EPS, eps_in_sqrt=False)
+
+
+def make_batch(batch, steps, size, seed=0):
+  """Random images ``[B, T, H, W, 2]``, labels and mask ``[B, T, H, W]``, class weights."""
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
+  x = jax.random.normal(k1, (batch, steps, size, size, IN_CHANNELS), jnp.float32)
+  labels = jax.random.randint(k2, (batch, steps, size, size), 0, NUM_CLASSES)
+  mask = (jax.random.uniform(k3, (batch, steps, size, size)) < 0.9).astype(jnp.float32)
+  class_weights = jnp.array([0.5, 1.0, 1.5, 2.0], jnp.float32)[:NUM_CLASSES]
+  return x, labels, mask, class_weights
+
+
+def jax_model(name, remat="none", unroll=None, stages=None):
+  model = M.create_model(name, NUM_CLASSES, remat=remat, unroll=unroll)
+  return model.clone(stages=stages) if stages is not None else model
+
+
+def jax_train_step(model):
+  """``step(params, opt_state, x, labels, mask, class_weights) -> (params, opt_state, loss)``.
+
+  Jitted with the parameters and optimizer state donated, as a training loop does.
+  """
+  tx = rmsprop()
+
+  def step(params, opt_state, x, labels, mask, class_weights):
+    def loss_fn(p):
+      return weighted_cross_entropy(model.apply({"params": p}, x), labels, mask, class_weights)
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return jax.jit(step, donate_argnums=(0, 1)), tx
+
+
+def jax_state(model):
+  params = M.init_params(model, IN_CHANNELS)
+  _, tx = jax_train_step(model)
+  return params, tx.init(params)
+
+
+def median_time(fn, steps, warmup=2):
+  """Median wall time of ``fn()`` over ``steps`` calls after ``warmup`` calls."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times), times
+
+
+def machine():
+  cpu = platform.processor() or "unknown"
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          cpu = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__,
+          "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+          "python": platform.python_version()}

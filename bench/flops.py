@@ -1,0 +1,115 @@
+"""FLOPs of one Bi-FCSLSTM train step, the machine's float32 matmul peak, fraction achieved.
+
+Run: ``python bench/flops.py`` (a few minutes on 2 CPU cores). FLOPs come from XLA's
+``cost_analysis()`` of the step lowered with the time loop fully unrolled (on a while loop
+``cost_analysis()`` counts the loop body once). The peak is the best of several
+``jnp.dot`` (and ``torch.mm``) float32 products of 2048x2048 matrices. Step times of JAX and
+PyTorch eager are measured interleaved; both do the same arithmetic, so the same FLOP count
+is used for both. Writes ``bench/results/flops.json``.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common as C  # noqa: E402
+import train_step as TS  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+
+def step_flops(batch, steps, size, stages=None):
+  """FLOPs of one train step (forward, backward, update), time loop unrolled."""
+  model = C.jax_model("bi-fcslstm", "none", steps, stages)
+  step, tx = C.jax_train_step(model)
+  params = jax.eval_shape(lambda: C.M.init_params(model, C.IN_CHANNELS))
+  opt_state = jax.eval_shape(tx.init, params)
+  data = jax.eval_shape(lambda: C.make_batch(batch, steps, size))
+  cost = step.lower(params, opt_state, *data).cost_analysis()
+  return float(cost["flops"])
+
+
+def matmul_peak(n=2048, reps=10):
+  """Best float32 GFLOP/s of an n x n matmul, JAX and (if installed) torch."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  dot(a, a).block_until_ready()
+  fns = {"jnp.dot": lambda: dot(a, a).block_until_ready()}
+  if TS.have_torch():
+    import torch
+    ta = torch.randn(n, n)
+    fns["torch.mm"] = lambda: torch.mm(ta, ta)
+  best = {k: float("inf") for k in fns}
+  for _ in range(reps):
+    for k, fn in fns.items():
+      t0 = time.perf_counter()
+      fn()
+      best[k] = min(best[k], time.perf_counter() - t0)
+  return {k: 2 * n ** 3 / t / 1e9 for k, t in best.items()}
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--batch", type=int, default=2)
+  p.add_argument("--time-steps", type=int, default=5)
+  p.add_argument("--size", type=int, default=128)
+  p.add_argument("--steps", type=int, default=5, help="timed steps")
+  p.add_argument("--tiny", action="store_true", help="tiny channel widths (smoke test)")
+  p.add_argument("--out", default=os.path.join(C.RESULTS, "flops.json"))
+  args = p.parse_args(argv)
+  stages = ((4, 1), (4, 1), (6, 1), (6, 1), (8, 1)) if args.tiny else None
+
+  flops = step_flops(args.batch, args.time_steps, args.size, stages)
+  print(f"step FLOPs: {flops / 1e9:.1f} G", flush=True)
+  batch = C.make_batch(args.batch, args.time_steps, args.size)
+  runners = {"JAX Bi-FCSLSTM": TS.jax_runner("bi-fcslstm", "none", None, batch, stages)[0]}
+  if TS.have_torch():
+    runners["PyTorch eager Bi-FCSLSTM"] = TS.torch_runner(True, batch, False, stages)[0]
+  for fn in runners.values():
+    fn()
+  times = {k: [] for k in runners}
+  peaks = []
+  for _ in range(args.steps):
+    peaks.append(matmul_peak(reps=3))
+    for k, fn in runners.items():
+      t0 = time.perf_counter()
+      fn()
+      times[k].append(time.perf_counter() - t0)
+  peak = {k: max(pk[k] for pk in peaks) for k in peaks[0]}
+  ref_peak = peak["jnp.dot"]
+  rows = []
+  for k, ts in times.items():
+    med = statistics.median(ts)
+    rows.append({"config": k, "median_s": med, "gflops_per_s": flops / med / 1e9,
+                 "fraction_of_jnp_dot_peak": flops / med / 1e9 / ref_peak})
+  result = {"shape_BTHWC": [args.batch, args.time_steps, args.size, args.size, C.IN_CHANNELS],
+            "step_flops": flops, "matmul_peak_gflops": peak, "rows": rows,
+            "machine": C.machine()}
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(result, f, indent=1)
+  print(table(result))
+  return result
+
+
+def table(result):
+  peak = result["matmul_peak_gflops"]
+  lines = [f"Bi-FCSLSTM train step `{result['shape_BTHWC']}`: "
+           f"{result['step_flops'] / 1e9:.1f} GFLOP; float32 matmul peak "
+           + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items())
+           + f" ({result['machine']['cpu']}, {result['machine']['cores']} cores)", "",
+           "| implementation | median step (s) | GFLOP/s | fraction of jnp.dot peak |",
+           "| --- | ---: | ---: | ---: |"]
+  for r in result["rows"]:
+    lines.append(f"| {r['config']} | {r['median_s']:.2f} | {r['gflops_per_s']:.1f} | "
+                 f"{r['fraction_of_jnp_dot_peak']:.0%} |")
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  main()

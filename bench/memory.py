@@ -1,0 +1,152 @@
+"""Memory of one Bi-FCSLSTM train step: XLA's compiled plan vs PyTorch's peak RSS.
+
+Run: ``python bench/memory.py`` (under 10 min on 2 CPU cores). For batch 1, 4, 8 at
+256x256, T = 5, with and without remat, it compiles (does not run) the JAX train step and
+reads ``memory_analysis()``: temp (activations, gradients, workspace), arguments (params,
+optimizer state, batch) and outputs (aliased to the donated arguments). For PyTorch it runs
+one eager step per batch size in a fresh process and reports the rise of peak RSS over the
+RSS before the step. The largest batch that fits in 12 GiB comes from a straight-line fit
+of total bytes against batch (memory is linear in batch). Writes
+``bench/results/memory.json``.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common as C  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+GIB = 2 ** 30
+BUDGET = 12 * GIB  # the paper's 12 GB GPU
+
+
+def jax_memory(batch, steps, size, remat, stages=None):
+  model = C.jax_model("bi-fcslstm", remat, None, stages)
+  step, tx = C.jax_train_step(model)
+  params = jax.eval_shape(lambda: C.M.init_params(model, C.IN_CHANNELS))
+  opt_state = jax.eval_shape(tx.init, params)
+  data = jax.eval_shape(lambda: C.make_batch(batch, steps, size))
+  t0 = time.perf_counter()
+  compiled = step.lower(params, opt_state, *data).compile()
+  ma = compiled.memory_analysis()
+  out = {"batch": batch, "remat": remat, "compile_s": time.perf_counter() - t0,
+         "temp_bytes": ma.temp_size_in_bytes, "argument_bytes": ma.argument_size_in_bytes,
+         "output_bytes": ma.output_size_in_bytes, "alias_bytes": ma.alias_size_in_bytes}
+  out["total_bytes"] = (out["temp_bytes"] + out["argument_bytes"] + out["output_bytes"]
+                        - out["alias_bytes"])
+  return out
+
+
+TORCH_CHILD = r"""
+import os, resource, sys, json
+sys.path.insert(0, {bench!r})
+import torch, torch_reference as R
+torch.manual_seed(0)
+b, t, s, stages = {batch}, {steps}, {size}, {stages!r}
+kw = {{}} if stages is None else {{"stages": stages}}
+model = R.FCSLSTM(4, 2, True, **kw)
+opt = R.rmsprop(model.parameters())
+x = torch.randn(b, t, s, s, 2); labels = torch.randint(0, 4, (b, t, s, s))
+mask = torch.ones(b, t, s, s); cw = torch.tensor([0.5, 1.0, 1.5, 2.0])
+def rss():
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+before = rss()
+loss = R.weighted_cross_entropy(model(x), labels, mask, cw); loss.backward(); opt.step()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({{"batch": b, "rss_before_bytes": before, "peak_rss_bytes": peak,
+                  "step_bytes": peak - before}}))
+"""
+
+
+def torch_memory(batch, steps, size, stages=None):
+  code = TORCH_CHILD.format(bench=os.path.dirname(os.path.abspath(__file__)), batch=batch,
+                            steps=steps, size=size, stages=stages)
+  t0 = time.perf_counter()
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  res = json.loads(out.stdout.strip().splitlines()[-1])
+  res["run_s"] = time.perf_counter() - t0
+  return res
+
+
+def largest_batch(points, budget=BUDGET):
+  """Largest integer batch with fitted bytes <= budget, from (batch, bytes) points."""
+  b, y = np.array(points, float).T
+  if len(b) < 2:
+    return int(budget // (y[0] / b[0]))
+  slope, intercept = np.polyfit(b, y, 1)
+  return int((budget - intercept) // slope) if slope > 0 else None
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
+  p.add_argument("--torch-batches", type=int, nargs="*", default=[1, 4],
+                 help="PyTorch runs a real step: batch 8 takes minutes on 2 cores")
+  p.add_argument("--time-steps", type=int, default=5)
+  p.add_argument("--size", type=int, default=256)
+  p.add_argument("--remat", nargs="+", default=["none", "full"])
+  p.add_argument("--tiny", action="store_true", help="tiny channel widths (smoke test)")
+  p.add_argument("--out", default=os.path.join(C.RESULTS, "memory.json"))
+  args = p.parse_args(argv)
+  stages = ((4, 1), (4, 1), (6, 1), (6, 1), (8, 1)) if args.tiny else None
+
+  jax_rows = []
+  for remat in args.remat:
+    for b in args.batches:
+      r = jax_memory(b, args.time_steps, args.size, remat, stages)
+      jax_rows.append(r)
+      print(f"JAX remat={remat} batch={b}: temp {r['temp_bytes'] / GIB:.2f} GiB, total "
+            f"{r['total_bytes'] / GIB:.2f} GiB (compiled in {r['compile_s']:.0f} s)", flush=True)
+  torch_rows = []
+  try:
+    import torch  # noqa: F401
+    for b in args.torch_batches:
+      r = torch_memory(b, args.time_steps, args.size, stages)
+      torch_rows.append(r)
+      print(f"PyTorch batch={b}: step peak RSS {r['step_bytes'] / GIB:.2f} GiB "
+            f"({r['run_s']:.0f} s)", flush=True)
+  except ImportError:
+    print("torch not installed (pip install -r bench/requirements.txt): JAX rows only")
+
+  fits = {}
+  for remat in args.remat:
+    pts = [(r["batch"], r["total_bytes"]) for r in jax_rows if r["remat"] == remat]
+    fits[f"JAX remat={remat}"] = largest_batch(pts)
+  if torch_rows:
+    fits["PyTorch eager"] = largest_batch([(r["batch"], r["step_bytes"]) for r in torch_rows])
+  result = {"model": "bi-fcslstm", "time_steps": args.time_steps, "size": args.size,
+            "budget_bytes": BUDGET, "machine": C.machine(), "jax": jax_rows,
+            "torch": torch_rows, "largest_batch_in_12GiB": fits}
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(result, f, indent=1)
+  print(table(result))
+  return result
+
+
+def table(result):
+  s = result["size"]
+  lines = [f"Bi-FCSLSTM train step, {s}x{s}, T = {result['time_steps']} "
+           f"({result['machine']['cpu']})", "",
+           "| implementation | batch | temp (GiB) | total (GiB) |", "| --- | ---: | ---: | ---: |"]
+  for r in result["jax"]:
+    lines.append(f"| JAX remat={r['remat']} | {r['batch']} | {r['temp_bytes'] / GIB:.2f} | "
+                 f"{r['total_bytes'] / GIB:.2f} |")
+  for r in result["torch"]:
+    lines.append(f"| PyTorch eager (step peak RSS) | {r['batch']} | | "
+                 f"{r['step_bytes'] / GIB:.2f} |")
+  lines += ["", "| implementation | largest batch in 12 GiB |", "| --- | ---: |"]
+  lines += [f"| {k} | {v} |" for k, v in result["largest_batch_in_12GiB"].items()]
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  main()
