@@ -48,11 +48,18 @@ def synthetic_batches(seed=0) -> list:
 
 
 def initial_state(config):
-  """A host copy of the initial TrainState (one init program serves every run below: the
-  parameters do not depend on the mesh or on ``precision``)."""
+  """A host copy of an initial TrainState with He-normal kernels drawn in numpy from the
+  parameter shapes: ``jax.jit(model.init)`` would cost one more compilation, and these
+  tests compare runs from the same start, whatever it is. Zero biases."""
   model = train_lib.build_model(config, CLASSES)
-  state = train_lib.create_train_state(jax.random.PRNGKey(config.seed), model, config,
-                                       CHANNELS, steps_per_epoch=1)
+  x = jax.ShapeDtypeStruct((1, T, SIZE, SIZE, CHANNELS), np.float32)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)["params"]
+  rng = np.random.default_rng(config.seed)
+  he = lambda s: (rng.standard_normal(s.shape) * np.sqrt(2 / np.prod(s.shape[:-1]))
+                  if len(s.shape) > 1 else np.zeros(s.shape)).astype(np.float32)
+  params = jax.tree_util.tree_map(he, shapes)
+  state = train_lib.TrainState.create(apply_fn=model.apply, params=params,
+                                      tx=train_lib.make_optimizer(config, 1))
   return jax.tree_util.tree_map(np.asarray, state)
 
 
@@ -120,10 +127,15 @@ def mesh_main(out):
 def train_main(out, argv):
   import train
   from fcslstm_jax.checkpoint import Checkpointer
-  results = []
-  run = train_lib.train_and_evaluate
-  train_lib.train_and_evaluate = lambda *a, **k: results.append(run(*a, **k)) or results[-1]
+  results, run = [], train_lib.train_and_evaluate
+
+  def keep_result(*args, **kwargs):  # train.main returns an exit code; keep the state too
+    results.append(run(*args, **kwargs))
+    return results[-1]
+
+  train_lib.train_and_evaluate = keep_result
   assert train.main(argv) == 0
+  log("train.py done")
   state = results[-1].state
   workdir = argv[argv.index("--workdir") + 1]
   ckpt = Checkpointer(workdir)  # every process restores, as orbax expects
@@ -137,4 +149,7 @@ def train_main(out, argv):
 
 if __name__ == "__main__":
   mode, out = sys.argv[1], sys.argv[2]
-  mesh_main(out) if mode == "mesh" else train_main(out, sys.argv[3:])
+  if mode == "mesh":
+    mesh_main(out)
+  else:
+    train_main(out, sys.argv[3:])
