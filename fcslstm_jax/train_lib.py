@@ -281,25 +281,29 @@ def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, 
           bar.set_postfix(loss=f"{loss:.4f}", seq_per_s=f"{b * len(losses_seen) / (time.time() - t_epoch):.2f}")
         if stop.signal:
           break
-      if stop.signal:
+      if stop.signal and int(state.step) % steps_per_epoch:  # mid-epoch: save and stop
         ckpt.save(state)
+      else:  # a finished epoch is evaluated and logged even when a signal came in its last step
+        train_m, test_m = evaluate(predict_fn, eval_params(), [train_set, test_set],
+                                   class_names, local_b)
+        record = {"epoch": epoch + 1, "step": int(state.step),
+                  "loss": float(np.mean(losses_seen)) if losses_seen else None,
+                  "lr": float(lr_schedule(config, steps_per_epoch)(int(state.step) - 1)),
+                  "train_mpa": train_m["mpa"], "test_mpa": test_m["mpa"],
+                  "epoch_seconds": time.time() - t_epoch}
+        if logger:  # before the checkpoint: a resume drops lines past its step (MetricsLog)
+          logger.write(record)
+        ckpt.save(state, {"train_mpa": train_m["mpa"] or 0.0})
+      if stop.signal:
         stopped_by = stop.signal
         log(f"{stop.signal}: saved a checkpoint at step {int(state.step)}. Rerun the same "
             "command to resume.")
         break
-      train_m, test_m = evaluate(predict_fn, eval_params(), [train_set, test_set], class_names,
-                                 local_b)
-      record = {"epoch": epoch + 1, "step": int(state.step),
-                "loss": float(np.mean(losses_seen)) if losses_seen else None,
-                "lr": float(lr_schedule(config, steps_per_epoch)(int(state.step) - 1)),
-                "train_mpa": train_m["mpa"], "test_mpa": test_m["mpa"],
-                "epoch_seconds": time.time() - t_epoch}
-      if logger:  # before the checkpoint: a resume drops lines past its step (MetricsLog)
-        logger.write(record)
-      ckpt.save(state, {"train_mpa": train_m["mpa"] or 0.0})
   ckpt.close()
   if logger:
     logger.close()
+  if stopped_by:
+    return RunResult(state, None, None, time.time() - t0, stopped_by)
   train_m, test_m = evaluate(predict_fn, eval_params(), [train_set, test_set], class_names,
                              local_b)
   return RunResult(state, train_m, test_m, time.time() - t0, stopped_by)
