@@ -1,0 +1,103 @@
+"""Smoke tests of the benchmark scripts at tiny size, and the PyTorch reference's equivalence.
+
+No timing is asserted. The PyTorch parts need ``bench/requirements.txt``; without torch they
+are skipped, and the scripts are still run for their JAX rows.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+sys.path.insert(0, BENCH)
+
+import common as C  # noqa: E402
+import flops  # noqa: E402
+import memory  # noqa: E402
+import train_step  # noqa: E402
+
+from fcslstm_jax import model as M  # noqa: E402
+
+TINY = ((4, 1), (4, 1), (6, 1), (6, 1), (8, 1))
+HAVE_TORCH = train_step.have_torch()
+needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="torch not installed: it is a bench-only "
+                                 "dependency (pip install -r bench/requirements.txt)")
+
+
+def test_train_step_script(tmp_path):
+  out = tmp_path / "train_step.json"
+  res = train_step.main(["--tiny", "--size", "32", "--batch", "1", "--time-steps", "2",
+                         "--steps", "2", "--warmup", "0", "--no-compile", "--out", str(out)])
+  saved = json.loads(out.read_text())
+  labels = [r["config"] for r in saved["rows"]]
+  assert labels[:3] == ["JAX FCSLSTM", "JAX Bi-FCSLSTM", "JAX Bi-FCSLSTM + remat"]
+  assert all(np.isfinite(r["median_s"]) for r in saved["rows"])
+  if HAVE_TORCH:
+    assert "PyTorch eager Bi-FCSLSTM" in labels and "jax_bi / PyTorch eager Bi-FCSLSTM" in res["ratios"]
+  assert "| JAX Bi-FCSLSTM |" in train_step.table(res)
+
+
+def test_memory_script(tmp_path):
+  out = tmp_path / "memory.json"
+  res = memory.main(["--tiny", "--size", "32", "--time-steps", "2", "--batches", "1", "2",
+                     "--torch-batches", "1", "--remat", "none", "full", "--out", str(out)])
+  saved = json.loads(out.read_text())
+  assert len(saved["jax"]) == 4 and all(r["temp_bytes"] > 0 for r in saved["jax"])
+  assert saved["largest_batch_in_12GiB"]["JAX remat=none"] > 2
+  assert len(saved["torch"]) == (1 if HAVE_TORCH else 0)
+  assert "| JAX remat=full |" in memory.table(res)
+
+
+def test_largest_batch_fit():
+  assert memory.largest_batch([(1, 3 * memory.GIB), (2, 5 * memory.GIB)]) == 5  # 1 + 2b <= 12
+
+
+def test_flops_script(tmp_path):
+  out = tmp_path / "flops.json"
+  res = flops.main(["--tiny", "--size", "32", "--batch", "1", "--time-steps", "2",
+                    "--steps", "1", "--out", str(out)])
+  saved = json.loads(out.read_text())
+  assert saved["step_flops"] > 0 and saved["matmul_peak_gflops"]["jnp.dot"] > 0
+  assert 0 < saved["rows"][0]["fraction_of_jnp_dot_peak"]
+  assert "fraction of jnp.dot peak" in flops.table(res)
+
+
+def test_rmsprop_matches_torch_semantics():
+  """eps outside the square root, v starting at 0, as torch.optim.RMSprop."""
+  import jax.numpy as jnp
+  tx = C.rmsprop()
+  p, g = jnp.ones(3), jnp.array([1e-3, 0.5, -2.0])
+  upd, _ = tx.update(g, tx.init(p), p)
+  v = (1 - C.RMSPROP_DECAY) * g ** 2
+  np.testing.assert_allclose(upd, -C.LEARNING_RATE * g / (jnp.sqrt(v) + C.RMSPROP_EPS), rtol=1e-6)
+
+
+@needs_torch
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_torch_reference_is_the_same_model(bidirectional):
+  """Same parameter count, same logits, same loss and same first update as the JAX model."""
+  import torch
+  import torch_reference as R
+  model = M.FCSLSTM(C.NUM_CLASSES, bidirectional=bidirectional, stages=TINY)
+  params = M.init_params(model, C.IN_CHANNELS)
+  tmodel = R.load_flax_params(R.FCSLSTM(C.NUM_CLASSES, C.IN_CHANNELS, bidirectional, TINY),
+                              params)
+  assert R.count_params(tmodel) == M.count_params(params)
+  x, labels, mask, cw = C.make_batch(1, 3, 32)
+  step, tx = C.jax_train_step(model)
+  want_logits = model.apply({"params": params}, x)
+  new_params, _, loss = step(params, tx.init(params), x, labels, mask, cw)
+  tx_ = lambda a: torch.from_numpy(np.array(a))  # noqa: E731
+  logits = tmodel(tx_(x))
+  np.testing.assert_allclose(logits.detach().numpy(), want_logits, rtol=1e-4, atol=1e-5)
+  tloss = R.weighted_cross_entropy(logits, tx_(labels).long(), tx_(mask), tx_(cw))
+  np.testing.assert_allclose(tloss.item(), float(loss), rtol=1e-5)
+  opt = R.rmsprop(tmodel.parameters())
+  tloss.backward()
+  opt.step()
+  want = np.asarray(new_params["backend"]["fuse1"]["kernel"])[0, 0].T
+  np.testing.assert_allclose(tmodel.backend.fuses[0].weight.detach().numpy()[:, :, 0, 0], want,
+                             rtol=1e-4, atol=1e-6)
