@@ -5,6 +5,7 @@ optimizer is RMSprop with smoothing constant 0.95 and learning rate 1e-3 (Sec. 3
 so that JAX and PyTorch do exactly the same update (see :func:`rmsprop`).
 """
 
+import json
 import os
 import platform
 import statistics
@@ -19,6 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
+from fcslstm_jax import losses  # noqa: E402
 from fcslstm_jax import model as M  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -30,21 +32,17 @@ RMSPROP_EPS = 1e-8
 
 
 def weighted_cross_entropy(logits, labels, mask, class_weights):
-  """sum(w * CE) / max(sum(w), 1) with ``w = class_weights[label] * mask``.
+  """The project's loss (``fcslstm_jax.losses``), the same one training uses."""
+  return losses.weighted_cross_entropy(logits, labels, mask, class_weights)
 
-  logits ``[B, T, H, W, c]``; labels, mask ``[B, T, H, W]``. One-hot, not an integer gather:
-  XLA constant-folds the scatter-add of a gather's gradient for seconds at large sizes.
-  """
-  try:  # the project's own loss, when it exists
-    from fcslstm_jax import losses
-    return losses.weighted_cross_entropy(logits, labels, mask, class_weights)
-  except ImportError:
-    pass
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logp.dtype)
-  ce = -jnp.sum(onehot * logp, axis=-1)
-  w = jnp.sum(onehot * class_weights.astype(logp.dtype), axis=-1) * mask.astype(logp.dtype)
-  return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1.0)
+
+def write_result(result, path, table):
+  """Writes ``result`` as JSON to ``path``, prints its markdown ``table``; returns ``result``."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(result, f, indent=1)
+  print(table(result))
+  return result
 
 
 def rmsprop():

@@ -9,7 +9,6 @@ is used for both. Writes ``bench/results/flops.json``.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -90,11 +89,7 @@ def main(argv=None):
   result = {"shape_BTHWC": [args.batch, args.time_steps, args.size, args.size, C.IN_CHANNELS],
             "step_flops": flops, "matmul_peak_gflops": peak, "rows": rows,
             "machine": C.machine()}
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=1)
-  print(table(result))
-  return result
+  return C.write_result(result, args.out, table)
 
 
 def table(result):

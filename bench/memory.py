@@ -125,11 +125,7 @@ def main(argv=None):
   result = {"model": "bi-fcslstm", "time_steps": args.time_steps, "size": args.size,
             "budget_bytes": BUDGET, "machine": C.machine(), "jax": jax_rows,
             "torch": torch_rows, "largest_batch_in_12GiB": fits}
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=1)
-  print(table(result))
-  return result
+  return C.write_result(result, args.out, table)
 
 
 def table(result):

@@ -8,7 +8,6 @@ PyTorch runs. Writes ``bench/results/train_step.json``.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -135,11 +134,7 @@ def main(argv=None):
     ratios["jax_uni / PyTorch eager FCSLSTM"] = med["JAX FCSLSTM"] / med["PyTorch eager FCSLSTM"]
   result = {"shape_BTHWC": shape, "steps": args.steps, "machine": C.machine(), "rows": rows,
             "ratios": ratios, "torch": _torch_version()}
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=1)
-  print(table(result))
-  return result
+  return C.write_result(result, args.out, table)
 
 
 def _torch_version():
