@@ -63,8 +63,14 @@ def make_batch(batch, steps, size, seed=0):
   return x, labels, mask, class_weights
 
 
-def jax_model(name, remat="none", unroll=None, stages=None):
-  model = M.create_model(name, NUM_CLASSES, remat=remat, unroll=unroll)
+def torch_device():
+  """``"cuda"`` where PyTorch sees a GPU, else ``"cpu"`` (the same device JAX would pick)."""
+  import torch
+  return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def jax_model(name, remat="none", unroll=None, stages=None, dtype=jnp.float32):
+  model = M.create_model(name, NUM_CLASSES, remat=remat, unroll=unroll, dtype=dtype)
   return model.clone(stages=stages) if stages is not None else model
 
 
@@ -113,6 +119,15 @@ def machine():
           break
   except OSError:
     pass
+  import flax
   return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__,
-          "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-          "python": platform.python_version()}
+          "flax": flax.__version__, "backend": jax.default_backend(),
+          "devices": [str(d) for d in jax.devices()],
+          "device_kind": jax.devices()[0].device_kind, "python": platform.python_version()}
+
+
+def describe(machine):
+  """One phrase for table captions: the accelerator if JAX ran on one, else the CPU."""
+  if machine.get("backend", "cpu") != "cpu":
+    return f"{machine.get('device_kind', machine['backend'])}, jax {machine['jax']}"
+  return f"{machine['cpu']}, {machine['cores']} cores, jax {machine['jax']}"

@@ -33,16 +33,24 @@ def step_flops(batch, steps, size, stages=None):
   return float(cost["flops"])
 
 
-def matmul_peak(n=2048, reps=10):
-  """Best float32 GFLOP/s of an n x n matmul, JAX and (if installed) torch."""
+def matmul_peak(n=None, reps=10):
+  """Best float32 GFLOP/s of an n x n matmul, JAX and (if installed) torch.
+
+  ``n`` defaults to 2048 on CPU and 8192 on an accelerator (2048 leaves a GPU mostly idle).
+  Each framework's default float32 precision is used (on NVIDIA GPUs both may use TF32).
+  """
+  n = n or (2048 if jax.default_backend() == "cpu" else 8192)
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
   dot = jax.jit(jnp.dot)
   dot(a, a).block_until_ready()
   fns = {"jnp.dot": lambda: dot(a, a).block_until_ready()}
   if TS.have_torch():
     import torch
-    ta = torch.randn(n, n)
-    fns["torch.mm"] = lambda: torch.mm(ta, ta)
+    dev = C.torch_device()
+    ta = torch.randn(n, n, device=dev)
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    torch.mm(ta, ta)
+    fns["torch.mm"] = lambda: (torch.mm(ta, ta), sync())
   best = {k: float("inf") for k in fns}
   for _ in range(reps):
     for k, fn in fns.items():
@@ -88,7 +96,7 @@ def main(argv=None):
                  "fraction_of_jnp_dot_peak": flops / med / 1e9 / ref_peak})
   result = {"shape_BTHWC": [args.batch, args.time_steps, args.size, args.size, C.IN_CHANNELS],
             "step_flops": flops, "matmul_peak_gflops": peak, "rows": rows,
-            "machine": C.machine()}
+            "machine": C.machine(), "torch_device": C.torch_device() if TS.have_torch() else None}
   return C.write_result(result, args.out, table)
 
 
@@ -97,7 +105,7 @@ def table(result):
   lines = [f"Bi-FCSLSTM train step `{result['shape_BTHWC']}`: "
            f"{result['step_flops'] / 1e9:.1f} GFLOP; float32 matmul peak "
            + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items())
-           + f" ({result['machine']['cpu']}, {result['machine']['cores']} cores)", "",
+           + f" ({C.describe(result['machine'])})", "",
            "| implementation | median step (s) | GFLOP/s | fraction of jnp.dot peak |",
            "| --- | ---: | ---: | ---: |"]
   for r in result["rows"]:

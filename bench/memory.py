@@ -4,8 +4,8 @@ Run: ``python bench/memory.py`` (under 10 min on 2 CPU cores). For batch 1, 4, 8
 256x256, T = 5, with and without remat, it compiles (does not run) the JAX train step and
 reads ``memory_analysis()``: temp (activations, gradients, workspace), arguments (params,
 optimizer state, batch) and outputs (aliased to the donated arguments). For PyTorch it runs
-one eager step per batch size in a fresh process and reports the rise of peak RSS over the
-RSS before the step. The largest batch that fits in 12 GiB comes from a straight-line fit
+one eager step per batch size in a fresh process and reports the rise of peak memory over
+the memory before the step (peak RSS on CPU; ``torch.cuda.max_memory_allocated`` on a GPU). The largest batch that fits in 12 GiB comes from a straight-line fit
 of total bytes against batch (memory is linear in batch). Writes
 ``bench/results/memory.json``.
 """
@@ -51,17 +51,21 @@ import torch, torch_reference as R
 torch.manual_seed(0)
 b, t, s, stages = {batch}, {steps}, {size}, {stages!r}
 kw = {{}} if stages is None else {{"stages": stages}}
-model = R.FCSLSTM(4, 2, True, **kw)
+dev = "cuda" if torch.cuda.is_available() else "cpu"
+model = R.FCSLSTM(4, 2, True, **kw).to(dev)
 opt = R.rmsprop(model.parameters())
-x = torch.randn(b, t, s, s, 2); labels = torch.randint(0, 4, (b, t, s, s))
-mask = torch.ones(b, t, s, s); cw = torch.tensor([0.5, 1.0, 1.5, 2.0])
+x = torch.randn(b, t, s, s, 2, device=dev); labels = torch.randint(0, 4, (b, t, s, s), device=dev)
+mask = torch.ones(b, t, s, s, device=dev); cw = torch.tensor([0.5, 1.0, 1.5, 2.0], device=dev)
 def rss():
   with open("/proc/self/statm") as f:
     return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-before = rss()
+before = torch.cuda.memory_allocated() if dev == "cuda" else rss()
 loss = R.weighted_cross_entropy(model(x), labels, mask, cw); loss.backward(); opt.step()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({{"batch": b, "rss_before_bytes": before, "peak_rss_bytes": peak,
+if dev == "cuda":
+  torch.cuda.synchronize(); peak = torch.cuda.max_memory_allocated()
+else:
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({{"batch": b, "device": dev, "before_bytes": before, "peak_bytes": peak,
                   "step_bytes": peak - before}}))
 """
 
@@ -111,7 +115,7 @@ def main(argv=None):
     for b in args.torch_batches:
       r = torch_memory(b, args.time_steps, args.size, stages)
       torch_rows.append(r)
-      print(f"PyTorch batch={b}: step peak RSS {r['step_bytes'] / GIB:.2f} GiB "
+      print(f"PyTorch batch={b}: step peak {r['step_bytes'] / GIB:.2f} GiB "
             f"({r['run_s']:.0f} s)", flush=True)
   except ImportError:
     print("torch not installed (pip install -r bench/requirements.txt): JAX rows only")
@@ -131,13 +135,13 @@ def main(argv=None):
 def table(result):
   s = result["size"]
   lines = [f"Bi-FCSLSTM train step, {s}x{s}, T = {result['time_steps']} "
-           f"({result['machine']['cpu']})", "",
+           f"({C.describe(result['machine'])})", "",
            "| implementation | batch | temp (GiB) | total (GiB) |", "| --- | ---: | ---: | ---: |"]
   for r in result["jax"]:
     lines.append(f"| JAX remat={r['remat']} | {r['batch']} | {r['temp_bytes'] / GIB:.2f} | "
                  f"{r['total_bytes'] / GIB:.2f} |")
   for r in result["torch"]:
-    lines.append(f"| PyTorch eager (step peak RSS) | {r['batch']} | | "
+    lines.append(f"| PyTorch eager (step peak {'alloc' if r.get('device') == 'cuda' else 'RSS'}) | {r['batch']} | | "
                  f"{r['step_bytes'] / GIB:.2f} |")
   lines += ["", "| implementation | largest batch in 12 GiB |", "| --- | ---: |"]
   lines += [f"| {k} | {v} |" for k, v in result["largest_batch_in_12GiB"].items()]

@@ -20,8 +20,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def jax_runner(name, remat, unroll, batch, stages=None):
-  model = C.jax_model(name, remat, unroll, stages)
+def jax_runner(name, remat, unroll, batch, stages=None, dtype=None):
+  model = C.jax_model(name, remat, unroll, stages, **({} if dtype is None else {"dtype": dtype}))
   step, _ = C.jax_train_step(model)
   params, opt_state = C.jax_state(model)
   t0 = time.perf_counter()
@@ -38,10 +38,11 @@ def jax_runner(name, remat, unroll, batch, stages=None):
 def torch_runner(bidirectional, batch, compile_model=False, stages=None):
   import torch
   import torch_reference as R
-  x, labels, mask, class_weights = (torch.from_numpy(np.array(a)) for a in batch)
+  dev = C.torch_device()
+  x, labels, mask, class_weights = (torch.from_numpy(np.array(a)).to(dev) for a in batch)
   labels = labels.long()
   kw = {} if stages is None else {"stages": stages}
-  model = R.FCSLSTM(C.NUM_CLASSES, C.IN_CHANNELS, bidirectional, **kw)
+  model = R.FCSLSTM(C.NUM_CLASSES, C.IN_CHANNELS, bidirectional, **kw).to(dev)
   opt = R.rmsprop(model.parameters())
   fwd = torch.compile(model) if compile_model else model
 
@@ -75,6 +76,8 @@ def main(argv=None):
   p.add_argument("--no-torch", action="store_true")
   p.add_argument("--unrolled", action="store_true",
                  help="also time JAX Bi-FCSLSTM with the time loop fully unrolled")
+  p.add_argument("--bf16", action="store_true",
+                 help="also time JAX Bi-FCSLSTM with bfloat16 convolutions (--precision bf16)")
   p.add_argument("--tiny", action="store_true", help="tiny channel widths (smoke test)")
   p.add_argument("--out", default=os.path.join(C.RESULTS, "train_step.json"))
   args = p.parse_args(argv)
@@ -83,13 +86,15 @@ def main(argv=None):
   shape = [args.batch, args.time_steps, args.size, args.size, C.IN_CHANNELS]
 
   runners, setup_s = {}, {}
-  for label, name, remat, unroll in (
-      ("JAX FCSLSTM", "fcslstm", "none", None),
-      ("JAX Bi-FCSLSTM", "bi-fcslstm", "none", None),
-      ("JAX Bi-FCSLSTM + remat", "bi-fcslstm", "full", None)) + (
-      (("JAX Bi-FCSLSTM unrolled", "bi-fcslstm", "none", args.time_steps),)
-      if args.unrolled else ()):
-    runners[label], setup_s[label] = jax_runner(name, remat, unroll, batch, stages)
+  configs = [("JAX FCSLSTM", "fcslstm", "none", None, None),
+             ("JAX Bi-FCSLSTM", "bi-fcslstm", "none", None, None),
+             ("JAX Bi-FCSLSTM + remat", "bi-fcslstm", "full", None, None)]
+  if args.unrolled:
+    configs.append(("JAX Bi-FCSLSTM unrolled", "bi-fcslstm", "none", args.time_steps, None))
+  if args.bf16:
+    configs.append(("JAX Bi-FCSLSTM bf16", "bi-fcslstm", "none", None, jax.numpy.bfloat16))
+  for label, name, remat, unroll, dtype in configs:
+    runners[label], setup_s[label] = jax_runner(name, remat, unroll, batch, stages, dtype)
     print(f"compiled {label} in {setup_s[label]:.1f} s", flush=True)
   torch_ok = have_torch() and not args.no_torch
   if torch_ok:
@@ -133,7 +138,8 @@ def main(argv=None):
   if "PyTorch eager FCSLSTM" in med:
     ratios["jax_uni / PyTorch eager FCSLSTM"] = med["JAX FCSLSTM"] / med["PyTorch eager FCSLSTM"]
   result = {"shape_BTHWC": shape, "steps": args.steps, "machine": C.machine(), "rows": rows,
-            "ratios": ratios, "torch": _torch_version()}
+            "ratios": ratios, "torch": _torch_version(),
+            "torch_device": C.torch_device() if torch_ok else None}
   return C.write_result(result, args.out, table)
 
 
@@ -147,8 +153,7 @@ def _torch_version():
 
 def table(result):
   lines = [f"Train step, `{result['shape_BTHWC']}` (B, T, H, W, C), median of "
-           f"{result['steps']} interleaved steps, {result['machine']['cpu']}, "
-           f"{result['machine']['cores']} cores",
+           f"{result['steps']} interleaved steps, {C.describe(result['machine'])}",
            "", "| configuration | median step (s) | × JAX Bi-FCSLSTM | setup (s) |",
            "| --- | ---: | ---: | ---: |"]
   for r in result["rows"]:

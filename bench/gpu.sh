@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The GPU numbers in bench/README.md: the three benchmarks, then the README's main command
+# (default config) and evaluate.py, on one GPU, each under its own time limit. Run from the
+# repository root on a GPU machine set up with requirements-cuda.txt (+ bench/requirements.txt
+# with a CUDA build of torch for the PyTorch rows):
+#
+#   OUT=runs/gpu bash bench/gpu.sh
+#
+# Everything it reports lands in $OUT (at most eight files): gpu.log, the three JSON files,
+# the training log, evaluate's metrics.json and its figure.
+set -u
+OUT=${OUT:-runs/gpu}
+PY=${PYTHON:-python3}
+WORK=${WORK:-runs/gpu-train}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+# JAX would otherwise take 75% of the GPU at start, leaving PyTorch (same process or a child) the rest.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+exec > >(tee -a "$OUT/gpu.log") 2>&1
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+$PY - <<'EOF'
+import jax, flax, optax, chex, orbax.checkpoint as ocp
+try:
+  import torch; tv = f"{torch.__version__} cuda={torch.cuda.is_available()}"
+except ImportError:
+  tv = None
+print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__,
+      "orbax", ocp.__version__ if hasattr(ocp, "__version__") else "?", "torch", tv)
+print("devices", jax.devices())
+EOF
+
+step() { echo; echo "=== $* ($(date +%T))"; }
+step train_step; timeout 130 $PY bench/train_step.py --steps 30 --warmup 3 --bf16 --unrolled \
+  --no-compile --out "$OUT/train_step.json"
+step memory; timeout 110 $PY bench/memory.py --batches 1 4 8 --torch-batches 1 4 8 \
+  --out "$OUT/memory.json"
+step train; SECONDS=0
+timeout 150 $PY train.py --dataset bric --workdir "$WORK" 2>&1 | tr '\r' '\n' \
+  | grep -v "it/s\]$" > "$OUT/train.log"
+echo "train.py exit ${PIPESTATUS[0]} after $SECONDS s"; tail -25 "$OUT/train.log"
+step evaluate; timeout 45 $PY evaluate.py --workdir "$WORK" --out "$WORK/eval" \
+  && cp "$WORK/eval/metrics.json" "$OUT/eval_metrics.json" \
+  && cp "$WORK"/eval/*.png "$OUT/" 2>/dev/null
+step flops; timeout 60 $PY bench/flops.py --steps 20 --out "$OUT/flops.json"
+step torch.compile; timeout 80 $PY bench/train_step.py --steps 30 --warmup 3 \
+  --out "$OUT/train_step_compile.json" | tail -20
+step done
