@@ -29,7 +29,12 @@ def step_flops(batch, steps, size, stages=None):
   params = jax.eval_shape(lambda: C.M.init_params(model, C.IN_CHANNELS))
   opt_state = jax.eval_shape(tx.init, params)
   data = jax.eval_shape(lambda: C.make_batch(batch, steps, size))
-  cost = step.lower(params, opt_state, *data).cost_analysis()
+  lowered = step.lower(params, opt_state, *data)
+  cost = lowered.cost_analysis()
+  if not cost:  # the GPU backend only reports it for the compiled program
+    cost = lowered.compile().cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
   return float(cost["flops"])
 
 
