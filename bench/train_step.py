@@ -20,6 +20,15 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+JAX_ROWS = {  # name -> (label, model, remat, unroll, dtype) given T
+    "uni": lambda t: ("JAX FCSLSTM", "fcslstm", "none", None, None),
+    "bi": lambda t: ("JAX Bi-FCSLSTM", "bi-fcslstm", "none", None, None),
+    "bi-remat": lambda t: ("JAX Bi-FCSLSTM + remat", "bi-fcslstm", "full", None, None),
+    "bi-unrolled": lambda t: ("JAX Bi-FCSLSTM unrolled", "bi-fcslstm", "none", t, None),
+    "bi-bf16": lambda t: ("JAX Bi-FCSLSTM bf16", "bi-fcslstm", "none", None, jax.numpy.bfloat16),
+}
+
+
 def jax_runner(name, remat, unroll, batch, stages=None, dtype=None):
   model = C.jax_model(name, remat, unroll, stages, **({} if dtype is None else {"dtype": dtype}))
   step, _ = C.jax_train_step(model)
@@ -74,10 +83,9 @@ def main(argv=None):
   p.add_argument("--warmup", type=int, default=1)
   p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
   p.add_argument("--no-torch", action="store_true")
-  p.add_argument("--unrolled", action="store_true",
-                 help="also time JAX Bi-FCSLSTM with the time loop fully unrolled")
-  p.add_argument("--bf16", action="store_true",
-                 help="also time JAX Bi-FCSLSTM with bfloat16 convolutions (--precision bf16)")
+  p.add_argument("--jax", nargs="+", choices=sorted(JAX_ROWS), default=["uni", "bi", "bi-remat"],
+                 help="JAX rows: also bi-unrolled (time loop fully unrolled, the CPU default) "
+                      "and bi-bf16 (bfloat16 convolutions, --precision bf16)")
   p.add_argument("--tiny", action="store_true", help="tiny channel widths (smoke test)")
   p.add_argument("--out", default=os.path.join(C.RESULTS, "train_step.json"))
   args = p.parse_args(argv)
@@ -86,13 +94,7 @@ def main(argv=None):
   shape = [args.batch, args.time_steps, args.size, args.size, C.IN_CHANNELS]
 
   runners, setup_s = {}, {}
-  configs = [("JAX FCSLSTM", "fcslstm", "none", None, None),
-             ("JAX Bi-FCSLSTM", "bi-fcslstm", "none", None, None),
-             ("JAX Bi-FCSLSTM + remat", "bi-fcslstm", "full", None, None)]
-  if args.unrolled:
-    configs.append(("JAX Bi-FCSLSTM unrolled", "bi-fcslstm", "none", args.time_steps, None))
-  if args.bf16:
-    configs.append(("JAX Bi-FCSLSTM bf16", "bi-fcslstm", "none", None, jax.numpy.bfloat16))
+  configs = [JAX_ROWS[k](args.time_steps) for k in args.jax]
   for label, name, remat, unroll, dtype in configs:
     runners[label], setup_s[label] = jax_runner(name, remat, unroll, batch, stages, dtype)
     print(f"compiled {label} in {setup_s[label]:.1f} s", flush=True)
@@ -124,22 +126,24 @@ def main(argv=None):
       times[k].append(time.perf_counter() - t0)
   med = {k: statistics.median(v) for k, v in times.items()}
 
-  ref = "JAX Bi-FCSLSTM"
+  ref = "JAX Bi-FCSLSTM" if "JAX Bi-FCSLSTM" in med else next(iter(med))
   rows = []
   for k in runners:
     row = {"config": k, "median_s": med[k], "times_s": times[k], "setup_s": setup_s[k],
-           "vs_jax_bi": med[k] / med[ref]}
+           "vs_reference": med[k] / med[ref]}
     rows.append(row)
   ratios = {}
   for other in ("PyTorch eager Bi-FCSLSTM", "torch.compile Bi-FCSLSTM"):
     if other in med:
-      ratios[f"jax_bi / {other}"] = med[ref] / med[other]
-      ratios[f"jax_bi_remat / {other}"] = med["JAX Bi-FCSLSTM + remat"] / med[other]
-  if "PyTorch eager FCSLSTM" in med:
+      for label, key in (("JAX Bi-FCSLSTM", "jax_bi"), ("JAX Bi-FCSLSTM + remat", "jax_bi_remat"),
+                         ("JAX Bi-FCSLSTM bf16", "jax_bi_bf16")):
+        if label in med:
+          ratios[f"{key} / {other}"] = med[label] / med[other]
+  if "PyTorch eager FCSLSTM" in med and "JAX FCSLSTM" in med:
     ratios["jax_uni / PyTorch eager FCSLSTM"] = med["JAX FCSLSTM"] / med["PyTorch eager FCSLSTM"]
   result = {"shape_BTHWC": shape, "steps": args.steps, "machine": C.machine(), "rows": rows,
             "ratios": ratios, "torch": _torch_version(),
-            "torch_device": C.torch_device() if torch_ok else None}
+            "torch_device": C.torch_device() if torch_ok else None, "reference": ref}
   return C.write_result(result, args.out, table)
 
 
@@ -154,10 +158,10 @@ def _torch_version():
 def table(result):
   lines = [f"Train step, `{result['shape_BTHWC']}` (B, T, H, W, C), median of "
            f"{result['steps']} interleaved steps, {C.describe(result['machine'])}",
-           "", "| configuration | median step (s) | × JAX Bi-FCSLSTM | setup (s) |",
+           "", f"| configuration | median step (s) | × {result['reference']} | setup (s) |",
            "| --- | ---: | ---: | ---: |"]
   for r in result["rows"]:
-    lines.append(f"| {r['config']} | {r['median_s']:.2f} | {r['vs_jax_bi']:.2f} | "
+    lines.append(f"| {r['config']} | {r['median_s']:.2f} | {r['vs_reference']:.2f} | "
                  f"{r['setup_s']:.0f} |")
   lines += ["", "| ratio | value |", "| --- | ---: |"]
   lines += [f"| {k} | {v:.2f} |" for k, v in result["ratios"].items()]
