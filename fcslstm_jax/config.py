@@ -63,7 +63,7 @@ class Config:
 
 CONFIGS = {
     "paper": Config(),
-    "quick": Config(epochs=25, lr_decay_begin_epoch=10),
+    "quick": Config(epochs=30, lr_decay_begin_epoch=10),
     "tiny": Config(epochs=2, stages=((4, 1), (4, 1), (8, 1), (8, 1), (8, 1)), keep_checkpoints=2),
 }
 
