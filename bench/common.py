@@ -12,6 +12,12 @@ import statistics
 import sys
 import time
 
+# PyTorch's OpenMP workers spin after their work by default; interleaved with XLA's thread
+# pool on a 2-core machine they took CPU from JAX's steps and JAX's from theirs (PyTorch ran
+# 2.5x slower interleaved than alone). Passive waiting makes the interleaved rounds fair.
+# Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import jax
 import jax.numpy as jnp
 import optax

@@ -54,6 +54,11 @@ class GenerationConfig:
   noise: float = 0.03  # Rician sigma relative to the brightest tissue
 
 
+# Tests and smoke runs (train.py's end-to-end tests, compare --quick): 2 subjects, 32x32x3.
+# One definition, so that they all train the same tiny programs (XLA's compile cache).
+TINY = GenerationConfig(num_subjects=2, grid=(32, 32), num_slices=3, voxel_mm=6.0)
+
+
 def builtin_dataset_dir(name="bric", seed=0):
   """Cache folder: ``$FCSLSTM_DATA_DIR`` (default ``./data``) / ``<name>-v1-seed<seed>``."""
   root = os.environ.get("FCSLSTM_DATA_DIR") or "data"

@@ -8,6 +8,13 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="fcsl
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+# XLA:CPU's LLVM optimization level 0: the same HLO programs (same fusion, same buffers, same
+# arithmetic), compiled several times faster because LLVM does not optimize the generated
+# loops. Compiling, not running, is what these tests spend their time on. Inherited by the
+# CLI subprocesses, so in-process and subprocess runs share cached programs.
+os.environ["XLA_FLAGS"] = " ".join(filter(None, (os.environ.get("XLA_FLAGS", ""),
+                                                 "--xla_backend_optimization_level=0")))
+
 import jax  # noqa: E402
 
 # Strict numpy promotion, as in equinox's conftest: silent broadcasting bugs become errors.

@@ -126,7 +126,7 @@ def test_odd_size_forward_is_finite_and_crops(bidirectional):
 
 
 def _output_input_jacobian(model, t_out):
-  x = jax.random.normal(jax.random.PRNGKey(0), (1, 4, 32, 32, 2))
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 32, 32, 2))  # t_out=1: one step each side
   params = M.init_params(model, 2)
   f = lambda x: jnp.sum(model.apply({"params": params}, x)[:, t_out])
   return jax.jit(jax.grad(f))(x)  # [1, T, H, W, C]
@@ -136,7 +136,7 @@ def test_unidirectional_is_causal():
   g = _output_input_jacobian(M.FCSLSTM(3, stages=TINY), t_out=1)
   per_step = np.abs(np.asarray(g)).sum(axis=(0, 2, 3, 4))
   assert per_step[0] > 0 and per_step[1] > 0
-  assert np.all(per_step[2:] == 0.0), per_step
+  assert per_step[2] == 0.0, per_step
 
 
 def test_bidirectional_sees_the_future():
@@ -148,7 +148,7 @@ def test_bidirectional_sees_the_future():
 def test_fcn_sees_only_its_own_time_point():
   g = _output_input_jacobian(M.FCN(3, stages=TINY), t_out=1)
   per_step = np.abs(np.asarray(g)).sum(axis=(0, 2, 3, 4))
-  assert per_step[1] > 0 and per_step[0] == 0 and np.all(per_step[2:] == 0)
+  assert per_step[1] > 0 and per_step[0] == 0 and per_step[2] == 0, per_step
 
 
 def _loss_fn(model):
@@ -159,7 +159,7 @@ def _loss_fn(model):
 
 @pytest.mark.parametrize("remat", ["stages", "full"])
 def test_remat_gives_the_same_gradients(remat):
-  x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 32, 32, 2))
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 2, 32, 32, 2))  # T = 2: backprop through time
   base = M.FCSLSTM(3, bidirectional=True, stages=TINY)
   params = M.init_params(base, 2)
   g0 = jax.jit(jax.grad(_loss_fn(base)))(params, x)
@@ -193,7 +193,7 @@ def test_finite_difference_gradients_float64():
 def test_every_parameter_gets_a_gradient(name):
   model = M.create_model(name, 3)
   model = model.clone(stages=TINY)
-  x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 32, 32, 2))
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 2, 32, 32, 2))
   params = M.init_params(model, 2)
   grads = jax.jit(jax.grad(lambda p: jnp.mean(jnp.sin(model.apply({"params": p}, x)))))(params)
   for path, g in jax.tree_util.tree_leaves_with_path(grads):

@@ -25,7 +25,7 @@ from fcslstm_jax.errors import ConfigError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "parallel_worker.py"
-TINY_DATA = bric.GenerationConfig(num_subjects=2, grid=(32, 32), num_slices=3, voxel_mm=6.0)
+TINY_DATA = bric.TINY
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 TIMEOUT_S = 240  # all three; the two-process run must end within 120 s
 # 1 vs 2 devices: float32 sums split over two devices round differently; measured
@@ -41,7 +41,8 @@ def free_port() -> int:
 
 def start(args, log, nice=0, **env):
   env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **env)
-  env["XLA_FLAGS"] = " ".join(filter(None, (env.get("XLA_FLAGS", ""), FAST_COMPILE,
+  flags = env.get("XLA_FLAGS", "")
+  env["XLA_FLAGS"] = " ".join(filter(None, (flags, "" if FAST_COMPILE in flags else FAST_COMPILE,
                                             env.pop("EXTRA_XLA_FLAGS", ""))))
   return subprocess.Popen([sys.executable, str(WORKER), *map(str, args)], cwd=ROOT, env=env,
                           stdout=log, stderr=subprocess.STDOUT,

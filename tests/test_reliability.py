@@ -37,7 +37,7 @@ from fcslstm_jax import inference
 from fcslstm_jax.config import Config, get_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TINY_DATA = bric.GenerationConfig(num_subjects=2, grid=(32, 32), num_slices=3, voxel_mm=6.0)
+TINY_DATA = bric.TINY
 EPOCHS = 6  # one step per epoch (2 sequences, batch 2): a checkpoint per step
 TIMEOUT = 300  # seconds for one subprocess to reach a point (a cold compile under load)
 

@@ -14,7 +14,7 @@ from fcslstm_jax import bric
 from fcslstm_jax import inference
 from fcslstm_jax.config import Config
 
-TINY_DATA = bric.GenerationConfig(num_subjects=2, grid=(32, 32), num_slices=3, voxel_mm=6.0)
+TINY_DATA = bric.TINY
 EPOCHS = 4
 
 

@@ -35,7 +35,7 @@ from fcslstm_jax.model import MODELS, count_params
 
 PAPER = {"bric": {"fcn": (0.920, 0.850), "fcslstm": (0.935, 0.853),
                   "bi-fcslstm": (0.948, 0.863)}}
-QUICK_DATA = bric.GenerationConfig(num_subjects=3, grid=(32, 32), num_slices=3, voxel_mm=6.0)
+QUICK_DATA = bric.TINY
 
 
 def labeled_sequences(subjects, protocol):
@@ -162,7 +162,7 @@ def main(argv=None):
   p.add_argument("--out", default="results")
   p.add_argument("--runs", default=os.path.join("runs", "compare"))
   p.add_argument("--quick", action="store_true",
-                 help="smoke test: tiny data (3 subjects, 32x32), tiny model, 1 epoch, 1 seed")
+                 help="smoke test: tiny data (2 subjects, 32x32), tiny model, 1 epoch, 1 seed")
   args = p.parse_args(argv)
   config = get_config("tiny" if args.quick else args.config,
                       epochs=1 if args.quick and args.epochs is None else args.epochs)
