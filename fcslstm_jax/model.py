@@ -90,6 +90,11 @@ def _stage_cls(remat: str):
   return psi.ConvStage if remat == "none" else nn.remat(psi.ConvStage)
 
 
+def _as_logits(y, dtype):
+  """float32 logits whatever the compute dtype (bfloat16 too); float64 for a float64 model."""
+  return y.astype(jnp.promote_types(dtype, jnp.float32))
+
+
 class FCN(nn.Module):
   """The concise FCN, applied to each time step alone: ``[B, T, H, W, n] -> [B, T, H, W, c]``."""
   num_classes: int
@@ -108,7 +113,7 @@ class FCN(nn.Module):
       y = stage(ch, num_convs=n, dtype=self.dtype, name=f"conv{k + 1}")(max_pool(y) if k else y)
       feats.append(y)
     logits = BackEnd(self.num_classes, self.dtype, name="backend")(feats)[:, :h, :w]
-    return logits.reshape((b, t) + logits.shape[1:]).astype(jnp.float32)
+    return _as_logits(logits.reshape((b, t) + logits.shape[1:]), self.dtype)
 
 
 class FCSLSTM(nn.Module):
@@ -143,7 +148,7 @@ class FCSLSTM(nn.Module):
                     name=f"slstm{k + 1}")(y, valid)
       feats.append(fold_time(y).astype(self.dtype))
     logits = BackEnd(self.num_classes, self.dtype, name="backend")(feats)[:, :h, :w]
-    return logits.reshape((b, t) + logits.shape[1:]).astype(jnp.float32)
+    return _as_logits(logits.reshape((b, t) + logits.shape[1:]), self.dtype)
 
 
 MODELS = ("fcn", "fcslstm", "bi-fcslstm")
