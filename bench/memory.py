@@ -27,8 +27,8 @@ GIB = 2 ** 30
 BUDGET = 12 * GIB  # the paper's 12 GB GPU
 
 
-def jax_memory(batch, steps, size, remat, stages=None):
-  model = C.jax_model("bi-fcslstm", remat, None, stages)
+def jax_memory(batch, steps, size, remat, stages=None, unroll=None):
+  model = C.jax_model("bi-fcslstm", remat, unroll, stages)
   step, tx = C.jax_train_step(model)
   params = jax.eval_shape(lambda: C.M.init_params(model, C.IN_CHANNELS))
   opt_state = jax.eval_shape(tx.init, params)
@@ -36,7 +36,7 @@ def jax_memory(batch, steps, size, remat, stages=None):
   t0 = time.perf_counter()
   compiled = step.lower(params, opt_state, *data).compile()
   ma = compiled.memory_analysis()
-  out = {"batch": batch, "remat": remat, "compile_s": time.perf_counter() - t0,
+  out = {"batch": batch, "remat": remat, "unroll": unroll, "compile_s": time.perf_counter() - t0,
          "temp_bytes": ma.temp_size_in_bytes, "argument_bytes": ma.argument_size_in_bytes,
          "output_bytes": ma.output_size_in_bytes, "alias_bytes": ma.alias_size_in_bytes}
   out["total_bytes"] = (out["temp_bytes"] + out["argument_bytes"] + out["output_bytes"]
@@ -97,6 +97,8 @@ def main(argv=None):
   p.add_argument("--time-steps", type=int, default=5)
   p.add_argument("--size", type=int, default=256)
   p.add_argument("--remat", nargs="+", default=["none", "full"])
+  p.add_argument("--unroll", type=int, help="time-loop unroll (default: the backend's, "
+                 "full on CPU, 1 = while loop on accelerators)")
   p.add_argument("--tiny", action="store_true", help="tiny channel widths (smoke test)")
   p.add_argument("--out", default=os.path.join(C.RESULTS, "memory.json"))
   args = p.parse_args(argv)
@@ -105,7 +107,7 @@ def main(argv=None):
   jax_rows = []
   for remat in args.remat:
     for b in args.batches:
-      r = jax_memory(b, args.time_steps, args.size, remat, stages)
+      r = jax_memory(b, args.time_steps, args.size, remat, stages, args.unroll)
       jax_rows.append(r)
       print(f"JAX remat={remat} batch={b}: temp {r['temp_bytes'] / GIB:.2f} GiB, total "
             f"{r['total_bytes'] / GIB:.2f} GiB (compiled in {r['compile_s']:.0f} s)", flush=True)
@@ -138,7 +140,8 @@ def table(result):
            f"({C.describe(result['machine'])})", "",
            "| implementation | batch | temp (GiB) | total (GiB) |", "| --- | ---: | ---: | ---: |"]
   for r in result["jax"]:
-    lines.append(f"| JAX remat={r['remat']} | {r['batch']} | {r['temp_bytes'] / GIB:.2f} | "
+    loop = "" if r.get("unroll") is None else f", unroll={r['unroll']}"
+    lines.append(f"| JAX remat={r['remat']}{loop} | {r['batch']} | {r['temp_bytes'] / GIB:.2f} | "
                  f"{r['total_bytes'] / GIB:.2f} |")
   for r in result["torch"]:
     lines.append(f"| PyTorch eager (step peak {'alloc' if r.get('device') == 'cuda' else 'RSS'}) | {r['batch']} | | "
