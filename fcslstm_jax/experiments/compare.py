@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 
 import jax
@@ -94,11 +95,10 @@ def aggregate(runs, class_names, truth_consistency):
 def markdown(summary, protocol_name, class_names, header):
   pct = lambda ms: "n/a" if ms[0] is None else f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}"
   paper = PAPER.get(protocol_name, {})
-  lines = [header, "",
-           "| model | train mPA % | test mPA % | paper train / test % | "
-           + " | ".join(f"test Dice {c} %" for c in class_names[1:])
-           + " | temporal consistency % | parameters | minutes per run |",
-           "|---" * (6 + len(class_names) - 1) + "|"]
+  columns = (["model", "train mPA %", "test mPA %", "paper train / test %"]
+             + [f"test Dice {c} %" for c in class_names[1:]]
+             + ["temporal consistency %", "parameters", "minutes per run"])
+  lines = [header, "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
   for model, row in summary["models"].items():
     p = paper.get(model)
     lines.append(
@@ -191,7 +191,8 @@ def main(argv=None):
   header = (f"### {protocol.name}: {len(subjects)} subjects, {seeds} seed(s), config "
             f"`{'tiny' if args.quick else args.config}` ({config.epochs} epochs), "
             f"{os.cpu_count()} CPU cores ({cpu}), jax {jax.__version__} on {jax.default_backend()}")
-  command = "python -m fcslstm_jax.experiments.compare " + " ".join(argv or [])
+  command = "python -m fcslstm_jax.experiments.compare " + " ".join(
+      sys.argv[1:] if argv is None else argv)
   table = markdown(summary, protocol.name, protocol.class_names, header)
   stem = os.path.join(args.out, f"compare-{protocol.name}")
   with open(stem + ".json.tmp", "w") as f:
