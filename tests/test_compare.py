@@ -16,10 +16,10 @@ def test_quick_comparison_writes_consistent_results(tmp_path, monkeypatch):
     row = saved["summary"]["models"][r["model"]]
     assert row["test_mpa"][0] == r["test"]["mpa"] and row["test_mpa"][1] == 0.0
     assert f"{100 * r['test']['mpa']:.1f} ± 0.0" in (out / "compare-bric.md").read_text()
-  rows = [l for l in (out / "compare-bric.md").read_text().splitlines() if l.startswith("|")]
-  assert len(rows) == 2 + 3 and len({row.count("|") for row in rows}) == 1, rows  # a valid table
     assert 0.0 <= r["test"]["mpa"] <= 1.0
     assert len(r["temporal_consistency"]) == 4
+  rows = [l for l in (out / "compare-bric.md").read_text().splitlines() if l.startswith("|")]
+  assert len(rows) == 2 + 3 and len({row.count("|") for row in rows}) == 1, rows  # a valid table
   p = saved["summary"]["models"]
   assert p["fcn"]["parameters"] < p["fcslstm"]["parameters"] < p["bi-fcslstm"]["parameters"]
   assert summary["models"].keys() == p.keys()
