@@ -6,8 +6,10 @@
 #
 #   OUT=runs/gpu bash bench/gpu.sh
 #
-# Everything it reports lands in $OUT (at most eight files): gpu.log, the three JSON files,
-# the training log, evaluate's metrics.json and its figure.
+# Everything it reports lands in $OUT: gpu.log, the benchmarks' JSON, the training log,
+# evaluate's metrics.json and its figure. The H200 numbers in bench/README.md came from two
+# calls of these steps (results/gpu-h200/gpu-call1.log, gpu-call2.log); the script was
+# reordered afterwards to what the second call ran (bf16 in its own process).
 set -u
 OUT=${OUT:-runs/gpu}
 PY=${PYTHON:-python3}
@@ -31,8 +33,8 @@ print("devices", jax.devices())
 EOF
 
 step() { echo; echo "=== $* ($(date +%T))"; }
-step train_step; timeout 130 $PY bench/train_step.py --steps 30 --warmup 3 --bf16 --unrolled \
-  --no-compile --out "$OUT/train_step.json"
+step train_step; timeout 130 $PY bench/train_step.py --steps 30 --warmup 3 \
+  --jax uni bi bi-remat bi-unrolled --no-compile --out "$OUT/train_step.json"
 step memory; timeout 110 $PY bench/memory.py --batches 1 4 8 --torch-batches 1 4 8 \
   --out "$OUT/memory.json"
 step train; SECONDS=0
@@ -43,6 +45,8 @@ step evaluate; timeout 45 $PY evaluate.py --workdir "$WORK" --out "$WORK/eval" \
   && cp "$WORK/eval/metrics.json" "$OUT/eval_metrics.json" \
   && cp "$WORK"/eval/*.png "$OUT/" 2>/dev/null
 step flops; timeout 60 $PY bench/flops.py --steps 20 --out "$OUT/flops.json"
-step torch.compile; timeout 80 $PY bench/train_step.py --steps 30 --warmup 3 \
+step bf16; timeout 85 $PY bench/train_step.py --steps 20 --warmup 2 --jax bi-bf16 --no-torch \
+  --out "$OUT/train_step_bf16.json"
+step torch.compile; timeout 80 $PY bench/train_step.py --steps 30 --warmup 3 --jax bi \
   --out "$OUT/train_step_compile.json" | tail -20
 step done

@@ -5,8 +5,9 @@ Run: ``python bench/memory.py`` (under 10 min on 2 CPU cores). For batch 1, 4, 8
 reads ``memory_analysis()``: temp (activations, gradients, workspace), arguments (params,
 optimizer state, batch) and outputs (aliased to the donated arguments). For PyTorch it runs
 one eager step per batch size in a fresh process and reports the rise of peak memory over
-the memory before the step (peak RSS on CPU; ``torch.cuda.max_memory_allocated`` on a GPU). The largest batch that fits in 12 GiB comes from a straight-line fit
-of total bytes against batch (memory is linear in batch). Writes
+the memory before the step (peak RSS on CPU; ``torch.cuda.max_memory_allocated`` on a GPU).
+The largest batch that fits in 12 GiB comes from a straight-line fit of total bytes against
+batch (memory is linear in batch). Writes
 ``bench/results/memory.json``.
 """
 
@@ -125,7 +126,8 @@ def main(argv=None):
   fits = {}
   for remat in args.remat:
     pts = [(r["batch"], r["total_bytes"]) for r in jax_rows if r["remat"] == remat]
-    fits[f"JAX remat={remat}"] = largest_batch(pts)
+    loop = "" if args.unroll is None else f", unroll={args.unroll}"
+    fits[f"JAX remat={remat}{loop}"] = largest_batch(pts)
   if torch_rows:
     fits["PyTorch eager"] = largest_batch([(r["batch"], r["step_bytes"]) for r in torch_rows])
   result = {"model": "bi-fcslstm", "time_steps": args.time_steps, "size": args.size,
@@ -144,7 +146,8 @@ def table(result):
     lines.append(f"| JAX remat={r['remat']}{loop} | {r['batch']} | {r['temp_bytes'] / GIB:.2f} | "
                  f"{r['total_bytes'] / GIB:.2f} |")
   for r in result["torch"]:
-    lines.append(f"| PyTorch eager (step peak {'alloc' if r.get('device') == 'cuda' else 'RSS'}) | {r['batch']} | | "
+    what = "alloc" if r.get("device") == "cuda" else "RSS"
+    lines.append(f"| PyTorch eager (step peak {what}) | {r['batch']} | | "
                  f"{r['step_bytes'] / GIB:.2f} |")
   lines += ["", "| implementation | largest batch in 12 GiB |", "| --- | ---: |"]
   lines += [f"| {k} | {v} |" for k, v in result["largest_batch_in_12GiB"].items()]
