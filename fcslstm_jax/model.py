@@ -33,6 +33,9 @@ default, see :mod:`fcslstm_jax.slstm`) XLA schedules the recomputation next to t
 pass and nothing is saved: the same step on CPU needs 10.04 GiB either way, which is still
 less than XLA:CPU's while loop needs (17.30 GiB, 12.21 GiB with ``"full"``), so on CPU remat
 is not worth asking for. ``bench/memory.py [--unroll 1]`` measures these.
+
+Chunking (``chunk_pixels``): the conv stages run on the folded ``B*T`` batch a few images at
+a time on CPU, where that is faster (:func:`fcslstm_jax.psi.apply_in_chunks`); same function.
 """
 
 import argparse
@@ -107,6 +110,7 @@ class FCN(nn.Module):
   num_classes: int
   stages: Sequence[tuple[int, int]] = VGG16_QUARTER
   remat: str = "none"
+  chunk_pixels: int | None = None
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -117,7 +121,8 @@ class FCN(nn.Module):
     stage = _stage_cls(self.remat)
     feats = []
     for k, (ch, n) in enumerate(self.stages):
-      y = stage(ch, num_convs=n, dtype=self.dtype, name=f"conv{k + 1}")(max_pool(y) if k else y)
+      conv = stage(ch, num_convs=n, dtype=self.dtype, name=f"conv{k + 1}")
+      y = psi.apply_in_chunks(conv, max_pool(y) if k else y, self.chunk_pixels)
       feats.append(y)
     logits = BackEnd(self.num_classes, self.dtype, name="backend")(feats)[:, :h, :w]
     return _as_logits(logits.reshape((b, t) + logits.shape[1:]), self.dtype)
@@ -134,6 +139,7 @@ class FCSLSTM(nn.Module):
   psi_h_kernel: int = 3
   remat: str = "none"
   unroll: int | None = None
+  chunk_pixels: int | None = None
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -151,7 +157,8 @@ class FCSLSTM(nn.Module):
         y = y.reshape((b, t) + y.shape[1:])
       psi_x = functools.partial(stage, num_convs=n, width=ch, dtype=self.dtype)
       y = layer_cls(hidden=ch, psi_x=psi_x, psi_h=psi_h, unroll=self.unroll,
-                    remat_step=self.remat == "full", dtype=self.dtype,
+                    remat_step=self.remat == "full", chunk_pixels=self.chunk_pixels,
+                    dtype=self.dtype,
                     name=f"slstm{k + 1}")(y, valid)
       feats.append(fold_time(y).astype(self.dtype))
     logits = BackEnd(self.num_classes, self.dtype, name="backend")(feats)[:, :h, :w]
@@ -162,13 +169,14 @@ MODELS = ("fcn", "fcslstm", "bi-fcslstm")
 
 
 def create_model(name: str, num_classes: int, *, remat: str = "none",
-                 unroll: int | None = None, dtype: Any = jnp.float32) -> nn.Module:
+                 unroll: int | None = None, chunk_pixels: int | None = None,
+                 dtype: Any = jnp.float32) -> nn.Module:
   """The model called ``name`` (one of :data:`MODELS`)."""
   if name == "fcn":
-    return FCN(num_classes, remat=remat, dtype=dtype)
+    return FCN(num_classes, remat=remat, chunk_pixels=chunk_pixels, dtype=dtype)
   if name in ("fcslstm", "bi-fcslstm"):
     return FCSLSTM(num_classes, bidirectional=name == "bi-fcslstm", remat=remat, unroll=unroll,
-                   dtype=dtype)
+                   chunk_pixels=chunk_pixels, dtype=dtype)
   raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")
 
 

@@ -12,11 +12,16 @@ convolution. Which operator is used decides what the cell is:
   stage output, not every sub-layer, enters the LSTM memory.
 
 Weights use Kaiming (He) normal initialization (paper Sec. 3).
+
+:func:`apply_in_chunks` applies a Ψ to a large folded batch a few images at a time: the
+same function, computed in pieces whose activations stay in the CPU's cache (see
+:data:`CPU_CHUNK_PIXELS`).
 """
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 kaiming = nn.initializers.kaiming_normal()
@@ -70,3 +75,37 @@ class ConvStage(nn.Module):
                   name=f"conv{j + 1}")(x)
       x = nn.relu(x)
     return x
+
+
+# Pixels per Ψ call on XLA:CPU. Its convolutions of 16-128 channels at 64-128 pixels square
+# ran out of cache on large folded batches: the Bi-FCSLSTM train step at [2, 5, 128, 128, 2]
+# took 1.72 s with Ψx on all 10 images at once and 1.45-1.50 s in calls of 8192 - 32768
+# pixels (2 idle cores, bench/train_step.py). Accelerators get the whole batch in one call.
+CPU_CHUNK_PIXELS = 8192
+
+
+def chunk_size(chunk_pixels: int | None, num_images: int, image_pixels: int) -> int:
+  """Images per call: ``chunk_pixels // image_pixels`` (at least 1, at most all).
+
+  ``None`` is the backend default (:data:`CPU_CHUNK_PIXELS` on CPU, everything at once on
+  accelerators); 0 means everything at once.
+  """
+  if chunk_pixels is None:
+    chunk_pixels = CPU_CHUNK_PIXELS if jax.default_backend() == "cpu" else 0
+  if chunk_pixels <= 0:
+    return num_images
+  return max(1, min(num_images, chunk_pixels // image_pixels))
+
+
+def apply_in_chunks(fn: Callable[[jax.Array], jax.Array], x: jax.Array,
+                    chunk_pixels: int | None = None) -> jax.Array:
+  """``fn(x)`` for ``x`` ``[N, H, W, C]`` computed on slices of the batch axis, concatenated.
+
+  ``fn`` must treat images independently (a Ψ does), so the result equals ``fn(x)`` up to
+  floating-point rounding. Gradients flow through the slices as usual.
+  """
+  n, h, w = x.shape[:3]
+  size = chunk_size(chunk_pixels, n, h * w)
+  if size >= n:
+    return fn(x)
+  return jnp.concatenate([fn(x[i:i + size]) for i in range(0, n, size)], axis=0)

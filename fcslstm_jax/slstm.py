@@ -19,6 +19,8 @@ Implementation notes (same function as Eq. 1, arranged to be cheap):
 * The cell state and the gate arithmetic are kept in float32 even when the convolutions run
   in bfloat16 (``dtype``), because ``c_t`` accumulates over time.
 * The forget-gate bias starts at 1 (Jozefowicz et al., 2015); the paper does not say.
+* ``chunk_pixels``: Ψx runs on the folded batch a few images at a time where that is faster
+  (XLA:CPU, see :func:`fcslstm_jax.psi.apply_in_chunks`); the function is the same.
 * ``unroll``: on XLA:CPU the backward pass of convolutions inside a real while loop is
   ~30x slower than the unrolled graph, so ``None`` means "fully unroll on CPU, while loop
   (``unroll=1``) on accelerators", where the loop keeps compile time and memory flat.
@@ -29,6 +31,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from fcslstm_jax import psi
 
 PsiFactory = Callable[..., nn.Module]  # called as factory(features=..., name=...)
 
@@ -81,13 +85,15 @@ class StructuredLSTM(nn.Module):
 
   ``psi_x`` and ``psi_h`` are Ψ factories (e.g. ``functools.partial(psi.ConvStage, ...)``),
   called with ``features=4 * hidden``. Returns ``h`` for every step, ``[B, T, H, W, hidden]``.
-  ``remat_step`` rematerializes the scan body (Ψh and gates) in the backward pass.
+  ``remat_step`` rematerializes the scan body (Ψh and gates) in the backward pass;
+  ``chunk_pixels`` is passed to :func:`fcslstm_jax.psi.apply_in_chunks` for Ψx.
   """
   hidden: int
   psi_x: PsiFactory
   psi_h: PsiFactory
   unroll: int | None = None
   remat_step: bool = False
+  chunk_pixels: int | None = None
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -96,8 +102,9 @@ class StructuredLSTM(nn.Module):
     if valid is None:
       valid = jnp.ones((b, t), bool)
     # Ψx on all time steps at once: [B*T, H, W, C] -> [B*T, H, W, 4*hidden].
-    xg = self.psi_x(features=4 * self.hidden, name="psi_x")(
-        x.reshape((b * t,) + x.shape[2:]).astype(self.dtype))
+    psi_x = self.psi_x(features=4 * self.hidden, name="psi_x")
+    xg = psi.apply_in_chunks(psi_x, x.reshape((b * t,) + x.shape[2:]).astype(self.dtype),
+                             self.chunk_pixels)
     xg = xg.reshape((b, t) + xg.shape[1:])
     step = nn.remat(LSTMStep) if self.remat_step else LSTMStep
     scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False},
@@ -119,6 +126,7 @@ class BidirectionalLSTM(nn.Module):
   psi_h: PsiFactory
   unroll: int | None = None
   remat_step: bool = False
+  chunk_pixels: int | None = None
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -126,7 +134,7 @@ class BidirectionalLSTM(nn.Module):
     if valid is None:
       valid = jnp.ones(x.shape[:2], bool)
     kw = dict(hidden=self.hidden, psi_x=self.psi_x, psi_h=self.psi_h, unroll=self.unroll,
-              remat_step=self.remat_step, dtype=self.dtype)
+              remat_step=self.remat_step, chunk_pixels=self.chunk_pixels, dtype=self.dtype)
     fwd = StructuredLSTM(**kw, name="forward")(x, valid)
     bwd = StructuredLSTM(**kw, name="backward")(x[:, ::-1], valid[:, ::-1])[:, ::-1]
     return jnp.concatenate([fwd, bwd], axis=-1)

@@ -65,7 +65,7 @@ class TrainState(train_state.TrainState):
 
 def build_model(config: Config, num_classes: int) -> nn.Module:
   model = create_model(config.model, num_classes, remat=config.remat, unroll=config.unroll,
-                       dtype=DTYPES[config.precision])
+                       chunk_pixels=config.chunk_pixels, dtype=DTYPES[config.precision])
   return model.clone(stages=config.stages)
 
 
@@ -180,7 +180,8 @@ def check_run_dir(workdir: str, run_info: dict) -> None:
     return
   with open(path) as f:
     old = json.load(f)
-  ignore = {"epochs"}  # extending a finished run is fine
+  # Extending a finished run is fine; chunk_pixels changes speed, not the function.
+  ignore = {"epochs", "chunk_pixels"}
   diff = sorted(k for k in set(old["config"]) | set(run_info["config"]) if k not in ignore
                 and old["config"].get(k) != run_info["config"].get(k))
   diff += [k for k in ("dataset", "protocol") if old.get(k) != run_info.get(k)]

@@ -167,6 +167,29 @@ def test_remat_gives_the_same_gradients(remat):
   chex.assert_trees_all_close(g0, g1, rtol=1e-5, atol=1e-7)
 
 
+def test_chunk_size():
+  assert psi.chunk_size(0, 10, 1024) == 10       # 0: all at once
+  assert psi.chunk_size(2048, 10, 1024) == 2
+  assert psi.chunk_size(100, 10, 1024) == 1      # never less than one image
+  assert psi.chunk_size(10 ** 9, 10, 1024) == 10
+
+
+@pytest.mark.parametrize("name", ["fcn", "bi-fcslstm"])
+def test_chunked_conv_stages_give_the_same_function(name):
+  """3 images per stage call, in pieces of 2 + 1 at full size and 3 at the smaller stages."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 32, 32, 2))
+  whole = M.create_model(name, 3, chunk_pixels=0).clone(stages=TINY)
+  chunked = whole.clone(chunk_pixels=2 * 32 * 32)
+  params = M.init_params(whole, 2)
+  for model in (whole, chunked):
+    chex.assert_shape(model.apply({"params": params}, x), (1, 3, 32, 32, 3))
+  chex.assert_trees_all_close(whole.apply({"params": params}, x),
+                              chunked.apply({"params": params}, x), rtol=1e-5, atol=1e-6)
+  g0 = jax.jit(jax.grad(_loss_fn(whole)))(params, x)
+  g1 = jax.jit(jax.grad(_loss_fn(chunked)))(params, x)
+  chex.assert_trees_all_close(g0, g1, rtol=1e-4, atol=1e-7)
+
+
 def test_remat_lowers_compiled_temp_memory():
   """5-step 128x128 sequence, the while-loop path (unroll=1) that accelerators use."""
   x = jax.ShapeDtypeStruct((1, 5, 128, 128, 2), jnp.float32)
