@@ -78,9 +78,11 @@ class ConvStage(nn.Module):
 
 
 # Pixels per Ψ call on XLA:CPU. Its convolutions of 16-128 channels at 64-128 pixels square
-# ran out of cache on large folded batches: the Bi-FCSLSTM train step at [2, 5, 128, 128, 2]
-# took 1.72 s with Ψx on all 10 images at once and 1.45-1.50 s in calls of 8192 - 32768
-# pixels (2 idle cores, bench/train_step.py). Accelerators get the whole batch in one call.
+# run slower on a large folded batch than on a few images at a time (their activations no
+# longer stay in cache; a profile put the 128x128 16 -> 64 weight gradient at 26 GFLOP/s on 10
+# images). Bi-FCSLSTM train step at [2, 5, 128, 128, 2], 2 idle cores: 1.72 s with each Ψx
+# on all 10 images at once; 1.45-1.48 s in calls of 8192 pixels, 1.49-1.54 s of 16384,
+# 1.54-1.57 s of 32768 (two runs each). Accelerators get the whole batch in one call.
 CPU_CHUNK_PIXELS = 8192
 
 
