@@ -32,6 +32,9 @@ def parse_args(argv=None):
   p.add_argument("--batch-size", type=int)
   p.add_argument("--seed", type=int)
   p.add_argument("--remat", choices=("none", "stages", "full"))
+  p.add_argument("--chunk-pixels", type=int,
+                 help="pixels per conv-stage call (speed only; default 8192 on CPU, all at once "
+                 "on accelerators; 0: all at once)")
   p.add_argument("--precision", choices=("float32", "bfloat16", "bf16"),
                  help="bfloat16 (alias bf16): convolutions in bfloat16; parameters, optimizer "
                  "state, LSTM cell state and loss stay float32")
@@ -116,7 +119,8 @@ def run(args) -> int:
   main = parallel.is_main_process()
   print = builtins.print if main else (lambda *a, **k: None)  # logs on process 0 only
   config = get_config(args.config, model=args.model, epochs=args.epochs, remat=args.remat,
-                      batch_size=args.batch_size, seed=args.seed, precision=args.precision)
+                      batch_size=args.batch_size, seed=args.seed, precision=args.precision,
+                      chunk_pixels=args.chunk_pixels)
   name = args.dataset or os.path.basename(os.path.normpath(args.data_dir))
   workdir = args.workdir or os.path.join("runs", f"{name}-{config.model}-{args.config}")
   if args.data_dir:

@@ -29,10 +29,11 @@ is kept for backpropagation through time; ``"full"`` also rematerializes each LS
 Remat pays off where the time loop is a real while loop (``unroll=1``, the accelerator
 default): Bi-FCSLSTM train step at 256x256, T = 5, batch 8 on an H200, compiled temp memory
 15.15 GiB without remat, 6.44 GiB with ``"full"``. With the loop fully unrolled (the CPU
-default, see :mod:`fcslstm_jax.slstm`) XLA schedules the recomputation next to the forward
-pass and nothing is saved: the same step on CPU needs 10.04 GiB either way, which is still
-less than XLA:CPU's while loop needs (17.30 GiB, 12.21 GiB with ``"full"``), so on CPU remat
-is not worth asking for. ``bench/memory.py [--unroll 1]`` measures these.
+default, see :mod:`fcslstm_jax.slstm`) XLA does not schedule the recomputation so that it
+saves anything: the same step on CPU needs 9.97 GiB without remat and 11.29 GiB with
+``"full"`` (and 8 % more time), and XLA:CPU's while loop needs more (18.29 GiB, 12.35 GiB
+with ``"full"``), so on CPU remat is not worth asking for. ``bench/memory.py [--unroll 1]``
+measures these.
 
 Chunking (``chunk_pixels``): the conv stages run on the folded ``B*T`` batch a few images at
 a time on CPU, where that is faster (:func:`fcslstm_jax.psi.apply_in_chunks`); same function.

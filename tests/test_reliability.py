@@ -34,7 +34,9 @@ import train
 from fcslstm_jax import bric
 from fcslstm_jax import data as data_lib
 from fcslstm_jax import inference
+from fcslstm_jax import train_lib
 from fcslstm_jax.config import Config, get_config
+from fcslstm_jax.errors import ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_DATA = bric.TINY
@@ -418,6 +420,15 @@ def test_debug_shows_the_traceback(tmp_path):
   _missing_modality(root)
   with pytest.raises(data_lib.DataError):
     train.main(train_args(root, tmp_path / "run", EPOCHS, "--debug"))
+
+
+def test_resume_accepts_another_chunk_size_only(tmp_path):
+  """``chunk_pixels`` changes speed, not the function: resuming with another one is fine."""
+  info = {"config": Config().to_json(), "dataset": "bric", "protocol": "bric"}
+  train_lib.check_run_dir(str(tmp_path), info)
+  train_lib.check_run_dir(str(tmp_path), dict(info, config=dict(info["config"], chunk_pixels=0)))
+  with pytest.raises(ConfigError, match="seed"):
+    train_lib.check_run_dir(str(tmp_path), dict(info, config=dict(info["config"], seed=1)))
 
 
 @pytest.mark.parametrize("flags,field", [(["--model", "fcn"], "model"),
