@@ -17,6 +17,7 @@ sys.path.insert(0, BENCH)
 import common as C  # noqa: E402
 import flops  # noqa: E402
 import memory  # noqa: E402
+import memory_breakdown  # noqa: E402
 import train_step  # noqa: E402
 
 from fcslstm_jax import model as M  # noqa: E402
@@ -55,6 +56,38 @@ def test_memory_script(tmp_path):
 
 def test_largest_batch_fit():
   assert memory.largest_batch([(1, 3 * memory.GIB), (2, 5 * memory.GIB)]) == 5  # 1 + 2b <= 12
+
+
+SCHEDULED_HLO = """HloModule m, is_scheduled=true
+
+ENTRY %main (p: f32[4]) -> f32[4] {
+  %p = f32[4]{0} parameter(0)
+  %a = f32[256]{0} broadcast(%p), dimensions={}
+  %b = f32[256]{0} add(%a, %a)
+  %c = f32[256]{0} bitcast(%b)
+  %d = f32[4]{0} slice(%c), slice={[0:4]}
+  ROOT %e = f32[4]{0} add(%d, %p)
+}
+"""
+
+
+def test_live_at_peak_follows_the_schedule():
+  """a and b (1 KiB each) overlap at b; a dies there; c is b's buffer; the parameter is free."""
+  instrs = memory_breakdown.entry_instructions(SCHEDULED_HLO)
+  assert [i[0] for i in instrs] == ["p", "a", "b", "c", "d", "e"]
+  peak, index, alive = memory_breakdown.live_at_peak(instrs)
+  assert (peak, index, alive) == (2048, 2, {"a": 1024, "b": 1024})
+
+
+def test_memory_breakdown_script(tmp_path):
+  out = tmp_path / "memory_breakdown.json"
+  res = memory_breakdown.main(["--tiny", "--size", "32", "--batch", "1", "--time-steps", "2",
+                               "--out", str(out)])
+  saved = json.loads(out.read_text())
+  assert sum(saved["alive_at_peak_bytes"].values()) == saved["simulated_peak_bytes"] > 0
+  assert 0.5 < saved["simulated_peak_bytes"] / saved["xla_temp_bytes"] < 2
+  assert "LSTM time steps (gates, cell, Ψh)" in saved["alive_at_peak_bytes"]
+  assert "| alive at the peak |" in memory_breakdown.table(res)
 
 
 def test_flops_script(tmp_path):
