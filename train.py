@@ -33,7 +33,7 @@ def parse_args(argv=None):
   p.add_argument("--seed", type=int)
   p.add_argument("--remat", choices=("none", "stages", "full"))
   p.add_argument("--chunk-pixels", type=int,
-                 help="pixels per conv-stage call (speed only; default 8192 on CPU, all at once "
+                 help="pixels per Ψx conv-stage call (speed only; default 8192 on CPU, all at once "
                  "on accelerators; 0: all at once)")
   p.add_argument("--precision", choices=("float32", "bfloat16", "bf16"),
                  help="bfloat16 (alias bf16): convolutions in bfloat16; parameters, optimizer "

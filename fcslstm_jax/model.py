@@ -35,8 +35,11 @@ saves anything: the same step on CPU needs 9.97 GiB without remat and 11.29 GiB 
 with ``"full"``), so on CPU remat is not worth asking for. ``bench/memory.py [--unroll 1]``
 measures these.
 
-Chunking (``chunk_pixels``): the conv stages run on the folded ``B*T`` batch a few images at
-a time on CPU, where that is faster (:func:`fcslstm_jax.psi.apply_in_chunks`); same function.
+Chunking (``chunk_pixels``): FCSLSTM's Ψx stages run on the folded ``B*T`` batch a few images
+at a time on CPU, where that is faster (:func:`fcslstm_jax.psi.apply_in_chunks`); same
+function. The FCN's stages, which emit 4x fewer channels, run in one call unless
+``chunk_pixels`` is given: chunked by default on CPU its train step at [2, 5, 128, 128, 2]
+took 0.30-0.31 s against 0.26 s in one call.
 """
 
 import argparse
@@ -123,7 +126,7 @@ class FCN(nn.Module):
     feats = []
     for k, (ch, n) in enumerate(self.stages):
       conv = stage(ch, num_convs=n, dtype=self.dtype, name=f"conv{k + 1}")
-      y = psi.apply_in_chunks(conv, max_pool(y) if k else y, self.chunk_pixels)
+      y = psi.apply_in_chunks(conv, max_pool(y) if k else y, self.chunk_pixels or 0)
       feats.append(y)
     logits = BackEnd(self.num_classes, self.dtype, name="backend")(feats)[:, :h, :w]
     return _as_logits(logits.reshape((b, t) + logits.shape[1:]), self.dtype)
