@@ -7,8 +7,13 @@ keeps each buffer alive from the instruction that defines it to its last use (bi
 tuple elements share their source's buffer; parameters are not temp), and lists what is alive
 where the total peaks, grouped by what made it (``op_name`` metadata, else the fusion kind).
 It approximates XLA's heap simulator (no buffer sharing or in-place reuse beyond that), so
-its peak is compared with ``memory_analysis()``'s temp size in the output. Writes
-``bench/results/memory_breakdown.json``.
+its peak is compared with ``memory_analysis()``'s temp size in the output. Only the entry
+computation is walked: with the time loop as a while loop (``--unroll 1``, the accelerator
+default) the loop body's buffers are not seen, and the script says so. The groups are
+heuristics for XLA:CPU's programs (e.g. ``transpose_copy_fusion`` is its name for layout
+copies; every int32 buffer is counted as max-pool index arrays). Writes
+``bench/results/memory_breakdown.json``; ``--remat full --out
+bench/results/memory_breakdown_remat_full.json`` wrote the remat file.
 """
 
 import argparse
@@ -33,6 +38,9 @@ NOT_TEMP = ("parameter", "constant", "tuple")
 def shape_bytes(shape: str) -> int:
   """Bytes of an HLO shape such as ``f32[8,5,256,256]{...}`` or a tuple of them."""
   total = 0
+  for dtype in re.findall(r"\b(\w+)\[", shape):
+    if dtype not in BYTES:
+      raise ValueError(f"unknown element type {dtype!r} in HLO shape {shape!r}")
   for dtype, dims in re.findall(r"\b(" + "|".join(BYTES) + r")\[([\d,]*)\]", shape):
     n = 1
     for d in filter(None, dims.split(",")):
@@ -43,7 +51,10 @@ def shape_bytes(shape: str) -> int:
 
 def entry_instructions(hlo_text: str):
   """``(name, shape, opcode, operands, op_name)`` of the entry computation, in order."""
-  body = re.search(r"\nENTRY [^\n]*\{\n(.*?)\n\}", hlo_text, re.S).group(1)
+  entry = re.search(r"\nENTRY [^\n]*\{\n(.*?)\n\}", hlo_text, re.S)
+  if entry is None:
+    raise ValueError("no ENTRY computation in the HLO text")
+  body = entry.group(1)
   out = []
   for line in body.split("\n"):
     m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([\w\-]+)\((.*)$", line)
@@ -54,6 +65,8 @@ def entry_instructions(hlo_text: str):
     op_name = re.search(r'op_name="([^"]+)"', line)
     out.append((name, shape, op, re.findall(r"%([\w.\-]+)", args),
                 op_name.group(1) if op_name else ""))
+  if not out:
+    raise ValueError("no instructions parsed from the ENTRY computation (HLO format changed?)")
   return out
 
 
@@ -107,6 +120,10 @@ def breakdown(batch, steps, size, remat="none", stages=None, unroll=None):
   compiled = step.lower(params, opt_state, *data).compile()
   compile_s = time.perf_counter() - t0
   instrs = entry_instructions(compiled.as_text())
+  loops = sorted({op for _, _, op, _, _ in instrs if op in ("while", "call", "conditional")})
+  if loops:
+    print(f"note: the entry computation has {', '.join(loops)}: buffers inside them are not "
+          "counted", flush=True)
   peak, index, alive = live_at_peak(instrs)
   info = {name: (shape, op_name) for name, shape, _, _, op_name in instrs}
   groups = collections.Counter()

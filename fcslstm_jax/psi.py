@@ -82,21 +82,29 @@ class ConvStage(nn.Module):
 # longer stay in cache; a profile put the 128x128 16 -> 64 weight gradient at 26 GFLOP/s on 10
 # images). Bi-FCSLSTM train step at [2, 5, 128, 128, 2], 2 idle cores: 1.72 s with each Ψx
 # on all 10 images at once; 1.45-1.48 s in calls of 8192 pixels, 1.49-1.54 s of 16384,
-# 1.54-1.57 s of 32768 (two runs each). Accelerators get the whole batch in one call.
+# 1.54-1.57 s of 32768 (two runs each; a call holds at least one image, so these differ from
+# the second stage on). Accelerators get the whole batch in one call.
 CPU_CHUNK_PIXELS = 8192
+# Each call is a copy of the stage in the compiled program, so compile time grows with the
+# number of calls; at most this many per stage (Bi-FCSLSTM at 256x256, batch 8, T = 5: 40
+# images per stage, compiled in 23 s in 40 calls).
+MAX_CHUNKS = 16
 
 
 def chunk_size(chunk_pixels: int | None, num_images: int, image_pixels: int) -> int:
-  """Images per call: ``chunk_pixels // image_pixels`` (at least 1, at most all).
+  """Images per call: ``chunk_pixels // image_pixels``, at least 1 and ``N / MAX_CHUNKS``.
 
-  ``None`` is the backend default (:data:`CPU_CHUNK_PIXELS` on CPU, everything at once on
-  accelerators); 0 means everything at once.
+  ``None`` is the default: :data:`CPU_CHUNK_PIXELS` on a single CPU device; everything at
+  once on accelerators and where the batch is split over several devices (a chunk of one
+  image would sit on one device). 0 or less means everything at once.
   """
   if chunk_pixels is None:
-    chunk_pixels = CPU_CHUNK_PIXELS if jax.default_backend() == "cpu" else 0
+    one_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
+    chunk_pixels = CPU_CHUNK_PIXELS if one_cpu else 0
   if chunk_pixels <= 0:
     return num_images
-  return max(1, min(num_images, chunk_pixels // image_pixels))
+  fewest = -(-num_images // MAX_CHUNKS)  # ceil
+  return max(1, fewest, min(num_images, chunk_pixels // image_pixels))
 
 
 def apply_in_chunks(fn: Callable[[jax.Array], jax.Array], x: jax.Array,

@@ -77,6 +77,11 @@ def test_live_at_peak_follows_the_schedule():
   assert [i[0] for i in instrs] == ["p", "a", "b", "c", "d", "e"]
   peak, index, alive = memory_breakdown.live_at_peak(instrs)
   assert (peak, index, alive) == (2048, 2, {"a": 1024, "b": 1024})
+  assert memory_breakdown.shape_bytes("(f32[2,3]{1,0}, s32[4]{0})") == 40
+  with pytest.raises(ValueError, match="c64"):
+    memory_breakdown.shape_bytes("c64[2]{0}")  # an unknown type is an error, not 0 bytes
+  with pytest.raises(ValueError, match="ENTRY"):
+    memory_breakdown.entry_instructions("HloModule m\n")
 
 
 def test_memory_breakdown_script(tmp_path):

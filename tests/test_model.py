@@ -172,6 +172,9 @@ def test_chunk_size():
   assert psi.chunk_size(2048, 10, 1024) == 2
   assert psi.chunk_size(100, 10, 1024) == 1      # never less than one image
   assert psi.chunk_size(10 ** 9, 10, 1024) == 10
+  assert psi.chunk_size(100, 40, 1024) == 3      # at most MAX_CHUNKS = 16 calls
+  one_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
+  assert psi.chunk_size(None, 10, 1024) == (psi.CPU_CHUNK_PIXELS // 1024 if one_cpu else 10)
 
 
 @pytest.mark.parametrize("name", ["fcn", "bi-fcslstm"])
@@ -181,6 +184,9 @@ def test_chunked_conv_stages_give_the_same_function(name):
   whole = M.create_model(name, 3, chunk_pixels=0).clone(stages=TINY)
   chunked = whole.clone(chunk_pixels=2 * 32 * 32)
   params = M.init_params(whole, 2)
+  convs = [str(jax.make_jaxpr(m.apply)({"params": params}, x)).count("conv_general_dilated")
+           for m in (whole, chunked)]
+  assert convs[1] > convs[0], convs  # the chunked model really makes more, smaller calls
   for model in (whole, chunked):
     chex.assert_shape(model.apply({"params": params}, x), (1, 3, 32, 32, 3))
   chex.assert_trees_all_close(whole.apply({"params": params}, x),
@@ -188,6 +194,22 @@ def test_chunked_conv_stages_give_the_same_function(name):
   g0 = jax.jit(jax.grad(_loss_fn(whole)))(params, x)
   g1 = jax.jit(jax.grad(_loss_fn(chunked)))(params, x)
   chex.assert_trees_all_close(g0, g1, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu" or jax.device_count() != 1,
+                    reason="the default chunks on a single CPU device only")
+def test_remat_turns_default_chunking_off():
+  """128x128 is over CPU_CHUNK_PIXELS: by default one image per call, unless remat is on."""
+  x = jax.ShapeDtypeStruct((1, 3, 128, 128, 2), jnp.float32)
+  base = M.FCSLSTM(3, bidirectional=True, stages=TINY)
+  params = jax.eval_shape(lambda: M.init_params(base, 2))
+
+  def convs(model):
+    return str(jax.make_jaxpr(model.apply)({"params": params}, x)).count("conv_general_dilated")
+  one_call = convs(base.clone(chunk_pixels=0))
+  assert convs(base) > one_call
+  assert convs(base.clone(remat="full")) == convs(base.clone(remat="stages")) == one_call
+  assert convs(base.clone(remat="full", chunk_pixels=1024)) > one_call  # asked for explicitly
 
 
 def test_remat_lowers_compiled_temp_memory():
