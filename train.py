@@ -33,8 +33,8 @@ def parse_args(argv=None):
   p.add_argument("--seed", type=int)
   p.add_argument("--remat", choices=("none", "stages", "full"))
   p.add_argument("--chunk-pixels", type=int,
-                 help="pixels per Ψx conv-stage call (speed only; default 8192 on CPU, all at once "
-                 "on accelerators; 0: all at once)")
+                 help="pixels per call of FCSLSTM's Ψx stages (speed only; default: 8192 on one "
+                 "CPU device without remat, else all at once; 0: all at once)")
   p.add_argument("--precision", choices=("float32", "bfloat16", "bf16"),
                  help="bfloat16 (alias bf16): convolutions in bfloat16; parameters, optimizer "
                  "state, LSTM cell state and loss stay float32")

@@ -39,7 +39,7 @@ class Config:
   stages: tuple = ((16, 2), (32, 2), (64, 3), (128, 3), (128, 3))  # VGG-16 / 4
   remat: str = "none"                # none | stages | full, see model.py
   unroll: int | None = None          # None: full unroll on CPU, while loop on accelerators
-  chunk_pixels: int | None = None    # Ψx per call; None: 8192 px on CPU, all on GPU (FCN: all)
+  chunk_pixels: int | None = None    # Ψx pixels per call; None: see model.py "Chunking"
   precision: str = "float32"         # float32 | bfloat16 (convolutions; params stay float32)
   keep_checkpoints: int = 2
   seed: int = 0

@@ -30,9 +30,9 @@ Remat pays off where the time loop is a real while loop (``unroll=1``, the accel
 default): Bi-FCSLSTM train step at 256x256, T = 5, batch 8 on an H200, compiled temp memory
 15.15 GiB without remat, 6.44 GiB with ``"full"``. With the loop fully unrolled (the CPU
 default, see :mod:`fcslstm_jax.slstm`) XLA does not schedule the recomputation so that it
-saves anything: the same step on CPU needs 9.97 GiB without remat and 11.29 GiB with
-``"full"`` (and 8 % more time), and XLA:CPU's while loop needs more (18.29 GiB, 12.35 GiB
-with ``"full"``), so on CPU remat is not worth asking for. ``bench/memory.py [--unroll 1]``
+saves anything: the same step on CPU needs 9.99 GiB without remat and 10.04 GiB with
+``"full"`` (and 14-20 % more time), and XLA:CPU's while loop needs more (17.94 GiB, 12.21
+GiB with ``"full"``), so on CPU remat is not worth asking for. ``bench/memory.py [--unroll 1]``
 measures these.
 
 Chunking (``chunk_pixels``): FCSLSTM's Ψx stages run on the folded ``B*T`` batch a few images
@@ -41,7 +41,8 @@ function. The FCN's stages, which emit 4x fewer channels, run in one call unless
 ``chunk_pixels`` is given: chunked by default on CPU its train step at [2, 5, 128, 128, 2]
 took 0.30-0.31 s against 0.26 s in one call. With remat (asked for to save memory) the
 default is one call too: chunked, the Bi-FCSLSTM step with remat ``"full"`` at 256x256,
-T = 5, batch 8 needed 11.29 GiB against 10.04 GiB in one call.
+T = 5, batch 8 needed 11.29 GiB against 10.04 GiB in one call. On several devices the
+default is one call (a chunk of one image would sit on one device's share of the batch).
 """
 
 import argparse
