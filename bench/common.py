@@ -97,6 +97,18 @@ def jax_train_step(model):
   return jax.jit(step, donate_argnums=(0, 1)), tx
 
 
+def lower_train_step(model, batch, steps, size):
+  """The train step of ``model`` lowered for ``[batch, steps, size, size, 2]``, shapes only.
+
+  Nothing is initialized or allocated: for compiled-program analyses (memory, FLOPs).
+  """
+  step, tx = jax_train_step(model)
+  params = jax.eval_shape(lambda: M.init_params(model, IN_CHANNELS))
+  opt_state = jax.eval_shape(tx.init, params)
+  data = jax.eval_shape(lambda: make_batch(batch, steps, size))
+  return step.lower(params, opt_state, *data)
+
+
 def jax_state(model):
   params = M.init_params(model, IN_CHANNELS)
   _, tx = jax_train_step(model)

@@ -25,11 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 def step_flops(batch, steps, size, stages=None):
   """FLOPs of one train step (forward, backward, update), time loop unrolled."""
   model = C.jax_model("bi-fcslstm", "none", steps, stages)
-  step, tx = C.jax_train_step(model)
-  params = jax.eval_shape(lambda: C.M.init_params(model, C.IN_CHANNELS))
-  opt_state = jax.eval_shape(tx.init, params)
-  data = jax.eval_shape(lambda: C.make_batch(batch, steps, size))
-  lowered = step.lower(params, opt_state, *data)
+  lowered = C.lower_train_step(model, batch, steps, size)
   cost = lowered.cost_analysis()
   if not cost:  # the GPU backend only reports it for the compiled program
     cost = lowered.compile().cost_analysis()

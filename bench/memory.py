@@ -21,7 +21,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common as C  # noqa: E402
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 GIB = 2 ** 30
@@ -30,12 +29,8 @@ BUDGET = 12 * GIB  # the paper's 12 GB GPU
 
 def jax_memory(batch, steps, size, remat, stages=None, unroll=None):
   model = C.jax_model("bi-fcslstm", remat, unroll, stages)
-  step, tx = C.jax_train_step(model)
-  params = jax.eval_shape(lambda: C.M.init_params(model, C.IN_CHANNELS))
-  opt_state = jax.eval_shape(tx.init, params)
-  data = jax.eval_shape(lambda: C.make_batch(batch, steps, size))
   t0 = time.perf_counter()
-  compiled = step.lower(params, opt_state, *data).compile()
+  compiled = C.lower_train_step(model, batch, steps, size).compile()
   ma = compiled.memory_analysis()
   out = {"batch": batch, "remat": remat, "unroll": unroll, "compile_s": time.perf_counter() - t0,
          "temp_bytes": ma.temp_size_in_bytes, "argument_bytes": ma.argument_size_in_bytes,

@@ -26,7 +26,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common as C  # noqa: E402
 
-import jax  # noqa: E402
 
 GIB = 2 ** 30
 BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "f32": 4, "s32": 4, "u32": 4,
@@ -112,12 +111,8 @@ def category(name: str, shape: str, op_name: str) -> str:
 
 def breakdown(batch, steps, size, remat="none", stages=None, unroll=None):
   model = C.jax_model("bi-fcslstm", remat, unroll, stages)
-  step, tx = C.jax_train_step(model)
-  params = jax.eval_shape(lambda: C.M.init_params(model, C.IN_CHANNELS))
-  opt_state = jax.eval_shape(tx.init, params)
-  data = jax.eval_shape(lambda: C.make_batch(batch, steps, size))
   t0 = time.perf_counter()
-  compiled = step.lower(params, opt_state, *data).compile()
+  compiled = C.lower_train_step(model, batch, steps, size).compile()
   compile_s = time.perf_counter() - t0
   instrs = entry_instructions(compiled.as_text())
   loops = sorted({op for _, _, op, _, _ in instrs if op in ("while", "call", "conditional")})
