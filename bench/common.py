@@ -75,8 +75,10 @@ def torch_device():
   return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def jax_model(name, remat="none", unroll=None, stages=None, dtype=jnp.float32):
-  model = M.create_model(name, NUM_CLASSES, remat=remat, unroll=unroll, dtype=dtype)
+def jax_model(name, remat="none", unroll=None, stages=None, dtype=jnp.float32,
+              chunk_pixels=None):
+  model = M.create_model(name, NUM_CLASSES, remat=remat, unroll=unroll, dtype=dtype,
+                         chunk_pixels=chunk_pixels)
   return model.clone(stages=stages) if stages is not None else model
 
 

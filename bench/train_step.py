@@ -1,7 +1,8 @@
 """Median train-step time, JAX vs PyTorch, interleaved in one process.
 
 Run: ``python bench/train_step.py`` (about 10 min on 2 CPU cores; ``--no-compile`` skips
-``torch.compile``, ``--steps``/``--batch``/``--size`` change the problem). Each timed round
+``torch.compile``, ``--steps``/``--batch``/``--size`` change the problem, ``--chunk-pixels``
+the models' chunking). Each timed round
 runs one step of every configuration in turn, so that the load of a shared machine falls on
 all of them alike; the table reports medians and their ratios to JAX Bi-FCSLSTM and to the
 PyTorch runs. Writes ``bench/results/train_step.json``.
@@ -21,6 +22,7 @@ import numpy as np  # noqa: E402
 
 
 JAX_ROWS = {  # name -> (label, model, remat, unroll, dtype) given T
+    "fcn": lambda t: ("JAX FCN", "fcn", "none", None, None),
     "uni": lambda t: ("JAX FCSLSTM", "fcslstm", "none", None, None),
     "bi": lambda t: ("JAX Bi-FCSLSTM", "bi-fcslstm", "none", None, None),
     "bi-remat": lambda t: ("JAX Bi-FCSLSTM + remat", "bi-fcslstm", "full", None, None),
@@ -29,8 +31,9 @@ JAX_ROWS = {  # name -> (label, model, remat, unroll, dtype) given T
 }
 
 
-def jax_runner(name, remat, unroll, batch, stages=None, dtype=None):
-  model = C.jax_model(name, remat, unroll, stages, **({} if dtype is None else {"dtype": dtype}))
+def jax_runner(name, remat, unroll, batch, stages=None, dtype=None, chunk_pixels=None):
+  model = C.jax_model(name, remat, unroll, stages, chunk_pixels=chunk_pixels,
+                      **({} if dtype is None else {"dtype": dtype}))
   step, _ = C.jax_train_step(model)
   params, opt_state = C.jax_state(model)
   t0 = time.perf_counter()
@@ -84,8 +87,10 @@ def main(argv=None):
   p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
   p.add_argument("--no-torch", action="store_true")
   p.add_argument("--jax", nargs="+", choices=sorted(JAX_ROWS), default=["uni", "bi", "bi-remat"],
-                 help="JAX rows: also bi-unrolled (time loop fully unrolled, the CPU default) "
-                      "and bi-bf16 (bfloat16 convolutions, --precision bf16)")
+                 help="JAX rows: also fcn, bi-unrolled (time loop fully unrolled, the CPU "
+                      "default) and bi-bf16 (bfloat16 convolutions, --precision bf16)")
+  p.add_argument("--chunk-pixels", type=int, help="the models' chunk_pixels for every JAX "
+                 "row (default: the model's own default; 0: one call per stage)")
   p.add_argument("--tiny", action="store_true", help="tiny channel widths (smoke test)")
   p.add_argument("--out", default=os.path.join(C.RESULTS, "train_step.json"))
   args = p.parse_args(argv)
@@ -96,7 +101,8 @@ def main(argv=None):
   runners, setup_s = {}, {}
   configs = [JAX_ROWS[k](args.time_steps) for k in args.jax]
   for label, name, remat, unroll, dtype in configs:
-    runners[label], setup_s[label] = jax_runner(name, remat, unroll, batch, stages, dtype)
+    runners[label], setup_s[label] = jax_runner(name, remat, unroll, batch, stages, dtype,
+                                                args.chunk_pixels)
     print(f"compiled {label} in {setup_s[label]:.1f} s", flush=True)
   torch_ok = have_torch() and not args.no_torch
   if torch_ok:
@@ -141,7 +147,8 @@ def main(argv=None):
           ratios[f"{key} / {other}"] = med[label] / med[other]
   if "PyTorch eager FCSLSTM" in med and "JAX FCSLSTM" in med:
     ratios["jax_uni / PyTorch eager FCSLSTM"] = med["JAX FCSLSTM"] / med["PyTorch eager FCSLSTM"]
-  result = {"shape_BTHWC": shape, "steps": args.steps, "machine": C.machine(), "rows": rows,
+  result = {"shape_BTHWC": shape, "steps": args.steps, "chunk_pixels": args.chunk_pixels,
+            "machine": C.machine(), "rows": rows,
             "ratios": ratios, "torch": _torch_version(),
             "torch_device": C.torch_device() if torch_ok else None, "reference": ref}
   return C.write_result(result, args.out, table)

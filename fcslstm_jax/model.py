@@ -38,8 +38,8 @@ measures these.
 Chunking (``chunk_pixels``): FCSLSTM's Ψx stages run on the folded ``B*T`` batch a few images
 at a time on CPU, where that is faster (:func:`fcslstm_jax.psi.apply_in_chunks`); same
 function. The FCN's stages, which emit 4x fewer channels, run in one call unless
-``chunk_pixels`` is given: chunked by default on CPU its train step at [2, 5, 128, 128, 2]
-took 0.30-0.31 s against 0.26 s in one call. With remat (asked for to save memory) the
+``chunk_pixels`` is given: chunked at 8192-32768 pixels its train step at [2, 5, 128, 128, 2]
+took 0.30-0.34 s against 0.29 s in one call (bench/results/chunk_sweep). With remat (asked for to save memory) the
 default is one call too: chunked, the Bi-FCSLSTM step with remat ``"full"`` at 256x256,
 T = 5, batch 8 needed 11.29 GiB against 10.04 GiB in one call. On several devices the
 default is one call (a chunk of one image would sit on one device's share of the batch).

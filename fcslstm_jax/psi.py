@@ -79,11 +79,11 @@ class ConvStage(nn.Module):
 
 # Pixels per Ψ call on XLA:CPU. Its convolutions of 16-128 channels at 64-128 pixels square
 # run slower on a large folded batch than on a few images at a time (their activations no
-# longer stay in cache; a profile put the 128x128 16 -> 64 weight gradient at 26 GFLOP/s on 10
-# images). Bi-FCSLSTM train step at [2, 5, 128, 128, 2], 2 idle cores: 1.72 s with each Ψx
-# on all 10 images at once; 1.45-1.48 s in calls of 8192 pixels, 1.49-1.54 s of 16384,
-# 1.54-1.57 s of 32768 (two runs each; a call holds at least one image, so these differ from
-# the second stage on). Accelerators get the whole batch in one call.
+# longer stay in cache). Bi-FCSLSTM train step at [2, 5, 128, 128, 2], 2 idle cores
+# (`bench/train_step.py --jax bi fcn --no-torch --chunk-pixels N`, bench/results/chunk_sweep):
+# 1.68 s in one call, 1.46 s at 8192 pixels, 1.48 s at 16384, 1.53 s at 32768 (a call holds
+# at least one image, so these differ from the second stage on). Accelerators get the whole
+# batch in one call.
 CPU_CHUNK_PIXELS = 8192
 # Each call is a copy of the stage in the compiled program, so compile time grows with the
 # number of calls; at most this many per stage (Bi-FCSLSTM at 256x256, batch 8, T = 5: 40

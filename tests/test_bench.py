@@ -6,6 +6,7 @@ are skipped, and the scripts are still run for their JAX rows.
 
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -93,6 +94,19 @@ def test_memory_breakdown_script(tmp_path):
   assert 0.5 < saved["simulated_peak_bytes"] / saved["xla_temp_bytes"] < 2
   assert "LSTM time steps (gates, cell, Ψh)" in saved["alive_at_peak_bytes"]
   assert "| alive at the peak |" in memory_breakdown.table(res)
+
+
+def test_profile_script(tmp_path):
+  """In its own process: the script must set XLA's trace flag before JAX starts."""
+  out = tmp_path / "op_profile.json"
+  subprocess.run([sys.executable, os.path.join(BENCH, "op_profile.py"), "--tiny", "--size",
+                  "32", "--batch", "1", "--time-steps", "2", "--steps", "1", "--out", str(out)],
+                 check=True, capture_output=True, text=True)
+  saved = json.loads(out.read_text())
+  shares = saved["kind_share_of_busy"]
+  assert abs(sum(shares.values()) - 1) < 1e-6
+  assert shares["convolution, weight gradient"] > 0 and shares["convolution, other"] > 0
+  assert saved["thread_busy_fraction"] and saved["traced_step_s"] > 0
 
 
 def test_flops_script(tmp_path):
