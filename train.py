@@ -1,7 +1,8 @@
 """Train FCN / FCSLSTM / Bi-FCSLSTM on longitudinal MRI and evaluate the held-out time point.
 
     python train.py --dataset bric                      # built-in data, paper protocol
-    python train.py --data-dir DIR --protocol bric      # your BIDS-like dataset
+    python train.py --data-dir DIR                      # your study (DIR/protocol.json)
+    python train.py --data-dir DIR --protocol my.json   # ... with another protocol file
     python train.py --dataset bric --config paper       # the paper's full schedule
 
 Rerunning the same command resumes from the last checkpoint in --workdir.
@@ -25,7 +26,15 @@ def parse_args(argv=None):
   src = p.add_mutually_exclusive_group()
   src.add_argument("--dataset", choices=("bric", "ibis"), help="built-in dataset and protocol")
   src.add_argument("--data-dir", help="BIDS-like folder (see README: data layout)")
-  p.add_argument("--protocol", default="bric", help="protocol for --data-dir (bric, ibis)")
+  p.add_argument("--protocol", help="for --data-dir: a protocol JSON file or a shipped name "
+                 "(bric, ibis); default: DATA_DIR/protocol.json if present, else bric")
+  p.add_argument("--spacing", default="median",
+                 help="in-plane voxel size the model sees, mm: 'median' (of the training "
+                 "subjects), 'native' (no resampling), '1.0' or '1.0,1.2' (x, y)")
+  p.add_argument("--reference", default="first", choices=("first", "last"),
+                 help="session whose grid each subject's sessions are resampled onto")
+  p.add_argument("--register", default="none", choices=("none", "rigid"),
+                 help="rigid registration of each session to the reference session")
   p.add_argument("--config", default="quick", choices=sorted(CONFIGS))
   p.add_argument("--model", choices=MODELS, help="default: bi-fcslstm")
   p.add_argument("--epochs", type=int)
@@ -53,6 +62,13 @@ def parse_args(argv=None):
     p.error(f"--mesh must be 'auto' or a number of devices, got {args.mesh!r}")
   if not args.dataset and not args.data_dir:
     args.dataset = "bric"
+  if args.dataset and args.protocol:
+    p.error("--protocol goes with --data-dir (a built-in dataset has its own protocol)")
+  try:
+    from fcslstm_jax.grids import parse_spacing
+    parse_spacing(args.spacing)
+  except ValueError as e:
+    p.error(f"--spacing: {e}")
   return args
 
 
@@ -60,6 +76,8 @@ def format_table(result, class_names) -> str:
   rows = [f"| {'':<14} | {'train':>8} | {'test':>8} |", f"|{'-' * 16}|{'-' * 10}|{'-' * 10}|"]
   fmt = lambda v: f"{v:8.4f}" if v is not None else f"{'n/a':>8}"
   rows.append(f"| {'mPA':<14} | {fmt(result.train['mpa'])} | {fmt(result.test['mpa'])} |")
+  rows.append(f"| {'mPA tissue':<14} | {fmt(result.train['mpa_fg'])} | "
+              f"{fmt(result.test['mpa_fg'])} |")
   for metric in ("pixel_accuracy", "dice", "iou"):
     for c in class_names:
       rows.append(f"| {metric.replace('pixel_accuracy', 'acc') + ' ' + c:<14} | "
@@ -105,12 +123,27 @@ def main(argv=None) -> int:
     return 2
 
 
-def run(args) -> int:
-  import jax
-  from tqdm import tqdm
+def load_study(args):
+  """The study (this process's subjects) and its root, from --dataset or --data-dir."""
   from fcslstm_jax import data as data_lib
   from fcslstm_jax import parallel
   from fcslstm_jax import protocol as protocol_lib
+  if args.dataset:
+    from fcslstm_jax import bric
+    protocol = protocol_lib.builtin(args.dataset)
+    root = bric.ensure_dataset(seed=args.data_seed)
+  else:
+    protocol = protocol_lib.get_protocol(args.protocol, args.data_dir)
+    root = args.data_dir
+  return data_lib.load_study(root, protocol, spacing=args.spacing, reference=args.reference,
+                             register=args.register, shard=parallel.shard_for_this_process())
+
+
+def run(args) -> int:
+  import jax
+  from tqdm import tqdm
+  from fcslstm_jax import parallel
+  from fcslstm_jax import sequences
   from fcslstm_jax import train_lib
   from fcslstm_jax.config import get_config
 
@@ -126,23 +159,25 @@ def run(args) -> int:
   if args.data_dir:
     from fcslstm_jax.inference import check_outside_dataset
     check_outside_dataset(workdir, args.data_dir, "--workdir")
-  if args.dataset:
-    from fcslstm_jax import bric
-    protocol = protocol_lib.get_protocol(args.dataset)
-    root = bric.ensure_dataset(seed=args.data_seed)
-  else:
-    protocol = protocol_lib.get_protocol(args.protocol)
-    root = args.data_dir
-  subjects = parallel.load_subjects(root, protocol)  # this process's share
-  train_set = data_lib.make_sequences(subjects, protocol, "train")
-  test_set = data_lib.make_sequences(subjects, protocol, "test")
+  study = load_study(args)
+  protocol = study.protocol
+  for line in sequences.describe_unassigned(study):
+    print(line, file=sys.stderr)
+  counts = {split: parallel.sum_over_processes(sequences.split_counts(study.subjects, protocol,
+                                                                      split))
+            for split in ("train", "test")}
+  print(sequences.describe_study(study, counts))
+  sequences.check_training_labels(counts["train"], protocol, study.root)
+  size = parallel.agree_max(sequences.in_plane_size(study.subjects))
+  train_set = sequences.make_sequences(study.subjects, protocol, "train", size)
+  test_set = sequences.make_sequences(study.subjects, protocol, "test", size)
   run_info = {"config": config.to_json(), "config_name": args.config,
               "dataset": args.dataset or os.path.abspath(args.data_dir),
-              "data_seed": args.data_seed, "protocol": protocol.name}
-  print(f"{len(subjects)} subjects, {len(train_set)} training sequences of shape "
-        f"{train_set.images.shape[1:]}; model {config.model}; workdir {workdir}; "
-        f"{mesh.size} {mesh.devices.flat[0].platform} device(s), "
-        f"{jax.process_count()} process(es)")
+              "data_seed": args.data_seed, "protocol": protocol.to_json(),
+              "grid": study.options.to_json()}
+  print(f"{len(train_set)} training sequences of shape {train_set.images.shape[1:]}; model "
+        f"{config.model}; workdir {workdir}; {mesh.size} {mesh.devices.flat[0].platform} "
+        f"device(s), {jax.process_count()} process(es)")
   progress = lambda it, epoch: tqdm(it, desc=f"epoch {epoch + 1}/{config.epochs}",
                                     leave=False, dynamic_ncols=True)
   result = train_lib.train_and_evaluate(config, train_set, test_set, workdir,

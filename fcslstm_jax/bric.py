@@ -180,14 +180,14 @@ def output_affine(config):
   return affine
 
 
-def _template_coords(params, age, config):
-  """For each output voxel ``[V, 3]``, its template-relative mm before and after deformation."""
-  affine = output_affine(config)
+def _template_coords(params, age, affine, shape):
+  """For each voxel ``[V, 3]`` of the grid (``affine``: voxel -> head mm, ``shape``), its
+  template-relative mm before and after deformation."""
   # Undo pose, size and growth: one linear map from output voxel indices to template mm.
   scale = params.size * growth(age) * params.aspect
   linear = (_rotation_z(-params.angle) / scale[:, None]) @ affine[:3, :3]
   offset = (_rotation_z(-params.angle) / scale[:, None]) @ (affine[:3, 3] - params.shift)
-  idx = np.indices(tuple(config.grid) + (config.num_slices,), dtype=np.float32).reshape(3, -1)
+  idx = np.indices(tuple(shape), dtype=np.float32).reshape(3, -1)
   rel = (linear.astype(np.float32) @ idx).T + offset.astype(np.float32)
   waves = np.sin(rel @ params.wave_k.T.astype(np.float32) + params.wave_phase.astype(np.float32))
   return rel, rel + waves @ params.wave_u.astype(np.float32)
@@ -223,10 +223,14 @@ def _sample(volume, voxel_coords, shape):
                                  cval=0.0).reshape(shape).astype(np.float32)
 
 
-def session_tissues(templates, params, age, config):
-  """Deformed probabilities ``[4, X, Y, Z]`` (bg, CSF, GM, WM), myelination onset ``[X, Y, Z]``."""
-  shape = tuple(config.grid) + (config.num_slices,)
-  rel, deformed = _template_coords(params, age, config)
+def session_tissues(templates, params, age, config, affine=None, shape=None):
+  """Deformed probabilities ``[4, X, Y, Z]`` (bg, CSF, GM, WM), myelination onset ``[X, Y, Z]``.
+
+  ``affine`` / ``shape``: the grid to sample (voxel -> head mm); default the config's.
+  """
+  affine = output_affine(config) if affine is None else affine
+  shape = tuple(config.grid) + (config.num_slices,) if shape is None else tuple(shape)
+  rel, deformed = _template_coords(params, age, affine, shape)
   mni = deformed + np.array(TEMPLATE_CENTER_MM)
   vox = mni @ templates.world_to_voxel[:3, :3].T + templates.world_to_voxel[:3, 3]
   gm, wm, head = (_sample(m, vox, shape) for m in (templates.gm, templates.wm, templates.head))
@@ -242,10 +246,14 @@ def session_tissues(templates, params, age, config):
   return probs, onset.reshape(shape).astype(np.float32)
 
 
-def session_images(rng, probs, onset, age, config):
-  """Raw T1w and T2w intensities (int16 scanner units) from tissue probabilities."""
+def session_images(rng, probs, onset, age, config, spacing=None):
+  """Raw T1w and T2w intensities (int16 scanner units) from tissue probabilities.
+
+  ``spacing``: voxel size (mm, per axis) of the grid; default the config's ``voxel_mm``.
+  """
   head = 1.0 - probs[0]
-  distance = ndimage.distance_transform_edt(head < 0.5, sampling=config.voxel_mm)
+  spacing = config.voxel_mm if spacing is None else spacing
+  distance = ndimage.distance_transform_edt(head < 0.5, sampling=spacing)
   grow = growth(age) / growth(12)
   skull = _band(distance, 1.0 * grow, 3.0 * grow)
   scalp = _band(distance, 3.0 * grow, 7.5 * grow)

@@ -1,219 +1,166 @@
-"""Longitudinal NIfTI datasets -> slice sequences for the model.
+"""A longitudinal study on disk -> subjects whose time points share one working grid.
 
-Layout on disk (BIDS-like)::
+Reading (see :mod:`fcslstm_jax.layout` for the files it looks for):
 
-  DIR/sub-<id>/ses-<label>/anat/sub-<id>_ses-<label>_T1w.nii[.gz]   (and _T2w, ...)
-  DIR/sub-<id>/sub-<id>_sessions.tsv                                  (optional: age column)
-  DIR/derivatives/<any>/sub-<id>/ses-<label>/anat/*_dseg.nii[.gz]     (optional labels)
+1. Sessions are placed on the protocol's time points by age
+   (:func:`fcslstm_jax.protocol.assign_sessions`); a session that fits none is reported,
+   never dropped silently.
+2. Each session is read on its own grid, checked (shape, affine, NaN, label range, corrupt
+   files: one error naming the file), reoriented to canonical RAS and normalized per
+   modality (:mod:`fcslstm_jax.intensity`). Other modalities are resampled onto the first
+   one's grid when they differ. Its labels count on at most ``labeled_slices_per_volume``
+   of its *own* labeled axial slices (the protocol's slice selection); an axial slice is
+   labeled when it holds a non-zero label, and then all its voxels (background included)
+   are labeled.
+3. Each subject gets a working grid (:func:`fcslstm_jax.grids.working_grid`): the reference
+   session's orientation and slice spacing (``reference``: its first or last session), the
+   target in-plane spacing, and an extent covering all its sessions. Every session is
+   resampled onto it (optionally after rigid registration to the reference); labels and the
+   mask of counted voxels by nearest neighbour, so the mask stays exactly on the labeled
+   slices wherever the grids differ by whole voxels.
 
-Sessions are ordered by age: the ``age`` column of ``sub-<id>_sessions.tsv`` when present,
-else the number in the session label (``ses-06mo`` -> 6). A dseg file holds integer
-classes, 0 = background. An axial slice counts as labeled when it holds any non-zero
-label; all its voxels (background included) are then labeled.
-
-Arrays are channels-last, in canonical RAS voxel order (see ``nifti_io``): a session's
-image is ``[X, Y, Z, C]`` and an axial slice is ``[H, W] = [X, Y]``.
-
-Intensity normalization (per subject, per session, per modality): the head is the set of
-voxels above the volume's Otsu threshold; its 1st and 99th intensity percentiles are
-mapped to 0 and 1 and the result is clipped to [0, 1]. This removes scanner gain and most
-of the effect of outliers without using any label.
-
-Command line: ``python -m fcslstm_jax.data --dataset bric --preview out.png``.
+Arrays are channels-last, canonical RAS: a session's image is ``[X, Y, Z, C]``; an axial
+slice is ``[H, W] = [X, Y]``.
 """
 
 import argparse
-import csv
 import dataclasses
 import pathlib
-import re
 import sys
 from typing import Optional
 
 import numpy as np
 
+from fcslstm_jax import grids
+from fcslstm_jax import intensity
+from fcslstm_jax import layout
 from fcslstm_jax import nifti_io
 from fcslstm_jax import protocol as protocol_lib
 from fcslstm_jax.errors import ConfigError, DataError
 
-# Grids (affines, in mm) closer than this are the same grid.
-AFFINE_ATOL = 1e-3
+BUILTIN_DATASETS = tuple(protocol_lib.BUILTIN)
+REFERENCES = ("first", "last")
 
-BUILTIN_DATASETS = ("bric", "ibis")
+
+@dataclasses.dataclass(frozen=True)
+class GridOptions:
+  """How sessions and subjects are brought onto working grids (recorded with a run).
+
+  Attributes:
+    spacing: target in-plane spacing ``(x, y)`` in mm, or None to keep each subject's own
+      (``--spacing native``). :func:`load_study` resolves ``"median"`` to a tuple.
+    reference: the session whose grid a subject's working grid follows: ``"first"`` or
+      ``"last"`` (in age order).
+    register: ``"none"`` or ``"rigid"`` (each session to the reference, mutual information).
+  """
+  spacing: Optional[tuple] = None
+  reference: str = "first"
+  register: str = "none"
+
+  def __post_init__(self):
+    if self.reference not in REFERENCES:
+      raise ConfigError(f"--reference must be one of {REFERENCES}, got {self.reference!r}.")
+    if self.register not in grids.REGISTRATIONS:
+      raise ConfigError(f"--register must be one of {grids.REGISTRATIONS}, got "
+                        f"{self.register!r}.")
+
+  def to_json(self) -> dict:
+    return {"spacing": list(self.spacing) if self.spacing else None,
+            "reference": self.reference, "register": self.register}
+
+  @classmethod
+  def from_json(cls, d: dict) -> "GridOptions":
+    spacing = d.get("spacing")
+    return cls(spacing=tuple(spacing) if spacing else None,
+               reference=d.get("reference", "first"), register=d.get("register", "none"))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Session:
-  """One scan session of one subject, in canonical (RAS) voxel order.
+  """One scan session, on its subject's working grid.
 
   Attributes:
     label: session label without ``ses-`` (e.g. ``"06mo"``).
-    age: age used for ordering (months for the built-in data).
+    age: the session's age (``sessions.tsv`` or the label).
+    timepoint: the protocol time point (0-based) it fills.
     paths: modality suffix (``"T1w"``...) -> file; ``"dseg"`` -> label file if any.
-    image: ``float32 [X, Y, Z, C]`` normalized to [0, 1], channels in modality order.
-    labels: ``int32 [X, Y, Z]`` classes, or None without a dseg file.
-    affine: ``float64 [4, 4]`` canonical voxel -> world affine.
-    ref: the first modality's original grid; pass it to ``nifti_io.save_like`` to write a
-      prediction ``[X, Y, Z]`` on the input's own grid and orientation.
+    image: ``float32 [X, Y, Z, C]`` normalized to [0, 1] (0 outside the session's view).
+    labels: ``int32 [X, Y, Z]`` classes where ``label_mask`` is 1, else 0; None without
+      labels.
+    label_mask: ``float32 [X, Y, Z]``: 1 on the voxels of the session's counted labeled
+      slices; None without labels.
+    counted_slices: the session's own canonical z indices whose labels count.
+    grid: the session's own canonical grid.
+    to_session: ``[4, 4]`` map from the working grid's world to the session's world
+      (identity unless registered).
+    ref: the first modality's stored grid; :func:`fcslstm_jax.nifti_io.save_like` writes a
+      prediction ``[X, Y, Z]`` of :attr:`grid` on it.
   """
   label: str
   age: float
+  timepoint: int
   paths: dict
   image: np.ndarray
   labels: Optional[np.ndarray]
-  affine: np.ndarray
+  label_mask: Optional[np.ndarray]
+  counted_slices: tuple
+  grid: grids.Grid
+  to_session: np.ndarray
   ref: nifti_io.NiftiRef
+
+  @property
+  def affine(self):
+    return self.grid.affine
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Subject:
-  """A subject's sessions, ordered by age; all on one grid.
+  """A subject's sessions on the protocol's time points, all on one working grid.
 
   Attributes:
     subject_id: id without ``sub-``.
     path: the subject's folder.
-    sessions: tuple of :class:`Session`, youngest first.
+    grid: the working grid (:mod:`fcslstm_jax.grids`).
+    timepoints: T entries, a :class:`Session` or None (missing).
+    unassigned: sessions that fit no time point (:class:`fcslstm_jax.protocol.Unassigned`).
   """
   subject_id: str
   path: str
-  sessions: tuple
+  grid: grids.Grid
+  timepoints: tuple
+  unassigned: tuple = ()
+
+  @property
+  def sessions(self) -> tuple:
+    """The sessions present, youngest first."""
+    return tuple(s for s in self.timepoints if s is not None)
+
+  def labeled_in(self, timepoints) -> bool:
+    return any(s is not None and s.labels is not None and s.label_mask.any()
+               for t, s in enumerate(self.timepoints) if t in timepoints)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class SliceSet:
-  """Axial slice sequences, the model's input. N sequences of T time points.
+class Study:
+  """What :func:`load_study` read.
 
   Attributes:
-    images: ``float32 [N, T, H, W, C]``; zeros for missing sessions.
-    labels: ``int32 [N, T, H, W]``; 0 wherever ``label_mask`` is 0 (labels a split may
-      not see are not in the array at all).
-    label_mask: ``float32 [N, T, H, W]``; 1 where the voxel is labeled, its time point
-      belongs to the split and its slice is one the protocol counts as labeled.
-    valid: ``bool [N, T]``; False for a missing session.
-    subject_ids: N subject ids.
-    slice_index: ``int32 [N]`` canonical axial (z) index of each sequence.
-    session_labels: ``str [N, T]`` session label at each time point (``""`` where missing),
-      so that errors can name the scan (``sub-<id> ses-<label>``).
+    root: the dataset folder.
+    protocol: the :class:`~fcslstm_jax.protocol.Protocol`.
+    options: the resolved :class:`GridOptions` (spacing a tuple unless native).
+    subjects: the loaded subjects (this process's share with several processes).
+    files: every subject's :class:`~fcslstm_jax.layout.SubjectFiles` (all processes).
+    unassigned: every session that fits no time point.
   """
-  images: np.ndarray
-  labels: np.ndarray
-  label_mask: np.ndarray
-  valid: np.ndarray
-  subject_ids: tuple
-  slice_index: np.ndarray
-  session_labels: Optional[np.ndarray] = None
-
-  def __len__(self):
-    return self.images.shape[0]
+  root: str
+  protocol: protocol_lib.Protocol
+  options: GridOptions
+  subjects: list
+  files: list
+  unassigned: tuple
 
 
-# ----------------------------------------------------------------------------- layout
-
-
-def _number_in(label):
-  match = re.search(r"\d+(?:\.\d+)?", label)
-  return float(match.group()) if match else None
-
-
-def read_session_ages(tsv_path):
-  """``{session label: age}`` from a BIDS ``sub-<id>_sessions.tsv`` ({} without an age column)."""
-  ages = {}
-  with open(tsv_path, newline="") as f:
-    rows = list(csv.DictReader(f, delimiter="\t"))
-  for row in rows:
-    session_id, age = row.get("session_id"), row.get("age")
-    if not session_id or age in (None, "", "n/a"):
-      continue
-    try:
-      ages[session_id.removeprefix("ses-")] = float(age)
-    except ValueError:
-      raise DataError(f"{tsv_path}: age {age!r} of {session_id} is not a number. "
-                      "Write ages as numbers (e.g. months) or 'n/a'.") from None
-  return ages
-
-
-def _session_age(subject_dir, label, tsv_ages):
-  if label in tsv_ages:
-    return tsv_ages[label]
-  age = _number_in(label)
-  if age is None:
-    raise DataError(
-        f"{subject_dir / ('ses-' + label)}: cannot tell the session's age. Add an 'age' column "
-        f"to {subject_dir.name}_sessions.tsv or put the age in the label (e.g. ses-06mo).")
-  return age
-
-
-def _find_one(candidates, what, expected):
-  candidates = sorted(c for c in candidates if nifti_io.is_nifti_path(c))
-  if len(candidates) > 1:
-    names = ", ".join(str(c) for c in candidates)
-    raise DataError(f"{expected}: several {what} files match ({names}). Keep only one.")
-  return candidates[0] if candidates else None
-
-
-def find_modality(subject_dir, label, modality):
-  """The session's ``anat/sub-<id>_ses-<label>[_<entities>]_<modality>.nii[.gz]``."""
-  anat = subject_dir / f"ses-{label}" / "anat"
-  stem = f"{subject_dir.name}_ses-{label}"
-  expected = anat / f"{stem}_{modality}.nii.gz"
-  found = _find_one(anat.glob(f"{stem}*_{modality}.nii*"), modality, expected)
-  if found is None:
-    raise DataError(f"{expected}: missing (session has no {modality} image). Add it as .nii or "
-                    f".nii.gz, remove the session, or choose other modalities.")
-  return found
-
-
-def find_dseg(root, subject_id, label):
-  """The session's ``*_dseg.nii[.gz]`` under ``root/derivatives/*/``, or None."""
-  rel = pathlib.Path(f"sub-{subject_id}") / f"ses-{label}" / "anat"
-  candidates = [p for d in sorted((root / "derivatives").glob("*"))
-                for p in (d / rel).glob("*_dseg.nii*")]
-  return _find_one(candidates, "dseg", root / "derivatives" / "*" / rel)
-
-
-# ------------------------------------------------------------------------ intensities
-
-
-def otsu_threshold(values, bins=256):
-  """Threshold maximizing the between-class variance of a 1D array."""
-  values = np.asarray(values, dtype=np.float64)
-  lo, hi = values.min(), values.max()
-  if hi <= lo:
-    return lo
-  counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
-  centers = (edges[:-1] + edges[1:]) / 2
-  w0 = np.cumsum(counts)
-  w1 = w0[-1] - w0
-  m0 = np.cumsum(counts * centers)
-  mean0 = m0 / np.maximum(w0, 1)
-  mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
-  between = w0 * w1 * (mean0 - mean1) ** 2
-  return edges[1:][np.argmax(between)]
-
-
-def normalize_intensity(volume, lower=1.0, upper=99.0):
-  """Maps the head's ``lower``/``upper`` percentiles to 0/1 and clips (see module docstring).
-
-  Args:
-    volume: ``[X, Y, Z]`` raw intensities.
-
-  Returns:
-    ``float32 [X, Y, Z]`` in [0, 1].
-  """
-  volume = np.asarray(volume, dtype=np.float32)
-  head = volume[volume > otsu_threshold(volume)]
-  if head.size == 0:
-    head = volume.ravel()
-  lo, hi = np.percentile(head, [lower, upper])
-  scale = 1.0 / (hi - lo) if hi > lo else 1.0
-  return np.clip((volume - lo) * scale, 0.0, 1.0).astype(np.float32)
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def _same_grid(a, b):
-  return a.data.shape[:3] == b.data.shape[:3] and np.allclose(a.affine, b.affine, atol=AFFINE_ATOL)
+# ----------------------------------------------------------------------------- sessions
 
 
 def _check_labels(volume, num_classes):
@@ -222,119 +169,7 @@ def _check_labels(volume, num_classes):
   if lo < 0 or hi >= num_classes:
     raise DataError(
         f"{volume.path}: labels range {lo}..{hi}, outside 0..{num_classes - 1}. Map the classes "
-        f"to 0..{num_classes - 1} (0 = background) or set the number of classes.")
-
-
-def load_session(root, subject_dir, label, age, modalities, num_classes, max_bytes):
-  """Reads, checks and normalizes one session. See :class:`Session`."""
-  files = [find_modality(subject_dir, label, modality) for modality in modalities]
-  for path in files:
-    nifti_io.read_header(path, max_bytes)  # refuse huge or broken files before reading data
-  volumes = [nifti_io.load_volume(path, max_bytes=max_bytes) for path in files]
-  first = volumes[0]
-  for other in volumes[1:]:
-    if not _same_grid(first, other):
-      raise DataError(
-          f"{other.path}: shape {other.ref.shape} / affine differ from {first.path} "
-          f"(shape {first.ref.shape}). Modalities of a session must share one grid: "
-          "co-register and resample them (e.g. to the T1w).")
-  paths = {m: v.path for m, v in zip(modalities, volumes)}
-  labels = None
-  dseg = find_dseg(root, subject_dir.name.removeprefix("sub-"), label)
-  if dseg is not None:
-    lab = nifti_io.load_volume(dseg, kind="labels", max_bytes=max_bytes)
-    if not _same_grid(first, lab):
-      raise DataError(
-          f"{lab.path}: shape {lab.ref.shape} / affine differ from {first.path}. Resample the "
-          "labels onto the image grid with nearest-neighbour interpolation.")
-    _check_labels(lab, num_classes)
-    labels, paths["dseg"] = lab.data, lab.path
-  image = np.stack([normalize_intensity(v.data) for v in volumes], axis=-1)
-  return Session(label=label, age=age, paths=paths, image=image, labels=labels,
-                 affine=first.affine, ref=first.ref)
-
-
-def load_subject(root, subject_dir, modalities=("T1w", "T2w"), num_classes=4,
-                 max_bytes=nifti_io.DEFAULT_MAX_BYTES):
-  """Reads all sessions of ``root/sub-<id>``, ordered by age, and checks they share a grid."""
-  root, subject_dir = pathlib.Path(root), pathlib.Path(subject_dir)
-  labels = sorted(d.name.removeprefix("ses-") for d in subject_dir.glob("ses-*") if d.is_dir())
-  if not labels:
-    raise DataError(f"{subject_dir}: no ses-<label> folders. Longitudinal data needs "
-                    f"{subject_dir}/ses-<label>/anat/{subject_dir.name}_ses-<label>_T1w.nii.gz.")
-  tsv = subject_dir / f"{subject_dir.name}_sessions.tsv"
-  tsv_ages = read_session_ages(tsv) if tsv.is_file() else {}
-  ages = {label: _session_age(subject_dir, label, tsv_ages) for label in labels}
-  labels.sort(key=lambda label: (ages[label], label))
-  sessions = tuple(load_session(root, subject_dir, label, ages[label], modalities, num_classes,
-                                max_bytes) for label in labels)
-  first = sessions[0]
-  for s in sessions[1:]:
-    if s.image.shape[:3] != first.image.shape[:3] or not np.allclose(
-        s.affine, first.affine, atol=AFFINE_ATOL):
-      raise DataError(
-          f"{s.paths[modalities[0]]}: grid (shape {s.ref.shape}) differs from session "
-          f"{first.label} ({first.paths[modalities[0]]}, shape {first.ref.shape}). Sessions of a "
-          "subject must share one grid: register and resample them to a common space "
-          "(e.g. to the first session or a template).")
-  return Subject(subject_id=subject_dir.name.removeprefix("sub-"), path=str(subject_dir),
-                 sessions=sessions)
-
-
-def load_dataset(root, modalities=("T1w", "T2w"), num_classes=4,
-                 max_bytes=nifti_io.DEFAULT_MAX_BYTES):
-  """Reads every ``root/sub-*`` subject (see module docstring for the layout).
-
-  Args:
-    root: dataset folder.
-    modalities: BIDS suffixes to stack as channels, in order.
-    num_classes: labels must lie in ``0..num_classes - 1``.
-    max_bytes: per-file limit checked on the header before any data is read.
-
-  Returns:
-    A list of :class:`Subject`, sorted by id.
-  """
-  root = pathlib.Path(root)
-  if not root.is_dir():
-    raise DataError(f"{root}: dataset folder not found. Pass the folder that holds sub-<id>/.")
-  subject_dirs = sorted(d for d in root.glob("sub-*") if d.is_dir())
-  if not subject_dirs:
-    raise DataError(f"{root}: no subjects found (no sub-<id>/ folders). Expected "
-                    f"{root}/sub-<id>/ses-<label>/anat/sub-<id>_ses-<label>_T1w.nii.gz.")
-  return [load_subject(root, d, tuple(modalities), num_classes, max_bytes) for d in subject_dirs]
-
-
-# ---------------------------------------------------------------------------- sequences
-
-
-def align_sessions(subject, protocol):
-  """Places a subject's sessions on the protocol's T time points.
-
-  Returns:
-    A list of T entries, each a :class:`Session` or None (missing). Sessions whose age is
-    not within ``protocol.age_tolerance`` of a time point are left out.
-  """
-  slots = [None] * protocol.num_timepoints
-  if protocol.ages is None:
-    for t, session in enumerate(subject.sessions[:protocol.num_timepoints]):
-      slots[t] = session
-    return slots
-  ages = np.asarray(protocol.ages, dtype=np.float64)
-  for session in subject.sessions:
-    t = int(np.argmin(np.abs(ages - session.age)))
-    if abs(ages[t] - session.age) > protocol.age_tolerance:
-      continue
-    if slots[t] is not None:
-      raise DataError(
-          f"{subject.path}: sessions {slots[t].label} and {session.label} both match time point "
-          f"{t} (age {ages[t]:g}). Remove one, or fix the ages in the sessions.tsv.")
-    slots[t] = session
-  return slots
-
-
-def valid_timepoints(subject, protocol):
-  """``bool [T]``: which of the protocol's time points the subject has."""
-  return np.array([s is not None for s in align_sessions(subject, protocol)])
+        f"to 0..{num_classes - 1} (0 = background) or set num_classes in the protocol.")
 
 
 def labeled_slices(labels):
@@ -342,189 +177,210 @@ def labeled_slices(labels):
   return np.flatnonzero(np.any(labels > 0, axis=(0, 1)))
 
 
-def select_slices(subject, protocol):
-  """The axial (z) indices whose labels the protocol counts, for one subject.
+def counted_slices(labels, protocol, path=""):
+  """The session's own labeled z indices whose labels count under ``protocol``.
 
-  ``"center"``: ``labeled_slices_per_volume`` indices spread evenly over the union of the
-  subject's labeled slices (the middle one when 1); the volume's middle slice if nothing
-  is labeled.
+  ``"center"``: ``labeled_slices_per_volume`` of the session's labeled slices, spread
+  evenly (the middle one for 1). Explicit indices: those of them that are labeled.
   """
-  depth = subject.sessions[0].image.shape[2]
+  labeled = labeled_slices(labels)
   if not isinstance(protocol.slice_selection, str):
-    picked = tuple(int(z) for z in protocol.slice_selection)
+    depth = labels.shape[2]
+    picked = [int(z) for z in protocol.slice_selection]
     bad = [z for z in picked if not 0 <= z < depth]
     if bad:
-      raise ConfigError(f"protocol {protocol.name}: slices {bad} outside 0..{depth - 1} "
-                        f"for subject {subject.path}.")
-    return picked
-  slab = [labeled_slices(s.labels) for s in subject.sessions if s.labels is not None]
-  slab = np.unique(np.concatenate(slab)) if slab else np.array([], dtype=np.int64)
-  if slab.size == 0:
-    return (depth // 2,)
-  k = min(protocol.labeled_slices_per_volume, slab.size)
-  positions = ((np.arange(k) + 0.5) * slab.size / k).astype(int)
-  return tuple(int(z) for z in slab[positions])
+      raise ConfigError(f"protocol {protocol.name}: slice_selection {bad} outside 0..{depth - 1} "
+                        f"for {path}.")
+    return tuple(z for z in picked if z in set(labeled.tolist()))
+  if labeled.size == 0:
+    return ()
+  k = min(protocol.labeled_slices_per_volume, labeled.size)
+  positions = ((np.arange(k) + 0.5) * labeled.size / k).astype(int)
+  return tuple(int(z) for z in labeled[positions])
 
 
-def _subject_sequences(subject, protocol, split):
-  """``(images [S, T, H, W, C], labels, mask, valid [T], z [S])`` for one subject."""
-  slots = align_sessions(subject, protocol)
-  ref = subject.sessions[0].image
-  x, y, depth, c = ref.shape
-  zs = np.arange(depth) if split == "all" else np.asarray(select_slices(subject, protocol))
-  counted = set(range(depth)) if split == "all" else set(zs.tolist())
-  seen = set(protocol.timepoints(split))
-  t_count = protocol.num_timepoints
-  images = np.zeros((len(zs), t_count, x, y, c), np.float32)
-  labels = np.zeros((len(zs), t_count, x, y), np.int32)
-  mask = np.zeros((len(zs), t_count, x, y), np.float32)
-  for t, session in enumerate(slots):
-    if session is None:
-      continue
-    images[:, t] = np.moveaxis(session.image[:, :, zs], 2, 0)
-    if session.labels is None or t not in seen:
-      continue
-    usable = set(labeled_slices(session.labels).tolist()) & counted
-    for i, z in enumerate(zs):
-      if int(z) in usable:
-        labels[i, t] = session.labels[:, :, z]
-        mask[i, t] = 1.0
-  valid = np.array([s is not None for s in slots])
-  return images, labels, mask, valid, zs
+def _grid(volume):
+  return grids.Grid(shape=tuple(volume.data.shape), affine=volume.affine)
 
 
-def make_sequences(subjects, protocol, split):
-  """Axial slice sequences for a split.
+def read_session(files: layout.SessionFiles, protocol, max_bytes):
+  """One session on its own canonical grid: ``(image, labels, mask, counted, grid, ref)``."""
+  for path in files.images.values():
+    nifti_io.read_header(path, max_bytes)  # refuse huge or broken files before reading data
+  volumes = [nifti_io.load_volume(files.images[m], max_bytes=max_bytes)
+             for m in protocol.modalities]
+  grid = _grid(volumes[0])
+  channels = []
+  for volume in volumes:
+    normalized = intensity.normalize_intensity(volume.data)
+    if not _grid(volume).same_as(grid):
+      normalized = grids.resample(normalized, _grid(volume), grid, order=1)
+      if not normalized.any():
+        raise DataError(f"{volume.path}: its field of view does not overlap "
+                        f"{volumes[0].path} (affines in the headers). Fix the headers or "
+                        "co-register the modalities.")
+    channels.append(normalized)
+  labels = mask = None
+  counted = ()
+  if files.dseg is not None:
+    lab = nifti_io.load_volume(files.dseg, kind="labels", max_bytes=max_bytes)
+    if not _grid(lab).same_as(grid):
+      raise DataError(
+          f"{lab.path}: shape {lab.ref.shape} / affine differ from {volumes[0].path} (shape "
+          f"{volumes[0].ref.shape}). Labels must lie on their session's image grid: resample "
+          "them onto it with nearest-neighbour interpolation.")
+    _check_labels(lab, protocol.num_classes)
+    counted = counted_slices(lab.data, protocol, lab.path)
+    mask = np.zeros(grid.shape, np.float32)
+    mask[:, :, list(counted)] = 1.0
+    labels = np.where(mask > 0, lab.data, 0).astype(np.int32)
+  return np.stack(channels, axis=-1), labels, mask, counted, grid, volumes[0].ref
+
+
+def _reference_index(present, reference):
+  return 0 if reference == "first" else len(present) - 1
+
+
+def load_subject(files: layout.SubjectFiles, protocol, options: GridOptions,
+                 max_bytes=nifti_io.DEFAULT_MAX_BYTES) -> Subject:
+  """Reads, checks and resamples one subject (see the module docstring)."""
+  slots, unassigned = protocol_lib.assign_sessions(files.sessions, protocol, files.subject_id,
+                                                   files.path)
+  present = [(t, f) for t, f in enumerate(slots) if f is not None]
+  if not present:
+    return Subject(files.subject_id, files.path, None, (None,) * len(slots), tuple(unassigned))
+  raw = [read_session(f, protocol, max_bytes) for _, f in present]
+  ref_i = _reference_index(present, options.reference)
+  ref_image, ref_grid = raw[ref_i][0], raw[ref_i][4]
+  to_session = [np.eye(4) for _ in raw]
+  if options.register == "rigid":
+    to_session = [np.eye(4) if i == ref_i else grids.register_rigid(
+        ref_image[..., 0], ref_grid, r[0][..., 0], r[4]) for i, r in enumerate(raw)]
+  work = grids.working_grid(ref_grid, options.spacing, [r[4] for r in raw],
+                            [np.linalg.inv(m) for m in to_session])
+  timepoints = [None] * len(slots)
+  for (t, f), (image, labels, mask, counted, grid, ref), world in zip(present, raw, to_session):
+    on_work = lambda a, order: None if a is None else grids.resample(a, grid, work, order, world)
+    paths = dict(f.images, **({"dseg": f.dseg} if f.dseg else {}))
+    mask = on_work(mask, 0)
+    timepoints[t] = Session(
+        label=f.label, age=f.age, timepoint=t, paths=paths, image=on_work(image, 1),
+        labels=None if labels is None else np.where(mask > 0, on_work(labels, 0), 0),
+        label_mask=mask, counted_slices=counted, grid=grid, to_session=world, ref=ref)
+  return Subject(files.subject_id, files.path, work, tuple(timepoints), tuple(unassigned))
+
+
+# ------------------------------------------------------------------------------- studies
+
+
+def _training_files(files, protocol):
+  """Subjects with a label file at a training time point (headers only)."""
+  out = []
+  for f in files:
+    slots, _ = protocol_lib.assign_sessions(f.sessions, protocol, f.subject_id, f.path)
+    if any(s is not None and s.dseg for t, s in enumerate(slots)
+           if t in protocol.train_timepoints):
+      out.append((f, slots))
+  return out
+
+
+def resolve_spacing(files, protocol, spacing, reference="first",
+                    max_bytes=nifti_io.DEFAULT_MAX_BYTES):
+  """``spacing`` as a tuple, or None (native): ``"median"``/None -> the median in-plane
+  spacing of the training subjects' reference sessions (of all subjects if none has
+  labels), read from headers only."""
+  spacing = grids.parse_spacing(spacing) if spacing is None or isinstance(spacing, str) else \
+      tuple(float(v) for v in spacing)
+  if spacing == "native":
+    return None
+  if spacing is not None:
+    return spacing
+  chosen = _training_files(files, protocol) or [
+      (f, protocol_lib.assign_sessions(f.sessions, protocol, f.subject_id, f.path)[0])
+      for f in files]
+  ref_grids = []
+  for f, slots in chosen:
+    present = [s for s in slots if s is not None]
+    if present:
+      s = present[_reference_index(present, reference)]
+      shape, affine = nifti_io.read_grid(s.images[protocol.modalities[0]], max_bytes)
+      ref_grids.append(grids.Grid(shape, affine))
+  if not ref_grids:
+    return None
+  return grids.median_spacing(ref_grids)
+
+
+def load_study(root, protocol, spacing="median", reference="first", register="none",
+               labels_root=None, shard=None, max_bytes=nifti_io.DEFAULT_MAX_BYTES) -> Study:
+  """Reads a study (see the module docstring).
 
   Args:
-    subjects: from :func:`load_dataset`; all must share one in-plane grid ``[H, W]``.
+    root: dataset folder.
     protocol: a :class:`~fcslstm_jax.protocol.Protocol`.
-    split: ``"train"`` / ``"test"``: the protocol's labeled slices of every subject, with
-      labels and mask only on that split's time points (training never sees test labels).
-      ``"all"``: every axial slice of every subject, mask on every labeled voxel of every
-      time point (for whole-volume inference and evaluation).
-
-  Returns:
-    A :class:`SliceSet`.
+    spacing: ``"median"`` (of the training subjects), ``"native"`` / None (no in-plane
+      resampling), or ``(x, y)`` mm; see :func:`resolve_spacing`.
+    reference: ``"first"`` or ``"last"`` session as each subject's reference grid.
+    register: ``"none"`` or ``"rigid"``.
+    labels_root: take labels from this folder (``sub-*/ses-*/anat/*_dseg.nii*``) instead of
+      ``root/derivatives/*/``.
+    shard: ``callable(list) -> list`` choosing this process's subjects (default: all).
+    max_bytes: per-file limit checked on the header before any data is read.
   """
-  protocol.timepoints(split)  # validates split
-  if not subjects:
-    raise DataError("no subjects to make sequences from. Load a dataset first.")
-  parts = [_subject_sequences(s, protocol, split) for s in subjects]
-  shapes = {p[0].shape[2:] for p in parts}
-  if len(shapes) > 1:
-    raise DataError(
-        f"{subjects[0].path}: subjects have different in-plane grids {sorted(shapes)}. "
-        "Resample all subjects to one grid, or call make_sequences one subject at a time.")
-  return SliceSet(
-      images=np.concatenate([p[0] for p in parts]),
-      labels=np.concatenate([p[1] for p in parts]),
-      label_mask=np.concatenate([p[2] for p in parts]),
-      valid=np.concatenate([np.broadcast_to(p[3], (len(p[4]), p[3].size)) for p in parts]),
-      subject_ids=tuple(s.subject_id for s, p in zip(subjects, parts) for _ in p[4]),
-      slice_index=np.concatenate([p[4] for p in parts]).astype(np.int32),
-      session_labels=np.concatenate([np.broadcast_to(
-          [ses.label if ses else "" for ses in align_sessions(subject, protocol)],
-          (len(p[4]), protocol.num_timepoints)) for subject, p in zip(subjects, parts)]),
-  )
+  files = layout.scan(root, protocol.modalities, labels_root)
+  unassigned = tuple(u for f in files for u in protocol_lib.assign_sessions(
+      f.sessions, protocol, f.subject_id, f.path)[1])
+  resolved = resolve_spacing(files, protocol, spacing, reference, max_bytes)
+  options = GridOptions(spacing=resolved, reference=reference, register=register)
+  mine = shard(files) if shard else files
+  subjects = [load_subject(f, protocol, options, max_bytes) for f in mine]
+  return Study(root=str(root), protocol=protocol, options=options, subjects=subjects,
+               files=files, unassigned=unassigned)
+
+
+def load_dataset(root, protocol=protocol_lib.BRIC, **kwargs) -> list:
+  """The subjects of :func:`load_study` (for scripts and tests)."""
+  return load_study(root, protocol, **kwargs).subjects
 
 
 # ----------------------------------------------------------------------------- built-in
 
 
 def load_builtin(name="bric", seed=0, **generate_kwargs):
-  """The built-in dataset (generated on first use) and its protocol.
+  """The built-in dataset (generated on first use) as ``(subjects, protocol)``.
 
-  Args:
-    name: ``"bric"`` (paper protocol) or ``"ibis"`` (IBIS-like protocol on the same data).
-    seed: generation seed; each seed has its own cache folder.
-    **generate_kwargs: passed to ``bric.generate`` (smaller datasets for tests).
-
-  Returns:
-    ``(subjects, protocol)``.
+  ``generate_kwargs`` go to ``bric.ensure_dataset`` (smaller datasets for tests).
   """
   from fcslstm_jax import bric  # the generator is only needed here
-  protocol = protocol_lib.get_protocol(name)
+  protocol = protocol_lib.builtin(name)
   root = bric.ensure_dataset(seed=seed, **generate_kwargs)
-  return load_dataset(root, protocol.modalities, protocol.num_classes), protocol
-
-
-def load(dataset, protocol_name=None, seed=0):
-  """``(subjects, protocol)`` for ``--dataset`` (a built-in name or a folder)."""
-  if dataset in BUILTIN_DATASETS:
-    return load_builtin(dataset, seed=seed)
-  protocol = protocol_lib.get_protocol(protocol_name or "bric")
-  return load_dataset(dataset, protocol.modalities, protocol.num_classes), protocol
-
-
-# ----------------------------------------------------------------------------- preview
-
-
-def save_preview(subject, protocol, path, z=None):
-  """Montage PNG: rows = time points, columns = each modality and the labels, at slice ``z``."""
-  import matplotlib
-  matplotlib.use("Agg")
-  from matplotlib import colors
-  import matplotlib.pyplot as plt
-
-  z = select_slices(subject, protocol)[0] if z is None else z
-  slots = align_sessions(subject, protocol)
-  names = list(protocol.modalities) + ["labels"]
-  cmap = colors.ListedColormap(["black", "#3b7dd8", "#9e9e9e", "#f5f5f5"][:protocol.num_classes]
-                               if protocol.num_classes <= 4 else plt.get_cmap("tab10").colors)
-  fig, axes = plt.subplots(len(slots), len(names), figsize=(2.2 * len(names), 2.2 * len(slots)),
-                           squeeze=False)
-  for t, session in enumerate(slots):
-    for j, name in enumerate(names):
-      ax = axes[t, j]
-      ax.set_xticks([])
-      ax.set_yticks([])
-      if t == 0:
-        ax.set_title(name)
-      if j == 0:
-        age = protocol.ages[t] if protocol.ages else t
-        role = "test" if t in protocol.test_timepoints else "train"
-        ax.set_ylabel(f"{age:g} mo ({role})" if protocol.ages else f"t{t} ({role})")
-      if session is None:
-        continue
-      if name == "labels":
-        if session.labels is not None:
-          ax.imshow(session.labels[:, :, z].T, origin="lower", cmap=cmap,
-                    vmin=-0.5, vmax=protocol.num_classes - 0.5, interpolation="nearest")
-      else:
-        ax.imshow(session.image[:, :, z, j].T, origin="lower", cmap="gray", vmin=0, vmax=1)
-  fig.suptitle(f"sub-{subject.subject_id}, axial slice z={z}", fontsize=10)
-  fig.tight_layout()
-  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
-
-
-def _summary(subjects, protocol):
-  lines = [f"{len(subjects)} subjects, protocol {protocol.name}: train time points "
-           f"{protocol.train_timepoints}, test {protocol.test_timepoints}"]
-  for split in ("train", "test"):
-    s = make_sequences(subjects, protocol, split)
-    lines.append(f"  {split}: images {s.images.shape}, labeled 2D slices "
-                 f"{int(s.label_mask.any(axis=(2, 3)).sum())}")
-  return "\n".join(lines)
+  return load_dataset(root, protocol), protocol
 
 
 def main(argv=None):
+  """``python -m fcslstm_jax.data --dataset bric --preview out.png``: summary and montage."""
+  from fcslstm_jax import figures, sequences
   parser = argparse.ArgumentParser(prog="python -m fcslstm_jax.data",
                                    description=__doc__.split("\n")[0])
   parser.add_argument("--dataset", default="bric",
-                      help="built-in name (bric, ibis; generated on first use) or a dataset folder")
-  parser.add_argument("--protocol", default=None, help="protocol for a dataset folder (bric, ibis)")
-  parser.add_argument("--seed", type=int, default=0, help="built-in dataset seed")
+                      help="built-in name (bric, ibis; generated on first use)")
+  parser.add_argument("--data-dir", default=None, help="a dataset folder instead")
+  parser.add_argument("--protocol", default=None,
+                      help="protocol name or JSON file (default: DATA_DIR/protocol.json, else bric)")
+  parser.add_argument("--data-seed", type=int, default=0, help="built-in dataset seed")
   parser.add_argument("--preview", default=None, help="write a montage PNG here")
   parser.add_argument("--subject", type=int, default=0, help="subject index for --preview")
   args = parser.parse_args(argv)
   try:
-    subjects, protocol = load(args.dataset, args.protocol, args.seed)
-    print(_summary(subjects, protocol))
+    if args.data_dir:
+      protocol = protocol_lib.get_protocol(args.protocol, args.data_dir)
+      study = load_study(args.data_dir, protocol)
+    else:
+      from fcslstm_jax import bric
+      protocol = protocol_lib.builtin(args.dataset)
+      study = load_study(bric.ensure_dataset(seed=args.data_seed), protocol)
+    print(sequences.describe_study(study))
     if args.preview:
-      save_preview(subjects[args.subject], protocol, args.preview)
+      figures.subject_preview(args.preview, study.subjects[args.subject], protocol)
       print(f"wrote {args.preview}")
   except (DataError, ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -50,3 +50,22 @@ def montage(path, columns, row_labels, num_classes: int, title: str = ""):
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=80)
   plt.close(fig)
+
+
+def subject_preview(path, subject, protocol, z=None):
+  """A subject's montage: rows = time points, columns = each modality and the counted labels,
+  at axial slice ``z`` of its working grid (default: the most labeled one)."""
+  if z is None:
+    counts = sum(s.label_mask.sum(axis=(0, 1)) for s in subject.sessions
+                 if s.label_mask is not None)
+    z = int(np.argmax(counts)) if np.any(counts) else subject.grid.shape[2] // 2
+  slots = subject.timepoints
+  columns = [(m, "image", [s.image[:, :, z, k] if s is not None else None for s in slots])
+             for k, m in enumerate(protocol.modalities)]
+  columns.append(("labels", "labels", [
+      s.labels[:, :, z] if s is not None and s.label_mask is not None
+      and s.label_mask[:, :, z].any() else None for s in slots]))
+  rows = [(f"{protocol.ages[t]:g}" if protocol.ages else f"t{t + 1}") + f" ({protocol.role(t)})"
+          for t in range(protocol.num_timepoints)]
+  montage(path, columns, rows, protocol.num_classes,
+          title=f"sub-{subject.subject_id}, axial slice z={z}")

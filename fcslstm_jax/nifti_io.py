@@ -132,6 +132,27 @@ def read_header(path, max_bytes=DEFAULT_MAX_BYTES):
   return shape, np.dtype(img.get_data_dtype())
 
 
+def canonical_grid(affine, shape):
+  """``(shape, affine)`` of the canonical (RAS) view of a stored grid (no data involved)."""
+  affine = np.asarray(affine, dtype=np.float64)
+  ornt = canonical_transform(affine)
+  canonical_shape = [0, 0, 0]
+  for axis, (out_axis, _) in enumerate(ornt):
+    canonical_shape[int(out_axis)] = int(shape[axis])
+  return tuple(canonical_shape), affine @ orientations.inv_ornt_aff(ornt, shape)
+
+
+def read_grid(path, max_bytes=DEFAULT_MAX_BYTES):
+  """The canonical ``(shape, affine)`` of a file, from its header only (validated as in
+  :func:`read_header`)."""
+  path = str(path)
+  img = _open(path)
+  shape = _spatial_shape(img, path)
+  _check_size(img, shape, path, max_bytes)
+  _check_affine(img.affine, path)
+  return canonical_grid(img.affine, shape)
+
+
 def _read_array(img, shape, path):
   try:
     data = np.asanyarray(img.dataobj)
@@ -198,7 +219,7 @@ def load_volume(path, *, kind="image", max_bytes=DEFAULT_MAX_BYTES):
   data = _as_labels(data, path) if kind == "labels" else _as_image(data, path)
   ornt = canonical_transform(affine)
   canonical = np.ascontiguousarray(orientations.apply_orientation(data, ornt))
-  canonical_affine = affine @ orientations.inv_ornt_aff(ornt, shape)
+  canonical_affine = canonical_grid(affine, shape)[1]
   ref = NiftiRef(affine=affine, header=img.header.copy(), ornt=ornt, shape=shape)
   return Volume(data=canonical, affine=canonical_affine, ref=ref, path=path)
 

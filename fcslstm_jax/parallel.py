@@ -31,7 +31,6 @@ CPU clusters (and the tests) use gloo for cross-process collectives
 """
 
 import os
-import pathlib
 
 import jax
 import numpy as np
@@ -123,18 +122,6 @@ def subject_shard(items, index=None, count=None):
   return items[index::count]
 
 
-def load_subjects(root, protocol) -> list:
-  """This process's subjects of the dataset at ``root``: all of them for one process, else
-  :func:`subject_shard` of the sorted ``sub-*`` folders (only those files are read)."""
-  from fcslstm_jax import data as data_lib
-  modalities, num_classes = tuple(protocol.modalities), protocol.num_classes
-  dirs = sorted(d for d in pathlib.Path(root).glob("sub-*") if d.is_dir())
-  if jax.process_count() == 1 or not dirs:  # load_dataset explains an empty folder
-    return data_lib.load_dataset(root, modalities, num_classes)
-  return [data_lib.load_subject(pathlib.Path(root), d, modalities, num_classes)
-          for d in subject_shard(dirs)]
-
-
 def sum_over_processes(x: np.ndarray) -> np.ndarray:
   """Elementwise sum of a host array over all processes (identity for one process)."""
   x = np.asarray(x)
@@ -148,6 +135,19 @@ def agree_min(value: int) -> int:
   if jax.process_count() == 1:
     return int(value)
   return int(np.min(multihost_utils.process_allgather(np.asarray(value, np.int64))))
+
+
+def agree_max(values) -> tuple:
+  """Elementwise largest of every process's integer ``values`` (identity for one process)."""
+  values = np.asarray(values, np.int64)
+  if jax.process_count() > 1:
+    values = np.max(multihost_utils.process_allgather(values), axis=0)
+  return tuple(int(v) for v in np.atleast_1d(values))
+
+
+def shard_for_this_process():
+  """:func:`subject_shard` with several processes, else None (every subject)."""
+  return subject_shard if jax.process_count() > 1 else None
 
 
 # ------------------------------------------------------------------------------------ mesh

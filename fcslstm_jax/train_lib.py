@@ -1,7 +1,7 @@
 """Training and evaluation: ``TrainState``, a jit-compiled ``train_step``, the loop.
 
 Layout: a batch is a dict of ``images [B, T, H, W, C]``, ``labels [B, T, H, W]``,
-``label_mask [B, T, H, W]`` and ``valid [B, T]`` (see :class:`fcslstm_jax.data.SliceSet`).
+``label_mask [B, T, H, W]`` and ``valid [B, T]`` (see :class:`fcslstm_jax.sequences.SliceSet`).
 
 Resume is exact: the data order of an epoch is a function of ``(seed, epoch)`` and the
 step's randomness is ``fold_in(rng, step)``, so a run restarted from a checkpoint takes the
@@ -29,9 +29,10 @@ from flax.training import train_state
 from fcslstm_jax import losses
 from fcslstm_jax import metrics as metrics_lib
 from fcslstm_jax import parallel
+from fcslstm_jax import protocol as protocol_lib
 from fcslstm_jax.checkpoint import Checkpointer
 from fcslstm_jax.config import Config
-from fcslstm_jax.data import SliceSet
+from fcslstm_jax.sequences import SliceSet
 from fcslstm_jax.errors import ConfigError, FcslstmError
 from fcslstm_jax.model import create_model
 
@@ -70,10 +71,15 @@ def build_model(config: Config, num_classes: int) -> nn.Module:
 
 
 def lr_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
-  """lr × 0.97 per epoch after epoch 20 (Sec. 3), as a function of the step."""
+  """The paper's schedule as a function of the step (Sec. 3: "gradually decays after 20
+  epochs with factor 0.97"): epochs 1..E keep the initial rate, epoch e > E uses
+  ``lr * 0.97 ** (e - E)`` (E = ``lr_decay_begin_epoch``), constant within an epoch."""
+  begin, rate = config.lr_decay_begin_epoch, config.lr_decay_rate
+  # optax holds init_value for transition_begin steps, then multiplies by the rate at each
+  # transition: starting the count one epoch early makes epoch E + 1 the first decayed one.
   return optax.exponential_decay(
-      config.learning_rate, transition_steps=steps_per_epoch, decay_rate=config.lr_decay_rate,
-      transition_begin=config.lr_decay_begin_epoch * steps_per_epoch, staircase=True)
+      config.learning_rate * rate ** max(0, 1 - begin), transition_steps=steps_per_epoch,
+      decay_rate=rate, transition_begin=max(0, begin - 1) * steps_per_epoch, staircase=True)
 
 
 def make_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -127,6 +133,13 @@ def predict(state_or_params, apply_fn, images, valid):
   return jnp.argmax(apply_fn({"params": params}, images, valid), axis=-1).astype(jnp.int32)
 
 
+def predict_proba(state_or_params, apply_fn, images, valid):
+  """Class probabilities ``[B, T, H, W, c]`` (float32 softmax) for images ``[B, T, H, W, C]``."""
+  params = getattr(state_or_params, "params", state_or_params)
+  logits = apply_fn({"params": params}, images, valid)
+  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+
 def batches(data: SliceSet, indices) -> dict:
   return {k: getattr(data, k)[indices] for k in BATCH_KEYS}
 
@@ -139,6 +152,8 @@ def predict_all(predict_fn, params, data: SliceSet, batch_size: int) -> np.ndarr
   """Predictions for every sequence of ``data``, batched; the last batch is padded so that
   one compiled program serves every batch."""
   n = len(data)
+  if n == 0:
+    raise ValueError("predict_all: no sequences to predict")
   out = []
   for start in range(0, n, batch_size):
     idx = np.arange(start, start + batch_size) % n
@@ -153,13 +168,17 @@ def evaluate(predict_fn, params, splits: list[SliceSet], class_names, batch_size
   in which time points' labels they show) share one forward pass.
   """
   out, cache = [], []
+  c = len(class_names)
   for data in splits:
-    pred = next((p for d, p in cache if d.images is data.images or (
-        d.images.shape == data.images.shape and np.array_equal(d.images, data.images))), None)
-    if pred is None:
-      pred = predict_all(predict_fn, params, data, batch_size)
-      cache.append((data, pred))
-    cm = metrics_lib.confusion_matrix(pred, data.labels, data.label_mask, len(class_names))
+    if len(data) == 0:  # e.g. no labels at the held-out time point (in this process's share)
+      cm = np.zeros((c, c))
+    else:
+      pred = next((p for d, p in cache if d.images is data.images or (
+          d.images.shape == data.images.shape and np.array_equal(d.images, data.images))), None)
+      if pred is None:
+        pred = predict_all(predict_fn, params, data, batch_size)
+        cache.append((data, pred))
+      cm = metrics_lib.confusion_matrix(pred, data.labels, data.label_mask, c)
     cm = parallel.sum_over_processes(cm)  # each process holds its own subjects
     out.append(metrics_lib.summarize(cm, class_names))
   return out
@@ -178,18 +197,39 @@ def check_run_dir(workdir: str, run_info: dict) -> None:
       json.dump(run_info, f, indent=2)
     os.replace(tmp, path)
     return
-  with open(path) as f:
-    old = json.load(f)
+  old = read_run_json(path)
   # Extending a finished run is fine; chunk_pixels changes speed, not the function.
   ignore = {"epochs", "chunk_pixels"}
   diff = sorted(k for k in set(old["config"]) | set(run_info["config"]) if k not in ignore
                 and old["config"].get(k) != run_info["config"].get(k))
-  diff += [k for k in ("dataset", "protocol") if old.get(k) != run_info.get(k)]
-  if diff:
-    details = ", ".join(f"{k}: {old['config'].get(k, old.get(k))!r} -> "
-                        f"{run_info['config'].get(k, run_info.get(k))!r}" for k in diff)
+  diff += [k for k in ("dataset",) if old.get(k) != run_info.get(k)]
+  details = [f"{k}: {old['config'].get(k, old.get(k))!r} -> "
+             f"{run_info['config'].get(k, run_info.get(k))!r}" for k in diff]
+  a, b = protocol_lib.from_run(old, path).to_json(), protocol_lib.from_run(run_info).to_json()
+  details += [f"protocol {k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b[k]]
+  if "grid" in old and old["grid"] != run_info.get("grid"):  # runs before 2026-11-30 lack it
+    details.append(f"grid: {old['grid']} -> {run_info.get('grid')}")
+  if details:
+    details = ", ".join(details)
     raise ConfigError(f"{path}: this work directory holds a different run ({details}). "
                       "Use another --workdir, or delete this one to start over.")
+
+
+def read_run_json(path: str) -> dict:
+  """A run's ``run.json``, checked: one clear error when it is missing or broken."""
+  try:
+    with open(path) as f:
+      run = json.load(f)
+  except FileNotFoundError:
+    raise ConfigError(f"{path}: not found. Point --workdir at a folder written by train.py.") \
+        from None
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ConfigError(f"{path}: unreadable ({e}). It records the run's config and protocol: "
+                      "restore it from a backup, or train again in another --workdir.") from None
+  if not isinstance(run, dict) or not isinstance(run.get("config"), dict):
+    raise ConfigError(f"{path}: has no 'config' object; it was not written by train.py (or "
+                      "was edited). Restore it, or train again in another --workdir.")
+  return run
 
 
 class StopRequest:

@@ -1,5 +1,6 @@
 """The built-in dataset: deterministic, BIDS layout, infant contrast course, protocol masks."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -11,7 +12,9 @@ import pytest
 
 from fcslstm_jax import bric
 from fcslstm_jax import data
+from fcslstm_jax import figures
 from fcslstm_jax import protocol as protocol_lib
+from fcslstm_jax import sequences
 from fcslstm_jax.errors import DataError
 
 # Reduced size: 2 subjects, 4 axial slices of 64 x 64 at 3 mm (same field of view).
@@ -23,9 +26,13 @@ def small_dir(tmp_path_factory):
   return bric.generate(tmp_path_factory.mktemp("bric") / "seed0", seed=0, config=SMALL)
 
 
+DENSE = dataclasses.replace(protocol_lib.BRIC, labeled_slices_per_volume=100)
+
+
 @pytest.fixture(scope="module")
 def subjects(small_dir):
-  return data.load_dataset(small_dir)
+  """Every labeled slice counted (the generator labels the whole slab)."""
+  return data.load_dataset(small_dir, DENSE)
 
 
 def dataset_digest(root):
@@ -67,14 +74,14 @@ def test_layout_and_description(small_dir):
   assert tsv[0] == "session_id\tage" and tsv[1] == "ses-00mo\t0"
 
 
-def test_every_class_in_every_session(subjects):
-  protocol = protocol_lib.BRIC
+def test_every_class_in_every_session(small_dir):
+  subjects = data.load_dataset(small_dir, protocol_lib.BRIC)
   assert len(subjects) == 2
   for subject in subjects:
     assert [s.age for s in subject.sessions] == [0, 3, 6, 9, 12]
-    (z,) = data.select_slices(subject, protocol)
-    assert z == SMALL.num_slices // 2
+    z = SMALL.num_slices // 2  # the paper's one labeled slice: the middle of the slab
     for session in subject.sessions:
+      assert session.counted_slices == (z,)
       assert set(np.unique(session.labels[:, :, z])) == {0, 1, 2, 3}, session.paths["dseg"]
 
 
@@ -100,10 +107,11 @@ def test_brain_grows(subjects):
     assert all(b1 > b0 for b0, b1 in zip(brain, brain[1:])), brain
 
 
-def test_held_out_labels_never_reach_training(subjects):
+def test_held_out_labels_never_reach_training(small_dir):
   protocol = protocol_lib.BRIC
-  train = data.make_sequences(subjects, protocol, "train")
-  test = data.make_sequences(subjects, protocol, "test")
+  subjects = data.load_dataset(small_dir, protocol)
+  train = sequences.make_sequences(subjects, protocol, "train")
+  test = sequences.make_sequences(subjects, protocol, "test")
   assert train.images.shape == (2, 5, 64, 64, 2) and train.valid.all()
   labeled = train.label_mask.any(axis=(2, 3))  # [N, T]
   np.testing.assert_array_equal(labeled, np.tile([True, True, False, True, True], (2, 1)))
@@ -113,18 +121,21 @@ def test_held_out_labels_never_reach_training(subjects):
   assert set(np.unique(test.labels[:, 2])) == {0, 1, 2, 3}
 
 
-def test_ibis_protocol_uses_three_sessions(subjects):
-  ibis = protocol_lib.get_protocol("ibis")
-  s = data.make_sequences(subjects, ibis, "test")
+def test_ibis_protocol_uses_three_sessions(small_dir):
+  ibis = protocol_lib.IBIS_BUILTIN
+  study = data.load_study(small_dir, ibis)
+  assert [str(u).split(":")[0] for u in study.unassigned] == [
+      f"sub-{s} ses-{a:02d}mo (age {a})" for s in ("01", "02") for a in (0, 3)]  # named
+  s = sequences.make_sequences(study.subjects, ibis, "test")
   assert s.images.shape[1] == 3 and s.valid.all()
   np.testing.assert_array_equal(s.label_mask.any(axis=(2, 3))[0], [True, False, False])
-  six_months = subjects[0].sessions[2]
+  six_months = study.subjects[0].sessions[0]
   np.testing.assert_array_equal(s.images[0, 0], six_months.image[:, :, s.slice_index[0]])
 
 
 def test_preview_png(subjects, tmp_path):
   out = tmp_path / "preview.png"
-  data.save_preview(subjects[0], protocol_lib.BRIC, out)
+  figures.subject_preview(out, subjects[0], protocol_lib.BRIC)
   assert out.stat().st_size > 1000 and out.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -1,5 +1,6 @@
 """data: BIDS-like longitudinal loading, ordering, masks, protocol splits and errors."""
 
+import dataclasses
 import gzip
 import pathlib
 
@@ -9,7 +10,9 @@ import numpy as np
 import pytest
 
 from fcslstm_jax import data
+from fcslstm_jax import intensity
 from fcslstm_jax import protocol as protocol_lib
+from fcslstm_jax import sequences
 from fcslstm_jax.errors import DataError
 
 SHAPE = (8, 9, 6)  # canonical [X, Y, Z]
@@ -17,6 +20,7 @@ AFFINE = np.array([[1.2, 0, 0, -5.0], [0, 1.0, 0, -4.0], [0, 0, 2.0, -6.0], [0, 
 LABELED_Z = (2, 3)
 TINY = protocol_lib.Protocol(name="tiny", num_timepoints=3, ages=(0.0, 6.0, 12.0),
                              train_timepoints=(0, 2), test_timepoints=(1,))
+DENSE = dataclasses.replace(TINY, labeled_slices_per_volume=100)  # every labeled slice counts
 
 
 def write(path, canonical, codes="RAS", dtype=None, affine=AFFINE):
@@ -77,7 +81,7 @@ def make_dataset(root, subjects=("01",), sessions=(("00mo", 0), ("06mo", 6), ("1
                                                 ("PIR", ".nii.gz", np.float32)])
 def test_loader_returns_reoriented_arrays(tmp_path, codes, suffix, dtype):
   truth = make_dataset(tmp_path, codes=codes, suffix=suffix, dtype=dtype)
-  (subject,) = data.load_dataset(tmp_path)
+  (subject,) = data.load_dataset(tmp_path, DENSE)
   assert subject.subject_id == "01"
   assert [s.label for s in subject.sessions] == ["00mo", "06mo", "12mo"]
   for session in subject.sessions:
@@ -86,8 +90,9 @@ def test_loader_returns_reoriented_arrays(tmp_path, codes, suffix, dtype):
     assert session.image.dtype == np.float32
     np.testing.assert_allclose(session.affine, AFFINE, atol=1e-4)
     np.testing.assert_array_equal(session.labels, labels)
+    np.testing.assert_array_equal(session.counted_slices, LABELED_Z)
     for c, mod in enumerate(("T1w", "T2w")):
-      expected = data.normalize_intensity(images[mod].astype(dtype))
+      expected = intensity.normalize_intensity(images[mod].astype(dtype))
       np.testing.assert_allclose(session.image[..., c], expected, atol=1e-6)
     assert session.paths["T1w"].endswith(f"_T1w{suffix}")
 
@@ -107,17 +112,17 @@ def test_sessions_ordered_by_tsv_age(tmp_path):
 
 def test_modalities_are_configurable(tmp_path):
   truth = make_dataset(tmp_path)
-  (subject,) = data.load_dataset(tmp_path, modalities=("T2w",))
+  (subject,) = data.load_dataset(tmp_path, dataclasses.replace(TINY, modalities=("T2w",)))
   assert subject.sessions[0].image.shape == SHAPE + (1,)
-  expected = data.normalize_intensity(truth["01", "00mo"][0]["T2w"].astype(np.int16))
+  expected = intensity.normalize_intensity(truth["01", "00mo"][0]["T2w"].astype(np.int16))
   np.testing.assert_allclose(subject.sessions[0].image[..., 0], expected, atol=1e-6)
 
 
 def test_normalize_intensity_maps_head_percentiles_to_unit_range():
   vol = canonical_image(0) * 3.7 + 100  # gain and offset must not matter
-  out = data.normalize_intensity(vol)
+  out = intensity.normalize_intensity(vol)
   assert out.min() == 0.0 and out.max() == 1.0
-  np.testing.assert_allclose(out, data.normalize_intensity(canonical_image(0)), atol=1e-5)
+  np.testing.assert_allclose(out, intensity.normalize_intensity(canonical_image(0)), atol=1e-5)
   head = out[1:-1, 1:-1, :]
   assert 0.3 < np.median(head) < 0.7  # background did not drag the percentiles down
   assert np.all(out[0] < 0.05)
@@ -125,21 +130,22 @@ def test_normalize_intensity_maps_head_percentiles_to_unit_range():
 
 def test_missing_session_is_invalid_and_zero(tmp_path):
   make_dataset(tmp_path, sessions=(("00mo", 0), ("12mo", 12)))
-  subjects = data.load_dataset(tmp_path)
-  np.testing.assert_array_equal(data.valid_timepoints(subjects[0], TINY), [True, False, True])
-  for split in ("train", "test", "all"):
-    s = data.make_sequences(subjects, TINY, split)
-    assert np.all(s.valid == [True, False, True])
+  (subject,) = data.load_dataset(tmp_path, TINY)
+  assert [s is not None for s in subject.timepoints] == [True, False, True]
+  assert len(sequences.make_sequences([subject], TINY, "test")) == 0  # nothing held out
+  for split in ("train", "all"):
+    s = sequences.make_sequences([subject], TINY, split)
+    assert len(s) and np.all(s.valid == [True, False, True])
     assert np.all(s.images[:, 1] == 0) and np.all(s.label_mask[:, 1] == 0)
     assert np.any(s.images[:, 0] != 0)
 
 
 def test_train_split_hides_test_labels(tmp_path):
   truth = make_dataset(tmp_path)
-  subjects = data.load_dataset(tmp_path)
-  train = data.make_sequences(subjects, TINY, "train")
-  test = data.make_sequences(subjects, TINY, "test")
-  z = LABELED_Z[1]  # 'center' of the labeled slab (2, 3)
+  subjects = data.load_dataset(tmp_path, TINY)
+  train = sequences.make_sequences(subjects, TINY, "train")
+  test = sequences.make_sequences(subjects, TINY, "test")
+  z = LABELED_Z[1]  # 'center' of each session's labeled slices (2, 3)
   for s in (train, test):
     assert s.images.shape == (1, 3) + SHAPE[:2] + (2,)
     assert s.labels.dtype == np.int32 and s.label_mask.dtype == np.float32
@@ -155,19 +161,19 @@ def test_train_split_hides_test_labels(tmp_path):
 
 def test_only_labeled_slices_count(tmp_path):
   make_dataset(tmp_path)
-  subjects = data.load_dataset(tmp_path)
   protocol = protocol_lib.Protocol(name="x", num_timepoints=3, ages=(0.0, 6.0, 12.0),
                                    train_timepoints=(0, 1, 2), slice_selection=(0, 2))
-  s = data.make_sequences(subjects, protocol, "train")
-  np.testing.assert_array_equal(s.slice_index, [0, 2])
-  assert not s.label_mask[0].any()  # slice 0 has no labels
-  assert s.label_mask[1].all()  # slice 2 is labeled everywhere (background included)
+  subjects = data.load_dataset(tmp_path, protocol)
+  assert all(s.counted_slices == (2,) for s in subjects[0].sessions)  # slice 0 has no labels
+  s = sequences.make_sequences(subjects, protocol, "train")
+  np.testing.assert_array_equal(s.slice_index, [2])
+  assert s.label_mask.all()  # slice 2 is labeled everywhere (background included)
 
 
 def test_all_split_covers_every_slice_and_labeled_voxel(tmp_path):
   make_dataset(tmp_path, subjects=("01", "02"))
-  subjects = data.load_dataset(tmp_path)
-  s = data.make_sequences(subjects, TINY, "all")
+  subjects = data.load_dataset(tmp_path, DENSE)
+  s = sequences.make_sequences(subjects, DENSE, "all")
   assert len(s) == 2 * SHAPE[2]
   assert s.subject_ids == ("01",) * SHAPE[2] + ("02",) * SHAPE[2]
   np.testing.assert_array_equal(s.slice_index, list(range(SHAPE[2])) * 2)
@@ -178,19 +184,58 @@ def test_all_split_covers_every_slice_and_labeled_voxel(tmp_path):
 
 def test_center_selection_spreads_several_slices(tmp_path):
   make_dataset(tmp_path)
-  (subject,) = data.load_dataset(tmp_path)
   two = protocol_lib.Protocol(name="x", num_timepoints=3, ages=(0.0, 6.0, 12.0),
                               labeled_slices_per_volume=2)
-  assert data.select_slices(subject, two) == LABELED_Z
-  assert data.select_slices(subject, TINY) == (LABELED_Z[1],)
+  (subject,) = data.load_dataset(tmp_path, two)
+  assert all(s.counted_slices == LABELED_Z for s in subject.sessions)
+  (subject,) = data.load_dataset(tmp_path, TINY)
+  assert all(s.counted_slices == (LABELED_Z[1],) for s in subject.sessions)
 
 
-def test_unlabeled_dataset_has_empty_masks(tmp_path):
+def test_unlabeled_dataset_has_no_training_sequences(tmp_path):
   make_dataset(tmp_path, labels=False)
-  subjects = data.load_dataset(tmp_path)
+  subjects = data.load_dataset(tmp_path, TINY)
   assert subjects[0].sessions[0].labels is None
-  s = data.make_sequences(subjects, TINY, "train")
-  assert s.label_mask.sum() == 0 and s.slice_index[0] == SHAPE[2] // 2
+  assert len(sequences.make_sequences(subjects, TINY, "train")) == 0
+  counts = sequences.split_counts(subjects, TINY, "train")
+  assert counts.sum() == 0
+  with pytest.raises(DataError, match="no labeled voxel at the training time points"):
+    sequences.check_training_labels(counts, TINY, tmp_path)
+  assert len(sequences.make_sequences(subjects, TINY, "all")) == SHAPE[2]  # still segmented
+
+
+def test_a_class_without_training_voxels_is_refused(tmp_path):
+  make_dataset(tmp_path)
+  five = dataclasses.replace(TINY, num_classes=5, class_names=("bg", "a", "b", "c", "d"))
+  counts = sequences.split_counts(data.load_dataset(tmp_path, five), five, "train")
+  with pytest.raises(DataError, match=r"class d \(4\) has no labeled voxel"):
+    sequences.check_training_labels(counts, five, tmp_path)
+
+
+def test_modality_on_another_grid_is_resampled_onto_the_first(tmp_path):
+  truth = make_dataset(tmp_path)
+  t2 = _t1(tmp_path).with_name("sub-01_ses-06mo_T2w.nii.gz")
+  shifted = AFFINE.copy()
+  shifted[0, 3] += 2 * AFFINE[0, 0]  # two voxels along x
+  write(t2, truth["01", "06mo"][0]["T2w"], affine=shifted)
+  (subject,) = data.load_dataset(tmp_path, TINY)
+  image = subject.timepoints[1].image[..., 1]
+  expected = intensity.normalize_intensity(truth["01", "06mo"][0]["T2w"])
+  np.testing.assert_allclose(image[2:], expected[:-2], atol=1e-5)  # moved by whole voxels
+  assert np.all(image[:2] == 0)  # outside the T2w's field of view
+
+
+def test_sessions_on_different_grids_share_one_working_grid(tmp_path):
+  make_dataset(tmp_path)
+  bigger = (9, 9, 6)
+  for mod in ("T1w", "T2w"):
+    write(_t1(tmp_path, "12mo").with_name(f"sub-01_ses-12mo_{mod}.nii.gz"),
+          np.ones(bigger, np.float32))
+  write(_dseg(tmp_path, "12mo"), np.zeros(bigger, np.uint8))
+  (subject,) = data.load_dataset(tmp_path, TINY, spacing="native")
+  assert subject.grid.shape == bigger  # covers the larger session
+  assert all(s.image.shape == bigger + (2,) for s in subject.sessions)
+  assert np.all(subject.timepoints[0].image[:, -1] == 0)  # outside the first session's view
 
 
 # ------------------------------------------------------------------------------ errors
@@ -224,31 +269,13 @@ def test_error_missing_modality(tmp_path):
   assert "T2w" in assert_error_names(t2, tmp_path)
 
 
-def test_error_modality_shape_mismatch(tmp_path):
-  make_dataset(tmp_path)
-  t2 = _t1(tmp_path).with_name("sub-01_ses-06mo_T2w.nii.gz")
-  write(t2, np.ones((8, 9, 5), np.float32))
-  assert_error_names(t2, tmp_path)
-
-
-def test_error_modality_affine_mismatch(tmp_path):
+def test_error_modality_outside_the_first_ones_view(tmp_path):
   make_dataset(tmp_path)
   t2 = _t1(tmp_path).with_name("sub-01_ses-06mo_T2w.nii.gz")
   shifted = AFFINE.copy()
-  shifted[0, 3] += 3.0
+  shifted[0, 3] += 300.0
   write(t2, canonical_image(1), affine=shifted)
-  assert "grid" in assert_error_names(t2, tmp_path)
-
-
-def test_error_grid_mismatch_across_sessions(tmp_path):
-  make_dataset(tmp_path)
-  bigger = (9, 9, 6)
-  for mod in ("T1w", "T2w"):
-    write(_t1(tmp_path, "12mo").with_name(f"sub-01_ses-12mo_{mod}.nii.gz"),
-          np.ones(bigger, np.float32))
-  write(_dseg(tmp_path, "12mo"), np.zeros(bigger, np.uint8))
-  message = assert_error_names(_t1(tmp_path, "12mo"), tmp_path)
-  assert "resample" in message
+  assert "does not overlap" in assert_error_names(t2, tmp_path)
 
 
 def test_error_nan_voxels(tmp_path):
@@ -313,20 +340,19 @@ def test_error_memory_limit_before_loading(tmp_path):
 
 def test_error_ambiguous_time_point(tmp_path):
   make_dataset(tmp_path, sessions=(("05mo", 5), ("06mo", 6)))
-  subjects = data.load_dataset(tmp_path)
-  with pytest.raises(DataError, match="sub-01"):
-    data.make_sequences(subjects, TINY, "train")
+  with pytest.raises(DataError, match="sub-01.*05mo and 06mo both fit time point 2"):
+    data.load_dataset(tmp_path, TINY)
 
 
 def test_cli_preview_on_folder(tmp_path):
   make_dataset(tmp_path / "ds")
   out = tmp_path / "preview.png"
   # Sessions 0, 6, 12 months: BRIC time points 1, 3, 5; 3 and 9 months are missing.
-  assert data.main(["--dataset", str(tmp_path / "ds"), "--protocol", "bric",
+  assert data.main(["--data-dir", str(tmp_path / "ds"), "--protocol", "bric",
                     "--preview", str(out)]) == 0
   assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_reports_data_errors(tmp_path, capsys):
-  assert data.main(["--dataset", str(tmp_path)]) == 2
+  assert data.main(["--data-dir", str(tmp_path)]) == 2
   assert str(tmp_path) in capsys.readouterr().err

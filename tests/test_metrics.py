@@ -52,3 +52,23 @@ def test_temporal_consistency():
   mask[0, 2] = 0
   out = metrics.temporal_consistency(seg, mask)
   assert out[0] == 0.75 and np.isnan(out[1])
+
+
+def test_mpa_without_background_and_numpy_confusion():
+  labels = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+  pred = np.array([0, 0, 0, 0, 1, 0, 2, 2])
+  mask = np.ones(8)
+  cm = metrics.confusion_counts(pred, labels, mask, 3)
+  np.testing.assert_array_equal(cm, np.asarray(metrics.confusion_matrix(pred, labels, mask, 3)))
+  s = metrics.summarize(cm, NAMES)
+  assert s["mpa"] == pytest.approx((1.0 + 0.5 + 1.0) / 3)
+  assert s["mpa_fg"] == pytest.approx((0.5 + 1.0) / 2)  # background left out
+
+
+def test_temporal_agreement_counts_sum_over_subjects():
+  a, b = np.zeros((1, 3, 2, 2), int), np.zeros((2, 3, 3, 3), int)
+  a[0, 1, 0, 0] = 1
+  b[1, 2, 1, 1] = 2
+  counts = metrics.temporal_agreement(a, np.ones_like(a)) + metrics.temporal_agreement(
+      b, np.ones_like(b))
+  np.testing.assert_array_equal(counts, [[3 + 18, 3 + 17], [4 + 18, 4 + 18]])

@@ -48,7 +48,9 @@ def test_loader_round_trips_affine_and_labels(codes, shape, affine, num_sessions
                f"sub-01_ses-{ses}_dseg{suffix}", labels, codes, affine=affine)
       truth[ses] = (images, labels)
 
-    (subject,) = data.load_dataset(root)
+    (subject,) = data.load_dataset(root, td.dataclasses.replace(td.DENSE, ages=(0.0, 3.0, 6.0),
+                                                                 train_timepoints=(0, 1, 2),
+                                                                 test_timepoints=()))
     assert [s.label for s in subject.sessions] == sorted(truth)
     for session in subject.sessions:
       images, labels = truth[session.label]

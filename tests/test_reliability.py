@@ -34,6 +34,7 @@ import train
 from fcslstm_jax import bric
 from fcslstm_jax import data as data_lib
 from fcslstm_jax import inference
+from fcslstm_jax import sequences
 from fcslstm_jax import train_lib
 from fcslstm_jax.config import Config, get_config
 from fcslstm_jax.errors import ConfigError
@@ -183,13 +184,13 @@ def test_sigint_and_sigterm_save_a_checkpoint_and_say_how_to_resume(dataset, ref
 def test_sigterm_outside_the_training_steps_exits_cleanly(tmp_path, capsys, monkeypatch):
   """A preemption while the data is prepared or the model compiles: nothing to save yet."""
   root = good_dataset(tmp_path / "ds")
-  make_sequences = data_lib.make_sequences
+  make_sequences = sequences.make_sequences
 
   def preempted(*args):
     os.kill(os.getpid(), signal.SIGTERM)
     return make_sequences(*args)
 
-  monkeypatch.setattr(data_lib, "make_sequences", preempted)
+  monkeypatch.setattr(sequences, "make_sequences", preempted)
   handler = signal.getsignal(signal.SIGTERM)
   assert train.main(train_args(root, tmp_path / "run")) == 130
   err = capsys.readouterr().err
@@ -239,17 +240,17 @@ def test_nan_in_a_batch_names_subject_and_session(dataset, reference, tmp_path, 
                                                   monkeypatch):
   workdir = tmp_path / "run"
   shutil.copytree(reference, workdir)
-  make_sequences = data_lib.make_sequences
+  make_sequences = sequences.make_sequences
 
-  def poisoned(subjects, protocol, split):
-    seqs = make_sequences(subjects, protocol, split)
+  def poisoned(subjects, protocol, split, *args):
+    seqs = make_sequences(subjects, protocol, split, *args)
     if split != "train":
       return seqs
     images = seqs.images.copy()
     images[1, 3, 16, 16, 0] = np.nan  # sequence 1 = sub-02; time point 3 = 9 months
     return dataclasses.replace(seqs, images=images)
 
-  monkeypatch.setattr(data_lib, "make_sequences", poisoned)
+  monkeypatch.setattr(sequences, "make_sequences", poisoned)
   assert train.main(train_args(dataset, workdir, EPOCHS + 2)) == 2  # resumes, step 7 is NaN
   err = capsys.readouterr().err
   assert_one_error_line(err, "sub-02 ses-09mo", "loss became nan at step 7")
@@ -301,23 +302,23 @@ def _missing_modality(root):
   return t2(root)
 
 
-def _modality_shape(root):
-  td.write(t2(root), np.ones((8, 9, 5), np.float32))
-  return t2(root)
-
-
-def _modality_affine(root):
+def _modality_elsewhere(root):
   shifted = td.AFFINE.copy()
-  shifted[0, 3] += 3.0
+  shifted[0, 3] += 300.0
   td.write(t2(root), td.canonical_image(1), affine=shifted)
   return t2(root)
 
 
-def _session_grid(root):
-  for path in (td._t1(root, "12mo"), t2(root, "12mo")):
-    td.write(path, np.ones((9, 9, 6), np.float32))
+def _labels_off_grid(root):
   td.write(td._dseg(root, "12mo"), np.zeros((9, 9, 6), np.uint8))
-  return td._t1(root, "12mo")
+  return td._dseg(root, "12mo")
+
+
+def _two_sessions_one_timepoint(root):
+  for mod in ("T1w", "T2w"):
+    td.write(td._t1(root, "07mo").with_name(f"sub-01_ses-07mo_{mod}.nii.gz"),
+             td.canonical_image(5))
+  return root / "sub-01"
 
 
 def _bad_voxel(value):
@@ -368,9 +369,9 @@ def _huge_header(root):
 BAD_INPUTS = {
     "no subjects": (_no_subjects, "no subjects found"),
     "session missing a modality": (_missing_modality, "missing"),
-    "modality shape mismatch": (_modality_shape, "share one grid"),
-    "modality affine mismatch": (_modality_affine, "share one grid"),
-    "grid mismatch across sessions": (_session_grid, "resample"),
+    "modality outside the first one's view": (_modality_elsewhere, "does not overlap"),
+    "labels off their image's grid": (_labels_off_grid, "must lie on their session's image"),
+    "two sessions at one time point": (_two_sessions_one_timepoint, "both fit time point 3"),
     "NaN voxels": (_bad_voxel(np.nan), "NaN or Inf"),
     "Inf voxels": (_bad_voxel(np.inf), "NaN or Inf"),
     "labels above c-1": (_bad_label(4, np.uint8), "outside 0..3"),

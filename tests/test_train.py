@@ -35,6 +35,18 @@ def trained(dataset, tmp_path_factory):
   return workdir
 
 
+@pytest.mark.parametrize("begin", [0, 1, 3])
+def test_learning_rate_decays_from_the_epoch_after_begin(begin):
+  """Paper Sec. 3: "decays after 20 epochs with factor 0.97": epoch 21 is the first decayed."""
+  from fcslstm_jax import train_lib
+  config = Config(learning_rate=1.0, lr_decay_rate=0.5, lr_decay_begin_epoch=begin)
+  schedule = train_lib.lr_schedule(config, steps_per_epoch=4)
+  for epoch in range(1, 7):  # 1-based
+    expected = 0.5 ** max(0, epoch - begin)
+    for step in range(4 * (epoch - 1), 4 * epoch):
+      assert float(schedule(step)) == pytest.approx(expected), (epoch, step)
+
+
 def final_state(workdir):
   with open(os.path.join(workdir, "run.json")) as f:
     config = Config.from_json(json.load(f)["config"])

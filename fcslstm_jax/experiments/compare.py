@@ -30,6 +30,8 @@ from fcslstm_jax import bric
 from fcslstm_jax import data as data_lib
 from fcslstm_jax import figures
 from fcslstm_jax import metrics as metrics_lib
+from fcslstm_jax import protocol as protocol_lib
+from fcslstm_jax import sequences
 from fcslstm_jax import train_lib
 from fcslstm_jax.config import get_config
 from fcslstm_jax.model import MODELS, count_params
@@ -40,21 +42,22 @@ QUICK_DATA = bric.TINY
 
 
 def labeled_sequences(subjects, protocol):
-  """The protocol's labeled slices with the labels of every time point (for consistency)."""
-  full = data_lib.make_sequences(subjects, protocol, "all")
-  chosen = {(s.subject_id, z) for s in subjects for z in data_lib.select_slices(s, protocol)}
+  """The training slices with the labels of every time point (for temporal consistency)."""
+  train = sequences.make_sequences(subjects, protocol, "train")
+  full = sequences.make_sequences(subjects, protocol, "all")
+  chosen = set(zip(train.subject_ids, train.slice_index.tolist()))
   keep = np.array([(sid, int(z)) in chosen for sid, z in zip(full.subject_ids, full.slice_index)])
   take = lambda v: (v if v is None else v[keep] if isinstance(v, np.ndarray)
                     else tuple(np.asarray(v)[keep]))
-  return data_lib.SliceSet(**{f: take(v) for f, v in vars(full).items()})
+  return sequences.SliceSet(**{f: take(v) for f, v in vars(full).items()})
 
 
 def run_one(model, seed, config, subjects, protocol, runs_dir, log):
   config = config.replace(model=model, seed=seed)
-  train_set = data_lib.make_sequences(subjects, protocol, "train")
-  test_set = data_lib.make_sequences(subjects, protocol, "test")
+  train_set = sequences.make_sequences(subjects, protocol, "train")
+  test_set = sequences.make_sequences(subjects, protocol, "test")
   workdir = os.path.join(runs_dir, protocol.name, f"{model}-seed{seed}")
-  info = {"config": config.to_json(), "dataset": "compare", "protocol": protocol.name}
+  info = {"config": config.to_json(), "dataset": "compare", "protocol": protocol.to_json()}
   t0 = time.time()
   result = train_lib.train_and_evaluate(config, train_set, test_set, workdir,
                                         protocol.class_names, info, log=log)
@@ -169,8 +172,8 @@ def main(argv=None):
   seeds = 1 if args.quick else args.seeds
   if args.quick:
     root = bric.ensure_dataset(seed=0, config=QUICK_DATA)
-    protocol = data_lib.protocol_lib.get_protocol(args.dataset)
-    subjects = data_lib.load_dataset(root, protocol.modalities, protocol.num_classes)
+    protocol = protocol_lib.builtin(args.dataset)
+    subjects = data_lib.load_dataset(root, protocol)
   else:
     subjects, protocol = data_lib.load_builtin(args.dataset)
   os.makedirs(args.out, exist_ok=True)

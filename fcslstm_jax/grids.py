@@ -1,0 +1,203 @@
+"""Voxel grids, resampling between them, and optional rigid registration.
+
+A :class:`Grid` is a 3D voxel grid in canonical (RAS) axis order: ``shape (X, Y, Z)`` and a
+``[4, 4]`` voxel-to-world (mm) affine. Real longitudinal studies put each session on its own
+grid (field of view, shape, voxel size, head position) and each subject on its own voxel
+size. The model needs one grid per subject (all time points of a sequence must be the same
+voxels) and one in-plane voxel size for all subjects (a convolution's receptive field is in
+voxels). So each subject gets a *working grid* (:func:`working_grid`): the reference
+session's orientation and slice spacing, the target in-plane spacing, and an extent that
+covers every session; each session is resampled onto it (:func:`resample`), images linearly,
+labels and label masks by nearest neighbour. Predictions go back to each session's own grid
+the same way, through the inverse map.
+
+Why only the in-plane spacing is changed: the model segments axial slices; the slice
+spacing does not enter it, and resampling along z would move, merge or drop the single
+labeled slices of sparsely labeled volumes (nnU-Net's 2D configuration likewise resamples
+in-plane).
+
+Resampling is ``scipy.ndimage.affine_transform``; where a session already lies on the
+working grid nothing is interpolated (the arrays are copied), so such data are used exactly
+as stored. Rigid registration (``register="rigid"``) uses dipy's mutual-information affine
+registration (translation, then rigid, multi-resolution); see README "Your own study".
+"""
+
+import dataclasses
+
+import numpy as np
+from scipy import ndimage
+
+# Grids (affines, in mm) closer than this are the same grid.
+AFFINE_ATOL = 1e-3
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Grid:
+  """``shape`` (X, Y, Z) and voxel-to-world ``affine`` ``[4, 4]`` of a canonical (RAS) grid."""
+  shape: tuple
+  affine: np.ndarray
+
+  @property
+  def spacing(self) -> np.ndarray:
+    """Voxel size in mm along X, Y, Z (the affine's column norms)."""
+    return np.linalg.norm(np.asarray(self.affine)[:3, :3], axis=0)
+
+  def same_as(self, other: "Grid", atol: float = AFFINE_ATOL) -> bool:
+    return (tuple(self.shape) == tuple(other.shape)
+            and np.allclose(self.affine, other.affine, atol=atol))
+
+  def to_json(self) -> dict:
+    return {"shape": [int(s) for s in self.shape],
+            "affine": np.asarray(self.affine).round(6).tolist()}
+
+
+def in_plane_spacing(grid: Grid) -> tuple:
+  return tuple(float(s) for s in grid.spacing[:2])
+
+
+def parse_spacing(text):
+  """``--spacing``: ``"median"`` (None), ``"native"``, ``"1.2"`` or ``"1.2,1.0"`` (mm, x, y)."""
+  if text is None or text == "median":
+    return None
+  if text == "native":
+    return "native"
+  try:
+    values = tuple(float(v) for v in str(text).split(","))
+  except ValueError:
+    values = ()
+  if len(values) == 1:
+    values = values * 2
+  if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
+    raise ValueError(f"spacing must be 'median', 'native', one positive number or two "
+                     f"separated by a comma (mm in x, y), got {text!r}")
+  return values
+
+
+def median_spacing(grids) -> tuple:
+  """Median in-plane spacing of ``grids`` (nnU-Net's default target spacing), rounded to
+  1e-5 mm (headers store float32 voxel sizes)."""
+  return tuple(round(float(v), 5) for v in np.median([in_plane_spacing(g) for g in grids],
+                                                     axis=0))
+
+
+def _corners(shape):
+  """The 8 outer corners of a grid, in voxel coordinates (voxel centers at integers)."""
+  lo, hi = -0.5, np.asarray(shape, np.float64) - 0.5
+  return np.array([[x, y, z] for x in (lo, hi[0]) for y in (lo, hi[1]) for z in (lo, hi[2])])
+
+
+def _apply(matrix, points):
+  return points @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def working_grid(reference: Grid, spacing_xy, others=(), to_reference=()) -> Grid:
+  """The grid a subject is processed on (see the module docstring).
+
+  Args:
+    reference: the reference session's canonical grid (orientation and slice spacing).
+    spacing_xy: target in-plane spacing (mm) or None to keep the reference's.
+    others: every session's grid, whose fields of view the working grid must cover.
+    to_reference: for each of ``others``, the ``[4, 4]`` world-to-world map from that
+      session's world to the reference's (registration; identity when empty).
+
+  Returns:
+    A :class:`Grid` with the reference's axes, ``spacing_xy`` in-plane and an extent that
+    covers the union of the sessions' fields of view. It is ``reference`` itself when the
+    spacing is unchanged and every session lies inside it.
+  """
+  affine = np.array(reference.affine, np.float64)
+  scale = np.ones(3)
+  if spacing_xy is not None:
+    scale[:2] = np.asarray(spacing_xy, np.float64) / reference.spacing[:2]
+  scaled = affine.copy()
+  scaled[:3, :3] = affine[:3, :3] * scale
+  # Keep the reference's outer corner: voxel -0.5 stays where it was.
+  scaled[:3, 3] = affine[:3, 3] + affine[:3, :3] @ (-0.5 + 0.5 * scale)
+  to_voxel = np.linalg.inv(scaled)
+  points = [_apply(np.eye(4), _corners(np.asarray(reference.shape) / scale))]
+  transforms = list(to_reference) or [np.eye(4)] * len(others)
+  for grid, world in zip(others, transforms):
+    corners = _apply(np.asarray(world) @ np.asarray(grid.affine), _corners(grid.shape))
+    points.append(_apply(to_voxel, corners))
+  points = np.concatenate(points)
+  # Voxel centers whose voxel overlaps the union (a small tolerance against rounding).
+  lo = np.floor(points.min(axis=0) + 0.5 + 1e-6).astype(int)
+  hi = np.ceil(points.max(axis=0) - 0.5 - 1e-6).astype(int)
+  shape = tuple(int(v) for v in hi - lo + 1)
+  out = scaled.copy()
+  out[:3, 3] = _apply(scaled, lo[None].astype(np.float64))[0]
+  grid = Grid(shape=shape, affine=out)
+  return reference if grid.same_as(reference) else grid
+
+
+def voxel_map(src: Grid, dst: Grid, world=None) -> np.ndarray:
+  """``[4, 4]`` map from ``dst`` voxel coordinates to ``src`` voxel coordinates.
+
+  ``world``: ``[4, 4]`` map from ``dst``'s world to ``src``'s world (registration), or None.
+  """
+  world = np.eye(4) if world is None else np.asarray(world, np.float64)
+  return np.linalg.inv(np.asarray(src.affine, np.float64)) @ world @ np.asarray(dst.affine)
+
+
+def is_identity(src: Grid, dst: Grid, world=None) -> bool:
+  """True where resampling ``src`` onto ``dst`` would copy voxels one to one."""
+  return tuple(src.shape) == tuple(dst.shape) and np.allclose(
+      voxel_map(src, dst, world), np.eye(4), atol=1e-6)
+
+
+def resample(volume, src: Grid, dst: Grid, order: int, world=None, cval=0.0) -> np.ndarray:
+  """``volume`` (``[X, Y, Z]`` or ``[X, Y, Z, C]`` on ``src``) on ``dst``.
+
+  ``order``: 1 (linear) for images and probabilities, 0 (nearest) for labels and masks.
+  Voxels of ``dst`` whose centers lie outside ``src``'s voxels get ``cval``. Exact copy where
+  the grids coincide.
+  """
+  volume = np.asarray(volume)
+  if is_identity(src, dst, world):
+    return volume.copy()
+  m = voxel_map(src, dst, world)
+  if volume.ndim == 4:
+    return np.stack([resample(volume[..., c], src, dst, order, world, cval)
+                     for c in range(volume.shape[-1])], axis=-1)
+  # "grid-constant": a voxel covers +-0.5 around its center, so a point within half a voxel
+  # of the edge still takes the edge voxel (and rounding at exact edges cannot drop it).
+  return ndimage.affine_transform(volume, m[:3, :3], offset=m[:3, 3],
+                                  output_shape=tuple(dst.shape), order=order,
+                                  mode="grid-constant", cval=cval, prefilter=False)
+
+
+# -------------------------------------------------------------------------- registration
+
+REGISTRATIONS = ("none", "rigid")
+
+
+def register_rigid(static, static_grid: Grid, moving, moving_grid: Grid,
+                   level_iters=(100, 30, 10)) -> np.ndarray:
+  """Rigid transform that aligns ``moving`` to ``static`` (mutual information, dipy).
+
+  Args:
+    static, moving: ``[X, Y, Z]`` images on their grids (any contrast: MI copes with the
+      changing infant contrast).
+
+  Returns:
+    ``[4, 4]`` map from ``static``'s world to ``moving``'s world: a point of the reference
+    head lies at ``map @ point`` in the session. Pass it as ``world`` to :func:`resample`.
+  """
+  from dipy.align.imaffine import AffineRegistration, MutualInformationMetric
+  from dipy.align.imaffine import transform_centers_of_mass
+  from dipy.align.transforms import RigidTransform3D, TranslationTransform3D
+
+  static = np.asarray(static, np.float64)
+  moving = np.asarray(moving, np.float64)
+  s_aff, m_aff = np.asarray(static_grid.affine), np.asarray(moving_grid.affine)
+  start = transform_centers_of_mass(static, s_aff, moving, m_aff)
+  levels = list(level_iters)
+  reg = AffineRegistration(metric=MutualInformationMetric(nbins=32, sampling_proportion=None),
+                           level_iters=levels, sigmas=[2.0, 1.0, 0.0][-len(levels):],
+                           factors=[4, 2, 1][-len(levels):], verbosity=0)
+  grid2world = dict(static_grid2world=s_aff, moving_grid2world=m_aff)
+  shift = reg.optimize(static, moving, TranslationTransform3D(), None, **grid2world,
+                       starting_affine=start.affine)
+  rigid = reg.optimize(static, moving, RigidTransform3D(), None, **grid2world,
+                       starting_affine=shift.affine)
+  return np.asarray(rigid.affine, np.float64)

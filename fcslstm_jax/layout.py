@@ -1,0 +1,150 @@
+"""The dataset layout on disk (BIDS-like): which files a study has, without reading voxels.
+
+::
+
+  DIR/protocol.json                                                   (optional)
+  DIR/sub-<id>/ses-<label>/anat/sub-<id>_ses-<label>_T1w.nii[.gz]     (and _T2w, ...)
+  DIR/sub-<id>/sub-<id>_sessions.tsv                                  (optional: age column)
+  DIR/derivatives/<any>/sub-<id>/ses-<label>/anat/*_dseg.nii[.gz]     (optional labels)
+
+Sessions are ordered by age: the ``age`` column of ``sub-<id>_sessions.tsv`` when present,
+else the number in the session label (``ses-06mo`` -> 6).
+"""
+
+import csv
+import dataclasses
+import pathlib
+import re
+from typing import Optional
+
+from fcslstm_jax import nifti_io
+from fcslstm_jax.errors import DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionFiles:
+  """One session's files. ``images``: modality -> path; ``dseg``: label file or None."""
+  label: str
+  age: float
+  images: dict
+  dseg: Optional[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class SubjectFiles:
+  """A subject's folder and its sessions, youngest first."""
+  subject_id: str
+  path: str
+  sessions: tuple
+
+  @property
+  def labeled(self) -> bool:
+    return any(s.dseg for s in self.sessions)
+
+
+def _number_in(label):
+  match = re.search(r"\d+(?:\.\d+)?", label)
+  return float(match.group()) if match else None
+
+
+def read_session_ages(tsv_path):
+  """``{session label: age}`` from a BIDS ``sub-<id>_sessions.tsv`` ({} without an age column)."""
+  ages = {}
+  try:
+    with open(tsv_path, newline="") as f:
+      rows = list(csv.DictReader(f, delimiter="\t"))
+  except (OSError, UnicodeDecodeError, csv.Error) as e:
+    raise DataError(f"{tsv_path}: cannot be read as a tab-separated table ({e}).") from None
+  for row in rows:
+    session_id, age = row.get("session_id"), row.get("age")
+    if not session_id or age is None or age.strip() in ("", "n/a"):
+      continue
+    try:
+      ages[session_id.strip().removeprefix("ses-")] = float(age)
+    except ValueError:
+      raise DataError(f"{tsv_path}: age {age!r} of {session_id} is not a number. "
+                      "Write ages as numbers (e.g. months) or 'n/a'.") from None
+  return ages
+
+
+def _session_age(subject_dir, label, tsv_ages):
+  if label in tsv_ages:
+    return tsv_ages[label]
+  age = _number_in(label)
+  if age is None:
+    raise DataError(
+        f"{subject_dir / ('ses-' + label)}: cannot tell the session's age. Add an 'age' column "
+        f"to {subject_dir.name}_sessions.tsv or put the age in the label (e.g. ses-06mo).")
+  return age
+
+
+def _find_one(candidates, what, expected):
+  candidates = sorted(c for c in candidates if nifti_io.is_nifti_path(c))
+  if len(candidates) > 1:
+    names = ", ".join(str(c) for c in candidates)
+    raise DataError(f"{expected}: several {what} files match ({names}). Keep only one.")
+  return str(candidates[0]) if candidates else None
+
+
+def find_modality(subject_dir, label, modality):
+  """The session's ``anat/sub-<id>_ses-<label>[_<entities>]_<modality>.nii[.gz]``."""
+  anat = subject_dir / f"ses-{label}" / "anat"
+  stem = f"{subject_dir.name}_ses-{label}"
+  expected = anat / f"{stem}_{modality}.nii.gz"
+  found = _find_one(anat.glob(f"{stem}*_{modality}.nii*"), modality, expected)
+  if found is None:
+    raise DataError(f"{expected}: missing (session has no {modality} image). Add it as .nii or "
+                    f".nii.gz, remove the session, or choose other modalities.")
+  return found
+
+
+def find_dseg(root, subject_id, label, labels_root=None):
+  """The session's ``*_dseg.nii[.gz]``, or None.
+
+  ``labels_root``: a folder laid out as ``sub-<id>/ses-<label>/anat/*_dseg.nii*`` (e.g. one
+  pipeline's derivatives) to take labels from instead of ``root/derivatives/*/``.
+  """
+  rel = pathlib.Path(f"sub-{subject_id}") / f"ses-{label}" / "anat"
+  if labels_root is not None:
+    labels_root = pathlib.Path(labels_root)
+    return _find_one((labels_root / rel).glob("*_dseg.nii*"), "dseg", labels_root / rel)
+  candidates = [p for d in sorted((root / "derivatives").glob("*"))
+                for p in (d / rel).glob("*_dseg.nii*")]
+  return _find_one(candidates, "dseg", root / "derivatives" / "*" / rel)
+
+
+def scan_subject(root, subject_dir, modalities, labels_root=None) -> SubjectFiles:
+  """The files of ``root/sub-<id>``, sessions in age order (see the module docstring)."""
+  root, subject_dir = pathlib.Path(root), pathlib.Path(subject_dir)
+  labels = sorted(d.name.removeprefix("ses-") for d in subject_dir.glob("ses-*") if d.is_dir())
+  if not labels:
+    raise DataError(f"{subject_dir}: no ses-<label> folders. Longitudinal data needs "
+                    f"{subject_dir}/ses-<label>/anat/{subject_dir.name}_ses-<label>_T1w.nii.gz.")
+  tsv = subject_dir / f"{subject_dir.name}_sessions.tsv"
+  tsv_ages = read_session_ages(tsv) if tsv.is_file() else {}
+  subject_id = subject_dir.name.removeprefix("sub-")
+  sessions = []
+  for label in labels:
+    images = {m: find_modality(subject_dir, label, m) for m in modalities}
+    sessions.append(SessionFiles(label=label, age=_session_age(subject_dir, label, tsv_ages),
+                                 images=images,
+                                 dseg=find_dseg(root, subject_id, label, labels_root)))
+  sessions.sort(key=lambda s: (s.age, s.label))
+  return SubjectFiles(subject_id=subject_id, path=str(subject_dir), sessions=tuple(sessions))
+
+
+def subject_dirs(root):
+  """The ``sub-*`` folders of a dataset, sorted; errors name the folder."""
+  root = pathlib.Path(root)
+  if not root.is_dir():
+    raise DataError(f"{root}: dataset folder not found. Pass the folder that holds sub-<id>/.")
+  dirs = sorted(d for d in root.glob("sub-*") if d.is_dir())
+  if not dirs:
+    raise DataError(f"{root}: no subjects found (no sub-<id>/ folders). Expected "
+                    f"{root}/sub-<id>/ses-<label>/anat/sub-<id>_ses-<label>_T1w.nii.gz.")
+  return dirs
+
+
+def scan(root, modalities=("T1w", "T2w"), labels_root=None) -> list:
+  """Every subject's :class:`SubjectFiles`, sorted by id."""
+  return [scan_subject(root, d, tuple(modalities), labels_root) for d in subject_dirs(root)]
