@@ -82,7 +82,11 @@ class BackEnd(nn.Module):
   def forward(self, feats):
     y = F.max_pool2d(feats[-1], 2)
     for j, k in enumerate(reversed(range(len(feats)))):
-      y = self.deconvs[j](y) + self.fuses[k](feats[k])
+      # Reflect-padded borders, cropped after (fcslstm_jax.model.upsample_reflect); torch's
+      # reflect needs 2+ cells, and for one cell reflect and replicate agree.
+      mode = "reflect" if min(y.shape[-2:]) > 1 else "replicate"
+      y = self.deconvs[j](F.pad(y, (1, 1, 1, 1), mode=mode))[..., 2:-2, 2:-2]
+      y = y + self.fuses[k](feats[k])
     return y
 
 

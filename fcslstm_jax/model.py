@@ -10,7 +10,8 @@ layers (Sec. 2.1 observations 2 and the channel shrinking by 4). Table 1 of the 
 survive in our copy of the text; these numbers follow its description of VGG-16 / 4.
 
 Back-end: deconv6..deconv10, each one 4x4 stride-2 transposed convolution with ``c`` output
-channels (observation 1: one convolution, ``c`` channels), and the highest fuse level
+channels (observation 1: one convolution, ``c`` channels; borders reflect-padded, see
+:func:`upsample_reflect`), and the highest fuse level
 (observation 3): a 1x1, ``c``-channel projection ``fuse1..fuse5`` of every front-end stage is
 added at that stage's resolution. Softmax is left to the loss.
 
@@ -94,11 +95,29 @@ class BackEnd(nn.Module):
     c = self.num_classes
     y = max_pool(feats[-1])
     for j, k in enumerate(reversed(range(len(feats)))):
-      y = nn.ConvTranspose(c, (4, 4), strides=(2, 2), padding="SAME", kernel_init=psi.kaiming,
-                           dtype=self.dtype, name=f"deconv{6 + j}")(y)
+      deconv = nn.ConvTranspose(c, (4, 4), strides=(2, 2), padding="SAME",
+                                kernel_init=psi.kaiming, dtype=self.dtype, name=f"deconv{6 + j}")
+      y = upsample_reflect(deconv, y)
       y = y + nn.Conv(c, (1, 1), kernel_init=psi.kaiming, dtype=self.dtype,
                       name=f"fuse{k + 1}")(feats[k])
     return y
+
+
+def upsample_reflect(deconv, y):
+  """``deconv`` (4x4, stride 2, 'SAME') of ``y [N, h, w, C]`` -> ``[N, 2h, 2w, c]``, with the
+  border treated like the interior.
+
+  Each output of a 4x4 stride-2 transposed convolution sums two neighbouring inputs; at the
+  first and last row and column one of them lies outside, and 'SAME' takes it as zero, so
+  the border outputs miss a term that every interior output has. On an empty (all-zero)
+  slice, where the deep features are constant, that alone made a trained Bi-FCSLSTM
+  predict tissue along one image edge (README, "Your own study"). Reflect-padding the input
+  by one cell and cropping the output gives the border the neighbour an interior output
+  would see (exactly so for constant and period-2 inputs); interior outputs are unchanged
+  and so are the parameters. The paper's torch FCN used zero padding; we differ here.
+  """
+  y = jnp.pad(y, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+  return deconv(y)[:, 2:-2, 2:-2]
 
 
 def _stage_cls(remat: str):

@@ -3,6 +3,7 @@
 import functools
 
 import chex
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -244,7 +245,10 @@ def test_finite_difference_gradients_float64():
         p.astype(jnp.float64) + (0.1 * jax.random.normal(k, p.shape, jnp.float64)
                                  if p.ndim == 1 else 0.0) for p, k in zip(leaves, keys)])
     loss = jax.jit(lambda p: jnp.mean(jnp.sin(model.apply({"params": p}, x))))
-    jax.test_util.check_grads(loss, (params,), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
+    # A small step: with 1e-4 (the default) along a random direction of every parameter at
+    # once, a ReLU or max-pool close to its kink can switch within the step.
+    jax.test_util.check_grads(loss, (params,), order=1, modes=["rev"], atol=1e-5, rtol=1e-5,
+                              eps=1e-6)
 
 
 @pytest.mark.parametrize("name", M.MODELS)
@@ -262,3 +266,25 @@ def test_fcn_parameter_count_is_concise():
   counts = M.summary(num_classes=4, in_channels=2)
   assert 0.9e6 <= counts["fcn"] <= 1.6e6, counts
   assert counts["fcn"] < counts["fcslstm"] < counts["bi-fcslstm"]
+
+
+@pytest.mark.parametrize("pattern", ["constant", "period 2"])
+def test_upsampling_treats_the_border_like_the_interior(pattern):
+  """A 4x4 stride-2 transposed convolution sums two neighbouring inputs per output. With
+  'SAME' zero padding the first and last outputs miss one (a trained model then drew tissue
+  along an image edge of empty slices); reflect padding gives them the interior's input, so
+  a constant or period-2 input yields an output periodic up to the very border."""
+  deconv = flax.linen.ConvTranspose(3, (4, 4), strides=(2, 2), padding="SAME")
+  y = jnp.ones((1, 6, 6, 2)) if pattern == "constant" else jnp.tile(
+      jnp.array([[1.0, -2.0], [0.5, 3.0]])[None, :, :, None], (1, 3, 3, 2))
+  params = deconv.init(jax.random.PRNGKey(0), y)
+  reflect = M.upsample_reflect(functools.partial(deconv.apply, params), y)
+  zeros = deconv.apply(params, y)
+  chex.assert_shape(reflect, (1, 12, 12, 3))
+  period = 2 if pattern == "constant" else 4
+  for out, periodic in ((reflect, True), (zeros, False)):
+    same = jnp.allclose(out[:, :period], out[:, period:2 * period], atol=1e-6) and jnp.allclose(
+        out[:, :, -period:], out[:, :, -2 * period:-period], atol=1e-6)
+    assert bool(same) == periodic
+  # Away from the border the two agree: only the border outputs change.
+  np.testing.assert_allclose(reflect[:, 1:-1, 1:-1], zeros[:, 1:-1, 1:-1], atol=1e-6)
