@@ -11,21 +11,27 @@ Rerunning the same command resumes from the last checkpoint in --workdir.
 import argparse
 import builtins
 import contextlib
-import json
 import os
 import signal
 import sys
 import threading
-import time
+
+
+# Config fields with a flag of their own (the rest: --set NAME=VALUE); help, choices and
+# ranges come from fcslstm_jax.config.
+SHORTCUTS = ("model", "epochs", "batch_size", "seed", "remat", "precision", "chunk_pixels")
 
 
 def parse_args(argv=None):
-  from fcslstm_jax.config import CONFIGS
-  from fcslstm_jax.model import MODELS
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  import dataclasses
+  from fcslstm_jax import config as config_lib
+  p = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog="config fields (--set NAME=VALUE, repeatable; defaults of --config paper):\n"
+      + config_lib.describe_fields())
   src = p.add_mutually_exclusive_group()
   src.add_argument("--dataset", choices=("bric", "ibis"), help="built-in dataset and protocol")
-  src.add_argument("--data-dir", help="BIDS-like folder (see README: data layout)")
+  src.add_argument("--data-dir", help="BIDS-like folder (see README: Your own study)")
   p.add_argument("--protocol", help="for --data-dir: a protocol JSON file or a shipped name "
                  "(bric, ibis); default: DATA_DIR/protocol.json if present, else bric")
   p.add_argument("--spacing", default="median",
@@ -35,18 +41,16 @@ def parse_args(argv=None):
                  help="session whose grid each subject's sessions are resampled onto")
   p.add_argument("--register", default="none", choices=("none", "rigid"),
                  help="rigid registration of each session to the reference session")
-  p.add_argument("--config", default="quick", choices=sorted(CONFIGS))
-  p.add_argument("--model", choices=MODELS, help="default: bi-fcslstm")
-  p.add_argument("--epochs", type=int)
-  p.add_argument("--batch-size", type=int)
-  p.add_argument("--seed", type=int)
-  p.add_argument("--remat", choices=("none", "stages", "full"))
-  p.add_argument("--chunk-pixels", type=int,
-                 help="pixels per call of FCSLSTM's Ψx stages (speed only; default: 8192 on one "
-                 "CPU device without remat, else all at once; 0: all at once)")
-  p.add_argument("--precision", choices=("float32", "bfloat16", "bf16"),
-                 help="bfloat16 (alias bf16): convolutions in bfloat16; parameters, optimizer "
-                 "state, LSTM cell state and loss stay float32")
+  p.add_argument("--config", default="quick", choices=sorted(config_lib.CONFIGS),
+                 help="preset the fields start from (config.py)")
+  fields = {f.name: f for f in dataclasses.fields(config_lib.Config)}
+  for name in SHORTCUTS:
+    meta = fields[name].metadata
+    choices = f" {{{', '.join(meta['choices'])}}}" if meta.get("choices") else ""
+    p.add_argument("--" + name.replace("_", "-"), dest=name, metavar=name.upper(),
+                   help=f"{meta['help']}{choices} (= --set {name}=...)")
+  p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                 help="any config field (listed below)")
   p.add_argument("--mesh", default="auto",
                  help="devices of the data-parallel mesh: 'auto' (all) or a number")
   p.add_argument("--coordinator-address", help="multi-process: process 0's host:port")
@@ -56,7 +60,7 @@ def parse_args(argv=None):
   p.add_argument("--data-seed", type=int, default=0, help="seed of the built-in dataset")
   p.add_argument("--debug", action="store_true", help="show tracebacks")
   args = p.parse_args(argv)
-  if args.precision == "bf16":
+  if args.precision == "bf16":  # alias
     args.precision = "bfloat16"
   if args.mesh != "auto" and not args.mesh.isdigit():
     p.error(f"--mesh must be 'auto' or a number of devices, got {args.mesh!r}")
@@ -104,23 +108,26 @@ def sigterm_as_interrupt():
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  from fcslstm_jax.errors import user_message
+  from fcslstm_jax.errors import run_cli
   try:
     with sigterm_as_interrupt():
-      return run(args)
+      return run_cli(lambda: run(args), args.debug, "Free disk space or choose a writable "
+                     "--workdir, then rerun the same command.")
   except KeyboardInterrupt:
     if args.debug:
       raise
     print("interrupted outside a training step: checkpoints already written are kept. Rerun "
           "the same command to resume.", file=sys.stderr)
     return 130
-  except Exception as e:  # one clear line for the user's mistakes; tracebacks for ours
-    message = None if args.debug else user_message(
-        e, "Free disk space or choose a writable --workdir, then rerun the same command.")
-    if message is None:
-      raise
-    print(f"error: {message}", file=sys.stderr)
-    return 2
+
+
+def make_config(args):
+  """The --config preset with the shortcut flags and every --set applied, each value checked."""
+  from fcslstm_jax import config as config_lib
+  texts = [f"{name}={getattr(args, name)}" for name in SHORTCUTS
+           if getattr(args, name) is not None] + args.overrides
+  overrides = dict(config_lib.parse_override(t) for t in texts)
+  return config_lib.get_config(args.config).replace(**overrides)
 
 
 def load_study(args):
@@ -142,18 +149,16 @@ def load_study(args):
 def run(args) -> int:
   import jax
   from tqdm import tqdm
+  from fcslstm_jax import files
   from fcslstm_jax import parallel
   from fcslstm_jax import sequences
   from fcslstm_jax import train_lib
-  from fcslstm_jax.config import get_config
 
   parallel.initialize(args.coordinator_address, args.num_processes, args.process_id)
   mesh = parallel.make_mesh(None if args.mesh == "auto" else int(args.mesh))
   main = parallel.is_main_process()
   print = builtins.print if main else (lambda *a, **k: None)  # logs on process 0 only
-  config = get_config(args.config, model=args.model, epochs=args.epochs, remat=args.remat,
-                      batch_size=args.batch_size, seed=args.seed, precision=args.precision,
-                      chunk_pixels=args.chunk_pixels)
+  config = make_config(args)
   name = args.dataset or os.path.basename(os.path.normpath(args.data_dir))
   workdir = args.workdir or os.path.join("runs", f"{name}-{config.model}-{args.config}")
   if args.data_dir:
@@ -189,10 +194,7 @@ def run(args) -> int:
     return 0
   summary = {"train": result.train, "test": result.test, "seconds": result.seconds,
              "step": int(result.state.step), "model": config.model, "config": args.config}
-  tmp = os.path.join(workdir, "results.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(summary, f, indent=2)
-  os.replace(tmp, os.path.join(workdir, "results.json"))
+  files.write_json(os.path.join(workdir, "results.json"), summary)
   print(f"\n{config.model} on {protocol.name} (test = time point(s) "
         f"{[t + 1 for t in protocol.test_timepoints]}), step {int(result.state.step)}, "
         f"{result.seconds / 60:.1f} min")

@@ -18,36 +18,72 @@ two idle CPU cores (30 epochs, decay from epoch 10; measured 6.2 min, test mPA 0
 """
 
 import dataclasses
+import json
+import typing
 
 from fcslstm_jax.errors import ConfigError
+
+MODELS = ("fcn", "fcslstm", "bi-fcslstm")
+REMAT_POLICIES = ("none", "stages", "full")
+PRECISIONS = ("float32", "bfloat16")
+VGG16_QUARTER = ((16, 2), (32, 2), (64, 3), (128, 3), (128, 3))  # (channels, 3x3 convs)
+
+
+def _field(default, help, choices=None, minimum=None, maximum=None):
+  """A config field with what ``--help`` shows and what :meth:`Config.__post_init__` checks."""
+  return dataclasses.field(default=default, metadata=dict(
+      help=help, choices=choices, minimum=minimum, maximum=maximum))
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Everything a run depends on. Stored in ``workdir/run.json`` and checked on resume."""
-  model: str = "bi-fcslstm"          # fcn | fcslstm | bi-fcslstm
-  epochs: int = 200
-  batch_size: int = 2
-  learning_rate: float = 1e-3
-  rmsprop_decay: float = 0.95        # the paper's smoothing constant α
-  rmsprop_eps: float = 1e-8          # outside the square root, as torch's RMSprop
-  lr_decay_rate: float = 0.97        # per epoch ...
-  lr_decay_begin_epoch: int = 20     # ... after this many epochs
-  augment: bool = True
-  flip_prob: float = 0.5             # left-right and anterior-posterior flips, per sequence
-  intensity_scale: float = 0.1       # multiply each channel by U(1 - s, 1 + s)
-  stages: tuple = ((16, 2), (32, 2), (64, 3), (128, 3), (128, 3))  # VGG-16 / 4
-  remat: str = "none"                # none | stages | full, see model.py
-  unroll: int | None = None          # None: full unroll on CPU, while loop on accelerators
-  chunk_pixels: int | None = None    # Ψx pixels per call; None: see model.py "Chunking"
-  precision: str = "float32"         # float32 | bfloat16 (convolutions; params stay float32)
-  keep_checkpoints: int = 2
-  seed: int = 0
+  """Everything a run depends on. Stored in ``workdir/run.json`` and checked on resume.
+
+  Every field can be set from ``train.py`` with ``--set NAME=VALUE``; its help, choices and
+  range live here, in one place, and each value is checked when the config is made.
+  """
+  model: str = _field("bi-fcslstm", "network", choices=MODELS)
+  epochs: int = _field(200, "training epochs", minimum=1)
+  batch_size: int = _field(2, "sequences per step (global, over all devices)", minimum=1)
+  learning_rate: float = _field(1e-3, "initial RMSprop learning rate (paper: 1e-3)",
+                                minimum=0.0)
+  rmsprop_decay: float = _field(0.95, "RMSprop smoothing constant alpha (paper: 0.95)",
+                                minimum=0.0, maximum=1.0)
+  rmsprop_eps: float = _field(1e-8, "RMSprop epsilon, outside the square root as in torch",
+                              minimum=0.0)
+  lr_decay_rate: float = _field(0.97, "learning-rate factor per epoch after the decay begins",
+                                minimum=0.0, maximum=1.0)
+  lr_decay_begin_epoch: int = _field(20, "epochs at the initial rate before the decay "
+                                     "(paper: 20)", minimum=0)
+  augment: bool = _field(True, "random flips and intensity scaling")
+  flip_prob: float = _field(0.5, "probability of each in-plane flip, per sequence",
+                            minimum=0.0, maximum=1.0)
+  intensity_scale: float = _field(0.1, "multiply each channel by U(1 - s, 1 + s)",
+                                  minimum=0.0, maximum=1.0)
+  stages: tuple = _field(VGG16_QUARTER, "front-end stages as [[channels, convs], ...] "
+                         "(VGG-16 / 4)")
+  remat: str = _field("none", "rematerialization policy (model.py)", choices=REMAT_POLICIES)
+  unroll: typing.Optional[int] = _field(None, "time steps unrolled per loop iteration; null: "
+                                        "all on CPU, a while loop on accelerators", minimum=1)
+  chunk_pixels: typing.Optional[int] = _field(None, "pixels per call of the Psi_x stages "
+                                              "(speed only); null: model.py's default")
+  precision: str = _field("float32", "convolution dtype (parameters stay float32)",
+                          choices=PRECISIONS)
+  keep_checkpoints: int = _field(2, "latest checkpoints kept (besides the best)", minimum=1)
+  seed: int = _field(0, "parameter, data order and augmentation seed")
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      check_value(f, getattr(self, f.name))
+    if not self.stages or any(len(s) != 2 or min(s) < 1 for s in self.stages):
+      raise ConfigError(f"--set stages={json.dumps(self.stages)}: needs one or more "
+                        "[channels, convs] pairs of positive integers.")
 
   def replace(self, **changes) -> "Config":
     unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
     if unknown:
-      raise ConfigError(f"unknown config fields {sorted(unknown)}")
+      raise ConfigError(f"unknown config field(s) {sorted(unknown)}; known: "
+                        f"{', '.join(f.name for f in dataclasses.fields(self))}.")
     return dataclasses.replace(self, **changes)
 
   def to_json(self) -> dict:
@@ -56,10 +92,102 @@ class Config:
     return d
 
   @classmethod
-  def from_json(cls, d: dict) -> "Config":
+  def from_json(cls, d: dict, where="run.json") -> "Config":
+    """The config a run recorded; fields added since then take their defaults."""
+    if not isinstance(d, dict):
+      raise ConfigError(f"{where}: 'config' is not an object.")
     d = dict(d)
-    d["stages"] = tuple(tuple(s) for s in d["stages"])
-    return cls(**d)
+    if "stages" in d:
+      d["stages"] = _as_stages(d["stages"], where)
+    try:
+      return cls().replace(**d)
+    except ConfigError as e:
+      raise ConfigError(f"{where}: {e}") from None
+
+
+def _base_type(f):
+  """``int`` for ``int`` and ``Optional[int]``; the field's declared type otherwise."""
+  args = [a for a in typing.get_args(f.type) if a is not type(None)]
+  return args[0] if args else f.type
+
+
+def _optional(f):
+  return type(None) in typing.get_args(f.type)
+
+
+def _as_stages(value, where):
+  try:
+    return tuple(tuple(int(v) for v in s) for s in value)
+  except (TypeError, ValueError):
+    raise ConfigError(f"{where}: stages must be [[channels, convs], ...], got "
+                      f"{json.dumps(value)}.") from None
+
+
+def check_value(f, value):
+  """Raises one clear error unless ``value`` fits field ``f`` (type, choices, range)."""
+  kind, meta = _base_type(f), f.metadata
+  flag = f"--set {f.name}={json.dumps(value) if not isinstance(value, str) else value}"
+  if value is None:
+    if not _optional(f):
+      raise ConfigError(f"{flag}: {f.name} cannot be null.")
+    return
+  ok = (isinstance(value, bool) if kind is bool else
+        isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+        isinstance(value, int) and not isinstance(value, bool) if kind is int else
+        isinstance(value, kind))
+  if not ok:
+    raise ConfigError(f"{flag}: {f.name} must be {kind.__name__}"
+                      + (" or null" if _optional(f) else "") + ".")
+  if meta.get("choices") and value not in meta["choices"]:
+    raise ConfigError(f"{flag}: choose one of {', '.join(meta['choices'])}.")
+  if meta.get("minimum") is not None and value < meta["minimum"]:
+    raise ConfigError(f"{flag}: {f.name} must be >= {meta['minimum']:g}.")
+  if meta.get("maximum") is not None and value > meta["maximum"]:
+    raise ConfigError(f"{flag}: {f.name} must be <= {meta['maximum']:g}.")
+
+
+def parse_override(text: str) -> tuple:
+  """``"name=value"`` (``--set``) -> ``(name, value)`` typed by the field (JSON for lists,
+  ``null`` for none, ``true``/``false`` for booleans)."""
+  name, sep, raw = text.partition("=")
+  fields = {f.name: f for f in dataclasses.fields(Config)}
+  if not sep or name not in fields:
+    raise ConfigError(f"--set {text}: expected NAME=VALUE with NAME one of "
+                      f"{', '.join(fields)}.")
+  f, raw = fields[name], raw.strip()
+  kind = _base_type(f)
+  if raw.lower() in ("null", "none") and _optional(f):
+    return name, None
+  try:
+    if kind is bool:
+      if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(raw)
+      return name, raw.lower() in ("true", "1", "yes")
+    if kind is int:
+      return name, int(raw)
+    if kind is float:
+      return name, float(raw)
+    if kind is tuple:
+      return name, _as_stages(json.loads(raw), f"--set {text}")
+    return name, raw
+  except (ValueError, json.JSONDecodeError):
+    raise ConfigError(f"--set {text}: {name} must be {kind.__name__}"
+                      + (" or null" if _optional(f) else "") + ".") from None
+
+
+def describe_fields() -> str:
+  """One line per field for ``--help``: name, default, choices or range, help."""
+  lines = []
+  for f in dataclasses.fields(Config):
+    meta, extra = f.metadata, ""
+    if meta.get("choices"):
+      extra = f" {{{', '.join(meta['choices'])}}}"
+    elif meta.get("minimum") is not None or meta.get("maximum") is not None:
+      lo, hi = meta.get("minimum"), meta.get("maximum")
+      extra = f" [{'' if lo is None else f'{lo:g}'}..{'' if hi is None else f'{hi:g}'}]"
+    default = json.dumps(f.default if f.name != "stages" else [list(s) for s in f.default])
+    lines.append(f"  {f.name}={default}{extra}: {meta.get('help', '')}")
+  return "\n".join(lines)
 
 
 CONFIGS = {

@@ -25,7 +25,6 @@ slice is ``[H, W] = [X, Y]``.
 
 import argparse
 import dataclasses
-import pathlib
 import sys
 from typing import Optional
 

@@ -38,3 +38,18 @@ def user_message(e: BaseException, fix: str):
     where = f"{e.filename}: " if e.filename else ""
     return f"{where}{e.strerror}. {fix}"
   return None
+
+
+def run_cli(fn, debug: bool, fix: str) -> int:
+  """Runs a command-line tool's body: its return code, or 2 after one ``error: ...`` line on
+  stderr for a mistake the user can fix; a bug in this program (anything else, or any error
+  with ``debug``) keeps its traceback."""
+  import sys
+  try:
+    return fn()
+  except Exception as e:  # noqa: BLE001 (sorted into user errors and bugs right below)
+    message = None if debug else user_message(e, fix)
+    if message is None:
+      raise
+    print(f"error: {message}", file=sys.stderr)
+    return 2

@@ -10,14 +10,13 @@ canonical space can be written back on the input's own grid with
 
 import dataclasses
 import os
-import pathlib
-import tempfile
 import zlib
 
 import nibabel as nib
 from nibabel import orientations
 import numpy as np
 
+from fcslstm_jax import files
 from fcslstm_jax.errors import DataError
 
 # A single 3D volume larger than this is refused before its data is read.
@@ -249,19 +248,10 @@ def _nifti_suffix(path):
 
 def _atomic_save(img, path):
   """Writes to a temporary file in the target folder, then renames it into place."""
-  path = pathlib.Path(path)
   if not is_nifti_path(path):
     raise DataError(f"{path}: output name must end in .nii or .nii.gz.")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_nifti_suffix(path), dir=path.parent)
-  os.close(fd)
-  try:
+  with files.atomic_path(path, suffix=_nifti_suffix(path)) as tmp:
     nib.save(img, tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def save_like(path, array, ref):

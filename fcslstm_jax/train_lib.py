@@ -26,6 +26,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
+from fcslstm_jax import files
 from fcslstm_jax import losses
 from fcslstm_jax import metrics as metrics_lib
 from fcslstm_jax import parallel
@@ -191,11 +192,7 @@ def check_run_dir(workdir: str, run_info: dict) -> None:
   """Refuse to resume into a work directory that holds a different run."""
   path = os.path.join(workdir, "run.json")
   if not os.path.exists(path):
-    os.makedirs(workdir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(run_info, f, indent=2)
-    os.replace(tmp, path)
+    files.write_json(path, run_info)
     return
   old = read_run_json(path)
   # Extending a finished run is fine; chunk_pixels changes speed, not the function.
@@ -363,9 +360,7 @@ class MetricsLog:
     if os.path.exists(self.path):
       with open(self.path) as f:
         kept = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
-    with open(self.path + ".tmp", "w") as f:
-      f.writelines(kept)
-    os.replace(self.path + ".tmp", self.path)
+    files.write_text(self.path, "".join(kept))
     self.tb = None
     try:
       from tensorboardX import SummaryWriter

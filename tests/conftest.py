@@ -20,3 +20,20 @@ import jax  # noqa: E402
 
 # Strict numpy promotion, as in equinox's conftest: silent broadcasting bugs become errors.
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+import pytest  # noqa: E402
+
+from fcslstm_jax import bric  # noqa: E402
+
+
+def tiny_train_args(data_dir, workdir, epochs, *extra):
+  """train.py's flags for the end-to-end tests: tiny config, batch 2 (one compiled program)."""
+  return ["--data-dir", str(data_dir), "--config", "tiny", "--epochs", str(epochs),
+          "--batch-size", "2", "--workdir", str(workdir), *extra]
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory):
+  """The built-in generator's tiny dataset (bric.TINY), written once per test session."""
+  return bric.generate(tmp_path_factory.mktemp("data") / "tiny", seed=0, config=bric.TINY)

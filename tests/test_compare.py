@@ -8,7 +8,7 @@ from fcslstm_jax.experiments import compare
 def test_quick_comparison_writes_consistent_results(tmp_path, monkeypatch):
   monkeypatch.setenv("FCSLSTM_DATA_DIR", str(tmp_path / "data"))
   out = tmp_path / "results"
-  summary = compare.main(["--quick", "--out", str(out), "--runs", str(tmp_path / "runs")])
+  summary = compare.main(["--quick", "--out", str(out), "--workdir", str(tmp_path / "runs")])
   saved = json.loads((out / "compare-bric.json").read_text())
   assert [r["model"] for r in saved["runs"]] == ["fcn", "fcslstm", "bi-fcslstm"]
   # The table is made from the runs, not typed: JSON, summary and markdown agree.

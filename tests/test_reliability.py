@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 import evaluate
+from conftest import tiny_train_args
 import test_data as td  # the loader tests' helpers for writing (bad) NIfTI files
 import train
 from fcslstm_jax import bric
@@ -46,13 +47,7 @@ TIMEOUT = 300  # seconds for one subprocess to reach a point (a cold compile und
 
 
 def train_args(data_dir, workdir, epochs=EPOCHS, *extra):
-  return ["--data-dir", str(data_dir), "--config", "tiny", "--epochs", str(epochs),
-          "--batch-size", "2", "--workdir", str(workdir), *extra]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-  return bric.generate(tmp_path_factory.mktemp("data") / "tiny", seed=0, config=TINY_DATA)
+  return tiny_train_args(data_dir, workdir, epochs, *extra)
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,11 @@ import evaluate
 import train
 from fcslstm_jax import cohort
 from fcslstm_jax import data
-from fcslstm_jax import grids
 from fcslstm_jax import inference
 from fcslstm_jax import nifti_io
 from fcslstm_jax import protocol as protocol_lib
 from fcslstm_jax import sequences
-from fcslstm_jax.errors import ConfigError, DataError
+from fcslstm_jax.errors import ConfigError
 
 # 2 labeled subjects (6 mm and 4.8 mm voxels) + 1 unlabeled with a missing session; every
 # session cropped differently and the head moved; one labeled slice per session, each at

@@ -12,20 +12,14 @@ import evaluate
 import train
 from fcslstm_jax import bric
 from fcslstm_jax import inference
+from conftest import tiny_train_args
 from fcslstm_jax.config import Config
 
 TINY_DATA = bric.TINY
 EPOCHS = 4
 
 
-def train_args(data_dir, workdir, epochs):
-  return ["--data-dir", str(data_dir), "--config", "tiny", "--epochs", str(epochs),
-          "--batch-size", "2", "--workdir", str(workdir)]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-  return bric.generate(tmp_path_factory.mktemp("data") / "tiny", seed=0, config=TINY_DATA)
+train_args = tiny_train_args
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +113,37 @@ def test_refuses_outputs_inside_the_input_dataset(dataset, trained, capsys):
   err = capsys.readouterr().err
   assert "inside the input dataset" in err and "Traceback" not in err
   assert not (dataset / "derivatives" / "x").exists()
+
+
+def test_any_config_field_can_be_set_and_is_recorded(dataset, tmp_path):
+  """``flip_prob`` has no flag of its own: ``--set`` reaches it, and run.json records it."""
+  workdir = tmp_path / "run"
+  assert train.main(train_args(dataset, workdir, 1) + ["--model", "fcn", "--set",
+                                                        "flip_prob=0.25"]) == 0
+  config = json.loads((workdir / "run.json").read_text())["config"]
+  assert config["flip_prob"] == 0.25 and config["model"] == "fcn"
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--batch-size", "0"], "--set batch_size=0: batch_size must be >= 1."),
+    (["--epochs", "-1"], "--set epochs=-1: epochs must be >= 1."),
+    (["--set", "flip_prob=1.5"], "flip_prob must be <= 1."),
+    (["--set", "augment=maybe"], "augment must be bool."),
+    (["--set", "nope=1"], "expected NAME=VALUE with NAME one of model, epochs"),
+    (["--model", "unet"], "choose one of fcn, fcslstm, bi-fcslstm."),
+])
+def test_bad_config_values_are_one_error_line(dataset, tmp_path, capsys, flags, message):
+  workdir = tmp_path / "run"
+  assert train.main(train_args(dataset, workdir, 1) + flags) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+  assert not workdir.exists()
+
+
+def test_help_lists_every_config_field(capsys):
+  import dataclasses
+  with pytest.raises(SystemExit):
+    train.main(["--help"])
+  out = capsys.readouterr().out
+  for f in dataclasses.fields(Config):
+    assert f"  {f.name}=" in out, f.name

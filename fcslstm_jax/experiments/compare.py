@@ -6,7 +6,8 @@
 
 Every model gets the same data, protocol, config (``--config``, default ``quick``: 30 epochs
 of the paper's recipe) and seeds. Each run is an ordinary resumable train run under
-``--runs/<protocol>/<model>-seed<k>``, so an interrupted comparison continues where it stopped.
+``--workdir/<protocol>/<model>-seed<k>``, so an interrupted comparison continues where it
+stopped.
 Writes ``<out>/compare-<protocol>.json`` and ``.md`` (train / test mPA mean ± std over seeds,
 Dice per class, temporal consistency, parameters, wall time, beside the paper's numbers),
 ``compare-<protocol>.png`` (test mPA per model and seed) and ``compare-<protocol>-fig4.png``
@@ -17,7 +18,6 @@ Paper, Table 2 (BRIC, mPA): FCN 92.0 / 85.0, FCSLSTM 93.5 / 85.3, Bi-FCSLSTM 94.
 """
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -29,6 +29,7 @@ import numpy as np
 from fcslstm_jax import bric
 from fcslstm_jax import data as data_lib
 from fcslstm_jax import figures
+from fcslstm_jax import files
 from fcslstm_jax import metrics as metrics_lib
 from fcslstm_jax import protocol as protocol_lib
 from fcslstm_jax import sequences
@@ -163,7 +164,8 @@ def main(argv=None):
   p.add_argument("--epochs", type=int)
   p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
   p.add_argument("--out", default="results")
-  p.add_argument("--runs", default=os.path.join("runs", "compare"))
+  p.add_argument("--workdir", default=os.path.join("runs", "compare"),
+                 help="folder of the runs (one train.py work directory per model and seed)")
   p.add_argument("--quick", action="store_true",
                  help="smoke test: tiny data (2 subjects, 32x32), tiny model, 1 epoch, 1 seed")
   args = p.parse_args(argv)
@@ -181,7 +183,7 @@ def main(argv=None):
   for seed in range(seeds):
     for model in args.models:
       print(f"== {protocol.name}: {model}, seed {seed}")
-      record, pred = run_one(model, seed, config, subjects, protocol, args.runs, print)
+      record, pred = run_one(model, seed, config, subjects, protocol, args.workdir, print)
       runs.append(record)
       predictions.setdefault(model, pred)
       print(f"   test mPA {record['test']['mpa']:.4f}, train mPA {record['train']['mpa']:.4f}, "
@@ -198,12 +200,10 @@ def main(argv=None):
       sys.argv[1:] if argv is None else argv)
   table = markdown(summary, protocol.name, protocol.class_names, header)
   stem = os.path.join(args.out, f"compare-{protocol.name}")
-  with open(stem + ".json.tmp", "w") as f:
-    json.dump({"command": command, "protocol": protocol.name, "config": config.to_json(),
-               "seeds": seeds, "runs": runs, "summary": summary}, f, indent=2)
-  os.replace(stem + ".json.tmp", stem + ".json")
-  with open(stem + ".md", "w") as f:
-    f.write(table + f"\n\nMade by `{command.strip()}`.\n")
+  files.write_json(stem + ".json", {"command": command, "protocol": protocol.name,
+                                    "config": config.to_json(), "seeds": seeds, "runs": runs,
+                                    "summary": summary})
+  files.write_text(stem + ".md", table + f"\n\nMade by `{command.strip()}`.\n")
   plot(stem + ".png", runs, protocol.name)
   fig4(stem + "-fig4.png", predictions, protocol)
   print(table)
