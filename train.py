@@ -143,7 +143,8 @@ def load_study(args):
     protocol = protocol_lib.get_protocol(args.protocol, args.data_dir)
     root = args.data_dir
   return data_lib.load_study(root, protocol, spacing=args.spacing, reference=args.reference,
-                             register=args.register, shard=parallel.shard_for_this_process())
+                             register=args.register, shard=parallel.shard_for_this_process(),
+                             keep="labeled")
 
 
 def run(args) -> int:

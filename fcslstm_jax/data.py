@@ -122,12 +122,20 @@ class Subject:
     grid: the working grid (:mod:`fcslstm_jax.grids`).
     timepoints: T entries, a :class:`Session` or None (missing).
     unassigned: sessions that fit no time point (:class:`fcslstm_jax.protocol.Unassigned`).
+    z_index: the working-grid z indices the sessions' arrays hold (their third axis), or
+      None for all of them.
   """
   subject_id: str
   path: str
   grid: grids.Grid
   timepoints: tuple
   unassigned: tuple = ()
+  z_index: Optional[np.ndarray] = None
+
+  def working_z(self, positions):
+    """Working-grid z indices of positions along the arrays' z axis."""
+    positions = np.asarray(positions, np.int64)
+    return positions if self.z_index is None else self.z_index[positions]
 
   @property
   def sessions(self) -> tuple:
@@ -240,9 +248,13 @@ def _reference_index(present, reference):
   return 0 if reference == "first" else len(present) - 1
 
 
-def load_subject(files: layout.SubjectFiles, protocol, options: GridOptions,
+def load_subject(files: layout.SubjectFiles, protocol, options: GridOptions, keep="all",
                  max_bytes=nifti_io.DEFAULT_MAX_BYTES) -> Subject:
-  """Reads, checks and resamples one subject (see the module docstring)."""
+  """Reads, checks and resamples one subject (see the module docstring).
+
+  ``keep``: ``"all"`` slices of the working grid, or only the ``"labeled"`` ones (training:
+  whole-brain volumes of a large study would not fit in memory otherwise).
+  """
   slots, unassigned = protocol_lib.assign_sessions(files.sessions, protocol, files.subject_id,
                                                    files.path)
   present = [(t, f) for t, f in enumerate(slots) if f is not None]
@@ -257,16 +269,25 @@ def load_subject(files: layout.SubjectFiles, protocol, options: GridOptions,
         ref_image[..., 0], ref_grid, r[0][..., 0], r[4]) for i, r in enumerate(raw)]
   work = grids.working_grid(ref_grid, options.spacing, [r[4] for r in raw],
                             [np.linalg.inv(m) for m in to_session])
+  masks = [None if r[2] is None else grids.resample(r[2], r[4], work, 0, world)
+           for r, world in zip(raw, to_session)]
+  z_index = None
+  if keep == "labeled":  # training needs only the slices some session labels
+    z_index = np.unique(np.concatenate([np.flatnonzero(m.any(axis=(0, 1))) for m in masks
+                                        if m is not None] or [np.array([], np.int64)]))
+  keep_z = (lambda a: a) if z_index is None else (lambda a: a[:, :, z_index])
   timepoints = [None] * len(slots)
-  for (t, f), (image, labels, mask, counted, grid, ref), world in zip(present, raw, to_session):
-    on_work = lambda a, order: None if a is None else grids.resample(a, grid, work, order, world)
+  for (t, f), (image, labels, _, counted, grid, ref), world, mask in zip(present, raw,
+                                                                         to_session, masks):
+    on_work = lambda a, order: keep_z(grids.resample(a, grid, work, order, world))
     paths = dict(f.images, **({"dseg": f.dseg} if f.dseg else {}))
-    mask = on_work(mask, 0)
+    mask = None if mask is None else keep_z(mask)
     timepoints[t] = Session(
         label=f.label, age=f.age, timepoint=t, paths=paths, image=on_work(image, 1),
         labels=None if labels is None else np.where(mask > 0, on_work(labels, 0), 0),
         label_mask=mask, counted_slices=counted, grid=grid, to_session=world, ref=ref)
-  return Subject(files.subject_id, files.path, work, tuple(timepoints), tuple(unassigned))
+  return Subject(files.subject_id, files.path, work, tuple(timepoints), tuple(unassigned),
+                 z_index)
 
 
 # ------------------------------------------------------------------------------- studies
@@ -310,7 +331,8 @@ def resolve_spacing(files, protocol, spacing, reference="first",
 
 
 def load_study(root, protocol, spacing="median", reference="first", register="none",
-               labels_root=None, shard=None, max_bytes=nifti_io.DEFAULT_MAX_BYTES) -> Study:
+               labels_root=None, shard=None, keep="all",
+               max_bytes=nifti_io.DEFAULT_MAX_BYTES) -> Study:
   """Reads a study (see the module docstring).
 
   Args:
@@ -323,6 +345,7 @@ def load_study(root, protocol, spacing="median", reference="first", register="no
     labels_root: take labels from this folder (``sub-*/ses-*/anat/*_dseg.nii*``) instead of
       ``root/derivatives/*/``.
     shard: ``callable(list) -> list`` choosing this process's subjects (default: all).
+    keep: ``"all"`` slices, or the ``"labeled"`` ones only (see :func:`load_subject`).
     max_bytes: per-file limit checked on the header before any data is read.
   """
   files = layout.scan(root, protocol.modalities, labels_root)
@@ -331,7 +354,7 @@ def load_study(root, protocol, spacing="median", reference="first", register="no
   resolved = resolve_spacing(files, protocol, spacing, reference, max_bytes)
   options = GridOptions(spacing=resolved, reference=reference, register=register)
   mine = shard(files) if shard else files
-  subjects = [load_subject(f, protocol, options, max_bytes) for f in mine]
+  subjects = [load_subject(f, protocol, options, keep, max_bytes) for f in mine]
   return Study(root=str(root), protocol=protocol, options=options, subjects=subjects,
                files=files, unassigned=unassigned)
 

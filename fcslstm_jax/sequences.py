@@ -50,7 +50,8 @@ class SliceSet:
 
 
 def labeled_z(subject, timepoints) -> np.ndarray:
-  """Working-grid z indices where a session at ``timepoints`` has counted labels."""
+  """Positions along the sessions' z axis where a session at ``timepoints`` has counted
+  labels (:meth:`fcslstm_jax.data.Subject.working_z` turns them into working-grid z)."""
   zs = [np.flatnonzero(s.label_mask.any(axis=(0, 1))) for t, s in enumerate(subject.timepoints)
         if t in timepoints and s is not None and s.label_mask is not None]
   return np.unique(np.concatenate(zs)) if zs else np.array([], np.int64)
@@ -63,7 +64,8 @@ def _pad_offsets(shape, size):
 def _subject_sequences(subject, protocol, split, size):
   """``(images, labels, mask, valid, zs, offsets)`` of one subject, padded to ``size``."""
   seen = protocol.timepoints(split)
-  zs = (np.arange(subject.grid.shape[2]) if split == "all" else labeled_z(subject, seen))
+  depth = subject.sessions[0].image.shape[2]
+  zs = np.arange(depth) if split == "all" else labeled_z(subject, seen)
   x, y = subject.grid.shape[:2]
   ox, oy = _pad_offsets((x, y), size)
   t_count, c = protocol.num_timepoints, len(protocol.modalities)
@@ -80,7 +82,7 @@ def _subject_sequences(subject, protocol, split, size):
     labels[(slice(None), t) + region[1:]] = np.moveaxis(session.labels[:, :, zs], 2, 0)
     mask[(slice(None), t) + region[1:]] = np.moveaxis(session.label_mask[:, :, zs], 2, 0)
   valid = np.array([s is not None for s in subject.timepoints])
-  return images, labels, mask, valid, zs, (ox, oy)
+  return images, labels, mask, valid, subject.working_z(zs), (ox, oy)
 
 
 def in_plane_size(subjects) -> tuple:

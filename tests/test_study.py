@@ -305,3 +305,16 @@ def test_training_without_labels_is_refused_before_compiling(study_dir, tmp_path
   err = capsys.readouterr().err
   assert "no labeled voxel at the training time points (1, 2, 4, 5)" in err
   assert not workdir.exists()
+
+
+def test_training_keeps_only_the_labeled_slices(study_dir, protocol):
+  """Training loads the slices some session labels, not whole volumes; same sequences."""
+  full = data.load_study(study_dir, protocol)
+  lean = data.load_study(study_dir, protocol, keep="labeled")
+  for a, b in zip(full.subjects, lean.subjects):
+    depth = [s.image.shape[2] for s in b.sessions]
+    assert len(set(depth)) == 1 and depth[0] == len(sequences.labeled_z(a, range(5)))
+  for split in ("train", "test"):
+    x, y = (sequences.make_sequences(s.subjects, protocol, split) for s in (full, lean))
+    for field in ("images", "labels", "label_mask", "valid", "slice_index", "subject_ids"):
+      np.testing.assert_array_equal(getattr(x, field), getattr(y, field), field)
