@@ -1,0 +1,209 @@
+"""Train FCN / FCSLSTM / Bi-FCSLSTM on longitudinal MRI and evaluate the held-out time point.
+
+    python train.py --dataset bric                      # built-in data, paper protocol
+    python train.py --data-dir DIR                      # your study (DIR/protocol.json)
+    python train.py --data-dir DIR --protocol my.json   # ... with another protocol file
+    python train.py --dataset bric --config paper       # the paper's full schedule
+
+Rerunning the same command resumes from the last checkpoint in --workdir.
+"""
+
+import argparse
+import builtins
+import contextlib
+import os
+import signal
+import sys
+import threading
+
+
+# Config fields with a flag of their own (the rest: --set NAME=VALUE); help, choices and
+# ranges come from fcslstm_jax.config.
+SHORTCUTS = ("model", "epochs", "batch_size", "seed", "remat", "precision", "chunk_pixels")
+
+
+def parse_args(argv=None):
+  import dataclasses
+  from fcslstm_jax import config as config_lib
+  p = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog="config fields (--set NAME=VALUE, repeatable; defaults of --config paper):\n"
+      + config_lib.describe_fields())
+  src = p.add_mutually_exclusive_group()
+  src.add_argument("--dataset", choices=("bric", "ibis"), help="built-in dataset and protocol")
+  src.add_argument("--data-dir", help="BIDS-like folder (see README: Your own study)")
+  p.add_argument("--protocol", help="for --data-dir: a protocol JSON file or a shipped name "
+                 "(bric, ibis); default: DATA_DIR/protocol.json if present, else bric")
+  p.add_argument("--spacing", default="median",
+                 help="in-plane voxel size the model sees, mm: 'median' (of the training "
+                 "subjects), 'native' (no resampling), '1.0' or '1.0,1.2' (x, y)")
+  p.add_argument("--reference", default="first", choices=("first", "last"),
+                 help="session whose grid each subject's sessions are resampled onto")
+  p.add_argument("--register", default="none", choices=("none", "rigid"),
+                 help="rigid registration of each session to the reference session")
+  p.add_argument("--config", default="quick", choices=sorted(config_lib.CONFIGS),
+                 help="preset the fields start from (config.py)")
+  fields = {f.name: f for f in dataclasses.fields(config_lib.Config)}
+  for name in SHORTCUTS:
+    meta = fields[name].metadata
+    choices = f" {{{', '.join(meta['choices'])}}}" if meta.get("choices") else ""
+    p.add_argument("--" + name.replace("_", "-"), dest=name, metavar=name.upper(),
+                   help=f"{meta['help']}{choices} (= --set {name}=...)")
+  p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                 help="any config field (listed below)")
+  p.add_argument("--mesh", default="auto",
+                 help="devices of the data-parallel mesh: 'auto' (all) or a number")
+  p.add_argument("--coordinator-address", help="multi-process: process 0's host:port")
+  p.add_argument("--num-processes", type=int, help="multi-process: number of processes")
+  p.add_argument("--process-id", type=int, help="multi-process: this process, 0..N-1")
+  p.add_argument("--workdir", help="default: runs/<dataset>-<model>-<config>")
+  p.add_argument("--data-seed", type=int, default=0, help="seed of the built-in dataset")
+  p.add_argument("--debug", action="store_true", help="show tracebacks")
+  args = p.parse_args(argv)
+  if args.precision == "bf16":  # alias
+    args.precision = "bfloat16"
+  if args.mesh != "auto" and not args.mesh.isdigit():
+    p.error(f"--mesh must be 'auto' or a number of devices, got {args.mesh!r}")
+  if not args.dataset and not args.data_dir:
+    args.dataset = "bric"
+  if args.dataset and args.protocol:
+    p.error("--protocol goes with --data-dir (a built-in dataset has its own protocol)")
+  try:
+    from fcslstm_jax.grids import parse_spacing
+    parse_spacing(args.spacing)
+  except ValueError as e:
+    p.error(f"--spacing: {e}")
+  return args
+
+
+def format_table(result, class_names) -> str:
+  rows = [f"| {'':<14} | {'train':>8} | {'test':>8} |", f"|{'-' * 16}|{'-' * 10}|{'-' * 10}|"]
+  fmt = lambda v: f"{v:8.4f}" if v is not None else f"{'n/a':>8}"
+  rows.append(f"| {'mPA':<14} | {fmt(result.train['mpa'])} | {fmt(result.test['mpa'])} |")
+  rows.append(f"| {'mPA tissue':<14} | {fmt(result.train['mpa_fg'])} | "
+              f"{fmt(result.test['mpa_fg'])} |")
+  for metric in ("pixel_accuracy", "dice", "iou"):
+    for c in class_names:
+      rows.append(f"| {metric.replace('pixel_accuracy', 'acc') + ' ' + c:<14} | "
+                  f"{fmt(result.train[metric][c])} | {fmt(result.test[metric][c])} |")
+  return "\n".join(rows)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+  """SIGTERM outside the training steps (a scheduler's preemption while the model compiles or
+  the final evaluation runs) ends the run like Ctrl-C; during the steps train_lib's handler
+  saves a checkpoint first."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  def interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+  old = signal.signal(signal.SIGTERM, interrupt)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, old)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  from fcslstm_jax.errors import run_cli
+  try:
+    with sigterm_as_interrupt():
+      return run_cli(lambda: run(args), args.debug, "Free disk space or choose a writable "
+                     "--workdir, then rerun the same command.")
+  except KeyboardInterrupt:
+    if args.debug:
+      raise
+    print("interrupted outside a training step: checkpoints already written are kept. Rerun "
+          "the same command to resume.", file=sys.stderr)
+    return 130
+
+
+def make_config(args):
+  """The --config preset with the shortcut flags and every --set applied, each value checked."""
+  from fcslstm_jax import config as config_lib
+  texts = [f"{name}={getattr(args, name)}" for name in SHORTCUTS
+           if getattr(args, name) is not None] + args.overrides
+  overrides = dict(config_lib.parse_override(t) for t in texts)
+  return config_lib.get_config(args.config).replace(**overrides)
+
+
+def load_study(args):
+  """The study (this process's subjects) and its root, from --dataset or --data-dir."""
+  from fcslstm_jax import data as data_lib
+  from fcslstm_jax import parallel
+  from fcslstm_jax import protocol as protocol_lib
+  if args.dataset:
+    from fcslstm_jax import bric
+    protocol = protocol_lib.builtin(args.dataset)
+    root = bric.ensure_dataset(seed=args.data_seed)
+  else:
+    protocol = protocol_lib.get_protocol(args.protocol, args.data_dir)
+    root = args.data_dir
+  return data_lib.load_study(root, protocol, spacing=args.spacing, reference=args.reference,
+                             register=args.register, shard=parallel.shard_for_this_process(),
+                             keep="labeled")
+
+
+def run(args) -> int:
+  import jax
+  from tqdm import tqdm
+  from fcslstm_jax import files
+  from fcslstm_jax import parallel
+  from fcslstm_jax import sequences
+  from fcslstm_jax import train_lib
+
+  parallel.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  mesh = parallel.make_mesh(None if args.mesh == "auto" else int(args.mesh))
+  main = parallel.is_main_process()
+  print = builtins.print if main else (lambda *a, **k: None)  # logs on process 0 only
+  config = make_config(args)
+  name = args.dataset or os.path.basename(os.path.normpath(args.data_dir))
+  workdir = args.workdir or os.path.join("runs", f"{name}-{config.model}-{args.config}")
+  if args.data_dir:
+    from fcslstm_jax.inference import check_outside_dataset
+    check_outside_dataset(workdir, args.data_dir, "--workdir")
+  study = load_study(args)
+  protocol = study.protocol
+  for line in sequences.describe_unassigned(study):
+    print(line, file=sys.stderr)
+  counts = {split: parallel.sum_over_processes(sequences.split_counts(study.subjects, protocol,
+                                                                      split))
+            for split in ("train", "test")}
+  print(sequences.describe_study(study, counts))
+  sequences.check_training_labels(counts["train"], protocol, study.root)
+  size = parallel.agree_max(sequences.in_plane_size(study.subjects))
+  train_set = sequences.make_sequences(study.subjects, protocol, "train", size)
+  test_set = sequences.make_sequences(study.subjects, protocol, "test", size)
+  run_info = {"config": config.to_json(), "config_name": args.config,
+              "dataset": args.dataset or os.path.abspath(args.data_dir),
+              "data_seed": args.data_seed, "protocol": protocol.to_json(),
+              "grid": study.options.to_json()}
+  print(f"{len(train_set)} training sequences of shape {train_set.images.shape[1:]}; model "
+        f"{config.model}; workdir {workdir}; {mesh.size} {mesh.devices.flat[0].platform} "
+        f"device(s), {jax.process_count()} process(es)")
+  progress = lambda it, epoch: tqdm(it, desc=f"epoch {epoch + 1}/{config.epochs}",
+                                    leave=False, dynamic_ncols=True)
+  result = train_lib.train_and_evaluate(config, train_set, test_set, workdir,
+                                        protocol.class_names, run_info,
+                                        progress=progress if main else None, mesh=mesh)
+  if result.stopped_by:
+    return 130
+  if not main:
+    return 0
+  summary = {"train": result.train, "test": result.test, "seconds": result.seconds,
+             "step": int(result.state.step), "model": config.model, "config": args.config}
+  files.write_json(os.path.join(workdir, "results.json"), summary)
+  print(f"\n{config.model} on {protocol.name} (test = time point(s) "
+        f"{[t + 1 for t in protocol.test_timepoints]}), step {int(result.state.step)}, "
+        f"{result.seconds / 60:.1f} min")
+  print(format_table(result, protocol.class_names))
+  print(f"\nResults: {os.path.join(workdir, 'results.json')}; segment whole scans with "
+        f"python evaluate.py --workdir {workdir}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
