@@ -96,6 +96,8 @@ def live_at_peak(instrs):
 
 def category(name: str, shape: str, op_name: str) -> str:
   """A coarse label for a buffer, from the op that made it."""
+  if name.startswith("while"):  # a time loop's state: carry, stacked residuals and outputs
+    return "LSTM time loops (while: carry, per-step residuals, outputs)"
   if name.startswith("transpose_copy_fusion"):
     return "layout copies (transposes) made for weight gradients"
   if "s32[" in shape:  # XLA:CPU's select-and-scatter expansion: iotas and argmax indices

@@ -29,7 +29,8 @@ is kept for backpropagation through time; ``"full"`` also rematerializes each LS
 ``"lean"`` (FCSLSTM only; the FCN treats it as ``"stages"``) applies each layer's Ψx inside
 the time step (``psi_x_in_scan`` in :mod:`fcslstm_jax.slstm`) and rematerializes the whole
 step, on a while loop by default (``unroll=1``), so that the backward pass recomputes one
-time step's Ψx at a time and memory never holds all ``T`` Ψx outputs. Remat pays off where
+time step's Ψx at a time and memory never holds all ``T`` Ψx outputs; its max-pooling is
+:func:`max_pool_lean` (same function and gradient, no index arrays). Remat pays off where
 the time loop is a real while loop (``unroll=1``, the accelerator default); with the loop
 fully unrolled (the CPU default) XLA does not schedule the recomputation so that it saves
 anything. ``bench/memory.py [--unroll 1]`` measures the compiled temp memory of each policy;
@@ -51,7 +52,7 @@ when it restores one.
 
 import argparse
 import functools
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -79,6 +80,44 @@ def max_pool(x):
   return nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
+@jax.custom_vjp
+def max_pool_lean(x):
+  """:func:`max_pool` of ``[N, H, W, C]`` (H, W even) with an elementwise gradient.
+
+  Same values and the same gradient as :func:`max_pool`, ties included (the first maximum of
+  a window in row-major order takes the gradient, as XLA's select-and-scatter does), but the
+  gradient is one elementwise pass over the input: XLA:CPU's select-and-scatter materializes
+  index arrays the size of the input (bench/README.md, "What limits memory"). Used by
+  ``remat="lean"``.
+  """
+  n, h, w, c = x.shape
+  return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
+def _max_pool_lean_fwd(x):
+  y = max_pool_lean(x)
+  return y, (x, y)
+
+
+def _max_pool_lean_bwd(res, g):
+  x, y = res
+  n, h, w, c = x.shape
+  windows = x.reshape(n, h // 2, 2, w // 2, 2, c)
+  taken = jnp.zeros(y.shape, bool)
+  rows = []
+  for i in (0, 1):
+    row = []
+    for j in (0, 1):
+      hit = (windows[:, :, i, :, j] == y) & ~taken
+      taken = taken | hit
+      row.append(jnp.where(hit, g, jnp.zeros_like(g)))
+    rows.append(jnp.stack(row, axis=3))
+  return (jnp.stack(rows, axis=2).reshape(x.shape),)
+
+
+max_pool_lean.defvjp(_max_pool_lean_fwd, _max_pool_lean_bwd)
+
+
 def fold_time(x):
   """``[B, T, ...] -> [B*T, ...]``."""
   return x.reshape((-1,) + x.shape[2:])
@@ -92,11 +131,12 @@ class BackEnd(nn.Module):
   """
   num_classes: int
   dtype: Any = jnp.float32
+  pool: Callable[[jax.Array], jax.Array] = max_pool
 
   @nn.compact
   def __call__(self, feats: Sequence[jax.Array]):
     c = self.num_classes
-    y = max_pool(feats[-1])
+    y = self.pool(feats[-1])
     for j, k in enumerate(reversed(range(len(feats)))):
       y = nn.ConvTranspose(c, (4, 4), strides=(2, 2), padding="SAME", kernel_init=psi.kaiming,
                            dtype=self.dtype, name=f"deconv{6 + j}")(y)
@@ -162,6 +202,7 @@ class FCSLSTM(nn.Module):
     layer_cls = slstm.BidirectionalLSTM if self.bidirectional else slstm.StructuredLSTM
     lean = self.remat == "lean"
     stage = _stage_cls(self.remat, in_remat_step=lean)
+    pool = max_pool_lean if lean else max_pool
     psi_h = functools.partial(psi.Conv, kernel_size=self.psi_h_kernel, use_bias=False,
                               dtype=self.dtype)
     chunk_pixels = self.chunk_pixels
@@ -170,7 +211,7 @@ class FCSLSTM(nn.Module):
     feats = []
     for k, (ch, n) in enumerate(self.stages):
       if k:
-        y = max_pool(fold_time(y))
+        y = pool(fold_time(y))
         y = y.reshape((b, t) + y.shape[1:])
       psi_x = functools.partial(stage, num_convs=n, width=ch, dtype=self.dtype)
       y = layer_cls(hidden=ch, psi_x=psi_x, psi_h=psi_h, unroll=self.unroll,
@@ -178,7 +219,7 @@ class FCSLSTM(nn.Module):
                     dtype=self.dtype, psi_x_in_scan=lean,
                     name=f"slstm{k + 1}")(y, valid)
       feats.append(fold_time(y).astype(self.dtype))
-    logits = BackEnd(self.num_classes, self.dtype, name="backend")(feats)[:, :h, :w]
+    logits = BackEnd(self.num_classes, self.dtype, pool, name="backend")(feats)[:, :h, :w]
     return _as_logits(logits.reshape((b, t) + logits.shape[1:]), self.dtype)
 
 
