@@ -37,11 +37,12 @@ class Config:
   flip_prob: float = 0.5             # left-right and anterior-posterior flips, per sequence
   intensity_scale: float = 0.1       # multiply each channel by U(1 - s, 1 + s)
   stages: tuple = ((16, 2), (32, 2), (64, 3), (128, 3), (128, 3))  # VGG-16 / 4
-  remat: str = "none"                # none | stages | full, see model.py
+  remat: str = "none"                # none | stages | full | lean, see model.py
   unroll: int | None = None          # None: full unroll on CPU, while loop on accelerators
   chunk_pixels: int | None = None    # Ψx pixels per call; None: see model.py "Chunking"
   precision: str = "float32"         # float32 | bfloat16 (convolutions; params stay float32)
   keep_checkpoints: int = 2
+  log_every_steps: int = 10          # read the loss back (progress bar, NaN guard) every N steps
   seed: int = 0
 
   def replace(self, **changes) -> "Config":
