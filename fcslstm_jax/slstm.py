@@ -26,7 +26,7 @@ Implementation notes (same function as Eq. 1, arranged to be cheap):
 * ``chunk_pixels``: Ψx runs on the folded batch a few images at a time where that is faster
   (XLA:CPU, see :func:`fcslstm_jax.psi.apply_in_chunks`); the function is the same.
 * ``unroll``: on XLA:CPU the backward pass of convolutions inside a real while loop is
-  much slower than the unrolled graph (bench/README.md), so ``None`` means "fully unroll on
+  much slower than the unrolled graph, so ``None`` means "fully unroll on
   CPU, while loop (``unroll=1``) on accelerators", where the loop keeps compile time and
   memory flat. With ``psi_x_in_scan`` ``None`` means the while loop everywhere: only a real
   loop recomputes one step at a time.
