@@ -39,6 +39,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flax.core.scope import LazyRng
+
 from fcslstm_jax import psi
 
 PsiFactory = Callable[..., nn.Module]  # called as factory(features=..., name=...)
@@ -191,6 +193,9 @@ class BidirectionalLSTM(_Layer):
   convolution and the gate arithmetic of both together, half as many sequential steps as
   two scans. With ``psi_x_in_scan`` both directions' inputs (``x_t`` and ``x_{T-1-t}``) are
   stacked and Ψx runs in the step.
+
+  Initialization is the two-scan layer's too (:meth:`_two_scan_init`), so that a model
+  initialized with the same seed starts from the same parameters as before the merge.
   """
 
   @nn.compact
@@ -198,6 +203,9 @@ class BidirectionalLSTM(_Layer):
     b, t = x.shape[:2]
     if valid is None:
       valid = jnp.ones((b, t), bool)
+    if self.is_initializing() and not self.has_variable("params", "scan"):
+      for name, value in self._two_scan_init(x, valid).items():
+        self.put_variable("params", name, value)  # the submodules below find and use them
     psi_x = self.psi_x(features=4 * self.hidden, name="psi_x")
     if self.psi_x_in_scan:  # [2, B, T, H, W, C_in]
       xs = jnp.stack([x, x[:, ::-1]]).astype(self.dtype)
@@ -213,6 +221,23 @@ class BidirectionalLSTM(_Layer):
     _, hs = self._scan(step, t, 2)(**self._step_kwargs(psi_x), name="scan")(
         (zeros, zeros), (xs, valid))  # hs: [2, B, T, H, W, hidden]
     return jnp.concatenate([hs[0], hs[1, :, ::-1]], axis=-1)
+
+  def _two_scan_init(self, x, valid):
+    """The parameters that two :class:`StructuredLSTM` layers named ``forward`` and
+    ``backward`` (children of this layer) would be initialized with, merged.
+
+    Flax derives a child's parameter keys from its parent's rng and the names on its path
+    (``LazyRng``); initializing an unbound layer from this layer's rng with the child's name
+    appended gives it exactly those keys. One time step suffices: parameter shapes do not
+    depend on ``T``.
+    """
+    rng = self.scope.rngs["params"]
+    kw = dict(hidden=self.hidden, psi_x=self.psi_x, psi_h=self.psi_h, unroll=1,
+              remat_step=self.remat_step, chunk_pixels=0, dtype=self.dtype)
+    return merge_directions({
+        d: StructuredLSTM(**kw, parent=None).init({"params": LazyRng.create(rng, d)},
+                                                   x[:, :1], valid[:, :1])["params"]
+        for d in DIRECTIONS})
 
 
 def merge_directions(two_scan: dict) -> dict:

@@ -187,16 +187,16 @@ def test_gpu_bench_rows_are_time_boxed(tmp_path):
 
 
 def test_gpu_bench_script_tiny(tmp_path, capsys):
-  """The whole plan at a tiny size on CPU: both phases, every framework, two remat policies."""
+  """The whole plan at a tiny size on CPU: both phases, every framework, one remat policy."""
   res = gpu_bench.main(["--tiny", "--size", "32", "--batch", "1", "--time-steps", "2",
                         "--steps", "1", "--warmup", "0", "--models", "bi", "--dtypes",
-                        "float32", "--remats", "none", "lean", "--torch-compile-backend",
+                        "float32", "--remats", "lean", "--torch-compile-backend",
                         "eager", "--lanes", "3", "--budget-s", "400", "--out", str(tmp_path)])
   printed = capsys.readouterr().out
   saved = json.loads((tmp_path / "gpu_bench.json").read_text())
   summary = saved["summary"]
   assert summary["versions"]["jax"] and saved["shape_BTHWC"] == [1, 2, 32, 32, 2]
-  assert [m["remat"] for m in summary["memory"]] == ["none", "lean"]
+  assert [m["remat"] for m in summary["memory"]] == ["lean"]
   assert all(m["temp_bytes"] > 0 for m in summary["memory"])
   (cost,) = summary["cost"]
   assert cost["jaxpr_flops"] > 0 and cost["bytes_accessed"] > 0

@@ -124,16 +124,19 @@ def test_one_scan_with_one_grouped_psi_h_per_step():
 
 
 def test_merged_model_equals_two_scan_model(monkeypatch):
-  """Bi-FCSLSTM logits and gradients, parameters mapped by from_two_scan_params."""
+  """Bi-FCSLSTM initialization, logits and gradients, parameters mapped by
+  from_two_scan_params."""
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 32, 32, 2))
   valid = jnp.array([[True, False, True]])
   model = M.FCSLSTM(3, bidirectional=True, stages=TINY)
   with monkeypatch.context() as m:
     m.setattr(slstm, "BidirectionalLSTM", TwoScanBidirectionalLSTM)
-    p_old = _perturbed(M.init_params(model, 2), 0.05)
+    init_old = M.init_params(model, 2)
+    p_old = _perturbed(init_old, 0.05)
     want, g_old = _logits_and_grads(model.apply, p_old, x, valid)
+  # Same seed, same initial parameters (BidirectionalLSTM._two_scan_init).
+  chex.assert_trees_all_equal(M.init_params(model, 2), M.from_two_scan_params(init_old))
   p_new = M.from_two_scan_params(p_old)
-  chex.assert_trees_all_equal_shapes(p_new, jax.eval_shape(lambda: M.init_params(model, 2)))
   got, g_new = _logits_and_grads(model.apply, p_new, x, valid)
   chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
   chex.assert_trees_all_close(g_new, M.from_two_scan_params(g_old), rtol=1e-4, atol=1e-5)

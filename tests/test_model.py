@@ -278,8 +278,8 @@ def test_finite_difference_gradients_float64():
   max-pool is made smooth). Random biases (as in the Eq. 1 tests) break the ties.
   The central-difference step must not cross a kink either: ``check_grads`` steps along a
   standard-normal tangent of all parameters (norm ~ sqrt(#parameters)), and at its default
-  eps (1e-4) that crossed a ReLU kink at the point of today's parameter layout (1.9e-5
-  apart; equal at eps 1e-5 and 1e-6), so eps is 1e-6, still far above float64 rounding.
+  eps (1e-4) that crossed a kink at the point used here (the two projections 2.7e-5 apart;
+  they agree at eps 1e-5 and 1e-6), so eps is 1e-6, still far above float64 rounding.
   """
   with jax.enable_x64(True):
     model = M.FCSLSTM(2, bidirectional=True, stages=((2, 1),) * 5, dtype=jnp.float64)
