@@ -80,9 +80,11 @@ def test_merged_layer_equals_two_scan_layer(options):
   old_options = {k: v for k, v in options.items() if k != "psi_x_in_scan"}
   old = TwoScanBidirectionalLSTM(3, PSI_X, PSI_H, **old_options)
   new = slstm.BidirectionalLSTM(3, PSI_X, PSI_H, **options)
-  p_old = _perturbed(old.init(jax.random.PRNGKey(1), X)["params"])
+  init_old = old.init(jax.random.PRNGKey(1), X)["params"]
+  chex.assert_trees_all_equal(new.init(jax.random.PRNGKey(1), X)["params"],  # same start
+                              slstm.merge_directions(init_old))
+  p_old = _perturbed(init_old)
   p_new = slstm.merge_directions(p_old)
-  chex.assert_trees_all_equal_shapes(p_new, new.init(jax.random.PRNGKey(1), X)["params"])
   want, g_old = _logits_and_grads(old.apply, p_old, X, VALID)
   got, g_new = _logits_and_grads(new.apply, p_new, X, VALID)
   chex.assert_shape(got, (2, 3, 8, 8, 6))
