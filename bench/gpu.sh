@@ -1,52 +1,41 @@
 #!/usr/bin/env bash
-# The GPU numbers in bench/README.md: the three benchmarks, then the README's main command
-# (default config) and evaluate.py, on one GPU, each under its own time limit. Run from the
-# repository root on a GPU machine set up with requirements-cuda.txt (+ bench/requirements.txt
-# with a CUDA build of torch for the PyTorch rows):
+# The GPU numbers in bench/README.md in one call of at most 8 minutes: bench/gpu_bench.py (JAX
+# vs PyTorch eager vs torch.compile, FCSLSTM and Bi-FCSLSTM at [8, 5, 256, 256, 2], float32
+# and bf16, every row time-boxed; temp memory per remat policy; fractions of the card's peak
+# and of its memory-bandwidth roofline). Run from the repository root on a GPU machine, with
+# the jax / flax / optax / torch it already has (no network needed; versions go to the JSON):
 #
-#   OUT=runs/gpu bash bench/gpu.sh
+#   OUT=runs/gpu bash bench/gpu.sh               # nvidia-smi + gpu_bench.py --budget-s 450
+#   EXTRAS=1 OUT=runs/gpu bash bench/gpu.sh      # then train.py, evaluate.py and flops.py
+#                                                # (about 5 more minutes, each time-limited)
 #
-# Everything it reports lands in $OUT: gpu.log, the benchmarks' JSON, the training log,
-# evaluate's metrics.json and its figure. The H200 numbers in bench/README.md came from two
-# calls of these steps (results/gpu-h200/gpu-call1.log, gpu-call2.log); the script was
-# reordered afterwards to what the second call ran (bf16 in its own process).
+# Everything lands in $OUT: gpu.log, gpu_bench.json (rows, versions, summary), and with EXTRAS
+# the training log, evaluate's metrics.json and its figure, flops.json. The H200 numbers of
+# 2026-11-26 in bench/README.md came from an earlier version of this script
+# (results/gpu-h200/gpu-call1.log, gpu-call2.log).
 set -u
 OUT=${OUT:-runs/gpu}
 PY=${PYTHON:-python3}
+BUDGET=${BUDGET:-450}
 WORK=${WORK:-runs/gpu-train}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-# JAX would otherwise take 75% of the GPU at start, leaving PyTorch (same process or a child) the rest.
+# JAX would otherwise take 75% of the GPU at start, leaving PyTorch (or another row) the rest.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 exec > >(tee -a "$OUT/gpu.log") 2>&1
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-$PY - <<'EOF'
-import jax, flax, optax, chex, orbax.checkpoint as ocp
-try:
-  import torch; tv = f"{torch.__version__} cuda={torch.cuda.is_available()}"
-except ImportError:
-  tv = None
-print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__,
-      "orbax", ocp.__version__ if hasattr(ocp, "__version__") else "?", "torch", tv)
-print("devices", jax.devices())
-EOF
-
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
 step() { echo; echo "=== $* ($(date +%T))"; }
-step train_step; timeout 130 $PY bench/train_step.py --steps 30 --warmup 3 \
-  --jax uni bi bi-remat bi-unrolled --no-compile --out "$OUT/train_step.json"
-step memory; timeout 110 $PY bench/memory.py --batches 1 4 8 --torch-batches 1 4 8 \
-  --out "$OUT/memory.json"
-step train; SECONDS=0
-timeout 150 $PY train.py --dataset bric --workdir "$WORK" 2>&1 | tr '\r' '\n' \
-  | grep -v "it/s\]$" > "$OUT/train.log"
-echo "train.py exit ${PIPESTATUS[0]} after $SECONDS s"; tail -25 "$OUT/train.log"
-step evaluate; timeout 45 $PY evaluate.py --workdir "$WORK" --out "$WORK/eval" \
-  && cp "$WORK/eval/metrics.json" "$OUT/eval_metrics.json" \
-  && cp "$WORK"/eval/*.png "$OUT/" 2>/dev/null
-step flops; timeout 60 $PY bench/flops.py --steps 20 --out "$OUT/flops.json"
-step bf16; timeout 85 $PY bench/train_step.py --steps 20 --warmup 2 --jax bi-bf16 --no-torch \
-  --out "$OUT/train_step_bf16.json"
-step torch.compile; timeout 80 $PY bench/train_step.py --steps 30 --warmup 3 --jax bi \
-  --out "$OUT/train_step_compile.json" | tail -20
+step gpu_bench; $PY bench/gpu_bench.py --out "$OUT" --budget-s "$BUDGET"
+
+if [ "${EXTRAS:-0}" = 1 ]; then
+  step train; SECONDS=0
+  timeout 150 $PY train.py --dataset bric --workdir "$WORK" 2>&1 | tr '\r' '\n' \
+    | grep -v "it/s\]$" > "$OUT/train.log"
+  echo "train.py exit ${PIPESTATUS[0]} after $SECONDS s"; tail -25 "$OUT/train.log"
+  step evaluate; timeout 45 $PY evaluate.py --workdir "$WORK" --out "$WORK/eval" \
+    && cp "$WORK/eval/metrics.json" "$OUT/eval_metrics.json" \
+    && cp "$WORK"/eval/*.png "$OUT/" 2>/dev/null
+  step flops; timeout 60 $PY bench/flops.py --steps 20 --out "$OUT/flops.json"
+fi
 step done

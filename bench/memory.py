@@ -1,8 +1,9 @@
 """Memory of one Bi-FCSLSTM train step: XLA's compiled plan vs PyTorch's peak RSS.
 
 Run: ``python bench/memory.py`` (under 10 min on 2 CPU cores). For batch 1, 4, 8 at
-256x256, T = 5, with and without remat, it compiles (does not run) the JAX train step and
-reads ``memory_analysis()``: temp (activations, gradients, workspace), arguments (params,
+256x256, T = 5, for the remat policies none, full and lean (``fcslstm_jax.model``; lean runs
+its time loop as a while loop whatever ``--unroll`` says, unless given), it compiles (does not
+run) the JAX train step and reads ``memory_analysis()``: temp (activations, gradients, workspace), arguments (params,
 optimizer state, batch) and outputs (aliased to the donated arguments). For PyTorch it runs
 one eager step per batch size in a fresh process and reports the rise of peak memory over
 the memory before the step (peak RSS on CPU; ``torch.cuda.max_memory_allocated`` on a GPU).
@@ -92,7 +93,8 @@ def main(argv=None):
                  help="PyTorch runs a real step: batch 8 takes minutes on 2 cores")
   p.add_argument("--time-steps", type=int, default=5)
   p.add_argument("--size", type=int, default=256)
-  p.add_argument("--remat", nargs="+", default=["none", "full"])
+  p.add_argument("--remat", nargs="+", default=["none", "full", "lean"],
+                 choices=C.M.REMAT_POLICIES)
   p.add_argument("--unroll", type=int, help="time-loop unroll (default: the backend's, "
                  "full on CPU, 1 = while loop on accelerators)")
   p.add_argument("--tiny", action="store_true", help="tiny channel widths (smoke test)")
@@ -138,6 +140,7 @@ def table(result):
            "| implementation | batch | temp (GiB) | total (GiB) |", "| --- | ---: | ---: | ---: |"]
   for r in result["jax"]:
     loop = "" if r.get("unroll") is None else f", unroll={r['unroll']}"
+    loop = loop or (" (while loop)" if r["remat"] == "lean" else "")
     lines.append(f"| JAX remat={r['remat']}{loop} | {r['batch']} | {r['temp_bytes'] / GIB:.2f} | "
                  f"{r['total_bytes'] / GIB:.2f} |")
   for r in result["torch"]:

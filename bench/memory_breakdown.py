@@ -96,11 +96,13 @@ def live_at_peak(instrs):
 
 def category(name: str, shape: str, op_name: str) -> str:
   """A coarse label for a buffer, from the op that made it."""
+  if name.startswith("while"):  # a time loop's state: carry, stacked residuals and outputs
+    return "LSTM time loops (while: carry, per-step residuals, outputs)"
   if name.startswith("transpose_copy_fusion"):
     return "layout copies (transposes) made for weight gradients"
   if "s32[" in shape:  # XLA:CPU's select-and-scatter expansion: iotas and argmax indices
     return "max-pool gradient index arrays (int32)"
-  if "/scan/" in op_name:
+  if re.search(r"/(vmap\()?scan\)?/", op_name):  # the merged Bi layer's scan is vmap(scan)
     return "LSTM time steps (gates, cell, Ψh)"
   if "psi_x" in op_name:
     return "Ψx conv stage outputs"

@@ -2,7 +2,8 @@
 
 Written the way a PyTorch user would (NCHW, eager loop over time), with the same
 arrangement as the JAX model: Ψx (a VGG conv stage emitting the four gates) on all time steps
-at once, a 3x3 convolution without bias as Ψh, one gate bias (forget gate starts at 1), the
+at once (the bidirectional layer as two layers run one after the other, where the JAX model
+advances both directions in one scan), a 3x3 convolution without bias as Ψh, one gate bias (forget gate starts at 1), the
 same back-end (4x4 stride-2 deconvolutions, 1x1 fuse projections of every stage). Layouts:
 ``[B, T, C, H, W]`` inside, ``[B, T, H, W, C]`` at the boundary so that inputs and logits
 match the JAX model's. :func:`load_flax_params` copies a Flax parameter tree in, so the two
@@ -157,14 +158,20 @@ def _lstm(layer, p):
   layer.bias.data = torch.from_numpy(np.asarray(p["scan"]["bias"]).copy())
 
 
+def _direction(p, i):
+  """Direction ``i`` (0 forward, 1 backward) of a merged Flax bidirectional layer, whose
+  parameters carry a leading direction axis (``fcslstm_jax.slstm.BidirectionalLSTM``)."""
+  return {k: _direction(v, i) if isinstance(v, dict) else np.asarray(v)[i] for k, v in p.items()}
+
+
 def load_flax_params(model, params):
   """Copies the Flax ``FCSLSTM`` parameter tree ``params`` into ``model`` (float32)."""
   with torch.no_grad():
     for k, layer in enumerate(model.layers):
       p = params[f"slstm{k + 1}"]
       if isinstance(layer, BidirectionalLSTM):
-        _lstm(layer.forward_layer, p["forward"])
-        _lstm(layer.backward_layer, p["backward"])
+        _lstm(layer.forward_layer, _direction(p, 0))
+        _lstm(layer.backward_layer, _direction(p, 1))
       else:
         _lstm(layer, p)
     n = len(model.layers)

@@ -26,6 +26,7 @@ JAX_ROWS = {  # name -> (label, model, remat, unroll, dtype) given T
     "uni": lambda t: ("JAX FCSLSTM", "fcslstm", "none", None, None),
     "bi": lambda t: ("JAX Bi-FCSLSTM", "bi-fcslstm", "none", None, None),
     "bi-remat": lambda t: ("JAX Bi-FCSLSTM + remat", "bi-fcslstm", "full", None, None),
+    "bi-lean": lambda t: ("JAX Bi-FCSLSTM + remat lean", "bi-fcslstm", "lean", None, None),
     "bi-unrolled": lambda t: ("JAX Bi-FCSLSTM unrolled", "bi-fcslstm", "none", t, None),
     "bi-bf16": lambda t: ("JAX Bi-FCSLSTM bf16", "bi-fcslstm", "none", None, jax.numpy.bfloat16),
 }
@@ -43,7 +44,7 @@ def jax_runner(name, remat, unroll, batch, stages=None, dtype=None, chunk_pixels
 
   def run():
     state[0], state[1], loss = compiled(state[0], state[1], *batch)
-    return float(loss)  # the one host sync per step a training loop needs (logging)
+    return float(loss)  # waits for the step (the training loop reads it every N steps)
   return run, compile_s
 
 
@@ -88,7 +89,8 @@ def main(argv=None):
   p.add_argument("--no-torch", action="store_true")
   p.add_argument("--jax", nargs="+", choices=sorted(JAX_ROWS), default=["uni", "bi", "bi-remat"],
                  help="JAX rows: also fcn, bi-unrolled (time loop fully unrolled, the CPU "
-                      "default) and bi-bf16 (bfloat16 convolutions, --precision bf16)")
+                      "default), bi-bf16 (bfloat16 convolutions, --precision bf16) and "
+                      "bi-lean (remat lean)")
   p.add_argument("--chunk-pixels", type=int, help="the models' chunk_pixels for every JAX "
                  "row (default: the model's own default; 0: one call per stage)")
   p.add_argument("--tiny", action="store_true", help="tiny channel widths (smoke test)")

@@ -24,7 +24,7 @@ import typing
 from fcslstm_jax.errors import ConfigError
 
 MODELS = ("fcn", "fcslstm", "bi-fcslstm")
-REMAT_POLICIES = ("none", "stages", "full")
+REMAT_POLICIES = ("none", "stages", "full", "lean")
 PRECISIONS = ("float32", "bfloat16")
 VGG16_QUARTER = ((16, 2), (32, 2), (64, 3), (128, 3), (128, 3))  # (channels, 3x3 convs)
 
@@ -70,6 +70,8 @@ class Config:
   precision: str = _field("float32", "convolution dtype (parameters stay float32)",
                           choices=PRECISIONS)
   keep_checkpoints: int = _field(2, "latest checkpoints kept (besides the best)", minimum=1)
+  log_every_steps: int = _field(10, "read the loss back (progress bar, NaN guard, agreed "
+                                "stop) every N steps", minimum=1)
   seed: int = _field(0, "parameter, data order and augmentation seed")
 
   def __post_init__(self):

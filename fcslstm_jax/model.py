@@ -26,29 +26,34 @@ never see the padding. Normalized MRI is ~0 outside the head, so zero padding is
 
 Remat (``remat``, a config value as in maxtext): ``"none"``; ``"stages"`` wraps every conv
 stage (front-end and Ψx) in ``nn.remat`` so that only its output, not its inner activations,
-is kept for backpropagation through time; ``"full"`` also rematerializes each LSTM time step.
-Remat pays off where the time loop is a real while loop (``unroll=1``, the accelerator
-default): Bi-FCSLSTM train step at 256x256, T = 5, batch 8 on an H200, compiled temp memory
-15.15 GiB without remat, 6.44 GiB with ``"full"``. With the loop fully unrolled (the CPU
-default, see :mod:`fcslstm_jax.slstm`) XLA does not schedule the recomputation so that it
-saves anything: the same step on CPU needs 9.99 GiB without remat and 10.04 GiB with
-``"full"`` (and 14-20 % more time), and XLA:CPU's while loop needs more (17.94 GiB, 12.21
-GiB with ``"full"``), so on CPU remat is not worth asking for. ``bench/memory.py [--unroll 1]``
-measures these.
+is kept for backpropagation through time; ``"full"`` also rematerializes each LSTM time step;
+``"lean"`` (FCSLSTM only; the FCN treats it as ``"stages"``) applies each layer's Ψx inside
+the time step (``psi_x_in_scan`` in :mod:`fcslstm_jax.slstm`) and rematerializes the whole
+step, on a while loop by default (``unroll=1``), so that the backward pass recomputes one
+time step's Ψx at a time and memory never holds all ``T`` Ψx outputs; its max-pooling is
+:func:`max_pool_lean` (same function and gradient, no index arrays). Remat pays off where
+the time loop is a real while loop (``unroll=1``, the accelerator default); with the loop
+fully unrolled (the CPU default) XLA does not schedule the recomputation so that it saves
+anything. ``bench/memory.py [--unroll 1]`` measures the compiled temp memory of each policy;
+the numbers, on CPU and on an H200, are in bench/README.md ("Memory").
 
 Chunking (``chunk_pixels``): FCSLSTM's Ψx stages run on the folded ``B*T`` batch a few images
 at a time on CPU, where that is faster (:func:`fcslstm_jax.psi.apply_in_chunks`); same
 function. The FCN's stages, which emit 4x fewer channels, run in one call unless
-``chunk_pixels`` is given: chunked at 8192-32768 pixels its train step at [2, 5, 128, 128, 2]
-took 0.30-0.34 s against 0.29 s in one call (bench/results/chunk_sweep). With remat (asked for to save memory) the
-default is one call too: chunked, the Bi-FCSLSTM step with remat ``"full"`` at 256x256,
-T = 5, batch 8 needed 11.29 GiB against 10.04 GiB in one call. On several devices the
-default is one call (a chunk of one image would sit on one device's share of the batch).
+``chunk_pixels`` is given (chunked they were not faster: bench/results/chunk_sweep). With
+remat (asked for to save memory) the default is one call too, since chunked stages needed
+more memory (bench/README.md). On several devices the default is one call (a chunk of one
+image would sit on one device's share of the batch).
+
+Old checkpoints: Bi-FCSLSTM parameters were stored per direction (``slstm{k}/forward``,
+``slstm{k}/backward``) before both directions shared one scan;
+:func:`from_two_scan_params` converts such a tree, and :mod:`fcslstm_jax.checkpoint` does it
+when it restores one.
 """
 
 import argparse
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -56,10 +61,8 @@ import jax.numpy as jnp
 
 from fcslstm_jax import psi
 from fcslstm_jax import slstm
+from fcslstm_jax.config import MODELS, REMAT_POLICIES, VGG16_QUARTER  # noqa: F401 (re-exported)
 
-# VGG-16 stages with channels / 4: (channels, number of 3x3 convolutions).
-VGG16_QUARTER = ((16, 2), (32, 2), (64, 3), (128, 3), (128, 3))
-REMAT_POLICIES = ("none", "stages", "full")
 MULTIPLE = 32  # 2 ** number of poolings
 
 
@@ -76,6 +79,44 @@ def max_pool(x):
   return nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
+@jax.custom_vjp
+def max_pool_lean(x):
+  """:func:`max_pool` of ``[N, H, W, C]`` (H, W even) with an elementwise gradient.
+
+  Same values and the same gradient as :func:`max_pool`, ties included (the first maximum of
+  a window in row-major order takes the gradient, as XLA's select-and-scatter does), but the
+  gradient is one elementwise pass over the input: XLA:CPU's select-and-scatter materializes
+  index arrays the size of the input (bench/README.md, "What limits memory"). Used by
+  ``remat="lean"``.
+  """
+  n, h, w, c = x.shape
+  return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
+def _max_pool_lean_fwd(x):
+  y = max_pool_lean(x)
+  return y, (x, y)
+
+
+def _max_pool_lean_bwd(res, g):
+  x, y = res
+  n, h, w, c = x.shape
+  windows = x.reshape(n, h // 2, 2, w // 2, 2, c)
+  taken = jnp.zeros(y.shape, bool)
+  rows = []
+  for i in (0, 1):
+    row = []
+    for j in (0, 1):
+      hit = (windows[:, :, i, :, j] == y) & ~taken
+      taken = taken | hit
+      row.append(jnp.where(hit, g, jnp.zeros_like(g)))
+    rows.append(jnp.stack(row, axis=3))
+  return (jnp.stack(rows, axis=2).reshape(x.shape),)
+
+
+max_pool_lean.defvjp(_max_pool_lean_fwd, _max_pool_lean_bwd)
+
+
 def fold_time(x):
   """``[B, T, ...] -> [B*T, ...]``."""
   return x.reshape((-1,) + x.shape[2:])
@@ -89,11 +130,12 @@ class BackEnd(nn.Module):
   """
   num_classes: int
   dtype: Any = jnp.float32
+  pool: Callable[[jax.Array], jax.Array] = max_pool
 
   @nn.compact
   def __call__(self, feats: Sequence[jax.Array]):
     c = self.num_classes
-    y = max_pool(feats[-1])
+    y = self.pool(feats[-1])
     for j, k in enumerate(reversed(range(len(feats)))):
       deconv = nn.ConvTranspose(c, (4, 4), strides=(2, 2), padding="SAME",
                                 kernel_init=psi.kaiming, dtype=self.dtype, name=f"deconv{6 + j}")
@@ -120,10 +162,12 @@ def upsample_reflect(deconv, y):
   return deconv(y)[:, 2:-2, 2:-2]
 
 
-def _stage_cls(remat: str):
+def _stage_cls(remat: str, in_remat_step: bool = False):
+  """The conv stage class: wrapped in ``nn.remat`` unless ``remat`` is ``"none"`` or the stage
+  runs inside a time step that is rematerialized as a whole (``in_remat_step``)."""
   if remat not in REMAT_POLICIES:
     raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {remat!r}")
-  return psi.ConvStage if remat == "none" else nn.remat(psi.ConvStage)
+  return psi.ConvStage if remat == "none" or in_remat_step else nn.remat(psi.ConvStage)
 
 
 def _as_logits(y, dtype):
@@ -173,7 +217,9 @@ class FCSLSTM(nn.Module):
     b, t = x.shape[:2]
     y, (h, w) = pad_to_multiple(x.astype(self.dtype))
     layer_cls = slstm.BidirectionalLSTM if self.bidirectional else slstm.StructuredLSTM
-    stage = _stage_cls(self.remat)
+    lean = self.remat == "lean"
+    stage = _stage_cls(self.remat, in_remat_step=lean)
+    pool = max_pool_lean if lean else max_pool
     psi_h = functools.partial(psi.Conv, kernel_size=self.psi_h_kernel, use_bias=False,
                               dtype=self.dtype)
     chunk_pixels = self.chunk_pixels
@@ -182,19 +228,18 @@ class FCSLSTM(nn.Module):
     feats = []
     for k, (ch, n) in enumerate(self.stages):
       if k:
-        y = max_pool(fold_time(y))
+        y = pool(fold_time(y))
         y = y.reshape((b, t) + y.shape[1:])
       psi_x = functools.partial(stage, num_convs=n, width=ch, dtype=self.dtype)
       y = layer_cls(hidden=ch, psi_x=psi_x, psi_h=psi_h, unroll=self.unroll,
-                    remat_step=self.remat == "full", chunk_pixels=chunk_pixels,
-                    dtype=self.dtype,
+                    remat_step=self.remat in ("full", "lean"), chunk_pixels=chunk_pixels,
+                    dtype=self.dtype, psi_x_in_scan=lean,
                     name=f"slstm{k + 1}")(y, valid)
       feats.append(fold_time(y).astype(self.dtype))
-    logits = BackEnd(self.num_classes, self.dtype, name="backend")(feats)[:, :h, :w]
+    logits = BackEnd(self.num_classes, self.dtype, pool, name="backend")(feats)[:, :h, :w]
     return _as_logits(logits.reshape((b, t) + logits.shape[1:]), self.dtype)
 
 
-MODELS = ("fcn", "fcslstm", "bi-fcslstm")
 
 
 def create_model(name: str, num_classes: int, *, remat: str = "none",
@@ -207,6 +252,29 @@ def create_model(name: str, num_classes: int, *, remat: str = "none",
     return FCSLSTM(num_classes, bidirectional=name == "bi-fcslstm", remat=remat, unroll=unroll,
                    chunk_pixels=chunk_pixels, dtype=dtype)
   raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")
+
+
+def is_two_scan_layer(tree) -> bool:
+  """Whether ``tree`` is a bidirectional layer's parameters in the two-scan layout."""
+  return isinstance(tree, Mapping) and set(tree) == set(slstm.DIRECTIONS)
+
+
+def from_two_scan_params(params):
+  """Bi-FCSLSTM parameters of the two-scan layout -> today's (see "Old checkpoints" above).
+
+  Every ``slstm{k}`` entry ``{"forward": P, "backward": P}`` becomes
+  :func:`fcslstm_jax.slstm.merge_directions` of it; everything else is kept as it is, so
+  parameters already in today's layout, FCN's and FCSLSTM's, pass through unchanged.
+  """
+  return {k: slstm.merge_directions(v) if is_two_scan_layer(v) else v
+          for k, v in params.items()}
+
+
+def to_two_scan_params(params, layers=None):
+  """The inverse of :func:`from_two_scan_params` for the Bi-FCSLSTM layers named in
+  ``layers`` (default: every ``slstm{k}``); leaves may be ``jax.ShapeDtypeStruct``."""
+  layers = [k for k in params if k.startswith("slstm")] if layers is None else layers
+  return {k: slstm.split_directions(v) if k in layers else v for k, v in params.items()}
 
 
 def count_params(params) -> int:

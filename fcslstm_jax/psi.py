@@ -108,14 +108,16 @@ def chunk_size(chunk_pixels: int | None, num_images: int, image_pixels: int) -> 
 
 
 def apply_in_chunks(fn: Callable[[jax.Array], jax.Array], x: jax.Array,
-                    chunk_pixels: int | None = None) -> jax.Array:
+                    chunk_pixels: int | None = None, out_axis: int = 0) -> jax.Array:
   """``fn(x)`` for ``x`` ``[N, H, W, C]`` computed on slices of the batch axis, concatenated.
 
   ``fn`` must treat images independently (a Ψ does), so the result equals ``fn(x)`` up to
-  floating-point rounding. Gradients flow through the slices as usual.
+  floating-point rounding. Gradients flow through the slices as usual. ``out_axis``: the
+  axis of ``fn``'s output that holds the images (1 for a Ψ of both directions of a
+  bidirectional layer, whose output is ``[2, N, H, W, F]``).
   """
   n, h, w = x.shape[:3]
   size = chunk_size(chunk_pixels, n, h * w)
   if size >= n:
     return fn(x)
-  return jnp.concatenate([fn(x[i:i + size]) for i in range(0, n, size)], axis=0)
+  return jnp.concatenate([fn(x[i:i + size]) for i in range(0, n, size)], axis=out_axis)

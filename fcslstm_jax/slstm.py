@@ -12,6 +12,10 @@ Implementation notes (same function as Eq. 1, arranged to be cheap):
 
 * Ψx depends on ``x_t`` only, so a layer applies it to all ``T`` time steps at once (time
   folded into the batch); only Ψh and the gate arithmetic run inside ``nn.scan``.
+  ``psi_x_in_scan`` (the memory-lean mode, ``remat="lean"`` in :mod:`fcslstm_jax.model`)
+  instead applies Ψx inside the scan body, one time step at a time; with ``remat_step`` its
+  output and inner activations are recomputed per step in the backward pass, so memory does
+  not hold ``T`` of them.
 * The four gates share one Ψx and one Ψh call that emit ``4 * hidden`` channels (i, f, g, o).
 * A per-step validity mask ``[B, T]`` marks missing time points (a session that was not
   acquired): there the state is carried through unchanged and the output is zero. The
@@ -22,8 +26,11 @@ Implementation notes (same function as Eq. 1, arranged to be cheap):
 * ``chunk_pixels``: Ψx runs on the folded batch a few images at a time where that is faster
   (XLA:CPU, see :func:`fcslstm_jax.psi.apply_in_chunks`); the function is the same.
 * ``unroll``: on XLA:CPU the backward pass of convolutions inside a real while loop is
-  ~30x slower than the unrolled graph, so ``None`` means "fully unroll on CPU, while loop
-  (``unroll=1``) on accelerators", where the loop keeps compile time and memory flat.
+  much slower than the unrolled graph, so ``None`` means "fully unroll on
+  CPU, while loop (``unroll=1``) on accelerators", where the loop keeps compile time and
+  memory flat. With ``psi_x_in_scan`` ``None`` means the while loop everywhere: only a real
+  loop recomputes one step at a time.
+* :class:`BidirectionalLSTM` advances both directions in one scan (see its docstring).
 """
 
 from typing import Any, Callable
@@ -32,41 +39,56 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flax.core.scope import LazyRng
+
 from fcslstm_jax import psi
 
 PsiFactory = Callable[..., nn.Module]  # called as factory(features=..., name=...)
+DIRECTIONS = ("forward", "backward")  # index 0 and 1 of a merged layer's direction axis
 
 
-def resolve_unroll(unroll: int | None, num_steps: int) -> int:
-  """``unroll`` as given, or the backend default described in the module docstring."""
+def resolve_unroll(unroll: int | None, num_steps: int, while_loop: bool = False) -> int:
+  """``unroll`` as given, or the default described in the module docstring.
+
+  ``while_loop``: the default is ``unroll=1`` on every backend (the memory-lean mode).
+  """
   if unroll is not None:
     return max(1, min(int(unroll), num_steps))
+  if while_loop:
+    return 1
   return num_steps if jax.default_backend() == "cpu" else 1
 
 
 def gate_bias_init(hidden: int):
   def init(key, shape, dtype=jnp.float32):
     del key
-    # Gate order (i, f, g, o): forget-gate bias 1, the rest 0.
-    return jnp.zeros(shape, dtype).at[hidden:2 * hidden].set(1.0)
+    # Gate order (i, f, g, o): forget-gate bias 1, the rest 0 (last axis; a merged
+    # bidirectional layer's bias is [2, 4 * hidden]).
+    return jnp.zeros(shape, dtype).at[..., hidden:2 * hidden].set(1.0)
   return init
 
 
 class LSTMStep(nn.Module):
-  """One time step of Eq. 1 given the precomputed ``Ψx(x_t)``; the body of the scan.
+  """One time step of Eq. 1; the body of the scan.
 
   carry: ``(c, h)``, each ``[B, H, W, hidden]`` float32.
-  inputs: ``(xg, valid)``: ``Ψx(x_t)`` as ``[B, H, W, 4 * hidden]`` and ``valid`` ``[B]`` bool.
+  inputs: ``(xg, valid)``: ``Ψx(x_t)`` as ``[B, H, W, 4 * hidden]`` and ``valid`` ``[B]`` bool;
+  or, when ``psi_x`` (a Ψ module made by the layer, whose parameters live there) is given,
+  ``(x_t, valid)`` with ``x_t`` ``[B, H, W, C_in]`` and Ψx applied here.
   Returns the new carry and the output ``h_t`` (zeros where ``valid`` is False).
   """
   hidden: int
   psi_h: PsiFactory
   dtype: Any = jnp.float32
+  psi_x: nn.Module | None = None
+  chunk_pixels: int | None = None
 
   @nn.compact
   def __call__(self, carry, inputs):
     c, h = carry
     xg, valid = inputs
+    if self.psi_x is not None:
+      xg = psi.apply_in_chunks(self.psi_x, xg.astype(self.dtype), self.chunk_pixels)
     hg = self.psi_h(features=4 * self.hidden, name="psi_h")(h.astype(self.dtype))
     b = self.param("bias", gate_bias_init(self.hidden), (4 * self.hidden,), jnp.float32)
     sd = c.dtype  # float32, or float64 when the model runs in float64
@@ -80,14 +102,23 @@ class LSTMStep(nn.Module):
     return (c, h), jnp.where(keep, h_new, 0.0)
 
 
-class StructuredLSTM(nn.Module):
-  """One unidirectional structured LSTM layer over ``x`` ``[B, T, H, W, C_in]``.
+class _Call(nn.Module):
+  """Calls ``fn``, a module made by the parent; lets ``nn.vmap`` stack its parameters."""
+  fn: nn.Module
 
-  ``psi_x`` and ``psi_h`` are Ψ factories (e.g. ``functools.partial(psi.ConvStage, ...)``),
-  called with ``features=4 * hidden``. Returns ``h`` for every step, ``[B, T, H, W, hidden]``.
-  ``remat_step`` rematerializes the scan body (Ψh and gates) in the backward pass;
-  ``chunk_pixels`` is passed to :func:`fcslstm_jax.psi.apply_in_chunks` for Ψx.
-  """
+  @nn.compact
+  def __call__(self, *args):
+    return self.fn(*args)
+
+
+def _per_direction(target, in_axes):
+  """``target`` vmapped over a leading direction axis of size 2, parameters stacked on it."""
+  return nn.vmap(target, variable_axes={"params": 0}, split_rngs={"params": True},
+                 in_axes=in_axes, out_axes=0, axis_size=len(DIRECTIONS))
+
+
+class _Layer(nn.Module):
+  """Fields shared by the unidirectional and the bidirectional layer."""
   hidden: int
   psi_x: PsiFactory
   psi_h: PsiFactory
@@ -95,46 +126,140 @@ class StructuredLSTM(nn.Module):
   remat_step: bool = False
   chunk_pixels: int | None = None
   dtype: Any = jnp.float32
+  psi_x_in_scan: bool = False
+
+  def _scan(self, step, t, axis):
+    """``nn.scan`` of ``step`` over the time axis ``axis`` of inputs and outputs."""
+    return nn.scan(step, variable_broadcast="params", split_rngs={"params": False},
+                   in_axes=axis, out_axes=axis,
+                   unroll=resolve_unroll(self.unroll, t, self.psi_x_in_scan))
+
+  def _step_kwargs(self, psi_x):
+    kw = dict(hidden=self.hidden, psi_h=self.psi_h, dtype=self.dtype)
+    if self.psi_x_in_scan:
+      kw.update(psi_x=psi_x, chunk_pixels=self.chunk_pixels)
+    return kw
+
+  def _zeros(self, shape):
+    return jnp.zeros(shape + (self.hidden,), jnp.promote_types(self.dtype, jnp.float32))
+
+
+class StructuredLSTM(_Layer):
+  """One unidirectional structured LSTM layer over ``x`` ``[B, T, H, W, C_in]``.
+
+  ``psi_x`` and ``psi_h`` are Ψ factories (e.g. ``functools.partial(psi.ConvStage, ...)``),
+  called with ``features=4 * hidden``. Returns ``h`` for every step, ``[B, T, H, W, hidden]``.
+  ``remat_step`` rematerializes the scan body (Ψh and gates; with ``psi_x_in_scan`` Ψx too)
+  in the backward pass; ``chunk_pixels`` is passed to :func:`fcslstm_jax.psi.apply_in_chunks`
+  for Ψx. Parameters: ``psi_x/...``, ``scan/psi_h/...``, ``scan/bias`` ``[4 * hidden]``.
+  """
 
   @nn.compact
   def __call__(self, x, valid=None):
     b, t = x.shape[:2]
     if valid is None:
       valid = jnp.ones((b, t), bool)
-    # Ψx on all time steps at once: [B*T, H, W, C] -> [B*T, H, W, 4*hidden].
     psi_x = self.psi_x(features=4 * self.hidden, name="psi_x")
-    xg = psi.apply_in_chunks(psi_x, x.reshape((b * t,) + x.shape[2:]).astype(self.dtype),
-                             self.chunk_pixels)
-    xg = xg.reshape((b, t) + xg.shape[1:])
+    if self.psi_x_in_scan:
+      xs = x.astype(self.dtype)
+    else:  # Ψx on all time steps at once: [B*T, H, W, C] -> [B*T, H, W, 4*hidden].
+      xs = psi.apply_in_chunks(psi_x, x.reshape((b * t,) + x.shape[2:]).astype(self.dtype),
+                               self.chunk_pixels)
+      xs = xs.reshape((b, t) + xs.shape[1:])
     step = nn.remat(LSTMStep) if self.remat_step else LSTMStep
-    scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False},
-                   in_axes=1, out_axes=1, unroll=resolve_unroll(self.unroll, t))
-    state_dtype = jnp.promote_types(self.dtype, jnp.float32)
-    zeros = jnp.zeros(xg.shape[:1] + xg.shape[2:4] + (self.hidden,), state_dtype)
-    _, hs = scan(hidden=self.hidden, psi_h=self.psi_h, dtype=self.dtype, name="scan")((zeros, zeros), (xg, valid))
+    zeros = self._zeros((b,) + x.shape[2:4])
+    _, hs = self._scan(step, t, 1)(**self._step_kwargs(psi_x), name="scan")(
+        (zeros, zeros), (xs, valid))
     return hs
 
 
-class BidirectionalLSTM(nn.Module):
-  """Two structured LSTM layers with their own parameters (a BRNN [20], paper Sec. 2.3).
+class BidirectionalLSTM(_Layer):
+  """A BRNN [20] of structured LSTMs (paper Sec. 2.3), both directions in one scan.
 
-  The backward layer scans the time-reversed sequence; its outputs are reversed back and
-  concatenated with the forward ones on channels: ``[B, T, H, W, 2 * hidden]``.
+  ``[B, T, H, W, C_in] -> [B, T, H, W, 2 * hidden]``: the forward direction's ``h`` and the
+  backward direction's (which reads the time-reversed sequence; its outputs are reversed
+  back) concatenated on channels. The two directions have their own parameters, stacked on
+  a leading direction axis of size 2 (0: forward, 1: backward, :data:`DIRECTIONS`):
+  ``psi_x/...`` ``[2, ...]``, ``scan/psi_h/...`` ``[2, ...]``, ``scan/bias`` ``[2, 4 * hidden]``.
+
+  Same function as two independent :class:`StructuredLSTM` layers run one after the other
+  (the paper's arrangement, and ours before): :func:`merge_directions` maps their parameters
+  one to one, and ``tests/test_bidirectional.py`` checks logits and gradients. What differs
+  is the schedule. Ψx of both directions is one vmapped call on the same input (its first
+  convolution becomes one convolution with both directions' output channels, the later ones
+  grouped convolutions), and the backward direction's Ψx outputs are reversed in time
+  (Ψx sees one time step at a time, so Ψx of the reversed sequence is the reversed Ψx). One
+  ``nn.scan`` then advances both directions: each time step runs Ψh of both as one grouped
+  convolution and the gate arithmetic of both together, half as many sequential steps as
+  two scans. With ``psi_x_in_scan`` both directions' inputs (``x_t`` and ``x_{T-1-t}``) are
+  stacked and Ψx runs in the step.
+
+  Initialization is the two-scan layer's too (:meth:`_two_scan_init`), so that a model
+  initialized with the same seed starts from the same parameters as before the merge.
   """
-  hidden: int
-  psi_x: PsiFactory
-  psi_h: PsiFactory
-  unroll: int | None = None
-  remat_step: bool = False
-  chunk_pixels: int | None = None
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, valid=None):
+    b, t = x.shape[:2]
     if valid is None:
-      valid = jnp.ones(x.shape[:2], bool)
-    kw = dict(hidden=self.hidden, psi_x=self.psi_x, psi_h=self.psi_h, unroll=self.unroll,
-              remat_step=self.remat_step, chunk_pixels=self.chunk_pixels, dtype=self.dtype)
-    fwd = StructuredLSTM(**kw, name="forward")(x, valid)
-    bwd = StructuredLSTM(**kw, name="backward")(x[:, ::-1], valid[:, ::-1])[:, ::-1]
-    return jnp.concatenate([fwd, bwd], axis=-1)
+      valid = jnp.ones((b, t), bool)
+    if self.is_initializing() and not self.has_variable("params", "scan"):
+      for name, value in self._two_scan_init(x, valid).items():
+        self.put_variable("params", name, value)  # the submodules below find and use them
+    psi_x = self.psi_x(features=4 * self.hidden, name="psi_x")
+    if self.psi_x_in_scan:  # [2, B, T, H, W, C_in]
+      xs = jnp.stack([x, x[:, ::-1]]).astype(self.dtype)
+    else:  # Ψx of both directions on all time steps: [2, B*T, H, W, 4*hidden]
+      both = _per_direction(_Call, None)(psi_x, name="psi_x_both")
+      xs = psi.apply_in_chunks(both, x.reshape((b * t,) + x.shape[2:]).astype(self.dtype),
+                               self.chunk_pixels, out_axis=1)
+      xs = xs.reshape((2, b, t) + xs.shape[2:])
+      xs = jnp.stack([xs[0], xs[1, :, ::-1]])
+    valid = jnp.stack([valid, valid[:, ::-1]])  # [2, B, T]
+    step = _per_direction(nn.remat(LSTMStep) if self.remat_step else LSTMStep, 0)
+    zeros = self._zeros((2, b) + x.shape[2:4])
+    _, hs = self._scan(step, t, 2)(**self._step_kwargs(psi_x), name="scan")(
+        (zeros, zeros), (xs, valid))  # hs: [2, B, T, H, W, hidden]
+    return jnp.concatenate([hs[0], hs[1, :, ::-1]], axis=-1)
+
+  def _two_scan_init(self, x, valid):
+    """The parameters that two :class:`StructuredLSTM` layers named ``forward`` and
+    ``backward`` (children of this layer) would be initialized with, merged.
+
+    Flax derives a child's parameter keys from its parent's rng and the names on its path
+    (``LazyRng``); initializing an unbound layer from this layer's rng with the child's name
+    appended gives it exactly those keys. One time step suffices: parameter shapes do not
+    depend on ``T``.
+    """
+    rng = self.scope.rngs["params"]
+    kw = dict(hidden=self.hidden, psi_x=self.psi_x, psi_h=self.psi_h, unroll=1,
+              remat_step=self.remat_step, chunk_pixels=0, dtype=self.dtype)
+    return merge_directions({
+        d: StructuredLSTM(**kw, parent=None).init({"params": LazyRng.create(rng, d)},
+                                                   x[:, :1], valid[:, :1])["params"]
+        for d in DIRECTIONS})
+
+
+def merge_directions(two_scan: dict) -> dict:
+  """Parameters of a two-scan bidirectional layer -> those of :class:`BidirectionalLSTM`.
+
+  ``two_scan`` is ``{"forward": P, "backward": P}`` with ``P`` a :class:`StructuredLSTM`'s
+  parameters (the layout before the merged scan); each leaf becomes ``stack([fwd, bwd])``.
+  """
+  if set(two_scan) != set(DIRECTIONS):
+    raise ValueError(f"expected the keys {DIRECTIONS}, got {sorted(two_scan)}")
+  return jax.tree_util.tree_map(lambda f, b: jnp.stack([f, b]), two_scan["forward"],
+                                two_scan["backward"])
+
+
+def split_directions(merged: dict) -> dict:
+  """The inverse of :func:`merge_directions`: ``{"forward": P, "backward": P}``.
+
+  Leaves may be arrays or ``jax.ShapeDtypeStruct`` (a restore target; sharding is kept).
+  """
+  def take(a, i):
+    if isinstance(a, jax.ShapeDtypeStruct):
+      return jax.ShapeDtypeStruct(a.shape[1:], a.dtype, sharding=a.sharding)
+    return a[i]
+  return {d: jax.tree_util.tree_map(lambda a, i=i: take(a, i), merged)
+          for i, d in enumerate(DIRECTIONS)}

@@ -65,6 +65,12 @@ class TrainState(train_state.TrainState):
   pass
 
 
+def first_nonfinite(losses) -> int | None:
+  """Index of the first NaN or Inf in ``losses``, or None when all are finite."""
+  bad = np.flatnonzero(~np.isfinite(np.asarray(losses, np.float64)))
+  return int(bad[0]) if bad.size else None
+
+
 def build_model(config: Config, num_classes: int) -> nn.Module:
   model = create_model(config.model, num_classes, remat=config.remat, unroll=config.unroll,
                        chunk_pixels=config.chunk_pixels, dtype=DTYPES[config.precision])
@@ -195,8 +201,9 @@ def check_run_dir(workdir: str, run_info: dict) -> None:
     files.write_json(path, run_info)
     return
   old = read_run_json(path)
-  # Extending a finished run is fine; chunk_pixels changes speed, not the function.
-  ignore = {"epochs", "chunk_pixels"}
+  # Extending a finished run is fine; chunk_pixels changes speed, not the function;
+  # log_every_steps only when the loss is read back.
+  ignore = {"epochs", "chunk_pixels", "log_every_steps"}
   diff = sorted(k for k in set(old["config"]) | set(run_info["config"]) if k not in ignore
                 and old["config"].get(k) != run_info["config"].get(k))
   diff += [k for k in ("dataset",) if old.get(k) != run_info.get(k)]
@@ -301,22 +308,31 @@ def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, 
       order = epoch_order(config.seed, epoch, n)
       bar = range(int(state.step) % steps_per_epoch, steps_per_epoch)
       bar = progress(bar, epoch) if progress else bar
-      t_epoch, losses_seen = time.time(), []
+      t_epoch, losses_seen, pending = time.time(), [], []
       for i in bar:
         idx = order[i * local_b:(i + 1) * local_b]
         state, out = step_fn(state, parallel.shard_batch(batches(train_set, idx), mesh), step_rng)
-        loss = float(out["loss"])
-        if not np.isfinite(loss):
+        # The loss stays on the device: reading it every step would stop the host from
+        # queueing the next step while this one runs. Read back every log_every_steps
+        # steps, at the epoch's end and before a stop, always before a checkpoint.
+        pending.append((epoch * steps_per_epoch + i + 1, idx, out["loss"]))
+        if (len(pending) < config.log_every_steps and i + 1 < steps_per_epoch
+            and not stop.signal):
+          continue
+        read = [float(l) for l in jax.device_get([l for _, _, l in pending])]
+        bad = first_nonfinite(read)
+        if bad is not None:
           kept = ckpt.steps()
           kept = f"the last good checkpoint, step {kept[-1]}, is kept" if kept else (
               "no checkpoint was written yet")
           raise NonFiniteLoss(
-              f"loss became {loss} at step {int(state.step)} (epoch {epoch + 1}): "
-              f"{describe_nonfinite(train_set, idx)}, then rerun the same command "
+              f"loss became {read[bad]} at step {pending[bad][0]} (epoch {epoch + 1}): "
+              f"{describe_nonfinite(train_set, pending[bad][1])}, then rerun the same command "
               f"({ckpt.directory}: {kept}).")
-        losses_seen.append(loss)
+        losses_seen += read
+        pending = []
         if hasattr(bar, "set_postfix"):
-          bar.set_postfix(loss=f"{loss:.4f}", seq_per_s=f"{b * len(losses_seen) / (time.time() - t_epoch):.2f}")
+          bar.set_postfix(loss=f"{read[-1]:.4f}", seq_per_s=f"{b * len(losses_seen) / (time.time() - t_epoch):.2f}")
         if stop.signal:
           break
       if stop.signal and int(state.step) % steps_per_epoch:  # mid-epoch: save and stop

@@ -17,6 +17,7 @@ sys.path.insert(0, BENCH)
 
 import common as C  # noqa: E402
 import flops  # noqa: E402
+import gpu_bench  # noqa: E402
 import memory  # noqa: E402
 import memory_breakdown  # noqa: E402
 import train_step  # noqa: E402
@@ -155,3 +156,59 @@ def test_torch_reference_is_the_same_model(bidirectional):
   want = np.asarray(new_params["backend"]["fuse1"]["kernel"])[0, 0].T
   np.testing.assert_allclose(tmodel.backend.fuses[0].weight.detach().numpy()[:, :, 0, 0], want,
                              rtol=1e-4, atol=1e-6)
+
+
+def test_jaxpr_flops_counts_convolutions_and_products():
+  """2 x multiply-adds: a 3x3 conv (padding taps included), a grouped conv, a matmul in a scan."""
+  import jax
+  import jax.numpy as jnp
+  x = jnp.ones((2, 8, 8, 3))
+  conv = lambda k, groups=1: jax.lax.conv_general_dilated(  # noqa: E731
+      x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=groups)
+  assert gpu_bench.jaxpr_flops(jax.make_jaxpr(conv)(jnp.ones((3, 3, 3, 5)))) == (
+      2 * 2 * 8 * 8 * 5 * 3 * 3 * 3)
+  assert gpu_bench.jaxpr_flops(jax.make_jaxpr(lambda k: conv(k, 3))(jnp.ones((3, 3, 1, 6)))) == (
+      2 * 2 * 8 * 8 * 6 * 3 * 3 * 1)
+  scan = lambda a: jax.lax.scan(lambda c, _: (c @ a, None), a, None, length=4)[0]  # noqa: E731
+  assert gpu_bench.jaxpr_flops(jax.make_jaxpr(jax.jit(scan))(jnp.ones((5, 5)))) == 4 * 2 * 5 ** 3
+
+
+def test_gpu_bench_rows_are_time_boxed(tmp_path):
+  import argparse
+  import time
+  args = argparse.Namespace(batch=1, time_steps=2, size=32, steps=1, warmup=0, tiny=True,
+                            torch_compile_backend="eager", cache_dir=str(tmp_path))
+  slow = gpu_bench.Row("versions", "versions", 0.05)
+  res = gpu_bench.run_row(slow, args, time.monotonic() + 60)
+  assert res["status"].startswith("timeout") and res["records"] == []
+  res = gpu_bench.run_row(slow, args, time.monotonic())  # no budget left: not started
+  assert res["status"] == "skipped" and res["reason"] == "budget spent"
+
+
+def test_gpu_bench_script_tiny(tmp_path, capsys):
+  """The whole plan at a tiny size on CPU: both phases, every framework, one remat policy."""
+  res = gpu_bench.main(["--tiny", "--size", "32", "--batch", "1", "--time-steps", "2",
+                        "--steps", "1", "--warmup", "0", "--models", "bi", "--dtypes",
+                        "float32", "--remats", "lean", "--torch-compile-backend",
+                        "eager", "--lanes", "3", "--budget-s", "400", "--out", str(tmp_path)])
+  printed = capsys.readouterr().out
+  saved = json.loads((tmp_path / "gpu_bench.json").read_text())
+  summary = saved["summary"]
+  assert summary["versions"]["jax"] and saved["shape_BTHWC"] == [1, 2, 32, 32, 2]
+  assert [m["remat"] for m in summary["memory"]] == ["lean"]
+  assert all(m["temp_bytes"] > 0 for m in summary["memory"])
+  (cost,) = summary["cost"]
+  assert cost["jaxpr_flops"] > 0 and cost["bytes_accessed"] > 0
+  steps = {r["framework"]: r for r in summary["steps"]}
+  assert set(steps) == {"JAX", "PyTorch eager", "torch.compile"}
+  assert steps["JAX"]["status"] == "ok" and steps["JAX"]["median_s"] > 0
+  for name in ("PyTorch eager", "torch.compile"):
+    if HAVE_TORCH:
+      assert steps[name]["status"] == "ok" and steps[name]["median_s"] > 0
+    else:  # skipped, and the reason is printed
+      assert steps[name]["status"] == "skipped"
+      assert "torch not importable" in printed
+  assert all(r["status"] == "ok" for r in saved["phase1"]), saved["phase1"]
+  assert "| JAX Bi-FCSLSTM float32 | ok |" in printed
+  assert res["summary"] == summary

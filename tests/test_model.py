@@ -214,15 +214,58 @@ def test_remat_turns_default_chunking_off():
 
 
 def test_remat_lowers_compiled_temp_memory():
-  """5-step 128x128 sequence, the while-loop path (unroll=1) that accelerators use."""
+  """5-step 128x128 sequence, the while-loop path (unroll=1) that accelerators use.
+
+  ``"lean"`` keeps no Ψx output for all T steps and no max-pool index arrays, so it must
+  need well under ``"full"``'s temp memory.
+  """
   x = jax.ShapeDtypeStruct((1, 5, 128, 128, 2), jnp.float32)
   temps = {}
-  for remat in ("none", "full"):
+  for remat in ("none", "full", "lean"):
     model = M.FCSLSTM(4, remat=remat, unroll=1)
     params = jax.eval_shape(lambda m=model: M.init_params(m, 2))
     compiled = jax.jit(jax.grad(_loss_fn(model))).lower(params, x).compile()
     temps[remat] = compiled.memory_analysis().temp_size_in_bytes
   assert temps["full"] < 0.8 * temps["none"], temps
+  assert temps["lean"] < 0.5 * temps["full"], temps
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_lean_remat_gives_the_same_function_and_gradients(bidirectional):
+  """``remat="lean"`` (Ψx inside the rematerialized step, while loop, max_pool_lean) against
+  ``"none"`` (CPU default: loop unrolled), with a missing time point."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 32, 32, 2))
+  valid = jnp.array([[True, False, True]])
+  base = M.FCSLSTM(3, bidirectional=bidirectional, stages=TINY)
+  lean = base.clone(remat="lean")
+  params = M.init_params(base, 2)
+
+  def logits_and_grads(model):
+    def loss(p):
+      logits = model.apply({"params": p}, x, valid)
+      return jnp.mean(jnp.sin(logits)), logits
+    (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    return logits, grads
+  (l0, g0), (l1, g1) = logits_and_grads(base), logits_and_grads(lean)
+  chex.assert_trees_all_close(l0, l1, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(g0, g1, rtol=1e-5, atol=1e-7)
+  jaxpr = jax.make_jaxpr(lean.apply)({"params": params}, x, valid).jaxpr
+  scans = [e for e in jaxpr.eqns if e.primitive.name == "scan"]
+  assert len(scans) == 5 and all(e.params["length"] == 3 for e in scans)
+  assert all("conv_general_dilated" in str(e.params["jaxpr"]) for e in scans)
+  outside = [e for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+  assert len(outside) == 10, len(outside)  # only the back-end's: Ψx runs in the time loops
+
+
+def test_max_pool_lean_is_max_pool():
+  """Same values and the same gradient, ties included (first maximum in a window wins)."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 6, 4))
+  x = x.at[0].set(0.0).at[1, :4].set(1.0).at[2, 0, 0, 0].set(x[2, 1, 1, 0])
+  g = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 3, 4))
+  y0, vjp0 = jax.vjp(M.max_pool, x)
+  y1, vjp1 = jax.vjp(M.max_pool_lean, x)
+  chex.assert_trees_all_equal(y0, y1)
+  chex.assert_trees_all_equal(vjp0(g), vjp1(g))
 
 
 def test_finite_difference_gradients_float64():
@@ -234,16 +277,21 @@ def test_finite_difference_gradients_float64():
   of them is an exact tie (a kink; autodiff takes one side, central differences the mean;
   measured: 2e-5 apart on one gate bias, and equal to 1e-10 once either the ReLU or the
   max-pool is made smooth). Random biases (as in the Eq. 1 tests) break the ties.
+  The central-difference step must not cross a kink either: ``check_grads`` steps along a
+  standard-normal tangent of all parameters (norm ~ sqrt(#parameters)), and at its default
+  eps (1e-4) that crossed a kink at the point used here (the two projections 2.7e-5 apart;
+  they agree at eps 1e-5 and 1e-6), so eps is 1e-6, still far above float64 rounding.
   """
   with jax.enable_x64(True):
     model = M.FCSLSTM(2, bidirectional=True, stages=((2, 1),) * 5, dtype=jnp.float64)
     x = jax.random.normal(jax.random.PRNGKey(0), (1, 2, 32, 32, 1), jnp.float64)
     params = model.init(jax.random.PRNGKey(1), x)["params"]
-    leaves, tree = jax.tree_util.tree_flatten(params)
+    leaves, tree = jax.tree_util.tree_flatten_with_path(params)
     keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
-    params = jax.tree_util.tree_unflatten(tree, [
+    params = jax.tree_util.tree_unflatten(tree, [  # biases: [C], or [2, C] per direction
         p.astype(jnp.float64) + (0.1 * jax.random.normal(k, p.shape, jnp.float64)
-                                 if p.ndim == 1 else 0.0) for p, k in zip(leaves, keys)])
+                                 if path[-1].key == "bias" else 0.0)
+        for (path, p), k in zip(leaves, keys)])
     loss = jax.jit(lambda p: jnp.mean(jnp.sin(model.apply({"params": p}, x))))
     # A small step: with 1e-4 (the default) along a random direction of every parameter at
     # once, a ReLU or max-pool close to its kink can switch within the step.

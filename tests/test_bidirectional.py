@@ -1,0 +1,179 @@
+"""The merged bidirectional layer (both directions in one scan) against the two-scan layer.
+
+The reference is the layer as it was before the merge: two independent
+:class:`fcslstm_jax.slstm.StructuredLSTM` scans, the backward one on the time-reversed sequence
+(a BRNN, paper Sec. 2.3). Parameters are mapped one to one with
+:func:`fcslstm_jax.slstm.merge_directions` / :func:`fcslstm_jax.model.from_two_scan_params`.
+"""
+
+import functools
+import logging
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax.training import train_state
+
+from fcslstm_jax import checkpoint
+from fcslstm_jax import model as M
+from fcslstm_jax import psi
+from fcslstm_jax import slstm
+
+TINY = ((4, 1), (4, 1), (6, 1), (6, 1), (8, 1))
+PSI_X = functools.partial(psi.ConvStage, num_convs=2, width=3)
+PSI_H = functools.partial(psi.Conv, use_bias=False)
+
+
+class TwoScanBidirectionalLSTM(nn.Module):
+  """The bidirectional layer before issue 16, verbatim: two scans, parameters per direction."""
+  hidden: int
+  psi_x: slstm.PsiFactory
+  psi_h: slstm.PsiFactory
+  unroll: int | None = None
+  remat_step: bool = False
+  chunk_pixels: int | None = None
+  dtype: object = jnp.float32
+  psi_x_in_scan: bool = False  # the model passes it; the old layer had no such mode
+
+  @nn.compact
+  def __call__(self, x, valid=None):
+    assert not self.psi_x_in_scan
+    if valid is None:
+      valid = jnp.ones(x.shape[:2], bool)
+    kw = dict(hidden=self.hidden, psi_x=self.psi_x, psi_h=self.psi_h, unroll=self.unroll,
+              remat_step=self.remat_step, chunk_pixels=self.chunk_pixels, dtype=self.dtype)
+    fwd = slstm.StructuredLSTM(**kw, name="forward")(x, valid)
+    bwd = slstm.StructuredLSTM(**kw, name="backward")(x[:, ::-1], valid[:, ::-1])[:, ::-1]
+    return jnp.concatenate([fwd, bwd], axis=-1)
+
+
+def _perturbed(params, scale=0.1):
+  """Random offsets on every parameter, so that biases and both directions differ."""
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
+  return jax.tree_util.tree_unflatten(
+      tree, [p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+
+
+def _logits_and_grads(apply, params, *args):
+  """One compiled program: ``apply``'s output and the gradient of a loss of it."""
+  def loss(p):
+    out = apply({"params": p}, *args)
+    return jnp.sum(jnp.sin(out)), out
+  (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+  return out, grads
+
+
+X = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 8, 8, 2))
+# Sequence 0 misses its middle time point, sequence 1 its first (the backward direction's last).
+VALID = jnp.array([[True, False, True], [False, True, True]])
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"remat_step": True}, {"unroll": 1}, {"chunk_pixels": 2 * 64},
+    {"psi_x_in_scan": True, "remat_step": True}], ids=str)
+def test_merged_layer_equals_two_scan_layer(options):
+  old_options = {k: v for k, v in options.items() if k != "psi_x_in_scan"}
+  old = TwoScanBidirectionalLSTM(3, PSI_X, PSI_H, **old_options)
+  new = slstm.BidirectionalLSTM(3, PSI_X, PSI_H, **options)
+  init_old = old.init(jax.random.PRNGKey(1), X)["params"]
+  chex.assert_trees_all_equal(new.init(jax.random.PRNGKey(1), X)["params"],  # same start
+                              slstm.merge_directions(init_old))
+  p_old = _perturbed(init_old)
+  p_new = slstm.merge_directions(p_old)
+  want, g_old = _logits_and_grads(old.apply, p_old, X, VALID)
+  got, g_new = _logits_and_grads(new.apply, p_new, X, VALID)
+  chex.assert_shape(got, (2, 3, 8, 8, 6))
+  chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(g_new, slstm.merge_directions(g_old), rtol=1e-5, atol=1e-5)
+
+
+def test_merged_layer_skips_missing_time_points_in_both_directions():
+  """A sequence with a gap equals the sequence without it, both directions' outputs."""
+  layer = slstm.BidirectionalLSTM(3, PSI_X, PSI_H)
+  params = {"params": _perturbed(layer.init(jax.random.PRNGKey(1), X)["params"])}
+  apply = jax.jit(layer.apply)
+  for valid, kept in (([True, False, True], [0, 2]), ([False, True, True], [1, 2]),
+                      ([True, True, False], [0, 1])):
+    with_gap = apply(params, X, jnp.array([valid] * 2))
+    without = apply(params, X[:, kept])
+    chex.assert_trees_all_close(with_gap[:, kept], without, atol=1e-6)
+    missing = [t for t in range(3) if t not in kept]
+    chex.assert_trees_all_equal(with_gap[:, missing], jnp.zeros_like(with_gap[:, missing]))
+
+
+def _scans(apply, params, *args):
+  jaxpr = jax.make_jaxpr(apply)(params, *args).jaxpr
+  return [e for e in jaxpr.eqns if e.primitive.name == "scan"]
+
+
+def _convs(jaxpr):
+  return [e for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+
+
+def test_one_scan_with_one_grouped_psi_h_per_step():
+  """Half the sequential kernels: one scan whose step has one convolution (both Ψh)."""
+  new = slstm.BidirectionalLSTM(3, PSI_X, PSI_H, unroll=1)
+  old = TwoScanBidirectionalLSTM(3, PSI_X, PSI_H, unroll=1)
+  assert len(_scans(old.apply, old.init(jax.random.PRNGKey(1), X), X)) == 2
+  (scan,) = _scans(new.apply, new.init(jax.random.PRNGKey(1), X), X)
+  (conv,) = _convs(scan.params["jaxpr"].jaxpr)
+  assert conv.params["feature_group_count"] == 2  # forward and backward Ψh side by side
+
+
+def test_merged_model_equals_two_scan_model(monkeypatch):
+  """Bi-FCSLSTM initialization, logits and gradients, parameters mapped by
+  from_two_scan_params."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 32, 32, 2))
+  valid = jnp.array([[True, False, True]])
+  model = M.FCSLSTM(3, bidirectional=True, stages=TINY)
+  with monkeypatch.context() as m:
+    m.setattr(slstm, "BidirectionalLSTM", TwoScanBidirectionalLSTM)
+    init_old = M.init_params(model, 2)
+    p_old = _perturbed(init_old, 0.05)
+    want, g_old = _logits_and_grads(model.apply, p_old, x, valid)
+  # Same seed, same initial parameters (BidirectionalLSTM._two_scan_init).
+  chex.assert_trees_all_equal(M.init_params(model, 2), M.from_two_scan_params(init_old))
+  p_new = M.from_two_scan_params(p_old)
+  got, g_new = _logits_and_grads(model.apply, p_new, x, valid)
+  chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(g_new, M.from_two_scan_params(g_old), rtol=1e-4, atol=1e-5)
+
+
+def test_parameter_mapping_round_trip():
+  old = {"slstm1": {"forward": {"a": jnp.ones(2)}, "backward": {"a": jnp.zeros(2)}},
+         "backend": {"b": jnp.ones(3)}}
+  new = M.from_two_scan_params(old)
+  chex.assert_trees_all_equal(new["slstm1"]["a"], jnp.array([[1.0, 1.0], [0.0, 0.0]]))
+  chex.assert_trees_all_equal(M.to_two_scan_params(new), old)
+  chex.assert_trees_all_equal(M.from_two_scan_params(new), new)  # already merged: unchanged
+  abstract = M.to_two_scan_params(jax.eval_shape(lambda: new))
+  assert abstract["slstm1"]["backward"]["a"].shape == (2,)
+  with pytest.raises(ValueError, match="forward"):
+    slstm.merge_directions({"forward": {}})
+
+
+def test_two_scan_checkpoint_is_converted_on_restore(tmp_path, caplog, monkeypatch):
+  """Parameters and RMSprop statistics of an old checkpoint load into the merged layout."""
+  model = M.FCSLSTM(3, bidirectional=True, stages=TINY)
+  tx = optax.rmsprop(1e-3)
+  with monkeypatch.context() as m:
+    m.setattr(slstm, "BidirectionalLSTM", TwoScanBidirectionalLSTM)
+    p_old = _perturbed(M.init_params(model, 2))
+  old = train_state.TrainState.create(apply_fn=None, params=p_old, tx=tx)
+  old = old.replace(step=jnp.asarray(3), opt_state=jax.tree_util.tree_map(lambda a: a + 0.5, old.opt_state))
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  ckpt.save(old)
+  fresh = train_state.TrainState.create(apply_fn=None, params=M.init_params(model, 2), tx=tx)
+  with caplog.at_level(logging.WARNING, logger=checkpoint.__name__):
+    state, step = ckpt.restore(fresh)
+  ckpt.close()
+  assert step == 3 and int(state.step) == 3
+  chex.assert_trees_all_equal(state.params, M.from_two_scan_params(p_old))
+  chex.assert_trees_all_equal(state.opt_state[0].nu, M.from_two_scan_params(old.opt_state[0].nu))
+  assert "two-scan Bi-FCSLSTM layout" in caplog.text and "slstm1" in caplog.text
+  np.testing.assert_array_equal(ckpt.unreadable, set())
