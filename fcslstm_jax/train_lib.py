@@ -35,7 +35,7 @@ from fcslstm_jax.checkpoint import Checkpointer
 from fcslstm_jax.config import Config
 from fcslstm_jax.sequences import SliceSet
 from fcslstm_jax.errors import ConfigError, FcslstmError
-from fcslstm_jax.model import create_model
+from fcslstm_jax.model import create_model, init_params
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 BATCH_KEYS = ("images", "labels", "label_mask", "valid")
@@ -98,8 +98,7 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransf
 
 def create_train_state(rng, model: nn.Module, config: Config, in_channels: int,
                        steps_per_epoch: int) -> TrainState:
-  x = jnp.zeros((1, 2, 32, 32, in_channels), jnp.float32)
-  params = jax.jit(model.init)(rng, x)["params"]
+  params = init_params(model, in_channels, rng)
   return TrainState.create(apply_fn=model.apply, params=params,
                            tx=make_optimizer(config, steps_per_epoch))
 
@@ -147,7 +146,8 @@ def predict_proba(state_or_params, apply_fn, images, valid):
   return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
 
-def batches(data: SliceSet, indices) -> dict:
+def batch_at(data: SliceSet, indices) -> dict:
+  """The batch (dict of ``BATCH_KEYS`` arrays) of sequences ``indices`` of ``data``."""
   return {k: getattr(data, k)[indices] for k in BATCH_KEYS}
 
 
@@ -168,7 +168,14 @@ def predict_all(predict_fn, params, data: SliceSet, batch_size: int) -> np.ndarr
   return np.concatenate(out)[:n]
 
 
-def evaluate(predict_fn, params, splits: list[SliceSet], class_names, batch_size: int):
+def make_predict_fn(model: nn.Module, proba: bool = False):
+  """``fn(params, images [B, T, H, W, C], valid [B, T])`` -> class map ``[B, T, H, W]``, or
+  probabilities ``[B, T, H, W, c]`` with ``proba``; jit-compiled."""
+  predict_with = predict_proba if proba else predict
+  return jax.jit(lambda p, x, v: predict_with(p, model.apply, x, v))
+
+
+def evaluate_splits(predict_fn, params, splits: list[SliceSet], class_names, batch_size: int):
   """mPA / Dice / IoU over the labeled voxels (``label_mask``) of each split.
 
   Splits that hold the same image sequences (the paper's protocol: train and test differ only
@@ -237,7 +244,9 @@ def read_run_json(path: str) -> dict:
 
 
 class StopRequest:
-  """SIGINT / SIGTERM set a flag; the loop saves a checkpoint and exits at the next step."""
+  """SIGINT / SIGTERM set a flag; the loop saves a checkpoint and stops (:meth:`agreed`)."""
+
+  CODES = {None: 0, "SIGINT": int(signal.SIGINT), "SIGTERM": int(signal.SIGTERM)}
 
   def __init__(self):
     self.signal = None
@@ -254,6 +263,18 @@ class StopRequest:
     for s, h in self._old.items():
       signal.signal(s, h)
 
+  def agreed(self, due: bool):
+    """The signal the run stops for, or None: at once with one process; with several, only
+    at ``due`` points (the loss read-backs, the same steps everywhere) and then for all of
+    them together, whichever process got it, so that all save the same step and none waits
+    in a collective for another that stopped (a ``max`` over the processes' signal codes)."""
+    if jax.process_count() == 1:
+      return self.signal
+    if not due:
+      return None
+    (code,) = parallel.agree_max([self.CODES.get(self.signal, 0)])
+    return signal.Signals(code).name if code else None
+
 
 @dataclasses.dataclass
 class RunResult:
@@ -264,18 +285,26 @@ class RunResult:
   stopped_by: str | None = None
 
 
-def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, workdir: str,
-                       class_names, run_info: dict, progress: Callable = None,
-                       log: Callable = print, mesh=None) -> RunResult:
-  """The whole run: resume if possible, train, checkpoint each epoch, evaluate.
+@dataclasses.dataclass
+class Run:
+  """What one training run needs besides its state (set up by :func:`prepare_run`)."""
+  config: Config
+  train_set: SliceSet
+  test_set: SliceSet
+  class_names: tuple
+  mesh: Any
+  steps_per_epoch: int
+  local_batch: int
+  step_fn: Callable
+  predict_fn: Callable
+  step_rng: Any
+  ckpt: Checkpointer
+  logger: Any
 
-  ``mesh``: the devices to train on (default: all, see :mod:`fcslstm_jax.parallel`). With
-  several processes, ``train_set`` / ``test_set`` hold this process's subjects only.
-  """
-  t0 = time.time()
-  mesh = mesh or parallel.make_mesh()
+
+def prepare_run(config, train_set, test_set, workdir, class_names, run_info, mesh, log):
+  """``(run, state)``: the model, the restored or new state, the compiled step, the logs."""
   main = parallel.is_main_process()
-  log = log if main else (lambda *a, **k: None)
   n, b = len(train_set), config.batch_size
   local_b = parallel.process_batch_size(b, mesh)  # rows this process feeds per step
   steps_per_epoch = parallel.agree_min(n // local_b)
@@ -297,69 +326,108 @@ def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, 
   step_fn = jax.jit(lambda s, batch, r: train_step(s, batch, r, class_weights=weights,
                                                    config=config), donate_argnums=0,
                     out_shardings=parallel.replicated(mesh))
-  predict_fn = parallel.on_local_devices(
-      jax.jit(lambda p, x, v: predict(p, model.apply, x, v)), mesh)
-  eval_params = lambda: parallel.local_replica(state.params, mesh)
-  logger = MetricsLog(workdir, int(state.step)) if main else None
-  step_rng = parallel.replicate(jax.random.fold_in(rng, 1), mesh)
+  predict_fn = parallel.on_local_devices(make_predict_fn(model), mesh)
+  run = Run(config, train_set, test_set, tuple(class_names), mesh, steps_per_epoch, local_b,
+            step_fn, predict_fn, parallel.replicate(jax.random.fold_in(rng, 1), mesh), ckpt,
+            MetricsLog(workdir, int(state.step)) if main else None)
+  return run, state
+
+
+def nonfinite_error(run: Run, epoch: int, step: int, value: float, indices):
+  kept = run.ckpt.steps()
+  kept = f"the last good checkpoint, step {kept[-1]}, is kept" if kept else (
+      "no checkpoint was written yet")
+  return NonFiniteLoss(
+      f"loss became {value} at step {step} (epoch {epoch + 1}): "
+      f"{describe_nonfinite(run.train_set, indices)}, then rerun the same command "
+      f"({run.ckpt.directory}: {kept}).")
+
+
+def train_epoch(run: Run, state, epoch: int, stop: StopRequest, progress=None):
+  """The steps of one epoch from wherever ``state`` stands: ``(state, losses, stopped_by)``.
+
+  The loss stays on the device: reading it every step would stop the host from queueing the
+  next step while this one runs. It is read back (progress bar, NaN guard) every
+  ``log_every_steps`` steps and at the epoch's end; a stop is agreed there too.
+  """
+  config, spe, b = run.config, run.steps_per_epoch, run.local_batch
+  order = epoch_order(config.seed, epoch, len(run.train_set))
+  bar = range(int(state.step) % spe, spe)
+  bar = progress(bar, epoch) if progress else bar
+  t0, seen, pending = time.time(), [], []
+  for i in bar:
+    idx = order[i * b:(i + 1) * b]
+    state, out = run.step_fn(state, parallel.shard_batch(batch_at(run.train_set, idx),
+                                                         run.mesh), run.step_rng)
+    pending.append((epoch * spe + i + 1, idx, out["loss"]))
+    due = len(pending) >= config.log_every_steps or i + 1 == spe
+    if not due and not (jax.process_count() == 1 and stop.signal):
+      continue
+    read = [float(l) for l in jax.device_get([l for _, _, l in pending])]
+    bad = first_nonfinite(read)
+    if bad is not None:
+      raise nonfinite_error(run, epoch, pending[bad][0], read[bad], pending[bad][1])
+    seen, pending = seen + read, []
+    if hasattr(bar, "set_postfix"):
+      bar.set_postfix(loss=f"{read[-1]:.4f}",
+                      seq_per_s=f"{config.batch_size * len(seen) / (time.time() - t0):.2f}")
+    stopped_by = stop.agreed(due)
+    if stopped_by:
+      return state, seen, stopped_by
+  return state, seen, None
+
+
+def end_epoch(run: Run, state, epoch: int, losses_seen, seconds: float) -> None:
+  """Scores the epoch's model, logs its line, then checkpoints it (in that order: a resume
+  drops log lines past its step, see :class:`MetricsLog`)."""
+  train_m, test_m = evaluate_splits(run.predict_fn, parallel.local_replica(state.params, run.mesh),
+                                    [run.train_set, run.test_set], run.class_names,
+                                    run.local_batch)
+  step = int(state.step)
+  record = {"epoch": epoch + 1, "step": step,
+            "loss": float(np.mean(losses_seen)) if losses_seen else None,
+            "lr": float(lr_schedule(run.config, run.steps_per_epoch)(step - 1)),
+            "train_mpa": train_m["mpa"], "test_mpa": test_m["mpa"], "epoch_seconds": seconds}
+  if run.logger:
+    run.logger.write(record)
+  run.ckpt.save(state, {"train_mpa": train_m["mpa"] or 0.0})
+
+
+def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, workdir: str,
+                       class_names, run_info: dict, progress: Callable = None,
+                       log: Callable = print, mesh=None) -> RunResult:
+  """The whole run: resume if possible, train, checkpoint each epoch, evaluate.
+
+  ``mesh``: the devices to train on (default: all, see :mod:`fcslstm_jax.parallel`). With
+  several processes, ``train_set`` / ``test_set`` hold this process's subjects only.
+  A stop (SIGINT, SIGTERM) saves a checkpoint of the step reached and returns; a finished
+  epoch is scored and logged even when the stop came in its last step.
+  """
+  t0 = time.time()
+  mesh = mesh or parallel.make_mesh()
+  log = log if parallel.is_main_process() else (lambda *a, **k: None)
+  run, state = prepare_run(config, train_set, test_set, workdir, class_names, run_info, mesh,
+                           log)
   stopped_by = None
   with StopRequest() as stop:
-    for epoch in range(int(state.step) // steps_per_epoch, config.epochs):
-      order = epoch_order(config.seed, epoch, n)
-      bar = range(int(state.step) % steps_per_epoch, steps_per_epoch)
-      bar = progress(bar, epoch) if progress else bar
-      t_epoch, losses_seen, pending = time.time(), [], []
-      for i in bar:
-        idx = order[i * local_b:(i + 1) * local_b]
-        state, out = step_fn(state, parallel.shard_batch(batches(train_set, idx), mesh), step_rng)
-        # The loss stays on the device: reading it every step would stop the host from
-        # queueing the next step while this one runs. Read back every log_every_steps
-        # steps, at the epoch's end and before a stop, always before a checkpoint.
-        pending.append((epoch * steps_per_epoch + i + 1, idx, out["loss"]))
-        if (len(pending) < config.log_every_steps and i + 1 < steps_per_epoch
-            and not stop.signal):
-          continue
-        read = [float(l) for l in jax.device_get([l for _, _, l in pending])]
-        bad = first_nonfinite(read)
-        if bad is not None:
-          kept = ckpt.steps()
-          kept = f"the last good checkpoint, step {kept[-1]}, is kept" if kept else (
-              "no checkpoint was written yet")
-          raise NonFiniteLoss(
-              f"loss became {read[bad]} at step {pending[bad][0]} (epoch {epoch + 1}): "
-              f"{describe_nonfinite(train_set, pending[bad][1])}, then rerun the same command "
-              f"({ckpt.directory}: {kept}).")
-        losses_seen += read
-        pending = []
-        if hasattr(bar, "set_postfix"):
-          bar.set_postfix(loss=f"{read[-1]:.4f}", seq_per_s=f"{b * len(losses_seen) / (time.time() - t_epoch):.2f}")
-        if stop.signal:
-          break
-      if stop.signal and int(state.step) % steps_per_epoch:  # mid-epoch: save and stop
-        ckpt.save(state)
-      else:  # a finished epoch is evaluated and logged even when a signal came in its last step
-        train_m, test_m = evaluate(predict_fn, eval_params(), [train_set, test_set],
-                                   class_names, local_b)
-        record = {"epoch": epoch + 1, "step": int(state.step),
-                  "loss": float(np.mean(losses_seen)) if losses_seen else None,
-                  "lr": float(lr_schedule(config, steps_per_epoch)(int(state.step) - 1)),
-                  "train_mpa": train_m["mpa"], "test_mpa": test_m["mpa"],
-                  "epoch_seconds": time.time() - t_epoch}
-        if logger:  # before the checkpoint: a resume drops lines past its step (MetricsLog)
-          logger.write(record)
-        ckpt.save(state, {"train_mpa": train_m["mpa"] or 0.0})
-      if stop.signal:
-        stopped_by = stop.signal
-        log(f"{stop.signal}: saved a checkpoint at step {int(state.step)}. Rerun the same "
+    for epoch in range(int(state.step) // run.steps_per_epoch, config.epochs):
+      t_epoch = time.time()
+      state, seen, stopped_by = train_epoch(run, state, epoch, stop, progress)
+      if stopped_by and int(state.step) % run.steps_per_epoch:  # mid-epoch
+        run.ckpt.save(state)
+      else:
+        end_epoch(run, state, epoch, seen, time.time() - t_epoch)
+      if stopped_by:
+        log(f"{stopped_by}: saved a checkpoint at step {int(state.step)}. Rerun the same "
             "command to resume.")
         break
-  ckpt.close()
-  if logger:
-    logger.close()
+  run.ckpt.close()
+  if run.logger:
+    run.logger.close()
   if stopped_by:
     return RunResult(state, None, None, time.time() - t0, stopped_by)
-  train_m, test_m = evaluate(predict_fn, eval_params(), [train_set, test_set], class_names,
-                             local_b)
+  train_m, test_m = evaluate_splits(run.predict_fn, parallel.local_replica(state.params, mesh),
+                                    [train_set, test_set], class_names, run.local_batch)
   return RunResult(state, train_m, test_m, time.time() - t0, stopped_by)
 
 

@@ -6,8 +6,9 @@ process: both must be set before JAX touches a device).
         XLA_FLAGS=--xla_force_host_platform_device_count=2), and one bfloat16 step of a tiny
         FCSLSTM; saves losses, parameters, and the bfloat16 step's HLO.
     python tests/parallel_worker.py train OUT.npz TRAIN_ARGS...
-        train.py TRAIN_ARGS in one process of a multi-process run; saves the final
-        parameters and whether the newest checkpoint holds them.
+        train.py TRAIN_ARGS in one process of a multi-process run; saves its exit code (0, or
+        130 when a signal stopped it), the final parameters and whether the newest
+        checkpoint holds them.
 """
 
 import os
@@ -134,8 +135,9 @@ def train_main(out, argv):
     return results[-1]
 
   train_lib.train_and_evaluate = keep_result
-  assert train.main(argv) == 0
-  log("train.py done")
+  rc = train.main(argv)
+  assert rc in (0, 130), rc  # 130: stopped by a signal (here or on the other process)
+  log(f"train.py done, exit {rc}")
   state = results[-1].state
   workdir = argv[argv.index("--workdir") + 1]
   ckpt = Checkpointer(workdir)  # every process restores, as orbax expects
@@ -143,7 +145,7 @@ def train_main(out, argv):
   ckpt.close()
   same = all(np.array_equal(a, b) for a, b in zip(flat(state.params).values(),
                                                   flat(restored.params).values()))
-  np.savez(out, step=int(state.step), ckpt_step=step, ckpt_matches=same,
+  np.savez(out, rc_train=rc, step=int(state.step), ckpt_step=step, ckpt_matches=same,
            process_count=jax.process_count(), **flat(state.params))
 
 

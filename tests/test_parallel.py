@@ -10,6 +10,7 @@ under the same flags on both sides.
 
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +29,7 @@ WORKER = ROOT / "tests" / "parallel_worker.py"
 TINY_DATA = bric.TINY
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 TIMEOUT_S = 240  # all three; the two-process run must end within 120 s
+EPOCHS_2P = 8  # two-process runs: one step per epoch
 # 1 vs 2 devices: float32 sums split over two devices round differently; measured
 # differences are ~1e-6 (loss) and ~2e-7 (parameters, which move ~4e-3 per step).
 LOSS_RTOL, PARAM_ATOL = 1e-5, 1e-6
@@ -49,28 +51,26 @@ def start(args, log, nice=0, **env):
                           preexec_fn=(lambda: os.nice(nice)) if nice else None)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  """Starts the 1-vs-2-device worker and a two-process train.py run; returns their outputs."""
-  tmp = tmp_path_factory.mktemp("parallel")
-  data = bric.generate(tmp / "data", seed=0, config=TINY_DATA)
-  workdir, port = tmp / "run", free_port()
+def two_process_args(data, workdir, port, *extra):
   # FCN: the cheapest model to compile (the LSTM runs sharded in the 1-vs-2-device worker).
-  train_args = ["--data-dir", data, "--protocol", "ibis", "--config", "tiny", "--model", "fcn",
-                "--epochs", "2", "--batch-size", "2", "--workdir", workdir,
-                "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2"]
+  return ["--data-dir", data, "--protocol", "ibis", "--config", "tiny", "--model", "fcn",
+          "--epochs", str(EPOCHS_2P), "--batch-size", "2", "--workdir", workdir,
+          "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2", *extra]
+
+
+def run_jobs(tmp, specs, timeout, while_running=None):
+  """Starts ``specs`` (name, worker args, nice, env) at once, waits for all (killing what is
+  left after ``timeout`` s); ``while_running(jobs)`` is called once they are started.
+  Returns ``{name: {"rc", "log", npz contents...}}`` and ``"seconds"``."""
   jobs, logs, seconds, t0 = {}, {}, {}, time.time()
   try:
-    # The two processes get the CPU first; the 1-vs-2-device worker fills their idle time.
-    for name, args, nice, env in [
-        *[(f"process{i}", ["train", tmp / f"process{i}.npz", *train_args, "--process-id", i],
-           0, {"JAX_COORDINATOR_BIND_ADDRESS": f"127.0.0.1:{port}"}) for i in (0, 1)],
-        ("mesh", ["mesh", tmp / "mesh.npz"], 10,
-         {"EXTRA_XLA_FLAGS": "--xla_force_host_platform_device_count=2"})]:
+    for name, args, nice, env in specs:
       logs[name] = open(tmp / f"{name}.log", "w")
       jobs[name] = start(args, logs[name], nice, **env)
+    if while_running:
+      while_running(jobs)
     for name, job in jobs.items():
-      job.wait(timeout=max(1.0, TIMEOUT_S - (time.time() - t0)))
+      job.wait(timeout=max(1.0, timeout - (time.time() - t0)))
       seconds[name] = time.time() - t0
   except subprocess.TimeoutExpired:
     pass
@@ -81,13 +81,54 @@ def runs(tmp_path_factory):
         job.wait()
     for f in logs.values():
       f.close()
-  out = {"seconds": seconds, "workdir": workdir}
+  out = {"seconds": seconds}
   for name, job in jobs.items():
-    text = (tmp / f"{name}.log").read_text()
-    out[name] = {"rc": job.returncode, "log": text}
+    out[name] = {"rc": job.returncode, "log": (tmp / f"{name}.log").read_text()}
     if job.returncode == 0:
       out[name].update(np.load(tmp / f"{name}.npz"))
   return out
+
+
+def pair_specs(tmp, prefix, args, port):
+  return [(f"{prefix}{i}", ["train", tmp / f"{prefix}{i}.npz", *args, "--process-id", i], 0,
+           {"JAX_COORDINATOR_BIND_ADDRESS": f"127.0.0.1:{port}"}) for i in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Starts the 1-vs-2-device worker and a two-process train.py run; returns their outputs."""
+  tmp = tmp_path_factory.mktemp("parallel")
+  data = bric.generate(tmp / "data", seed=0, config=TINY_DATA)
+  workdir, port = tmp / "run", free_port()
+  # The two processes get the CPU first; the 1-vs-2-device worker fills their idle time.
+  out = run_jobs(tmp, pair_specs(tmp, "process", two_process_args(data, workdir, port), port)
+                 + [("mesh", ["mesh", tmp / "mesh.npz"], 10,
+                     {"EXTRA_XLA_FLAGS": "--xla_force_host_platform_device_count=2"})],
+                 TIMEOUT_S)
+  return dict(out, workdir=workdir, data=data)
+
+
+@pytest.fixture(scope="module")
+def stopped(runs, tmp_path_factory):
+  """The same two-process run with SIGTERM sent to process 1 alone once the step-1
+  checkpoint exists, then rerun to the end. Starts after ``runs``: its programs are cached."""
+  tmp = tmp_path_factory.mktemp("stopped")
+  workdir = tmp / "run"
+
+  def sigterm_to_process1(jobs):
+    deadline = time.time() + TIMEOUT_S
+    while not (workdir / "checkpoints" / "1").is_dir():
+      assert time.time() < deadline and all(j.poll() is None for j in jobs.values()), \
+          "no step-1 checkpoint"
+      time.sleep(0.01)
+    jobs["first1"].send_signal(signal.SIGTERM)
+
+  outs = {}
+  for prefix, hook in (("first", sigterm_to_process1), ("again", None)):
+    port = free_port()
+    args = two_process_args(runs["data"], workdir, port, "--set", "log_every_steps=1")
+    outs.update(run_jobs(tmp, pair_specs(tmp, prefix, args, port), TIMEOUT_S, hook))
+  return dict(outs, workdir=workdir)
 
 
 def check_ok(run):
@@ -129,23 +170,47 @@ def test_two_processes_end_identical_with_one_checkpoint(runs):
   check_ok(p1)
   assert int(p0["process_count"]) == int(p1["process_count"]) == 2
   # 2 subjects, one per process, one sequence each, global batch 2: one step per epoch.
-  assert int(p0["step"]) == int(p1["step"]) == 2
+  assert int(p0["step"]) == int(p1["step"]) == EPOCHS_2P
   a, b = params_of(p0), params_of(p1)
   assert a.keys() == b.keys() and len(a) > 10
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-  # One checkpoint folder, written once, holding the final parameters.
+  # One checkpoint folder per step, written once, the newest holding the final parameters.
   assert bool(p0["ckpt_matches"]) and bool(p1["ckpt_matches"])
-  assert int(p0["ckpt_step"]) == int(p1["ckpt_step"]) == 2
+  assert int(p0["ckpt_step"]) == int(p1["ckpt_step"]) == EPOCHS_2P
   ckpt_dir = runs["workdir"] / "checkpoints"
   entries = sorted(p.name for p in ckpt_dir.iterdir())
-  assert entries == ["1", "2"], entries  # no leftover temporary folders
+  assert all(e.isdigit() for e in entries) and str(EPOCHS_2P) in entries, entries  # no temp
   # Process 0 alone logs and writes the run's text files.
   assert "training sequences" in p0["log"] and "training sequences" not in p1["log"]
   assert (runs["workdir"] / "results.json").is_file()
   lines = (runs["workdir"] / "metrics.jsonl").read_text().splitlines()
-  assert len(lines) == 2, lines
+  assert len(lines) == EPOCHS_2P, lines
   assert max(runs["seconds"]["process0"], runs["seconds"]["process1"]) < 120, runs["seconds"]
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(runs, stopped):
+  """SIGTERM reaches process 1 only: both agree to stop at the same step and save it once
+  (no process waits in a collective for one that stopped); rerun, they end bit-identical
+  to the run that was never interrupted."""
+  first0, first1 = stopped["first0"], stopped["first1"]
+  for run in (first0, first1):
+    assert run["rc"] == 0 and int(run["rc_train"]) == 130, run["log"][-3000:]
+  step = int(first0["step"])
+  assert int(first1["step"]) == step and 1 < step < EPOCHS_2P
+  assert int(first0["ckpt_step"]) == int(first1["ckpt_step"]) == step
+  assert f"SIGTERM: saved a checkpoint at step {step}." in first0["log"]
+  again0, again1 = stopped["again0"], stopped["again1"]
+  check_ok(again0)
+  check_ok(again1)
+  assert "Resuming from" in again0["log"] and f"at step {step}." in again0["log"]
+  assert int(again0["step"]) == int(again1["step"]) == EPOCHS_2P
+  reference = params_of(runs["process0"])
+  for run in (again0, again1):
+    resumed = params_of(run)
+    assert resumed.keys() == reference.keys()
+    for k in reference:
+      np.testing.assert_array_equal(resumed[k], reference[k], err_msg=k)  # bitwise
 
 
 # ------------------------------------------------------------------ no device needed

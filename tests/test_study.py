@@ -225,7 +225,8 @@ def test_sessions_that_fit_no_time_point_are_named(study_dir):
   ibis = protocol_lib.get_protocol("ibis")  # 6, 12, 24 months: 0, 3 and 9 fit nothing
   study = data.load_study(study_dir, ibis)
   lines = sequences.describe_unassigned(study)
-  assert len(lines) == 3 * 3 - 1  # sub-03 misses one session
+  expected = [d for d in study_dir.glob("sub-*/ses-V[124]")]  # nominally 0, 3, 9 months
+  assert len(lines) == len(expected) >= 7
   assert any("sub-01 ses-V1 (age" in l and "nearest: time point 1 (age 6)" in l for l in lines)
   by_order = dataclasses.replace(ibis, ages=None)  # first 3 sessions in age order
   study = data.load_study(study_dir, by_order)

@@ -65,7 +65,7 @@ def run_one(model, seed, config, subjects, protocol, runs_dir, log):
   seconds = time.time() - t0
   seq = labeled_sequences(subjects, protocol)
   net = train_lib.build_model(config, protocol.num_classes)
-  predict_fn = jax.jit(lambda p, x, v: train_lib.predict(p, net.apply, x, v))
+  predict_fn = train_lib.make_predict_fn(net)
   pred = train_lib.predict_all(predict_fn, result.state.params, seq, config.batch_size)
   mask = seq.label_mask * seq.valid[:, :, None, None]
   consistency = metrics_lib.temporal_consistency(pred, mask)
