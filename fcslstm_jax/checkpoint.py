@@ -3,8 +3,11 @@
 orbax writes each step into a temporary folder and renames it into place when complete, so
 a run killed mid-save leaves the previous checkpoints intact. A checkpoint that cannot be
 read back (truncated files) is skipped with a warning and the one before it is used; the next
-save of that step replaces it. A save that fails (disk full, read-only folder) removes its
-partial folder and raises :class:`CheckpointError`.
+save of that step replaces it. A save that fails (disk full, read-only folder) raises
+:class:`CheckpointError`; orbax removes its partial folder when the folder is next opened
+(``cleanup_tmp_directories``). orbax logs its own view of such failures through absl's
+logger; the command-line tools set that logger's level (:func:`fcslstm_jax.cli.quiet_libraries`),
+this module changes no global state.
 
 Checkpoints of Bi-FCSLSTM written before both directions shared one scan store each layer's
 parameters per direction (``slstm{k}/forward``, ``slstm{k}/backward``). They are loaded, not
@@ -14,14 +17,9 @@ tree) with :func:`fcslstm_jax.model.from_two_scan_params`, a one-to-one map, and
 warning. The checkpoint on disk is left as it is.
 """
 
-import contextlib
-import gc
-import glob
 import logging
 import os
 import shutil
-import sys
-import warnings
 from collections.abc import Mapping
 
 import jax
@@ -32,33 +30,6 @@ from fcslstm_jax.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 BEST_METRIC = "train_mpa"  # see train_lib: never the held-out time point
-
-
-@contextlib.contextmanager
-def _quiet_orbax():
-  """Silences orbax's own error logs while we read or write one checkpoint.
-
-  A failed read or write leaves asyncio tasks and worker threads that log full tracebacks
-  ("Task exception was never retrieved"); the failure is reported once, as one line, by
-  the caller. Collecting garbage after a failure makes those tasks log now, while silenced.
-  """
-  loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
-  levels = [logger.level for logger in loggers]
-  for logger in loggers:
-    logger.setLevel(logging.CRITICAL)
-  hook, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", RuntimeWarning)  # "coroutine ... was never awaited"
-      try:
-        yield
-      except BaseException:
-        gc.collect()
-        raise
-  finally:
-    sys.unraisablehook = hook
-    for logger, level in zip(loggers, levels):
-      logger.setLevel(level)
 
 
 _OS_ERRORS = ("No space left on device", "Disk quota exceeded", "Read-only file system",
@@ -117,11 +88,13 @@ class Checkpointer:
         cm.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
                  keep_checkpoints_without_metrics=False),
     ])
+    # cleanup_tmp_directories: orbax removes the temporary folder of a save that was killed
+    # or failed (disk full) when the next run opens the folder.
     options = ocp.CheckpointManagerOptions(preservation_policy=policy,
-                                           enable_async_checkpointing=False)
+                                           enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=True)
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    with _quiet_orbax():  # a truncated step's metadata is reported by restore()
-      self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
     self.unreadable = set()  # steps restore() could not read; save() replaces them
 
   def save(self, state, metrics: dict | None = None) -> None:
@@ -139,13 +112,9 @@ class Checkpointer:
     if full:
       raise CheckpointError(f"{self.directory}: could not write checkpoint {step} ({full}). {fix}")
     try:
-      with _quiet_orbax():
-        self.manager.save(step, args=ocp.args.StandardSave(_state_dict(state)),
-                          metrics=metrics)
-        self.manager.wait_until_finished()
+      self.manager.save(step, args=ocp.args.StandardSave(_state_dict(state)), metrics=metrics)
+      self.manager.wait_until_finished()
     except Exception as e:  # tensorstore reports a full disk as ValueError
-      for partial in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
-        shutil.rmtree(partial, ignore_errors=True)
       raise CheckpointError(
           f"{self.directory}: could not write checkpoint {step} ({_first_line(e)}). {fix}") from e
 
@@ -164,11 +133,10 @@ class Checkpointer:
     for s in steps:
       layers = self._two_scan_layers(s)
       try:
-        with _quiet_orbax():
-          if layers:
-            restored = self._restore_two_scan(s, abstract, layers)
-          else:
-            restored = self.manager.restore(s, args=ocp.args.StandardRestore(abstract))
+        if layers:
+          restored = self._restore_two_scan(s, abstract, layers)
+        else:
+          restored = self.manager.restore(s, args=ocp.args.StandardRestore(abstract))
       except Exception as e:  # orbax raises many types for truncated or missing files
         self.unreadable.add(s)
         log.warning("checkpoint %s is unreadable (%s%s); trying an older one.",
@@ -186,8 +154,7 @@ class Checkpointer:
   def _two_scan_layers(self, step: int) -> list[str]:
     """The ``slstm{k}`` layers that checkpoint ``step`` stores in the two-scan layout."""
     try:
-      with _quiet_orbax():
-        stored = self.manager.item_metadata(step).tree["params"]
+      stored = self.manager.item_metadata(step).tree["params"]
     except Exception:  # unreadable metadata: the restore itself reports it
       return []
     return sorted(k for k, v in stored.items() if model_lib.is_two_scan_layer(v))

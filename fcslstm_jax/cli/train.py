@@ -108,7 +108,9 @@ def sigterm_as_interrupt():
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  from fcslstm_jax.cli import quiet_libraries
   from fcslstm_jax.errors import run_cli
+  quiet_libraries(args.debug)
   try:
     with sigterm_as_interrupt():
       return run_cli(lambda: run(args), args.debug, "Free disk space or choose a writable "
