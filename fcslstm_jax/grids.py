@@ -29,6 +29,8 @@ from scipy import ndimage
 
 # Grids (affines, in mm) closer than this are the same grid.
 AFFINE_ATOL = 1e-3
+# Voxel sizes (mm) closer than this are the same (headers store float32).
+SPACING_ATOL = 1e-4
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -108,7 +110,11 @@ def working_grid(reference: Grid, spacing_xy, others=(), to_reference=()) -> Gri
   affine = np.array(reference.affine, np.float64)
   scale = np.ones(3)
   if spacing_xy is not None:
-    scale[:2] = np.asarray(spacing_xy, np.float64) / reference.spacing[:2]
+    target = np.asarray(spacing_xy, np.float64)
+    # Within SPACING_ATOL the reference's own spacing is kept (a rounded median must not
+    # resample the subject it came from).
+    same = np.abs(target - reference.spacing[:2]) <= SPACING_ATOL
+    scale[:2] = np.where(same, 1.0, target / reference.spacing[:2])
   scaled = affine.copy()
   scaled[:3, :3] = affine[:3, :3] * scale
   # Keep the reference's outer corner: voxel -0.5 stays where it was.
