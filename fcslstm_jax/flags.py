@@ -16,7 +16,10 @@ protocols).
   the time point has at least ``min_sessions`` sessions, and not where the MAD is 0.
 * ``empty``: a tissue class below ``min_ml`` (iBEAT users report "brain volume equals 0").
 * ``uncertain``: a session whose QC score (mean uncertainty in the predicted brain,
-  :mod:`fcslstm_jax.qc`) is above ``qc``.
+  :mod:`fcslstm_jax.qc`) lies more than ``z`` robust standard deviations above the median
+  of all sessions (at least ``min_sessions`` of them), or above ``qc`` when that is set.
+  Relative by default: how uncertain a good segmentation is depends on the model and the
+  images (the built-in data's soft tissue borders keep every session's score well above 0).
 
 Setting a rule to ``null`` in the file turns it off; ``classes`` limits the volume rules to
 some tissue classes (default: every class but background).
@@ -54,7 +57,9 @@ class EmptyRule:
 
 @dataclasses.dataclass(frozen=True)
 class UncertainRule:
-  qc: float = 0.3
+  z: Optional[float] = 3.5
+  min_sessions: int = 5
+  qc: Optional[float] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,10 +162,23 @@ def empty_flags(rows, rule: EmptyRule, classes) -> list:
 
 
 def uncertain_flags(rows, rule: UncertainRule) -> list:
-  """Sessions whose QC score is above ``rule.qc``."""
-  return [Flag(r.subject, r.session, r.age, "uncertain", "", r.qc, rule.qc,
-               f"QC score (mean uncertainty in the predicted brain) {r.qc:.3f}; limit "
-               f"{rule.qc:g}") for r in rows if r.qc > rule.qc]
+  """Sessions whose QC score is above ``rule.qc``, or above the cohort's median QC score by
+  more than ``rule.z`` robust standard deviations (with at least ``rule.min_sessions``
+  sessions)."""
+  out = []
+  z = robust_z([r.qc for r in rows]) if rule.z is not None and len(rows) >= rule.min_sessions \
+      else np.full(len(rows), np.nan)
+  median = float(np.median([r.qc for r in rows])) if rows else 0.0
+  for r, zr in zip(rows, z):
+    what = f"QC score (mean uncertainty in the predicted brain) {r.qc:.3f}"
+    if rule.qc is not None and r.qc > rule.qc:
+      out.append(Flag(r.subject, r.session, r.age, "uncertain", "", r.qc, rule.qc,
+                      f"{what}; limit {rule.qc:g}"))
+    elif np.isfinite(zr) and zr > rule.z:
+      out.append(Flag(r.subject, r.session, r.age, "uncertain", "", float(zr), rule.z,
+                      f"{what}, robust z {zr:+.1f} against the median {median:.3f} of "
+                      f"{len(rows)} sessions; limit z {rule.z:g}"))
+  return out
 
 
 def check(rows, rules: FlagRules, class_names) -> list:
@@ -216,7 +234,7 @@ def _rule_from_json(name, value, path):
     raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(fields)}.")
   kwargs = {}
   for k, v in value.items():
-    if v is None and k == "before_age":
+    if v is None and k in ("before_age", "z", "qc"):
       kwargs[k] = None
       continue
     kwargs[k] = _number(v, f"{where} key {k!r}", integer=(k == "min_sessions"))

@@ -201,11 +201,12 @@ class Preview:
 
 def preview(session, probs) -> Preview:
   """:class:`Preview` of a session from its working-grid probabilities ``[Z, X, Y, c]``:
-  the slice whose predicted brain holds the most uncertainty (the middle one without
-  brain)."""
+  of the slices inside the session's field of view (some image voxel not 0), the one whose
+  predicted brain holds the most uncertainty (the middle one without brain)."""
   labels = np.argmax(probs, axis=-1)
   unc = qc_lib.normalized_entropy(probs)
-  per_slice = np.where(labels > 0, unc, 0.0).sum(axis=(1, 2))
+  seen = np.moveaxis(session.image, 2, 0).any(axis=(1, 2, 3))  # [Z]
+  per_slice = np.where(labels > 0, unc, 0.0).sum(axis=(1, 2)) * seen
   z = int(np.argmax(per_slice)) if per_slice.any() else probs.shape[0] // 2
   images = [session.image[:, :, z, k] for k in range(session.image.shape[-1])]
   return Preview(images, labels[z], unc[z], z)
@@ -479,7 +480,7 @@ def save_worst_figure(path, worst, protocol):
   columns = [(m, "image", [p.images[k] for _, p in worst])
              for k, m in enumerate(protocol.modalities)]
   columns.append(("prediction", "labels", [p.labels for _, p in worst]))
-  columns.append(("uncertainty", "map", [p.uncertainty for _, p in worst]))
+  columns.append(("uncertainty (0 black, 1 yellow)", "map", [p.uncertainty for _, p in worst]))
   rows = [f"sub-{r.subject} ses-{r.session}\nz={p.z}, QC {r.qc:.3f}" for r, p in worst]
   figures.montage(path, columns, rows, protocol.num_classes,
                   title="least trusted sessions (highest QC score first)")

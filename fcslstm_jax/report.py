@@ -10,6 +10,8 @@ Every text that comes from the data (ids, paths, messages) is HTML-escaped.
 import base64
 import html
 
+FLAGS_SHOWN = 20  # the rest of a long list is folded
+
 STYLE = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 24px auto;
        max-width: 1100px; color: #222; line-height: 1.4; padding: 0 16px; }
@@ -110,8 +112,16 @@ def evaluation_page(*, title, meta, metrics, class_names, flags, volumes, qc_row
              f"segmented. " + (f'<span class="warn">{n_flags} flag(s) on {len(flagged)} '
                                f"session(s)</span>: check those segmentations by hand."
                                if n_flags else '<span class="ok">No flags.</span>') + "</p>")
-  flag_html = (table(flag_header, flag_rows) if n_flags else
-               '<p class="note">No rule fired (rules: <a href="flags.json">flags.json</a>).</p>')
+  if n_flags > FLAGS_SHOWN:
+    flag_html = (table(flag_header, flag_rows[:FLAGS_SHOWN])
+                 + f"<details><summary>{n_flags - FLAGS_SHOWN} more</summary>"
+                 + table(flag_header, flag_rows[FLAGS_SHOWN:]) + "</details>")
+  else:
+    flag_html = (table(flag_header, flag_rows) if n_flags else
+                 '<p class="note">No rule fired.</p>')
+  flag_html += ('<p class="note">Rules and limits: <a href="flags.json">flags.json</a> '
+                "(change them with evaluate.py --flags FILE.json). All flags in "
+                '<a href="flags.tsv">flags.tsv</a>.</p>')
   qc_header, qc_all = qc_rows
   shown = qc_all[:max(worst_count, 10)]
   hi = {k for k, r in enumerate(shown) if (r[1], r[2]) in flagged}
