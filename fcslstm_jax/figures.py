@@ -75,7 +75,7 @@ def subject_preview(path, subject, protocol, z=None):
           title=f"sub-{subject.subject_id}, axial slice z={z}")
 
 
-def trajectories(path, rows, class_names, flagged=(), age_unit="months"):
+def trajectories(path, rows, class_names, flagged=(), age_unit=None):
   """Volume against age, one panel per tissue class and one for their total, one line per
   subject (the same colour in every panel); flagged sessions are circled in red.
 
@@ -85,6 +85,7 @@ def trajectories(path, rows, class_names, flagged=(), age_unit="months"):
     class_names: the protocol's classes (background first; it is not plotted).
     flagged: ``(subject, session, class name)`` triples to circle (class ``""``: every
       panel of that session).
+    age_unit: shown on the x axis when known (a protocol's ages carry no unit).
   """
   import matplotlib
   matplotlib.use("Agg")
@@ -111,7 +112,7 @@ def trajectories(path, rows, class_names, flagged=(), age_unit="months"):
           ax.plot([a], [v], "o", markersize=9, markerfacecolor="none",
                   markeredgecolor="red", markeredgewidth=1.5)
     ax.set_title(name if name != "total" else "total (tissues)", fontsize=10)
-    ax.set_xlabel(f"age ({age_unit})", fontsize=9)
+    ax.set_xlabel(f"age ({age_unit})" if age_unit else "age", fontsize=9)
     if k == 0:
       ax.set_ylabel("volume (mL)", fontsize=9)
     ax.tick_params(labelsize=8)

@@ -273,7 +273,7 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
       with naming(path("dseg")) as p:
         nifti_io.save_like(p, labels, session.ref)
       with naming(path("uncertainty")) as p:
-        nifti_io.save_float_like(p, uncertainty, session.ref)
+        nifti_io.save_float_like(p, uncertainty, session.ref, np.uint8)  # 256 steps: a map to look at
       if probabilities:
         with naming(path("probseg")) as p:
           nifti_io.save_float_like(p, native, session.ref)
@@ -314,11 +314,20 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
     save_figure(path, *figure, protocol, desc)
   flagged = {(f.subject, f.session, f.cls) for f in found}
   with atomic_output(os.path.join(out_dir, "trajectories.png")) as path:
-    figures.trajectories(path, rows, names, flagged)
+    figures.trajectories(path, rows, names, flagged,
+                         "months" if protocol.name in protocol_lib.BUILTIN else None)
   worst = qc_lib.worst_first([{"key": (r.subject, r.session), "qc": r.qc, "row": r}
                               for r in rows])[:WORST_SESSIONS]
   with atomic_output(os.path.join(out_dir, "qc_worst.png")) as path:
     save_worst_figure(path, [(w["row"], previews[w["key"]]) for w in worst], protocol)
+  by_key = {(r.subject, r.session): r for r in rows}
+  shown = list(dict.fromkeys((f.subject, f.session) for f in found))[:WORST_SESSIONS]
+  if shown:
+    with atomic_output(os.path.join(out_dir, "flagged.png")) as path:
+      save_worst_figure(path, [(by_key[k], previews[k]) for k in shown], protocol,
+                        title="flagged sessions (first ones of flags.tsv)")
+  elif os.path.exists(os.path.join(out_dir, "flagged.png")):
+    os.unlink(os.path.join(out_dir, "flagged.png"))  # an earlier run's, into this folder
   result["seconds"] = round(time.monotonic() - started, 1)
   if report:
     meta = [f"dataset: {os.path.abspath(study.root)}"] + describe_members(members, flips) + [
@@ -327,7 +336,7 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
         f"{result['seconds']:.0f} s"]
     with atomic_output(os.path.join(out_dir, "report.html")) as path:
       write_text(path, report_page(out_dir, meta, result, rows, extra, found, names,
-                                   len(worst)))
+                                   len(worst), len(shown)))
   with naming(os.path.join(out_dir, "metrics.json")) as path:
     write_json(path, result)  # last: marks a complete output
   return result
@@ -364,13 +373,16 @@ def write_study_tables(out_dir, rows, extra, found, rules, names) -> None:
     write_json(path, rules.to_json())
 
 
-def report_page(out_dir, meta, result, rows, extra, found, names, worst_count) -> str:
+def report_page(out_dir, meta, result, rows, extra, found, names, worst_count,
+                flagged_count) -> str:
   read = lambda name: open(os.path.join(out_dir, name), "rb").read()
   return report_lib.evaluation_page(
       title="Segmentation report", meta=meta, metrics=result, class_names=names,
       flags=flags_lib.flag_rows(found), volumes=volumes_lib.volume_rows(rows, names),
       qc_rows=qc_table(rows, extra), trajectories_png=read("trajectories.png"),
-      worst_png=read("qc_worst.png") if worst_count else None, worst_count=worst_count)
+      worst_png=read("qc_worst.png") if worst_count else None, worst_count=worst_count,
+      flagged_png=read("flagged.png") if flagged_count else None,
+      flagged_count=flagged_count)
 
 
 # ---------------------------------------------------------------------------- file writes
@@ -474,13 +486,13 @@ def save_figure(path, subject, seq, pred, protocol, model_name):
                   title=f"sub-{subject.subject_id}, axial slice z={int(seq.slice_index[i])}")
 
 
-def save_worst_figure(path, worst, protocol):
-  """The least trusted sessions (rows, worst first): each modality, the prediction and the
-  uncertainty at the session's most uncertain axial slice of its working grid."""
+def save_worst_figure(path, worst, protocol,
+                      title="least trusted sessions (highest QC score first)"):
+  """Sessions as rows (e.g. the least trusted, worst first): each modality, the prediction
+  and the uncertainty at the session's most uncertain axial slice of its working grid."""
   columns = [(m, "image", [p.images[k] for _, p in worst])
              for k, m in enumerate(protocol.modalities)]
   columns.append(("prediction", "labels", [p.labels for _, p in worst]))
   columns.append(("uncertainty (0 black, 1 yellow)", "map", [p.uncertainty for _, p in worst]))
   rows = [f"sub-{r.subject} ses-{r.session}\nz={p.z}, QC {r.qc:.3f}" for r, p in worst]
-  figures.montage(path, columns, rows, protocol.num_classes,
-                  title="least trusted sessions (highest QC score first)")
+  figures.montage(path, columns, rows, protocol.num_classes, title=title)

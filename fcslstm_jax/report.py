@@ -92,7 +92,8 @@ def page(title: str, meta: list, sections: list) -> str:
 
 
 def evaluation_page(*, title, meta, metrics, class_names, flags, volumes, qc_rows,
-                    trajectories_png, worst_png, worst_count) -> str:
+                    trajectories_png, worst_png, worst_count, flagged_png=None,
+                    flagged_count=0) -> str:
   """The evaluation report.
 
   Args:
@@ -104,6 +105,7 @@ def evaluation_page(*, title, meta, metrics, class_names, flags, volumes, qc_row
     qc_rows: ``(header, rows)`` of ``qc.tsv`` (worst first).
     trajectories_png, worst_png: PNG bytes (``worst_png`` may be None: no session).
     worst_count: how many of the worst sessions the montage shows.
+    flagged_png, flagged_count: the montage of the first flagged sessions, and how many.
   """
   flag_header, flag_rows = flags
   n_flags = len(flag_rows)
@@ -122,6 +124,10 @@ def evaluation_page(*, title, meta, metrics, class_names, flags, volumes, qc_row
   flag_html += ('<p class="note">Rules and limits: <a href="flags.json">flags.json</a> '
                 "(change them with evaluate.py --flags FILE.json). All flags in "
                 '<a href="flags.tsv">flags.tsv</a>.</p>')
+  if flagged_png is not None:
+    flag_html += (f"<p>The first {flagged_count} flagged session(s), at their most uncertain "
+                  "axial slice (working grid): images, prediction, uncertainty.</p>"
+                  + png_tag(flagged_png, "flagged sessions"))
   qc_header, qc_all = qc_rows
   shown = qc_all[:max(worst_count, 10)]
   hi = {k for k, r in enumerate(shown) if (r[1], r[2]) in flagged}

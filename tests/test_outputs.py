@@ -333,7 +333,7 @@ def test_probabilities_sum_to_one_and_their_argmax_is_the_written_label(study_di
     assert p.min() >= 0.0
     np.testing.assert_array_equal(np.argmax(p, -1), np.asarray(dseg.dataobj))
     u = np.asarray(nib.load(str(path).replace("_probseg", "_uncertainty")).dataobj)
-    np.testing.assert_allclose(u, qc.normalized_entropy(p), atol=1e-5)
+    np.testing.assert_allclose(u, qc.normalized_entropy(p), atol=0.5 / 255 + 1e-6)  # uint8
 
 
 def test_volumes_and_qc_tables_follow_the_written_labels(study_dir, evaluated):
@@ -362,9 +362,11 @@ def test_report_and_the_other_outputs(evaluated):
                "qc_worst.png", "segmentation.png"):
     assert (evaluated / name).stat().st_size > 0, name
   page = (evaluated / "report.html").read_text()
-  assert page.count("data:image/png;base64,") == 2 and "src=\"http" not in page
-  assert "Tissue volumes over age" in page and "Dice" in page
   metrics = json.loads((evaluated / "metrics.json").read_text())
+  assert (evaluated / "flagged.png").exists() == (metrics["flags"] > 0)
+  assert page.count("data:image/png;base64,") == 2 + (metrics["flags"] > 0)
+  assert "src=\"http" not in page
+  assert "Tissue volumes over age" in page and "Dice" in page
   assert metrics["tta_flips"] == [] and len(metrics["members"]) == 1
   assert flags_lib.from_json(json.loads((evaluated / "flags.json").read_text())) == \
       flags_lib.FlagRules()
