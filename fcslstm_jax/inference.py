@@ -266,27 +266,16 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
     for t, session in enumerate(subject.timepoints):
       if session is None:
         continue
-      native = to_session_probs(np.moveaxis(probs[:, t], 0, 2), subject, session)
-      labels = np.argmax(native, axis=-1).astype(np.int32)
-      uncertainty = qc_lib.normalized_entropy(native)
-      path = lambda suffix: output_path(out_dir, subject.subject_id, session.label, desc, suffix)
-      with naming(path("dseg")) as p:
-        nifti_io.save_like(p, labels, session.ref)
-      with naming(path("uncertainty")) as p:
-        nifti_io.save_float_like(p, uncertainty, session.ref, np.uint8)  # 256 steps: a map to look at
-      if probabilities:
-        with naming(path("probseg")) as p:
-          nifti_io.save_float_like(p, native, session.ref)
+      native, labels, uncertainty = session_outputs(np.moveaxis(probs[:, t], 0, 2), subject,
+                                                    session)
+      write_session(out_dir, desc, subject.subject_id, session, native, labels, uncertainty,
+                    probabilities)
       written += 1
       cm = native_scores(labels, session, c)
       if cm is not None:
         cms[t] += cm
-      ml = volumes_lib.class_volumes_ml(labels, session.ref.affine, c)
+      rows.append(session_row(subject.subject_id, session, labels, uncertainty, names))
       key = (subject.subject_id, session.label)
-      rows.append(volumes_lib.SessionVolumes(
-          subject=subject.subject_id, session=session.label, timepoint=t, age=session.age,
-          volumes_ml={n: float(v) for n, v in zip(names[1:], ml[1:])},
-          qc=qc_lib.qc_score(uncertainty, labels)))
       extra[key] = tissue_dice(cm)
       previews[key] = preview(session, probs[:, t])
     mask = seq.label_mask * seq.valid[:, :, None, None]
@@ -312,22 +301,7 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
   write_study_tables(out_dir, rows, extra, found, rules, names)
   with atomic_output(os.path.join(out_dir, "segmentation.png")) as path:
     save_figure(path, *figure, protocol, desc)
-  flagged = {(f.subject, f.session, f.cls) for f in found}
-  with atomic_output(os.path.join(out_dir, "trajectories.png")) as path:
-    figures.trajectories(path, rows, names, flagged,
-                         "months" if protocol.name in protocol_lib.BUILTIN else None)
-  worst = qc_lib.worst_first([{"key": (r.subject, r.session), "qc": r.qc, "row": r}
-                              for r in rows])[:WORST_SESSIONS]
-  with atomic_output(os.path.join(out_dir, "qc_worst.png")) as path:
-    save_worst_figure(path, [(w["row"], previews[w["key"]]) for w in worst], protocol)
-  by_key = {(r.subject, r.session): r for r in rows}
-  shown = list(dict.fromkeys((f.subject, f.session) for f in found))[:WORST_SESSIONS]
-  if shown:
-    with atomic_output(os.path.join(out_dir, "flagged.png")) as path:
-      save_worst_figure(path, [(by_key[k], previews[k]) for k in shown], protocol,
-                        title="flagged sessions (first ones of flags.tsv)")
-  elif os.path.exists(os.path.join(out_dir, "flagged.png")):
-    os.unlink(os.path.join(out_dir, "flagged.png"))  # an earlier run's, into this folder
+  n_worst, n_flagged = write_study_figures(out_dir, rows, found, previews, protocol)
   result["seconds"] = round(time.monotonic() - started, 1)
   if report:
     meta = [f"dataset: {os.path.abspath(study.root)}"] + describe_members(members, flips) + [
@@ -336,10 +310,68 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
         f"{result['seconds']:.0f} s"]
     with atomic_output(os.path.join(out_dir, "report.html")) as path:
       write_text(path, report_page(out_dir, meta, result, rows, extra, found, names,
-                                   len(worst), len(shown)))
+                                   n_worst, n_flagged))
   with naming(os.path.join(out_dir, "metrics.json")) as path:
     write_json(path, result)  # last: marks a complete output
   return result
+
+
+# ------------------------------------------------------------------------------ sessions
+
+
+def session_outputs(probs, subject, session):
+  """``(probabilities float32 [X, Y, Z, c], labels int32 [X, Y, Z], uncertainty float32
+  [X, Y, Z])`` on the session's own canonical grid from its working-grid probabilities
+  ``[X, Y, Z, c]``: the labels are the argmax of exactly those probabilities."""
+  native = to_session_probs(probs, subject, session)
+  return native, np.argmax(native, axis=-1).astype(np.int32), qc_lib.normalized_entropy(native)
+
+
+def write_session(out_dir, desc, subject_id, session, probs, labels, uncertainty,
+                  probabilities: bool) -> None:
+  """The session's dseg, uncertainty (uint8, 256 steps: a map to look at, not to compute
+  with) and, if asked, probseg files on its input grid and header."""
+  path = lambda suffix: output_path(out_dir, subject_id, session.label, desc, suffix)
+  with naming(path("dseg")) as p:
+    nifti_io.save_like(p, labels, session.ref)
+  with naming(path("uncertainty")) as p:
+    nifti_io.save_float_like(p, uncertainty, session.ref, np.uint8)
+  if probabilities:
+    with naming(path("probseg")) as p:
+      nifti_io.save_float_like(p, probs, session.ref)
+
+
+def session_row(subject_id, session, labels, uncertainty, names) -> volumes_lib.SessionVolumes:
+  """The session's ``volumes.tsv`` row: tissue volumes on its input grid, QC score."""
+  ml = volumes_lib.class_volumes_ml(labels, session.ref.affine, len(names))
+  return volumes_lib.SessionVolumes(
+      subject=subject_id, session=session.label, timepoint=session.timepoint, age=session.age,
+      volumes_ml={n: float(v) for n, v in zip(names[1:], ml[1:])},
+      qc=qc_lib.qc_score(uncertainty, labels))
+
+
+def write_study_figures(out_dir, rows, found, previews, protocol) -> tuple:
+  """``trajectories.png``, ``qc_worst.png`` (the least trusted sessions) and ``flagged.png``
+  (the first flagged ones; removed when nothing is flagged). Returns how many sessions
+  each montage shows."""
+  names = protocol.class_names
+  flagged = {(f.subject, f.session, f.cls) for f in found}
+  with atomic_output(os.path.join(out_dir, "trajectories.png")) as path:
+    figures.trajectories(path, rows, names, flagged,
+                         "months" if protocol.name in protocol_lib.BUILTIN else None)
+  by_key = {(r.subject, r.session): r for r in rows}
+  worst = [(r.subject, r.session) for r in qc_lib.worst_first(rows)[:WORST_SESSIONS]]
+  with atomic_output(os.path.join(out_dir, "qc_worst.png")) as path:
+    save_worst_figure(path, [(by_key[k], previews[k]) for k in worst], protocol)
+  shown = list(dict.fromkeys((f.subject, f.session) for f in found))[:WORST_SESSIONS]
+  flagged_png = os.path.join(out_dir, "flagged.png")
+  if shown:
+    with atomic_output(flagged_png) as path:
+      save_worst_figure(path, [(by_key[k], previews[k]) for k in shown], protocol,
+                        title="flagged sessions (first ones of flags.tsv)")
+  elif os.path.exists(flagged_png):
+    os.unlink(flagged_png)  # an earlier evaluation's, into the same folder
+  return len(worst), len(shown)
 
 
 # -------------------------------------------------------------------------------- tables
@@ -349,10 +381,8 @@ def qc_table(rows, extra) -> tuple:
   """``(header, rows)`` of ``qc.tsv``: sessions worst first (rank 1 = least trusted)."""
   header = ["rank", "subject", "session", "timepoint", "age", "qc", "total_ml",
             "dice_tissues"]
-  ranked = qc_lib.worst_first([{"qc": r.qc, "row": r} for r in rows])
   out = []
-  for k, item in enumerate(ranked, 1):
-    r = item["row"]
+  for k, r in enumerate(qc_lib.worst_first(rows), 1):
     dice = extra.get((r.subject, r.session))
     out.append([k, f"sub-{r.subject}", f"ses-{r.session}", r.timepoint + 1, f"{r.age:g}",
                 f"{r.qc:.4f}", f"{sum(r.volumes_ml.values()):.3f}",

@@ -36,6 +36,6 @@ def qc_score(uncertainty, labels) -> float:
   return float(np.asarray(uncertainty, np.float64)[brain].mean())
 
 
-def worst_first(rows, key="qc") -> list:
-  """``rows`` (dicts) sorted by ``row[key]``, highest (least trusted) first; stable."""
-  return sorted(rows, key=lambda r: -r[key])
+def worst_first(rows) -> list:
+  """``rows`` (objects with a ``qc`` score) highest (least trusted) first; stable."""
+  return sorted(rows, key=lambda r: -r.qc)
