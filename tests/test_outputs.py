@@ -137,6 +137,31 @@ def test_members_must_share_protocol_and_grid():
     ensemble.check_compatible([("a", run), ("b", other)])
 
 
+# ------------------------------------------------------------------ back to the input grid
+
+
+def test_probabilities_on_a_session_grid_reaching_past_the_working_grid_sum_to_one():
+  """A session grid shifted by half a voxel and wider than the working grid: inside, linear
+  interpolation of the probabilities; outside, background with probability 1."""
+  import types
+  from fcslstm_jax.grids import Grid
+  rng = np.random.default_rng(0)
+  work = Grid((6, 5, 3), np.diag([2.0, 2.0, 3.0, 1.0]))
+  affine = np.diag([2.0, 2.0, 3.0, 1.0])
+  affine[:3, 3] = [-3.0, -1.0, 0.0]  # 1.5 voxels left, half a voxel back
+  session = types.SimpleNamespace(grid=Grid((9, 7, 3), affine), to_session=np.eye(4))
+  logits = rng.normal(size=work.shape + (4,))
+  probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  native = inference.to_session_probs(probs, types.SimpleNamespace(grid=work), session)
+  assert native.shape == (9, 7, 3, 4) and native.dtype == np.float32
+  np.testing.assert_allclose(native.sum(-1), 1.0, atol=1e-6)
+  np.testing.assert_array_equal(native[0, :, :, 0], 1.0)  # outside the working grid
+  # Session voxel (3, 3) is working voxel (1.5, 2.5): the mean of its four neighbours.
+  np.testing.assert_allclose(native[3, 3, 1], probs[1:3, 2:4, 1].mean((0, 1)), atol=1e-6)
+  labels = inference.to_session_grid(probs, types.SimpleNamespace(grid=work), session)
+  np.testing.assert_array_equal(labels, np.argmax(native, -1))
+
+
 # ---------------------------------------------------------------------------- uncertainty
 
 
