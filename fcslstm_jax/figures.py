@@ -12,8 +12,9 @@ def montage(path, columns, row_labels, num_classes: int, title: str = ""):
 
   Args:
     path: output PNG.
-    columns: list of ``(name, kind, slices)``; ``kind`` is ``"image"`` (values in [0, 1]) or
-      ``"labels"`` (integer classes); ``slices`` is a list with one 2D ``[H, W]`` array per
+    columns: list of ``(name, kind, slices)``; ``kind`` is ``"image"`` (values in [0, 1],
+      grey), ``"map"`` (values in [0, 1], e.g. uncertainty, black to yellow) or ``"labels"``
+      (integer classes); ``slices`` is a list with one 2D ``[H, W]`` array per
       row (canonical x, y), or None for an empty cell (a missing session).
     row_labels: one label per row (e.g. "6 mo (test)").
   """
@@ -42,6 +43,9 @@ def montage(path, columns, row_labels, num_classes: int, title: str = ""):
       if kind == "labels":
         ax.imshow(np.asarray(a).T, origin="lower", cmap=cmap, vmin=-0.5,
                   vmax=num_classes - 0.5, interpolation="nearest")
+      elif kind == "map":
+        ax.imshow(np.asarray(a).T, origin="lower", cmap="magma", vmin=0, vmax=1,
+                  interpolation="nearest")
       else:
         ax.imshow(np.asarray(a).T, origin="lower", cmap="gray", vmin=0, vmax=1)
   if title:
@@ -69,3 +73,59 @@ def subject_preview(path, subject, protocol, z=None):
           for t in range(protocol.num_timepoints)]
   montage(path, columns, rows, protocol.num_classes,
           title=f"sub-{subject.subject_id}, axial slice z={z}")
+
+
+def trajectories(path, rows, class_names, flagged=(), age_unit=None):
+  """Volume against age, one panel per tissue class and one for their total, one line per
+  subject (the same colour in every panel); flagged sessions are circled in red.
+
+  Args:
+    path: output PNG.
+    rows: :class:`fcslstm_jax.volumes.SessionVolumes` of every session.
+    class_names: the protocol's classes (background first; it is not plotted).
+    flagged: ``(subject, session, class name)`` triples to circle (class ``""``: every
+      panel of that session).
+    age_unit: shown on the x axis when known (a protocol's ages carry no unit).
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  panels = list(class_names[1:]) + ["total"]
+  subjects = sorted({r.subject for r in rows})
+  colors = plt.get_cmap("tab10" if len(subjects) <= 10 else "tab20")
+  circled = set(flagged)
+  cols = min(len(panels), 4)
+  fig, axes = plt.subplots(1, cols, figsize=(3.4 * cols, 3.2), squeeze=False)
+  axes = axes[0]
+  for k, name in enumerate(panels[:cols]):
+    ax = axes[k]
+    for i, subject in enumerate(subjects):
+      mine = sorted((r for r in rows if r.subject == subject), key=lambda r: r.age)
+      ages = [r.age for r in mine]
+      vol = [sum(r.volumes_ml.values()) if name == "total" else r.volumes_ml[name]
+             for r in mine]
+      ax.plot(ages, vol, "-o", color=colors(i % colors.N), markersize=3, linewidth=1,
+              label=f"sub-{subject}")
+      for r, a, v in zip(mine, ages, vol):
+        if (r.subject, r.session, name) in circled or (r.subject, r.session, "") in circled:
+          ax.plot([a], [v], "o", markersize=9, markerfacecolor="none",
+                  markeredgecolor="red", markeredgewidth=1.5)
+    ax.set_title(name if name != "total" else "total (tissues)", fontsize=10)
+    ax.set_xlabel(f"age ({age_unit})" if age_unit else "age", fontsize=9)
+    if k == 0:
+      ax.set_ylabel("volume (mL)", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
+  handles, labels = axes[0].get_legend_handles_labels()
+  if circled:
+    from matplotlib.lines import Line2D
+    handles.append(Line2D([], [], marker="o", linestyle="none", markerfacecolor="none",
+                          markeredgecolor="red", markersize=8))
+    labels.append("flagged")
+  fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+             frameon=False)
+  fig.tight_layout()
+  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=80, bbox_inches="tight")
+  plt.close(fig)

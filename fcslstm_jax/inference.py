@@ -1,32 +1,51 @@
-"""Whole-scan segmentation of a trained run: every axial slice of every subject's 4D scan.
+"""Whole-scan segmentation with one trained run or an ensemble, and what a study needs after it.
 
 Layout: a subject's scan is ``T`` sessions of ``[X, Y, Z, C]`` on its working grid (canonical
 RAS, :mod:`fcslstm_jax.data`); the model sees the ``Z`` axial slices as a batch of sequences
-``[Z, T, X, Y, C]`` and returns class probabilities ``[Z, T, X, Y, c]``. Each session's
-probabilities are resampled back onto that session's own grid (linear; nothing is
-interpolated where the grids coincide), the argmax is written with the session's original
-orientation, affine and header, and scored there against its labels.
+``[Z, T, X, Y, C]`` and returns class probabilities ``[Z, T, X, Y, c]``, averaged over
+in-plane flips (:mod:`fcslstm_jax.tta`) and over the ensemble's members
+(:mod:`fcslstm_jax.ensemble`). Each session's probabilities ``[X, Y, Z, c]`` are resampled
+back onto that session's own grid (linear; nothing is interpolated where the grids
+coincide); there the hard label is their argmax, the uncertainty their normalized entropy
+(:mod:`fcslstm_jax.qc`), and the tissue volumes are counted in the voxels of that grid
+(:mod:`fcslstm_jax.volumes`). Labels, uncertainty and (optionally) probabilities are written
+with the session's original orientation, affine and header, and labels are scored there.
+After every subject: ``volumes.tsv``, ``qc.tsv``, the flag rules (:mod:`fcslstm_jax.flags`)
+into ``flags.tsv`` and the console, figures, ``report.html`` and ``metrics.json`` (last: it
+marks a complete output).
 """
 
 import contextlib
+import csv
 import dataclasses
+import datetime
 import json
 import os
+import time
 
 import jax
 import numpy as np
 
 from fcslstm_jax import data as data_lib
+from fcslstm_jax import ensemble
 from fcslstm_jax import figures
+from fcslstm_jax import flags as flags_lib
 from fcslstm_jax import grids
 from fcslstm_jax import metrics as metrics_lib
 from fcslstm_jax import nifti_io
 from fcslstm_jax import protocol as protocol_lib
+from fcslstm_jax import qc as qc_lib
+from fcslstm_jax import report as report_lib
 from fcslstm_jax import sequences
 from fcslstm_jax import train_lib
+from fcslstm_jax import tta
+from fcslstm_jax import volumes as volumes_lib
 from fcslstm_jax.checkpoint import Checkpointer
 from fcslstm_jax.config import Config
 from fcslstm_jax.errors import CheckpointError, ConfigError, DataError
+
+# Sessions the report shows as montages (the least trusted ones).
+WORST_SESSIONS = 4
 
 
 def read_run(workdir: str) -> dict:
@@ -44,6 +63,30 @@ def restore_params(workdir: str, config: Config, num_classes: int, in_channels: 
   if restored is None:
     raise CheckpointError(f"{ckpt.directory}: no checkpoint. Train first with train.py.")
   return model, state.params, restored
+
+
+def read_runs(workdirs) -> list:
+  """``[(workdir, run.json)]`` of an ensemble's members, checked to fit together."""
+  seen = set()
+  for w in workdirs:
+    key = os.path.realpath(w)
+    if key in seen:
+      raise ConfigError(f"{w}: given twice as --workdir. Give each member once.")
+    seen.add(key)
+  runs = [(w, read_run(w)) for w in workdirs]
+  ensemble.check_compatible(runs)
+  return runs
+
+
+def load_members(runs, protocol) -> list:
+  """The :class:`fcslstm_jax.ensemble.Member` of each ``(workdir, run)``."""
+  members = []
+  for workdir, run in runs:
+    config = Config.from_json(run["config"])
+    model, params, step = restore_params(workdir, config, protocol.num_classes,
+                                         len(protocol.modalities))
+    members.append(ensemble.Member(workdir, run, config, model, params, step))
+  return members
 
 
 def check_outside_dataset(out_dir: str, input_root: str, flag: str = "--out") -> None:
@@ -67,9 +110,15 @@ def check_output_dir(out_dir: str, input_root: str) -> None:
     raise ConfigError(f"{out_dir}: is not writable. Choose another --out folder.")
 
 
-def prediction_path(out_dir: str, subject_id: str, session_label: str, model_name: str) -> str:
-  name = f"sub-{subject_id}_ses-{session_label}_desc-{model_name.replace('-', '')}_dseg.nii.gz"
+def output_path(out_dir: str, subject_id: str, session_label: str, desc: str,
+                suffix: str) -> str:
+  """BIDS derivative name: ``sub-<id>/ses-<label>/anat/sub-<id>_ses-<label>_desc-<desc>_<suffix>.nii.gz``."""
+  name = f"sub-{subject_id}_ses-{session_label}_desc-{desc}_{suffix}.nii.gz"
   return os.path.join(out_dir, f"sub-{subject_id}", f"ses-{session_label}", "anat", name)
+
+
+def prediction_path(out_dir: str, subject_id: str, session_label: str, model_name: str) -> str:
+  return output_path(out_dir, subject_id, session_label, model_name.replace("-", ""), "dseg")
 
 
 def every_labeled_slice(protocol: protocol_lib.Protocol) -> protocol_lib.Protocol:
@@ -79,20 +128,30 @@ def every_labeled_slice(protocol: protocol_lib.Protocol) -> protocol_lib.Protoco
                              slice_selection="center")
 
 
-def segment_subject(predict_fn, params, subject, protocol, batch_size: int):
+def segment_subject(fns, params_list, subject, protocol, batch_size: int):
   """``(sequences, probabilities [Z, T, X, Y, c])`` for every axial slice of one subject on
-  its working grid."""
+  its working grid, averaged over the members (``fns`` and ``params_list``, one each)."""
   seq = sequences.make_sequences([subject], protocol, "all")
-  return seq, train_lib.predict_all(predict_fn, params, seq, batch_size)
+  return seq, ensemble.average_proba(params_list, fns, seq, batch_size)
+
+
+def to_session_probs(probs, subject, session) -> np.ndarray:
+  """Class probabilities ``float32 [X, Y, Z, c]`` on the session's own canonical grid from
+  working-grid probabilities ``[X, Y, Z, c]``: resampled linearly (identity where the grids
+  coincide). Outside the working grid: background with probability 1, so every voxel's
+  probabilities still sum to 1 (linear interpolation is a convex combination)."""
+  back = np.linalg.inv(session.to_session)  # session world -> working world
+  probs = np.asarray(probs, np.float32)
+  background = grids.resample(probs[..., :1], subject.grid, session.grid, order=1, world=back,
+                              cval=1.0)
+  tissues = grids.resample(probs[..., 1:], subject.grid, session.grid, order=1, world=back)
+  return np.concatenate([background, tissues], axis=-1).astype(np.float32)
 
 
 def to_session_grid(probs, subject, session) -> np.ndarray:
-  """Class map ``int [X, Y, Z]`` on the session's own canonical grid from working-grid
-  probabilities ``[X, Y, Z, c]``: resampled linearly (identity where the grids coincide),
-  then argmax. Outside the working grid: background."""
-  back = np.linalg.inv(session.to_session)  # session world -> working world
-  on_session = grids.resample(probs, subject.grid, session.grid, order=1, world=back)
-  return np.argmax(on_session, axis=-1).astype(np.int32)
+  """Class map ``int [X, Y, Z]`` on the session's own canonical grid: the argmax of
+  :func:`to_session_probs`."""
+  return np.argmax(to_session_probs(probs, subject, session), axis=-1).astype(np.int32)
 
 
 def native_scores(pred, session, num_classes):
@@ -104,6 +163,14 @@ def native_scores(pred, session, num_classes):
   mask = np.zeros(truth.shape, np.float32)
   mask[:, :, data_lib.labeled_slices(truth)] = 1.0
   return metrics_lib.confusion_counts(pred, truth, mask, num_classes)
+
+
+def tissue_dice(cm):
+  """Mean Dice of the tissue classes present in the labels (None without labels)."""
+  if cm is None or cm.sum() == 0:
+    return None
+  d = metrics_lib.dice_per_class(cm)[1:]
+  return None if np.all(np.isnan(d)) else float(np.nanmean(d))
 
 
 def load_for_evaluation(run: dict, data_dir=None, truth_dir=None):
@@ -122,43 +189,95 @@ def load_for_evaluation(run: dict, data_dir=None, truth_dir=None):
                              register=options.register, labels_root=truth_dir), protocol
 
 
-def evaluate_run(workdir: str, out_dir: str | None = None, data_dir: str | None = None,
-                 batch_size: int = 8, truth_dir: str | None = None, log=print) -> dict:
-  """Segments every session of every subject, writes NIfTI predictions on each session's
-  own grid, ``metrics.json`` and a figure. Labels (the dataset's, or ``truth_dir``'s) are
-  scored on each session's own grid; without any, metrics are None."""
-  run = read_run(workdir)
-  config = Config.from_json(run["config"])
-  study, protocol = load_for_evaluation(run, data_dir, truth_dir)
+@dataclasses.dataclass(frozen=True, eq=False)
+class Preview:
+  """A session's most uncertain axial slice on the working grid, for the report:
+  ``images [M] x [X, Y]``, ``labels [X, Y]``, ``uncertainty [X, Y]``, its index ``z``."""
+  images: list
+  labels: np.ndarray
+  uncertainty: np.ndarray
+  z: int
+
+
+def preview(session, probs) -> Preview:
+  """:class:`Preview` of a session from its working-grid probabilities ``[Z, X, Y, c]``:
+  of the slices inside the session's field of view (some image voxel not 0), the one whose
+  predicted brain holds the most uncertainty (the middle one without brain)."""
+  labels = np.argmax(probs, axis=-1)
+  unc = qc_lib.normalized_entropy(probs)
+  seen = np.moveaxis(session.image, 2, 0).any(axis=(1, 2, 3))  # [Z]
+  per_slice = np.where(labels > 0, unc, 0.0).sum(axis=(1, 2)) * seen
+  z = int(np.argmax(per_slice)) if per_slice.any() else probs.shape[0] // 2
+  images = [session.image[:, :, z, k] for k in range(session.image.shape[-1])]
+  return Preview(images, labels[z], unc[z], z)
+
+
+def describe_members(members, flips) -> list:
+  lines = [f"{'member' if len(members) > 1 else 'run'}: {os.path.abspath(m.workdir)} "
+           f"({m.config.model}, checkpoint step {m.step})" for m in members]
+  lines.append("test-time flips: " + (", ".join(flips) + f" ({len(tta.flip_variants(flips))} "
+                                      "views averaged)" if flips else "none"))
+  return lines
+
+
+def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = None,
+                 batch_size: int = 8, truth_dir: str | None = None, log=print, *,
+                 tta_flips=(), probabilities: bool = False, flag_rules=None,
+                 report: bool = True) -> dict:
+  """Segments every session of every subject and writes what a study needs (see the module
+  docstring). Labels (the dataset's, or ``truth_dir``'s) are scored on each session's own
+  grid; without any, metrics are None and every other output is written.
+
+  Args:
+    workdir: a run folder, or a list of them (an ensemble; the first one's dataset is
+      segmented unless ``data_dir``, and ``out_dir`` defaults to inside it).
+    tta_flips: in-plane flip axes to average over (``("x", "y")``; :mod:`fcslstm_jax.tta`).
+    probabilities: also write ``*_probseg.nii.gz`` (float32, one volume per class).
+    flag_rules: :class:`fcslstm_jax.flags.FlagRules` (None: the defaults).
+    report: write ``report.html``.
+  """
+  started = time.monotonic()
+  workdirs = [workdir] if isinstance(workdir, (str, os.PathLike)) else list(workdir)
+  workdirs = [str(w) for w in workdirs]
+  flips = tta.parse_flips(tta_flips)
+  rules = flag_rules or flags_lib.FlagRules()
+  runs = read_runs(workdirs)
+  study, protocol = load_for_evaluation(runs[0][1], data_dir, truth_dir)
   for line in sequences.describe_unassigned(study):
     log(line)
-  out_dir = out_dir or os.path.join(workdir, "predictions")
+  out_dir = out_dir or os.path.join(workdirs[0], "predictions")
   check_output_dir(out_dir, study.root)
   if truth_dir:
     check_outside_dataset(out_dir, truth_dir, "--out")
-  c = protocol.num_classes
-  model, params, step = restore_params(workdir, config, c, len(protocol.modalities))
-  predict_fn = jax.jit(lambda p, x, v: train_lib.predict_proba(p, model.apply, x, v))
+  c, names = protocol.num_classes, protocol.class_names
+  members = load_members(runs, protocol)
+  desc = members[0].config.model.replace("-", "") if len(members) == 1 else "ensemble"
+  fns = ensemble.predict_fns(members, tta.flip_variants(flips))
+  params_list = [m.params for m in members]
   cms = np.zeros((protocol.num_timepoints, c, c))
   agreement = [np.zeros((2, protocol.num_timepoints - 1)) for _ in range(2)]
-  figure, written = None, 0
+  figure, written, rows, extra, previews = None, 0, [], {}, {}
   for subject in study.subjects:
     if subject.grid is None:
       log(f"sub-{subject.subject_id}: no session fits the protocol's time points; not segmented")
       continue
-    seq, probs = segment_subject(predict_fn, params, subject, study.protocol, batch_size)
+    seq, probs = segment_subject(fns, params_list, subject, study.protocol, batch_size)
     pred = np.argmax(probs, axis=-1).astype(np.int32)  # [Z, T, X, Y] on the working grid
     for t, session in enumerate(subject.timepoints):
       if session is None:
         continue
-      native = to_session_grid(np.moveaxis(probs[:, t], 0, 2), subject, session)
-      path = prediction_path(out_dir, subject.subject_id, session.label, config.model)
-      with naming(path):
-        nifti_io.save_like(path, native, session.ref)
+      native, labels, uncertainty = session_outputs(np.moveaxis(probs[:, t], 0, 2), subject,
+                                                    session)
+      write_session(out_dir, desc, subject.subject_id, session, native, labels, uncertainty,
+                    probabilities)
       written += 1
-      cm = native_scores(native, session, c)
+      cm = native_scores(labels, session, c)
       if cm is not None:
         cms[t] += cm
+      rows.append(session_row(subject.subject_id, session, labels, uncertainty, names))
+      key = (subject.subject_id, session.label)
+      extra[key] = tissue_dice(cm)
+      previews[key] = preview(session, probs[:, t])
     mask = seq.label_mask * seq.valid[:, :, None, None]
     for counts, seg in zip(agreement, (pred, seq.labels)):
       counts += metrics_lib.temporal_agreement(seg, mask)
@@ -168,15 +287,135 @@ def evaluate_run(workdir: str, out_dir: str | None = None, data_dir: str | None 
   if figure is None:
     raise DataError(f"{study.root}: no session of any subject fits the protocol "
                     f"{protocol.name}'s time points; nothing to segment.")
+  found = flags_lib.check(rows, rules, names)
+  for f in found:
+    log(f.line())
   result = summarize_run(cms, agreement, protocol)
-  result.update(workdir=os.path.abspath(workdir), checkpoint_step=step, model=config.model,
-                predictions=written, labels=str(truth_dir) if truth_dir else "dataset",
-                out=os.path.abspath(out_dir))
-  with naming(os.path.join(out_dir, "segmentation.png")) as path:
-    save_figure(path, *figure, protocol, config.model)
+  result.update(
+      workdir=os.path.abspath(workdirs[0]), checkpoint_step=members[0].step,
+      model=members[0].config.model if len(members) == 1 else "ensemble",
+      members=[{"workdir": os.path.abspath(m.workdir), "model": m.config.model,
+                "checkpoint_step": m.step} for m in members],
+      tta_flips=list(flips), predictions=written, flags=len(found),
+      labels=str(truth_dir) if truth_dir else "dataset", out=os.path.abspath(out_dir))
+  write_study_tables(out_dir, rows, extra, found, rules, names)
+  with atomic_output(os.path.join(out_dir, "segmentation.png")) as path:
+    save_figure(path, *figure, protocol, desc)
+  n_worst, n_flagged = write_study_figures(out_dir, rows, found, previews, protocol)
+  result["seconds"] = round(time.monotonic() - started, 1)
+  if report:
+    meta = [f"dataset: {os.path.abspath(study.root)}"] + describe_members(members, flips) + [
+        f"output: {os.path.abspath(out_dir)}",
+        f"written {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"{result['seconds']:.0f} s"]
+    with atomic_output(os.path.join(out_dir, "report.html")) as path:
+      write_text(path, report_page(out_dir, meta, result, rows, extra, found, names,
+                                   n_worst, n_flagged))
   with naming(os.path.join(out_dir, "metrics.json")) as path:
     write_json(path, result)  # last: marks a complete output
   return result
+
+
+# ------------------------------------------------------------------------------ sessions
+
+
+def session_outputs(probs, subject, session):
+  """``(probabilities float32 [X, Y, Z, c], labels int32 [X, Y, Z], uncertainty float32
+  [X, Y, Z])`` on the session's own canonical grid from its working-grid probabilities
+  ``[X, Y, Z, c]``: the labels are the argmax of exactly those probabilities."""
+  native = to_session_probs(probs, subject, session)
+  return native, np.argmax(native, axis=-1).astype(np.int32), qc_lib.normalized_entropy(native)
+
+
+def write_session(out_dir, desc, subject_id, session, probs, labels, uncertainty,
+                  probabilities: bool) -> None:
+  """The session's dseg, uncertainty (uint8, 256 steps: a map to look at, not to compute
+  with) and, if asked, probseg files on its input grid and header."""
+  path = lambda suffix: output_path(out_dir, subject_id, session.label, desc, suffix)
+  with naming(path("dseg")) as p:
+    nifti_io.save_like(p, labels, session.ref)
+  with naming(path("uncertainty")) as p:
+    nifti_io.save_float_like(p, uncertainty, session.ref, np.uint8)
+  if probabilities:
+    with naming(path("probseg")) as p:
+      nifti_io.save_float_like(p, probs, session.ref)
+
+
+def session_row(subject_id, session, labels, uncertainty, names) -> volumes_lib.SessionVolumes:
+  """The session's ``volumes.tsv`` row: tissue volumes on its input grid, QC score."""
+  ml = volumes_lib.class_volumes_ml(labels, session.ref.affine, len(names))
+  return volumes_lib.SessionVolumes(
+      subject=subject_id, session=session.label, timepoint=session.timepoint, age=session.age,
+      volumes_ml={n: float(v) for n, v in zip(names[1:], ml[1:])},
+      qc=qc_lib.qc_score(uncertainty, labels))
+
+
+def write_study_figures(out_dir, rows, found, previews, protocol) -> tuple:
+  """``trajectories.png``, ``qc_worst.png`` (the least trusted sessions) and ``flagged.png``
+  (the first flagged ones; removed when nothing is flagged). Returns how many sessions
+  each montage shows."""
+  names = protocol.class_names
+  flagged = {(f.subject, f.session, f.cls) for f in found}
+  with atomic_output(os.path.join(out_dir, "trajectories.png")) as path:
+    figures.trajectories(path, rows, names, flagged,
+                         "months" if protocol.name in protocol_lib.BUILTIN else None)
+  by_key = {(r.subject, r.session): r for r in rows}
+  worst = [(r.subject, r.session) for r in qc_lib.worst_first(rows)[:WORST_SESSIONS]]
+  with atomic_output(os.path.join(out_dir, "qc_worst.png")) as path:
+    save_worst_figure(path, [(by_key[k], previews[k]) for k in worst], protocol)
+  shown = list(dict.fromkeys((f.subject, f.session) for f in found))[:WORST_SESSIONS]
+  flagged_png = os.path.join(out_dir, "flagged.png")
+  if shown:
+    with atomic_output(flagged_png) as path:
+      save_worst_figure(path, [(by_key[k], previews[k]) for k in shown], protocol,
+                        title="flagged sessions (first ones of flags.tsv)")
+  elif os.path.exists(flagged_png):
+    os.unlink(flagged_png)  # an earlier evaluation's, into the same folder
+  return len(worst), len(shown)
+
+
+# -------------------------------------------------------------------------------- tables
+
+
+def qc_table(rows, extra) -> tuple:
+  """``(header, rows)`` of ``qc.tsv``: sessions worst first (rank 1 = least trusted)."""
+  header = ["rank", "subject", "session", "timepoint", "age", "qc", "total_ml",
+            "dice_tissues"]
+  out = []
+  for k, r in enumerate(qc_lib.worst_first(rows), 1):
+    dice = extra.get((r.subject, r.session))
+    out.append([k, f"sub-{r.subject}", f"ses-{r.session}", r.timepoint + 1, f"{r.age:g}",
+                f"{r.qc:.4f}", f"{sum(r.volumes_ml.values()):.3f}",
+                "n/a" if dice is None else f"{dice:.4f}"])
+  return header, out
+
+
+def write_study_tables(out_dir, rows, extra, found, rules, names) -> None:
+  """``volumes.tsv``, ``qc.tsv``, ``flags.tsv``, ``flags.json`` (the rules used) and
+  ``dseg.tsv`` (the class of each label value / probseg volume)."""
+  for name, (header, table) in (("volumes.tsv", volumes_lib.volume_rows(rows, names)),
+                                ("qc.tsv", qc_table(rows, extra)),
+                                ("flags.tsv", flags_lib.flag_rows(found)),
+                                ("dseg.tsv", (["index", "name"], list(enumerate(names))))):
+    with atomic_output(os.path.join(out_dir, name)) as path:
+      write_tsv(path, header, table)
+  with naming(os.path.join(out_dir, "flags.json")) as path:
+    write_json(path, rules.to_json())
+
+
+def report_page(out_dir, meta, result, rows, extra, found, names, worst_count,
+                flagged_count) -> str:
+  read = lambda name: open(os.path.join(out_dir, name), "rb").read()
+  return report_lib.evaluation_page(
+      title="Segmentation report", meta=meta, metrics=result, class_names=names,
+      flags=flags_lib.flag_rows(found), volumes=volumes_lib.volume_rows(rows, names),
+      qc_rows=qc_table(rows, extra), trajectories_png=read("trajectories.png"),
+      worst_png=read("qc_worst.png") if worst_count else None, worst_count=worst_count,
+      flagged_png=read("flagged.png") if flagged_count else None,
+      flagged_count=flagged_count)
+
+
+# ---------------------------------------------------------------------------- file writes
 
 
 @contextlib.contextmanager
@@ -190,6 +429,22 @@ def naming(path: str):
     raise type(e)(e.errno, e.strerror, str(path)) from e
 
 
+@contextlib.contextmanager
+def atomic_output(path: str):
+  """Yields a temporary name beside ``path`` (same extension: matplotlib picks the format
+  from it) and renames it into place when the block succeeds; removes it otherwise."""
+  root, ext = os.path.splitext(path)
+  tmp = f"{root}.tmp{ext}"
+  try:
+    with naming(path):
+      yield tmp
+      os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
 def write_json(path: str, obj) -> None:
   """Atomic: a temporary file renamed into place, removed if the write fails (disk full)."""
   tmp = path + ".tmp"
@@ -201,6 +456,27 @@ def write_json(path: str, obj) -> None:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def write_text(path: str, text: str) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text)
+
+
+def write_tsv(path: str, header, rows) -> None:
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+
+
+def read_tsv(path: str) -> list:
+  """``[{column: text}]`` of a TSV written by :func:`write_tsv`."""
+  with open(path, newline="", encoding="utf-8") as f:
+    return list(csv.DictReader(f, delimiter="\t"))
+
+
+# ------------------------------------------------------------------------------- metrics
 
 
 def summarize_run(cms, agreement, protocol) -> dict:
@@ -221,6 +497,9 @@ def summarize_run(cms, agreement, protocol) -> dict:
                                    "ground_truth": ratio(agreement[1])}}
 
 
+# ------------------------------------------------------------------------------- figures
+
+
 def save_figure(path, subject, seq, pred, protocol, model_name):
   """Fig. 4 layout at the subject's most labeled slice: T1w, T2w, ground truth, prediction."""
   per_slice = seq.label_mask.sum(axis=(1, 2, 3))
@@ -235,3 +514,15 @@ def save_figure(path, subject, seq, pred, protocol, model_name):
   labels = [l + (" (test)" if t in protocol.test_timepoints else "") for t, l in enumerate(labels)]
   figures.montage(path, columns, labels, protocol.num_classes,
                   title=f"sub-{subject.subject_id}, axial slice z={int(seq.slice_index[i])}")
+
+
+def save_worst_figure(path, worst, protocol,
+                      title="least trusted sessions (highest QC score first)"):
+  """Sessions as rows (e.g. the least trusted, worst first): each modality, the prediction
+  and the uncertainty at the session's most uncertain axial slice of its working grid."""
+  columns = [(m, "image", [p.images[k] for _, p in worst])
+             for k, m in enumerate(protocol.modalities)]
+  columns.append(("prediction", "labels", [p.labels for _, p in worst]))
+  columns.append(("uncertainty (0 black, 1 yellow)", "map", [p.uncertainty for _, p in worst]))
+  rows = [f"sub-{r.subject} ses-{r.session}\nz={p.z}, QC {r.qc:.3f}" for r, p in worst]
+  figures.montage(path, columns, rows, protocol.num_classes, title=title)

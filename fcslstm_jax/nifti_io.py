@@ -273,6 +273,31 @@ def save_like(path, array, ref):
   _atomic_save(image_class(data, ref.affine, header), path)
 
 
+def save_float_like(path, array, ref, dtype=np.float32):
+  """Writes a float array in canonical (RAS) order on ``ref``'s original grid, affine and header.
+
+  ``array`` is ``[X, Y, Z]`` (e.g. an uncertainty map) or ``[X, Y, Z, c]`` (class
+  probabilities, one volume per class along the 4th axis, as BIDS ``probseg``), with values
+  in [0, 1] (the display range is set to it). ``dtype``: float32 stores the values as they
+  are (read back exactly); uint8 stores them in 256 steps with nibabel's scale factor
+  (``scl_slope``; readers get floats back within half a step, about 0.002) and compresses
+  several times smaller. The write is atomic (temporary file + rename).
+  """
+  array = np.asarray(array)
+  if not np.issubdtype(array.dtype, np.floating) or array.ndim not in (3, 4):
+    raise ValueError(f"save_float_like writes float [X, Y, Z] or [X, Y, Z, c] arrays, got "
+                     f"{array.dtype} {array.shape}")
+  if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.uint8)):
+    raise ValueError(f"save_float_like stores float32 or uint8, got {dtype}")
+  data = to_original_orientation(array, ref).astype(np.float32)
+  header = ref.header.copy()
+  header.set_data_dtype(dtype)
+  header.set_slope_inter(1, 0)  # uint8: nibabel sets the slope that fits the data on save
+  header["cal_min"], header["cal_max"] = 0.0, 1.0
+  image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+  _atomic_save(image_class(data, ref.affine, header), path)
+
+
 def write_volume(path, array, affine, dtype):
   """Writes a new 3D NIfTI-1 file (used by the built-in dataset generator); atomic.
 

@@ -1,0 +1,94 @@
+"""Ensembles: class probabilities averaged over several trained runs (members).
+
+Layout: a member predicts ``[N, T, H, W, c]`` probabilities for ``N`` axial slice sequences
+(:class:`fcslstm_jax.sequences.SliceSet`); the ensemble's prediction is their mean, and its
+hard label the argmax of that mean. Members must have been trained with the same protocol
+(time points, classes, modalities) and grid options (in-plane spacing, reference session,
+registration): they then read the same working grids, so their outputs can be averaged
+voxel by voxel. Members whose networks are the same (model, stages, precision, ...) share
+one jit-compiled program; only their parameters differ.
+"""
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from fcslstm_jax import train_lib
+from fcslstm_jax import tta
+from fcslstm_jax.config import Config
+from fcslstm_jax.errors import ConfigError
+
+# Config fields that define the compiled program; the others only change training.
+PROGRAM_FIELDS = ("model", "stages", "remat", "unroll", "chunk_pixels", "precision")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Member:
+  """One trained run of an ensemble.
+
+  Attributes:
+    workdir: the run's folder.
+    run: its ``run.json``.
+    config: its :class:`~fcslstm_jax.config.Config`.
+    model: the Flax module.
+    params: restored parameters.
+    step: the checkpoint step they come from.
+  """
+  workdir: str
+  run: dict
+  config: Config
+  model: nn.Module
+  params: Any
+  step: int
+
+
+def program_key(config: Config) -> tuple:
+  """Members with equal keys run the same compiled program."""
+  d = config.to_json()
+  return tuple((k, repr(d[k])) for k in PROGRAM_FIELDS)
+
+
+def check_compatible(runs) -> None:
+  """Refuses members trained with another protocol or other grid options: one line naming
+  the member's ``run.json``, the first difference and the fix.
+
+  Args:
+    runs: ``[(workdir, run.json dict)]``, the first one the reference.
+  """
+  (ref_dir, ref), others = runs[0], runs[1:]
+  for workdir, run in others:
+    for field in ("protocol", "grid"):
+      a, b = ref.get(field) or {}, run.get(field) or {}
+      diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+      if diff:
+        k = diff[0]
+        raise ConfigError(
+            f"{workdir}/run.json: {field} {k!r} is {b.get(k)!r}, but {ref_dir}/run.json has "
+            f"{a.get(k)!r}. Ensemble members must share the protocol and grid options "
+            "(--spacing, --reference, --register); leave this --workdir out or retrain it.")
+
+
+def predict_fns(members, variants) -> list:
+  """One jit-compiled :func:`fcslstm_jax.tta.tta_proba` per distinct program, one entry
+  per member (members with equal :func:`program_key` share it)."""
+  compiled = {}
+  for m in members:
+    key = program_key(m.config)
+    if key not in compiled:
+      apply_fn = m.model.apply
+      compiled[key] = jax.jit(
+          lambda p, x, v, apply_fn=apply_fn: tta.tta_proba(p, apply_fn, x, v, variants))
+  return [compiled[program_key(m.config)] for m in members]
+
+
+def average_proba(params_list, fns, data, batch_size: int) -> np.ndarray:
+  """Mean of the members' probabilities ``[N, T, H, W, c]`` (float32) over ``data``'s
+  sequences; one member: exactly its own probabilities."""
+  total = None
+  for params, fn in zip(params_list, fns):
+    probs = train_lib.predict_all(fn, params, data, batch_size)
+    total = probs if total is None else total + probs
+  return (total / np.float32(len(fns))).astype(np.float32)
