@@ -2,84 +2,14 @@
 
     python evaluate.py --workdir runs/bric-bi-fcslstm-quick
     python evaluate.py --workdir runs/X --data-dir NEW_DATA --out predictions/
-    python evaluate.py --workdir runs/X --labels FULL_LABELS   # score against other labels
-    python evaluate.py --workdir runs/A --workdir runs/B --tta-flips x,y --probabilities
 
-Writes to --out (default: the first WORKDIR/predictions), never inside the input dataset:
-  sub-<id>/ses-<label>/anat/sub-<id>_ses-<label>_desc-<model>_dseg.nii.gz         labels
-  sub-<id>/ses-<label>/anat/sub-<id>_ses-<label>_desc-<model>_uncertainty.nii.gz  0..1
-  sub-<id>/ses-<label>/anat/sub-<id>_ses-<label>_desc-<model>_probseg.nii.gz      (--probabilities)
-      all on each input's own grid, affine and header (desc: the model, or "ensemble")
-  volumes.tsv        tissue volumes (mL) per subject and session, with age and QC score
-  qc.tsv             sessions ranked by QC score (mean uncertainty in the brain), worst first
-  flags.tsv          sessions a rule flags (also printed); flags.json: the rules used
-  metrics.json       mPA / Dice / IoU per class and time point, temporal consistency
-  report.html        one self-contained page: scores, flags, trajectories, worst sessions
-  trajectories.png, qc_worst.png, segmentation.png, dseg.tsv (class names)
+The tool lives in :mod:`fcslstm_jax.cli.evaluate` (installed: ``fcslstm-evaluate``); ``--help``
+lists its flags and the files it writes.
 """
 
-import argparse
 import sys
 
-
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--workdir", required=True, action="append",
-                 help="a folder written by train.py; repeat it to average an ensemble (members "
-                 "must share the protocol and grid options)")
-  p.add_argument("--data-dir", help="segment this BIDS-like dataset instead of the run's own")
-  p.add_argument("--out", help="output folder (default: the first WORKDIR/predictions)")
-  p.add_argument("--labels", help="score against the labels in this folder "
-                 "(sub-<id>/ses-<label>/anat/*_dseg.nii.gz) instead of the dataset's derivatives")
-  p.add_argument("--batch-size", type=int, default=8,
-                 help="slices per forward pass (times the number of flipped views with "
-                 "--tta-flips)")
-  p.add_argument("--tta-flips", default="none", metavar="AXES",
-                 help="test-time augmentation: average over every combination of flips along "
-                 "these in-plane axes, e.g. x,y (4 views) or x; default none")
-  p.add_argument("--probabilities", action="store_true",
-                 help="also write class probabilities (*_probseg.nii.gz, float32, one volume "
-                 "per class)")
-  p.add_argument("--flags", metavar="FILE.json",
-                 help="flag rules (python -m fcslstm_jax.flags prints the defaults)")
-  p.add_argument("--no-report", action="store_true", help="do not write report.html")
-  p.add_argument("--debug", action="store_true", help="show tracebacks")
-  args = p.parse_args(argv)
-  from fcslstm_jax.errors import user_message
-  try:
-    from fcslstm_jax import flags
-    from fcslstm_jax import inference
-    from fcslstm_jax import tta
-    flips = tta.parse_flips(args.tta_flips)
-    rules = flags.load(args.flags)
-    result = inference.evaluate_run(args.workdir, args.out, args.data_dir, args.batch_size,
-                                    truth_dir=args.labels, tta_flips=flips,
-                                    probabilities=args.probabilities, flag_rules=rules,
-                                    report=not args.no_report)
-  except Exception as e:  # one clear line for the user's mistakes; tracebacks for ours
-    message = None if args.debug else user_message(
-        e, "Free disk space or choose a writable --out folder, then rerun.")
-    if message is None:
-      raise
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-  print(f"wrote {result['predictions']} predictions to {result['out']}"
-        + ("" if args.no_report else f"; report: {result['out']}/report.html"))
-  print(f"{result['flags']} flag(s): {result['out']}/flags.tsv")
-  if not result["metrics_available"]:
-    print("no labels in this dataset: metrics are not available (predictions written).")
-    return 0
-  fmt = lambda m, k="mpa": "n/a" if m is None or m[k] is None else f"{m[k]:.4f}"
-  for split in ("train", "test"):
-    m = result[split]
-    print(f"{split} time points: mPA {fmt(m)} (tissue classes only {fmt(m, 'mpa_fg')}), "
-          f"mean Dice {fmt(m, 'mean_dice')}")
-  tc = result["temporal_consistency"]
-  print("temporal consistency (prediction / ground truth): " + ", ".join(
-      f"{a:.3f}/{b:.3f}" if a is not None and b is not None else "n/a"
-      for a, b in zip(tc["prediction"], tc["ground_truth"])))
-  return 0
-
+from fcslstm_jax.cli.evaluate import main
 
 if __name__ == "__main__":
   sys.exit(main())

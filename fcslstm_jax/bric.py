@@ -34,6 +34,7 @@ import tempfile
 import numpy as np
 from scipy import ndimage
 
+from fcslstm_jax import files
 from fcslstm_jax import nifti_io
 from fcslstm_jax.errors import DataError
 
@@ -339,16 +340,6 @@ def _config_dict(config):
   return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
 
 
-def _write_json(path, obj):
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(obj, indent=2) + "\n")
-
-
-def _write_tsv(path, header, rows):
-  lines = ["\t".join(header)] + ["\t".join(str(v) for v in row) for row in rows]
-  path.write_text("\n".join(lines) + "\n")
-
-
 def write_dataset(out_dir, seed, config):
   """Generates every subject and session into ``out_dir`` (not atomic: see :func:`generate`)."""
   out_dir = pathlib.Path(out_dir)
@@ -377,17 +368,17 @@ def write_dataset(out_dir, seed, config):
         _write(sub / f"ses-{ses}" / "anat" / f"{stem}_{modality}.nii.gz", image, affine, np.int16)
       _write(manual / f"sub-{sid}" / f"ses-{ses}" / "anat" / f"{stem}_dseg.nii.gz", labels,
              affine, np.uint8)
-    _write_tsv(sub / f"sub-{sid}_sessions.tsv", ("session_id", "age"),
+    files.write_tsv(sub / f"sub-{sid}_sessions.tsv", ("session_id", "age"),
                [(f"ses-{session_label(a)}", a) for a in config.ages])
-  _write_tsv(out_dir / "participants.tsv", ("participant_id",),
+  files.write_tsv(out_dir / "participants.tsv", ("participant_id",),
              [(f"sub-{s}",) for s in subject_ids])
   desc = description(seed, config)
-  _write_json(manual / "dataset_description.json", {
+  files.write_json(manual / "dataset_description.json", {
       "Name": "Tissue labels (argmax of deformed template probabilities)",
       "BIDSVersion": "1.9.0", "DatasetType": "derivative", "GeneratedBy": desc["GeneratedBy"],
       "Labels": dict(enumerate(CLASS_NAMES)),
   })
-  _write_json(out_dir / "dataset_description.json", desc)  # written last: marks completion
+  files.write_json(out_dir / "dataset_description.json", desc)  # written last: marks completion
 
 
 def generate(out_dir, seed=0, config=GenerationConfig()):

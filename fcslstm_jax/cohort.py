@@ -33,6 +33,7 @@ import tempfile
 import numpy as np
 
 from fcslstm_jax import bric
+from fcslstm_jax import files
 from fcslstm_jax import protocol as protocol_lib
 
 LABELS = ("sparse", "subject", "dense")
@@ -211,14 +212,14 @@ def write_cohort(out_dir, seed, config):
         bric._write(manual / f"{stem}_dseg.nii.gz", sparse, geometry.affine, np.uint8)
       age = config.ages[j] + rng.uniform(-config.age_jitter, config.age_jitter)
       rows.append((f"ses-{ses}", f"{max(age, 0.0):.2f}"))
-    bric._write_tsv(out_dir / f"sub-{sid}" / f"sub-{sid}_sessions.tsv", ("session_id", "age"),
+    files.write_tsv(out_dir / f"sub-{sid}" / f"sub-{sid}_sessions.tsv", ("session_id", "age"),
                     rows)
-  bric._write_tsv(out_dir / "participants.tsv", ("participant_id",),
+  files.write_tsv(out_dir / "participants.tsv", ("participant_id",),
                   [(f"sub-{i + 1:02d}",) for i in range(total)])
-  bric._write_json(out_dir / "protocol.json", config.protocol)
+  files.write_json(out_dir / "protocol.json", config.protocol)
   params = {k: list(v) if isinstance(v, tuple) else v for k, v in
             dataclasses.asdict(config).items()}
-  bric._write_json(out_dir / "dataset_description.json", {
+  files.write_json(out_dir / "dataset_description.json", {
       "Name": "fcslstm-jax synthetic cohort (built-in generator, real-study conditions)",
       "BIDSVersion": "1.9.0", "DatasetType": "raw",
       "GeneratedBy": [{"Name": "fcslstm_jax.cohort", "Version": bric.VERSION,

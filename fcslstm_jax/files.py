@@ -1,6 +1,8 @@
-"""Writing files so that a reader never sees half of one: a temporary sibling, then a rename."""
+"""Writing files so that a reader never sees half of one: a temporary sibling, then a rename;
+and errors that name the file."""
 
 import contextlib
+import csv
 import json
 import os
 import pathlib
@@ -8,28 +10,61 @@ import tempfile
 
 
 @contextlib.contextmanager
-def atomic_path(path, suffix=""):
-  """Yields a temporary path beside ``path``; renamed onto ``path`` when the block succeeds,
-  removed when it fails (a full disk, a kill: the old file, if any, stays whole)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-  os.close(fd)
+def naming(path):
+  """Adds the file name to an OSError that lacks it (a full disk fails in write())."""
   try:
-    yield tmp
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+    yield path
+  except OSError as e:
+    if e.filename:
+      raise
+    raise type(e)(e.errno, e.strerror, str(path)) from e
+
+
+def _suffix(path) -> str:
+  name = str(path)
+  return ".nii.gz" if name.endswith(".nii.gz") else os.path.splitext(name)[1]
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+  """Yields a temporary path beside ``path`` with the same extension (writers such as
+  matplotlib and nibabel pick the format from it); renamed onto ``path`` when the block
+  succeeds, removed when it fails (a full disk, a kill: the old file, if any, stays whole).
+  OSErrors name ``path``."""
+  path = pathlib.Path(path)
+  with naming(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_suffix(path), dir=path.parent)
+    os.close(fd)
+    try:
+      yield tmp
+      os.replace(tmp, path)
+    except BaseException:
+      if os.path.exists(tmp):
+        os.unlink(tmp)
+      raise
 
 
 def write_text(path, text: str) -> None:
-  """``text`` into ``path``, atomically."""
-  with atomic_path(path) as tmp, open(tmp, "w") as f:
+  """``text`` into ``path`` (UTF-8), atomically."""
+  with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
     f.write(text)
+
+
+def write_tsv(path, header, rows) -> None:
+  """A tab-separated table with a header row, atomically."""
+  with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
 
 
 def write_json(path, obj, indent=2) -> None:
   """``obj`` as JSON into ``path``, atomically."""
   write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def read_tsv(path) -> list:
+  """``[{column: text}]`` of a table written by :func:`write_tsv`."""
+  with open(path, newline="", encoding="utf-8") as f:
+    return list(csv.DictReader(f, delimiter="\t"))

@@ -15,11 +15,8 @@ into ``flags.tsv`` and the console, figures, ``report.html`` and ``metrics.json`
 marks a complete output).
 """
 
-import contextlib
-import csv
 import dataclasses
 import datetime
-import json
 import os
 import time
 
@@ -29,6 +26,7 @@ import numpy as np
 from fcslstm_jax import data as data_lib
 from fcslstm_jax import ensemble
 from fcslstm_jax import figures
+from fcslstm_jax import files
 from fcslstm_jax import flags as flags_lib
 from fcslstm_jax import grids
 from fcslstm_jax import metrics as metrics_lib
@@ -299,7 +297,7 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
       tta_flips=list(flips), predictions=written, flags=len(found),
       labels=str(truth_dir) if truth_dir else "dataset", out=os.path.abspath(out_dir))
   write_study_tables(out_dir, rows, extra, found, rules, names)
-  with atomic_output(os.path.join(out_dir, "segmentation.png")) as path:
+  with files.atomic_path(os.path.join(out_dir, "segmentation.png")) as path:
     save_figure(path, *figure, protocol, desc)
   n_worst, n_flagged = write_study_figures(out_dir, rows, found, previews, protocol)
   result["seconds"] = round(time.monotonic() - started, 1)
@@ -308,11 +306,10 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
         f"output: {os.path.abspath(out_dir)}",
         f"written {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
         f"{result['seconds']:.0f} s"]
-    with atomic_output(os.path.join(out_dir, "report.html")) as path:
-      write_text(path, report_page(out_dir, meta, result, rows, extra, found, names,
-                                   n_worst, n_flagged))
-  with naming(os.path.join(out_dir, "metrics.json")) as path:
-    write_json(path, result)  # last: marks a complete output
+    files.write_text(os.path.join(out_dir, "report.html"),
+                     report_page(out_dir, meta, result, rows, extra, found, names, n_worst,
+                                 n_flagged))
+  files.write_json(os.path.join(out_dir, "metrics.json"), result)  # last: marks it complete
   return result
 
 
@@ -332,12 +329,12 @@ def write_session(out_dir, desc, subject_id, session, probs, labels, uncertainty
   """The session's dseg, uncertainty (uint8, 256 steps: a map to look at, not to compute
   with) and, if asked, probseg files on its input grid and header."""
   path = lambda suffix: output_path(out_dir, subject_id, session.label, desc, suffix)
-  with naming(path("dseg")) as p:
+  with files.naming(path("dseg")) as p:
     nifti_io.save_like(p, labels, session.ref)
-  with naming(path("uncertainty")) as p:
+  with files.naming(path("uncertainty")) as p:
     nifti_io.save_float_like(p, uncertainty, session.ref, np.uint8)
   if probabilities:
-    with naming(path("probseg")) as p:
+    with files.naming(path("probseg")) as p:
       nifti_io.save_float_like(p, probs, session.ref)
 
 
@@ -356,17 +353,17 @@ def write_study_figures(out_dir, rows, found, previews, protocol) -> tuple:
   each montage shows."""
   names = protocol.class_names
   flagged = {(f.subject, f.session, f.cls) for f in found}
-  with atomic_output(os.path.join(out_dir, "trajectories.png")) as path:
+  with files.atomic_path(os.path.join(out_dir, "trajectories.png")) as path:
     figures.trajectories(path, rows, names, flagged,
                          "months" if protocol.name in protocol_lib.BUILTIN else None)
   by_key = {(r.subject, r.session): r for r in rows}
   worst = [(r.subject, r.session) for r in qc_lib.worst_first(rows)[:WORST_SESSIONS]]
-  with atomic_output(os.path.join(out_dir, "qc_worst.png")) as path:
+  with files.atomic_path(os.path.join(out_dir, "qc_worst.png")) as path:
     save_worst_figure(path, [(by_key[k], previews[k]) for k in worst], protocol)
   shown = list(dict.fromkeys((f.subject, f.session) for f in found))[:WORST_SESSIONS]
   flagged_png = os.path.join(out_dir, "flagged.png")
   if shown:
-    with atomic_output(flagged_png) as path:
+    with files.atomic_path(flagged_png) as path:
       save_worst_figure(path, [(by_key[k], previews[k]) for k in shown], protocol,
                         title="flagged sessions (first ones of flags.tsv)")
   elif os.path.exists(flagged_png):
@@ -397,10 +394,8 @@ def write_study_tables(out_dir, rows, extra, found, rules, names) -> None:
                                 ("qc.tsv", qc_table(rows, extra)),
                                 ("flags.tsv", flags_lib.flag_rows(found)),
                                 ("dseg.tsv", (["index", "name"], list(enumerate(names))))):
-    with atomic_output(os.path.join(out_dir, name)) as path:
-      write_tsv(path, header, table)
-  with naming(os.path.join(out_dir, "flags.json")) as path:
-    write_json(path, rules.to_json())
+    files.write_tsv(os.path.join(out_dir, name), header, table)
+  files.write_json(os.path.join(out_dir, "flags.json"), rules.to_json())
 
 
 def report_page(out_dir, meta, result, rows, extra, found, names, worst_count,
@@ -413,67 +408,6 @@ def report_page(out_dir, meta, result, rows, extra, found, names, worst_count,
       worst_png=read("qc_worst.png") if worst_count else None, worst_count=worst_count,
       flagged_png=read("flagged.png") if flagged_count else None,
       flagged_count=flagged_count)
-
-
-# ---------------------------------------------------------------------------- file writes
-
-
-@contextlib.contextmanager
-def naming(path: str):
-  """Adds the file name to an OSError that lacks it (a full disk fails in write())."""
-  try:
-    yield path
-  except OSError as e:
-    if e.filename:
-      raise
-    raise type(e)(e.errno, e.strerror, str(path)) from e
-
-
-@contextlib.contextmanager
-def atomic_output(path: str):
-  """Yields a temporary name beside ``path`` (same extension: matplotlib picks the format
-  from it) and renames it into place when the block succeeds; removes it otherwise."""
-  root, ext = os.path.splitext(path)
-  tmp = f"{root}.tmp{ext}"
-  try:
-    with naming(path):
-      yield tmp
-      os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
-def write_json(path: str, obj) -> None:
-  """Atomic: a temporary file renamed into place, removed if the write fails (disk full)."""
-  tmp = path + ".tmp"
-  try:
-    with open(tmp, "w") as f:
-      json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
-def write_text(path: str, text: str) -> None:
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(text)
-
-
-def write_tsv(path: str, header, rows) -> None:
-  with open(path, "w", newline="", encoding="utf-8") as f:
-    writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-
-
-def read_tsv(path: str) -> list:
-  """``[{column: text}]`` of a TSV written by :func:`write_tsv`."""
-  with open(path, newline="", encoding="utf-8") as f:
-    return list(csv.DictReader(f, delimiter="\t"))
 
 
 # ------------------------------------------------------------------------------- metrics

@@ -242,15 +242,11 @@ def _integer_dtype(array):
   return np.int32
 
 
-def _nifti_suffix(path):
-  return ".nii.gz" if str(path).endswith(".nii.gz") else ".nii"
-
-
 def _atomic_save(img, path):
   """Writes to a temporary file in the target folder, then renames it into place."""
   if not is_nifti_path(path):
     raise DataError(f"{path}: output name must end in .nii or .nii.gz.")
-  with files.atomic_path(path, suffix=_nifti_suffix(path)) as tmp:
+  with files.atomic_path(path) as tmp:
     nib.save(img, tmp)
 
 

@@ -19,6 +19,7 @@ import evaluate
 import train
 from fcslstm_jax import cohort
 from fcslstm_jax import ensemble
+from fcslstm_jax import files
 from fcslstm_jax import flags as flags_lib
 from fcslstm_jax import inference
 from fcslstm_jax import nifti_io
@@ -362,7 +363,7 @@ def test_probabilities_sum_to_one_and_their_argmax_is_the_written_label(study_di
 
 
 def test_volumes_and_qc_tables_follow_the_written_labels(study_dir, evaluated):
-  rows = inference.read_tsv(evaluated / "volumes.tsv")
+  rows = files.read_tsv(evaluated / "volumes.tsv")
   assert len(rows) == 3 * 5 - 1 and list(rows[0])[:4] == ["subject", "session", "timepoint",
                                                            "age"]
   for row in rows:
@@ -372,13 +373,13 @@ def test_volumes_and_qc_tables_follow_the_written_labels(study_dir, evaluated):
     voxel = np.prod(img.header.get_zooms()[:3]) / 1000
     for k, name in enumerate(NAMES[1:], 1):
       assert float(row[f"{name}_ml"]) == pytest.approx(counts[k] * voxel, abs=1e-3)
-  qc_rows = inference.read_tsv(evaluated / "qc.tsv")
+  qc_rows = files.read_tsv(evaluated / "qc.tsv")
   scores = [float(r["qc"]) for r in qc_rows]
   assert scores == sorted(scores, reverse=True) and [r["rank"] for r in qc_rows][:2] == ["1", "2"]
   assert all(r["dice_tissues"] == "n/a" for r in qc_rows if r["subject"] == "sub-03")
   assert any(r["dice_tissues"] != "n/a" for r in qc_rows)
   ages = {r["session"]: float(r["age"]) for r in rows if r["subject"] == "sub-01"}
-  tsv = inference.read_tsv(study_dir / "sub-01" / "sub-01_sessions.tsv")
+  tsv = files.read_tsv(study_dir / "sub-01" / "sub-01_sessions.tsv")
   assert ages == {r["session_id"]: pytest.approx(float(r["age"])) for r in tsv}
 
 
@@ -438,16 +439,16 @@ def test_unlabeled_study_with_missing_sessions_gets_every_output_but_metrics(
   assert "metrics are not available" in printed
   assert len(session_files(out, "dseg")) == len(session_files(out, "uncertainty")) == 3 * 5 - 2
   assert not session_files(out, "probseg")  # only with --probabilities
-  rows = inference.read_tsv(out / "volumes.tsv")
+  rows = files.read_tsv(out / "volumes.tsv")
   assert [r["session"] for r in rows if r["subject"] == "sub-02"] == [
       "ses-V1", "ses-V2", "ses-V4", "ses-V5"]
-  assert all(r["dice_tissues"] == "n/a" for r in inference.read_tsv(out / "qc.tsv"))
+  assert all(r["dice_tissues"] == "n/a" for r in files.read_tsv(out / "qc.tsv"))
   metrics = json.loads((out / "metrics.json").read_text())
   assert not metrics["metrics_available"] and metrics["tta_flips"] == ["x", "y"]
   page = (out / "report.html").read_text()
   assert "No labels in this dataset" in page
   flag_lines = [l for l in printed.splitlines() if l.startswith("flag: ")]
-  assert len(flag_lines) == len(inference.read_tsv(out / "flags.tsv"))
+  assert len(flag_lines) == len(files.read_tsv(out / "flags.tsv"))
 
 
 def test_bad_tta_flips_and_flags_file_are_one_error_line(trained, tmp_path, capsys):

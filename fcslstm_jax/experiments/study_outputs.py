@@ -20,8 +20,8 @@ import sys
 import numpy as np
 from scipy import stats
 
+from fcslstm_jax import files
 from fcslstm_jax import flags as flags_lib
-from fcslstm_jax import inference
 from fcslstm_jax import layout
 from fcslstm_jax import nifti_io
 from fcslstm_jax import volumes as volumes_lib
@@ -54,13 +54,13 @@ def row(folder, truth, class_names) -> dict:
     out[f"{split}_mpa"], out[f"{split}_mpa_fg"] = m["mpa"], m["mpa_fg"]
     for n in tissues:
       out[f"{split}_dice_{n}"] = m["dice"][n]
-  rows = inference.read_tsv(os.path.join(folder, "volumes.tsv"))
+  rows = files.read_tsv(os.path.join(folder, "volumes.tsv"))
   for n in tissues + ["total"]:
     errors = [abs(float(r[f"{n}_ml"]) - truth[r["subject"], r["session"]][n])
               / truth[r["subject"], r["session"]][n]
               for r in rows if (r["subject"], r["session"]) in truth]
     out[f"volume_error_{n}"] = float(np.mean(errors)) if errors else None
-  qc_rows = [r for r in inference.read_tsv(os.path.join(folder, "qc.tsv"))
+  qc_rows = [r for r in files.read_tsv(os.path.join(folder, "qc.tsv"))
              if r["dice_tissues"] != "n/a"]
   if len(qc_rows) > 2:
     out["qc_dice_spearman"] = float(stats.spearmanr(
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
   p.add_argument("--data-dir", default="data/bric-v1-seed0", help="the evaluated dataset")
   p.add_argument("--json", help="also write the rows here")
   args = p.parse_args(argv)
-  names = [r["name"] for r in inference.read_tsv(os.path.join(args.folders[0], "dseg.tsv"))]
+  names = [r["name"] for r in files.read_tsv(os.path.join(args.folders[0], "dseg.tsv"))]
   truth = truth_volumes(args.data_dir, names)
   rows = [row(f, truth, names) for f in args.folders]
   tissues = names[1:]
