@@ -79,15 +79,12 @@ class ConvStage(nn.Module):
 
 # Pixels per Ψ call on XLA:CPU. Its convolutions of 16-128 channels at 64-128 pixels square
 # run slower on a large folded batch than on a few images at a time (their activations no
-# longer stay in cache). Bi-FCSLSTM train step at [2, 5, 128, 128, 2], 2 idle cores
-# (`bench/train_step.py --jax bi fcn --no-torch --chunk-pixels N`, bench/results/chunk_sweep):
-# 1.68 s in one call, 1.46 s at 8192 pixels, 1.48 s at 16384, 1.53 s at 32768 (a call holds
-# at least one image, so these differ from the second stage on). Accelerators get the whole
-# batch in one call.
+# longer stay in cache); 8192 was the fastest of the sizes swept by
+# `bench/train_step.py --chunk-pixels N` (bench/README.md, the `chunk_pixels` table; JSON in
+# bench/results/chunk_sweep). Accelerators get the whole batch in one call.
 CPU_CHUNK_PIXELS = 8192
 # Each call is a copy of the stage in the compiled program, so compile time grows with the
-# number of calls; at most this many per stage (Bi-FCSLSTM at 256x256, batch 8, T = 5: 40
-# images per stage, compiled in 23 s in 40 calls).
+# number of calls: at most this many per stage.
 MAX_CHUNKS = 16
 
 
