@@ -1,8 +1,10 @@
-"""Shared pieces of the benchmarks: the loss, the optimizer, the JAX train step, timing.
+"""Shared pieces of the benchmarks: the JAX train step, batches, timing, the machine.
 
-The loss is the paper's weighted softmax cross-entropy over pixels (Sec. 2.3); the
-optimizer is RMSprop with smoothing constant 0.95 and learning rate 1e-3 (Sec. 3), written
-so that JAX and PyTorch do exactly the same update (see :func:`rmsprop`).
+The JAX step is training's own: :func:`fcslstm_jax.train_lib.train_step` with the optimizer
+of :func:`fcslstm_jax.train_lib.make_optimizer` and the paper's hyperparameters from
+:class:`fcslstm_jax.config.Config` (weighted cross-entropy, Sec. 2.3; RMSprop with smoothing
+constant 0.95, learning rate 1e-3, eps outside the square root as torch's, Sec. 3). Only the
+augmentation is off, so that JAX and the PyTorch reference do the same work.
 """
 
 import json
@@ -20,26 +22,22 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import jax
 import jax.numpy as jnp
-import optax
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-from fcslstm_jax import losses  # noqa: E402
 from fcslstm_jax import model as M  # noqa: E402
+from fcslstm_jax import train_lib  # noqa: E402
+from fcslstm_jax.config import Config  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 IN_CHANNELS = 2
 NUM_CLASSES = 4
-LEARNING_RATE = 1e-3
-RMSPROP_DECAY = 0.95  # the paper's smoothing constant alpha
-RMSPROP_EPS = 1e-8
-
-
-def weighted_cross_entropy(logits, labels, mask, class_weights):
-  """The project's loss (``fcslstm_jax.losses``), the same one training uses."""
-  return losses.weighted_cross_entropy(logits, labels, mask, class_weights)
+CONFIG = Config(augment=False)  # training's hyperparameters; the same step minus augmentation
+LEARNING_RATE = CONFIG.learning_rate
+RMSPROP_DECAY = CONFIG.rmsprop_decay  # the paper's smoothing constant alpha
+RMSPROP_EPS = CONFIG.rmsprop_eps
 
 
 def write_result(result, path, table):
@@ -52,11 +50,9 @@ def write_result(result, path, table):
 
 
 def rmsprop():
-  """torch.optim.RMSprop(lr=1e-3, alpha=0.95, eps=1e-8): eps outside the square root.
-
-  optax puts eps inside the square root by default (``eps_in_sqrt=True``); torch does not.
-  """
-  return optax.rmsprop(LEARNING_RATE, decay=RMSPROP_DECAY, eps=RMSPROP_EPS, eps_in_sqrt=False)
+  """Training's optimizer (:func:`fcslstm_jax.train_lib.make_optimizer`) at its initial
+  learning rate: torch.optim.RMSprop(lr=1e-3, alpha=0.95, eps=1e-8), eps outside the root."""
+  return train_lib.make_optimizer(CONFIG, steps_per_epoch=1)
 
 
 def make_batch(batch, steps, size, seed=0):
@@ -83,18 +79,20 @@ def jax_model(name, remat="none", unroll=None, stages=None, dtype=jnp.float32,
 
 
 def jax_train_step(model):
-  """``step(params, opt_state, x, labels, mask, class_weights) -> (params, opt_state, loss)``.
-
-  Jitted with the parameters and optimizer state donated, as a training loop does.
-  """
+  """``step(params, opt_state, x, labels, mask, class_weights) -> (params, opt_state, loss)``:
+  :func:`fcslstm_jax.train_lib.train_step` (the step training runs, at step 0 of the
+  schedule, augmentation off), jitted with the parameters and optimizer state donated."""
   tx = rmsprop()
+  rng = jax.random.PRNGKey(0)
 
   def step(params, opt_state, x, labels, mask, class_weights):
-    def loss_fn(p):
-      return weighted_cross_entropy(model.apply({"params": p}, x), labels, mask, class_weights)
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    state = train_lib.TrainState(step=jnp.zeros((), jnp.int32), apply_fn=model.apply,
+                                 params=params, tx=tx, opt_state=opt_state)
+    batch = {"images": x, "labels": labels, "label_mask": mask,
+             "valid": jnp.ones(x.shape[:2], bool)}
+    state, out = train_lib.train_step(state, batch, rng, class_weights=class_weights,
+                                      config=CONFIG)
+    return state.params, state.opt_state, out["loss"]
 
   return jax.jit(step, donate_argnums=(0, 1)), tx
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-VGG16_QUARTER = ((16, 2), (32, 2), (64, 3), (128, 3), (128, 3))
+from fcslstm_jax.config import Config, VGG16_QUARTER
 
 
 class ConvStage(nn.Sequential):
@@ -129,7 +129,8 @@ def weighted_cross_entropy(logits, labels, mask, class_weights):
 
 def rmsprop(params):
   """The paper's RMSprop: smoothing constant 0.95, learning rate 1e-3 (Sec. 3)."""
-  return torch.optim.RMSprop(params, lr=1e-3, alpha=0.95, eps=1e-8)
+  c = Config()  # the paper's hyperparameters, as training uses them
+  return torch.optim.RMSprop(params, lr=c.learning_rate, alpha=c.rmsprop_decay, eps=c.rmsprop_eps)
 
 
 def count_params(model):

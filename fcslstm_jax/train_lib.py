@@ -14,6 +14,7 @@ the training time points, and the reported test result is the final model's.
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 import time
@@ -435,32 +436,43 @@ class MetricsLog:
   """``workdir/metrics.jsonl`` (one JSON object per epoch) and TensorBoard event files.
 
   On resume, lines written after the restored step (a run killed between its metrics write
-  and its checkpoint) are dropped, so the file matches the training that really happened.
+  and its checkpoint) are dropped, so the file matches the training that really happened;
+  so is a line that cannot be read (cut short by a kill, or edited), with a warning.
   """
 
   def __init__(self, workdir: str, step: int):
+    from tensorboardX import SummaryWriter  # a requirement (requirements.txt)
     self.path = os.path.join(workdir, "metrics.jsonl")
     kept = []
     if os.path.exists(self.path):
-      with open(self.path) as f:
-        kept = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
+      with open(self.path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+          record = _record(line)
+          if record is None and line.strip():
+            logging.getLogger(__name__).warning(
+                "%s: line %d is unreadable (cut short by a kill?); dropped.", self.path, number)
+          elif record is not None and record["step"] <= step:
+            kept.append(json.dumps(record) + "\n")
     files.write_text(self.path, "".join(kept))
-    self.tb = None
-    try:
-      from tensorboardX import SummaryWriter
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-    except ImportError:  # optional
-      pass
+    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, record: dict) -> None:
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
-    if self.tb:
-      for k, v in record.items():
-        if k not in ("epoch", "step") and v is not None:
-          self.tb.add_scalar(k, v, record["step"])
-      self.tb.flush()
+    for k, v in record.items():
+      if k not in ("epoch", "step") and v is not None:
+        self.tb.add_scalar(k, v, record["step"])
+    self.tb.flush()
 
   def close(self):
-    if self.tb:
-      self.tb.close()
+    self.tb.close()
+
+
+def _record(line: str):
+  """A metrics.jsonl line as a dict with an integer ``step``, or None."""
+  try:
+    record = json.loads(line)
+  except json.JSONDecodeError:
+    return None
+  ok = isinstance(record, dict) and isinstance(record.get("step"), int)
+  return record if ok else None

@@ -507,3 +507,30 @@ def test_full_disk_during_evaluation(reference, tmpfs, capsys):
   assert evaluate.main(["--workdir", str(reference), "--out", str(out)]) == 2
   assert_one_error_line(capsys.readouterr().err, out, "No space left on device", "--out")
   assert files_under(full) == ["filler"]  # no partial prediction, figure or metrics
+
+
+def test_cut_short_run_json_is_one_error_line(dataset, reference, tmp_path, capsys):
+  """A run.json cut short (disk full, an editor): both CLIs say so in one line."""
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  text = (workdir / "run.json").read_text()
+  (workdir / "run.json").write_text(text[:len(text) // 2])
+  assert evaluate.main(["--workdir", str(workdir), "--out", str(tmp_path / "pred")]) == 2
+  assert_one_error_line(capsys.readouterr().err, workdir / "run.json", "unreadable")
+  assert train.main(train_args(dataset, workdir)) == 2
+  assert_one_error_line(capsys.readouterr().err, workdir / "run.json", "unreadable")
+  assert not (tmp_path / "pred").exists()
+
+
+def test_a_cut_short_metrics_line_is_dropped_on_resume(dataset, reference, tmp_path, capsys,
+                                                       caplog):
+  """A kill while metrics.jsonl was being appended leaves half a line: the resumed run drops
+  it with a warning and goes on (the epoch is retrained and logged again)."""
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  (workdir / "metrics.jsonl").write_text("\n".join(lines) + "\n" + lines[-1][:20])
+  assert train.main(train_args(dataset, workdir, EPOCHS + 1)) == 0
+  assert f"line {len(lines) + 1} is unreadable" in caplog.text
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records] == list(range(1, EPOCHS + 2))
