@@ -1,9 +1,9 @@
 """``pip install .`` gives a working install: the package with its protocol files and
 ``fcslstm_jax.experiments``, and the console commands ``fcslstm-train`` / ``fcslstm-evaluate``.
 
-The fresh virtual environment borrows this one's dependencies through a ``.pth`` file (so
-the test downloads nothing and installs only this project, ``--no-deps``); the commands run
-outside the repository, so they import the installed copy."""
+The fresh virtual environment borrows this one's dependencies (pip and setuptools too)
+through a ``.pth`` file, so the test downloads nothing and installs only this project
+(``--no-deps``); the commands run outside the repository, so they import the installed copy."""
 
 import os
 import pathlib
@@ -24,7 +24,7 @@ def run(args, cwd, env=None, timeout=600):
 
 def test_pip_install_gives_the_package_and_its_commands(dataset, tmp_path):
   venv = tmp_path / "venv"
-  run([sys.executable, "-m", "venv", venv], tmp_path)
+  run([sys.executable, "-m", "venv", "--without-pip", venv], tmp_path)  # pip: borrowed
   python, scripts = venv / "bin" / "python", venv / "bin"
   lib = run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
             tmp_path).strip()
