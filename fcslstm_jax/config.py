@@ -15,6 +15,11 @@ two idle CPU cores (30 epochs, decay from epoch 10; measured 6.2 min, test mPA 0
     python train.py --dataset bric          # README states the mPA it reaches
 
 ``tiny``: a narrow network for tests and smoke runs; not meant to segment well.
+
+3D + time (``spatial_dims=3``, ours): every preset also trains volumes over time, on
+``patch_size`` patches, with the ``stages_3d`` widths (README, "3D + time"):
+
+    python train.py --model bi-fcslstm --spatial-dims 3     # whole-brain built-in volumes
 """
 
 import dataclasses
@@ -27,6 +32,13 @@ MODELS = ("fcn", "fcslstm", "bi-fcslstm")
 REMAT_POLICIES = ("none", "stages", "full", "lean")
 PRECISIONS = ("float32", "bfloat16")
 VGG16_QUARTER = ((16, 2), (32, 2), (64, 3), (128, 3), (128, 3))  # (channels, 3x3 convs)
+VGG16_EIGHTH = ((8, 2), (16, 2), (32, 3), (64, 3), (64, 3))  # 3D default (3x3x3 convs)
+SPATIAL_DIMS = (2, 3)
+# Training patch [d, h, w] of a 3D run when patch_size is null (resolved once, by the CLI,
+# and recorded in run.json): small enough to train in minutes on 2 CPU cores, and the size
+# of the accelerator benchmarks (bench/README.md, "3D + time: memory against T").
+PATCH_CPU = (32, 64, 64)
+PATCH_ACCELERATOR = (64, 128, 128)
 
 
 def _field(default, help, choices=None, minimum=None, maximum=None):
@@ -62,6 +74,16 @@ class Config:
                                   minimum=0.0, maximum=1.0)
   stages: tuple = _field(VGG16_QUARTER, "front-end stages as [[channels, convs], ...] "
                          "(VGG-16 / 4)")
+  spatial_dims: int = _field(2, "2: axial slices over time (the paper); 3: volumes over time "
+                             "[T, D, H, W], trained on patches", minimum=2, maximum=3)
+  stages_3d: tuple = _field(VGG16_EIGHTH, "front-end stages of the 3D models (3x3x3 convs; "
+                            "VGG-16 / 8)")
+  patch_size: typing.Optional[tuple] = _field(
+      None, "3D training patch [d, h, w] in voxels (all T time points); null: "
+      f"{list(PATCH_CPU)} on CPU, {list(PATCH_ACCELERATOR)} on accelerators")
+  window_overlap: float = _field(0.5, "3D sliding-window inference: overlap of neighbouring "
+                                 "windows, a fraction of the window (nnU-Net: 0.5)",
+                                 minimum=0.0, maximum=0.9)
   remat: str = _field("none", "rematerialization policy (model.py)", choices=REMAT_POLICIES)
   unroll: typing.Optional[int] = _field(None, "time steps unrolled per loop iteration; null: "
                                         "all on CPU, a while loop on accelerators", minimum=1)
@@ -77,9 +99,19 @@ class Config:
   def __post_init__(self):
     for f in dataclasses.fields(self):
       check_value(f, getattr(self, f.name))
-    if not self.stages or any(len(s) != 2 or min(s) < 1 for s in self.stages):
-      raise ConfigError(f"--set stages={json.dumps(self.stages)}: needs one or more "
-                        "[channels, convs] pairs of positive integers.")
+    for name in STAGE_FIELDS:
+      stages = getattr(self, name)
+      if not stages or any(len(s) != 2 or min(s) < 1 for s in stages):
+        raise ConfigError(f"--set {name}={json.dumps(stages)}: needs one or more "
+                          "[channels, convs] pairs of positive integers.")
+    if self.patch_size is not None and (len(self.patch_size) != 3 or min(self.patch_size) < 1):
+      raise ConfigError(f"--set patch_size={json.dumps(list(self.patch_size))}: needs three "
+                        "positive integers [d, h, w].")
+
+  @property
+  def model_stages(self) -> tuple:
+    """The front-end stages of this run's model: ``stages`` in 2D, ``stages_3d`` in 3D."""
+    return self.stages if self.spatial_dims == 2 else self.stages_3d
 
   def replace(self, **changes) -> "Config":
     unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -90,7 +122,10 @@ class Config:
 
   def to_json(self) -> dict:
     d = dataclasses.asdict(self)
-    d["stages"] = [list(s) for s in self.stages]
+    for name in STAGE_FIELDS:
+      d[name] = [list(s) for s in getattr(self, name)]
+    if self.patch_size is not None:
+      d["patch_size"] = list(self.patch_size)
     return d
 
   @classmethod
@@ -99,8 +134,9 @@ class Config:
     if not isinstance(d, dict):
       raise ConfigError(f"{where}: 'config' is not an object.")
     d = dict(d)
-    if "stages" in d:
-      d["stages"] = _as_stages(d["stages"], where)
+    for name, parse in TUPLE_FIELDS.items():
+      if d.get(name) is not None:
+        d[name] = parse(d[name], where)
     try:
       return cls().replace(**d)
     except ConfigError as e:
@@ -123,6 +159,19 @@ def _as_stages(value, where):
   except (TypeError, ValueError):
     raise ConfigError(f"{where}: stages must be [[channels, convs], ...], got "
                       f"{json.dumps(value)}.") from None
+
+
+def _as_ints(value, where):
+  try:
+    return tuple(int(v) for v in value)
+  except (TypeError, ValueError):
+    raise ConfigError(f"{where}: must be a list of integers, e.g. [32, 64, 64], got "
+                      f"{json.dumps(value)}.") from None
+
+
+STAGE_FIELDS = ("stages", "stages_3d")
+# Fields stored as JSON lists, and how a list becomes the field's tuple.
+TUPLE_FIELDS = {"stages": _as_stages, "stages_3d": _as_stages, "patch_size": _as_ints}
 
 
 def check_value(f, value):
@@ -170,7 +219,7 @@ def parse_override(text: str) -> tuple:
     if kind is float:
       return name, float(raw)
     if kind is tuple:
-      return name, _as_stages(json.loads(raw), f"--set {text}")
+      return name, TUPLE_FIELDS[name](json.loads(raw), f"--set {text}")
     return name, raw
   except (ValueError, json.JSONDecodeError):
     raise ConfigError(f"--set {text}: {name} must be {kind.__name__}"
@@ -187,7 +236,7 @@ def describe_fields() -> str:
     elif meta.get("minimum") is not None or meta.get("maximum") is not None:
       lo, hi = meta.get("minimum"), meta.get("maximum")
       extra = f" [{'' if lo is None else f'{lo:g}'}..{'' if hi is None else f'{hi:g}'}]"
-    default = json.dumps(f.default if f.name != "stages" else [list(s) for s in f.default])
+    default = json.dumps(Config().to_json()[f.name])
     lines.append(f"  {f.name}={default}{extra}: {meta.get('help', '')}")
   return "\n".join(lines)
 
@@ -195,7 +244,8 @@ def describe_fields() -> str:
 CONFIGS = {
     "paper": Config(),
     "quick": Config(epochs=30, lr_decay_begin_epoch=10),
-    "tiny": Config(epochs=2, stages=((4, 1), (4, 1), (8, 1), (8, 1), (8, 1)), keep_checkpoints=2),
+    "tiny": Config(epochs=2, stages=((4, 1), (4, 1), (8, 1), (8, 1), (8, 1)),
+                   stages_3d=((4, 1), (4, 1), (8, 1), (8, 1), (8, 1)), keep_checkpoints=2),
 }
 
 

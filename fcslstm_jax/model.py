@@ -20,9 +20,21 @@ FCSLSTM: five stacked structured LSTM layers. Layer k uses front-end stage k as 
 outputs. Bi-FCSLSTM makes each layer bidirectional. The FCN baseline sees every time step
 alone (time is folded into the batch).
 
-Arbitrary slice sizes: inputs whose H, W are not multiples of 32 (five poolings) are
-zero-padded at the bottom/right inside ``__call__`` and the logits are cropped back, so callers
-never see the padding. Normalized MRI is ~0 outside the head, so zero padding is background.
+Volumes (``spatial_dims=3``; ours, the paper segments 2D slices): the same modules with one
+more spatial axis, inputs ``[B, T, D, H, W, n]`` -> logits ``[B, T, D, H, W, c]``: 3x3x3
+convolutions in every stage and Ψh, 2x2x2 pooling, 4x4x4 stride-2 transposed convolutions
+and 1x1x1 fuses in the back-end. One code path: every operator takes its kernel rank from
+``spatial_dims`` (or from its input's rank), and Eq. 1 in :mod:`fcslstm_jax.slstm` does not
+know how many spatial axes its state has. The 3D channel widths are a config value
+(``stages_3d``, default VGG-16 / 8: 8, 16, 32, 64, 64), since 3x3x3 kernels hold 3x the
+weights of 3x3 ones and a volume holds D times the voxels of a slice. Parameter counts
+(``python -m fcslstm_jax.model --summary --spatial-dims 3``, n = 2, c = 4): see README,
+"3D + time".
+
+Arbitrary slice sizes: inputs whose H, W (and D) are not multiples of 32 (five poolings) are
+zero-padded at the end of each axis inside ``__call__`` and the logits are cropped back, so
+callers never see the padding. Normalized MRI is ~0 outside the head, so zero padding is
+background.
 
 Remat (``remat``, a config value as in maxtext): ``"none"``; ``"stages"`` wraps every conv
 stage (front-end and Ψx) in ``nn.remat`` so that only its output, not its inner activations,
@@ -43,7 +55,8 @@ function. The FCN's stages, which emit 4x fewer channels, run in one call unless
 ``chunk_pixels`` is given (chunked they were not faster: bench/results/chunk_sweep). With
 remat (asked for to save memory) the default is one call too, since chunked stages needed
 more memory (bench/README.md). On several devices the default is one call (a chunk of one
-image would sit on one device's share of the batch).
+image would sit on one device's share of the batch), and so it is for volumes: one volume
+patch already holds far more than :data:`fcslstm_jax.psi.CPU_CHUNK_PIXELS` voxels.
 
 Old checkpoints: Bi-FCSLSTM parameters were stored per direction (``slstm{k}/forward``,
 ``slstm{k}/backward``) before both directions shared one scan;
@@ -53,6 +66,7 @@ when it restores one.
 
 import argparse
 import functools
+import itertools
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
@@ -61,27 +75,45 @@ import jax.numpy as jnp
 
 from fcslstm_jax import psi
 from fcslstm_jax import slstm
-from fcslstm_jax.config import MODELS, REMAT_POLICIES, VGG16_QUARTER  # noqa: F401 (re-exported)
+from fcslstm_jax.config import (MODELS, REMAT_POLICIES, SPATIAL_DIMS,  # noqa: F401 (re-exported)
+                                VGG16_EIGHTH, VGG16_QUARTER)
 
 MULTIPLE = 32  # 2 ** number of poolings
 
 
-def pad_to_multiple(x, multiple: int = MULTIPLE):
-  """Zero-pads axes H, W of ``[..., H, W, C]`` up to a multiple; returns (x, (H, W))."""
-  h, w = x.shape[-3:-1]
-  ph, pw = -h % multiple, -w % multiple
-  if ph or pw:
-    x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(0, ph), (0, pw), (0, 0)])
-  return x, (h, w)
+def pad_to_multiple(x, multiple: int = MULTIPLE, spatial_dims: int = 2):
+  """Zero-pads the ``spatial_dims`` axes before the channels of ``[..., *spatial, C]`` (H, W;
+  or D, H, W) up to a multiple, at the end; returns ``(x, spatial shape before padding)``."""
+  shape = x.shape[-1 - spatial_dims:-1]
+  pads = [-n % multiple for n in shape]
+  if any(pads):
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1 - spatial_dims) + [(0, p) for p in pads] + [(0, 0)])
+  return x, tuple(shape)
+
+
+def crop(y, shape):
+  """``y`` ``[N, *spatial, C]`` cropped to the spatial ``shape`` (undoes :func:`pad_to_multiple`)."""
+  return y[(slice(None),) + tuple(slice(0, n) for n in shape)]
 
 
 def max_pool(x):
-  return nn.max_pool(x, (2, 2), strides=(2, 2))
+  """2x2 (2x2x2 for volumes) max-pooling of ``[N, *spatial, C]``, stride 2."""
+  window = (2,) * (x.ndim - 2)
+  return nn.max_pool(x, window, strides=window)
+
+
+def _windows(x):
+  """``[N, S1, ..., Sk, C] -> [N, S1/2, 2, ..., Sk/2, 2, C]`` (every pooling window's cells)."""
+  shape = [x.shape[0]]
+  for n in x.shape[1:-1]:
+    shape += [n // 2, 2]
+  return x.reshape(shape + [x.shape[-1]])
 
 
 @jax.custom_vjp
 def max_pool_lean(x):
-  """:func:`max_pool` of ``[N, H, W, C]`` (H, W even) with an elementwise gradient.
+  """:func:`max_pool` of ``[N, H, W, C]`` or ``[N, D, H, W, C]`` (spatial sizes even) with an
+  elementwise gradient.
 
   Same values and the same gradient as :func:`max_pool`, ties included (the first maximum of
   a window in row-major order takes the gradient, as XLA's select-and-scatter does), but the
@@ -89,8 +121,7 @@ def max_pool_lean(x):
   index arrays the size of the input (bench/README.md, "What limits memory"). Used by
   ``remat="lean"``.
   """
-  n, h, w, c = x.shape
-  return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+  return jnp.max(_windows(x), axis=tuple(range(2, 2 * (x.ndim - 2) + 1, 2)))
 
 
 def _max_pool_lean_fwd(x):
@@ -100,18 +131,23 @@ def _max_pool_lean_fwd(x):
 
 def _max_pool_lean_bwd(res, g):
   x, y = res
-  n, h, w, c = x.shape
-  windows = x.reshape(n, h // 2, 2, w // 2, 2, c)
+  k = x.ndim - 2
+  windows = _windows(x)
   taken = jnp.zeros(y.shape, bool)
-  rows = []
-  for i in (0, 1):
-    row = []
-    for j in (0, 1):
-      hit = (windows[:, :, i, :, j] == y) & ~taken
-      taken = taken | hit
-      row.append(jnp.where(hit, g, jnp.zeros_like(g)))
-    rows.append(jnp.stack(row, axis=3))
-  return (jnp.stack(rows, axis=2).reshape(x.shape),)
+  grads = {}
+  for offset in itertools.product((0, 1), repeat=k):  # row-major order of a window's cells
+    cell = (slice(None),) + tuple(v for o in offset for v in (slice(None), o))
+    hit = (windows[cell] == y) & ~taken
+    taken = taken | hit
+    grads[offset] = jnp.where(hit, g, jnp.zeros_like(g))
+
+  def assemble(prefix):  # the last axes first: -> [N, S1/2, ..., Sl/2, 2, ..., Sk/2, 2, C]
+    level = len(prefix)
+    if level == k:
+      return grads[prefix]
+    return jnp.stack([assemble(prefix + (o,)) for o in (0, 1)], axis=2 + level)
+
+  return (assemble(()).reshape(x.shape),)
 
 
 max_pool_lean.defvjp(_max_pool_lean_fwd, _max_pool_lean_bwd)
@@ -125,8 +161,9 @@ def fold_time(x):
 class BackEnd(nn.Module):
   """deconv6..deconv10 with fuse projections of all five stages (highest fuse level).
 
-  ``feats[k]`` is stage k+1's output, ``[N, H / 2**k, W / 2**k, C_k]``. Returns
-  ``[N, H, W, num_classes]``.
+  ``feats[k]`` is stage k+1's output, ``[N, H / 2**k, W / 2**k, C_k]`` (or
+  ``[N, D / 2**k, H / 2**k, W / 2**k, C_k]``: 4x4x4 transposed convolutions, 1x1x1 fuses).
+  Returns ``[N, H, W, num_classes]`` (``[N, D, H, W, num_classes]``).
   """
   num_classes: int
   dtype: Any = jnp.float32
@@ -134,20 +171,20 @@ class BackEnd(nn.Module):
 
   @nn.compact
   def __call__(self, feats: Sequence[jax.Array]):
-    c = self.num_classes
+    c, k = self.num_classes, feats[0].ndim - 2
     y = self.pool(feats[-1])
-    for j, k in enumerate(reversed(range(len(feats)))):
-      deconv = nn.ConvTranspose(c, (4, 4), strides=(2, 2), padding="SAME",
+    for j, s in enumerate(reversed(range(len(feats)))):
+      deconv = nn.ConvTranspose(c, (4,) * k, strides=(2,) * k, padding="SAME",
                                 kernel_init=psi.kaiming, dtype=self.dtype, name=f"deconv{6 + j}")
       y = upsample_reflect(deconv, y)
-      y = y + nn.Conv(c, (1, 1), kernel_init=psi.kaiming, dtype=self.dtype,
-                      name=f"fuse{k + 1}")(feats[k])
+      y = y + nn.Conv(c, (1,) * k, kernel_init=psi.kaiming, dtype=self.dtype,
+                      name=f"fuse{s + 1}")(feats[s])
     return y
 
 
 def upsample_reflect(deconv, y):
   """``deconv`` (4x4, stride 2, 'SAME') of ``y [N, h, w, C]`` -> ``[N, 2h, 2w, c]``, with the
-  border treated like the interior.
+  border treated like the interior (the same along every axis of ``[N, d, h, w, C]``).
 
   Each output of a 4x4 stride-2 transposed convolution sums two neighbouring inputs; at the
   first and last row and column one of them lies outside, and 'SAME' takes it as zero, so
@@ -158,8 +195,9 @@ def upsample_reflect(deconv, y):
   would see (exactly so for constant and period-2 inputs); interior outputs are unchanged
   and so are the parameters. The paper's torch FCN used zero padding; we differ here.
   """
-  y = jnp.pad(y, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-  return deconv(y)[:, 2:-2, 2:-2]
+  k = y.ndim - 2
+  y = jnp.pad(y, ((0, 0),) + ((1, 1),) * k + ((0, 0),), mode="reflect")
+  return deconv(y)[(slice(None),) + (slice(2, -2),) * k]
 
 
 def _stage_cls(remat: str, in_remat_step: bool = False):
@@ -175,33 +213,47 @@ def _as_logits(y, dtype):
   return y.astype(jnp.promote_types(dtype, jnp.float32))
 
 
+def _check_input(x, spatial_dims: int, who: str):
+  if spatial_dims not in SPATIAL_DIMS:
+    raise ValueError(f"{who}: spatial_dims must be one of {SPATIAL_DIMS}, got {spatial_dims}")
+  if x.ndim != spatial_dims + 3:
+    axes = ", ".join("DHW"[-spatial_dims:])
+    raise ValueError(f"{who} (spatial_dims={spatial_dims}): expected inputs [B, T, {axes}, n], "
+                     f"got shape {x.shape}")
+
+
 class FCN(nn.Module):
-  """The concise FCN, applied to each time step alone: ``[B, T, H, W, n] -> [B, T, H, W, c]``."""
+  """The concise FCN, applied to each time step alone: ``[B, T, H, W, n] -> [B, T, H, W, c]``
+  (``[B, T, D, H, W, n] -> [B, T, D, H, W, c]`` with ``spatial_dims=3``)."""
   num_classes: int
   stages: Sequence[tuple[int, int]] = VGG16_QUARTER
   remat: str = "none"
   chunk_pixels: int | None = None
   dtype: Any = jnp.float32
+  spatial_dims: int = 2
 
   @nn.compact
   def __call__(self, x, valid=None):
     del valid  # every time step is segmented on its own
+    _check_input(x, self.spatial_dims, "FCN")
     b, t = x.shape[:2]
-    y, (h, w) = pad_to_multiple(fold_time(x).astype(self.dtype))
+    y, shape = pad_to_multiple(fold_time(x).astype(self.dtype), spatial_dims=self.spatial_dims)
     stage = _stage_cls(self.remat)
     feats = []
     for k, (ch, n) in enumerate(self.stages):
-      conv = stage(ch, num_convs=n, dtype=self.dtype, name=f"conv{k + 1}")
+      conv = stage(ch, num_convs=n, dtype=self.dtype, spatial_dims=self.spatial_dims,
+                   name=f"conv{k + 1}")
       y = psi.apply_in_chunks(conv, max_pool(y) if k else y, self.chunk_pixels or 0)
       feats.append(y)
-    logits = BackEnd(self.num_classes, self.dtype, name="backend")(feats)[:, :h, :w]
+    logits = crop(BackEnd(self.num_classes, self.dtype, name="backend")(feats), shape)
     return _as_logits(logits.reshape((b, t) + logits.shape[1:]), self.dtype)
 
 
 class FCSLSTM(nn.Module):
   """Stacked structured LSTM with the concise FCN's stages as Ψx (Fig. 3).
 
-  ``[B, T, H, W, n]`` (+ ``valid`` ``[B, T]``) ``-> [B, T, H, W, c]`` logits.
+  ``[B, T, H, W, n]`` (+ ``valid`` ``[B, T]``) ``-> [B, T, H, W, c]`` logits; with
+  ``spatial_dims=3``, ``[B, T, D, H, W, n] -> [B, T, D, H, W, c]`` (3D Ψx stages and Ψh).
   """
   num_classes: int
   bidirectional: bool = False
@@ -211,46 +263,49 @@ class FCSLSTM(nn.Module):
   unroll: int | None = None
   chunk_pixels: int | None = None
   dtype: Any = jnp.float32
+  spatial_dims: int = 2
 
   @nn.compact
   def __call__(self, x, valid=None):
+    _check_input(x, self.spatial_dims, "FCSLSTM")
     b, t = x.shape[:2]
-    y, (h, w) = pad_to_multiple(x.astype(self.dtype))
+    y, shape = pad_to_multiple(x.astype(self.dtype), spatial_dims=self.spatial_dims)
     layer_cls = slstm.BidirectionalLSTM if self.bidirectional else slstm.StructuredLSTM
     lean = self.remat == "lean"
     stage = _stage_cls(self.remat, in_remat_step=lean)
     pool = max_pool_lean if lean else max_pool
     psi_h = functools.partial(psi.Conv, kernel_size=self.psi_h_kernel, use_bias=False,
-                              dtype=self.dtype)
+                              dtype=self.dtype, spatial_dims=self.spatial_dims)
     chunk_pixels = self.chunk_pixels
-    if chunk_pixels is None and self.remat != "none":
+    if chunk_pixels is None and (self.remat != "none" or self.spatial_dims == 3):
       chunk_pixels = 0  # see "Chunking" in the module docstring
     feats = []
     for k, (ch, n) in enumerate(self.stages):
       if k:
         y = pool(fold_time(y))
         y = y.reshape((b, t) + y.shape[1:])
-      psi_x = functools.partial(stage, num_convs=n, width=ch, dtype=self.dtype)
+      psi_x = functools.partial(stage, num_convs=n, width=ch, dtype=self.dtype,
+                                spatial_dims=self.spatial_dims)
       y = layer_cls(hidden=ch, psi_x=psi_x, psi_h=psi_h, unroll=self.unroll,
                     remat_step=self.remat in ("full", "lean"), chunk_pixels=chunk_pixels,
                     dtype=self.dtype, psi_x_in_scan=lean,
                     name=f"slstm{k + 1}")(y, valid)
       feats.append(fold_time(y).astype(self.dtype))
-    logits = BackEnd(self.num_classes, self.dtype, pool, name="backend")(feats)[:, :h, :w]
+    logits = crop(BackEnd(self.num_classes, self.dtype, pool, name="backend")(feats), shape)
     return _as_logits(logits.reshape((b, t) + logits.shape[1:]), self.dtype)
-
-
 
 
 def create_model(name: str, num_classes: int, *, remat: str = "none",
                  unroll: int | None = None, chunk_pixels: int | None = None,
-                 dtype: Any = jnp.float32) -> nn.Module:
-  """The model called ``name`` (one of :data:`MODELS`)."""
+                 dtype: Any = jnp.float32, spatial_dims: int = 2) -> nn.Module:
+  """The model called ``name`` (one of :data:`MODELS`), on slices (``spatial_dims=2``) or
+  volumes (3)."""
   if name == "fcn":
-    return FCN(num_classes, remat=remat, chunk_pixels=chunk_pixels, dtype=dtype)
+    return FCN(num_classes, remat=remat, chunk_pixels=chunk_pixels, dtype=dtype,
+               spatial_dims=spatial_dims)
   if name in ("fcslstm", "bi-fcslstm"):
     return FCSLSTM(num_classes, bidirectional=name == "bi-fcslstm", remat=remat, unroll=unroll,
-                   chunk_pixels=chunk_pixels, dtype=dtype)
+                   chunk_pixels=chunk_pixels, dtype=dtype, spatial_dims=spatial_dims)
   raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")
 
 
@@ -282,17 +337,21 @@ def count_params(params) -> int:
 
 
 def init_params(model: nn.Module, in_channels: int, rng=None, size: int = 32, steps: int = 2):
-  """Parameters for ``model`` (their shapes do not depend on H, W or T)."""
+  """Parameters for ``model`` (their shapes do not depend on D, H, W or T)."""
   rng = jax.random.PRNGKey(0) if rng is None else rng
-  x = jnp.zeros((1, steps, size, size, in_channels), jnp.float32)
+  spatial = (size,) * getattr(model, "spatial_dims", 2)
+  x = jnp.zeros((1, steps) + spatial + (in_channels,), jnp.float32)
   return jax.jit(model.init)(rng, x)["params"]
 
 
-def summary(num_classes: int = 4, in_channels: int = 2) -> dict[str, int]:
-  """Parameter counts of FCN, FCSLSTM and Bi-FCSLSTM (shapes only, nothing is computed)."""
+def summary(num_classes: int = 4, in_channels: int = 2, spatial_dims: int = 2,
+            stages=None) -> dict[str, int]:
+  """Parameter counts of FCN, FCSLSTM and Bi-FCSLSTM (shapes only, nothing is computed);
+  ``stages`` default: the config's for ``spatial_dims`` (``VGG16_QUARTER``, ``VGG16_EIGHTH``)."""
+  stages = stages or (VGG16_QUARTER if spatial_dims == 2 else VGG16_EIGHTH)
   out = {}
   for name in MODELS:
-    model = create_model(name, num_classes)
+    model = create_model(name, num_classes, spatial_dims=spatial_dims).clone(stages=stages)
     shapes = jax.eval_shape(lambda m=model: init_params(m, in_channels))
     out[name] = count_params(shapes)
   return out
@@ -303,10 +362,12 @@ def main(argv=None):
   parser.add_argument("--summary", action="store_true", help="print parameter counts")
   parser.add_argument("--classes", type=int, default=4)
   parser.add_argument("--channels", type=int, default=2)
+  parser.add_argument("--spatial-dims", type=int, default=2, choices=SPATIAL_DIMS)
   args = parser.parse_args(argv)
   if args.summary:
-    print(f"{'model':<12}{'parameters':>12}   (n={args.channels} channels, c={args.classes} classes)")
-    for name, n in summary(args.classes, args.channels).items():
+    print(f"{'model':<12}{'parameters':>12}   (n={args.channels} channels, c={args.classes} "
+          f"classes, {args.spatial_dims}D)")
+    for name, n in summary(args.classes, args.channels, args.spatial_dims).items():
       print(f"{name:<12}{n:>12,}")
 
 

@@ -1,9 +1,11 @@
 """Ψ operators of the structured LSTM (paper Sec. 2.2, Eq. 1).
 
 A Ψ operator is any pure Flax module mapping ``[B, H, W, C_in] -> [B, H, W, features]``
-(channels-last). The structured LSTM asks its Ψx and Ψh for ``4 * hidden`` features, one
-slice per gate (i, f, g, o), the same way a ConvLSTM computes ``W * x`` for all gates in one
-convolution. Which operator is used decides what the cell is:
+(channels-last), or ``[B, D, H, W, C_in] -> [B, D, H, W, features]`` for volumes
+(``spatial_dims=3``: 3x3x3 kernels; the paper has 2D slices only, the 3D operators are ours).
+The structured LSTM asks its Ψx and Ψh for ``4 * hidden`` features, one slice per gate
+(i, f, g, o), the same way a ConvLSTM computes ``W * x`` for all gates in one convolution.
+Which operator is used decides what the cell is:
 
 * :class:`Dense`     - a per-pixel linear map: Eq. 1 becomes the classic LSTM [14].
 * :class:`Conv`      - one convolution: Eq. 1 becomes the ConvLSTM of Shi et al. [11].
@@ -18,6 +20,7 @@ same function, computed in pieces whose activations stay in the CPU's cache (see
 :data:`CPU_CHUNK_PIXELS`).
 """
 
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -27,8 +30,16 @@ import jax.numpy as jnp
 kaiming = nn.initializers.kaiming_normal()
 
 
+def check_rank(x, spatial_dims: int, who: str):
+  """Refuses an input that is not ``[B, *spatial, C]`` with ``spatial_dims`` spatial axes (a
+  2D kernel on a volume would otherwise run slice by slice, treating D as a batch axis)."""
+  if x.ndim != spatial_dims + 2:
+    raise ValueError(f"{who}: expected [B, {', '.join('DHW'[-spatial_dims:])}, C] "
+                     f"(spatial_dims={spatial_dims}), got shape {x.shape}")
+
+
 class Dense(nn.Module):
-  """Linear operator on the channel axis of ``[B, H, W, C]`` (classic LSTM)."""
+  """Linear operator on the channel axis of ``[B, ..., C]`` (classic LSTM); any spatial rank."""
   features: int
   use_bias: bool = True
   dtype: Any = jnp.float32
@@ -40,21 +51,25 @@ class Dense(nn.Module):
 
 
 class Conv(nn.Module):
-  """One ``k x k`` 'SAME' convolution of ``[B, H, W, C]`` (ConvLSTM)."""
+  """One ``k x k`` 'SAME' convolution of ``[B, H, W, C]`` (ConvLSTM); ``k x k x k`` of
+  ``[B, D, H, W, C]`` with ``spatial_dims=3``."""
   features: int
   kernel_size: int = 3
   use_bias: bool = True
   dtype: Any = jnp.float32
+  spatial_dims: int = 2
 
   @nn.compact
   def __call__(self, x):
-    k = self.kernel_size
-    return nn.Conv(self.features, (k, k), padding="SAME", use_bias=self.use_bias,
+    check_rank(x, self.spatial_dims, "psi.Conv")
+    k = (self.kernel_size,) * self.spatial_dims
+    return nn.Conv(self.features, k, padding="SAME", use_bias=self.use_bias,
                    kernel_init=kaiming, dtype=self.dtype, name="conv")(x)
 
 
 class ConvStage(nn.Module):
-  """A VGG conv stage: ``num_convs x (3x3 conv + ReLU)`` on ``[B, H, W, C]``.
+  """A VGG conv stage: ``num_convs x (3x3 conv + ReLU)`` on ``[B, H, W, C]``; with
+  ``spatial_dims=3``, ``num_convs x (3x3x3 conv + ReLU)`` on ``[B, D, H, W, C]``.
 
   The inner convolutions have ``width`` channels (``features`` when unset) and the last one
   emits ``features`` channels. Used alone it is a front-end stage of the concise FCN
@@ -65,14 +80,16 @@ class ConvStage(nn.Module):
   num_convs: int = 2
   width: int | None = None
   dtype: Any = jnp.float32
+  spatial_dims: int = 2
 
   @nn.compact
   def __call__(self, x):
+    check_rank(x, self.spatial_dims, "psi.ConvStage")
     for j in range(self.num_convs):
       last = j == self.num_convs - 1
       width = self.features if last else (self.width or self.features)
-      x = nn.Conv(width, (3, 3), padding="SAME", kernel_init=kaiming, dtype=self.dtype,
-                  name=f"conv{j + 1}")(x)
+      x = nn.Conv(width, (3,) * self.spatial_dims, padding="SAME", kernel_init=kaiming,
+                  dtype=self.dtype, name=f"conv{j + 1}")(x)
       x = nn.relu(x)
     return x
 
@@ -106,15 +123,16 @@ def chunk_size(chunk_pixels: int | None, num_images: int, image_pixels: int) -> 
 
 def apply_in_chunks(fn: Callable[[jax.Array], jax.Array], x: jax.Array,
                     chunk_pixels: int | None = None, out_axis: int = 0) -> jax.Array:
-  """``fn(x)`` for ``x`` ``[N, H, W, C]`` computed on slices of the batch axis, concatenated.
+  """``fn(x)`` for ``x`` ``[N, H, W, C]`` (or ``[N, D, H, W, C]``) computed on slices of the
+  batch axis, concatenated; an image's pixels are all its spatial positions.
 
   ``fn`` must treat images independently (a Ψ does), so the result equals ``fn(x)`` up to
   floating-point rounding. Gradients flow through the slices as usual. ``out_axis``: the
   axis of ``fn``'s output that holds the images (1 for a Ψ of both directions of a
   bidirectional layer, whose output is ``[2, N, H, W, F]``).
   """
-  n, h, w = x.shape[:3]
-  size = chunk_size(chunk_pixels, n, h * w)
+  n = x.shape[0]
+  size = chunk_size(chunk_pixels, n, math.prod(x.shape[1:-1]))
   if size >= n:
     return fn(x)
   return jnp.concatenate([fn(x[i:i + size]) for i in range(0, n, size)], axis=out_axis)

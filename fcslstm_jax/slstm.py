@@ -7,6 +7,9 @@ Eq. 1, with Ψ any operator (see :mod:`fcslstm_jax.psi`)::
   c_t = f_t ∘ c_{t-1} + i_t ∘ g_t             h_t = o_t ∘ tanh(c_t)
 
 Layout: sequences are channels-last ``[B, T, H, W, C]``; the state ``(c, h)`` is ``[B, H, W, hidden]``.
+Volumes work the same way with one more spatial axis (``[B, T, D, H, W, C]``, state
+``[B, D, H, W, hidden]``) when Ψ is a 3D operator (:mod:`fcslstm_jax.psi`, ``spatial_dims=3``):
+nothing here depends on the number of spatial axes.
 
 Implementation notes (same function as Eq. 1, arranged to be cheap):
 
@@ -96,7 +99,7 @@ class LSTMStep(nn.Module):
     i, f, g, o = jnp.split(z, 4, axis=-1)
     c_new = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
     h_new = nn.sigmoid(o) * jnp.tanh(c_new)
-    keep = valid[:, None, None, None]
+    keep = valid.reshape(valid.shape + (1,) * (c.ndim - 1))
     c = jnp.where(keep, c_new, c)
     h = jnp.where(keep, h_new, h)
     return (c, h), jnp.where(keep, h_new, 0.0)
@@ -167,7 +170,7 @@ class StructuredLSTM(_Layer):
                                self.chunk_pixels)
       xs = xs.reshape((b, t) + xs.shape[1:])
     step = nn.remat(LSTMStep) if self.remat_step else LSTMStep
-    zeros = self._zeros((b,) + x.shape[2:4])
+    zeros = self._zeros((b,) + x.shape[2:-1])
     _, hs = self._scan(step, t, 1)(**self._step_kwargs(psi_x), name="scan")(
         (zeros, zeros), (xs, valid))
     return hs
@@ -217,7 +220,7 @@ class BidirectionalLSTM(_Layer):
       xs = jnp.stack([xs[0], xs[1, :, ::-1]])
     valid = jnp.stack([valid, valid[:, ::-1]])  # [2, B, T]
     step = _per_direction(nn.remat(LSTMStep) if self.remat_step else LSTMStep, 0)
-    zeros = self._zeros((2, b) + x.shape[2:4])
+    zeros = self._zeros((2, b) + x.shape[2:-1])
     _, hs = self._scan(step, t, 2)(**self._step_kwargs(psi_x), name="scan")(
         (zeros, zeros), (xs, valid))  # hs: [2, B, T, H, W, hidden]
     return jnp.concatenate([hs[0], hs[1, :, ::-1]], axis=-1)
