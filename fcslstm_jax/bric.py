@@ -59,6 +59,16 @@ class GenerationConfig:
 # One definition, so that they all train the same tiny programs (XLA's compile cache).
 TINY = GenerationConfig(num_subjects=2, grid=(32, 32), num_slices=3, voxel_mm=6.0)
 
+# Whole-brain volumes for 3D + time (``train.py --spatial-dims 3``, or ``--volume whole``):
+# the same subjects and sessions on a coarser grid that covers the whole brain along z
+# (64 slices of 2 mm around the slab's level; the same 192 mm in-plane field of view). The
+# labeled slice (the middle one) lies at the slab's labeled level.
+WHOLE_BRAIN = GenerationConfig(grid=(96, 96), num_slices=64, voxel_mm=2.0)
+# The 3D end-to-end tests: 2 subjects, 32x32x12 at 6 mm.
+TINY_3D = GenerationConfig(num_subjects=2, grid=(32, 32), num_slices=12, voxel_mm=6.0)
+# train.py --volume: the built-in dataset's extent.
+VOLUMES = {"slab": GenerationConfig(), "whole": WHOLE_BRAIN}
+
 
 def builtin_dataset_dir(name="bric", seed=0):
   """Cache folder: ``$FCSLSTM_DATA_DIR`` (default ``./data``) / ``<name>-v1-seed<seed>``."""

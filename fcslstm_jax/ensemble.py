@@ -22,7 +22,8 @@ from fcslstm_jax.config import Config
 from fcslstm_jax.errors import ConfigError
 
 # Config fields that define the compiled program; the others only change training.
-PROGRAM_FIELDS = ("model", "stages", "remat", "unroll", "chunk_pixels", "precision")
+PROGRAM_FIELDS = ("model", "stages", "remat", "unroll", "chunk_pixels", "precision",
+                  "spatial_dims", "stages_3d")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -60,6 +61,12 @@ def check_compatible(runs) -> None:
   """
   (ref_dir, ref), others = runs[0], runs[1:]
   for workdir, run in others:
+    dims = [(r.get("config") or {}).get("spatial_dims", 2) for r in (ref, run)]
+    if dims[0] != dims[1]:
+      raise ConfigError(
+          f"{workdir}/run.json: spatial_dims is {dims[1]}, but {ref_dir}/run.json has "
+          f"{dims[0]}. Ensemble members must all segment slices (2) or all volumes (3); leave "
+          "this --workdir out.")
     for field in ("protocol", "grid"):
       a, b = ref.get(field) or {}, run.get(field) or {}
       diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

@@ -4,7 +4,10 @@ Layout: a subject's scan is ``T`` sessions of ``[X, Y, Z, C]`` on its working gr
 RAS, :mod:`fcslstm_jax.data`); the model sees the ``Z`` axial slices as a batch of sequences
 ``[Z, T, X, Y, C]`` and returns class probabilities ``[Z, T, X, Y, c]``, averaged over
 in-plane flips (:mod:`fcslstm_jax.tta`) and over the ensemble's members
-(:mod:`fcslstm_jax.ensemble`). Each session's probabilities ``[X, Y, Z, c]`` are resampled
+(:mod:`fcslstm_jax.ensemble`). A 3D run (``spatial_dims`` in its run.json) segments each
+subject's whole volume over time ``[T, Z, X, Y, C]`` by sliding windows instead
+(:mod:`fcslstm_jax.sliding_window`) and hands on the same ``[Z, T, X, Y, c]``
+probabilities. Each session's probabilities ``[X, Y, Z, c]`` are resampled
 back onto that session's own grid (linear; nothing is interpolated where the grids
 coincide); there the hard label is their argmax, the uncertainty their normalized entropy
 (:mod:`fcslstm_jax.qc`), and the tissue volumes are counted in the voxels of that grid
@@ -35,6 +38,7 @@ from fcslstm_jax import protocol as protocol_lib
 from fcslstm_jax import qc as qc_lib
 from fcslstm_jax import report as report_lib
 from fcslstm_jax import sequences
+from fcslstm_jax import sliding_window
 from fcslstm_jax import train_lib
 from fcslstm_jax import tta
 from fcslstm_jax import volumes as volumes_lib
@@ -126,11 +130,21 @@ def every_labeled_slice(protocol: protocol_lib.Protocol) -> protocol_lib.Protoco
                              slice_selection="center")
 
 
-def segment_subject(fns, params_list, subject, protocol, batch_size: int):
+def segment_subject(fns, params_list, subject, protocol, batch_size: int, windows=None):
   """``(sequences, probabilities [Z, T, X, Y, c])`` for every axial slice of one subject on
-  its working grid, averaged over the members (``fns`` and ``params_list``, one each)."""
+  its working grid, averaged over the members (``fns`` and ``params_list``, one each).
+
+  ``windows``: for 3D members, each one's ``(window, overlap)``: the subject's whole volume
+  ``[T, Z, X, Y, C]`` is segmented by sliding windows (:mod:`fcslstm_jax.sliding_window`,
+  ``batch_size`` windows per call) and its probabilities returned in the same layout."""
   seq = sequences.make_sequences([subject], protocol, "all")
-  return seq, ensemble.average_proba(params_list, fns, seq, batch_size)
+  if windows is None:
+    return seq, ensemble.average_proba(params_list, fns, seq, batch_size)
+  volume, valid = np.moveaxis(seq.images, 0, 1), seq.valid[0]  # [T, Z, X, Y, C], [T]
+  total = sum(sliding_window.sliding_window_proba(fn, params, volume, valid, window, overlap,
+                                                  batch_size)
+              for fn, params, (window, overlap) in zip(fns, params_list, windows))
+  return seq, np.moveaxis(total / np.float32(len(fns)), 1, 0).astype(np.float32)
 
 
 def to_session_probs(probs, subject, session) -> np.ndarray:
@@ -179,7 +193,8 @@ def load_for_evaluation(run: dict, data_dir=None, truth_dir=None):
     root = data_dir
   elif run.get("dataset") in data_lib.BUILTIN_DATASETS:
     from fcslstm_jax import bric
-    root = bric.ensure_dataset(seed=run.get("data_seed", 0))
+    root = bric.ensure_dataset(seed=run.get("data_seed", 0),
+                               config=bric.VOLUMES[run.get("volume", "slab")])
   else:
     root = run["dataset"]
   return data_lib.load_study(root, every_labeled_slice(protocol),
@@ -250,8 +265,11 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
   c, names = protocol.num_classes, protocol.class_names
   members = load_members(runs, protocol)
   desc = members[0].config.model.replace("-", "") if len(members) == 1 else "ensemble"
-  fns = ensemble.predict_fns(members, tta.flip_variants(flips))
+  spatial_dims = members[0].config.spatial_dims
+  fns = ensemble.predict_fns(members, tta.flip_variants(flips, spatial_dims))
   params_list = [m.params for m in members]
+  windows = None if spatial_dims == 2 else [
+      (train_lib.window_shape(m.config), m.config.window_overlap) for m in members]
   cms = np.zeros((protocol.num_timepoints, c, c))
   agreement = [np.zeros((2, protocol.num_timepoints - 1)) for _ in range(2)]
   figure, written, rows, extra, previews = None, 0, [], {}, {}
@@ -259,7 +277,8 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
     if subject.grid is None:
       log(f"sub-{subject.subject_id}: no session fits the protocol's time points; not segmented")
       continue
-    seq, probs = segment_subject(fns, params_list, subject, study.protocol, batch_size)
+    seq, probs = segment_subject(fns, params_list, subject, study.protocol, batch_size,
+                                 windows)
     pred = np.argmax(probs, axis=-1).astype(np.int32)  # [Z, T, X, Y] on the working grid
     for t, session in enumerate(subject.timepoints):
       if session is None:

@@ -1,7 +1,10 @@
 """Training and evaluation: ``TrainState``, a jit-compiled ``train_step``, the loop.
 
 Layout: a batch is a dict of ``images [B, T, H, W, C]``, ``labels [B, T, H, W]``,
-``label_mask [B, T, H, W]`` and ``valid [B, T]`` (see :class:`fcslstm_jax.sequences.SliceSet`).
+``label_mask [B, T, H, W]`` and ``valid [B, T]`` (see :class:`fcslstm_jax.sequences.SliceSet`);
+for a 3D run (``spatial_dims=3``) the same with ``[B, T, d, h, w]`` patches drawn from whole
+volumes (:class:`fcslstm_jax.patches.PatchSampler`), scored by sliding windows
+(:mod:`fcslstm_jax.sliding_window`).
 
 Resume is exact: the data order of an epoch is a function of ``(seed, epoch)`` and the
 step's randomness is ``fold_in(rng, step)``, so a run restarted from a checkpoint takes the
@@ -31,7 +34,9 @@ from fcslstm_jax import files
 from fcslstm_jax import losses
 from fcslstm_jax import metrics as metrics_lib
 from fcslstm_jax import parallel
+from fcslstm_jax import patches as patches_lib
 from fcslstm_jax import protocol as protocol_lib
+from fcslstm_jax import sliding_window
 from fcslstm_jax.checkpoint import Checkpointer
 from fcslstm_jax.config import Config
 from fcslstm_jax.sequences import SliceSet
@@ -49,7 +54,8 @@ class NonFiniteLoss(FcslstmError):
 def describe_nonfinite(data: SliceSet, indices) -> str:
   """Names the scans (``sub-<id> ses-<label>``) of a batch whose images hold NaN or Inf, and
   the fix; or says that every input is finite (the optimization itself diverged)."""
-  finite = np.isfinite(data.images[indices]).all(axis=(2, 3, 4))  # [B, T]
+  images = data.images[indices]
+  finite = np.isfinite(images).all(axis=tuple(range(2, images.ndim)))  # [B, T]
   labels = data.session_labels
   scans = sorted({f"sub-{data.subject_ids[indices[b]]} " + (
       f"ses-{labels[indices[b], t]}" if labels is not None else f"time point {t + 1}")
@@ -74,8 +80,9 @@ def first_nonfinite(losses) -> int | None:
 
 def build_model(config: Config, num_classes: int) -> nn.Module:
   model = create_model(config.model, num_classes, remat=config.remat, unroll=config.unroll,
-                       chunk_pixels=config.chunk_pixels, dtype=DTYPES[config.precision])
-  return model.clone(stages=config.stages)
+                       chunk_pixels=config.chunk_pixels, dtype=DTYPES[config.precision],
+                       spatial_dims=config.spatial_dims)
+  return model.clone(stages=config.model_stages)
 
 
 def lr_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
@@ -105,16 +112,21 @@ def create_train_state(rng, model: nn.Module, config: Config, in_channels: int,
 
 
 def augment(rng, batch: dict, flip_prob: float, intensity_scale: float) -> dict:
-  """Random flips along H and W (same for every time step) and per-channel scaling."""
+  """Random flips along H and W (same for every time step) and per-channel scaling.
+
+  Volumes ``[B, T, D, H, W, C]`` are flipped along the same in-plane axes H, W (x and y),
+  not along D (z), as test-time flips (:mod:`fcslstm_jax.tta`)."""
   images, labels, mask = batch["images"], batch["labels"], batch["label_mask"]
   b, c = images.shape[0], images.shape[-1]
   k_h, k_w, k_s = jax.random.split(rng, 3)
-  for key, axis in ((k_h, 2), (k_w, 3)):
+  h_axis = labels.ndim - 2  # labels [B, T, (D,) H, W]
+  for key, axis in ((k_h, h_axis), (k_w, h_axis + 1)):
     flip = jax.random.bernoulli(key, flip_prob, (b,))
     sel = lambda a, flip=flip, axis=axis: jnp.where(
         flip.reshape((b,) + (1,) * (a.ndim - 1)), jnp.flip(a, axis), a)
     images, labels, mask = sel(images), sel(labels), sel(mask)
-  scale = jax.random.uniform(k_s, (b, 1, 1, 1, c), minval=1 - intensity_scale,
+  scale = jax.random.uniform(k_s, (b,) + (1,) * (images.ndim - 2) + (c,),
+                             minval=1 - intensity_scale,
                              maxval=1 + intensity_scale)
   return dict(batch, images=images * scale, labels=labels, label_mask=mask)
 
@@ -147,8 +159,12 @@ def predict_proba(state_or_params, apply_fn, images, valid):
   return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
 
-def batch_at(data: SliceSet, indices) -> dict:
-  """The batch (dict of ``BATCH_KEYS`` arrays) of sequences ``indices`` of ``data``."""
+def batch_at(data, indices, key=(0, 0)) -> dict:
+  """The batch (dict of ``BATCH_KEYS`` arrays) of sequences ``indices`` of ``data``: whole
+  slice sequences of a :class:`SliceSet`, or one patch of each volume of a
+  :class:`fcslstm_jax.patches.PatchSampler`, drawn at ``key`` (``(epoch, step)``)."""
+  if isinstance(data, patches_lib.PatchSampler):
+    return data.batch(indices, key)
   return {k: getattr(data, k)[indices] for k in BATCH_KEYS}
 
 
@@ -174,6 +190,23 @@ def make_predict_fn(model: nn.Module, proba: bool = False):
   probabilities ``[B, T, H, W, c]`` with ``proba``; jit-compiled."""
   predict_with = predict_proba if proba else predict
   return jax.jit(lambda p, x, v: predict_with(p, model.apply, x, v))
+
+
+def window_shape(config: Config) -> tuple:
+  """A 3D run's training patch and inference window ``(d, h, w)``."""
+  if config.patch_size is None:
+    raise ConfigError("patch_size is null: a 3D run records its patch size in run.json "
+                      "(resolved by train.py); set it with --set patch_size=[d,h,w].")
+  return tuple(config.patch_size)
+
+
+def make_volume_predict_fn(model: nn.Module, config: Config, mesh, window_batch: int):
+  """``fn(params, volumes [N, T, D, H, W, C], valid [N, T])`` -> class map ``[N, T, D, H, W]``
+  by sliding windows of ``config.patch_size`` (``window_batch`` at a time, split over this
+  process's devices)."""
+  windows = parallel.on_local_devices(make_predict_fn(model, proba=True), mesh)
+  return sliding_window.volume_predict_fn(windows, window_shape(config), config.window_overlap,
+                                          window_batch)
 
 
 def evaluate_splits(predict_fn, params, splits: list[SliceSet], class_names, batch_size: int):
@@ -209,12 +242,14 @@ def check_run_dir(workdir: str, run_info: dict) -> None:
     files.write_json(path, run_info)
     return
   old = read_run_json(path)
+  # Fields added since a run was written take their defaults (Config.from_json).
+  old = dict(old, config=Config.from_json(old["config"], path).to_json())
   # Extending a finished run is fine; chunk_pixels changes speed, not the function;
   # log_every_steps only when the loss is read back.
   ignore = {"epochs", "chunk_pixels", "log_every_steps"}
   diff = sorted(k for k in set(old["config"]) | set(run_info["config"]) if k not in ignore
                 and old["config"].get(k) != run_info["config"].get(k))
-  diff += [k for k in ("dataset",) if old.get(k) != run_info.get(k)]
+  diff += [k for k in ("dataset", "volume") if old.get(k) != run_info.get(k)]
   details = [f"{k}: {old['config'].get(k, old.get(k))!r} -> "
              f"{run_info['config'].get(k, run_info.get(k))!r}" for k in diff]
   a, b = protocol_lib.from_run(old, path).to_json(), protocol_lib.from_run(run_info).to_json()
@@ -288,7 +323,11 @@ class RunResult:
 
 @dataclasses.dataclass
 class Run:
-  """What one training run needs besides its state (set up by :func:`prepare_run`)."""
+  """What one training run needs besides its state (set up by :func:`prepare_run`).
+
+  ``train_eval_set``: what scores the training time points (``train_set`` itself, or the
+  labeled slabs of a 3D run's volumes); ``eval_batch``: sequences per prediction call.
+  """
   config: Config
   train_set: SliceSet
   test_set: SliceSet
@@ -301,10 +340,18 @@ class Run:
   step_rng: Any
   ckpt: Checkpointer
   logger: Any
+  train_eval_set: Any = None
+  eval_batch: int = 1
 
 
-def prepare_run(config, train_set, test_set, workdir, class_names, run_info, mesh, log):
-  """``(run, state)``: the model, the restored or new state, the compiled step, the logs."""
+def prepare_run(config, train_set, test_set, workdir, class_names, run_info, mesh, log,
+                train_eval_set=None):
+  """``(run, state)``: the model, the restored or new state, the compiled step, the logs.
+
+  A 3D run (``config.spatial_dims == 3``) passes a :class:`fcslstm_jax.patches.PatchSampler`
+  as ``train_set`` and volume slabs as ``train_eval_set`` and ``test_set``; they are scored
+  by sliding windows, one volume per call.
+  """
   main = parallel.is_main_process()
   n, b = len(train_set), config.batch_size
   local_b = parallel.process_batch_size(b, mesh)  # rows this process feeds per step
@@ -327,10 +374,14 @@ def prepare_run(config, train_set, test_set, workdir, class_names, run_info, mes
   step_fn = jax.jit(lambda s, batch, r: train_step(s, batch, r, class_weights=weights,
                                                    config=config), donate_argnums=0,
                     out_shardings=parallel.replicated(mesh))
-  predict_fn = parallel.on_local_devices(make_predict_fn(model), mesh)
+  if config.spatial_dims == 3:
+    predict_fn, eval_batch = make_volume_predict_fn(model, config, mesh, local_b), 1
+  else:
+    predict_fn, eval_batch = parallel.on_local_devices(make_predict_fn(model), mesh), local_b
   run = Run(config, train_set, test_set, tuple(class_names), mesh, steps_per_epoch, local_b,
             step_fn, predict_fn, parallel.replicate(jax.random.fold_in(rng, 1), mesh), ckpt,
-            MetricsLog(workdir, int(state.step)) if main else None)
+            MetricsLog(workdir, int(state.step)) if main else None,
+            train_set if train_eval_set is None else train_eval_set, eval_batch)
   return run, state
 
 
@@ -358,8 +409,8 @@ def train_epoch(run: Run, state, epoch: int, stop: StopRequest, progress=None):
   t0, seen, pending = time.time(), [], []
   for i in bar:
     idx = order[i * b:(i + 1) * b]
-    state, out = run.step_fn(state, parallel.shard_batch(batch_at(run.train_set, idx),
-                                                         run.mesh), run.step_rng)
+    batch = batch_at(run.train_set, idx, (epoch, i))
+    state, out = run.step_fn(state, parallel.shard_batch(batch, run.mesh), run.step_rng)
     pending.append((epoch * spe + i + 1, idx, out["loss"]))
     due = len(pending) >= config.log_every_steps or i + 1 == spe
     if not due and not (jax.process_count() == 1 and stop.signal):
@@ -378,12 +429,12 @@ def train_epoch(run: Run, state, epoch: int, stop: StopRequest, progress=None):
   return state, seen, None
 
 
-def end_epoch(run: Run, state, epoch: int, losses_seen, seconds: float) -> None:
+def end_epoch(run: Run, state, epoch: int, losses_seen, seconds: float) -> tuple:
   """Scores the epoch's model, logs its line, then checkpoints it (in that order: a resume
-  drops log lines past its step, see :class:`MetricsLog`)."""
+  drops log lines past its step, see :class:`MetricsLog`). Returns the scores (train, test)."""
   train_m, test_m = evaluate_splits(run.predict_fn, parallel.local_replica(state.params, run.mesh),
-                                    [run.train_set, run.test_set], run.class_names,
-                                    run.local_batch)
+                                    [run.train_eval_set, run.test_set], run.class_names,
+                                    run.eval_batch)
   step = int(state.step)
   record = {"epoch": epoch + 1, "step": step,
             "loss": float(np.mean(losses_seen)) if losses_seen else None,
@@ -392,15 +443,17 @@ def end_epoch(run: Run, state, epoch: int, losses_seen, seconds: float) -> None:
   if run.logger:
     run.logger.write(record)
   run.ckpt.save(state, {"train_mpa": train_m["mpa"] or 0.0})
+  return train_m, test_m
 
 
 def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, workdir: str,
                        class_names, run_info: dict, progress: Callable = None,
-                       log: Callable = print, mesh=None) -> RunResult:
+                       log: Callable = print, mesh=None, train_eval_set=None) -> RunResult:
   """The whole run: resume if possible, train, checkpoint each epoch, evaluate.
 
   ``mesh``: the devices to train on (default: all, see :mod:`fcslstm_jax.parallel`). With
   several processes, ``train_set`` / ``test_set`` hold this process's subjects only.
+  ``train_eval_set``: see :func:`prepare_run` (3D runs).
   A stop (SIGINT, SIGTERM) saves a checkpoint of the step reached and returns; a finished
   epoch is scored and logged even when the stop came in its last step.
   """
@@ -408,8 +461,8 @@ def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, 
   mesh = mesh or parallel.make_mesh()
   log = log if parallel.is_main_process() else (lambda *a, **k: None)
   run, state = prepare_run(config, train_set, test_set, workdir, class_names, run_info, mesh,
-                           log)
-  stopped_by = None
+                           log, train_eval_set)
+  stopped_by, scored = None, None
   with StopRequest() as stop:
     for epoch in range(int(state.step) // run.steps_per_epoch, config.epochs):
       t_epoch = time.time()
@@ -417,7 +470,7 @@ def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, 
       if stopped_by and int(state.step) % run.steps_per_epoch:  # mid-epoch
         run.ckpt.save(state)
       else:
-        end_epoch(run, state, epoch, seen, time.time() - t_epoch)
+        scored = end_epoch(run, state, epoch, seen, time.time() - t_epoch)
       if stopped_by:
         log(f"{stopped_by}: saved a checkpoint at step {int(state.step)}. Rerun the same "
             "command to resume.")
@@ -427,9 +480,11 @@ def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, 
     run.logger.close()
   if stopped_by:
     return RunResult(state, None, None, time.time() - t0, stopped_by)
-  train_m, test_m = evaluate_splits(run.predict_fn, parallel.local_replica(state.params, mesh),
-                                    [train_set, test_set], class_names, run.local_batch)
-  return RunResult(state, train_m, test_m, time.time() - t0, stopped_by)
+  if scored is None:  # nothing left to train (a finished run rerun): score the final state
+    scored = evaluate_splits(run.predict_fn, parallel.local_replica(state.params, mesh),
+                             [run.train_eval_set, test_set], class_names, run.eval_batch)
+  # else: the last epoch's scores are the final state's (the same parameters, scored once)
+  return RunResult(state, *scored, time.time() - t0, stopped_by)
 
 
 class MetricsLog:

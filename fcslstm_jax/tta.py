@@ -6,7 +6,7 @@ and W (:func:`fcslstm_jax.train_lib.augment`), so the model has seen every mirro
 at test time each requested combination of flips is applied to the batch, the model runs
 once on all of them stacked along the batch axis, each result is flipped back, and the
 probabilities are averaged (nnU-Net's mirroring). The z axis is not a flip axis: the model
-segments axial slices, each one on its own.
+segments axial slices, each one on its own (a 3D run is not trained with z flips either).
 """
 
 import itertools
@@ -36,10 +36,11 @@ def parse_flips(text) -> tuple:
   return tuple(sorted(set(names)))
 
 
-def flip_variants(names) -> tuple:
+def flip_variants(names, spatial_dims: int = 2) -> tuple:
   """Every combination of the named flips as tuples of axes, the identity first:
-  ``("x", "y")`` -> ``((), (2,), (3,), (2, 3))``."""
-  axes = [FLIP_AXES[n] for n in names]
+  ``("x", "y")`` -> ``((), (2,), (3,), (2, 3))``; for volumes (``spatial_dims=3``,
+  ``[B, T, D, H, W, C]``) ``((), (3,), (4,), (3, 4))``."""
+  axes = [FLIP_AXES[n] + spatial_dims - 2 for n in names]
   return tuple(c for k in range(len(axes) + 1) for c in itertools.combinations(axes, k))
 
 

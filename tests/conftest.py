@@ -37,3 +37,11 @@ def tiny_train_args(data_dir, workdir, epochs, *extra):
 def dataset(tmp_path_factory):
   """The built-in generator's tiny dataset (bric.TINY), written once per test session."""
   return bric.generate(tmp_path_factory.mktemp("data") / "tiny", seed=0, config=bric.TINY)
+
+
+@pytest.fixture(scope="session")
+def dataset3d(tmp_path_factory):
+  """The built-in generator's tiny whole-volume dataset (bric.TINY_3D: 2 subjects,
+  32x32x12), for the 3D + time tests."""
+  return bric.generate(tmp_path_factory.mktemp("data3d") / "tiny3d", seed=0,
+                       config=bric.TINY_3D)

@@ -19,6 +19,7 @@ import common as C  # noqa: E402
 import flops  # noqa: E402
 import gpu_bench  # noqa: E402
 import memory  # noqa: E402
+import memory3d  # noqa: E402
 import memory_breakdown  # noqa: E402
 import train_step  # noqa: E402
 
@@ -54,6 +55,16 @@ def test_memory_script(tmp_path):
   assert saved["largest_batch_in_12GiB"]["JAX remat=full"] > 2
   assert len(saved["torch"]) == (1 if HAVE_TORCH else 0)
   assert "| JAX remat=full |" in memory.table(res)
+
+
+def test_memory3d_script(tmp_path):
+  out = tmp_path / "memory3d.json"
+  res = memory3d.main(["--tiny", "--patch", "8", "8", "8", "--time-steps", "1", "2",
+                       "--large", "--remat", "lean", "--out", str(out)])
+  saved = json.loads(out.read_text())
+  assert [r["time_steps"] for r in saved["rows"]] == [1, 2]
+  assert all(r["temp_bytes"] > 0 and r["patch"] == [8, 8, 8] for r in saved["rows"])
+  assert "| 8x8x8 | 2 | lean (while loop) |" in memory3d.table(res)
 
 
 def test_largest_batch_fit():

@@ -32,8 +32,8 @@ def main(argv=None) -> int:
   p.add_argument("--labels", help="score against the labels in this folder "
                  "(sub-<id>/ses-<label>/anat/*_dseg.nii.gz) instead of the dataset's derivatives")
   p.add_argument("--batch-size", type=int, default=8,
-                 help="slices per forward pass (times the number of flipped views with "
-                 "--tta-flips)")
+                 help="slices (windows, for a 3D run) per forward pass (times the number of "
+                 "flipped views with --tta-flips)")
   p.add_argument("--tta-flips", default="none", metavar="AXES",
                  help="test-time augmentation: average over every combination of flips along "
                  "these in-plane axes, e.g. x,y (4 views) or x; default none")

@@ -4,6 +4,7 @@
     python train.py --data-dir DIR                      # your study (DIR/protocol.json)
     python train.py --data-dir DIR --protocol my.json   # ... with another protocol file
     python train.py --dataset bric --config paper       # the paper's full schedule
+    python train.py --model bi-fcslstm --spatial-dims 3 # volumes over time (3D + time)
 
 Rerunning the same command resumes from the last checkpoint in --workdir.
 """
@@ -19,7 +20,8 @@ import threading
 
 # Config fields with a flag of their own (the rest: --set NAME=VALUE); help, choices and
 # ranges come from fcslstm_jax.config.
-SHORTCUTS = ("model", "epochs", "batch_size", "seed", "remat", "precision", "chunk_pixels")
+SHORTCUTS = ("model", "epochs", "batch_size", "seed", "remat", "precision", "chunk_pixels",
+             "spatial_dims")
 
 
 def parse_args(argv=None):
@@ -56,8 +58,11 @@ def parse_args(argv=None):
   p.add_argument("--coordinator-address", help="multi-process: process 0's host:port")
   p.add_argument("--num-processes", type=int, help="multi-process: number of processes")
   p.add_argument("--process-id", type=int, help="multi-process: this process, 0..N-1")
-  p.add_argument("--workdir", help="default: runs/<dataset>-<model>-<config>")
+  p.add_argument("--workdir", help="default: runs/<dataset>-<model>[-3d]-<config>")
   p.add_argument("--data-seed", type=int, default=0, help="seed of the built-in dataset")
+  p.add_argument("--volume", choices=("slab", "whole"),
+                 help="built-in dataset: an axial slab of 20 slices (the paper's setting; "
+                 "default in 2D) or whole-brain volumes (default with --spatial-dims 3)")
   p.add_argument("--debug", action="store_true", help="show tracebacks")
   args = p.parse_args(argv)
   if args.precision == "bf16":  # alias
@@ -68,6 +73,8 @@ def parse_args(argv=None):
     args.dataset = "bric"
   if args.dataset and args.protocol:
     p.error("--protocol goes with --data-dir (a built-in dataset has its own protocol)")
+  if args.data_dir and args.volume:
+    p.error("--volume goes with a built-in --dataset")
   try:
     from fcslstm_jax.grids import parse_spacing
     parse_spacing(args.spacing)
@@ -124,29 +131,42 @@ def main(argv=None) -> int:
 
 
 def make_config(args):
-  """The --config preset with the shortcut flags and every --set applied, each value checked."""
+  """The --config preset with the shortcut flags and every --set applied, each value checked.
+  A 3D run's patch size, when left null, becomes the backend's default here, so that
+  run.json records the one used."""
   from fcslstm_jax import config as config_lib
   texts = [f"{name}={getattr(args, name)}" for name in SHORTCUTS
            if getattr(args, name) is not None] + args.overrides
   overrides = dict(config_lib.parse_override(t) for t in texts)
-  return config_lib.get_config(args.config).replace(**overrides)
+  config = config_lib.get_config(args.config).replace(**overrides)
+  if config.spatial_dims == 3 and config.patch_size is None:
+    import jax
+    config = config.replace(patch_size=config_lib.PATCH_CPU if jax.default_backend() == "cpu"
+                            else config_lib.PATCH_ACCELERATOR)
+  return config
 
 
-def load_study(args):
-  """The study (this process's subjects) and its root, from --dataset or --data-dir."""
+def volume_of(args, config) -> str:
+  """The built-in dataset's extent: ``--volume``, else whole brains for a 3D run."""
+  return args.volume or ("whole" if config.spatial_dims == 3 else "slab")
+
+
+def load_study(args, config):
+  """The study (this process's subjects) and its root, from --dataset or --data-dir. A 2D
+  run keeps only the labeled slices in memory, a 3D run whole volumes."""
   from fcslstm_jax import data as data_lib
   from fcslstm_jax import parallel
   from fcslstm_jax import protocol as protocol_lib
   if args.dataset:
     from fcslstm_jax import bric
     protocol = protocol_lib.builtin(args.dataset)
-    root = bric.ensure_dataset(seed=args.data_seed)
+    root = bric.ensure_dataset(seed=args.data_seed, config=bric.VOLUMES[volume_of(args, config)])
   else:
     protocol = protocol_lib.get_protocol(args.protocol, args.data_dir)
     root = args.data_dir
   return data_lib.load_study(root, protocol, spacing=args.spacing, reference=args.reference,
                              register=args.register, shard=parallel.shard_for_this_process(),
-                             keep="labeled")
+                             keep="labeled" if config.spatial_dims == 2 else "all")
 
 
 def run(args) -> int:
@@ -163,11 +183,12 @@ def run(args) -> int:
   print = builtins.print if main else (lambda *a, **k: None)  # logs on process 0 only
   config = make_config(args)
   name = args.dataset or os.path.basename(os.path.normpath(args.data_dir))
-  workdir = args.workdir or os.path.join("runs", f"{name}-{config.model}-{args.config}")
+  model_name = config.model + ("-3d" if config.spatial_dims == 3 else "")
+  workdir = args.workdir or os.path.join("runs", f"{name}-{model_name}-{args.config}")
   if args.data_dir:
     from fcslstm_jax.inference import check_outside_dataset
     check_outside_dataset(workdir, args.data_dir, "--workdir")
-  study = load_study(args)
+  study = load_study(args, config)
   protocol = study.protocol
   for line in sequences.describe_unassigned(study):
     print(line, file=sys.stderr)
@@ -176,21 +197,33 @@ def run(args) -> int:
             for split in ("train", "test")}
   print(sequences.describe_study(study, counts))
   sequences.check_training_labels(counts["train"], protocol, study.root)
-  size = parallel.agree_max(sequences.in_plane_size(study.subjects))
-  train_set = sequences.make_sequences(study.subjects, protocol, "train", size)
-  test_set = sequences.make_sequences(study.subjects, protocol, "test", size)
+  train_eval_set = None
+  if config.spatial_dims == 3:
+    from fcslstm_jax import patches
+    shape = parallel.agree_max(patches.volume_shape(study.subjects))
+    train_set, train_eval_set, test_set = patches.training_sets(
+        study.subjects, protocol, config.patch_size, config.seed, shape)
+    what = (f"{len(train_set)} training volumes of shape {train_set.images.shape[1:]} (T, D, "
+            f"H, W, C), patches {list(config.patch_size)}")
+  else:
+    size = parallel.agree_max(sequences.in_plane_size(study.subjects))
+    train_set = sequences.make_sequences(study.subjects, protocol, "train", size)
+    test_set = sequences.make_sequences(study.subjects, protocol, "test", size)
+    what = f"{len(train_set)} training sequences of shape {train_set.images.shape[1:]}"
   run_info = {"config": config.to_json(), "config_name": args.config,
               "dataset": args.dataset or os.path.abspath(args.data_dir),
               "data_seed": args.data_seed, "protocol": protocol.to_json(),
               "grid": study.options.to_json()}
-  print(f"{len(train_set)} training sequences of shape {train_set.images.shape[1:]}; model "
-        f"{config.model}; workdir {workdir}; {mesh.size} {mesh.devices.flat[0].platform} "
-        f"device(s), {jax.process_count()} process(es)")
+  if args.dataset and volume_of(args, config) != "slab":
+    run_info["volume"] = volume_of(args, config)  # absent: the slab (runs before 3D)
+  print(f"{what}; model {config.model}; workdir {workdir}; {mesh.size} "
+        f"{mesh.devices.flat[0].platform} device(s), {jax.process_count()} process(es)")
   progress = lambda it, epoch: tqdm(it, desc=f"epoch {epoch + 1}/{config.epochs}",
                                     leave=False, dynamic_ncols=True)
   result = train_lib.train_and_evaluate(config, train_set, test_set, workdir,
                                         protocol.class_names, run_info,
-                                        progress=progress if main else None, mesh=mesh)
+                                        progress=progress if main else None, mesh=mesh,
+                                        train_eval_set=train_eval_set)
   if result.stopped_by:
     return 130
   if not main:

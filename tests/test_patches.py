@@ -1,0 +1,102 @@
+"""3D + time data: whole volumes of a split, training patches, scoring slabs."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from fcslstm_jax import data as data_lib
+from fcslstm_jax import patches
+from fcslstm_jax import protocol as protocol_lib
+
+PATCH = (8, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def subjects(dataset3d):
+  return data_lib.load_study(dataset3d, protocol_lib.BRIC, keep="all").subjects
+
+
+def test_volumes_hold_only_the_split_labels(subjects):
+  p = protocol_lib.BRIC
+  train = patches.make_volumes(subjects, p, "train")
+  test = patches.make_volumes(subjects, p, "test")
+  z, x, y = subjects[0].grid.shape[2], *subjects[0].grid.shape[:2]
+  assert train.images.shape == (2, 5, z, x, y, 2)
+  for t in range(5):
+    seen = t in p.train_timepoints
+    assert bool(train.label_mask[:, t].any()) == seen
+    assert bool(test.label_mask[:, t].any()) == (t in p.test_timepoints)
+    if not seen:
+      assert not train.labels[:, t].any()  # held-out labels are not in the array at all
+  # One labeled axial slice per session (the paper's protocol): one z of the volume.
+  zs = np.flatnonzero(train.label_mask.any(axis=(0, 1, 3, 4)))
+  assert len(zs) == 1
+  np.testing.assert_array_equal(train.images, test.images)
+  # The volume is the sessions' arrays, z first: an axial slice is the 2D path's slice.
+  session = subjects[0].timepoints[0]
+  np.testing.assert_array_equal(train.images[0, 0, 3], session.image[:, :, 3])
+
+
+def test_patches_hold_labeled_training_voxels_and_never_held_out_labels(subjects):
+  p = protocol_lib.BRIC
+  sampler = patches.PatchSampler(patches.make_volumes(subjects, p, "train"), PATCH, seed=0)
+  labeled_z = np.flatnonzero(sampler.label_mask.any(axis=(0, 1, 3, 4)))
+  held_out = list(p.test_timepoints)
+  for epoch in range(20):
+    for step in range(2):
+      idx = np.array([1, 0]) if step else np.array([0, 1])
+      batch = sampler.batch(idx, (epoch, step))
+      assert batch["images"].shape == (2, 5) + PATCH + (2,)
+      assert batch["labels"].shape == batch["label_mask"].shape == (2, 5) + PATCH
+      for k in range(2):
+        assert batch["label_mask"][k].sum() > 0  # labeled voxels of training time points
+        assert not batch["label_mask"][k][held_out].any()
+        assert not batch["labels"][k][held_out].any()
+  # Each patch crosses the one labeled slice.
+  starts = sampler.starts(np.array([0, 1]), (3, 0))
+  assert all(s[0] <= labeled_z[0] < s[0] + PATCH[0] for s in starts)
+
+
+def test_patches_are_a_function_of_the_key(subjects):
+  sampler = patches.PatchSampler(patches.make_volumes(subjects, protocol_lib.BRIC, "train"),
+                                 PATCH, seed=0)
+  idx = np.array([0, 1])
+  a, b = sampler.batch(idx, (2, 1)), sampler.batch(idx, (2, 1))
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  spread = {tuple(sampler.starts(idx, (e, 0))[0]) for e in range(30)}
+  assert len(spread) > 5  # random positions, not one
+
+
+def test_patch_start_contains_its_voxel():
+  rng = np.random.default_rng(0)
+  for _ in range(500):
+    shape = rng.integers(4, 30, 3)
+    patch = np.minimum(rng.integers(1, 30, 3), shape)
+    center = rng.integers(0, shape)
+    start = patches.patch_start(center, patch, shape, rng)
+    assert np.all(start >= 0) and np.all(start + patch <= shape)
+    assert np.all(start <= center) and np.all(center < start + patch)
+
+
+def test_a_volume_smaller_than_the_patch_is_padded(subjects):
+  volumes = patches.make_volumes(subjects, protocol_lib.BRIC, "train")
+  d = volumes.images.shape[2]
+  sampler = patches.PatchSampler(volumes, (d + 5, 8, 8))
+  batch = sampler.batch(np.array([0]), (0, 0))
+  assert batch["images"].shape[2] == d + 5
+  assert not batch["label_mask"][0, :, d:].any()
+
+
+def test_slabs_count_every_labeled_voxel_once(subjects):
+  volumes = patches.make_volumes(subjects, protocol_lib.BRIC, "train")
+  # Several labeled slices, as a densely labeled study would have.
+  mask = volumes.label_mask.copy()
+  mask[:, :2, 1:10] = 1.0
+  volumes = dataclasses.replace(volumes, label_mask=mask)
+  for depth in (1, 4, 8):
+    slabs = patches.label_slabs(volumes, depth)
+    assert slabs.images.shape[2] == depth
+    assert slabs.label_mask.sum() == volumes.label_mask.sum()
+    assert set(slabs.subject_ids) == set(volumes.subject_ids)
