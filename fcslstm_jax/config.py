@@ -35,9 +35,11 @@ VGG16_QUARTER = ((16, 2), (32, 2), (64, 3), (128, 3), (128, 3))  # (channels, 3x
 VGG16_EIGHTH = ((8, 2), (16, 2), (32, 3), (64, 3), (64, 3))  # 3D default (3x3x3 convs)
 SPATIAL_DIMS = (2, 3)
 # Training patch [d, h, w] of a 3D run when patch_size is null (resolved once, by the CLI,
-# and recorded in run.json): small enough to train in minutes on 2 CPU cores, and the size
-# of the accelerator benchmarks (bench/README.md, "3D + time: memory against T").
-PATCH_CPU = (32, 64, 64)
+# and recorded in run.json). CPU: the smallest patch that is not padded (five poolings need
+# multiples of 32); a Bi-FCSLSTM step still takes minutes there (README, "3D + time").
+# Accelerators: a patch the 3D Bi-FCSLSTM holds for T = 5 well inside 12 GB with remat
+# (bench/README.md, "3D + time").
+PATCH_CPU = (32, 32, 32)
 PATCH_ACCELERATOR = (64, 128, 128)
 
 
