@@ -211,6 +211,7 @@ class FCSLSTM(nn.Module):
   unroll: int | None = None
   chunk_pixels: int | None = None
   dtype: Any = jnp.float32
+  batching: str | None = None  # Bi-FCSLSTM: how both directions' Ψ run (slstm.resolve_batching)
 
   @nn.compact
   def __call__(self, x, valid=None):
@@ -233,7 +234,7 @@ class FCSLSTM(nn.Module):
       psi_x = functools.partial(stage, num_convs=n, width=ch, dtype=self.dtype)
       y = layer_cls(hidden=ch, psi_x=psi_x, psi_h=psi_h, unroll=self.unroll,
                     remat_step=self.remat in ("full", "lean"), chunk_pixels=chunk_pixels,
-                    dtype=self.dtype, psi_x_in_scan=lean,
+                    dtype=self.dtype, psi_x_in_scan=lean, batching=self.batching,
                     name=f"slstm{k + 1}")(y, valid)
       feats.append(fold_time(y).astype(self.dtype))
     logits = BackEnd(self.num_classes, self.dtype, pool, name="backend")(feats)[:, :h, :w]
