@@ -62,7 +62,8 @@ class Config:
                                   minimum=0.0, maximum=1.0)
   stages: tuple = _field(VGG16_QUARTER, "front-end stages as [[channels, convs], ...] "
                          "(VGG-16 / 4)")
-  remat: str = _field("none", "rematerialization policy (model.py)", choices=REMAT_POLICIES)
+  remat: str = _field("none", "rematerialization policy (model.py); lean: least memory, "
+                      "for GPUs (on CPU a step is ~10x slower)", choices=REMAT_POLICIES)
   unroll: typing.Optional[int] = _field(None, "time steps unrolled per loop iteration; null: "
                                         "all on CPU, a while loop on accelerators", minimum=1)
   chunk_pixels: typing.Optional[int] = _field(None, "pixels per call of the Psi_x stages "

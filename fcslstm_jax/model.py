@@ -35,7 +35,9 @@ time step's Ψx at a time and memory never holds all ``T`` Ψx outputs; its max-
 the time loop is a real while loop (``unroll=1``, the accelerator default); with the loop
 fully unrolled (the CPU default) XLA does not schedule the recomputation so that it saves
 anything. ``bench/memory.py [--unroll 1]`` measures the compiled temp memory of each policy;
-the numbers, on CPU and on an H200, are in bench/README.md ("Memory").
+the numbers, on CPU and on an H200, are in bench/README.md ("Memory"). ``"lean"`` is for
+accelerators: XLA:CPU runs convolutions inside a while loop many times slower than
+unrolled (bench/README.md, "Targets of issue 16").
 
 Chunking (``chunk_pixels``): FCSLSTM's Ψx stages run on the folded ``B*T`` batch a few images
 at a time on CPU, where that is faster (:func:`fcslstm_jax.psi.apply_in_chunks`); same
