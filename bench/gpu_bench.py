@@ -139,6 +139,25 @@ def _emit(record):
   print(json.dumps(record), flush=True)
 
 
+def time_steps(run, wait_for, args) -> dict:
+  """Median of ``args.steps`` timed calls of ``run()`` (each waited for) after
+  ``args.warmup`` untimed ones, and the mean of as many calls issued back to back (only the
+  last waited for, with ``wait_for(result)``): the second shows what host round trips cost."""
+  for _ in range(args.warmup):
+    run()
+  times = []
+  for _ in range(args.steps):
+    t0 = time.perf_counter()
+    run()
+    times.append(time.perf_counter() - t0)
+  t0 = time.perf_counter()
+  for _ in range(args.steps):
+    last = run(wait=False)
+  wait_for(last)
+  return {"median_s": statistics.median(times), "times_s": times,
+          "back_to_back_s": (time.perf_counter() - t0) / args.steps}
+
+
 def child_jax_step(args):
   """Compile (from the persistent cache when phase 1 filled it) and time one JAX step."""
   import jax
@@ -157,19 +176,7 @@ def child_jax_step(args):
   def run(wait=True):
     state[0], state[1], loss = compiled(state[0], state[1], *batch)
     return loss.block_until_ready() if wait else loss
-  for _ in range(args.warmup):
-    run()
-  times = []
-  for _ in range(args.steps):
-    t0 = time.perf_counter()
-    run()
-    times.append(time.perf_counter() - t0)
-  t0 = time.perf_counter()
-  for _ in range(args.steps):
-    loss = run(wait=False)
-  jax.block_until_ready(loss)
-  record.update(median_s=statistics.median(times), times_s=times,
-                back_to_back_s=(time.perf_counter() - t0) / args.steps)
+  record.update(time_steps(run, jax.block_until_ready, args))
   _emit(record)
 
 
@@ -212,19 +219,7 @@ def child_torch_step(args):
             "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32)}
   if args.compile_only:
     return _emit(record)
-  for _ in range(args.warmup):
-    run()
-  times = []
-  for _ in range(args.steps):
-    t0 = time.perf_counter()
-    run()
-    times.append(time.perf_counter() - t0)
-  t0 = time.perf_counter()
-  for _ in range(args.steps):
-    run(wait=False)
-  sync()
-  record.update(median_s=statistics.median(times), times_s=times,
-                back_to_back_s=(time.perf_counter() - t0) / args.steps)
+  record.update(time_steps(run, lambda _: sync(), args))
   if dev == "cuda":
     record["max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated()
   _emit(record)

@@ -86,7 +86,8 @@ class Config:
   window_overlap: float = _field(0.5, "3D sliding-window inference: overlap of neighbouring "
                                  "windows, a fraction of the window (nnU-Net: 0.5)",
                                  minimum=0.0, maximum=0.9)
-  remat: str = _field("none", "rematerialization policy (model.py)", choices=REMAT_POLICIES)
+  remat: str = _field("none", "rematerialization policy (model.py); lean: least memory, "
+                      "for GPUs (on CPU a step is ~10x slower)", choices=REMAT_POLICIES)
   unroll: typing.Optional[int] = _field(None, "time steps unrolled per loop iteration; null: "
                                         "all on CPU, a while loop on accelerators", minimum=1)
   chunk_pixels: typing.Optional[int] = _field(None, "pixels per call of the Psi_x stages "

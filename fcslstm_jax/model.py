@@ -47,7 +47,9 @@ time step's Ψx at a time and memory never holds all ``T`` Ψx outputs; its max-
 the time loop is a real while loop (``unroll=1``, the accelerator default); with the loop
 fully unrolled (the CPU default) XLA does not schedule the recomputation so that it saves
 anything. ``bench/memory.py [--unroll 1]`` measures the compiled temp memory of each policy;
-the numbers, on CPU and on an H200, are in bench/README.md ("Memory").
+the numbers, on CPU and on an H200, are in bench/README.md ("Memory"). ``"lean"`` is for
+accelerators: XLA:CPU runs convolutions inside a while loop many times slower than
+unrolled (bench/README.md, "Targets of issue 16").
 
 Chunking (``chunk_pixels``): FCSLSTM's Ψx stages run on the folded ``B*T`` batch a few images
 at a time on CPU, where that is faster (:func:`fcslstm_jax.psi.apply_in_chunks`); same
@@ -264,6 +266,7 @@ class FCSLSTM(nn.Module):
   chunk_pixels: int | None = None
   dtype: Any = jnp.float32
   spatial_dims: int = 2
+  batching: str | None = None  # Bi-FCSLSTM: how both directions' Ψ run (slstm.resolve_batching)
 
   @nn.compact
   def __call__(self, x, valid=None):
@@ -288,7 +291,7 @@ class FCSLSTM(nn.Module):
                                 spatial_dims=self.spatial_dims)
       y = layer_cls(hidden=ch, psi_x=psi_x, psi_h=psi_h, unroll=self.unroll,
                     remat_step=self.remat in ("full", "lean"), chunk_pixels=chunk_pixels,
-                    dtype=self.dtype, psi_x_in_scan=lean,
+                    dtype=self.dtype, psi_x_in_scan=lean, batching=self.batching,
                     name=f"slstm{k + 1}")(y, valid)
       feats.append(fold_time(y).astype(self.dtype))
     logits = crop(BackEnd(self.num_classes, self.dtype, pool, name="backend")(feats), shape)

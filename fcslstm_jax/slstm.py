@@ -79,45 +79,81 @@ class LSTMStep(nn.Module):
   or, when ``psi_x`` (a Ψ module made by the layer, whose parameters live there) is given,
   ``(x_t, valid)`` with ``x_t`` ``[B, H, W, C_in]`` and Ψx applied here.
   Returns the new carry and the output ``h_t`` (zeros where ``valid`` is False).
+
+  ``directions=2``: both directions of a bidirectional layer at once. Every array above
+  then has a leading direction axis of 2, and so do the parameters (``psi_h/...``,
+  ``bias`` ``[2, 4 * hidden]``); each direction's Ψ runs with its own parameters
+  (:func:`per_direction`, ``batching``).
   """
   hidden: int
   psi_h: PsiFactory
   dtype: Any = jnp.float32
   psi_x: nn.Module | None = None
   chunk_pixels: int | None = None
+  directions: int = 1
+  batching: str = "loop"
+
+  def _apply(self, module, x, fn=lambda m, x: m(x)):
+    if self.directions == 1:
+      return fn(module, x)
+    return per_direction(fn, module, x, shared=False, batching=self.batching)
 
   @nn.compact
   def __call__(self, carry, inputs):
     c, h = carry
     xg, valid = inputs
     if self.psi_x is not None:
-      xg = psi.apply_in_chunks(self.psi_x, xg.astype(self.dtype), self.chunk_pixels)
-    hg = self.psi_h(features=4 * self.hidden, name="psi_h")(h.astype(self.dtype))
-    b = self.param("bias", gate_bias_init(self.hidden), (4 * self.hidden,), jnp.float32)
+      xg = self._apply(self.psi_x, xg.astype(self.dtype),
+                       lambda m, x: psi.apply_in_chunks(m, x, self.chunk_pixels))
+    psi_h = self.psi_h(features=4 * self.hidden, name="psi_h")
+    hg = self._apply(psi_h, h.astype(self.dtype))
+    lead = (self.directions,) if self.directions > 1 else ()
+    b = self.param("bias", gate_bias_init(self.hidden), lead + (4 * self.hidden,), jnp.float32)
     sd = c.dtype  # float32, or float64 when the model runs in float64
-    z = xg.astype(sd) + hg.astype(sd) + b.astype(sd).reshape((1,) * (hg.ndim - 1) + (-1,))
+    b = b.astype(sd).reshape(lead + (1,) * (hg.ndim - 1 - len(lead)) + (-1,))
+    z = xg.astype(sd) + hg.astype(sd) + b
     i, f, g, o = jnp.split(z, 4, axis=-1)
     c_new = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
     h_new = nn.sigmoid(o) * jnp.tanh(c_new)
-    keep = valid.reshape(valid.shape + (1,) * (c.ndim - 1))
+    keep = valid.reshape(valid.shape + (1,) * (c.ndim - valid.ndim))
     c = jnp.where(keep, c_new, c)
     h = jnp.where(keep, h_new, h)
     return (c, h), jnp.where(keep, h_new, 0.0)
 
 
-class _Call(nn.Module):
-  """Calls ``fn``, a module made by the parent; lets ``nn.vmap`` stack its parameters."""
-  fn: nn.Module
-
-  @nn.compact
-  def __call__(self, *args):
-    return self.fn(*args)
+BATCHINGS = ("loop", "vmap")
 
 
-def _per_direction(target, in_axes):
-  """``target`` vmapped over a leading direction axis of size 2, parameters stacked on it."""
-  return nn.vmap(target, variable_axes={"params": 0}, split_rngs={"params": True},
-                 in_axes=in_axes, out_axes=0, axis_size=len(DIRECTIONS))
+def resolve_batching(batching: str | None) -> str:
+  """``batching`` as given, or the default: ``"loop"`` on CPU, ``"vmap"`` on accelerators.
+
+  ``"vmap"`` makes the two directions' convolutions one grouped convolution
+  (``feature_group_count=2``), which XLA:CPU runs several times slower than two plain ones
+  (bench/README.md, issue 16); ``"loop"`` applies them one after the other.
+  """
+  if batching is None:
+    return "loop" if jax.default_backend() == "cpu" else "vmap"
+  if batching not in BATCHINGS:
+    raise ValueError(f"batching must be one of {BATCHINGS}, got {batching!r}")
+  return batching
+
+
+def per_direction(fn, module, x, *, shared: bool, batching: str):
+  """``fn(module, x)`` for each direction, with that direction's parameters: ``[2, ...]``.
+
+  ``module``'s parameters carry a leading direction axis of 2 (:data:`DIRECTIONS`); ``x``
+  carries one too unless ``shared`` (the same input for both). ``batching``: ``"loop"``,
+  one call per direction (an ``nn.scan`` of length 2, unrolled); ``"vmap"``, one vmapped
+  call. Same function and parameter layout either way.
+  """
+  lift = dict(variable_axes={"params": 0}, split_rngs={"params": True})
+  if batching == "vmap":
+    return nn.vmap(fn, in_axes=None if shared else 0, out_axes=0, axis_size=len(DIRECTIONS),
+                   **lift)(module, x)
+  body = lambda m, carry, x: (carry, fn(m, x))  # noqa: E731
+  _, y = nn.scan(body, in_axes=nn.broadcast if shared else 0, out_axes=0,
+                 length=len(DIRECTIONS), unroll=len(DIRECTIONS), **lift)(module, None, x)
+  return y
 
 
 class _Layer(nn.Module):
@@ -130,6 +166,7 @@ class _Layer(nn.Module):
   chunk_pixels: int | None = None
   dtype: Any = jnp.float32
   psi_x_in_scan: bool = False
+  batching: str | None = None
 
   def _scan(self, step, t, axis):
     """``nn.scan`` of ``step`` over the time axis ``axis`` of inputs and outputs."""
@@ -188,14 +225,18 @@ class BidirectionalLSTM(_Layer):
   Same function as two independent :class:`StructuredLSTM` layers run one after the other
   (the paper's arrangement, and ours before): :func:`merge_directions` maps their parameters
   one to one, and ``tests/test_bidirectional.py`` checks logits and gradients. What differs
-  is the schedule. Ψx of both directions is one vmapped call on the same input (its first
-  convolution becomes one convolution with both directions' output channels, the later ones
-  grouped convolutions), and the backward direction's Ψx outputs are reversed in time
-  (Ψx sees one time step at a time, so Ψx of the reversed sequence is the reversed Ψx). One
-  ``nn.scan`` then advances both directions: each time step runs Ψh of both as one grouped
-  convolution and the gate arithmetic of both together, half as many sequential steps as
-  two scans. With ``psi_x_in_scan`` both directions' inputs (``x_t`` and ``x_{T-1-t}``) are
-  stacked and Ψx runs in the step.
+  is the schedule. Ψx of both directions runs on the same input, and the backward
+  direction's Ψx outputs are reversed in time (Ψx sees one time step at a time, so Ψx of
+  the reversed sequence is the reversed Ψx). One ``nn.scan`` then advances both directions:
+  each time step runs Ψh of both and the gate arithmetic of both together, half as many
+  sequential steps as two scans. With ``psi_x_in_scan`` both directions' inputs (``x_t`` and
+  ``x_{T-1-t}``) are stacked and Ψx runs in the step.
+
+  ``batching`` (:func:`resolve_batching`) says how the two directions' Ψ calls are issued:
+  ``"vmap"`` (default on accelerators), one vmapped call, so that Ψx's first convolution
+  has both directions' output channels and the later ones and Ψh are grouped convolutions;
+  ``"loop"`` (default on CPU), one call per direction, because XLA:CPU runs grouped
+  convolutions several times slower than plain ones (bench/README.md).
 
   Initialization is the two-scan layer's too (:meth:`_two_scan_init`), so that a model
   initialized with the same seed starts from the same parameters as before the merge.
@@ -210,18 +251,21 @@ class BidirectionalLSTM(_Layer):
       for name, value in self._two_scan_init(x, valid).items():
         self.put_variable("params", name, value)  # the submodules below find and use them
     psi_x = self.psi_x(features=4 * self.hidden, name="psi_x")
+    batching = resolve_batching(self.batching)
     if self.psi_x_in_scan:  # [2, B, T, H, W, C_in]
       xs = jnp.stack([x, x[:, ::-1]]).astype(self.dtype)
     else:  # Ψx of both directions on all time steps: [2, B*T, H, W, 4*hidden]
-      both = _per_direction(_Call, None)(psi_x, name="psi_x_both")
+      both = lambda x: per_direction(lambda m, x: m(x), psi_x, x, shared=True,  # noqa: E731
+                                     batching=batching)
       xs = psi.apply_in_chunks(both, x.reshape((b * t,) + x.shape[2:]).astype(self.dtype),
                                self.chunk_pixels, out_axis=1)
       xs = xs.reshape((2, b, t) + xs.shape[2:])
       xs = jnp.stack([xs[0], xs[1, :, ::-1]])
     valid = jnp.stack([valid, valid[:, ::-1]])  # [2, B, T]
-    step = _per_direction(nn.remat(LSTMStep) if self.remat_step else LSTMStep, 0)
+    step = nn.remat(LSTMStep) if self.remat_step else LSTMStep
     zeros = self._zeros((2, b) + x.shape[2:-1])
-    _, hs = self._scan(step, t, 2)(**self._step_kwargs(psi_x), name="scan")(
+    _, hs = self._scan(step, t, 2)(**self._step_kwargs(psi_x), directions=len(DIRECTIONS),
+                                   batching=batching, name="scan")(
         (zeros, zeros), (xs, valid))  # hs: [2, B, T, H, W, hidden]
     return jnp.concatenate([hs[0], hs[1, :, ::-1]], axis=-1)
 

@@ -38,6 +38,7 @@ class TwoScanBidirectionalLSTM(nn.Module):
   chunk_pixels: int | None = None
   dtype: object = jnp.float32
   psi_x_in_scan: bool = False  # the model passes it; the old layer had no such mode
+  batching: object = None  # likewise
 
   @nn.compact
   def __call__(self, x, valid=None):
@@ -75,9 +76,11 @@ VALID = jnp.array([[True, False, True], [False, True, True]])
 
 @pytest.mark.parametrize("options", [
     {}, {"remat_step": True}, {"unroll": 1}, {"chunk_pixels": 2 * 64},
-    {"psi_x_in_scan": True, "remat_step": True}], ids=str)
+    {"psi_x_in_scan": True, "remat_step": True},
+    {"batching": "vmap"}, {"batching": "vmap", "psi_x_in_scan": True, "remat_step": True}],
+    ids=str)
 def test_merged_layer_equals_two_scan_layer(options):
-  old_options = {k: v for k, v in options.items() if k != "psi_x_in_scan"}
+  old_options = {k: v for k, v in options.items() if k not in ("psi_x_in_scan", "batching")}
   old = TwoScanBidirectionalLSTM(3, PSI_X, PSI_H, **old_options)
   new = slstm.BidirectionalLSTM(3, PSI_X, PSI_H, **options)
   init_old = old.init(jax.random.PRNGKey(1), X)["params"]
@@ -115,14 +118,23 @@ def _convs(jaxpr):
   return [e for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
 
 
-def test_one_scan_with_one_grouped_psi_h_per_step():
-  """Half the sequential kernels: one scan whose step has one convolution (both Ψh)."""
-  new = slstm.BidirectionalLSTM(3, PSI_X, PSI_H, unroll=1)
+@pytest.mark.parametrize("batching,convs", [("vmap", [(2, 1)]), ("loop", [(1, 2)])])
+def test_one_scan_for_both_directions(batching, convs):
+  """Half the sequential steps: one scan whose step runs both directions' Ψh, as one grouped
+  convolution (``vmap``) or as one plain convolution per direction (``loop``, the CPU default:
+  a scan of length 2 over the directions, unrolled). ``convs``: (feature groups, calls)."""
+  new = slstm.BidirectionalLSTM(3, PSI_X, PSI_H, unroll=1, batching=batching)
   old = TwoScanBidirectionalLSTM(3, PSI_X, PSI_H, unroll=1)
   assert len(_scans(old.apply, old.init(jax.random.PRNGKey(1), X), X)) == 2
-  (scan,) = _scans(new.apply, new.init(jax.random.PRNGKey(1), X), X)
-  (conv,) = _convs(scan.params["jaxpr"].jaxpr)
-  assert conv.params["feature_group_count"] == 2  # forward and backward Ψh side by side
+  time_scans = [e for e in _scans(new.apply, new.init(jax.random.PRNGKey(1), X), X)
+                if e.params["length"] == X.shape[1]]  # not ``loop``'s scans of 2 directions
+  (scan,) = time_scans
+  body = scan.params["jaxpr"].jaxpr
+  found = [(c.params["feature_group_count"], 1) for c in _convs(body)]
+  for inner in (e for e in body.eqns if e.primitive.name == "scan"):
+    found += [(c.params["feature_group_count"], inner.params["length"])
+              for c in _convs(inner.params["jaxpr"].jaxpr)]
+  assert found == convs
 
 
 def test_merged_model_equals_two_scan_model(monkeypatch):
