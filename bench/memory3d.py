@@ -5,7 +5,8 @@ T = 1, 2, 3, 5, 8 at one patch (default 32x64x64, batch 1, the 3D default widths
 ``stages_3d``, VGG-16 / 8), with remat ``none`` on the while loop (``unroll=1``) and
 ``lean`` (Ψx inside the rematerialized step, while loop; ``fcslstm_jax.model``), it compiles
 training's own step (``bench/common.py``: ``train_lib.train_step``, augmentation off) and
-reads XLA's ``memory_analysis()``: temp (activations, gradients, workspace) and total
+reads XLA's ``memory_analysis()`` (both directions of a Bi layer vmapped, the accelerator
+default, unless ``--batching loop``): temp (activations, gradients, workspace) and total
 (temp + parameters, optimizer state and batch + outputs - aliased donations). Then the same
 at a 128^3 patch for T = 5 and 8 (``--large``), against the paper's 12 GB GPU. Writes
 ``bench/results/memory3d.json`` and prints a markdown table.
@@ -41,9 +42,9 @@ def lower_3d_step(model, batch, steps, patch):
   return step.lower(params, opt_state, *data)
 
 
-def measure(batch, steps, patch, remat, unroll, stages):
+def measure(batch, steps, patch, remat, unroll, stages, batching="vmap"):
   model = C.M.create_model("bi-fcslstm", C.NUM_CLASSES, remat=remat, unroll=unroll,
-                           spatial_dims=3).clone(stages=stages)
+                           spatial_dims=3).clone(stages=stages, batching=batching)
   t0 = time.perf_counter()
   ma = lower_3d_step(model, batch, steps, patch).compile().memory_analysis()
   out = {"batch": batch, "time_steps": steps, "patch": list(patch), "remat": remat,
@@ -66,6 +67,9 @@ def main(argv=None):
   p.add_argument("--large", type=int, nargs="*", default=[5, 8],
                  help="T values measured at the --large-patch too (none: skip)")
   p.add_argument("--large-patch", type=int, nargs=3, default=[128, 128, 128])
+  p.add_argument("--batching", default="vmap", choices=("vmap", "loop"),
+                 help="how a Bi layer runs its two directions (slstm.resolve_batching): vmap, "
+                 "the accelerator default (the table in bench/README.md), or loop (CPU's)")
   p.add_argument("--tiny", action="store_true", help="tiny channel widths (smoke test)")
   p.add_argument("--out", default=os.path.join(C.RESULTS, "memory3d.json"))
   args = p.parse_args(argv)
@@ -76,7 +80,7 @@ def main(argv=None):
   for patch, t in runs:
     for remat in args.remat:
       unroll = None if remat == "lean" else args.unroll  # lean: its own while loop
-      r = measure(args.batch, t, patch, remat, unroll, stages)
+      r = measure(args.batch, t, patch, remat, unroll, stages, args.batching)
       rows.append(r)
       print(f"patch {'x'.join(map(str, patch))} T={t} remat={remat}: temp "
             f"{r['temp_bytes'] / GIB:.3f} GiB, total {r['total_bytes'] / GIB:.3f} GiB "
@@ -85,7 +89,8 @@ def main(argv=None):
       C.M.create_model("bi-fcslstm", C.NUM_CLASSES, spatial_dims=3).clone(stages=stages),
       C.IN_CHANNELS, size=8)))
   result = {"model": "bi-fcslstm", "spatial_dims": 3, "stages": [list(s) for s in stages],
-            "parameters": params, "batch": args.batch, "budget_bytes": BUDGET,
+            "parameters": params, "batch": args.batch, "batching": args.batching,
+            "budget_bytes": BUDGET,
             "machine": C.machine(), "rows": rows}
   return C.write_result(result, args.out, table)
 
