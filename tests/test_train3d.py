@@ -2,13 +2,12 @@
 
 import json
 
-import nibabel as nib
 import numpy as np
 import pytest
 
 import evaluate
 import train
-from conftest import tiny_train_args
+from conftest import assert_predictions_on_input_grids, tiny_train_args
 from fcslstm_jax import bric
 from fcslstm_jax import inference
 from fcslstm_jax.config import Config
@@ -50,15 +49,7 @@ def test_3d_run_trains_records_and_resumes(dataset3d, trained, capsys):
 def test_3d_evaluate_writes_predictions_on_the_input_grid(dataset3d, trained, tmp_path):
   out = tmp_path / "pred"
   assert evaluate.main(["--workdir", str(trained), "--out", str(out), "--batch-size", "2"]) == 0
-  inputs = sorted(dataset3d.glob("sub-*/ses-*/anat/*_T1w.nii*"))
-  assert len(inputs) == bric.TINY_3D.num_subjects * len(bric.TINY_3D.ages)
-  for t1 in inputs:
-    sub, ses = t1.parts[-4], t1.parts[-3]
-    (pred_path,) = (out / sub / ses / "anat").glob("*_dseg.nii.gz")
-    ref, pred = nib.load(t1), nib.load(pred_path)
-    assert pred.shape == ref.shape
-    np.testing.assert_allclose(pred.affine, ref.affine, atol=1e-5)
-    values = np.asarray(pred.dataobj)
-    assert values.min() >= 0 and values.max() <= 3
+  assert_predictions_on_input_grids(dataset3d, out,
+                                    bric.TINY_3D.num_subjects * len(bric.TINY_3D.ages))
   metrics = json.loads((out / "metrics.json").read_text())
   assert metrics["metrics_available"] and len(metrics["per_timepoint"]) == 5
