@@ -36,7 +36,7 @@ VGG16_EIGHTH = ((8, 2), (16, 2), (32, 3), (64, 3), (64, 3))  # 3D default (3x3x3
 SPATIAL_DIMS = (2, 3)
 # Training patch [d, h, w] of a 3D run when patch_size is null (resolved once, by the CLI,
 # and recorded in run.json). CPU: the smallest patch that is not padded (five poolings need
-# multiples of 32); a Bi-FCSLSTM step still takes minutes there (README, "3D + time").
+# multiples of 32); 3D training is still slow there (README, "3D + time").
 # Accelerators: a patch the 3D Bi-FCSLSTM holds for T = 5 well inside 12 GB with remat
 # (bench/README.md, "3D + time").
 PATCH_CPU = (32, 32, 32)
@@ -87,7 +87,7 @@ class Config:
                                  "windows, a fraction of the window (nnU-Net: 0.5)",
                                  minimum=0.0, maximum=0.9)
   remat: str = _field("none", "rematerialization policy (model.py); lean: least memory, "
-                      "for GPUs (on CPU a step is ~10x slower)", choices=REMAT_POLICIES)
+                      "for GPUs (much slower on CPU: bench/README.md)", choices=REMAT_POLICIES)
   unroll: typing.Optional[int] = _field(None, "time steps unrolled per loop iteration; null: "
                                         "all on CPU, a while loop on accelerators", minimum=1)
   chunk_pixels: typing.Optional[int] = _field(None, "pixels per call of the Psi_x stages "
