@@ -56,11 +56,15 @@ def rmsprop():
 
 
 def make_batch(batch, steps, size, seed=0):
-  """Random images ``[B, T, H, W, 2]``, labels and mask ``[B, T, H, W]``, class weights."""
+  """Random images ``[B, T, H, W, 2]``, labels and mask ``[B, T, H, W]``, class weights.
+
+  ``size``: H = W, or the spatial shape as a tuple (``(D, H, W)`` for a 3D model)."""
+  spatial = (size, size) if isinstance(size, int) else tuple(size)
+  shape = (batch, steps) + spatial
   k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
-  x = jax.random.normal(k1, (batch, steps, size, size, IN_CHANNELS), jnp.float32)
-  labels = jax.random.randint(k2, (batch, steps, size, size), 0, NUM_CLASSES)
-  mask = (jax.random.uniform(k3, (batch, steps, size, size)) < 0.9).astype(jnp.float32)
+  x = jax.random.normal(k1, shape + (IN_CHANNELS,), jnp.float32)
+  labels = jax.random.randint(k2, shape, 0, NUM_CLASSES)
+  mask = (jax.random.uniform(k3, shape) < 0.9).astype(jnp.float32)
   class_weights = jnp.array([0.5, 1.0, 1.5, 2.0], jnp.float32)[:NUM_CLASSES]
   return x, labels, mask, class_weights
 

@@ -1,6 +1,7 @@
 """Memory of the 3D Bi-FCSLSTM train step against the number of time points T.
 
-Run: ``python bench/memory3d.py`` (CPU: compiles only, nothing runs or is allocated). For
+Run: ``python bench/memory3d.py`` (compiles only, nothing runs or is allocated; ``--time N``
+also runs each step N times on random data and records its seconds). For
 T = 1, 2, 3, 5, 8 at one patch (default 32x64x64, batch 1, the 3D default widths
 ``stages_3d``, VGG-16 / 8), with remat ``none`` on the while loop (``unroll=1``) and
 ``lean`` (Ψx inside the rematerialized step, while loop; ``fcslstm_jax.model``), it compiles
@@ -42,17 +43,37 @@ def lower_3d_step(model, batch, steps, patch):
   return step.lower(params, opt_state, *data)
 
 
-def measure(batch, steps, patch, remat, unroll, stages, batching="vmap"):
+def measure(batch, steps, patch, remat, unroll, stages, batching="vmap", timed_steps=0):
   model = C.M.create_model("bi-fcslstm", C.NUM_CLASSES, remat=remat, unroll=unroll,
                            spatial_dims=3).clone(stages=stages, batching=batching)
   t0 = time.perf_counter()
-  ma = lower_3d_step(model, batch, steps, patch).compile().memory_analysis()
+  compiled = lower_3d_step(model, batch, steps, patch).compile()
+  ma = compiled.memory_analysis()
   out = {"batch": batch, "time_steps": steps, "patch": list(patch), "remat": remat,
-         "unroll": unroll, "compile_s": round(time.perf_counter() - t0, 1),
+         "unroll": unroll, "batching": batching,
+         "compile_s": round(time.perf_counter() - t0, 1),
          "temp_bytes": ma.temp_size_in_bytes, "argument_bytes": ma.argument_size_in_bytes,
          "output_bytes": ma.output_size_in_bytes, "alias_bytes": ma.alias_size_in_bytes}
   out["total_bytes"] = (out["temp_bytes"] + out["argument_bytes"] + out["output_bytes"]
                         - out["alias_bytes"])
+  if timed_steps:
+    out["step_s"] = time_steps(compiled, model, batch, steps, patch, timed_steps)
+  return out
+
+
+def time_steps(compiled, model, batch, steps, patch, n):
+  """Seconds of each of ``n`` runs of the compiled step on random data, after one untimed
+  run (this allocates and runs; the memory rows above do not)."""
+  params = C.M.init_params(model, C.IN_CHANNELS, size=8)
+  opt_state = C.rmsprop().init(params)
+  data = C.make_batch(batch, steps, tuple(patch))
+  out = []
+  for i in range(n + 1):
+    t0 = time.perf_counter()
+    params, opt_state, loss = compiled(params, opt_state, *data)
+    loss.block_until_ready()
+    if i:
+      out.append(round(time.perf_counter() - t0, 3))
   return out
 
 
@@ -70,6 +91,9 @@ def main(argv=None):
   p.add_argument("--batching", default="vmap", choices=("vmap", "loop"),
                  help="how a Bi layer runs its two directions (slstm.resolve_batching): vmap, "
                  "the accelerator default (the table in bench/README.md), or loop (CPU's)")
+  p.add_argument("--time", type=int, default=0, metavar="N",
+                  help="also run each step N times and record the seconds (default: compile "
+                       "only)")
   p.add_argument("--tiny", action="store_true", help="tiny channel widths (smoke test)")
   p.add_argument("--out", default=os.path.join(C.RESULTS, "memory3d.json"))
   args = p.parse_args(argv)
@@ -80,11 +104,12 @@ def main(argv=None):
   for patch, t in runs:
     for remat in args.remat:
       unroll = None if remat == "lean" else args.unroll  # lean: its own while loop
-      r = measure(args.batch, t, patch, remat, unroll, stages, args.batching)
+      r = measure(args.batch, t, patch, remat, unroll, stages, args.batching, args.time)
       rows.append(r)
       print(f"patch {'x'.join(map(str, patch))} T={t} remat={remat}: temp "
             f"{r['temp_bytes'] / GIB:.3f} GiB, total {r['total_bytes'] / GIB:.3f} GiB "
-            f"(compiled in {r['compile_s']:.0f} s)", flush=True)
+            f"(compiled in {r['compile_s']:.0f} s)"
+            + (f", step {min(r['step_s']):.2f} s" if r.get("step_s") else ""), flush=True)
   params = C.M.count_params(jax.eval_shape(lambda: C.M.init_params(
       C.M.create_model("bi-fcslstm", C.NUM_CLASSES, spatial_dims=3).clone(stages=stages),
       C.IN_CHANNELS, size=8)))
@@ -111,6 +136,13 @@ def table(result):
     lines.append(f"| {'x'.join(map(str, r['patch']))} | {r['time_steps']} | {r['remat']} "
                  f"({loop}) | {r['temp_bytes'] / GIB:.3f} | {r['total_bytes'] / GIB:.3f} | "
                  f"{ratio} | {r['compile_s']:.0f} |")
+  timed = [r for r in result["rows"] if r.get("step_s")]
+  if timed:
+    lines += ["", "| patch | T | remat | batching | median step (s) |",
+              "| --- | ---: | --- | --- | ---: |"]
+    lines += [f"| {'x'.join(map(str, r['patch']))} | {r['time_steps']} | {r['remat']} | "
+              f"{r.get('batching', result['batching'])} | "
+              f"{sorted(r['step_s'])[len(r['step_s']) // 2]:.2f} |" for r in timed]
   return "\n".join(lines)
 
 

@@ -60,11 +60,14 @@ def test_memory_script(tmp_path):
 def test_memory3d_script(tmp_path):
   out = tmp_path / "memory3d.json"
   res = memory3d.main(["--tiny", "--patch", "8", "8", "8", "--time-steps", "2",
-                       "--large", "--remat", "lean", "--out", str(out)])
+                       "--large", "--remat", "none", "--unroll", "2", "--batching", "loop",
+                       "--time", "1", "--out", str(out)])
   saved = json.loads(out.read_text())
   assert [r["time_steps"] for r in saved["rows"]] == [2]
   assert all(r["temp_bytes"] > 0 and r["patch"] == [8, 8, 8] for r in saved["rows"])
-  assert "| 8x8x8 | 2 | lean (while loop) |" in memory3d.table(res)
+  assert "| 8x8x8 | 2 | none (unroll=2) |" in memory3d.table(res)
+  assert [len(r["step_s"]) for r in saved["rows"]] == [1] and saved["rows"][0]["step_s"][0] > 0
+  assert "| 8x8x8 | 2 | none | loop |" in memory3d.table(res)
 
 
 def test_largest_batch_fit():
