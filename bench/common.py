@@ -1,7 +1,7 @@
 """Shared pieces of the benchmarks: the JAX train step, batches, timing, the machine.
 
-The JAX step is training's own: :func:`fcslstm_jax.train_lib.train_step` with the optimizer
-of :func:`fcslstm_jax.train_lib.make_optimizer` and the paper's hyperparameters from
+The JAX step is training's own: :func:`fcslstm_jax.train.loop.train_step` with the optimizer
+of :func:`fcslstm_jax.train.loop.make_optimizer` and the paper's hyperparameters from
 :class:`fcslstm_jax.config.Config` (weighted cross-entropy, Sec. 2.3; RMSprop with smoothing
 constant 0.95, learning rate 1e-3, eps outside the square root as torch's, Sec. 3). Only the
 augmentation is off, so that JAX and the PyTorch reference do the same work.
@@ -27,8 +27,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-from fcslstm_jax import model as M  # noqa: E402
-from fcslstm_jax import train_lib  # noqa: E402
+from fcslstm_jax.model import networks as M  # noqa: E402
+from fcslstm_jax.train import loop as train_lib  # noqa: E402
 from fcslstm_jax.config import Config  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -50,7 +50,7 @@ def write_result(result, path, table):
 
 
 def rmsprop():
-  """Training's optimizer (:func:`fcslstm_jax.train_lib.make_optimizer`) at its initial
+  """Training's optimizer (:func:`fcslstm_jax.train.loop.make_optimizer`) at its initial
   learning rate: torch.optim.RMSprop(lr=1e-3, alpha=0.95, eps=1e-8), eps outside the root."""
   return train_lib.make_optimizer(CONFIG, steps_per_epoch=1)
 
@@ -84,7 +84,7 @@ def jax_model(name, remat="none", unroll=None, stages=None, dtype=jnp.float32,
 
 def jax_train_step(model):
   """``step(params, opt_state, x, labels, mask, class_weights) -> (params, opt_state, loss)``:
-  :func:`fcslstm_jax.train_lib.train_step` (the step training runs, at step 0 of the
+  :func:`fcslstm_jax.train.loop.train_step` (the step training runs, at step 0 of the
   schedule, augmentation off), jitted with the parameters and optimizer state donated."""
   tx = rmsprop()
   rng = jax.random.PRNGKey(0)

@@ -13,7 +13,7 @@ What it measures, for FCSLSTM and Bi-FCSLSTM at ``[B, T, H, W, C]`` = ``[8, 5, 2
   and ``torch.compile`` (``bench/torch_reference.py``): the median of ``--steps`` steps, each
   waited for, and the mean step of the same number run back to back (one wait at the end);
 * the compiled temp memory (``memory_analysis()``) of the JAX Bi-FCSLSTM step for each remat
-  policy (``fcslstm_jax.model.REMAT_POLICIES``);
+  policy (``fcslstm_jax.model.networks.REMAT_POLICIES``);
 * the fraction of the card's dense tensor peak and of its memory-bandwidth roofline.
 
 How it stays inside the budget. Every row is its own subprocess with its own timeout, and no
@@ -537,7 +537,7 @@ def main(argv=None):
     return None
   if args.remats is None:
     sys.path.insert(0, os.path.dirname(BENCH))
-    from fcslstm_jax.model import REMAT_POLICIES  # imports jax; no device is touched
+    from fcslstm_jax.model.networks import REMAT_POLICIES  # imports jax; no device is touched
     args.remats = list(REMAT_POLICIES)
   args.gpu = shutil.which("nvidia-smi") is not None
   os.makedirs(args.out, exist_ok=True)

@@ -1,7 +1,7 @@
 """Memory of one Bi-FCSLSTM train step: XLA's compiled plan vs PyTorch's peak RSS.
 
 Run: ``python bench/memory.py`` (under 10 min on 2 CPU cores). For batch 1, 4, 8 at
-256x256, T = 5, for the remat policies none, full and lean (``fcslstm_jax.model``; lean runs
+256x256, T = 5, for the remat policies none, full and lean (``fcslstm_jax.model.networks``; lean runs
 its time loop as a while loop whatever ``--unroll`` says, unless given), it compiles (does not
 run) the JAX train step and reads ``memory_analysis()``: temp (activations, gradients, workspace), arguments (params,
 optimizer state, batch) and outputs (aliased to the donated arguments). For PyTorch it runs

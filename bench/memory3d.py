@@ -4,7 +4,7 @@ Run: ``python bench/memory3d.py`` (compiles only, nothing runs or is allocated; 
 also runs each step N times on random data and records its seconds). For
 T = 1, 2, 3, 5, 8 at one patch (default 32x64x64, batch 1, the 3D default widths
 ``stages_3d``, VGG-16 / 8), with remat ``none`` on the while loop (``unroll=1``) and
-``lean`` (Ψx inside the rematerialized step, while loop; ``fcslstm_jax.model``), it compiles
+``lean`` (Ψx inside the rematerialized step, while loop; ``fcslstm_jax.model.networks``), it compiles
 training's own step (``bench/common.py``: ``train_lib.train_step``, augmentation off) and
 reads XLA's ``memory_analysis()`` (both directions of a Bi layer vmapped, the accelerator
 default, unless ``--batching loop``): temp (activations, gradients, workspace) and total

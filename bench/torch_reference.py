@@ -1,4 +1,4 @@
-"""PyTorch reference of exactly the same FCSLSTM / Bi-FCSLSTM as :mod:`fcslstm_jax.model`.
+"""PyTorch reference of exactly the same FCSLSTM / Bi-FCSLSTM as :mod:`fcslstm_jax.model.networks`.
 
 Written the way a PyTorch user would (NCHW, eager loop over time), with the same
 arrangement as the JAX model: Ψx (a VGG conv stage emitting the four gates) on all time steps
@@ -83,7 +83,7 @@ class BackEnd(nn.Module):
   def forward(self, feats):
     y = F.max_pool2d(feats[-1], 2)
     for j, k in enumerate(reversed(range(len(feats)))):
-      # Reflect-padded borders, cropped after (fcslstm_jax.model.upsample_reflect); torch's
+      # Reflect-padded borders, cropped after (fcslstm_jax.model.networks.upsample_reflect); torch's
       # reflect needs 2+ cells, and for one cell reflect and replicate agree.
       mode = "reflect" if min(y.shape[-2:]) > 1 else "replicate"
       y = self.deconvs[j](F.pad(y, (1, 1, 1, 1), mode=mode))[..., 2:-2, 2:-2]
@@ -161,7 +161,7 @@ def _lstm(layer, p):
 
 def _direction(p, i):
   """Direction ``i`` (0 forward, 1 backward) of a merged Flax bidirectional layer, whose
-  parameters carry a leading direction axis (``fcslstm_jax.slstm.BidirectionalLSTM``)."""
+  parameters carry a leading direction axis (``fcslstm_jax.model.slstm.BidirectionalLSTM``)."""
   return {k: _direction(v, i) if isinstance(v, dict) else np.asarray(v)[i] for k, v in p.items()}
 
 

@@ -13,7 +13,7 @@ Checkpoints of Bi-FCSLSTM written before both directions shared one scan store e
 parameters per direction (``slstm{k}/forward``, ``slstm{k}/backward``). They are loaded, not
 refused: :meth:`Checkpointer.restore` sees that layout in the checkpoint's metadata, restores
 it and converts parameters and optimizer state (whose RMSprop statistics have the parameters'
-tree) with :func:`fcslstm_jax.model.from_two_scan_params`, a one-to-one map, and says so in a
+tree) with :func:`fcslstm_jax.model.networks.from_two_scan_params`, a one-to-one map, and says so in a
 warning. The checkpoint on disk is left as it is.
 """
 
@@ -25,7 +25,7 @@ from collections.abc import Mapping
 import jax
 import orbax.checkpoint as ocp
 
-from fcslstm_jax import model as model_lib
+from fcslstm_jax.model import networks as model_lib
 from fcslstm_jax.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class Checkpointer:
         lambda a, ref: jax.device_put(a, getattr(ref, "sharding", None)), restored, abstract)
     log.warning("checkpoint %s was written by the two-scan Bi-FCSLSTM layout (layers %s "
                 "stored per direction); converted with "
-                "fcslstm_jax.model.from_two_scan_params.",
+                "fcslstm_jax.model.networks.from_two_scan_params.",
                 os.path.join(self.directory, str(step)), ", ".join(layers))
     return restored
 

@@ -24,7 +24,7 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 import pytest  # noqa: E402
 
-from fcslstm_jax import bric  # noqa: E402
+from fcslstm_jax.synthetic import bric_like as bric  # noqa: E402
 
 
 def assert_predictions_on_input_grids(dataset, out, num_scans, num_classes=4):

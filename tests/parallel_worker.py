@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fcslstm_jax import parallel  # noqa: E402
-from fcslstm_jax import train_lib  # noqa: E402
+from fcslstm_jax.train import parallel  # noqa: E402
+from fcslstm_jax.train import loop as train_lib  # noqa: E402
 from fcslstm_jax.config import get_config  # noqa: E402
 
 BATCH, STEPS, T, SIZE, CHANNELS, CLASSES = 2, 2, 2, 32, 2, 4

@@ -23,7 +23,7 @@ import memory3d  # noqa: E402
 import memory_breakdown  # noqa: E402
 import train_step  # noqa: E402
 
-from fcslstm_jax import model as M  # noqa: E402
+from fcslstm_jax.model import networks as M  # noqa: E402
 
 TINY = ((4, 1), (4, 1), (6, 1), (6, 1), (8, 1))
 HAVE_TORCH = train_step.have_torch()

@@ -1,9 +1,9 @@
 """The merged bidirectional layer (both directions in one scan) against the two-scan layer.
 
 The reference is the layer as it was before the merge: two independent
-:class:`fcslstm_jax.slstm.StructuredLSTM` scans, the backward one on the time-reversed sequence
+:class:`fcslstm_jax.model.slstm.StructuredLSTM` scans, the backward one on the time-reversed sequence
 (a BRNN, paper Sec. 2.3). Parameters are mapped one to one with
-:func:`fcslstm_jax.slstm.merge_directions` / :func:`fcslstm_jax.model.from_two_scan_params`.
+:func:`fcslstm_jax.model.slstm.merge_directions` / :func:`fcslstm_jax.model.networks.from_two_scan_params`.
 """
 
 import functools
@@ -19,9 +19,9 @@ import pytest
 from flax.training import train_state
 
 from fcslstm_jax import checkpoint
-from fcslstm_jax import model as M
-from fcslstm_jax import psi
-from fcslstm_jax import slstm
+from fcslstm_jax.model import networks as M
+from fcslstm_jax.model import psi
+from fcslstm_jax.model import slstm
 
 TINY = ((4, 1), (4, 1), (6, 1), (6, 1), (8, 1))
 PSI_X = functools.partial(psi.ConvStage, num_convs=2, width=3)

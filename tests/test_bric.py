@@ -10,11 +10,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from fcslstm_jax import bric
-from fcslstm_jax import data
-from fcslstm_jax import figures
-from fcslstm_jax import protocol as protocol_lib
-from fcslstm_jax import sequences
+from fcslstm_jax.synthetic import bric_like as bric
+from fcslstm_jax.data import study as data
+from fcslstm_jax.outputs import figures
+from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.data import sequences
 from fcslstm_jax.errors import DataError
 
 # Reduced size: 2 subjects, 4 axial slices of 64 x 64 at 3 mm (same field of view).

@@ -9,10 +9,10 @@ from nibabel import orientations
 import numpy as np
 import pytest
 
-from fcslstm_jax import data
-from fcslstm_jax import intensity
-from fcslstm_jax import protocol as protocol_lib
-from fcslstm_jax import sequences
+from fcslstm_jax.data import study as data
+from fcslstm_jax.data import intensity
+from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.data import sequences
 from fcslstm_jax.errors import DataError
 
 SHAPE = (8, 9, 6)  # canonical [X, Y, Z]

@@ -1,6 +1,6 @@
 """The training loop reads the loss back every ``log_every_steps`` steps, not every step.
 
-Runs :func:`fcslstm_jax.train_lib.train_and_evaluate` on a small synthetic set of sequences
+Runs :func:`fcslstm_jax.train.loop.train_and_evaluate` on a small synthetic set of sequences
 (``[N, T, H, W, C]`` = ``[8, 2, 32, 32, 2]``, batch 2: four steps per epoch) with the tiny
 config, so that a read-back every 3 steps falls inside an epoch and at its end.
 """
@@ -10,9 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from fcslstm_jax import train_lib
+from fcslstm_jax.train import loop as train_lib
 from fcslstm_jax.config import get_config
-from fcslstm_jax.sequences import SliceSet
+from fcslstm_jax.data.sequences import SliceSet
 from fcslstm_jax.errors import ConfigError
 
 CLASSES = ("background", "csf", "gm", "wm")

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fcslstm_jax import losses
+from fcslstm_jax.train import losses
 
 
 def test_weighted_cross_entropy_matches_hand_computation():

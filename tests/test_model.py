@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcslstm_jax import model as M
-from fcslstm_jax import psi
-from fcslstm_jax import slstm
+from fcslstm_jax.model import networks as M
+from fcslstm_jax.model import psi
+from fcslstm_jax.model import slstm
 
 TINY = ((4, 1), (4, 1), (6, 1), (6, 1), (8, 1))  # five stages, cheap enough for jacobians
 

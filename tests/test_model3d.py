@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcslstm_jax import model as M
-from fcslstm_jax import psi
-from fcslstm_jax import slstm
+from fcslstm_jax.model import networks as M
+from fcslstm_jax.model import psi
+from fcslstm_jax.model import slstm
 
 TINY = ((4, 1), (4, 1), (6, 1), (6, 1), (8, 1))
 VOLUME = (1, 3, 8, 10, 12, 2)  # [B, T, D, H, W, C]: padded to 32^3 inside the model

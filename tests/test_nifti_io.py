@@ -9,7 +9,7 @@ from nibabel import orientations
 import numpy as np
 import pytest
 
-from fcslstm_jax import nifti_io
+from fcslstm_jax.data import nifti_io
 from fcslstm_jax.errors import DataError
 
 CANONICAL_AFFINE = np.array([[1.5, 0, 0, -10.0], [0, 2.0, 0, 20.0], [0, 0, 2.5, 5.0], [0, 0, 0, 1]])

@@ -17,17 +17,17 @@ import pytest
 
 import evaluate
 import train
-from fcslstm_jax import cohort
-from fcslstm_jax import ensemble
+from fcslstm_jax.synthetic import cohort
+from fcslstm_jax.infer import ensemble
 from fcslstm_jax import files
-from fcslstm_jax import flags as flags_lib
-from fcslstm_jax import inference
-from fcslstm_jax import nifti_io
-from fcslstm_jax import qc
-from fcslstm_jax import tta
-from fcslstm_jax import volumes
+from fcslstm_jax.outputs import qc_rules as flags_lib
+from fcslstm_jax.infer import evaluate as inference
+from fcslstm_jax.data import nifti_io
+from fcslstm_jax.outputs import qc
+from fcslstm_jax.infer import tta
+from fcslstm_jax.outputs import volumes
 from fcslstm_jax.errors import ConfigError
-from fcslstm_jax.volumes import SessionVolumes
+from fcslstm_jax.outputs.volumes import SessionVolumes
 
 STUDY = dataclasses.replace(cohort.TINY, fov_mm=(144.0, 144.0, 18.0))  # as test_study.py
 NAMES = ("background", "CSF", "GM", "WM")
@@ -109,7 +109,7 @@ def test_flips_are_undone_before_averaging(batch):
 
 
 def slices(images, valid):
-  from fcslstm_jax.sequences import SliceSet
+  from fcslstm_jax.data.sequences import SliceSet
   n, t = images.shape[:2]
   return SliceSet(images=images, labels=np.zeros(images.shape[:4], np.int32),
                   label_mask=np.zeros(images.shape[:4], np.float32), valid=valid,
@@ -145,7 +145,7 @@ def test_probabilities_on_a_session_grid_reaching_past_the_working_grid_sum_to_o
   """A session grid shifted by half a voxel and wider than the working grid: inside, linear
   interpolation of the probabilities; outside, background with probability 1."""
   import types
-  from fcslstm_jax.grids import Grid
+  from fcslstm_jax.data.grids import Grid
   rng = np.random.default_rng(0)
   work = Grid((6, 5, 3), np.diag([2.0, 2.0, 3.0, 1.0]))
   affine = np.diag([2.0, 2.0, 3.0, 1.0])

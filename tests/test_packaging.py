@@ -33,7 +33,7 @@ def test_pip_install_gives_the_package_and_its_commands(dataset, tmp_path):
       tmp_path)
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   where = run([python, "-c", "import fcslstm_jax, fcslstm_jax.experiments.compare, "
-               "fcslstm_jax.protocol as p; print(fcslstm_jax.__file__); "
+               "fcslstm_jax.data.protocol as p; print(fcslstm_jax.__file__); "
                "print(p.get_protocol('ibis').ages)"], tmp_path, env).split()
   assert where[0].startswith(lib), where  # the installed copy, not the repository's
   assert "(6," in where[1]  # protocols/ibis.json was installed with the package

@@ -1,4 +1,4 @@
-"""Data parallelism (fcslstm_jax/parallel.py): 1 vs 2 devices, two processes, bfloat16.
+"""Data parallelism (fcslstm_jax/train/parallel.py): 1 vs 2 devices, two processes, bfloat16.
 
 The device-count and multi-process runs need fresh interpreters (XLA_FLAGS and
 jax.distributed must be set before JAX touches a device): tests/parallel_worker.py runs in
@@ -20,8 +20,8 @@ import types
 import numpy as np
 import pytest
 
-from fcslstm_jax import bric
-from fcslstm_jax import parallel
+from fcslstm_jax.synthetic import bric_like as bric
+from fcslstm_jax.train import parallel
 from fcslstm_jax.errors import ConfigError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -5,9 +5,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fcslstm_jax import data as data_lib
-from fcslstm_jax import patches
-from fcslstm_jax import protocol as protocol_lib
+from fcslstm_jax.data import study as data_lib
+from fcslstm_jax.data import patches
+from fcslstm_jax.data import protocol as protocol_lib
 
 PATCH = (8, 16, 16)
 

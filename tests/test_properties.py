@@ -10,9 +10,9 @@ from nibabel import orientations
 import numpy as np
 
 import test_data as td  # the loader tests' NIfTI writer
-from fcslstm_jax import data
+from fcslstm_jax.data import study as data
 from fcslstm_jax import metrics
-from fcslstm_jax import nifti_io
+from fcslstm_jax.data import nifti_io
 
 SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

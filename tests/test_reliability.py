@@ -32,11 +32,11 @@ import evaluate
 from conftest import tiny_train_args
 import test_data as td  # the loader tests' helpers for writing (bad) NIfTI files
 import train
-from fcslstm_jax import bric
-from fcslstm_jax import data as data_lib
-from fcslstm_jax import inference
-from fcslstm_jax import sequences
-from fcslstm_jax import train_lib
+from fcslstm_jax.synthetic import bric_like as bric
+from fcslstm_jax.data import study as data_lib
+from fcslstm_jax.infer import evaluate as inference
+from fcslstm_jax.data import sequences
+from fcslstm_jax.train import loop as train_lib
 from fcslstm_jax.config import Config, get_config
 from fcslstm_jax.errors import ConfigError
 

@@ -5,10 +5,10 @@ import jax
 import numpy as np
 import pytest
 
-from fcslstm_jax import model as M
-from fcslstm_jax import sliding_window as SW
-from fcslstm_jax import train_lib
-from fcslstm_jax import tta
+from fcslstm_jax.model import networks as M
+from fcslstm_jax.infer import sliding_window as SW
+from fcslstm_jax.train import loop as train_lib
+from fcslstm_jax.infer import tta
 
 TINY = ((4, 1), (4, 1), (6, 1), (6, 1), (8, 1))
 

@@ -1,4 +1,4 @@
-"""Real-study conditions (fcslstm_jax.cohort): sparse labels on any slice, sessions and
+"""Real-study conditions (fcslstm_jax.synthetic.cohort): sparse labels on any slice, sessions and
 subjects on their own grids, rigid registration, protocol files, unlabeled subjects.
 
 Each condition is written by the built-in generator as a cohort would have it; the checks
@@ -14,12 +14,12 @@ import pytest
 
 import evaluate
 import train
-from fcslstm_jax import cohort
-from fcslstm_jax import data
-from fcslstm_jax import inference
-from fcslstm_jax import nifti_io
-from fcslstm_jax import protocol as protocol_lib
-from fcslstm_jax import sequences
+from fcslstm_jax.synthetic import cohort
+from fcslstm_jax.data import study as data
+from fcslstm_jax.infer import evaluate as inference
+from fcslstm_jax.data import nifti_io
+from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.data import sequences
 from fcslstm_jax.errors import ConfigError
 
 # 2 labeled subjects (6 mm and 4.8 mm voxels) + 1 unlabeled with a missing session; every

@@ -10,8 +10,8 @@ import pytest
 
 import evaluate
 import train
-from fcslstm_jax import bric
-from fcslstm_jax import inference
+from fcslstm_jax.synthetic import bric_like as bric
+from fcslstm_jax.infer import evaluate as inference
 from conftest import assert_predictions_on_input_grids, tiny_train_args
 from fcslstm_jax.config import Config
 
@@ -32,7 +32,7 @@ def trained(dataset, tmp_path_factory):
 @pytest.mark.parametrize("begin", [0, 1, 3])
 def test_learning_rate_decays_from_the_epoch_after_begin(begin):
   """Paper Sec. 3: "decays after 20 epochs with factor 0.97": epoch 21 is the first decayed."""
-  from fcslstm_jax import train_lib
+  from fcslstm_jax.train import loop as train_lib
   config = Config(learning_rate=1.0, lr_decay_rate=0.5, lr_decay_begin_epoch=begin)
   schedule = train_lib.lr_schedule(config, steps_per_epoch=4)
   for epoch in range(1, 7):  # 1-based

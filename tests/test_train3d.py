@@ -8,8 +8,8 @@ import pytest
 import evaluate
 import train
 from conftest import assert_predictions_on_input_grids, tiny_train_args
-from fcslstm_jax import bric
-from fcslstm_jax import inference
+from fcslstm_jax.synthetic import bric_like as bric
+from fcslstm_jax.infer import evaluate as inference
 from fcslstm_jax.config import Config
 
 # 12 slices: windows of depth 8 slide along z (starts 0 and 4); 32 in-plane: one window.

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
                  help="also write class probabilities (*_probseg.nii.gz, float32, one volume "
                  "per class)")
   p.add_argument("--flags", metavar="FILE.json",
-                 help="flag rules (python -m fcslstm_jax.flags prints the defaults)")
+                 help="flag rules (python -m fcslstm_jax.outputs.qc_rules prints the defaults)")
   p.add_argument("--no-report", action="store_true", help="do not write report.html")
   p.add_argument("--debug", action="store_true", help="show tracebacks")
   args = p.parse_args(argv)
@@ -51,9 +51,9 @@ def main(argv=None) -> int:
   result = {}
 
   def evaluate():
-    from fcslstm_jax import flags
-    from fcslstm_jax import inference
-    from fcslstm_jax import tta
+    from fcslstm_jax.outputs import qc_rules as flags
+    from fcslstm_jax.infer import evaluate as inference
+    from fcslstm_jax.infer import tta
     result.update(inference.evaluate_run(
         args.workdir, args.out, args.data_dir, args.batch_size, truth_dir=args.labels,
         tta_flips=tta.parse_flips(args.tta_flips), probabilities=args.probabilities,

@@ -76,7 +76,7 @@ def parse_args(argv=None):
   if args.data_dir and args.volume:
     p.error("--volume goes with a built-in --dataset")
   try:
-    from fcslstm_jax.grids import parse_spacing
+    from fcslstm_jax.data.grids import parse_spacing
     parse_spacing(args.spacing)
   except ValueError as e:
     p.error(f"--spacing: {e}")
@@ -154,11 +154,11 @@ def volume_of(args, config) -> str:
 def load_study(args, config):
   """The study (this process's subjects) and its root, from --dataset or --data-dir. A 2D
   run keeps only the labeled slices in memory, a 3D run whole volumes."""
-  from fcslstm_jax import data as data_lib
-  from fcslstm_jax import parallel
-  from fcslstm_jax import protocol as protocol_lib
+  from fcslstm_jax.data import study as data_lib
+  from fcslstm_jax.train import parallel
+  from fcslstm_jax.data import protocol as protocol_lib
   if args.dataset:
-    from fcslstm_jax import bric
+    from fcslstm_jax.synthetic import bric_like as bric
     protocol = protocol_lib.builtin(args.dataset)
     root = bric.ensure_dataset(seed=args.data_seed, config=bric.VOLUMES[volume_of(args, config)])
   else:
@@ -173,9 +173,9 @@ def run(args) -> int:
   import jax
   from tqdm import tqdm
   from fcslstm_jax import files
-  from fcslstm_jax import parallel
-  from fcslstm_jax import sequences
-  from fcslstm_jax import train_lib
+  from fcslstm_jax.train import parallel
+  from fcslstm_jax.data import sequences
+  from fcslstm_jax.train import loop as train_lib
 
   parallel.initialize(args.coordinator_address, args.num_processes, args.process_id)
   mesh = parallel.make_mesh(None if args.mesh == "auto" else int(args.mesh))
@@ -186,7 +186,7 @@ def run(args) -> int:
   model_name = config.model + ("-3d" if config.spatial_dims == 3 else "")
   workdir = args.workdir or os.path.join("runs", f"{name}-{model_name}-{args.config}")
   if args.data_dir:
-    from fcslstm_jax.inference import check_outside_dataset
+    from fcslstm_jax.infer.evaluate import check_outside_dataset
     check_outside_dataset(workdir, args.data_dir, "--workdir")
   study = load_study(args, config)
   protocol = study.protocol
@@ -199,7 +199,7 @@ def run(args) -> int:
   sequences.check_training_labels(counts["train"], protocol, study.root)
   train_eval_set = None
   if config.spatial_dims == 3:
-    from fcslstm_jax import patches
+    from fcslstm_jax.data import patches
     shape = parallel.agree_max(patches.volume_shape(study.subjects))
     train_set, train_eval_set, test_set = patches.training_sets(
         study.subjects, protocol, config.patch_size, config.seed, shape)

@@ -26,16 +26,16 @@ import time
 import jax
 import numpy as np
 
-from fcslstm_jax import bric
-from fcslstm_jax import data as data_lib
-from fcslstm_jax import figures
+from fcslstm_jax.synthetic import bric_like as bric
+from fcslstm_jax.data import study as data_lib
+from fcslstm_jax.outputs import figures
 from fcslstm_jax import files
 from fcslstm_jax import metrics as metrics_lib
-from fcslstm_jax import protocol as protocol_lib
-from fcslstm_jax import sequences
-from fcslstm_jax import train_lib
+from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.data import sequences
+from fcslstm_jax.train import loop as train_lib
 from fcslstm_jax.config import get_config
-from fcslstm_jax.model import MODELS, count_params
+from fcslstm_jax.model.networks import MODELS, count_params
 
 PAPER = {"bric": {"fcn": (0.920, 0.850), "fcslstm": (0.935, 0.853),
                   "bi-fcslstm": (0.948, 0.863)}}

@@ -16,7 +16,7 @@ import pathlib
 import numpy as np
 from scipy import ndimage
 
-from fcslstm_jax import nifti_io
+from fcslstm_jax.data import nifti_io
 
 FACES = {"x0": np.s_[0], "x-1": np.s_[-1], "y0": np.s_[:, 0], "y-1": np.s_[:, -1]}
 

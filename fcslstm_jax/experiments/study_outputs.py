@@ -21,10 +21,10 @@ import numpy as np
 from scipy import stats
 
 from fcslstm_jax import files
-from fcslstm_jax import flags as flags_lib
-from fcslstm_jax import layout
-from fcslstm_jax import nifti_io
-from fcslstm_jax import volumes as volumes_lib
+from fcslstm_jax.outputs import qc_rules as flags_lib
+from fcslstm_jax.data import layout
+from fcslstm_jax.data import nifti_io
+from fcslstm_jax.outputs import volumes as volumes_lib
 
 
 def truth_volumes(root, class_names) -> dict:
@@ -71,7 +71,7 @@ def row(folder, truth, class_names) -> dict:
 
 
 def session_volumes(rows, tissues) -> list:
-  """``volumes.tsv`` rows back as :class:`fcslstm_jax.volumes.SessionVolumes`."""
+  """``volumes.tsv`` rows back as :class:`fcslstm_jax.outputs.volumes.SessionVolumes`."""
   return [volumes_lib.SessionVolumes(
       r["subject"].removeprefix("sub-"), r["session"].removeprefix("ses-"),
       int(r["timepoint"]) - 1, float(r["age"]), {n: float(r[f"{n}_ml"]) for n in tissues},

@@ -2,7 +2,7 @@
 
 A volume sequence is one subject's working grid at all T time points, ``[T, D, H, W, C]``
 (channels-last; ``[D, H, W] = [Z, X, Y]`` canonical, so that an axial slice of it is the 2D
-path's ``[H, W] = [X, Y]``, :mod:`fcslstm_jax.sequences`). A :class:`VolumeSet` holds the
+path's ``[H, W] = [X, Y]``, :mod:`fcslstm_jax.data.sequences`). A :class:`VolumeSet` holds the
 subjects of a split zero-padded (centred, mask 0) to one shape. As for slices, a split's
 labels and loss mask exist only at that split's time points: a held-out time point's labels
 never reach the training arrays, nor the choice of patches.
@@ -18,7 +18,7 @@ patches. An epoch is one patch of every training subject.
 Scoring during training (:func:`label_slabs`): the labeled voxels of a split lie in a few
 axial slices, so the volumes are cut into slabs of the window's depth that cover the
 labeled z range (each labeled voxel in exactly one slab) and each slab is segmented by
-sliding windows (:mod:`fcslstm_jax.sliding_window`), the windows evaluate.py uses in-plane.
+sliding windows (:mod:`fcslstm_jax.infer.sliding_window`), the windows evaluate.py uses in-plane.
 """
 
 import dataclasses

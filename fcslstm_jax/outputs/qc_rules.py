@@ -1,9 +1,9 @@
 """Flags: rules that name the sessions whose volumes a person should check.
 
-Each rule reads the per-session tissue volumes (:class:`fcslstm_jax.volumes.SessionVolumes`)
+Each rule reads the per-session tissue volumes (:class:`fcslstm_jax.outputs.volumes.SessionVolumes`)
 and returns :class:`Flag` records naming subject, session, rule, class and numbers. The
 rules and their limits are plain values (:class:`FlagRules`); a JSON file given with
-``evaluate.py --flags FILE.json`` changes any of them (``python -m fcslstm_jax.flags``
+``evaluate.py --flags FILE.json`` changes any of them (``python -m fcslstm_jax.outputs.qc_rules``
 prints the defaults to start from). Ages are in the protocol's unit (months for the shipped
 protocols).
 
@@ -16,7 +16,7 @@ protocols).
   the time point has at least ``min_sessions`` sessions, and not where the MAD is 0.
 * ``empty``: a tissue class below ``min_ml`` (iBEAT users report "brain volume equals 0").
 * ``uncertain``: a session whose QC score (mean uncertainty in the predicted brain,
-  :mod:`fcslstm_jax.qc`) lies more than ``z`` robust standard deviations above the median
+  :mod:`fcslstm_jax.outputs.qc`) lies more than ``z`` robust standard deviations above the median
   of all sessions (at least ``min_sessions`` of them), or above ``qc`` when that is set.
   Relative by default: how uncertain a good segmentation is depends on the model and the
   images (the built-in data's soft tissue borders keep every session's score well above 0).
@@ -269,16 +269,16 @@ def load(path) -> FlagRules:
       d = json.load(f)
   except FileNotFoundError:
     raise ConfigError(f"{path}: not found. Give --flags an existing JSON file "
-                      "(python -m fcslstm_jax.flags prints the defaults).") from None
+                      "(python -m fcslstm_jax.outputs.qc_rules prints the defaults).") from None
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise ConfigError(f"{path}: not valid JSON ({e}). Fix the file "
-                      "(python -m fcslstm_jax.flags prints the defaults).") from None
+                      "(python -m fcslstm_jax.outputs.qc_rules prints the defaults).") from None
   return from_json(d, path)
 
 
 def main(argv=None) -> int:
-  """``python -m fcslstm_jax.flags [--check FILE]``: print the default rules (or FILE's)."""
-  p = argparse.ArgumentParser(prog="python -m fcslstm_jax.flags", description=__doc__)
+  """``python -m fcslstm_jax.outputs.qc_rules [--check FILE]``: print the default rules (or FILE's)."""
+  p = argparse.ArgumentParser(prog="python -m fcslstm_jax.outputs.qc_rules", description=__doc__)
   p.add_argument("--check", help="read this --flags file and print the rules it gives")
   args = p.parse_args(argv)
   try:

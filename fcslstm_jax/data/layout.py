@@ -17,7 +17,7 @@ import pathlib
 import re
 from typing import Optional
 
-from fcslstm_jax import nifti_io
+from fcslstm_jax.data import nifti_io
 from fcslstm_jax.errors import DataError
 
 

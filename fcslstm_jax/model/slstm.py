@@ -1,6 +1,6 @@
 """The structured LSTM (paper Sec. 2.2, Eq. 1) run over time with ``nn.scan``.
 
-Eq. 1, with Ψ any operator (see :mod:`fcslstm_jax.psi`)::
+Eq. 1, with Ψ any operator (see :mod:`fcslstm_jax.model.psi`)::
 
   i_t = σ(Ψxi(x_t) + Ψhi(h_{t-1}) + b_i)      f_t = σ(Ψxf(x_t) + Ψhf(h_{t-1}) + b_f)
   o_t = σ(Ψxo(x_t) + Ψho(h_{t-1}) + b_o)      g_t = tanh(Ψxg(x_t) + Ψhg(h_{t-1}) + b_g)
@@ -8,14 +8,14 @@ Eq. 1, with Ψ any operator (see :mod:`fcslstm_jax.psi`)::
 
 Layout: sequences are channels-last ``[B, T, H, W, C]``; the state ``(c, h)`` is ``[B, H, W, hidden]``.
 Volumes work the same way with one more spatial axis (``[B, T, D, H, W, C]``, state
-``[B, D, H, W, hidden]``) when Ψ is a 3D operator (:mod:`fcslstm_jax.psi`, ``spatial_dims=3``):
+``[B, D, H, W, hidden]``) when Ψ is a 3D operator (:mod:`fcslstm_jax.model.psi`, ``spatial_dims=3``):
 nothing here depends on the number of spatial axes.
 
 Implementation notes (same function as Eq. 1, arranged to be cheap):
 
 * Ψx depends on ``x_t`` only, so a layer applies it to all ``T`` time steps at once (time
   folded into the batch); only Ψh and the gate arithmetic run inside ``nn.scan``.
-  ``psi_x_in_scan`` (the memory-lean mode, ``remat="lean"`` in :mod:`fcslstm_jax.model`)
+  ``psi_x_in_scan`` (the memory-lean mode, ``remat="lean"`` in :mod:`fcslstm_jax.model.networks`)
   instead applies Ψx inside the scan body, one time step at a time; with ``remat_step`` its
   output and inner activations are recomputed per step in the backward pass, so memory does
   not hold ``T`` of them.
@@ -27,7 +27,7 @@ Implementation notes (same function as Eq. 1, arranged to be cheap):
   in bfloat16 (``dtype``), because ``c_t`` accumulates over time.
 * The forget-gate bias starts at 1 (Jozefowicz et al., 2015); the paper does not say.
 * ``chunk_pixels``: Ψx runs on the folded batch a few images at a time where that is faster
-  (XLA:CPU, see :func:`fcslstm_jax.psi.apply_in_chunks`); the function is the same.
+  (XLA:CPU, see :func:`fcslstm_jax.model.psi.apply_in_chunks`); the function is the same.
 * ``unroll``: on XLA:CPU the backward pass of convolutions inside a real while loop is
   much slower than the unrolled graph, so ``None`` means "fully unroll on
   CPU, while loop (``unroll=1``) on accelerators", where the loop keeps compile time and
@@ -44,7 +44,7 @@ import jax.numpy as jnp
 
 from flax.core.scope import LazyRng
 
-from fcslstm_jax import psi
+from fcslstm_jax.model import psi
 
 PsiFactory = Callable[..., nn.Module]  # called as factory(features=..., name=...)
 DIRECTIONS = ("forward", "backward")  # index 0 and 1 of a merged layer's direction axis
@@ -190,7 +190,7 @@ class StructuredLSTM(_Layer):
   ``psi_x`` and ``psi_h`` are Ψ factories (e.g. ``functools.partial(psi.ConvStage, ...)``),
   called with ``features=4 * hidden``. Returns ``h`` for every step, ``[B, T, H, W, hidden]``.
   ``remat_step`` rematerializes the scan body (Ψh and gates; with ``psi_x_in_scan`` Ψx too)
-  in the backward pass; ``chunk_pixels`` is passed to :func:`fcslstm_jax.psi.apply_in_chunks`
+  in the backward pass; ``chunk_pixels`` is passed to :func:`fcslstm_jax.model.psi.apply_in_chunks`
   for Ψx. Parameters: ``psi_x/...``, ``scan/psi_h/...``, ``scan/bias`` ``[4 * hidden]``.
   """
 

@@ -81,7 +81,7 @@ def trajectories(path, rows, class_names, flagged=(), age_unit=None):
 
   Args:
     path: output PNG.
-    rows: :class:`fcslstm_jax.volumes.SessionVolumes` of every session.
+    rows: :class:`fcslstm_jax.outputs.volumes.SessionVolumes` of every session.
     class_names: the protocol's classes (background first; it is not plotted).
     flagged: ``(subject, session, class name)`` triples to circle (class ``""``: every
       panel of that session).

@@ -3,7 +3,7 @@
 A sequence is one axial slice ``z`` of one subject's working grid at all T time points,
 ``[T, H, W, C]`` (channels-last; ``[H, W] = [X, Y]`` canonical). For a split (``"train"``,
 ``"test"``), there is a sequence for every (subject, z) where some time point *of that split*
-has counted labels at ``z`` (:attr:`fcslstm_jax.data.Session.label_mask`); its loss mask is 1
+has counted labels at ``z`` (:attr:`fcslstm_jax.data.study.Session.label_mask`); its loss mask is 1
 exactly where those time points are labeled, so a held-out time point's labels never reach
 training arrays, nor the choice of slices. ``"all"`` gives every slice of every subject with
 every labeled voxel (whole-volume inference and evaluation). Subjects of different in-plane
@@ -51,7 +51,7 @@ class SliceSet:
 
 def labeled_z(subject, timepoints) -> np.ndarray:
   """Positions along the sessions' z axis where a session at ``timepoints`` has counted
-  labels (:meth:`fcslstm_jax.data.Subject.working_z` turns them into working-grid z)."""
+  labels (:meth:`fcslstm_jax.data.study.Subject.working_z` turns them into working-grid z)."""
   zs = [np.flatnonzero(s.label_mask.any(axis=(0, 1))) for t, s in enumerate(subject.timepoints)
         if t in timepoints and s is not None and s.label_mask is not None]
   return np.unique(np.concatenate(zs)) if zs else np.array([], np.int64)
@@ -95,8 +95,8 @@ def make_sequences(subjects, protocol, split, size=None) -> SliceSet:
   """Axial slice sequences for a split (see the module docstring).
 
   Args:
-    subjects: :class:`fcslstm_jax.data.Subject` list.
-    protocol: a :class:`~fcslstm_jax.protocol.Protocol`.
+    subjects: :class:`fcslstm_jax.data.study.Subject` list.
+    protocol: a :class:`~fcslstm_jax.data.protocol.Protocol`.
     split: ``"train"``, ``"test"`` or ``"all"``.
     size: ``(H, W)`` to pad every slice to; default: the largest subject.
 
@@ -185,7 +185,7 @@ def check_training_labels(counts, protocol, root) -> None:
 
 def unlabeled_subjects(study) -> list:
   """Ids of the subjects with no label file at a training time point (all processes)."""
-  from fcslstm_jax import protocol as protocol_lib
+  from fcslstm_jax.data import protocol as protocol_lib
   out = []
   for f in study.files:
     slots, _ = protocol_lib.assign_sessions(f.sessions, study.protocol, f.subject_id, f.path)

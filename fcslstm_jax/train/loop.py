@@ -1,10 +1,10 @@
 """Training and evaluation: ``TrainState``, a jit-compiled ``train_step``, the loop.
 
 Layout: a batch is a dict of ``images [B, T, H, W, C]``, ``labels [B, T, H, W]``,
-``label_mask [B, T, H, W]`` and ``valid [B, T]`` (see :class:`fcslstm_jax.sequences.SliceSet`);
+``label_mask [B, T, H, W]`` and ``valid [B, T]`` (see :class:`fcslstm_jax.data.sequences.SliceSet`);
 for a 3D run (``spatial_dims=3``) the same with ``[B, T, d, h, w]`` patches drawn from whole
-volumes (:class:`fcslstm_jax.patches.PatchSampler`), scored by sliding windows
-(:mod:`fcslstm_jax.sliding_window`).
+volumes (:class:`fcslstm_jax.data.patches.PatchSampler`), scored by sliding windows
+(:mod:`fcslstm_jax.infer.sliding_window`).
 
 Resume is exact: the data order of an epoch is a function of ``(seed, epoch)`` and the
 step's randomness is ``fold_in(rng, step)``, so a run restarted from a checkpoint takes the
@@ -31,17 +31,17 @@ import optax
 from flax.training import train_state
 
 from fcslstm_jax import files
-from fcslstm_jax import losses
+from fcslstm_jax.train import losses
 from fcslstm_jax import metrics as metrics_lib
-from fcslstm_jax import parallel
-from fcslstm_jax import patches as patches_lib
-from fcslstm_jax import protocol as protocol_lib
-from fcslstm_jax import sliding_window
+from fcslstm_jax.train import parallel
+from fcslstm_jax.data import patches as patches_lib
+from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.infer import sliding_window
 from fcslstm_jax.checkpoint import Checkpointer
 from fcslstm_jax.config import Config
-from fcslstm_jax.sequences import SliceSet
+from fcslstm_jax.data.sequences import SliceSet
 from fcslstm_jax.errors import ConfigError, FcslstmError
-from fcslstm_jax.model import create_model, init_params
+from fcslstm_jax.model.networks import create_model, init_params
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 BATCH_KEYS = ("images", "labels", "label_mask", "valid")
@@ -115,7 +115,7 @@ def augment(rng, batch: dict, flip_prob: float, intensity_scale: float) -> dict:
   """Random flips along H and W (same for every time step) and per-channel scaling.
 
   Volumes ``[B, T, D, H, W, C]`` are flipped along the same in-plane axes H, W (x and y),
-  not along D (z), as test-time flips (:mod:`fcslstm_jax.tta`)."""
+  not along D (z), as test-time flips (:mod:`fcslstm_jax.infer.tta`)."""
   images, labels, mask = batch["images"], batch["labels"], batch["label_mask"]
   b, c = images.shape[0], images.shape[-1]
   k_h, k_w, k_s = jax.random.split(rng, 3)
@@ -162,7 +162,7 @@ def predict_proba(state_or_params, apply_fn, images, valid):
 def batch_at(data, indices, key=(0, 0)) -> dict:
   """The batch (dict of ``BATCH_KEYS`` arrays) of sequences ``indices`` of ``data``: whole
   slice sequences of a :class:`SliceSet`, or one patch of each volume of a
-  :class:`fcslstm_jax.patches.PatchSampler`, drawn at ``key`` (``(epoch, step)``)."""
+  :class:`fcslstm_jax.data.patches.PatchSampler`, drawn at ``key`` (``(epoch, step)``)."""
   if isinstance(data, patches_lib.PatchSampler):
     return data.batch(indices, key)
   return {k: getattr(data, k)[indices] for k in BATCH_KEYS}
@@ -348,7 +348,7 @@ def prepare_run(config, train_set, test_set, workdir, class_names, run_info, mes
                 train_eval_set=None):
   """``(run, state)``: the model, the restored or new state, the compiled step, the logs.
 
-  A 3D run (``config.spatial_dims == 3``) passes a :class:`fcslstm_jax.patches.PatchSampler`
+  A 3D run (``config.spatial_dims == 3``) passes a :class:`fcslstm_jax.data.patches.PatchSampler`
   as ``train_set`` and volume slabs as ``train_eval_set`` and ``test_set``; they are scored
   by sliding windows, one volume per call.
   """
@@ -451,7 +451,7 @@ def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, 
                        log: Callable = print, mesh=None, train_eval_set=None) -> RunResult:
   """The whole run: resume if possible, train, checkpoint each epoch, evaluate.
 
-  ``mesh``: the devices to train on (default: all, see :mod:`fcslstm_jax.parallel`). With
+  ``mesh``: the devices to train on (default: all, see :mod:`fcslstm_jax.train.parallel`). With
   several processes, ``train_set`` / ``test_set`` hold this process's subjects only.
   ``train_eval_set``: see :func:`prepare_run` (3D runs).
   A stop (SIGINT, SIGTERM) saves a checkpoint of the step reached and returns; a finished

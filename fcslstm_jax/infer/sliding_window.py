@@ -54,7 +54,7 @@ def sliding_window_proba(predict_fn, params, images, valid, window, overlap: flo
   """Class probabilities ``float32 [T, *S, c]`` of one volume sequence ``images [T, *S, C]``.
 
   ``predict_fn(params, x [B, T, *window, C], valid [B, T]) -> probabilities [B, T, *window,
-  c]`` (e.g. :func:`fcslstm_jax.tta.tta_proba` jitted); it is called with ``B =
+  c]`` (e.g. :func:`fcslstm_jax.infer.tta.tta_proba` jitted); it is called with ``B =
   batch_size`` windows every time.
   """
   images = np.asarray(images)
@@ -90,7 +90,7 @@ def sliding_window_proba(predict_fn, params, images, valid, window, overlap: flo
 def volume_predict_fn(proba_fn, window, overlap: float, batch_size: int, proba: bool = False):
   """``fn(params, images [N, T, *S, C], valid [N, T])`` -> class map ``int32 [N, T, *S]``
   (probabilities ``[N, T, *S, c]`` with ``proba``) by :func:`sliding_window_proba` of each
-  volume, for :func:`fcslstm_jax.train_lib.evaluate_splits`."""
+  volume, for :func:`fcslstm_jax.train.loop.evaluate_splits`."""
   def fn(params, images, valid):
     out = [sliding_window_proba(proba_fn, params, x, v, window, overlap, batch_size)
            for x, v in zip(np.asarray(images), np.asarray(valid))]

@@ -1,4 +1,4 @@
-"""Studies that look like a real cohort, made with the built-in generator (:mod:`fcslstm_jax.bric`).
+"""Studies that look like a real cohort, made with the built-in generator (:mod:`fcslstm_jax.synthetic.bric_like`).
 
 A real longitudinal study is not the built-in dataset's tidy grid. This module writes one
 that has what cohorts have, each condition switchable, so that the loader, training and
@@ -19,7 +19,7 @@ evaluation are tested (and measured) against it:
 
 Files are stored LAS, like the built-in dataset. Deterministic in the seed.
 
-    python -m fcslstm_jax.cohort --out data/cohort       # the README's study (~1 min)
+    python -m fcslstm_jax.synthetic.cohort --out data/cohort       # the README's study (~1 min)
 """
 
 import argparse
@@ -32,16 +32,16 @@ import tempfile
 
 import numpy as np
 
-from fcslstm_jax import bric
+from fcslstm_jax.synthetic import bric_like as bric
 from fcslstm_jax import files
-from fcslstm_jax import protocol as protocol_lib
+from fcslstm_jax.data import protocol as protocol_lib
 
 LABELS = ("sparse", "subject", "dense")
 
 
 @dataclasses.dataclass(frozen=True)
 class CohortConfig:
-  """What the study looks like. Defaults: the README's study (``python -m fcslstm_jax.cohort``).
+  """What the study looks like. Defaults: the README's study (``python -m fcslstm_jax.synthetic.cohort``).
 
   Attributes:
     num_subjects: subjects with labels.

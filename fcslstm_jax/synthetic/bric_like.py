@@ -35,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from fcslstm_jax import files
-from fcslstm_jax import nifti_io
+from fcslstm_jax.data import nifti_io
 from fcslstm_jax.errors import DataError
 
 VERSION = "v1"

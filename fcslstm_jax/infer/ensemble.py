@@ -1,7 +1,7 @@
 """Ensembles: class probabilities averaged over several trained runs (members).
 
 Layout: a member predicts ``[N, T, H, W, c]`` probabilities for ``N`` axial slice sequences
-(:class:`fcslstm_jax.sequences.SliceSet`); the ensemble's prediction is their mean, and its
+(:class:`fcslstm_jax.data.sequences.SliceSet`); the ensemble's prediction is their mean, and its
 hard label the argmax of that mean. Members must have been trained with the same protocol
 (time points, classes, modalities) and grid options (in-plane spacing, reference session,
 registration): they then read the same working grids, so their outputs can be averaged
@@ -16,8 +16,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from fcslstm_jax import train_lib
-from fcslstm_jax import tta
+from fcslstm_jax.train import loop as train_lib
+from fcslstm_jax.infer import tta
 from fcslstm_jax.config import Config
 from fcslstm_jax.errors import ConfigError
 
@@ -79,7 +79,7 @@ def check_compatible(runs) -> None:
 
 
 def predict_fns(members, variants) -> list:
-  """One jit-compiled :func:`fcslstm_jax.tta.tta_proba` per distinct program, one entry
+  """One jit-compiled :func:`fcslstm_jax.infer.tta.tta_proba` per distinct program, one entry
   per member (members with equal :func:`program_key` share it)."""
   compiled = {}
   for m in members:

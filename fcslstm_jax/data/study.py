@@ -1,18 +1,18 @@
 """A longitudinal study on disk -> subjects whose time points share one working grid.
 
-Reading (see :mod:`fcslstm_jax.layout` for the files it looks for):
+Reading (see :mod:`fcslstm_jax.data.layout` for the files it looks for):
 
 1. Sessions are placed on the protocol's time points by age
-   (:func:`fcslstm_jax.protocol.assign_sessions`); a session that fits none is reported,
+   (:func:`fcslstm_jax.data.protocol.assign_sessions`); a session that fits none is reported,
    never dropped silently.
 2. Each session is read on its own grid, checked (shape, affine, NaN, label range, corrupt
    files: one error naming the file), reoriented to canonical RAS and normalized per
-   modality (:mod:`fcslstm_jax.intensity`). Other modalities are resampled onto the first
+   modality (:mod:`fcslstm_jax.data.intensity`). Other modalities are resampled onto the first
    one's grid when they differ. Its labels count on at most ``labeled_slices_per_volume``
    of its *own* labeled axial slices (the protocol's slice selection); an axial slice is
    labeled when it holds a non-zero label, and then all its voxels (background included)
    are labeled.
-3. Each subject gets a working grid (:func:`fcslstm_jax.grids.working_grid`): the reference
+3. Each subject gets a working grid (:func:`fcslstm_jax.data.grids.working_grid`): the reference
    session's orientation and slice spacing (``reference``: its first or last session), the
    target in-plane spacing, and an extent covering all its sessions. Every session is
    resampled onto it (optionally after rigid registration to the reference); labels and the
@@ -30,11 +30,11 @@ from typing import Optional
 
 import numpy as np
 
-from fcslstm_jax import grids
-from fcslstm_jax import intensity
-from fcslstm_jax import layout
-from fcslstm_jax import nifti_io
-from fcslstm_jax import protocol as protocol_lib
+from fcslstm_jax.data import grids
+from fcslstm_jax.data import intensity
+from fcslstm_jax.data import layout
+from fcslstm_jax.data import nifti_io
+from fcslstm_jax.data import protocol as protocol_lib
 from fcslstm_jax.errors import ConfigError, DataError
 
 BUILTIN_DATASETS = tuple(protocol_lib.BUILTIN)
@@ -92,7 +92,7 @@ class Session:
     grid: the session's own canonical grid.
     to_session: ``[4, 4]`` map from the working grid's world to the session's world
       (identity unless registered).
-    ref: the first modality's stored grid; :func:`fcslstm_jax.nifti_io.save_like` writes a
+    ref: the first modality's stored grid; :func:`fcslstm_jax.data.nifti_io.save_like` writes a
       prediction ``[X, Y, Z]`` of :attr:`grid` on it.
   """
   label: str
@@ -119,9 +119,9 @@ class Subject:
   Attributes:
     subject_id: id without ``sub-``.
     path: the subject's folder.
-    grid: the working grid (:mod:`fcslstm_jax.grids`).
+    grid: the working grid (:mod:`fcslstm_jax.data.grids`).
     timepoints: T entries, a :class:`Session` or None (missing).
-    unassigned: sessions that fit no time point (:class:`fcslstm_jax.protocol.Unassigned`).
+    unassigned: sessions that fit no time point (:class:`fcslstm_jax.data.protocol.Unassigned`).
     z_index: the working-grid z indices the sessions' arrays hold (their third axis), or
       None for all of them.
   """
@@ -153,10 +153,10 @@ class Study:
 
   Attributes:
     root: the dataset folder.
-    protocol: the :class:`~fcslstm_jax.protocol.Protocol`.
+    protocol: the :class:`~fcslstm_jax.data.protocol.Protocol`.
     options: the resolved :class:`GridOptions` (spacing a tuple unless native).
     subjects: the loaded subjects (this process's share with several processes).
-    files: every subject's :class:`~fcslstm_jax.layout.SubjectFiles` (all processes).
+    files: every subject's :class:`~fcslstm_jax.data.layout.SubjectFiles` (all processes).
     unassigned: every session that fits no time point.
   """
   root: str
@@ -337,7 +337,7 @@ def load_study(root, protocol, spacing="median", reference="first", register="no
 
   Args:
     root: dataset folder.
-    protocol: a :class:`~fcslstm_jax.protocol.Protocol`.
+    protocol: a :class:`~fcslstm_jax.data.protocol.Protocol`.
     spacing: ``"median"`` (of the training subjects), ``"native"`` / None (no in-plane
       resampling), or ``(x, y)`` mm; see :func:`resolve_spacing`.
     reference: ``"first"`` or ``"last"`` session as each subject's reference grid.
@@ -372,16 +372,17 @@ def load_builtin(name="bric", seed=0, **generate_kwargs):
 
   ``generate_kwargs`` go to ``bric.ensure_dataset`` (smaller datasets for tests).
   """
-  from fcslstm_jax import bric  # the generator is only needed here
+  from fcslstm_jax.synthetic import bric_like as bric  # the generator is only needed here
   protocol = protocol_lib.builtin(name)
   root = bric.ensure_dataset(seed=seed, **generate_kwargs)
   return load_dataset(root, protocol), protocol
 
 
 def main(argv=None):
-  """``python -m fcslstm_jax.data --dataset bric --preview out.png``: summary and montage."""
-  from fcslstm_jax import figures, sequences
-  parser = argparse.ArgumentParser(prog="python -m fcslstm_jax.data",
+  """``python -m fcslstm_jax.data.study --dataset bric --preview out.png``: summary and montage."""
+  from fcslstm_jax.outputs import figures
+  from fcslstm_jax.data import sequences
+  parser = argparse.ArgumentParser(prog="python -m fcslstm_jax.data.study",
                                    description=__doc__.split("\n")[0])
   parser.add_argument("--dataset", default="bric",
                       help="built-in name (bric, ibis; generated on first use)")
@@ -397,7 +398,7 @@ def main(argv=None):
       protocol = protocol_lib.get_protocol(args.protocol, args.data_dir)
       study = load_study(args.data_dir, protocol)
     else:
-      from fcslstm_jax import bric
+      from fcslstm_jax.synthetic import bric_like as bric
       protocol = protocol_lib.builtin(args.dataset)
       study = load_study(bric.ensure_dataset(seed=args.data_seed), protocol)
     print(sequences.describe_study(study))

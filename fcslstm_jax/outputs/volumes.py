@@ -33,7 +33,7 @@ class SessionVolumes:
     age: the session's age (the protocol's unit, e.g. months).
     volumes_ml: class name -> volume in mL on the session's own (input) grid, for every
       class but background (the field of view's, not a tissue's).
-    qc: the session's QC score (:func:`fcslstm_jax.qc.qc_score`; higher = less trusted).
+    qc: the session's QC score (:func:`fcslstm_jax.outputs.qc.qc_score`; higher = less trusted).
   """
   subject: str
   session: str

@@ -1,19 +1,19 @@
 """Whole-scan segmentation with one trained run or an ensemble, and what a study needs after it.
 
 Layout: a subject's scan is ``T`` sessions of ``[X, Y, Z, C]`` on its working grid (canonical
-RAS, :mod:`fcslstm_jax.data`); the model sees the ``Z`` axial slices as a batch of sequences
+RAS, :mod:`fcslstm_jax.data.study`); the model sees the ``Z`` axial slices as a batch of sequences
 ``[Z, T, X, Y, C]`` and returns class probabilities ``[Z, T, X, Y, c]``, averaged over
-in-plane flips (:mod:`fcslstm_jax.tta`) and over the ensemble's members
-(:mod:`fcslstm_jax.ensemble`). A 3D run (``spatial_dims`` in its run.json) segments each
+in-plane flips (:mod:`fcslstm_jax.infer.tta`) and over the ensemble's members
+(:mod:`fcslstm_jax.infer.ensemble`). A 3D run (``spatial_dims`` in its run.json) segments each
 subject's whole volume over time ``[T, Z, X, Y, C]`` by sliding windows instead
-(:mod:`fcslstm_jax.sliding_window`) and hands on the same ``[Z, T, X, Y, c]``
+(:mod:`fcslstm_jax.infer.sliding_window`) and hands on the same ``[Z, T, X, Y, c]``
 probabilities. Each session's probabilities ``[X, Y, Z, c]`` are resampled
 back onto that session's own grid (linear; nothing is interpolated where the grids
 coincide); there the hard label is their argmax, the uncertainty their normalized entropy
-(:mod:`fcslstm_jax.qc`), and the tissue volumes are counted in the voxels of that grid
-(:mod:`fcslstm_jax.volumes`). Labels, uncertainty and (optionally) probabilities are written
+(:mod:`fcslstm_jax.outputs.qc`), and the tissue volumes are counted in the voxels of that grid
+(:mod:`fcslstm_jax.outputs.volumes`). Labels, uncertainty and (optionally) probabilities are written
 with the session's original orientation, affine and header, and labels are scored there.
-After every subject: ``volumes.tsv``, ``qc.tsv``, the flag rules (:mod:`fcslstm_jax.flags`)
+After every subject: ``volumes.tsv``, ``qc.tsv``, the flag rules (:mod:`fcslstm_jax.outputs.qc_rules`)
 into ``flags.tsv`` and the console, figures, ``report.html`` and ``metrics.json`` (last: it
 marks a complete output).
 """
@@ -26,22 +26,22 @@ import time
 import jax
 import numpy as np
 
-from fcslstm_jax import data as data_lib
-from fcslstm_jax import ensemble
-from fcslstm_jax import figures
+from fcslstm_jax.data import study as data_lib
+from fcslstm_jax.infer import ensemble
+from fcslstm_jax.outputs import figures
 from fcslstm_jax import files
-from fcslstm_jax import flags as flags_lib
-from fcslstm_jax import grids
+from fcslstm_jax.outputs import qc_rules as flags_lib
+from fcslstm_jax.data import grids
 from fcslstm_jax import metrics as metrics_lib
-from fcslstm_jax import nifti_io
-from fcslstm_jax import protocol as protocol_lib
-from fcslstm_jax import qc as qc_lib
-from fcslstm_jax import report as report_lib
-from fcslstm_jax import sequences
-from fcslstm_jax import sliding_window
-from fcslstm_jax import train_lib
-from fcslstm_jax import tta
-from fcslstm_jax import volumes as volumes_lib
+from fcslstm_jax.data import nifti_io
+from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.outputs import qc as qc_lib
+from fcslstm_jax.outputs import report as report_lib
+from fcslstm_jax.data import sequences
+from fcslstm_jax.infer import sliding_window
+from fcslstm_jax.train import loop as train_lib
+from fcslstm_jax.infer import tta
+from fcslstm_jax.outputs import volumes as volumes_lib
 from fcslstm_jax.checkpoint import Checkpointer
 from fcslstm_jax.config import Config
 from fcslstm_jax.errors import CheckpointError, ConfigError, DataError
@@ -81,7 +81,7 @@ def read_runs(workdirs) -> list:
 
 
 def load_members(runs, protocol) -> list:
-  """The :class:`fcslstm_jax.ensemble.Member` of each ``(workdir, run)``."""
+  """The :class:`fcslstm_jax.infer.ensemble.Member` of each ``(workdir, run)``."""
   members = []
   for workdir, run in runs:
     config = Config.from_json(run["config"])
@@ -135,7 +135,7 @@ def segment_subject(fns, params_list, subject, protocol, batch_size: int, window
   its working grid, averaged over the members (``fns`` and ``params_list``, one each).
 
   ``windows``: for 3D members, each one's ``(window, overlap)``: the subject's whole volume
-  ``[T, Z, X, Y, C]`` is segmented by sliding windows (:mod:`fcslstm_jax.sliding_window`,
+  ``[T, Z, X, Y, C]`` is segmented by sliding windows (:mod:`fcslstm_jax.infer.sliding_window`,
   ``batch_size`` windows per call) and its probabilities returned in the same layout."""
   seq = sequences.make_sequences([subject], protocol, "all")
   if windows is None:
@@ -192,7 +192,7 @@ def load_for_evaluation(run: dict, data_dir=None, truth_dir=None):
   if data_dir:
     root = data_dir
   elif run.get("dataset") in data_lib.BUILTIN_DATASETS:
-    from fcslstm_jax import bric
+    from fcslstm_jax.synthetic import bric_like as bric
     root = bric.ensure_dataset(seed=run.get("data_seed", 0),
                                config=bric.VOLUMES[run.get("volume", "slab")])
   else:
@@ -244,9 +244,9 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
   Args:
     workdir: a run folder, or a list of them (an ensemble; the first one's dataset is
       segmented unless ``data_dir``, and ``out_dir`` defaults to inside it).
-    tta_flips: in-plane flip axes to average over (``("x", "y")``; :mod:`fcslstm_jax.tta`).
+    tta_flips: in-plane flip axes to average over (``("x", "y")``; :mod:`fcslstm_jax.infer.tta`).
     probabilities: also write ``*_probseg.nii.gz`` (float32, one volume per class).
-    flag_rules: :class:`fcslstm_jax.flags.FlagRules` (None: the defaults).
+    flag_rules: :class:`fcslstm_jax.outputs.qc_rules.FlagRules` (None: the defaults).
     report: write ``report.html``.
   """
   started = time.monotonic()

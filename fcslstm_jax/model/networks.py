@@ -24,11 +24,11 @@ Volumes (``spatial_dims=3``; ours, the paper segments 2D slices): the same modul
 more spatial axis, inputs ``[B, T, D, H, W, n]`` -> logits ``[B, T, D, H, W, c]``: 3x3x3
 convolutions in every stage and Ψh, 2x2x2 pooling, 4x4x4 stride-2 transposed convolutions
 and 1x1x1 fuses in the back-end. One code path: every operator takes its kernel rank from
-``spatial_dims`` (or from its input's rank), and Eq. 1 in :mod:`fcslstm_jax.slstm` does not
+``spatial_dims`` (or from its input's rank), and Eq. 1 in :mod:`fcslstm_jax.model.slstm` does not
 know how many spatial axes its state has. The 3D channel widths are a config value
 (``stages_3d``, default VGG-16 / 8: 8, 16, 32, 64, 64), since 3x3x3 kernels hold 3x the
 weights of 3x3 ones and a volume holds D times the voxels of a slice. Parameter counts
-(``python -m fcslstm_jax.model --summary --spatial-dims 3``, n = 2, c = 4): see README,
+(``python -m fcslstm_jax.model.networks --summary --spatial-dims 3``, n = 2, c = 4): see README,
 "3D + time".
 
 Arbitrary slice sizes: inputs whose H, W (and D) are not multiples of 32 (five poolings) are
@@ -40,7 +40,7 @@ Remat (``remat``, a config value as in maxtext): ``"none"``; ``"stages"`` wraps 
 stage (front-end and Ψx) in ``nn.remat`` so that only its output, not its inner activations,
 is kept for backpropagation through time; ``"full"`` also rematerializes each LSTM time step;
 ``"lean"`` (FCSLSTM only; the FCN treats it as ``"stages"``) applies each layer's Ψx inside
-the time step (``psi_x_in_scan`` in :mod:`fcslstm_jax.slstm`) and rematerializes the whole
+the time step (``psi_x_in_scan`` in :mod:`fcslstm_jax.model.slstm`) and rematerializes the whole
 step, on a while loop by default (``unroll=1``), so that the backward pass recomputes one
 time step's Ψx at a time and memory never holds all ``T`` Ψx outputs; its max-pooling is
 :func:`max_pool_lean` (same function and gradient, no index arrays). Remat pays off where
@@ -52,13 +52,13 @@ accelerators: XLA:CPU runs convolutions inside a while loop many times slower th
 unrolled (bench/README.md, "Targets of issue 16").
 
 Chunking (``chunk_pixels``): FCSLSTM's Ψx stages run on the folded ``B*T`` batch a few images
-at a time on CPU, where that is faster (:func:`fcslstm_jax.psi.apply_in_chunks`); same
+at a time on CPU, where that is faster (:func:`fcslstm_jax.model.psi.apply_in_chunks`); same
 function. The FCN's stages, which emit 4x fewer channels, run in one call unless
 ``chunk_pixels`` is given (chunked they were not faster: bench/results/chunk_sweep). With
 remat (asked for to save memory) the default is one call too, since chunked stages needed
 more memory (bench/README.md). On several devices the default is one call (a chunk of one
 image would sit on one device's share of the batch), and so it is for volumes: one volume
-patch already holds far more than :data:`fcslstm_jax.psi.CPU_CHUNK_PIXELS` voxels.
+patch already holds far more than :data:`fcslstm_jax.model.psi.CPU_CHUNK_PIXELS` voxels.
 
 Old checkpoints: Bi-FCSLSTM parameters were stored per direction (``slstm{k}/forward``,
 ``slstm{k}/backward``) before both directions shared one scan;
@@ -75,8 +75,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fcslstm_jax import psi
-from fcslstm_jax import slstm
+from fcslstm_jax.model import psi
+from fcslstm_jax.model import slstm
 from fcslstm_jax.config import (MODELS, REMAT_POLICIES, SPATIAL_DIMS,  # noqa: F401 (re-exported)
                                 VGG16_EIGHTH, VGG16_QUARTER)
 
@@ -321,7 +321,7 @@ def from_two_scan_params(params):
   """Bi-FCSLSTM parameters of the two-scan layout -> today's (see "Old checkpoints" above).
 
   Every ``slstm{k}`` entry ``{"forward": P, "backward": P}`` becomes
-  :func:`fcslstm_jax.slstm.merge_directions` of it; everything else is kept as it is, so
+  :func:`fcslstm_jax.model.slstm.merge_directions` of it; everything else is kept as it is, so
   parameters already in today's layout, FCN's and FCSLSTM's, pass through unchanged.
   """
   return {k: slstm.merge_directions(v) if is_two_scan_layer(v) else v

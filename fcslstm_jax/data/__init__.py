@@ -1,0 +1,1 @@
+"""A study on disk -> arrays: NIfTI, layout, protocols, grids, subjects, sequences, patches."""

@@ -1,0 +1,1 @@
+"""Segmentation with trained runs: flips, ensembles, sliding windows, whole studies."""

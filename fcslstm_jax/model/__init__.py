@@ -1,0 +1,1 @@
+"""The networks: Ψ operators, the structured LSTM, FCN / FCSLSTM."""

@@ -1,0 +1,1 @@
+"""Generated studies: the built-in BRIC-like dataset and cohorts with real-study conditions."""

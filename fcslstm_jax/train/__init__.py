@@ -1,0 +1,1 @@
+"""Training: the step, the loop, the loss, devices and processes."""
