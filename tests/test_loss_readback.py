@@ -14,6 +14,8 @@ from fcslstm_jax.train import loop as train_lib
 from fcslstm_jax.config import get_config
 from fcslstm_jax.data.sequences import SliceSet
 from fcslstm_jax.errors import ConfigError
+from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.run_record import RunRecord
 
 CLASSES = ("background", "csf", "gm", "wm")
 
@@ -48,8 +50,8 @@ class RecordingBar:
 def run(workdir, log_every_steps, data, epochs=2):
   config = get_config("tiny", epochs=epochs, log_every_steps=log_every_steps)
   shown = []
-  info = {"config": config.to_json(), "dataset": "synthetic", "protocol": "bric"}
-  train_lib.train_and_evaluate(config, data, data, str(workdir), CLASSES, info,
+  record = RunRecord(config=config, dataset="synthetic", protocol=protocol_lib.BRIC)
+  train_lib.train_and_evaluate(config, data, data, str(workdir), CLASSES, record,
                                progress=lambda steps, epoch: RecordingBar(steps, shown),
                                log=lambda *a: None)
   with open(workdir / "metrics.jsonl") as f:

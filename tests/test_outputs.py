@@ -28,6 +28,8 @@ from fcslstm_jax.infer import tta
 from fcslstm_jax.outputs import volumes
 from fcslstm_jax.errors import ConfigError
 from fcslstm_jax.outputs.volumes import SessionVolumes
+from fcslstm_jax.data.study import GridOptions
+from fcslstm_jax.run_record import RunRecord
 
 STUDY = dataclasses.replace(cohort.TINY, fov_mm=(144.0, 144.0, 18.0))  # as test_study.py
 NAMES = ("background", "CSF", "GM", "WM")
@@ -130,9 +132,10 @@ def test_an_ensemble_of_one_equals_that_member_and_of_two_their_mean(batch):
 
 
 def test_members_must_share_protocol_and_grid():
-  run = {"protocol": {"name": "p", "ages": [0, 6]}, "grid": {"spacing": [1.0, 1.0]}}
-  ensemble.check_compatible([("a", run), ("b", json.loads(json.dumps(run)))])
-  other = dict(run, grid={"spacing": [1.5, 1.5]})
+  run = RunRecord.from_json({"config": {}, "dataset": "d", "grid": {"spacing": [1.0, 1.0]},
+                             "protocol": {"name": "p", "ages": [0, 6], "train_timepoints": [0]}})
+  ensemble.check_compatible([("a", run), ("b", RunRecord.from_json(run.to_json()))])
+  other = dataclasses.replace(run, grid=GridOptions(spacing=(1.5, 1.5)))
   with pytest.raises(ConfigError, match=r"^b/run.json: grid 'spacing' is \[1.5, 1.5\], but "
                      r"a/run.json has \[1.0, 1.0\]"):
     ensemble.check_compatible([("a", run), ("b", other)])

@@ -39,6 +39,8 @@ from fcslstm_jax.data import sequences
 from fcslstm_jax.train import loop as train_lib
 from fcslstm_jax.config import Config, get_config
 from fcslstm_jax.errors import ConfigError
+from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.run_record import RunRecord
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_DATA = bric.TINY
@@ -420,11 +422,12 @@ def test_debug_shows_the_traceback(tmp_path):
 
 def test_resume_accepts_another_chunk_size_only(tmp_path):
   """``chunk_pixels`` changes speed, not the function: resuming with another one is fine."""
-  info = {"config": Config().to_json(), "dataset": "bric", "protocol": "bric"}
-  train_lib.check_run_dir(str(tmp_path), info)
-  train_lib.check_run_dir(str(tmp_path), dict(info, config=dict(info["config"], chunk_pixels=0)))
+  record = RunRecord(config=Config(), dataset="bric", protocol=protocol_lib.BRIC)
+  train_lib.check_run_dir(str(tmp_path), record)
+  with_config = lambda **c: dataclasses.replace(record, config=record.config.replace(**c))
+  train_lib.check_run_dir(str(tmp_path), with_config(chunk_pixels=0))
   with pytest.raises(ConfigError, match="seed"):
-    train_lib.check_run_dir(str(tmp_path), dict(info, config=dict(info["config"], seed=1)))
+    train_lib.check_run_dir(str(tmp_path), with_config(seed=1))
 
 
 @pytest.mark.parametrize("flags,field", [(["--model", "fcn"], "model"),

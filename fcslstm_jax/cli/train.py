@@ -176,6 +176,7 @@ def run(args) -> int:
   from fcslstm_jax.train import parallel
   from fcslstm_jax.data import sequences
   from fcslstm_jax.train import loop as train_lib
+  from fcslstm_jax.run_record import RunRecord
 
   parallel.initialize(args.coordinator_address, args.num_processes, args.process_id)
   mesh = parallel.make_mesh(None if args.mesh == "auto" else int(args.mesh))
@@ -210,18 +211,16 @@ def run(args) -> int:
     train_set = sequences.make_sequences(study.subjects, protocol, "train", size)
     test_set = sequences.make_sequences(study.subjects, protocol, "test", size)
     what = f"{len(train_set)} training sequences of shape {train_set.images.shape[1:]}"
-  run_info = {"config": config.to_json(), "config_name": args.config,
-              "dataset": args.dataset or os.path.abspath(args.data_dir),
-              "data_seed": args.data_seed, "protocol": protocol.to_json(),
-              "grid": study.options.to_json()}
-  if args.dataset and volume_of(args, config) != "slab":
-    run_info["volume"] = volume_of(args, config)  # absent: the slab (runs before 3D)
+  record = RunRecord(config=config, config_name=args.config,
+                     dataset=args.dataset or os.path.abspath(args.data_dir),
+                     data_seed=args.data_seed, protocol=protocol, grid=study.options,
+                     volume=volume_of(args, config) if args.dataset else "slab")
   print(f"{what}; model {config.model}; workdir {workdir}; {mesh.size} "
         f"{mesh.devices.flat[0].platform} device(s), {jax.process_count()} process(es)")
   progress = lambda it, epoch: tqdm(it, desc=f"epoch {epoch + 1}/{config.epochs}",
                                     leave=False, dynamic_ncols=True)
   result = train_lib.train_and_evaluate(config, train_set, test_set, workdir,
-                                        protocol.class_names, run_info,
+                                        protocol.class_names, record,
                                         progress=progress if main else None, mesh=mesh,
                                         train_eval_set=train_eval_set)
   if result.stopped_by:

@@ -234,17 +234,6 @@ def builtin(name) -> Protocol:
   return BUILTIN[name]
 
 
-def from_run(run: dict, path="run.json") -> Protocol:
-  """The protocol a run recorded in its ``run.json``: its fields, or (runs made before
-  protocols were recorded in full) a built-in or shipped name."""
-  recorded = run.get("protocol")
-  if isinstance(recorded, dict):
-    return from_dict(recorded, f"{path} (protocol)")
-  if run.get("dataset") in BUILTIN:
-    return BUILTIN[run["dataset"]]
-  return get_protocol(recorded or "bric")
-
-
 # ----------------------------------------------------------------------------- ages
 
 

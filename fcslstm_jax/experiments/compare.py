@@ -36,6 +36,7 @@ from fcslstm_jax.data import sequences
 from fcslstm_jax.train import loop as train_lib
 from fcslstm_jax.config import get_config
 from fcslstm_jax.model.networks import MODELS, count_params
+from fcslstm_jax.run_record import RunRecord
 
 PAPER = {"bric": {"fcn": (0.920, 0.850), "fcslstm": (0.935, 0.853),
                   "bi-fcslstm": (0.948, 0.863)}}
@@ -58,10 +59,10 @@ def run_one(model, seed, config, subjects, protocol, runs_dir, log):
   train_set = sequences.make_sequences(subjects, protocol, "train")
   test_set = sequences.make_sequences(subjects, protocol, "test")
   workdir = os.path.join(runs_dir, protocol.name, f"{model}-seed{seed}")
-  info = {"config": config.to_json(), "dataset": "compare", "protocol": protocol.to_json()}
+  record = RunRecord(config=config, dataset="compare", protocol=protocol)
   t0 = time.time()
   result = train_lib.train_and_evaluate(config, train_set, test_set, workdir,
-                                        protocol.class_names, info, log=log)
+                                        protocol.class_names, record, log=log)
   seconds = time.time() - t0
   seq = labeled_sequences(subjects, protocol)
   net = train_lib.build_model(config, protocol.num_classes)

@@ -20,6 +20,7 @@ from fcslstm_jax.train import loop as train_lib
 from fcslstm_jax.infer import tta
 from fcslstm_jax.config import Config
 from fcslstm_jax.errors import ConfigError
+from fcslstm_jax.run_record import RunRecord
 
 # Config fields that define the compiled program; the others only change training.
 PROGRAM_FIELDS = ("model", "stages", "remat", "unroll", "chunk_pixels", "precision",
@@ -32,14 +33,14 @@ class Member:
 
   Attributes:
     workdir: the run's folder.
-    run: its ``run.json``.
+    run: its record (``run.json``).
     config: its :class:`~fcslstm_jax.config.Config`.
     model: the Flax module.
     params: restored parameters.
     step: the checkpoint step they come from.
   """
   workdir: str
-  run: dict
+  run: RunRecord
   config: Config
   model: nn.Module
   params: Any
@@ -57,18 +58,19 @@ def check_compatible(runs) -> None:
   the member's ``run.json``, the first difference and the fix.
 
   Args:
-    runs: ``[(workdir, run.json dict)]``, the first one the reference.
+    runs: ``[(workdir, RunRecord)]``, the first one the reference.
   """
   (ref_dir, ref), others = runs[0], runs[1:]
   for workdir, run in others:
-    dims = [(r.get("config") or {}).get("spatial_dims", 2) for r in (ref, run)]
+    dims = [r.config.spatial_dims for r in (ref, run)]
     if dims[0] != dims[1]:
       raise ConfigError(
           f"{workdir}/run.json: spatial_dims is {dims[1]}, but {ref_dir}/run.json has "
           f"{dims[0]}. Ensemble members must all segment slices (2) or all volumes (3); leave "
           "this --workdir out.")
     for field in ("protocol", "grid"):
-      a, b = ref.get(field) or {}, run.get(field) or {}
+      a, b = (getattr(r, field) for r in (ref, run))
+      a, b = (x.to_json() if x is not None else {} for x in (a, b))
       diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
       if diff:
         k = diff[0]

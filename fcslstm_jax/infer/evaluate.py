@@ -42,16 +42,14 @@ from fcslstm_jax.infer import sliding_window
 from fcslstm_jax.train import loop as train_lib
 from fcslstm_jax.infer import tta
 from fcslstm_jax.outputs import volumes as volumes_lib
+from fcslstm_jax import run_record
 from fcslstm_jax.checkpoint import Checkpointer
 from fcslstm_jax.config import Config
 from fcslstm_jax.errors import CheckpointError, ConfigError, DataError
+from fcslstm_jax.run_record import RunRecord
 
 # Sessions the report shows as montages (the least trusted ones).
 WORST_SESSIONS = 4
-
-
-def read_run(workdir: str) -> dict:
-  return train_lib.read_run_json(os.path.join(workdir, "run.json"))
 
 
 def restore_params(workdir: str, config: Config, num_classes: int, in_channels: int,
@@ -68,14 +66,14 @@ def restore_params(workdir: str, config: Config, num_classes: int, in_channels: 
 
 
 def read_runs(workdirs) -> list:
-  """``[(workdir, run.json)]`` of an ensemble's members, checked to fit together."""
+  """``[(workdir, RunRecord)]`` of an ensemble's members, checked to fit together."""
   seen = set()
   for w in workdirs:
     key = os.path.realpath(w)
     if key in seen:
       raise ConfigError(f"{w}: given twice as --workdir. Give each member once.")
     seen.add(key)
-  runs = [(w, read_run(w)) for w in workdirs]
+  runs = [(w, run_record.read(w)) for w in workdirs]
   ensemble.check_compatible(runs)
   return runs
 
@@ -84,10 +82,9 @@ def load_members(runs, protocol) -> list:
   """The :class:`fcslstm_jax.infer.ensemble.Member` of each ``(workdir, run)``."""
   members = []
   for workdir, run in runs:
-    config = Config.from_json(run["config"])
-    model, params, step = restore_params(workdir, config, protocol.num_classes,
+    model, params, step = restore_params(workdir, run.config, protocol.num_classes,
                                          len(protocol.modalities))
-    members.append(ensemble.Member(workdir, run, config, model, params, step))
+    members.append(ensemble.Member(workdir, run, run.config, model, params, step))
   return members
 
 
@@ -185,18 +182,17 @@ def tissue_dice(cm):
   return None if np.all(np.isnan(d)) else float(np.nanmean(d))
 
 
-def load_for_evaluation(run: dict, data_dir=None, truth_dir=None):
+def load_for_evaluation(run: RunRecord, data_dir=None, truth_dir=None):
   """The study to segment with a run: its own data or ``data_dir``, on the run's grids."""
-  protocol = protocol_lib.from_run(run)
-  options = data_lib.GridOptions.from_json(run.get("grid") or {})
+  protocol = run.protocol
+  options = run.grid or data_lib.GridOptions()
   if data_dir:
     root = data_dir
-  elif run.get("dataset") in data_lib.BUILTIN_DATASETS:
+  elif run.builtin:
     from fcslstm_jax.synthetic import bric_like as bric
-    root = bric.ensure_dataset(seed=run.get("data_seed", 0),
-                               config=bric.VOLUMES[run.get("volume", "slab")])
+    root = bric.ensure_dataset(seed=run.data_seed, config=bric.VOLUMES[run.volume])
   else:
-    root = run["dataset"]
+    root = run.dataset
   return data_lib.load_study(root, every_labeled_slice(protocol),
                              spacing=options.spacing or "native", reference=options.reference,
                              register=options.register, labels_root=truth_dir), protocol

@@ -35,13 +35,14 @@ from fcslstm_jax.train import losses
 from fcslstm_jax import metrics as metrics_lib
 from fcslstm_jax.train import parallel
 from fcslstm_jax.data import patches as patches_lib
-from fcslstm_jax.data import protocol as protocol_lib
 from fcslstm_jax.infer import sliding_window
+from fcslstm_jax import run_record
 from fcslstm_jax.checkpoint import Checkpointer
 from fcslstm_jax.config import Config
 from fcslstm_jax.data.sequences import SliceSet
 from fcslstm_jax.errors import ConfigError, FcslstmError
 from fcslstm_jax.model.networks import create_model, init_params
+from fcslstm_jax.run_record import RunRecord
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 BATCH_KEYS = ("images", "labels", "label_mask", "valid")
@@ -235,48 +236,17 @@ def evaluate_splits(predict_fn, params, splits: list[SliceSet], class_names, bat
 # ----------------------------------------------------------------------------- run folder
 
 
-def check_run_dir(workdir: str, run_info: dict) -> None:
-  """Refuse to resume into a work directory that holds a different run."""
-  path = os.path.join(workdir, "run.json")
+def check_run_dir(workdir: str, record: RunRecord) -> None:
+  """Writes ``record`` into a new work directory; refuses one that holds a different run."""
+  path = run_record.path_of(workdir)
   if not os.path.exists(path):
-    files.write_json(path, run_info)
+    run_record.write(workdir, record)
     return
-  old = read_run_json(path)
-  # Fields added since a run was written take their defaults (Config.from_json).
-  old = dict(old, config=Config.from_json(old["config"], path).to_json())
-  # Extending a finished run is fine; chunk_pixels changes speed, not the function;
-  # log_every_steps only when the loss is read back.
-  ignore = {"epochs", "chunk_pixels", "log_every_steps"}
-  diff = sorted(k for k in set(old["config"]) | set(run_info["config"]) if k not in ignore
-                and old["config"].get(k) != run_info["config"].get(k))
-  diff += [k for k in ("dataset", "volume") if old.get(k) != run_info.get(k)]
-  details = [f"{k}: {old['config'].get(k, old.get(k))!r} -> "
-             f"{run_info['config'].get(k, run_info.get(k))!r}" for k in diff]
-  a, b = protocol_lib.from_run(old, path).to_json(), protocol_lib.from_run(run_info).to_json()
-  details += [f"protocol {k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b[k]]
-  if "grid" in old and old["grid"] != run_info.get("grid"):  # runs before 2026-11-30 lack it
-    details.append(f"grid: {old['grid']} -> {run_info.get('grid')}")
+  details = run_record.read(workdir).differences(record)
   if details:
-    details = ", ".join(details)
-    raise ConfigError(f"{path}: this work directory holds a different run ({details}). "
-                      "Use another --workdir, or delete this one to start over.")
-
-
-def read_run_json(path: str) -> dict:
-  """A run's ``run.json``, checked: one clear error when it is missing or broken."""
-  try:
-    with open(path) as f:
-      run = json.load(f)
-  except FileNotFoundError:
-    raise ConfigError(f"{path}: not found. Point --workdir at a folder written by train.py.") \
-        from None
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ConfigError(f"{path}: unreadable ({e}). It records the run's config and protocol: "
-                      "restore it from a backup, or train again in another --workdir.") from None
-  if not isinstance(run, dict) or not isinstance(run.get("config"), dict):
-    raise ConfigError(f"{path}: has no 'config' object; it was not written by train.py (or "
-                      "was edited). Restore it, or train again in another --workdir.")
-  return run
+    raise ConfigError(f"{path}: this work directory holds a different run "
+                      f"({', '.join(details)}). Use another --workdir, or delete this one to "
+                      "start over.")
 
 
 class StopRequest:
@@ -344,7 +314,7 @@ class Run:
   eval_batch: int = 1
 
 
-def prepare_run(config, train_set, test_set, workdir, class_names, run_info, mesh, log,
+def prepare_run(config, train_set, test_set, workdir, class_names, record, mesh, log,
                 train_eval_set=None):
   """``(run, state)``: the model, the restored or new state, the compiled step, the logs.
 
@@ -360,7 +330,7 @@ def prepare_run(config, train_set, test_set, workdir, class_names, run_info, mes
     raise ConfigError(f"--batch-size {b} is larger than the training sequences "
                       f"({n} in this process's share).")
   if main:
-    check_run_dir(workdir, run_info)
+    check_run_dir(workdir, record)
   model = build_model(config, len(class_names))
   rng = jax.random.PRNGKey(config.seed)
   state = create_train_state(rng, model, config, train_set.images.shape[-1], steps_per_epoch)
@@ -447,7 +417,7 @@ def end_epoch(run: Run, state, epoch: int, losses_seen, seconds: float) -> tuple
 
 
 def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, workdir: str,
-                       class_names, run_info: dict, progress: Callable = None,
+                       class_names, record: RunRecord, progress: Callable = None,
                        log: Callable = print, mesh=None, train_eval_set=None) -> RunResult:
   """The whole run: resume if possible, train, checkpoint each epoch, evaluate.
 
@@ -460,7 +430,7 @@ def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, 
   t0 = time.time()
   mesh = mesh or parallel.make_mesh()
   log = log if parallel.is_main_process() else (lambda *a, **k: None)
-  run, state = prepare_run(config, train_set, test_set, workdir, class_names, run_info, mesh,
+  run, state = prepare_run(config, train_set, test_set, workdir, class_names, record, mesh,
                            log, train_eval_set)
   stopped_by, scored = None, None
   with StopRequest() as stop:

@@ -1,0 +1,115 @@
+"""A run's record, ``workdir/run.json``: written by training, read back on resume and by
+evaluation, here and nowhere else.
+
+It holds what the run depends on: the :class:`~fcslstm_jax.config.Config`, the dataset (a
+built-in name or the study folder's absolute path, with the built-in generator's seed and
+extent), the protocol's fields and the grid options. It is read and checked once, into a
+:class:`RunRecord`; every reader gets typed fields, never a missing key. Older records still
+load: a protocol recorded by name, no grid options, no ``volume``.
+"""
+
+import dataclasses
+import os
+from typing import Optional
+
+from fcslstm_jax import files
+from fcslstm_jax import jsonfile
+from fcslstm_jax.config import Config
+from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.data.study import GridOptions
+from fcslstm_jax.errors import ConfigError
+
+FILE = "run.json"
+# Config fields a resume may change: epochs extend a finished run; chunk_pixels changes speed,
+# not the function; log_every_steps only when the loss is read back.
+RESUMABLE_FIELDS = ("epochs", "chunk_pixels", "log_every_steps")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+  """What ``run.json`` records.
+
+  Attributes:
+    config: the run's config.
+    dataset: a built-in dataset's name (``bric``, ``ibis``) or the study folder (absolute).
+    protocol: the protocol the run trained with.
+    grid: how sessions were brought onto working grids; None when the record has none
+      (each subject's native grid).
+    config_name: the preset the config started from (``quick``, ``paper``, ...).
+    data_seed: the built-in dataset's generator seed.
+    volume: the built-in dataset's extent, ``slab`` or ``whole``.
+  """
+  config: Config
+  dataset: str
+  protocol: protocol_lib.Protocol
+  grid: Optional[GridOptions] = None
+  config_name: Optional[str] = None
+  data_seed: int = 0
+  volume: str = "slab"
+
+  @property
+  def builtin(self) -> bool:
+    """Whether the run trained on a built-in (generated) dataset."""
+    return self.dataset in protocol_lib.BUILTIN
+
+  def to_json(self) -> dict:
+    d = {"config": self.config.to_json(), "config_name": self.config_name,
+         "dataset": self.dataset, "data_seed": self.data_seed,
+         "protocol": self.protocol.to_json()}
+    if self.grid is not None:
+      d["grid"] = self.grid.to_json()
+    if self.volume != "slab":
+      d["volume"] = self.volume
+    return d
+
+  @classmethod
+  def from_json(cls, d, path: str = FILE) -> "RunRecord":
+    """The record in a parsed ``run.json``; one error line naming ``path`` when it does not
+    hold one."""
+    if not isinstance(d, dict) or not isinstance(d.get("config"), dict):
+      raise ConfigError(f"{path}: has no 'config' object; it was not written by train.py (or "
+                        "was edited). Restore it, or train again in another --workdir.")
+    recorded = d.get("protocol")
+    if isinstance(recorded, dict):
+      protocol = protocol_lib.from_dict(recorded, f"{path} (protocol)")
+    elif d.get("dataset") in protocol_lib.BUILTIN:
+      protocol = protocol_lib.BUILTIN[d["dataset"]]
+    else:
+      protocol = protocol_lib.get_protocol(recorded or "bric")
+    grid = d.get("grid")
+    return cls(config=Config.from_json(d["config"], path), dataset=str(d.get("dataset")),
+               protocol=protocol, grid=None if grid is None else GridOptions.from_json(grid),
+               config_name=d.get("config_name"), data_seed=int(d.get("data_seed", 0)),
+               volume=d.get("volume", "slab"))
+
+  def differences(self, new: "RunRecord") -> list:
+    """What a resume with ``new`` would change (``"name: old -> new"``), besides the
+    :data:`RESUMABLE_FIELDS`."""
+    a, b = self.config.to_json(), new.config.to_json()
+    out = [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a) if k not in RESUMABLE_FIELDS
+           and a[k] != b[k]]
+    out += [f"{k}: {getattr(self, k)!r} -> {getattr(new, k)!r}" for k in ("dataset", "volume")
+            if getattr(self, k) != getattr(new, k)]
+    p, q = self.protocol.to_json(), new.protocol.to_json()
+    out += [f"protocol {k}: {p[k]!r} -> {q[k]!r}" for k in p if p[k] != q[k]]
+    if self.grid is not None and self.grid != new.grid:
+      out.append(f"grid: {self.grid.to_json()} -> {new.grid and new.grid.to_json()}")
+    return out
+
+
+def path_of(workdir: str) -> str:
+  return os.path.join(workdir, FILE)
+
+
+def read(workdir: str) -> RunRecord:
+  """The record of the run in ``workdir``, checked: one clear error when it is missing or
+  broken."""
+  path = path_of(workdir)
+  d = jsonfile.read(path, missing="Point --workdir at a folder written by train.py.",
+                    fix="It records the run's config and protocol: restore it from a backup, "
+                    "or train again in another --workdir.")
+  return RunRecord.from_json(d, path)
+
+
+def write(workdir: str, record: RunRecord) -> None:
+  files.write_json(path_of(workdir), record.to_json())
