@@ -10,6 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from fcslstm_jax import datasets
+from fcslstm_jax.cli import preview
 from fcslstm_jax.synthetic import bric_like as bric
 from fcslstm_jax.data import study as data
 from fcslstm_jax.outputs import figures
@@ -146,17 +148,18 @@ def test_builtin_dir_env(monkeypatch, tmp_path):
   assert bric.builtin_dataset_dir("bric", 0) == tmp_path / "bric-v1-seed0"
 
 
-def test_load_builtin_generates_once(monkeypatch, tmp_path, small_dir):
+def test_builtin_dataset_is_generated_once(monkeypatch, tmp_path, small_dir):
   monkeypatch.setenv("FCSLSTM_DATA_DIR", str(tmp_path))
   kwargs = dict(num_subjects=1, grid=(64, 64), num_slices=4, voxel_mm=3.0)
-  subjects, protocol = data.load_builtin("bric", seed=0, **kwargs)
-  assert protocol is protocol_lib.BRIC and len(subjects) == 1
+  root, protocol = datasets.resolve("bric", generation=bric.GenerationConfig(**kwargs))
+  assert protocol is protocol_lib.BRIC and len(data.load_dataset(root, protocol)) == 1
   (folder,) = tmp_path.iterdir()  # nothing else left behind
   assert folder.name.startswith("bric-v1-seed0-")
   marker = folder / "dataset_description.json"
   before = marker.stat().st_mtime_ns
   monkeypatch.setattr(bric, "write_dataset", lambda *a: pytest.fail("regenerated"))
-  data.load_builtin("ibis", seed=0, **kwargs)
+  root, protocol = datasets.resolve("ibis", generation=bric.GenerationConfig(**kwargs))
+  assert protocol is protocol_lib.IBIS_BUILTIN and data.load_dataset(root, protocol)
   assert marker.stat().st_mtime_ns == before
   # Same anatomy as the 2-subject dataset: subject 1 does not depend on how many follow.
   a = nib.load(str(folder / "sub-01/ses-03mo/anat/sub-01_ses-03mo_T2w.nii.gz")).dataobj
@@ -183,3 +186,9 @@ def test_interrupted_generation_leaves_nothing(monkeypatch, tmp_path):
   with pytest.raises(KeyboardInterrupt):
     bric.generate(tmp_path / "ds", seed=0, config=SMALL)
   assert os.listdir(tmp_path) == []
+
+
+def test_preview_command(small_dir, tmp_path, capsys):
+  out = tmp_path / "preview.png"
+  assert preview.main(["--data-dir", str(small_dir), "--preview", str(out)]) == 0
+  assert out.read_bytes()[:4] == b"\x89PNG" and f"wrote {out}" in capsys.readouterr().out

@@ -154,16 +154,11 @@ def volume_of(args, config) -> str:
 def load_study(args, config):
   """The study (this process's subjects) and its root, from --dataset or --data-dir. A 2D
   run keeps only the labeled slices in memory, a 3D run whole volumes."""
+  from fcslstm_jax import datasets
   from fcslstm_jax.data import study as data_lib
   from fcslstm_jax.train import parallel
-  from fcslstm_jax.data import protocol as protocol_lib
-  if args.dataset:
-    from fcslstm_jax.synthetic import bric_like as bric
-    protocol = protocol_lib.builtin(args.dataset)
-    root = bric.ensure_dataset(seed=args.data_seed, config=bric.VOLUMES[volume_of(args, config)])
-  else:
-    protocol = protocol_lib.get_protocol(args.protocol, args.data_dir)
-    root = args.data_dir
+  root, protocol = datasets.resolve(args.dataset, args.data_dir, args.protocol,
+                                    data_seed=args.data_seed, volume=volume_of(args, config))
   return data_lib.load_study(root, protocol, spacing=args.spacing, reference=args.reference,
                              register=args.register, shard=parallel.shard_for_this_process(),
                              keep="labeled" if config.spatial_dims == 2 else "all")

@@ -23,9 +23,7 @@ Arrays are channels-last, canonical RAS: a session's image is ``[X, Y, Z, C]``; 
 slice is ``[H, W] = [X, Y]``.
 """
 
-import argparse
 import dataclasses
-import sys
 from typing import Optional
 
 import numpy as np
@@ -37,7 +35,6 @@ from fcslstm_jax.data import nifti_io
 from fcslstm_jax.data import protocol as protocol_lib
 from fcslstm_jax.errors import ConfigError, DataError
 
-BUILTIN_DATASETS = tuple(protocol_lib.BUILTIN)
 REFERENCES = ("first", "last")
 
 
@@ -362,54 +359,3 @@ def load_study(root, protocol, spacing="median", reference="first", register="no
 def load_dataset(root, protocol=protocol_lib.BRIC, **kwargs) -> list:
   """The subjects of :func:`load_study` (for scripts and tests)."""
   return load_study(root, protocol, **kwargs).subjects
-
-
-# ----------------------------------------------------------------------------- built-in
-
-
-def load_builtin(name="bric", seed=0, **generate_kwargs):
-  """The built-in dataset (generated on first use) as ``(subjects, protocol)``.
-
-  ``generate_kwargs`` go to ``bric.ensure_dataset`` (smaller datasets for tests).
-  """
-  from fcslstm_jax.synthetic import bric_like as bric  # the generator is only needed here
-  protocol = protocol_lib.builtin(name)
-  root = bric.ensure_dataset(seed=seed, **generate_kwargs)
-  return load_dataset(root, protocol), protocol
-
-
-def main(argv=None):
-  """``python -m fcslstm_jax.data.study --dataset bric --preview out.png``: summary and montage."""
-  from fcslstm_jax.outputs import figures
-  from fcslstm_jax.data import sequences
-  parser = argparse.ArgumentParser(prog="python -m fcslstm_jax.data.study",
-                                   description=__doc__.split("\n")[0])
-  parser.add_argument("--dataset", default="bric",
-                      help="built-in name (bric, ibis; generated on first use)")
-  parser.add_argument("--data-dir", default=None, help="a dataset folder instead")
-  parser.add_argument("--protocol", default=None,
-                      help="protocol name or JSON file (default: DATA_DIR/protocol.json, else bric)")
-  parser.add_argument("--data-seed", type=int, default=0, help="built-in dataset seed")
-  parser.add_argument("--preview", default=None, help="write a montage PNG here")
-  parser.add_argument("--subject", type=int, default=0, help="subject index for --preview")
-  args = parser.parse_args(argv)
-  try:
-    if args.data_dir:
-      protocol = protocol_lib.get_protocol(args.protocol, args.data_dir)
-      study = load_study(args.data_dir, protocol)
-    else:
-      from fcslstm_jax.synthetic import bric_like as bric
-      protocol = protocol_lib.builtin(args.dataset)
-      study = load_study(bric.ensure_dataset(seed=args.data_seed), protocol)
-    print(sequences.describe_study(study))
-    if args.preview:
-      figures.subject_preview(args.preview, study.subjects[args.subject], protocol)
-      print(f"wrote {args.preview}")
-  except (DataError, ConfigError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

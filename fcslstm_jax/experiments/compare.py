@@ -27,11 +27,11 @@ import jax
 import numpy as np
 
 from fcslstm_jax.synthetic import bric_like as bric
+from fcslstm_jax import datasets
 from fcslstm_jax.data import study as data_lib
 from fcslstm_jax.outputs import figures
 from fcslstm_jax import files
 from fcslstm_jax import metrics as metrics_lib
-from fcslstm_jax.data import protocol as protocol_lib
 from fcslstm_jax.data import sequences
 from fcslstm_jax.train import loop as train_lib
 from fcslstm_jax.config import get_config
@@ -158,7 +158,7 @@ def fig4(path, predictions, protocol):
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--dataset", default="bric", choices=data_lib.BUILTIN_DATASETS,
+  p.add_argument("--dataset", default="bric", choices=datasets.BUILTIN,
                  help="built-in protocol: bric (test 6 mo of 0-12) or ibis (3 sessions)")
   p.add_argument("--seeds", type=int, default=3)
   p.add_argument("--config", default="quick")
@@ -173,12 +173,8 @@ def main(argv=None):
   config = get_config("tiny" if args.quick else args.config,
                       epochs=1 if args.quick and args.epochs is None else args.epochs)
   seeds = 1 if args.quick else args.seeds
-  if args.quick:
-    root = bric.ensure_dataset(seed=0, config=QUICK_DATA)
-    protocol = protocol_lib.builtin(args.dataset)
-    subjects = data_lib.load_dataset(root, protocol)
-  else:
-    subjects, protocol = data_lib.load_builtin(args.dataset)
+  root, protocol = datasets.resolve(args.dataset, generation=QUICK_DATA if args.quick else None)
+  subjects = data_lib.load_dataset(root, protocol)
   os.makedirs(args.out, exist_ok=True)
   runs, predictions = [], {}
   for seed in range(seeds):

@@ -42,6 +42,7 @@ from fcslstm_jax.infer import sliding_window
 from fcslstm_jax.train import loop as train_lib
 from fcslstm_jax.infer import tta
 from fcslstm_jax.outputs import volumes as volumes_lib
+from fcslstm_jax import datasets
 from fcslstm_jax import run_record
 from fcslstm_jax.checkpoint import Checkpointer
 from fcslstm_jax.config import Config
@@ -186,14 +187,7 @@ def load_for_evaluation(run: RunRecord, data_dir=None, truth_dir=None):
   """The study to segment with a run: its own data or ``data_dir``, on the run's grids."""
   protocol = run.protocol
   options = run.grid or data_lib.GridOptions()
-  if data_dir:
-    root = data_dir
-  elif run.builtin:
-    from fcslstm_jax.synthetic import bric_like as bric
-    root = bric.ensure_dataset(seed=run.data_seed, config=bric.VOLUMES[run.volume])
-  else:
-    root = run.dataset
-  return data_lib.load_study(root, every_labeled_slice(protocol),
+  return data_lib.load_study(data_dir or datasets.of_run(run), every_labeled_slice(protocol),
                              spacing=options.spacing or "native", reference=options.reference,
                              register=options.register, labels_root=truth_dir), protocol
 

@@ -1,0 +1,43 @@
+"""Which study a command reads: ``--dataset NAME`` (built in, generated on first use) or
+``--data-dir DIR`` (a BIDS-like folder, README "Your own study"), as its root folder and
+protocol; for a trained run, the study it trained on.
+
+The one place that joins the loader (:mod:`fcslstm_jax.data`) with the generators
+(:mod:`fcslstm_jax.synthetic`): the loader never imports a generator.
+"""
+
+from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.run_record import RunRecord
+
+BUILTIN = tuple(protocol_lib.BUILTIN)  # --dataset choices
+
+
+def resolve(dataset=None, data_dir=None, protocol=None, *, data_seed: int = 0,
+            volume: str = "slab", generation=None) -> tuple:
+  """``(root, protocol)`` of ``--data-dir`` (with ``--protocol``: a shipped name or a JSON
+  file; default ``DIR/protocol.json`` if present, else bric) or else of built-in
+  ``dataset`` (default bric; its own protocol), generated on first use.
+
+  Args:
+    data_seed, volume: the built-in dataset's seed and extent (``slab`` or ``whole``).
+    generation: a :class:`fcslstm_jax.synthetic.bric_like.GenerationConfig` instead of
+      ``volume``'s (small datasets for tests and smoke runs).
+  """
+  if data_dir:
+    return str(data_dir), protocol_lib.get_protocol(protocol, data_dir)
+  protocol = protocol_lib.builtin(dataset or "bric")
+  return builtin_root(data_seed, volume, generation), protocol
+
+
+def builtin_root(data_seed: int = 0, volume: str = "slab", generation=None) -> str:
+  """The built-in dataset's folder, generated on first use."""
+  from fcslstm_jax.synthetic import bric_like  # the generator is only needed here
+  config = generation or bric_like.VOLUMES[volume]
+  return str(bric_like.ensure_dataset(seed=data_seed, config=config))
+
+
+def of_run(record: RunRecord) -> str:
+  """The root of the study a run trained on."""
+  if record.builtin:
+    return builtin_root(record.data_seed, record.volume)
+  return record.dataset
