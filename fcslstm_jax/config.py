@@ -26,6 +26,7 @@ import dataclasses
 import json
 import typing
 
+from fcslstm_jax import jsonfile
 from fcslstm_jax.errors import ConfigError
 
 MODELS = ("fcn", "fcslstm", "bi-fcslstm")
@@ -134,14 +135,9 @@ class Config:
   @classmethod
   def from_json(cls, d: dict, where="run.json") -> "Config":
     """The config a run recorded; fields added since then take their defaults."""
-    if not isinstance(d, dict):
-      raise ConfigError(f"{where}: 'config' is not an object.")
-    d = dict(d)
-    for name, parse in TUPLE_FIELDS.items():
-      if d.get(name) is not None:
-        d[name] = parse(d[name], where)
+    fields = jsonfile.fields_from_json(d, cls, f"{where} (config)", JSON_TYPES)
     try:
-      return cls().replace(**d)
+      return cls(**fields)
     except ConfigError as e:
       raise ConfigError(f"{where}: {e}") from None
 
@@ -173,6 +169,9 @@ def _as_ints(value, where):
 
 
 STAGE_FIELDS = ("stages", "stages_3d")
+# What a JSON config holds where a field's declared type says less.
+JSON_TYPES = {"stages": tuple[tuple[int, ...], ...], "stages_3d": tuple[tuple[int, ...], ...],
+              "patch_size": typing.Optional[tuple[int, ...]]}
 # Fields stored as JSON lists, and how a list becomes the field's tuple.
 TUPLE_FIELDS = {"stages": _as_stages, "stages_3d": _as_stages, "patch_size": _as_ints}
 

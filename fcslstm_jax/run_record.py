@@ -10,7 +10,7 @@ load: a protocol recorded by name, no grid options, no ``volume``.
 
 import dataclasses
 import os
-from typing import Optional
+from typing import Optional, Union
 
 from fcslstm_jax import files
 from fcslstm_jax import jsonfile
@@ -23,6 +23,8 @@ FILE = "run.json"
 # Config fields a resume may change: epochs extend a finished run; chunk_pixels changes speed,
 # not the function; log_every_steps only when the loss is read back.
 RESUMABLE_FIELDS = ("epochs", "chunk_pixels", "log_every_steps")
+# What run.json holds for the typed fields (older records give the protocol by name).
+JSON_TYPES = {"config": dict, "protocol": Optional[Union[dict, str]], "grid": Optional[dict]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,18 +71,21 @@ class RunRecord:
     if not isinstance(d, dict) or not isinstance(d.get("config"), dict):
       raise ConfigError(f"{path}: has no 'config' object; it was not written by train.py (or "
                         "was edited). Restore it, or train again in another --workdir.")
-    recorded = d.get("protocol")
+    fields = jsonfile.fields_from_json(d, cls, path, JSON_TYPES)
+    fields["config"] = Config.from_json(d["config"], path)
+    if "dataset" not in fields:
+      raise ConfigError(f"{path}: has no 'dataset'; it was not written by train.py (or was "
+                        "edited). Restore it, or train again in another --workdir.")
+    recorded = fields.get("protocol")
     if isinstance(recorded, dict):
-      protocol = protocol_lib.from_dict(recorded, f"{path} (protocol)")
-    elif d.get("dataset") in protocol_lib.BUILTIN:
-      protocol = protocol_lib.BUILTIN[d["dataset"]]
+      fields["protocol"] = protocol_lib.from_dict(recorded, f"{path} (protocol)")
+    elif fields["dataset"] in protocol_lib.BUILTIN:  # older records: a name
+      fields["protocol"] = protocol_lib.BUILTIN[fields["dataset"]]
     else:
-      protocol = protocol_lib.get_protocol(recorded or "bric")
-    grid = d.get("grid")
-    return cls(config=Config.from_json(d["config"], path), dataset=str(d.get("dataset")),
-               protocol=protocol, grid=None if grid is None else GridOptions.from_json(grid),
-               config_name=d.get("config_name"), data_seed=int(d.get("data_seed", 0)),
-               volume=d.get("volume", "slab"))
+      fields["protocol"] = protocol_lib.get_protocol(recorded or "bric")
+    if fields.get("grid") is not None:
+      fields["grid"] = GridOptions.from_json(fields["grid"], f"{path} (grid)")
+    return cls(**fields)
 
   def differences(self, new: "RunRecord") -> list:
     """What a resume with ``new`` would change (``"name: old -> new"``), besides the

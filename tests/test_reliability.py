@@ -519,9 +519,9 @@ def test_cut_short_run_json_is_one_error_line(dataset, reference, tmp_path, caps
   text = (workdir / "run.json").read_text()
   (workdir / "run.json").write_text(text[:len(text) // 2])
   assert evaluate.main(["--workdir", str(workdir), "--out", str(tmp_path / "pred")]) == 2
-  assert_one_error_line(capsys.readouterr().err, workdir / "run.json", "unreadable")
+  assert_one_error_line(capsys.readouterr().err, workdir / "run.json", "not valid JSON")
   assert train.main(train_args(dataset, workdir)) == 2
-  assert_one_error_line(capsys.readouterr().err, workdir / "run.json", "unreadable")
+  assert_one_error_line(capsys.readouterr().err, workdir / "run.json", "not valid JSON")
   assert not (tmp_path / "pred").exists()
 
 

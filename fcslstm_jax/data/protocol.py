@@ -13,13 +13,13 @@ which sessions fit none, so that no scan is dropped silently.
 """
 
 import dataclasses
-import json
 import os
 import pathlib
 from typing import Optional, Union
 
 import numpy as np
 
+from fcslstm_jax import jsonfile
 from fcslstm_jax.errors import ConfigError, DataError
 
 SHIPPED = pathlib.Path(__file__).parent / "protocols"
@@ -50,15 +50,15 @@ class Protocol:
   """
   name: str
   num_timepoints: int
-  ages: Optional[tuple] = None
+  ages: Optional[tuple[float, ...]] = None
   age_tolerance: float = 1.5
-  train_timepoints: tuple = ()
-  test_timepoints: tuple = ()
+  train_timepoints: tuple[int, ...] = ()
+  test_timepoints: tuple[int, ...] = ()
   labeled_slices_per_volume: int = 1
-  slice_selection: Union[str, tuple] = "center"
+  slice_selection: Union[str, tuple[int, ...]] = "center"
   num_classes: int = 4
-  class_names: tuple = ("background", "CSF", "GM", "WM")
-  modalities: tuple = ("T1w", "T2w")
+  class_names: tuple[str, ...] = ("background", "CSF", "GM", "WM")
+  modalities: tuple[str, ...] = ("T1w", "T2w")
 
   def __post_init__(self):
     t = self.num_timepoints
@@ -119,44 +119,9 @@ class Protocol:
 
 # ------------------------------------------------------------------------------ files
 
-# JSON type each key must have: (python types, what to call it in an error).
-_NUMBER = ((int, float), "a number")
-_INT = ((int,), "an integer")
-_INDEX_LIST = ((list,), "a list of integers")
-_KEY_TYPES = {
-    "name": ((str,), "a string"), "num_timepoints": _INT, "ages": ((list, type(None)),
-    "a list of numbers or null"), "age_tolerance": _NUMBER, "train_timepoints": _INDEX_LIST,
-    "test_timepoints": _INDEX_LIST, "labeled_slices_per_volume": _INT,
-    "slice_selection": ((str, list), "'center' or a list of integers"), "num_classes": _INT,
-    "class_names": ((list,), "a list of strings"), "modalities": ((list,), "a list of strings"),
-}
-_ELEMENT_TYPES = {"ages": _NUMBER, "train_timepoints": _INT, "test_timepoints": _INT,
-                  "slice_selection": _INT, "class_names": ((str,), "a string"),
-                  "modalities": ((str,), "a string")}
-
-
-def _check_type(path, key, value, types):
-  ok_types, what = types
-  # JSON true/false are ints in Python; never a valid number or index here.
-  if isinstance(value, bool) or not isinstance(value, ok_types):
-    raise ConfigError(f"{path}: key {key!r} must be {what}, got {json.dumps(value)}.")
-
-
 def from_dict(d: dict, path="protocol", default_name="protocol") -> Protocol:
   """A :class:`Protocol` from a JSON object; errors name ``path`` and the key."""
-  if not isinstance(d, dict):
-    raise ConfigError(f"{path}: must hold a JSON object of protocol fields, got "
-                      f"{type(d).__name__}.")
-  fields = {f.name for f in dataclasses.fields(Protocol)}
-  unknown = sorted(set(d) - fields)
-  if unknown:
-    raise ConfigError(f"{path}: unknown key {unknown[0]!r}. Known keys: {', '.join(sorted(fields))}.")
-  for key, value in d.items():
-    _check_type(path, key, value, _KEY_TYPES[key])
-    if isinstance(value, list) and key in _ELEMENT_TYPES:
-      for v in value:
-        _check_type(path, key, v, (_ELEMENT_TYPES[key][0], _KEY_TYPES[key][1]))
-  d = dict(d)
+  d = jsonfile.fields_from_json(d, Protocol, path)
   d.setdefault("name", default_name)
   if "num_timepoints" not in d:
     if not d.get("ages"):
@@ -166,7 +131,6 @@ def from_dict(d: dict, path="protocol", default_name="protocol") -> Protocol:
   if "train_timepoints" not in d:
     raise ConfigError(f"{path}: key 'train_timepoints' is missing: the 0-based time points "
                       "whose labels training uses.")
-  d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
   try:
     return Protocol(**d)
   except ConfigError as e:
@@ -175,20 +139,9 @@ def from_dict(d: dict, path="protocol", default_name="protocol") -> Protocol:
 
 def load_file(path) -> Protocol:
   """Reads a protocol JSON file (see the module docstring)."""
-  path = pathlib.Path(path)
-  try:
-    text = path.read_text()
-  except FileNotFoundError:
-    raise ConfigError(f"{path}: protocol file not found. Give a JSON file, or one of the "
-                      f"shipped protocols {shipped_names()}.") from None
-  except (OSError, UnicodeDecodeError) as e:
-    raise ConfigError(f"{path}: cannot read the protocol file ({e}).") from None
-  try:
-    d = json.loads(text)
-  except json.JSONDecodeError as e:
-    raise ConfigError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}).") \
-        from None
-  return from_dict(d, path, default_name=path.stem)
+  d = jsonfile.read(path, missing=f"Give a JSON file, or one of the shipped protocols "
+                    f"{shipped_names()}.", fix="Fix the protocol file.")
+  return from_dict(d, path, default_name=pathlib.Path(path).stem)
 
 
 def shipped_names():

@@ -33,6 +33,7 @@ from fcslstm_jax.data import intensity
 from fcslstm_jax.data import layout
 from fcslstm_jax.data import nifti_io
 from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax import jsonfile
 from fcslstm_jax.errors import ConfigError, DataError
 
 REFERENCES = ("first", "last")
@@ -49,7 +50,7 @@ class GridOptions:
       ``"last"`` (in age order).
     register: ``"none"`` or ``"rigid"`` (each session to the reference, mutual information).
   """
-  spacing: Optional[tuple] = None
+  spacing: Optional[tuple[float, ...]] = None
   reference: str = "first"
   register: str = "none"
 
@@ -65,10 +66,8 @@ class GridOptions:
             "reference": self.reference, "register": self.register}
 
   @classmethod
-  def from_json(cls, d: dict) -> "GridOptions":
-    spacing = d.get("spacing")
-    return cls(spacing=tuple(spacing) if spacing else None,
-               reference=d.get("reference", "first"), register=d.get("register", "none"))
+  def from_json(cls, d: dict, where="run.json (grid)") -> "GridOptions":
+    return cls(**jsonfile.fields_from_json(d, cls, where))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

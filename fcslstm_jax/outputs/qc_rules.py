@@ -33,6 +33,7 @@ from typing import Optional
 
 import numpy as np
 
+from fcslstm_jax import jsonfile
 from fcslstm_jax.errors import ConfigError
 
 MAD_TO_SD = 1.4826  # the MAD of a normal distribution times this is its standard deviation
@@ -69,7 +70,7 @@ class FlagRules:
   outlier: Optional[OutlierRule] = OutlierRule()
   empty: Optional[EmptyRule] = EmptyRule()
   uncertain: Optional[UncertainRule] = UncertainRule()
-  classes: Optional[tuple] = None
+  classes: Optional[tuple[str, ...]] = None
 
   def to_json(self) -> dict:
     d = {k: None if v is None else dataclasses.asdict(v) for k, v in
@@ -212,51 +213,14 @@ def flag_rows(flags) -> tuple:
 # ------------------------------------------------------------------------------ the file
 
 
-def _number(value, where, integer=False):
-  ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-  if not ok or isinstance(value, bool):
-    raise ConfigError(f"{where} must be {'an integer' if integer else 'a number'}, got "
-                      f"{json.dumps(value)}.")
-  return value
-
-
-def _rule_from_json(name, value, path):
-  cls = RULES[name]
-  if value is None:
-    return None
-  where = f"{path}: rule {name!r}"
-  if not isinstance(value, dict):
-    raise ConfigError(f"{where} must be an object with keys {[f.name for f in dataclasses.fields(cls)]} "
-                      "or null (off).")
-  fields = {f.name: f for f in dataclasses.fields(cls)}
-  unknown = sorted(set(value) - set(fields))
-  if unknown:
-    raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(fields)}.")
-  kwargs = {}
-  for k, v in value.items():
-    if v is None and k in ("before_age", "z", "qc"):
-      kwargs[k] = None
-      continue
-    kwargs[k] = _number(v, f"{where} key {k!r}", integer=(k == "min_sessions"))
-  return dataclasses.replace(cls(), **kwargs)
-
-
 def from_json(d, path="flags.json") -> FlagRules:
-  """:class:`FlagRules` from a JSON object: the defaults, changed where ``d`` says."""
-  if not isinstance(d, dict):
-    raise ConfigError(f"{path}: must hold a JSON object with keys {', '.join(RULES)}, "
-                      "classes.")
-  known = set(RULES) | {"classes"}
-  unknown = sorted(set(d) - known)
-  if unknown:
-    raise ConfigError(f"{path}: unknown key {unknown[0]!r}; known: {', '.join(sorted(known))}.")
-  changes = {k: _rule_from_json(k, v, path) for k, v in d.items() if k in RULES}
-  if "classes" in d:
-    c = d["classes"]
-    if c is not None and not (isinstance(c, list) and all(isinstance(x, str) for x in c)):
-      raise ConfigError(f"{path}: 'classes' must be a list of class names or null, got "
-                        f"{json.dumps(c)}.")
-    changes["classes"] = None if c is None else tuple(c)
+  """:class:`FlagRules` from a JSON object: the defaults, changed where ``d`` says (a rule's
+  missing keys keep their defaults; a rule set to null is off)."""
+  changes = jsonfile.fields_from_json(d, FlagRules, path)
+  for name, cls in RULES.items():
+    if changes.get(name) is not None:
+      changes[name] = dataclasses.replace(
+          cls(), **jsonfile.fields_from_json(changes[name], cls, f"{path}: rule {name!r}"))
   return dataclasses.replace(FlagRules(), **changes)
 
 
@@ -264,15 +228,9 @@ def load(path) -> FlagRules:
   """The rules in a ``--flags`` JSON file (None: the defaults)."""
   if path is None:
     return FlagRules()
-  try:
-    with open(path) as f:
-      d = json.load(f)
-  except FileNotFoundError:
-    raise ConfigError(f"{path}: not found. Give --flags an existing JSON file "
-                      "(python -m fcslstm_jax.outputs.qc_rules prints the defaults).") from None
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ConfigError(f"{path}: not valid JSON ({e}). Fix the file "
-                      "(python -m fcslstm_jax.outputs.qc_rules prints the defaults).") from None
+  hint = "(python -m fcslstm_jax.outputs.qc_rules prints the defaults)"
+  d = jsonfile.read(path, missing=f"Give --flags an existing JSON file {hint}.",
+                    fix=f"Fix the file {hint}.")
   return from_json(d, path)
 
 
