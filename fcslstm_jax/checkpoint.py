@@ -8,28 +8,19 @@ save of that step replaces it. A save that fails (disk full, read-only folder) r
 (``cleanup_tmp_directories``). orbax logs its own view of such failures through absl's
 logger; the command-line tools set that logger's level (:func:`fcslstm_jax.cli.quiet_libraries`),
 this module changes no global state.
-
-Checkpoints of Bi-FCSLSTM written before both directions shared one scan store each layer's
-parameters per direction (``slstm{k}/forward``, ``slstm{k}/backward``). They are loaded, not
-refused: :meth:`Checkpointer.restore` sees that layout in the checkpoint's metadata, restores
-it and converts parameters and optimizer state (whose RMSprop statistics have the parameters'
-tree) with :func:`fcslstm_jax.model.networks.from_two_scan_params`, a one-to-one map, and says so in a
-warning. The checkpoint on disk is left as it is.
 """
 
 import logging
 import os
 import shutil
-from collections.abc import Mapping
 
 import jax
 import orbax.checkpoint as ocp
 
-from fcslstm_jax.model import networks as model_lib
 from fcslstm_jax.errors import CheckpointError
 
 log = logging.getLogger(__name__)
-BEST_METRIC = "train_mpa"  # see train_lib: never the held-out time point
+BEST_METRIC = "train_mpa"  # see fcslstm_jax/train/loop.py: never the held-out time point
 
 
 _OS_ERRORS = ("No space left on device", "Disk quota exceeded", "Read-only file system",
@@ -65,17 +56,6 @@ def _disk_space_error(directory: str, state) -> str | None:
 
 def _state_dict(state):
   return {"params": state.params, "opt_state": state.opt_state, "step": state.step}
-
-
-def _is_param_tree(x) -> bool:
-  """A model's parameter tree (``params``, or an optimizer's statistics of the same shape)."""
-  return isinstance(x, Mapping) and any(str(k).startswith("slstm") for k in x)
-
-
-def _map_param_trees(tree, fn):
-  """``tree`` with ``fn`` applied to every parameter tree inside it (see :func:`_is_param_tree`)."""
-  return jax.tree_util.tree_map(lambda x: fn(x) if _is_param_tree(x) else x, tree,
-                                is_leaf=_is_param_tree)
 
 
 class Checkpointer:
@@ -131,17 +111,12 @@ class Checkpointer:
       return state, None
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _state_dict(state))
     for s in steps:
-      layers = self._two_scan_layers(s)
       try:
-        if layers:
-          restored = self._restore_two_scan(s, abstract, layers)
-        else:
-          restored = self.manager.restore(s, args=ocp.args.StandardRestore(abstract))
+        restored = self.manager.restore(s, args=ocp.args.StandardRestore(abstract))
       except Exception as e:  # orbax raises many types for truncated or missing files
         self.unreadable.add(s)
-        log.warning("checkpoint %s is unreadable (%s%s); trying an older one.",
-                    os.path.join(self.directory, str(s)), _first_line(e),
-                    ", written by the two-scan Bi-FCSLSTM layout" if layers else "")
+        log.warning("checkpoint %s is unreadable (%s); trying an older one.",
+                    os.path.join(self.directory, str(s)), _first_line(e))
         continue
       if self.unreadable:
         log.warning("using checkpoint %s instead.",
@@ -150,27 +125,6 @@ class Checkpointer:
     raise CheckpointError(
         f"{self.directory}: no checkpoint could be read (tried steps {steps}). "
         "Delete the folder to start over, or point --workdir elsewhere.")
-
-  def _two_scan_layers(self, step: int) -> list[str]:
-    """The ``slstm{k}`` layers that checkpoint ``step`` stores in the two-scan layout."""
-    try:
-      stored = self.manager.item_metadata(step).tree["params"]
-    except Exception:  # unreadable metadata: the restore itself reports it
-      return []
-    return sorted(k for k, v in stored.items() if model_lib.is_two_scan_layer(v))
-
-  def _restore_two_scan(self, step: int, abstract, layers: list[str]):
-    """Checkpoint ``step`` in the two-scan layout, converted to ``abstract``'s layout."""
-    old = _map_param_trees(abstract, lambda p: model_lib.to_two_scan_params(p, layers))
-    restored = self.manager.restore(step, args=ocp.args.StandardRestore(old))
-    restored = _map_param_trees(restored, model_lib.from_two_scan_params)
-    restored = jax.tree_util.tree_map(  # where the standard restore would put them
-        lambda a, ref: jax.device_put(a, getattr(ref, "sharding", None)), restored, abstract)
-    log.warning("checkpoint %s was written by the two-scan Bi-FCSLSTM layout (layers %s "
-                "stored per direction); converted with "
-                "fcslstm_jax.model.networks.from_two_scan_params.",
-                os.path.join(self.directory, str(step)), ", ".join(layers))
-    return restored
 
   def close(self):
     self.manager.close()

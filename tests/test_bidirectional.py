@@ -3,22 +3,17 @@
 The reference is the layer as it was before the merge: two independent
 :class:`fcslstm_jax.model.slstm.StructuredLSTM` scans, the backward one on the time-reversed sequence
 (a BRNN, paper Sec. 2.3). Parameters are mapped one to one with
-:func:`fcslstm_jax.model.slstm.merge_directions` / :func:`fcslstm_jax.model.networks.from_two_scan_params`.
+:func:`fcslstm_jax.model.slstm.merge_directions`.
 """
 
 import functools
-import logging
 
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 import pytest
-from flax.training import train_state
 
-from fcslstm_jax import checkpoint
 from fcslstm_jax.model import networks as M
 from fcslstm_jax.model import psi
 from fcslstm_jax.model import slstm
@@ -137,9 +132,16 @@ def test_one_scan_for_both_directions(batching, convs):
   assert found == convs
 
 
+def merged(params):
+  """A two-scan Bi-FCSLSTM's parameters (``slstm{k}/forward``, ``slstm{k}/backward``) in
+  the merged layer's layout."""
+  return {k: slstm.merge_directions(v) if set(v) == set(slstm.DIRECTIONS) else v
+          for k, v in params.items()}
+
+
 def test_merged_model_equals_two_scan_model(monkeypatch):
   """Bi-FCSLSTM initialization, logits and gradients, parameters mapped by
-  from_two_scan_params."""
+  merge_directions."""
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 32, 32, 2))
   valid = jnp.array([[True, False, True]])
   model = M.FCSLSTM(3, bidirectional=True, stages=TINY)
@@ -149,43 +151,13 @@ def test_merged_model_equals_two_scan_model(monkeypatch):
     p_old = _perturbed(init_old, 0.05)
     want, g_old = _logits_and_grads(model.apply, p_old, x, valid)
   # Same seed, same initial parameters (BidirectionalLSTM._two_scan_init).
-  chex.assert_trees_all_equal(M.init_params(model, 2), M.from_two_scan_params(init_old))
-  p_new = M.from_two_scan_params(p_old)
+  chex.assert_trees_all_equal(M.init_params(model, 2), merged(init_old))
+  p_new = merged(p_old)
   got, g_new = _logits_and_grads(model.apply, p_new, x, valid)
   chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
-  chex.assert_trees_all_close(g_new, M.from_two_scan_params(g_old), rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(g_new, merged(g_old), rtol=1e-4, atol=1e-5)
 
 
-def test_parameter_mapping_round_trip():
-  old = {"slstm1": {"forward": {"a": jnp.ones(2)}, "backward": {"a": jnp.zeros(2)}},
-         "backend": {"b": jnp.ones(3)}}
-  new = M.from_two_scan_params(old)
-  chex.assert_trees_all_equal(new["slstm1"]["a"], jnp.array([[1.0, 1.0], [0.0, 0.0]]))
-  chex.assert_trees_all_equal(M.to_two_scan_params(new), old)
-  chex.assert_trees_all_equal(M.from_two_scan_params(new), new)  # already merged: unchanged
-  abstract = M.to_two_scan_params(jax.eval_shape(lambda: new))
-  assert abstract["slstm1"]["backward"]["a"].shape == (2,)
+def test_merge_directions_needs_both():
   with pytest.raises(ValueError, match="forward"):
     slstm.merge_directions({"forward": {}})
-
-
-def test_two_scan_checkpoint_is_converted_on_restore(tmp_path, caplog, monkeypatch):
-  """Parameters and RMSprop statistics of an old checkpoint load into the merged layout."""
-  model = M.FCSLSTM(3, bidirectional=True, stages=TINY)
-  tx = optax.rmsprop(1e-3)
-  with monkeypatch.context() as m:
-    m.setattr(slstm, "BidirectionalLSTM", TwoScanBidirectionalLSTM)
-    p_old = _perturbed(M.init_params(model, 2))
-  old = train_state.TrainState.create(apply_fn=None, params=p_old, tx=tx)
-  old = old.replace(step=jnp.asarray(3), opt_state=jax.tree_util.tree_map(lambda a: a + 0.5, old.opt_state))
-  ckpt = checkpoint.Checkpointer(str(tmp_path))
-  ckpt.save(old)
-  fresh = train_state.TrainState.create(apply_fn=None, params=M.init_params(model, 2), tx=tx)
-  with caplog.at_level(logging.WARNING, logger=checkpoint.__name__):
-    state, step = ckpt.restore(fresh)
-  ckpt.close()
-  assert step == 3 and int(state.step) == 3
-  chex.assert_trees_all_equal(state.params, M.from_two_scan_params(p_old))
-  chex.assert_trees_all_equal(state.opt_state[0].nu, M.from_two_scan_params(old.opt_state[0].nu))
-  assert "two-scan Bi-FCSLSTM layout" in caplog.text and "slstm1" in caplog.text
-  np.testing.assert_array_equal(ckpt.unreadable, set())

@@ -60,16 +60,12 @@ more memory (bench/README.md). On several devices the default is one call (a chu
 image would sit on one device's share of the batch), and so it is for volumes: one volume
 patch already holds far more than :data:`fcslstm_jax.model.psi.CPU_CHUNK_PIXELS` voxels.
 
-Old checkpoints: Bi-FCSLSTM parameters were stored per direction (``slstm{k}/forward``,
-``slstm{k}/backward``) before both directions shared one scan;
-:func:`from_two_scan_params` converts such a tree, and :mod:`fcslstm_jax.checkpoint` does it
-when it restores one.
 """
 
 import argparse
 import functools
 import itertools
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -310,29 +306,6 @@ def create_model(name: str, num_classes: int, *, remat: str = "none",
     return FCSLSTM(num_classes, bidirectional=name == "bi-fcslstm", remat=remat, unroll=unroll,
                    chunk_pixels=chunk_pixels, dtype=dtype, spatial_dims=spatial_dims)
   raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")
-
-
-def is_two_scan_layer(tree) -> bool:
-  """Whether ``tree`` is a bidirectional layer's parameters in the two-scan layout."""
-  return isinstance(tree, Mapping) and set(tree) == set(slstm.DIRECTIONS)
-
-
-def from_two_scan_params(params):
-  """Bi-FCSLSTM parameters of the two-scan layout -> today's (see "Old checkpoints" above).
-
-  Every ``slstm{k}`` entry ``{"forward": P, "backward": P}`` becomes
-  :func:`fcslstm_jax.model.slstm.merge_directions` of it; everything else is kept as it is, so
-  parameters already in today's layout, FCN's and FCSLSTM's, pass through unchanged.
-  """
-  return {k: slstm.merge_directions(v) if is_two_scan_layer(v) else v
-          for k, v in params.items()}
-
-
-def to_two_scan_params(params, layers=None):
-  """The inverse of :func:`from_two_scan_params` for the Bi-FCSLSTM layers named in
-  ``layers`` (default: every ``slstm{k}``); leaves may be ``jax.ShapeDtypeStruct``."""
-  layers = [k for k in params if k.startswith("slstm")] if layers is None else layers
-  return {k: slstm.split_directions(v) if k in layers else v for k, v in params.items()}
 
 
 def count_params(params) -> int:

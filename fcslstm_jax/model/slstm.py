@@ -297,16 +297,3 @@ def merge_directions(two_scan: dict) -> dict:
     raise ValueError(f"expected the keys {DIRECTIONS}, got {sorted(two_scan)}")
   return jax.tree_util.tree_map(lambda f, b: jnp.stack([f, b]), two_scan["forward"],
                                 two_scan["backward"])
-
-
-def split_directions(merged: dict) -> dict:
-  """The inverse of :func:`merge_directions`: ``{"forward": P, "backward": P}``.
-
-  Leaves may be arrays or ``jax.ShapeDtypeStruct`` (a restore target; sharding is kept).
-  """
-  def take(a, i):
-    if isinstance(a, jax.ShapeDtypeStruct):
-      return jax.ShapeDtypeStruct(a.shape[1:], a.dtype, sharding=a.sharding)
-    return a[i]
-  return {d: jax.tree_util.tree_map(lambda a, i=i: take(a, i), merged)
-          for i, d in enumerate(DIRECTIONS)}
