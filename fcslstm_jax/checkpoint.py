@@ -106,13 +106,38 @@ class Checkpointer:
 
     Returns ``(state, step)``, or ``(state, None)`` untouched when there is no checkpoint.
     """
-    steps = [step] if step is not None else self.steps()[::-1]
-    if not steps:
-      return state, None
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _state_dict(state))
+    restored, s = self._first_readable(
+        step, lambda s: self.manager.restore(s, args=ocp.args.StandardRestore(abstract)))
+    return (state, None) if s is None else (state.replace(**restored), s)
+
+  def restore_params(self, params, step: int | None = None):
+    """The model parameters alone, shaped like ``params``, from checkpoint ``step`` (default:
+    the newest readable one); the optimizer state is not read (evaluation needs none).
+
+    Returns ``(params, step)``, or ``(params, None)`` when there is no checkpoint.
+    """
+    item = {"params": jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, params)}
+    args = ocp.args.PyTreeRestore(item=item, partial_restore=True,
+                                  restore_args=ocp.checkpoint_utils.construct_restore_args(item))
+
+    def read(s):
+      reader = ocp.PyTreeCheckpointer()
+      try:  # the manager's one item of each step is "default"
+        return reader.restore(os.path.join(self.directory, str(s), "default"), args=args)
+      finally:
+        reader.close()
+
+    restored, s = self._first_readable(step, read)
+    return (params, None) if s is None else (restored["params"], s)
+
+  def _first_readable(self, step, read) -> tuple:
+    """``(read(s), s)`` for checkpoint ``step``, or else the newest one ``read`` succeeds on;
+    ``(None, None)`` when there is none."""
+    steps = [step] if step is not None else self.steps()[::-1]
     for s in steps:
       try:
-        restored = self.manager.restore(s, args=ocp.args.StandardRestore(abstract))
+        restored = read(s)
       except Exception as e:  # orbax raises many types for truncated or missing files
         self.unreadable.add(s)
         log.warning("checkpoint %s is unreadable (%s); trying an older one.",
@@ -121,7 +146,9 @@ class Checkpointer:
       if self.unreadable:
         log.warning("using checkpoint %s instead.",
                     os.path.join(self.directory, str(s)))
-      return state.replace(**restored), s
+      return restored, s
+    if not steps:
+      return None, None
     raise CheckpointError(
         f"{self.directory}: no checkpoint could be read (tried steps {steps}). "
         "Delete the folder to start over, or point --workdir elsewhere.")

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fcslstm_jax.model import networks as M  # noqa: E402
 from fcslstm_jax.train import parallel  # noqa: E402
 from fcslstm_jax.train import loop as train_lib  # noqa: E402
 from fcslstm_jax.config import get_config  # noqa: E402
@@ -52,7 +53,7 @@ def initial_state(config):
   """A host copy of an initial TrainState with He-normal kernels drawn in numpy from the
   parameter shapes: ``jax.jit(model.init)`` would cost one more compilation, and these
   tests compare runs from the same start, whatever it is. Zero biases."""
-  model = train_lib.build_model(config, CLASSES)
+  model = M.build_model(config, CLASSES)
   x = jax.ShapeDtypeStruct((1, T, SIZE, SIZE, CHANNELS), np.float32)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)["params"]
   rng = np.random.default_rng(config.seed)
@@ -90,7 +91,7 @@ def bf16_step(config, state, batch):
   """One bfloat16 step on one device: its loss, the HLO before and after XLA's passes, and
   the dtypes of the updated parameters and optimizer state."""
   config = config.replace(precision="bfloat16")
-  model = train_lib.build_model(config, CLASSES)
+  model = M.build_model(config, CLASSES)
   state = state.replace(apply_fn=model.apply)
   mesh = parallel.make_mesh(1)
   args = (parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh),

@@ -24,6 +24,7 @@ from fcslstm_jax.outputs import qc_rules as flags_lib
 from fcslstm_jax.infer import evaluate as inference
 from fcslstm_jax.data import nifti_io
 from fcslstm_jax.outputs import qc
+from fcslstm_jax.infer import predict
 from fcslstm_jax.infer import tta
 from fcslstm_jax.outputs import volumes
 from fcslstm_jax.errors import ConfigError
@@ -123,9 +124,9 @@ def test_an_ensemble_of_one_equals_that_member_and_of_two_their_mean(batch):
   data = slices(images, valid)
   fn = jax.jit(lambda p, x, v: tta.tta_proba(p, as_apply(position_model), x, v))
   a, b = stand_in_params(2), stand_in_params(3)
-  member = inference.train_lib.predict_all(fn, a, data, batch_size=2)
+  member = predict.predict_all(fn, a, data, batch_size=2)
   np.testing.assert_array_equal(ensemble.average_proba([a], [fn], data, 2), member)
-  other = inference.train_lib.predict_all(fn, b, data, batch_size=2)
+  other = predict.predict_all(fn, b, data, batch_size=2)
   both = ensemble.average_proba([a, b], [fn, fn], data, 2)
   np.testing.assert_allclose(both, (member + other) / 2, rtol=1e-6)
   assert np.abs(both - member).max() > 1e-2

@@ -7,7 +7,7 @@ import pytest
 
 from fcslstm_jax.model import networks as M
 from fcslstm_jax.infer import sliding_window as SW
-from fcslstm_jax.train import loop as train_lib
+from fcslstm_jax.infer import predict
 from fcslstm_jax.infer import tta
 
 TINY = ((4, 1), (4, 1), (6, 1), (6, 1), (8, 1))
@@ -67,7 +67,7 @@ def test_one_window_covering_the_volume_is_one_forward_pass(window):
   params = M.init_params(model, 2, size=8)
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 16, 2))
   valid = np.array([True, True])
-  fn = train_lib.make_predict_fn(model, proba=True)
+  fn = predict.make_predict_fn(model, proba=True)
   whole = np.asarray(fn(params, images[None], valid[None]))[0]
   out = SW.sliding_window_proba(fn, params, np.asarray(images), valid, window)
   np.testing.assert_allclose(out, whole, rtol=1e-5, atol=1e-6)

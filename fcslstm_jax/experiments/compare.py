@@ -35,6 +35,8 @@ from fcslstm_jax import metrics as metrics_lib
 from fcslstm_jax.data import sequences
 from fcslstm_jax.train import loop as train_lib
 from fcslstm_jax.config import get_config
+from fcslstm_jax.infer import predict
+from fcslstm_jax.model import networks
 from fcslstm_jax.model.networks import MODELS, count_params
 from fcslstm_jax.run_record import RunRecord
 
@@ -65,9 +67,9 @@ def run_one(model, seed, config, subjects, protocol, runs_dir, log):
                                         protocol.class_names, record, log=log)
   seconds = time.time() - t0
   seq = labeled_sequences(subjects, protocol)
-  net = train_lib.build_model(config, protocol.num_classes)
-  predict_fn = train_lib.make_predict_fn(net)
-  pred = train_lib.predict_all(predict_fn, result.state.params, seq, config.batch_size)
+  net = networks.build_model(config, protocol.num_classes)
+  predict_fn = predict.make_predict_fn(net)
+  pred = predict.predict_all(predict_fn, result.state.params, seq, config.batch_size)
   mask = seq.label_mask * seq.valid[:, :, None, None]
   consistency = metrics_lib.temporal_consistency(pred, mask)
   return {"model": model, "seed": seed, "train": result.train, "test": result.test,

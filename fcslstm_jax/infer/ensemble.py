@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from fcslstm_jax.train import loop as train_lib
+from fcslstm_jax.infer import predict
 from fcslstm_jax.infer import tta
 from fcslstm_jax.config import Config
 from fcslstm_jax.errors import ConfigError
@@ -98,6 +98,6 @@ def average_proba(params_list, fns, data, batch_size: int) -> np.ndarray:
   sequences; one member: exactly its own probabilities."""
   total = None
   for params, fn in zip(params_list, fns):
-    probs = train_lib.predict_all(fn, params, data, batch_size)
+    probs = predict.predict_all(fn, params, data, batch_size)
     total = probs if total is None else total + probs
   return (total / np.float32(len(fns))).astype(np.float32)

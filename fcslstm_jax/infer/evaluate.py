@@ -23,7 +23,6 @@ import datetime
 import os
 import time
 
-import jax
 import numpy as np
 
 from fcslstm_jax.data import study as data_lib
@@ -39,8 +38,8 @@ from fcslstm_jax.outputs import qc as qc_lib
 from fcslstm_jax.outputs import report as report_lib
 from fcslstm_jax.data import sequences
 from fcslstm_jax.infer import sliding_window
-from fcslstm_jax.train import loop as train_lib
 from fcslstm_jax.infer import tta
+from fcslstm_jax.model import networks
 from fcslstm_jax.outputs import volumes as volumes_lib
 from fcslstm_jax import datasets
 from fcslstm_jax import run_record
@@ -55,15 +54,15 @@ WORST_SESSIONS = 4
 
 def restore_params(workdir: str, config: Config, num_classes: int, in_channels: int,
                    step: int | None = None):
-  """The run's model and parameters (newest readable checkpoint unless ``step``)."""
-  model = train_lib.build_model(config, num_classes)
-  state = train_lib.create_train_state(jax.random.PRNGKey(0), model, config, in_channels, 1)
+  """The run's model and parameters (newest readable checkpoint unless ``step``); the
+  optimizer state stays on disk."""
+  model = networks.build_model(config, num_classes)
   ckpt = Checkpointer(workdir, config.keep_checkpoints)
-  state, restored = ckpt.restore(state, step)
+  params, restored = ckpt.restore_params(networks.init_params(model, in_channels), step)
   ckpt.close()
   if restored is None:
     raise CheckpointError(f"{ckpt.directory}: no checkpoint. Train first with train.py.")
-  return model, state.params, restored
+  return model, params, restored
 
 
 def read_runs(workdirs) -> list:
@@ -259,7 +258,7 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
   fns = ensemble.predict_fns(members, tta.flip_variants(flips, spatial_dims))
   params_list = [m.params for m in members]
   windows = None if spatial_dims == 2 else [
-      (train_lib.window_shape(m.config), m.config.window_overlap) for m in members]
+      (sliding_window.window_shape(m.config), m.config.window_overlap) for m in members]
   cms = np.zeros((protocol.num_timepoints, c, c))
   agreement = [np.zeros((2, protocol.num_timepoints - 1)) for _ in range(2)]
   figure, written, rows, extra, previews = None, 0, [], {}, {}

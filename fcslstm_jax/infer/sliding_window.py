@@ -22,6 +22,8 @@ import math
 
 import numpy as np
 
+from fcslstm_jax.errors import ConfigError
+
 SIGMA_SCALE = 1.0 / 8  # nnU-Net's
 
 
@@ -97,3 +99,12 @@ def volume_predict_fn(proba_fn, window, overlap: float, batch_size: int, proba: 
     out = np.stack(out)
     return out if proba else np.argmax(out, axis=-1).astype(np.int32)
   return fn
+
+
+def window_shape(config) -> tuple:
+  """A 3D run's training patch and inference window ``(d, h, w)`` (its config's
+  ``patch_size``)."""
+  if config.patch_size is None:
+    raise ConfigError("patch_size is null: a 3D run records its patch size in run.json "
+                      "(resolved by train.py); set it with --set patch_size=[d,h,w].")
+  return tuple(config.patch_size)

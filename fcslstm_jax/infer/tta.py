@@ -2,7 +2,7 @@
 
 Layout: images ``[B, T, H, W, C]`` and probabilities ``[B, T, H, W, c]``, channels-last,
 ``[H, W] = [X, Y]`` of the canonical (RAS) working grid. Training flips sequences along H
-and W (:func:`fcslstm_jax.train.loop.augment`), so the model has seen every mirrored view;
+and W (``fcslstm_jax/train/loop.py``, ``augment``), so the model has seen every mirrored view;
 at test time each requested combination of flips is applied to the batch, the model runs
 once on all of them stacked along the batch axis, each result is flipped back, and the
 probabilities are averaged (nnU-Net's mirroring). The z axis is not a flip axis: the model
@@ -13,7 +13,7 @@ import itertools
 
 import jax.numpy as jnp
 
-from fcslstm_jax.train import loop as train_lib
+from fcslstm_jax.infer import predict
 from fcslstm_jax.errors import ConfigError
 
 # Flip name -> axis of [B, T, H, W, C].
@@ -54,6 +54,6 @@ def tta_proba(params, apply_fn, images, valid, variants=((),)):
   flipped sequences; jit with ``variants`` static or closed over."""
   v, b = len(variants), images.shape[0]
   stacked = jnp.concatenate([_flip(images, axes) for axes in variants], axis=0)
-  probs = train_lib.predict_proba(params, apply_fn, stacked, jnp.concatenate([valid] * v))
+  probs = predict.predict_proba(params, apply_fn, stacked, jnp.concatenate([valid] * v))
   probs = probs.reshape((v, b) + probs.shape[1:])
   return jnp.mean(jnp.stack([_flip(probs[i], axes) for i, axes in enumerate(variants)]), 0)

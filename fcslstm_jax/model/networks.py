@@ -77,6 +77,7 @@ from fcslstm_jax.config import (MODELS, REMAT_POLICIES, SPATIAL_DIMS,  # noqa: F
                                 VGG16_EIGHTH, VGG16_QUARTER)
 
 MULTIPLE = 32  # 2 ** number of poolings
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config.precision -> conv dtype
 
 
 def pad_to_multiple(x, multiple: int = MULTIPLE, spatial_dims: int = 2):
@@ -306,6 +307,14 @@ def create_model(name: str, num_classes: int, *, remat: str = "none",
     return FCSLSTM(num_classes, bidirectional=name == "bi-fcslstm", remat=remat, unroll=unroll,
                    chunk_pixels=chunk_pixels, dtype=dtype, spatial_dims=spatial_dims)
   raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")
+
+
+def build_model(config, num_classes: int) -> nn.Module:
+  """The network a :class:`~fcslstm_jax.config.Config` describes, for ``num_classes``."""
+  model = create_model(config.model, num_classes, remat=config.remat, unroll=config.unroll,
+                       chunk_pixels=config.chunk_pixels, dtype=DTYPES[config.precision],
+                       spatial_dims=config.spatial_dims)
+  return model.clone(stages=config.model_stages)
 
 
 def count_params(params) -> int:

@@ -41,10 +41,10 @@ from fcslstm_jax.checkpoint import Checkpointer
 from fcslstm_jax.config import Config
 from fcslstm_jax.data.sequences import SliceSet
 from fcslstm_jax.errors import ConfigError, FcslstmError
-from fcslstm_jax.model.networks import create_model, init_params
+from fcslstm_jax.infer.predict import make_predict_fn, predict_all
+from fcslstm_jax.model.networks import build_model, init_params
 from fcslstm_jax.run_record import RunRecord
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 BATCH_KEYS = ("images", "labels", "label_mask", "valid")
 
 
@@ -77,13 +77,6 @@ def first_nonfinite(losses) -> int | None:
   """Index of the first NaN or Inf in ``losses``, or None when all are finite."""
   bad = np.flatnonzero(~np.isfinite(np.asarray(losses, np.float64)))
   return int(bad[0]) if bad.size else None
-
-
-def build_model(config: Config, num_classes: int) -> nn.Module:
-  model = create_model(config.model, num_classes, remat=config.remat, unroll=config.unroll,
-                       chunk_pixels=config.chunk_pixels, dtype=DTYPES[config.precision],
-                       spatial_dims=config.spatial_dims)
-  return model.clone(stages=config.model_stages)
 
 
 def lr_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
@@ -147,19 +140,6 @@ def train_step(state: TrainState, batch: dict, rng, *, class_weights, config: Co
   return state.apply_gradients(grads=grads), {"loss": loss}
 
 
-def predict(state_or_params, apply_fn, images, valid):
-  """Class map ``[B, T, H, W]`` (int32) for images ``[B, T, H, W, C]``."""
-  params = getattr(state_or_params, "params", state_or_params)
-  return jnp.argmax(apply_fn({"params": params}, images, valid), axis=-1).astype(jnp.int32)
-
-
-def predict_proba(state_or_params, apply_fn, images, valid):
-  """Class probabilities ``[B, T, H, W, c]`` (float32 softmax) for images ``[B, T, H, W, C]``."""
-  params = getattr(state_or_params, "params", state_or_params)
-  logits = apply_fn({"params": params}, images, valid)
-  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-
-
 def batch_at(data, indices, key=(0, 0)) -> dict:
   """The batch (dict of ``BATCH_KEYS`` arrays) of sequences ``indices`` of ``data``: whole
   slice sequences of a :class:`SliceSet`, or one patch of each volume of a
@@ -173,40 +153,12 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def predict_all(predict_fn, params, data: SliceSet, batch_size: int) -> np.ndarray:
-  """Predictions for every sequence of ``data``, batched; the last batch is padded so that
-  one compiled program serves every batch."""
-  n = len(data)
-  if n == 0:
-    raise ValueError("predict_all: no sequences to predict")
-  out = []
-  for start in range(0, n, batch_size):
-    idx = np.arange(start, start + batch_size) % n
-    out.append(np.asarray(predict_fn(params, data.images[idx], data.valid[idx])))
-  return np.concatenate(out)[:n]
-
-
-def make_predict_fn(model: nn.Module, proba: bool = False):
-  """``fn(params, images [B, T, H, W, C], valid [B, T])`` -> class map ``[B, T, H, W]``, or
-  probabilities ``[B, T, H, W, c]`` with ``proba``; jit-compiled."""
-  predict_with = predict_proba if proba else predict
-  return jax.jit(lambda p, x, v: predict_with(p, model.apply, x, v))
-
-
-def window_shape(config: Config) -> tuple:
-  """A 3D run's training patch and inference window ``(d, h, w)``."""
-  if config.patch_size is None:
-    raise ConfigError("patch_size is null: a 3D run records its patch size in run.json "
-                      "(resolved by train.py); set it with --set patch_size=[d,h,w].")
-  return tuple(config.patch_size)
-
-
 def make_volume_predict_fn(model: nn.Module, config: Config, mesh, window_batch: int):
   """``fn(params, volumes [N, T, D, H, W, C], valid [N, T])`` -> class map ``[N, T, D, H, W]``
   by sliding windows of ``config.patch_size`` (``window_batch`` at a time, split over this
   process's devices)."""
   windows = parallel.on_local_devices(make_predict_fn(model, proba=True), mesh)
-  return sliding_window.volume_predict_fn(windows, window_shape(config), config.window_overlap,
+  return sliding_window.volume_predict_fn(windows, sliding_window.window_shape(config), config.window_overlap,
                                           window_batch)
 
 
