@@ -8,6 +8,8 @@ import os
 import pathlib
 import tempfile
 
+from fcslstm_jax.errors import ConfigError
+
 
 @contextlib.contextmanager
 def naming(path):
@@ -68,3 +70,24 @@ def read_tsv(path) -> list:
   """``[{column: text}]`` of a table written by :func:`write_tsv`."""
   with open(path, newline="", encoding="utf-8") as f:
     return list(csv.DictReader(f, delimiter="\t"))
+
+
+def check_outside_dataset(out_dir: str, input_root: str, flag: str = "--out") -> None:
+  """Outputs never go inside the input dataset (nothing can overwrite an input)."""
+  out, root = os.path.realpath(out_dir), os.path.realpath(input_root)
+  if os.path.commonpath([out, root]) == root:
+    raise ConfigError(f"{out_dir}: is inside the input dataset {input_root}. Choose a {flag} "
+                      "folder outside it; outputs never go next to the inputs.")
+
+
+def check_output_dir(out_dir: str, input_root: str) -> None:
+  """Creates ``out_dir`` after checking it is outside the input dataset and writable."""
+  check_outside_dataset(out_dir, input_root)
+  out = os.path.realpath(out_dir)
+  try:
+    os.makedirs(out, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f"{out_dir}: cannot be created ({e.strerror}). Choose another --out "
+                      "folder.") from e
+  if not os.access(out, os.W_OK):
+    raise ConfigError(f"{out_dir}: is not writable. Choose another --out folder.")

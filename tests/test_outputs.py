@@ -163,7 +163,7 @@ def test_probabilities_on_a_session_grid_reaching_past_the_working_grid_sum_to_o
   np.testing.assert_array_equal(native[0, :, :, 0], 1.0)  # outside the working grid
   # Session voxel (3, 3) is working voxel (1.5, 2.5): the mean of its four neighbours.
   np.testing.assert_allclose(native[3, 3, 1], probs[1:3, 2:4, 1].mean((0, 1)), atol=1e-6)
-  labels = inference.to_session_grid(probs, types.SimpleNamespace(grid=work), session)
+  labels = inference.session_outputs(probs, types.SimpleNamespace(grid=work), session)[1]
   np.testing.assert_array_equal(labels, np.argmax(native, -1))
 
 

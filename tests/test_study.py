@@ -142,7 +142,7 @@ def test_prediction_goes_back_onto_the_input_grid(study_dir, protocol, tmp_path)
     for subject in study.subjects:
       for session in subject.sessions:
         onehot = np.eye(protocol.num_classes)[session.labels]  # [X, Y, Z, c] "probabilities"
-        back = inference.to_session_grid(onehot, subject, session)
+        back = inference.session_outputs(onehot, subject, session)[1]  # the argmax
         out = tmp_path / f"{spacing}-{subject.subject_id}-{session.label}.nii.gz"
         nifti_io.save_like(out, back, session.ref)
         written, source = nib.load(str(out)), nib.load(session.paths["T1w"])

@@ -182,8 +182,7 @@ def run(args) -> int:
   model_name = config.model + ("-3d" if config.spatial_dims == 3 else "")
   workdir = args.workdir or os.path.join("runs", f"{name}-{model_name}-{args.config}")
   if args.data_dir:
-    from fcslstm_jax.infer.evaluate import check_outside_dataset
-    check_outside_dataset(workdir, args.data_dir, "--workdir")
+    files.check_outside_dataset(workdir, args.data_dir, "--workdir")
   study = load_study(args, config)
   protocol = study.protocol
   for line in sequences.describe_unassigned(study):

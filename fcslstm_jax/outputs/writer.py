@@ -1,0 +1,299 @@
+"""A segmented study's files, written as each session comes, and the study's tables, figures,
+report and scores once every subject is done (:class:`StudyWriter`).
+
+Layout: a session arrives with its class probabilities ``float32 [X, Y, Z, c]``, labels
+``int32 [X, Y, Z]`` and uncertainty ``float32 [X, Y, Z]`` on its own canonical grid (what
+:mod:`fcslstm_jax.infer.evaluate` resamples back), and its working-grid probabilities
+``[Z, X, Y, c]`` for the report's preview. Written per session, BIDS derivative names with
+the session's original orientation, affine and header: ``*_dseg``, ``*_uncertainty``
+(optionally ``*_probseg``). Per study: ``volumes.tsv``, ``qc.tsv``, ``flags.tsv`` and
+``flags.json`` (:mod:`fcslstm_jax.outputs.qc_rules`), ``dseg.tsv``, figures, ``report.html``
+and ``metrics.json`` (last: it marks a complete output). Labels are scored on each session's
+own grid, against its label file.
+"""
+
+import dataclasses
+import datetime
+import os
+import time
+
+import numpy as np
+
+from fcslstm_jax import files
+from fcslstm_jax import metrics as metrics_lib
+from fcslstm_jax.data import nifti_io
+from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.data import study as data_lib
+from fcslstm_jax.outputs import figures
+from fcslstm_jax.outputs import qc as qc_lib
+from fcslstm_jax.outputs import qc_rules as flags_lib
+from fcslstm_jax.outputs import report as report_lib
+from fcslstm_jax.outputs import volumes as volumes_lib
+
+# Sessions the report shows as montages (the least trusted ones).
+WORST_SESSIONS = 4
+
+
+class StudyWriter:
+  """Writes each session's files as :meth:`add_session` receives them and keeps what the
+  study's outputs need: the confusion counts per time point, the temporal agreement, the
+  ``volumes.tsv`` rows, each session's tissue Dice and preview, and the subject shown in
+  ``segmentation.png`` (the first with counted labels). :meth:`finish` writes the rest.
+
+  Args:
+    desc: the ``desc-`` of the file names (the model, or ``ensemble``).
+    probabilities: also write ``*_probseg.nii.gz`` (float32, one volume per class).
+  """
+
+  def __init__(self, out_dir: str, desc: str, protocol, probabilities: bool = False):
+    self.out_dir, self.desc, self.protocol = out_dir, desc, protocol
+    self.probabilities = probabilities
+    t, c = protocol.num_timepoints, protocol.num_classes
+    self.cms = np.zeros((t, c, c))
+    self.agreement = [np.zeros((2, t - 1)) for _ in range(2)]  # prediction, ground truth
+    self.rows, self.extra, self.previews = [], {}, {}
+    self.figure = None  # (subject, sequences, working-grid prediction)
+
+  def add_session(self, subject_id, t, session, probs, labels, uncertainty, working_probs):
+    """One session's outputs on its own grid (see the module docstring), at time point ``t``."""
+    names = self.protocol.class_names
+    write_session(self.out_dir, self.desc, subject_id, session, probs, labels, uncertainty,
+                  self.probabilities)
+    cm = native_scores(labels, session, len(names))
+    if cm is not None:
+      self.cms[t] += cm
+    self.rows.append(session_row(subject_id, session, labels, uncertainty, names))
+    key = (subject_id, session.label)
+    self.extra[key] = tissue_dice(cm)
+    self.previews[key] = preview(session, working_probs)
+
+  def add_subject(self, subject, seq, pred):
+    """A subject's temporal agreement: its slice sequences ``seq`` and their predicted class
+    map ``pred [Z, T, X, Y]`` on the working grid."""
+    mask = seq.label_mask * seq.valid[:, :, None, None]
+    for counts, seg in zip(self.agreement, (pred, seq.labels)):
+      counts += metrics_lib.temporal_agreement(seg, mask)
+    if self.figure is None or (self.figure[1].label_mask.sum() == 0 < seq.label_mask.sum()):
+      self.figure = (subject, seq, pred)
+
+  def finish(self, rules, log, run_fields: dict, sources: dict, meta, started: float) -> dict:
+    """Flags (also logged), tables, figures, ``report.html`` (unless ``meta`` is None: its
+    header lines) and ``metrics.json``; returns the metrics.
+
+    Args:
+      run_fields, sources: what ``metrics.json`` says of the run(s) and of the labels and
+        output folder, before and after the counts of predictions and flags.
+      started: ``time.monotonic()`` at the start, for the seconds taken.
+    """
+    protocol, names, out_dir = self.protocol, self.protocol.class_names, self.out_dir
+    found = flags_lib.check(self.rows, rules, names)
+    for f in found:
+      log(f.line())
+    result = summarize_run(self.cms, self.agreement, protocol)
+    result.update(run_fields)
+    result.update(predictions=len(self.rows), flags=len(found))
+    result.update(sources)
+    write_study_tables(out_dir, self.rows, self.extra, found, rules, names)
+    with files.atomic_path(os.path.join(out_dir, "segmentation.png")) as path:
+      save_figure(path, *self.figure, protocol, self.desc)
+    n_worst, n_flagged = write_study_figures(out_dir, self.rows, found, self.previews, protocol)
+    result["seconds"] = round(time.monotonic() - started, 1)
+    if meta is not None:
+      meta = list(meta) + [
+          f"written {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+          f"{result['seconds']:.0f} s"]
+      files.write_text(os.path.join(out_dir, "report.html"),
+                       report_page(out_dir, meta, result, self.rows, self.extra, found, names,
+                                   n_worst, n_flagged))
+    files.write_json(os.path.join(out_dir, "metrics.json"), result)  # last: marks it complete
+    return result
+
+
+# ------------------------------------------------------------------------------ sessions
+
+
+def output_path(out_dir: str, subject_id: str, session_label: str, desc: str,
+                suffix: str) -> str:
+  """BIDS derivative name: ``sub-<id>/ses-<label>/anat/sub-<id>_ses-<label>_desc-<desc>_<suffix>.nii.gz``."""
+  name = f"sub-{subject_id}_ses-{session_label}_desc-{desc}_{suffix}.nii.gz"
+  return os.path.join(out_dir, f"sub-{subject_id}", f"ses-{session_label}", "anat", name)
+
+
+def write_session(out_dir, desc, subject_id, session, probs, labels, uncertainty,
+                  probabilities: bool) -> None:
+  """The session's dseg, uncertainty (uint8, 256 steps: a map to look at, not to compute
+  with) and, if asked, probseg files on its input grid and header."""
+  path = lambda suffix: output_path(out_dir, subject_id, session.label, desc, suffix)
+  with files.naming(path("dseg")) as p:
+    nifti_io.save_like(p, labels, session.ref)
+  with files.naming(path("uncertainty")) as p:
+    nifti_io.save_float_like(p, uncertainty, session.ref, np.uint8)
+  if probabilities:
+    with files.naming(path("probseg")) as p:
+      nifti_io.save_float_like(p, probs, session.ref)
+
+
+def session_row(subject_id, session, labels, uncertainty, names) -> volumes_lib.SessionVolumes:
+  """The session's ``volumes.tsv`` row: tissue volumes on its input grid, QC score."""
+  ml = volumes_lib.class_volumes_ml(labels, session.ref.affine, len(names))
+  return volumes_lib.SessionVolumes(
+      subject=subject_id, session=session.label, timepoint=session.timepoint, age=session.age,
+      volumes_ml={n: float(v) for n, v in zip(names[1:], ml[1:])},
+      qc=qc_lib.qc_score(uncertainty, labels))
+
+
+def native_scores(pred, session, num_classes):
+  """Confusion matrix of a native-grid prediction against the session's label file, over
+  every labeled axial slice (None without labels)."""
+  if "dseg" not in session.paths:
+    return None
+  truth = nifti_io.load_volume(session.paths["dseg"], kind="labels").data
+  mask = np.zeros(truth.shape, np.float32)
+  mask[:, :, data_lib.labeled_slices(truth)] = 1.0
+  return metrics_lib.confusion_counts(pred, truth, mask, num_classes)
+
+
+def tissue_dice(cm):
+  """Mean Dice of the tissue classes present in the labels (None without labels)."""
+  if cm is None or cm.sum() == 0:
+    return None
+  d = metrics_lib.dice_per_class(cm)[1:]
+  return None if np.all(np.isnan(d)) else float(np.nanmean(d))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Preview:
+  """A session's most uncertain axial slice on the working grid, for the report:
+  ``images [M] x [X, Y]``, ``labels [X, Y]``, ``uncertainty [X, Y]``, its index ``z``."""
+  images: list
+  labels: np.ndarray
+  uncertainty: np.ndarray
+  z: int
+
+
+def preview(session, probs) -> Preview:
+  """:class:`Preview` of a session from its working-grid probabilities ``[Z, X, Y, c]``:
+  of the slices inside the session's field of view (some image voxel not 0), the one whose
+  predicted brain holds the most uncertainty (the middle one without brain)."""
+  labels = np.argmax(probs, axis=-1)
+  unc = qc_lib.normalized_entropy(probs)
+  seen = np.moveaxis(session.image, 2, 0).any(axis=(1, 2, 3))  # [Z]
+  per_slice = np.where(labels > 0, unc, 0.0).sum(axis=(1, 2)) * seen
+  z = int(np.argmax(per_slice)) if per_slice.any() else probs.shape[0] // 2
+  images = [session.image[:, :, z, k] for k in range(session.image.shape[-1])]
+  return Preview(images, labels[z], unc[z], z)
+
+
+def write_study_figures(out_dir, rows, found, previews, protocol) -> tuple:
+  """``trajectories.png``, ``qc_worst.png`` (the least trusted sessions) and ``flagged.png``
+  (the first flagged ones; removed when nothing is flagged). Returns how many sessions
+  each montage shows."""
+  names = protocol.class_names
+  flagged = {(f.subject, f.session, f.cls) for f in found}
+  with files.atomic_path(os.path.join(out_dir, "trajectories.png")) as path:
+    figures.trajectories(path, rows, names, flagged,
+                         "months" if protocol.name in protocol_lib.BUILTIN else None)
+  by_key = {(r.subject, r.session): r for r in rows}
+  worst = [(r.subject, r.session) for r in qc_lib.worst_first(rows)[:WORST_SESSIONS]]
+  with files.atomic_path(os.path.join(out_dir, "qc_worst.png")) as path:
+    save_worst_figure(path, [(by_key[k], previews[k]) for k in worst], protocol)
+  shown = list(dict.fromkeys((f.subject, f.session) for f in found))[:WORST_SESSIONS]
+  flagged_png = os.path.join(out_dir, "flagged.png")
+  if shown:
+    with files.atomic_path(flagged_png) as path:
+      save_worst_figure(path, [(by_key[k], previews[k]) for k in shown], protocol,
+                        title="flagged sessions (first ones of flags.tsv)")
+  elif os.path.exists(flagged_png):
+    os.unlink(flagged_png)  # an earlier evaluation's, into the same folder
+  return len(worst), len(shown)
+
+
+# -------------------------------------------------------------------------------- tables
+
+
+def qc_table(rows, extra) -> tuple:
+  """``(header, rows)`` of ``qc.tsv``: sessions worst first (rank 1 = least trusted)."""
+  header = ["rank", "subject", "session", "timepoint", "age", "qc", "total_ml",
+            "dice_tissues"]
+  out = []
+  for k, r in enumerate(qc_lib.worst_first(rows), 1):
+    dice = extra.get((r.subject, r.session))
+    out.append([k, f"sub-{r.subject}", f"ses-{r.session}", r.timepoint + 1, f"{r.age:g}",
+                f"{r.qc:.4f}", f"{sum(r.volumes_ml.values()):.3f}",
+                "n/a" if dice is None else f"{dice:.4f}"])
+  return header, out
+
+
+def write_study_tables(out_dir, rows, extra, found, rules, names) -> None:
+  """``volumes.tsv``, ``qc.tsv``, ``flags.tsv``, ``flags.json`` (the rules used) and
+  ``dseg.tsv`` (the class of each label value / probseg volume)."""
+  for name, (header, table) in (("volumes.tsv", volumes_lib.volume_rows(rows, names)),
+                                ("qc.tsv", qc_table(rows, extra)),
+                                ("flags.tsv", flags_lib.flag_rows(found)),
+                                ("dseg.tsv", (["index", "name"], list(enumerate(names))))):
+    files.write_tsv(os.path.join(out_dir, name), header, table)
+  files.write_json(os.path.join(out_dir, "flags.json"), rules.to_json())
+
+
+def report_page(out_dir, meta, result, rows, extra, found, names, worst_count,
+                flagged_count) -> str:
+  read = lambda name: open(os.path.join(out_dir, name), "rb").read()
+  return report_lib.evaluation_page(
+      title="Segmentation report", meta=meta, metrics=result, class_names=names,
+      flags=flags_lib.flag_rows(found), volumes=volumes_lib.volume_rows(rows, names),
+      qc_rows=qc_table(rows, extra), trajectories_png=read("trajectories.png"),
+      worst_png=read("qc_worst.png") if worst_count else None, worst_count=worst_count,
+      flagged_png=read("flagged.png") if flagged_count else None,
+      flagged_count=flagged_count)
+
+
+# ------------------------------------------------------------------------------- metrics
+
+
+def summarize_run(cms, agreement, protocol) -> dict:
+  """metrics.json: per time point and per split, and temporal consistency (None where no
+  voxel is labeled)."""
+  names = protocol.class_names
+  per_t = []
+  for t in range(protocol.num_timepoints):
+    per_t.append(dict(timepoint=t + 1, role=protocol.role(t),
+                      age=protocol.ages[t] if protocol.ages else None,
+                      **metrics_lib.summarize(cms[t], names)))
+  pick = lambda ts: metrics_lib.summarize(cms[list(ts)].sum(0), names) if ts else None
+  ratio = lambda counts: [None if b == 0 else float(a / b) for a, b in zip(*counts)]
+  return {"metrics_available": bool(cms.sum() > 0),
+          "test": pick(protocol.test_timepoints), "train": pick(protocol.train_timepoints),
+          "per_timepoint": per_t,
+          "temporal_consistency": {"prediction": ratio(agreement[0]),
+                                   "ground_truth": ratio(agreement[1])}}
+
+
+# ------------------------------------------------------------------------------- figures
+
+
+def save_figure(path, subject, seq, pred, protocol, model_name):
+  """Fig. 4 layout at the subject's most labeled slice: T1w, T2w, ground truth, prediction."""
+  per_slice = seq.label_mask.sum(axis=(1, 2, 3))
+  i = int(np.argmax(per_slice)) if per_slice.any() else len(seq) // 2
+  rows = range(protocol.num_timepoints)
+  columns = [(m, "image", [seq.images[i, t, ..., k] if seq.valid[i, t] else None for t in rows])
+             for k, m in enumerate(protocol.modalities)]
+  columns.append(("ground truth", "labels",
+                  [seq.labels[i, t] if seq.label_mask[i, t].any() else None for t in rows]))
+  columns.append((model_name, "labels", [pred[i, t] if seq.valid[i, t] else None for t in rows]))
+  labels = [f"{protocol.ages[t]:g}" if protocol.ages else f"t{t + 1}" for t in rows]
+  labels = [l + (" (test)" if t in protocol.test_timepoints else "") for t, l in enumerate(labels)]
+  figures.montage(path, columns, labels, protocol.num_classes,
+                  title=f"sub-{subject.subject_id}, axial slice z={int(seq.slice_index[i])}")
+
+
+def save_worst_figure(path, worst, protocol,
+                      title="least trusted sessions (highest QC score first)"):
+  """Sessions as rows (e.g. the least trusted, worst first): each modality, the prediction
+  and the uncertainty at the session's most uncertain axial slice of its working grid."""
+  columns = [(m, "image", [p.images[k] for _, p in worst])
+             for k, m in enumerate(protocol.modalities)]
+  columns.append(("prediction", "labels", [p.labels for _, p in worst]))
+  columns.append(("uncertainty (0 black, 1 yellow)", "map", [p.uncertainty for _, p in worst]))
+  rows = [f"sub-{r.subject} ses-{r.session}\nz={p.z}, QC {r.qc:.3f}" for r, p in worst]
+  figures.montage(path, columns, rows, protocol.num_classes, title=title)
