@@ -3,4 +3,4 @@
 Arrays are channels-last throughout: images ``[batch, time, H, W, C]``, labels ``[batch, time, H, W]``.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place (pyproject.toml reads it)

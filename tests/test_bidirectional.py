@@ -24,7 +24,7 @@ PSI_H = functools.partial(psi.Conv, use_bias=False)
 
 
 class TwoScanBidirectionalLSTM(nn.Module):
-  """The bidirectional layer before issue 16, verbatim: two scans, parameters per direction."""
+  """The paper's bidirectional layer: two scans, parameters per direction."""
   hidden: int
   psi_x: slstm.PsiFactory
   psi_h: slstm.PsiFactory

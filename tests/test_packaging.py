@@ -34,9 +34,12 @@ def test_pip_install_gives_the_package_and_its_commands(dataset, tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   where = run([python, "-c", "import fcslstm_jax, fcslstm_jax.experiments.compare, "
                "fcslstm_jax.data.protocol as p; print(fcslstm_jax.__file__); "
-               "print(p.get_protocol('ibis').ages)"], tmp_path, env).split()
+               "print(p.get_protocol('ibis').ages); import importlib.metadata as m; "
+               "print(m.version('fcslstm-jax'), fcslstm_jax.__version__)"],
+              tmp_path, env).split()
   assert where[0].startswith(lib), where  # the installed copy, not the repository's
   assert "(6," in where[1]  # protocols/ibis.json was installed with the package
+  assert where[-2] == where[-1], where  # one version: the package's __version__
   workdir, out = tmp_path / "run", tmp_path / "pred"
   run([scripts / "fcslstm-train", "--data-dir", dataset, "--config", "tiny", "--model", "fcn",
        "--epochs", "1", "--batch-size", "2", "--workdir", workdir], tmp_path, env)

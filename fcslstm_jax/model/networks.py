@@ -49,7 +49,7 @@ fully unrolled (the CPU default) XLA does not schedule the recomputation so that
 anything. ``bench/memory.py [--unroll 1]`` measures the compiled temp memory of each policy;
 the numbers, on CPU and on an H200, are in bench/README.md ("Memory"). ``"lean"`` is for
 accelerators: XLA:CPU runs convolutions inside a while loop many times slower than
-unrolled (bench/README.md, "Targets of issue 16").
+unrolled (bench/README.md, "Targets").
 
 Chunking (``chunk_pixels``): FCSLSTM's Ψx stages run on the folded ``B*T`` batch a few images
 at a time on CPU, where that is faster (:func:`fcslstm_jax.model.psi.apply_in_chunks`); same

@@ -129,7 +129,7 @@ def resolve_batching(batching: str | None) -> str:
 
   ``"vmap"`` makes the two directions' convolutions one grouped convolution
   (``feature_group_count=2``), which XLA:CPU runs several times slower than two plain ones
-  (bench/README.md, issue 16); ``"loop"`` applies them one after the other.
+  (bench/README.md); ``"loop"`` applies them one after the other.
   """
   if batching is None:
     return "loop" if jax.default_backend() == "cpu" else "vmap"
@@ -223,7 +223,7 @@ class BidirectionalLSTM(_Layer):
   ``psi_x/...`` ``[2, ...]``, ``scan/psi_h/...`` ``[2, ...]``, ``scan/bias`` ``[2, 4 * hidden]``.
 
   Same function as two independent :class:`StructuredLSTM` layers run one after the other
-  (the paper's arrangement, and ours before): :func:`merge_directions` maps their parameters
+  (the paper's arrangement): :func:`merge_directions` maps their parameters
   one to one, and ``tests/test_bidirectional.py`` checks logits and gradients. What differs
   is the schedule. Ψx of both directions runs on the same input, and the backward
   direction's Ψx outputs are reversed in time (Ψx sees one time step at a time, so Ψx of
@@ -238,8 +238,8 @@ class BidirectionalLSTM(_Layer):
   ``"loop"`` (default on CPU), one call per direction, because XLA:CPU runs grouped
   convolutions several times slower than plain ones (bench/README.md).
 
-  Initialization is the two-scan layer's too (:meth:`_two_scan_init`), so that a model
-  initialized with the same seed starts from the same parameters as before the merge.
+  Initialization is the two-scan layer's too (:meth:`_two_scan_init`): a seed gives the
+  parameters that the two layers would start from, merged.
   """
 
   @nn.compact

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax.training import train_state
+from flax.training.train_state import TrainState
 
 from fcslstm_jax import files
 from fcslstm_jax.train import losses
@@ -67,10 +67,6 @@ def describe_nonfinite(data: SliceSet, indices) -> str:
   subjects = ", ".join(sorted({f"sub-{data.subject_ids[j]}" for j in indices}))
   return (f"the batch's input images ({subjects}) are all finite, so training diverged. "
           "Lower the learning rate")
-
-
-class TrainState(train_state.TrainState):
-  pass
 
 
 def first_nonfinite(losses) -> int | None:
