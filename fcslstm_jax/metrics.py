@@ -55,10 +55,6 @@ def iou_per_class(cm):
   return np.where(present, _ratio(tp, cm.sum(0) + cm.sum(1) - tp), np.nan)
 
 
-def mean_pixel_accuracy(cm) -> float:
-  return float(np.nanmean(pixel_accuracy_per_class(cm)))
-
-
 def summarize(cm, class_names) -> dict:
   """mPA, mean Dice and IoU, and the per-class values, as plain floats (JSON-ready)."""
   acc, dice, iou = pixel_accuracy_per_class(cm), dice_per_class(cm), iou_per_class(cm)

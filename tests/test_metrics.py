@@ -13,7 +13,7 @@ def test_confusion_matrix_and_scores_by_hand():
   cm = np.asarray(metrics.confusion_matrix(pred, labels, mask, 3))
   np.testing.assert_array_equal(cm, [[2, 1, 0], [0, 1, 1], [0, 0, 2]])
   np.testing.assert_allclose(metrics.pixel_accuracy_per_class(cm), [2 / 3, 1 / 2, 1.0])
-  np.testing.assert_allclose(metrics.mean_pixel_accuracy(cm), (2 / 3 + 1 / 2 + 1) / 3)
+  np.testing.assert_allclose(metrics.summarize(cm, NAMES)["mpa"], (2 / 3 + 1 / 2 + 1) / 3)
   # Dice = 2TP / (|pred| + |true|), IoU = TP / union.
   np.testing.assert_allclose(metrics.dice_per_class(cm), [4 / 5, 2 / 4, 4 / 5])
   np.testing.assert_allclose(metrics.iou_per_class(cm), [2 / 3, 1 / 3, 2 / 3])
@@ -25,8 +25,8 @@ def test_absent_class_is_left_out_of_the_mean():
   cm = np.asarray(metrics.confusion_matrix(pred, labels, np.ones(4), 3))
   acc = metrics.pixel_accuracy_per_class(cm)
   assert np.isnan(acc[2])
-  assert metrics.mean_pixel_accuracy(cm) == pytest.approx((0.5 + 1.0) / 2)
   s = metrics.summarize(cm, NAMES)
+  assert s["mpa"] == pytest.approx((0.5 + 1.0) / 2)
   assert s["pixel_accuracy"]["b"] is None and s["voxels"] == 4
 
 

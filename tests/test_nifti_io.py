@@ -53,7 +53,7 @@ def test_orientations_suffixes_dtypes(tmp_path, codes, suffix, dtype):
   data, affine = stored_as(canonical, CANONICAL_AFFINE, codes)
   path = write(tmp_path / f"x{suffix}", data, affine, dtype)
   vol = nifti_io.load_volume(path)
-  assert nifti_io.axcodes(vol.affine) == ("R", "A", "S")
+  assert nib.aff2axcodes(vol.affine) == ("R", "A", "S")
   np.testing.assert_array_equal(vol.data, canonical)
   np.testing.assert_allclose(vol.affine, CANONICAL_AFFINE, atol=1e-4)
   np.testing.assert_array_equal(nifti_io.to_original_orientation(vol.data, vol.ref), data)

@@ -55,7 +55,7 @@ def test_loader_round_trips_affine_and_labels(codes, shape, affine, num_sessions
     for session in subject.sessions:
       images, labels = truth[session.label]
       np.testing.assert_allclose(session.affine, affine, atol=1e-4)  # canonical = RAS affine
-      assert nifti_io.axcodes(session.affine) == ("R", "A", "S")
+      assert nib.aff2axcodes(session.affine) == ("R", "A", "S")
       assert session.image.shape == shape + (2,) and session.image.dtype == np.float32
       assert 0.0 <= session.image.min() and session.image.max() <= 1.0
       np.testing.assert_array_equal(session.labels, labels)
@@ -124,7 +124,6 @@ def test_perfect_prediction_scores_one(seg):
   _, labels, mask, c = seg
   mask = np.ones_like(mask)
   cm = confusion(labels, labels, mask, c)
-  assert metrics.mean_pixel_accuracy(cm) == 1.0
   summary = metrics.summarize(cm, [f"c{i}" for i in range(c)])
   assert summary["mpa"] == summary["mean_dice"] == summary["mean_iou"] == 1.0
   present = set(np.unique(labels).tolist())

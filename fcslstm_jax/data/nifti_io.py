@@ -310,8 +310,3 @@ def write_volume(path, array, affine, dtype):
   img.set_qform(img.affine, code="scanner")
   img.set_sform(img.affine, code="scanner")
   _atomic_save(img, path)
-
-
-def axcodes(affine):
-  """Orientation letters of an affine, e.g. ``('L', 'A', 'S')``."""
-  return orientations.aff2axcodes(affine)
