@@ -25,31 +25,8 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 import pytest  # noqa: E402
 
 from fcslstm_jax.synthetic import bric_like as bric  # noqa: E402
-
-
-def assert_predictions_on_input_grids(dataset, out, num_scans, num_classes=4):
-  """Every T1w image of ``dataset`` has one ``*_dseg.nii.gz`` under ``out``, on its grid
-  (shape, affine, orientation), of integer labels in ``0..num_classes-1``."""
-  import nibabel as nib
-  import numpy as np
-  inputs = sorted(dataset.glob("sub-*/ses-*/anat/*_T1w.nii*"))
-  assert len(inputs) == num_scans
-  for t1 in inputs:
-    sub, ses = t1.parts[-4], t1.parts[-3]
-    (pred_path,) = (out / sub / ses / "anat").glob("*_dseg.nii.gz")
-    ref, pred = nib.load(t1), nib.load(pred_path)
-    assert pred.shape == ref.shape
-    np.testing.assert_allclose(pred.affine, ref.affine, atol=1e-5)
-    assert nib.aff2axcodes(pred.affine) == nib.aff2axcodes(ref.affine)
-    values = np.asarray(pred.dataobj)
-    assert np.issubdtype(values.dtype, np.integer)
-    assert values.min() >= 0 and values.max() <= num_classes - 1
-
-
-def tiny_train_args(data_dir, workdir, epochs, *extra):
-  """train.py's flags for the end-to-end tests: tiny config, batch 2 (one compiled program)."""
-  return ["--data-dir", str(data_dir), "--config", "tiny", "--epochs", str(epochs),
-          "--batch-size", "2", "--workdir", str(workdir), *extra]
+from fcslstm_jax.synthetic import cohort  # noqa: E402
+from helpers import STUDY, STUDY_EPOCHS, train_args  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +41,19 @@ def dataset3d(tmp_path_factory):
   32x32x12), for the 3D + time tests."""
   return bric.generate(tmp_path_factory.mktemp("data3d") / "tiny3d", seed=0,
                        config=bric.TINY_3D)
+
+
+@pytest.fixture(scope="session")
+def study_dir(tmp_path_factory):
+  """A study with real-study conditions (helpers.STUDY), written once per test session."""
+  return cohort.generate(tmp_path_factory.mktemp("cohort") / "study", seed=0, config=STUDY)
+
+
+@pytest.fixture(scope="session")
+def study_run(study_dir, tmp_path_factory):
+  """An FCN trained on ``study_dir`` with the study's protocol.json."""
+  import train
+  workdir = tmp_path_factory.mktemp("runs") / "fcn"
+  assert train.main(train_args(study_dir, workdir, STUDY_EPOCHS, "--model", "fcn",
+                               "--protocol", str(study_dir / "protocol.json"))) == 0
+  return workdir

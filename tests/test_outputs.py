@@ -1,9 +1,9 @@
-"""What a study needs after segmentation (issue 15): probabilities, test-time flips,
+"""What a study needs after segmentation: probabilities, test-time flips,
 ensembles, uncertainty and QC, tissue volumes over age, flags, the report.
 
 Unit checks use stand-in models (pure functions of the pixels); the end-to-end checks run
-evaluate.py on the tiny cohort of tests/test_study.py with the same tiny FCN (the same
-compiled programs, shared through the session's compilation cache)."""
+evaluate.py on the tiny cohort and FCN run that tests/conftest.py shares with
+tests/test_study.py."""
 
 import dataclasses
 import json
@@ -16,8 +16,6 @@ import numpy as np
 import pytest
 
 import evaluate
-import train
-from fcslstm_jax.synthetic import cohort
 from fcslstm_jax.infer import ensemble
 from fcslstm_jax import files
 from fcslstm_jax.outputs import qc_rules as flags_lib
@@ -32,7 +30,6 @@ from fcslstm_jax.outputs.volumes import SessionVolumes
 from fcslstm_jax.data.study import GridOptions
 from fcslstm_jax.run_record import RunRecord
 
-STUDY = dataclasses.replace(cohort.TINY, fov_mm=(144.0, 144.0, 18.0))  # as test_study.py
 NAMES = ("background", "CSF", "GM", "WM")
 
 # ------------------------------------------------------------------ stand-in models, TTA
@@ -324,23 +321,9 @@ def test_flag_rules_file(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def study_dir(tmp_path_factory):
-  return cohort.generate(tmp_path_factory.mktemp("cohort") / "study", seed=0, config=STUDY)
-
-
-@pytest.fixture(scope="module")
-def trained(study_dir, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("runs") / "fcn"
-  assert train.main(["--data-dir", str(study_dir), "--protocol",
-                     str(study_dir / "protocol.json"), "--model", "fcn", "--config", "tiny",
-                     "--epochs", "2", "--batch-size", "2", "--workdir", str(workdir)]) == 0
-  return workdir
-
-
-@pytest.fixture(scope="module")
-def evaluated(study_dir, trained, tmp_path_factory):
+def evaluated(study_dir, study_run, tmp_path_factory):
   out = tmp_path_factory.mktemp("eval") / "pred"
-  assert evaluate.main(["--workdir", str(trained), "--data-dir", str(study_dir), "--out",
+  assert evaluate.main(["--workdir", str(study_run), "--data-dir", str(study_dir), "--out",
                         str(out), "--probabilities"]) == 0
   return out
 
@@ -403,11 +386,11 @@ def test_report_and_the_other_outputs(evaluated):
   assert not list(evaluated.rglob("*.tmp*"))
 
 
-def test_an_ensemble_of_a_run_and_its_copy_equals_the_run(study_dir, trained, evaluated,
+def test_an_ensemble_of_a_run_and_its_copy_equals_the_run(study_dir, study_run, evaluated,
                                                           tmp_path):
-  twin = shutil.copytree(trained, tmp_path / "twin")
+  twin = shutil.copytree(study_run, tmp_path / "twin")
   out = tmp_path / "ens"
-  assert evaluate.main(["--workdir", str(trained), "--workdir", str(twin), "--data-dir",
+  assert evaluate.main(["--workdir", str(study_run), "--workdir", str(twin), "--data-dir",
                         str(study_dir), "--out", str(out), "--probabilities"]) == 0
   for path in session_files(evaluated, "probseg"):
     other = out / path.relative_to(evaluated)
@@ -417,14 +400,14 @@ def test_an_ensemble_of_a_run_and_its_copy_equals_the_run(study_dir, trained, ev
   assert len(json.loads((out / "metrics.json").read_text())["members"]) == 2
 
 
-def test_an_ensemble_member_on_other_grid_options_is_one_error_line(study_dir, trained,
+def test_an_ensemble_member_on_other_grid_options_is_one_error_line(study_dir, study_run,
                                                                    tmp_path, capsys):
-  other = shutil.copytree(trained, tmp_path / "other")
+  other = shutil.copytree(study_run, tmp_path / "other")
   run = json.loads((other / "run.json").read_text())
   run["grid"]["spacing"] = [4.0, 4.0]
   (other / "run.json").write_text(json.dumps(run))
   out = tmp_path / "never"
-  assert evaluate.main(["--workdir", str(trained), "--workdir", str(other), "--data-dir",
+  assert evaluate.main(["--workdir", str(study_run), "--workdir", str(other), "--data-dir",
                         str(study_dir), "--out", str(out)]) == 2
   err = capsys.readouterr().err.strip()
   assert err.count("\n") == 0 and f"{other}/run.json: grid 'spacing'" in err
@@ -432,12 +415,12 @@ def test_an_ensemble_member_on_other_grid_options_is_one_error_line(study_dir, t
 
 
 def test_unlabeled_study_with_missing_sessions_gets_every_output_but_metrics(
-    study_dir, trained, tmp_path, capsys):
+    study_dir, study_run, tmp_path, capsys):
   root = tmp_path / "unlabeled"
   shutil.copytree(study_dir, root, ignore=shutil.ignore_patterns("derivatives", "sourcedata"))
   shutil.rmtree(root / "sub-02" / "ses-V3")  # sub-03 already misses one
   out = tmp_path / "pred"
-  assert evaluate.main(["--workdir", str(trained), "--data-dir", str(root), "--out", str(out),
+  assert evaluate.main(["--workdir", str(study_run), "--data-dir", str(root), "--out", str(out),
                         "--tta-flips", "x,y"]) == 0
   printed = capsys.readouterr().out
   assert "metrics are not available" in printed
@@ -455,11 +438,11 @@ def test_unlabeled_study_with_missing_sessions_gets_every_output_but_metrics(
   assert len(flag_lines) == len(files.read_tsv(out / "flags.tsv"))
 
 
-def test_bad_tta_flips_and_flags_file_are_one_error_line(trained, tmp_path, capsys):
-  assert evaluate.main(["--workdir", str(trained), "--tta-flips", "z"]) == 2
+def test_bad_tta_flips_and_flags_file_are_one_error_line(study_run, tmp_path, capsys):
+  assert evaluate.main(["--workdir", str(study_run), "--tta-flips", "z"]) == 2
   assert "--tta-flips: unknown axis 'z'" in capsys.readouterr().err
   bad = tmp_path / "rules.json"
   bad.write_text("{")
-  assert evaluate.main(["--workdir", str(trained), "--flags", str(bad)]) == 2
+  assert evaluate.main(["--workdir", str(study_run), "--flags", str(bad)]) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and f"{bad}: not valid JSON" in err

@@ -23,6 +23,7 @@ import pytest
 from fcslstm_jax.synthetic import bric_like as bric
 from fcslstm_jax.train import parallel
 from fcslstm_jax.errors import ConfigError
+from helpers import train_args
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "parallel_worker.py"
@@ -53,9 +54,9 @@ def start(args, log, nice=0, **env):
 
 def two_process_args(data, workdir, port, *extra):
   # FCN: the cheapest model to compile (the LSTM runs sharded in the 1-vs-2-device worker).
-  return ["--data-dir", data, "--protocol", "ibis", "--config", "tiny", "--model", "fcn",
-          "--epochs", str(EPOCHS_2P), "--batch-size", "2", "--workdir", workdir,
-          "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2", *extra]
+  return train_args(data, workdir, EPOCHS_2P, "--protocol", "ibis", "--model", "fcn",
+                    "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2",
+                    *extra)
 
 
 def run_jobs(tmp, specs, timeout, while_running=None):

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 import evaluate
-from conftest import tiny_train_args
+from helpers import train_args
 import test_data as td  # the loader tests' helpers for writing (bad) NIfTI files
 import train
 from fcslstm_jax.synthetic import bric_like as bric
@@ -48,15 +48,11 @@ EPOCHS = 6  # one step per epoch (2 sequences, batch 2): a checkpoint per step
 TIMEOUT = 300  # seconds for one subprocess to reach a point (a cold compile under load)
 
 
-def train_args(data_dir, workdir, epochs=EPOCHS, *extra):
-  return tiny_train_args(data_dir, workdir, epochs, *extra)
-
-
 @pytest.fixture(scope="module")
 def reference(dataset, tmp_path_factory):
   """An uninterrupted run (in process)."""
   workdir = tmp_path_factory.mktemp("runs") / "reference"
-  assert train.main(train_args(dataset, workdir)) == 0
+  assert train.main(train_args(dataset, workdir, EPOCHS)) == 0
   return workdir
 
 
@@ -119,7 +115,7 @@ def test_sigkill_at_three_points_then_rerun_gives_identical_parameters(dataset, 
                                                                        tmp_path, capsys):
   rng = random.Random(7)  # kill points: observed progress plus a seeded random delay
   workdir, log = tmp_path / "killed", tmp_path / "train.log"
-  args = train_args(dataset, workdir)
+  args = train_args(dataset, workdir, EPOCHS)
 
   # 1. While the model is built and compiled: run.json is written, no checkpoint yet.
   proc = launch(args, log)
@@ -157,7 +153,7 @@ def test_sigkill_at_three_points_then_rerun_gives_identical_parameters(dataset, 
 def test_sigint_and_sigterm_save_a_checkpoint_and_say_how_to_resume(dataset, reference,
                                                                    tmp_path, capsys):
   workdir, log = tmp_path / "signals", tmp_path / "train.log"
-  args = train_args(dataset, workdir)
+  args = train_args(dataset, workdir, EPOCHS)
   saved = 0
   for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, then a scheduler's preemption
     proc = launch(args, log)
@@ -189,7 +185,7 @@ def test_sigterm_outside_the_training_steps_exits_cleanly(tmp_path, capsys, monk
 
   monkeypatch.setattr(sequences, "make_sequences", preempted)
   handler = signal.getsignal(signal.SIGTERM)
-  assert train.main(train_args(root, tmp_path / "run")) == 130
+  assert train.main(train_args(root, tmp_path / "run", EPOCHS)) == 130
   err = capsys.readouterr().err
   assert "Rerun the same command to resume" in err and "Traceback" not in err
   assert signal.getsignal(signal.SIGTERM) is handler  # restored
@@ -211,7 +207,7 @@ def test_truncated_latest_checkpoint_falls_back_with_a_warning(dataset, referenc
   shutil.copytree(reference, workdir)
   newest, previous = checkpoint_steps(workdir)[-1], checkpoint_steps(workdir)[-2]
   truncate_files(workdir / "checkpoints" / str(newest))
-  assert train.main(train_args(dataset, workdir)) == 0
+  assert train.main(train_args(dataset, workdir, EPOCHS)) == 0
   out, err = capsys.readouterr()
   warnings = caplog.text
   assert f"checkpoints/{newest} is unreadable" in warnings, warnings
@@ -225,7 +221,7 @@ def test_no_readable_checkpoint_is_one_error_line(dataset, reference, tmp_path, 
   shutil.copytree(reference, workdir)
   for step in checkpoint_steps(workdir):
     truncate_files(workdir / "checkpoints" / str(step))
-  assert train.main(train_args(dataset, workdir)) == 2
+  assert train.main(train_args(dataset, workdir, EPOCHS)) == 2
   err = capsys.readouterr().err
   assert_one_error_line(err, str(workdir / "checkpoints"), "no checkpoint could be read")
 
@@ -402,7 +398,7 @@ def test_bad_input_is_one_error_line_from_both_clis(case, tmp_path, capsys):
   root = good_dataset(tmp_path / "ds")
   culprit = mutate(root)
   workdir = tmp_path / "run"
-  assert train.main(train_args(root, workdir)) == 2
+  assert train.main(train_args(root, workdir, EPOCHS)) == 2
   assert_one_error_line(capsys.readouterr().err, culprit, message)
   assert not workdir.exists()  # nothing written
 
@@ -446,7 +442,7 @@ def test_refuses_a_workdir_of_another_run(flags, field, tmp_path, capsys):
 def test_refuses_outputs_inside_the_input_dataset(tmp_path, capsys):
   root = good_dataset(tmp_path / "ds")
   inside = root / "derivatives" / "out"
-  assert train.main(train_args(root, inside)) == 2
+  assert train.main(train_args(root, inside, EPOCHS)) == 2
   assert_one_error_line(capsys.readouterr().err, inside, "inside the input dataset", "--workdir")
   run = fake_run(tmp_path / "run", root)
   assert evaluate.main(["--workdir", str(run), "--data-dir", str(root), "--out", str(inside)]) == 2
@@ -483,7 +479,7 @@ def tmpfs(tmp_path):
 def test_read_only_output_folders(tmpfs, tmp_path, capsys):
   readonly = tmpfs("ro", "ro,size=64k")
   root = good_dataset(tmp_path / "ds")
-  assert train.main(train_args(root, readonly / "run")) == 2
+  assert train.main(train_args(root, readonly / "run", EPOCHS)) == 2
   assert_one_error_line(capsys.readouterr().err, readonly / "run", "Read-only file system",
                         "--workdir")
   run = fake_run(tmp_path / "run", root)
@@ -496,7 +492,7 @@ def test_read_only_output_folders(tmpfs, tmp_path, capsys):
 def test_full_disk_during_training(dataset, tmpfs, capsys):
   full = tmpfs("full", "size=128k")  # run.json and logs fit, a checkpoint does not
   workdir = full / "run"
-  assert train.main(train_args(dataset, workdir)) == 2
+  assert train.main(train_args(dataset, workdir, EPOCHS)) == 2
   assert_one_error_line(capsys.readouterr().err, workdir / "checkpoints",
                         "could not write checkpoint 1 (No space left on device", "--workdir")
   assert checkpoint_steps(workdir) == [] and partial_checkpoints(workdir) == []
@@ -520,7 +516,7 @@ def test_cut_short_run_json_is_one_error_line(dataset, reference, tmp_path, caps
   (workdir / "run.json").write_text(text[:len(text) // 2])
   assert evaluate.main(["--workdir", str(workdir), "--out", str(tmp_path / "pred")]) == 2
   assert_one_error_line(capsys.readouterr().err, workdir / "run.json", "not valid JSON")
-  assert train.main(train_args(dataset, workdir)) == 2
+  assert train.main(train_args(dataset, workdir, EPOCHS)) == 2
   assert_one_error_line(capsys.readouterr().err, workdir / "run.json", "not valid JSON")
   assert not (tmp_path / "pred").exists()
 

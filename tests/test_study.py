@@ -21,17 +21,7 @@ from fcslstm_jax.data import nifti_io
 from fcslstm_jax.data import protocol as protocol_lib
 from fcslstm_jax.data import sequences
 from fcslstm_jax.errors import ConfigError
-
-# 2 labeled subjects (6 mm and 4.8 mm voxels) + 1 unlabeled with a missing session; every
-# session cropped differently and the head moved; one labeled slice per session, each at
-# its own z; jittered ages; small enough that the tiny model's batches are 32 x 32.
-STUDY = dataclasses.replace(cohort.TINY, fov_mm=(144.0, 144.0, 18.0))
-EPOCHS = 4
-
-
-@pytest.fixture(scope="module")
-def study_dir(tmp_path_factory):
-  return cohort.generate(tmp_path_factory.mktemp("cohort") / "study", seed=0, config=STUDY)
+from helpers import STUDY, STUDY_EPOCHS
 
 
 @pytest.fixture(scope="module")
@@ -238,29 +228,19 @@ def test_sessions_that_fit_no_time_point_are_named(study_dir):
 # ----------------------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope="module")
-def trained(study_dir, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("runs") / "fcn"
-  assert train.main(["--data-dir", str(study_dir), "--protocol",
-                     str(study_dir / "protocol.json"), "--model", "fcn", "--config", "tiny",
-                     "--epochs", str(EPOCHS), "--batch-size", "2", "--workdir",
-                     str(workdir)]) == 0
-  return workdir
-
-
-def test_trains_on_one_labeled_slice_per_volume(trained, capsys):
-  records = [json.loads(l) for l in (trained / "metrics.jsonl").read_text().splitlines()]
-  assert len(records) == EPOCHS and records[-1]["loss"] < records[0]["loss"], records
-  results = json.loads((trained / "results.json").read_text())
+def test_trains_on_one_labeled_slice_per_volume(study_run, capsys):
+  records = [json.loads(l) for l in (study_run / "metrics.jsonl").read_text().splitlines()]
+  assert len(records) == STUDY_EPOCHS and records[-1]["loss"] < records[0]["loss"], records
+  results = json.loads((study_run / "results.json").read_text())
   assert results["train"]["voxels"] > 0 and results["test"]["voxels"] > 0
-  run = json.loads((trained / "run.json").read_text())
+  run = json.loads((study_run / "run.json").read_text())
   assert run["protocol"]["name"] == "cohort" and run["grid"]["spacing"] == [5.4, 5.4]
 
 
-def test_evaluate_segments_every_session_of_every_subject(study_dir, trained, tmp_path):
+def test_evaluate_segments_every_session_of_every_subject(study_dir, study_run, tmp_path):
   out = tmp_path / "pred"
   full = study_dir / "sourcedata" / "full-labels"
-  assert evaluate.main(["--workdir", str(trained), "--data-dir", str(study_dir), "--out",
+  assert evaluate.main(["--workdir", str(study_run), "--data-dir", str(study_dir), "--out",
                         str(out), "--labels", str(full)]) == 0
   inputs = sorted(study_dir.glob("sub-*/ses-*/anat/*_T1w.nii.gz"))
   assert len(inputs) == 3 * 5 - 1  # the unlabeled subject too, its missing session not
@@ -282,7 +262,7 @@ def test_evaluate_segments_every_session_of_every_subject(study_dir, trained, tm
 
 
 @pytest.mark.parametrize("sessions", [1, 3])
-def test_evaluate_without_any_labels(study_dir, trained, tmp_path, sessions, capsys):
+def test_evaluate_without_any_labels(study_dir, study_run, tmp_path, sessions, capsys):
   """No labels anywhere, 1 to T sessions per subject: predictions, and no metrics."""
   root = tmp_path / "unlabeled"
   shutil.copytree(study_dir, root, ignore=shutil.ignore_patterns("derivatives", "sourcedata"))
@@ -290,7 +270,7 @@ def test_evaluate_without_any_labels(study_dir, trained, tmp_path, sessions, cap
     for extra in sorted(subject.glob("ses-*"))[sessions:]:
       shutil.rmtree(extra)
   out = tmp_path / "pred"
-  assert evaluate.main(["--workdir", str(trained), "--data-dir", str(root), "--out",
+  assert evaluate.main(["--workdir", str(study_run), "--data-dir", str(root), "--out",
                         str(out)]) == 0
   assert "metrics are not available" in capsys.readouterr().out
   assert len(list(out.glob("sub-*/ses-*/anat/*_dseg.nii.gz"))) == 3 * sessions

@@ -12,14 +12,11 @@ import evaluate
 import train
 from fcslstm_jax.synthetic import bric_like as bric
 from fcslstm_jax.infer import evaluate as inference
-from conftest import assert_predictions_on_input_grids, tiny_train_args
+from helpers import assert_predictions_on_input_grids, train_args
 from fcslstm_jax.config import Config
 
 TINY_DATA = bric.TINY
 EPOCHS = 4
-
-
-train_args = tiny_train_args
 
 
 @pytest.fixture(scope="module")

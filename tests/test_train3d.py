@@ -7,7 +7,7 @@ import pytest
 
 import evaluate
 import train
-from conftest import assert_predictions_on_input_grids, tiny_train_args
+from helpers import assert_predictions_on_input_grids, train_args
 from fcslstm_jax.synthetic import bric_like as bric
 from fcslstm_jax.infer import evaluate as inference
 from fcslstm_jax.config import Config
@@ -19,21 +19,17 @@ from fcslstm_jax.config import Config
 FLAGS = ("--spatial-dims", "3", "--model", "fcslstm", "--set", "patch_size=[8,32,32]")
 
 
-def train_args(data_dir, workdir, epochs):
-  return tiny_train_args(data_dir, workdir, epochs, *FLAGS)
-
-
 @pytest.fixture(scope="module")
 def trained(dataset3d, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("runs3d") / "run"
-  assert train.main(train_args(dataset3d, workdir, 1)) == 0
+  assert train.main(train_args(dataset3d, workdir, 1, *FLAGS)) == 0
   return workdir
 
 
 def test_3d_run_trains_records_and_resumes(dataset3d, trained, capsys):
   config = Config.from_json(json.loads((trained / "run.json").read_text())["config"])
   assert config.spatial_dims == 3 and config.patch_size == (8, 32, 32)
-  assert train.main(train_args(dataset3d, trained, 2)) == 0
+  assert train.main(train_args(dataset3d, trained, 2, *FLAGS)) == 0
   assert "Resuming" in capsys.readouterr().out
   records = [json.loads(l) for l in (trained / "metrics.jsonl").read_text().splitlines()]
   assert [r["epoch"] for r in records] == [1, 2]
