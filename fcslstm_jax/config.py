@@ -87,12 +87,13 @@ class Config:
   window_overlap: float = _field(0.5, "3D sliding-window inference: overlap of neighbouring "
                                  "windows, a fraction of the window (nnU-Net: 0.5)",
                                  minimum=0.0, maximum=0.9)
-  remat: str = _field("none", "rematerialization policy (model.py); lean: least memory, "
-                      "for GPUs (much slower on CPU: bench/README.md)", choices=REMAT_POLICIES)
+  remat: str = _field("none", "rematerialization policy (model/networks.py); lean: least "
+                      "memory, for GPUs (much slower on CPU: bench/README.md)",
+                      choices=REMAT_POLICIES)
   unroll: typing.Optional[int] = _field(None, "time steps unrolled per loop iteration; null: "
                                         "all on CPU, a while loop on accelerators", minimum=1)
   chunk_pixels: typing.Optional[int] = _field(None, "pixels per call of the Psi_x stages "
-                                              "(speed only); null: model.py's default")
+                                              "(speed only); null: model/networks.py's default")
   precision: str = _field("float32", "convolution dtype (parameters stay float32)",
                           choices=PRECISIONS)
   keep_checkpoints: int = _field(2, "latest checkpoints kept (besides the best)", minimum=1)

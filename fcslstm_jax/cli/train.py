@@ -99,7 +99,7 @@ def format_table(result, class_names) -> str:
 @contextlib.contextmanager
 def sigterm_as_interrupt():
   """SIGTERM outside the training steps (a scheduler's preemption while the model compiles or
-  the final evaluation runs) ends the run like Ctrl-C; during the steps train_lib's handler
+  the final evaluation runs) ends the run like Ctrl-C; during the steps the training loop's handler
   saves a checkpoint first."""
   if threading.current_thread() is not threading.main_thread():
     yield

@@ -4,7 +4,7 @@ The paper's BRIC data (10 subjects x 5 time points, 0-12 months, T1w + T2w) is p
 module generates a stand-in deterministically from the MNI ICBM152 2009c nonlinear symmetric
 templates shipped inside nilearn (T1, GM and WM probability maps; brain = T1 > 0; CSF = the
 brain mask dilated by 3 mm minus GM and WM), then writes it in the BIDS-like layout that
-``data.load_dataset`` reads, so the real loading path is always exercised:
+``fcslstm_jax.data.study`` reads, so the real loading path is always exercised:
 
 * 10 subjects, each with its own smooth random deformation, size, aspect and head tilt;
 * 5 sessions (0, 3, 6, 9, 12 months): the brain grows (linear scale 0.70 -> 0.88 of the
