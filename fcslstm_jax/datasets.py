@@ -2,8 +2,8 @@
 ``--data-dir DIR`` (a BIDS-like folder, README "Your own study"), as its root folder and
 protocol; for a trained run, the study it trained on.
 
-The one place that joins the loader (:mod:`fcslstm_jax.data`) with the generators
-(:mod:`fcslstm_jax.synthetic`): the loader never imports a generator.
+The one place that joins the loader (the ``fcslstm_jax/data/`` folder) with the generators
+(``fcslstm_jax/synthetic/``): the loader never imports a generator.
 """
 
 from fcslstm_jax.data import protocol as protocol_lib
