@@ -16,8 +16,6 @@ the training time points, and the reported test result is the final model's.
 """
 
 import dataclasses
-import json
-import logging
 import os
 import signal
 import time
@@ -30,10 +28,10 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
-from fcslstm_jax import files
 from fcslstm_jax.train import losses
 from fcslstm_jax import metrics as metrics_lib
 from fcslstm_jax.train import parallel
+from fcslstm_jax.train.metrics_log import MetricsLog
 from fcslstm_jax.data import patches as patches_lib
 from fcslstm_jax.infer import sliding_window
 from fcslstm_jax import run_record
@@ -349,7 +347,7 @@ def train_epoch(run: Run, state, epoch: int, stop: StopRequest, progress=None):
 
 def end_epoch(run: Run, state, epoch: int, losses_seen, seconds: float) -> tuple:
   """Scores the epoch's model, logs its line, then checkpoints it (in that order: a resume
-  drops log lines past its step, see :class:`MetricsLog`). Returns the scores (train, test)."""
+  drops log lines past its step, see :class:`fcslstm_jax.train.metrics_log.MetricsLog`). Returns the scores (train, test)."""
   train_m, test_m = evaluate_splits(run.predict_fn, parallel.local_replica(state.params, run.mesh),
                                     [run.train_eval_set, run.test_set], run.class_names,
                                     run.eval_batch)
@@ -403,49 +401,3 @@ def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, 
                              [run.train_eval_set, test_set], class_names, run.eval_batch)
   # else: the last epoch's scores are the final state's (the same parameters, scored once)
   return RunResult(state, *scored, time.time() - t0, stopped_by)
-
-
-class MetricsLog:
-  """``workdir/metrics.jsonl`` (one JSON object per epoch) and TensorBoard event files.
-
-  On resume, lines written after the restored step (a run killed between its metrics write
-  and its checkpoint) are dropped, so the file matches the training that really happened;
-  so is a line that cannot be read (cut short by a kill, or edited), with a warning.
-  """
-
-  def __init__(self, workdir: str, step: int):
-    from tensorboardX import SummaryWriter  # a requirement (requirements.txt)
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    kept = []
-    if os.path.exists(self.path):
-      with open(self.path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, 1):
-          record = _record(line)
-          if record is None and line.strip():
-            logging.getLogger(__name__).warning(
-                "%s: line %d is unreadable (cut short by a kill?); dropped.", self.path, number)
-          elif record is not None and record["step"] <= step:
-            kept.append(json.dumps(record) + "\n")
-    files.write_text(self.path, "".join(kept))
-    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-
-  def write(self, record: dict) -> None:
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-    for k, v in record.items():
-      if k not in ("epoch", "step") and v is not None:
-        self.tb.add_scalar(k, v, record["step"])
-    self.tb.flush()
-
-  def close(self):
-    self.tb.close()
-
-
-def _record(line: str):
-  """A metrics.jsonl line as a dict with an integer ``step``, or None."""
-  try:
-    record = json.loads(line)
-  except json.JSONDecodeError:
-    return None
-  ok = isinstance(record, dict) and isinstance(record.get("step"), int)
-  return record if ok else None
