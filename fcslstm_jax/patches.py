@@ -16,8 +16,8 @@ patch crosses that slice, and the loss mask keeps the rest of the patch at weigh
 patches. An epoch is one patch of every training subject.
 
 Scoring during training (:func:`label_slabs`): the labeled voxels of a split lie in a few
-axial slices, so the volumes are cut into slabs of the window's depth that cover the
-labeled z range (each labeled voxel in exactly one slab) and each slab is segmented by
+axial slices, so the volumes are cut into slabs of the window's depth centred on the
+labeled slices (each labeled voxel in exactly one slab) and each slab is segmented by
 sliding windows (:mod:`fcslstm_jax.sliding_window`), the windows evaluate.py uses in-plane.
 """
 
@@ -186,30 +186,42 @@ class PatchSampler:
     return out
 
 
+def slab_starts(labeled_z, depth: int, total: int) -> list:
+  """``[(start, first, last)]``: slabs of ``depth`` slices (of a volume of ``total``) that
+  cover the labeled z indices ``labeled_z`` (sorted), each centred on the labeled slices
+  ``first..last`` it counts: ``clip(centre - depth // 2, 0, total - depth)``, moved so that
+  ``first..last`` stays inside. One labeled slice sits in the middle of its slab, not on its
+  edge, where the windows' Gaussian weights are smallest (:mod:`fcslstm_jax.sliding_window`)."""
+  out, i, zs = [], 0, [int(z) for z in labeled_z]
+  while i < len(zs):
+    first = zs[i]
+    last = max(z for z in zs[i:] if z < first + depth)
+    start = (first + last) // 2 - depth // 2
+    start = min(max(start, last - depth + 1), first)  # first..last inside the slab
+    out.append((int(np.clip(start, 0, total - depth)), first, last))
+    i += sum(1 for z in zs[i:] if z <= last)
+  return out
+
+
 def label_slabs(volumes: VolumeSet, depth: int) -> VolumeSet:
-  """Slabs ``[T, depth, H, W]`` of each volume that cover its labeled z range, every labeled
-  voxel in exactly one slab (a last slab moved back inside the volume has its mask cleared
-  where the slab before it already counted). Volumes without labels give none."""
+  """Slabs ``[T, depth, H, W]`` of each volume centred on its labeled slices
+  (:func:`slab_starts`), every labeled voxel in exactly one slab (a slab's mask is cleared
+  outside the labeled slices it counts). Volumes without labels give none."""
   volumes = pad_to(volumes, (depth, 0, 0))
   d_total = volumes.images.shape[2]
-  keep, starts, drop_below = [], [], []
+  keep, starts, counted = [], [], []
   for i, m in enumerate(volumes.label_mask):
-    zs = np.flatnonzero(m.any(axis=(0, 2, 3)))
-    if not zs.size:
-      continue
-    covered = zs[0]
-    for start in range(int(zs[0]), int(zs[-1]) + 1, depth):
-      s = min(start, d_total - depth)
+    for s, first, last in slab_starts(np.flatnonzero(m.any(axis=(0, 2, 3))), depth, d_total):
       keep.append(i)
       starts.append(s)
-      drop_below.append(covered - s)
-      covered = s + depth
+      counted.append((first - s, last - s + 1))
   cut = lambda a: np.stack([
       a[i, :, s:s + depth] for i, s in zip(keep, starts)]) if keep else \
       np.zeros((0,) + a.shape[1:2] + (depth,) + a.shape[3:], a.dtype)
   mask = cut(volumes.label_mask)
-  for k, below in enumerate(drop_below):
-    mask[k, :, :max(0, below)] = 0.0
+  for k, (lo, hi) in enumerate(counted):
+    mask[k, :, :lo] = 0.0
+    mask[k, :, hi:] = 0.0
   labels = np.where(mask > 0, cut(volumes.labels), 0).astype(np.int32)
   offsets = volumes.offsets[keep].copy() if keep else np.zeros((0, 3), np.int32)
   offsets[:, 0] -= np.asarray(starts, np.int32)

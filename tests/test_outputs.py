@@ -8,6 +8,7 @@ compiled programs, shared through the session's compilation cache)."""
 import dataclasses
 import json
 import shutil
+import types
 
 import jax
 import jax.numpy as jnp
@@ -314,6 +315,28 @@ def test_flag_rules_file(tmp_path):
     assert str(path) in str(info.value)
   with pytest.raises(ConfigError, match="not tissue classes"):
     flags_lib.check(smooth_cohort(), flags_lib.FlagRules(classes=("Gm",)), NAMES)
+
+
+def test_label_files_get_the_label_display_range_and_no_stale_probabilities(tmp_path):
+  """dseg: cal_min 0, cal_max c-1 (not the T1w header's display range it copies); a later
+  evaluation without --probabilities into the same --out removes the probseg it wrote."""
+  t1 = nib.Nifti1Image(np.full((4, 5, 3), 700, np.int16), np.eye(4))
+  t1.header["cal_min"], t1.header["cal_max"] = 100.0, 900.0
+  nib.save(t1, str(tmp_path / "t1.nii.gz"))
+  session = types.SimpleNamespace(label="06mo", ref=nifti_io.load_volume(
+      tmp_path / "t1.nii.gz").ref)
+  out = tmp_path / "out"
+  probs = np.full((4, 5, 3, 7), 1 / 7, np.float32)
+  labels = np.zeros((4, 5, 3), np.int32)
+  labels[0] = 2  # the largest label present is not c - 1
+  for asked in (True, False):
+    inference.write_session(str(out), "fcn", "01", session, probs, labels,
+                            np.zeros((4, 5, 3), np.float32), asked)
+    dseg = nib.load(str(out / "sub-01/ses-06mo/anat/sub-01_ses-06mo_desc-fcn_dseg.nii.gz"))
+    assert (float(dseg.header["cal_min"]), float(dseg.header["cal_max"])) == (0.0, 6.0)
+    probseg = out / "sub-01/ses-06mo/anat/sub-01_ses-06mo_desc-fcn_probseg.nii.gz"
+    assert probseg.exists() == asked
+  assert (tmp_path / "t1.nii.gz").exists()
 
 
 # ----------------------------------------------------------------------------- end to end
