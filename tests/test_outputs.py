@@ -20,6 +20,7 @@ import evaluate
 import train
 from fcslstm_jax import cohort
 from fcslstm_jax import ensemble
+from fcslstm_jax import figures
 from fcslstm_jax import files
 from fcslstm_jax import flags as flags_lib
 from fcslstm_jax import inference
@@ -315,6 +316,16 @@ def test_flag_rules_file(tmp_path):
     assert str(path) in str(info.value)
   with pytest.raises(ConfigError, match="not tissue classes"):
     flags_lib.check(smooth_cohort(), flags_lib.FlagRules(classes=("Gm",)), NAMES)
+
+
+@pytest.mark.parametrize("num_classes", [3, 4, 7])
+def test_trajectories_show_every_tissue_and_the_total(num_classes, tmp_path):
+  names = ("background",) + tuple(f"tissue{k}" for k in range(1, num_classes))
+  rows = [SessionVolumes(s, f"V{t}", t, float(3 * t), {n: 10.0 + t for n in names[1:]}, 0.1)
+          for s in ("01", "02") for t in range(3)]
+  titles = figures.trajectories(tmp_path / "t.png", rows, names, {("01", "V1", "")})
+  assert titles == list(names[1:]) + ["total (tissues)"]
+  assert (tmp_path / "t.png").stat().st_size > 0
 
 
 def test_label_files_get_the_label_display_range_and_no_stale_probabilities(tmp_path):
