@@ -11,6 +11,7 @@ import pytest
 
 from fcslstm_jax import data
 from fcslstm_jax import intensity
+from fcslstm_jax import layout
 from fcslstm_jax import protocol as protocol_lib
 from fcslstm_jax import sequences
 from fcslstm_jax.errors import DataError
@@ -108,6 +109,18 @@ def test_sessions_ordered_by_tsv_age(tmp_path):
   make_dataset(tmp_path, sessions=(("a", 9), ("b", 1), ("c", 5)), tsv=True)
   (subject,) = data.load_dataset(tmp_path)
   assert [s.label for s in subject.sessions] == ["b", "c", "a"]
+
+
+def test_label_ages_need_a_unit_and_years_are_twelve_months(tmp_path):
+  assert [layout.label_age(l) for l in ("06mo", "12m", "9months", "1y", "1.5yr", "V06", "T2",
+                                        "6", "2w")] == [6, 12, 9, 12, 18, None, None, None, None]
+  make_dataset(tmp_path / "years", sessions=(("1y", 12), ("06mo", 6)))
+  (subject,) = data.load_dataset(tmp_path / "years", TINY)
+  assert [(s.label, s.age) for s in subject.sessions] == [("06mo", 6), ("1y", 12)]
+  make_dataset(tmp_path / "visits", sessions=(("T1", 6), ("T2", 12)))
+  with pytest.raises(DataError, match="cannot tell the session's age") as info:
+    data.load_dataset(tmp_path / "visits", TINY)
+  assert "ses-T1" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_modalities_are_configurable(tmp_path):
