@@ -256,7 +256,7 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
   rules = flag_rules or flags_lib.FlagRules()
   runs = read_runs(workdirs)
   study, protocol = load_for_evaluation(runs[0][1], data_dir, truth_dir)
-  for line in sequences.describe_unassigned(study):
+  for line in sequences.describe_warnings(study):
     log(line)
   out_dir = out_dir or os.path.join(workdirs[0], "predictions")
   check_output_dir(out_dir, study.root)

@@ -219,3 +219,10 @@ def describe_study(study, counts=None) -> str:
 def describe_unassigned(study) -> list:
   """One warning line per session that fits no time point."""
   return [f"warning: {u}; not used" for u in study.unassigned]
+
+
+def describe_warnings(study) -> list:
+  """:func:`describe_unassigned`, then one line per session of this process's subjects whose
+  labels did not all come through (:attr:`fcslstm_jax.data.Subject.warnings`)."""
+  return describe_unassigned(study) + [f"warning: {w}" for s in study.subjects
+                                       for w in s.warnings]

@@ -190,7 +190,7 @@ def run(args) -> int:
     check_outside_dataset(workdir, args.data_dir, "--workdir")
   study = load_study(args, config)
   protocol = study.protocol
-  for line in sequences.describe_unassigned(study):
+  for line in sequences.describe_warnings(study):
     print(line, file=sys.stderr)
   counts = {split: parallel.sum_over_processes(sequences.split_counts(study.subjects, protocol,
                                                                       split))
