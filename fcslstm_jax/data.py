@@ -93,6 +93,9 @@ class Session:
       slices; None without labels.
     counted_slices: the session's own canonical z indices whose labels count (and reached
       the working grid: :func:`place_labels`).
+    in_view: ``bool [Z]``: the working-grid axial slices (of those the arrays hold) inside
+      the session's field of view; elsewhere its image is blank, not a scan, and the model
+      treats the time point as missing there (:attr:`fcslstm_jax.sequences.SliceSet.valid`).
     grid: the session's own canonical grid.
     to_session: ``[4, 4]`` map from the working grid's world to the session's world
       (identity unless registered).
@@ -110,6 +113,7 @@ class Session:
   grid: grids.Grid
   to_session: np.ndarray
   ref: nifti_io.NiftiRef
+  in_view: Optional[np.ndarray] = None
 
   @property
   def affine(self):
@@ -329,7 +333,8 @@ def load_subject(files: layout.SubjectFiles, protocol, options: GridOptions, kee
         labels=None if p is None else keep_z(p[0]),
         label_mask=None if p is None else keep_z(p[1]),
         counted_slices=() if p is None else tuple(sorted(p[2])), grid=grid, to_session=world,
-        ref=ref)
+        ref=ref, in_view=grids.coverage(grid, work, world)[np.arange(work.shape[2])
+                                                           if z_index is None else z_index])
   return Subject(files.subject_id, files.path, work, tuple(timepoints), tuple(unassigned),
                  z_index, tuple(warnings))
 

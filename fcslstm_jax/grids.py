@@ -172,6 +172,15 @@ def resample(volume, src: Grid, dst: Grid, order: int, world=None, cval=0.0) -> 
                                   mode="grid-constant", cval=cval, prefilter=False)
 
 
+def coverage(src: Grid, dst: Grid, world=None) -> np.ndarray:
+  """``bool [Z]``: which axial slices of ``dst`` some voxel of ``src`` covers (a session's
+  field of view on its subject's working grid; slices outside it hold no image)."""
+  if is_identity(src, dst, world):
+    return np.ones(dst.shape[2], bool)
+  inside = resample(np.ones(tuple(src.shape), np.float32), src, dst, 0, world)
+  return inside.any(axis=(0, 1))
+
+
 # ------------------------------------------------------------------ sparse labeled slices
 
 

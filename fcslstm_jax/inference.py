@@ -140,7 +140,7 @@ def segment_subject(fns, params_list, subject, protocol, batch_size: int, window
   seq = sequences.make_sequences([subject], protocol, "all")
   if windows is None:
     return seq, ensemble.average_proba(params_list, fns, seq, batch_size)
-  volume, valid = np.moveaxis(seq.images, 0, 1), seq.valid[0]  # [T, Z, X, Y, C], [T]
+  volume, valid = np.moveaxis(seq.images, 0, 1), seq.valid.T  # [T, Z, X, Y, C], [T, Z]
   total = sum(sliding_window.sliding_window_proba(fn, params, volume, valid, window, overlap,
                                                   batch_size)
               for fn, params, (window, overlap) in zip(fns, params_list, windows))

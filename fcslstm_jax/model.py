@@ -251,11 +251,33 @@ class FCN(nn.Module):
     return _as_logits(logits.reshape((b, t) + logits.shape[1:]), self.dtype)
 
 
+def slice_validity(valid, depth: int, spatial_dims: int):
+  """``valid`` as the LSTM layers take it: None, ``[B, T]``, or for volumes ``[B, T, D]`` per
+  axial slice (a session's field of view; ours, the paper has no cropped sessions), padded
+  at the end to the padded depth ``depth`` like the slice beside it."""
+  if valid is None or valid.ndim == 2:
+    return valid
+  if spatial_dims != 3 or valid.ndim != 3:
+    raise ValueError(f"valid must be [B, T] (or [B, T, D] for volumes), got {valid.shape}")
+  pad = depth - valid.shape[2]
+  return jnp.pad(valid, [(0, 0), (0, 0), (0, pad)], mode="edge") if pad else valid
+
+
+def pool_validity(valid):
+  """Per-slice validity ``[B, T, D]`` at the next layer's depth ``D / 2``: a pooled slice is
+  valid where either of its two is (it holds image there); ``[B, T]`` and None unchanged."""
+  if valid is None or valid.ndim == 2:
+    return valid
+  return valid.reshape(valid.shape[:2] + (valid.shape[2] // 2, 2)).any(axis=-1)
+
+
 class FCSLSTM(nn.Module):
   """Stacked structured LSTM with the concise FCN's stages as Ψx (Fig. 3).
 
   ``[B, T, H, W, n]`` (+ ``valid`` ``[B, T]``) ``-> [B, T, H, W, c]`` logits; with
-  ``spatial_dims=3``, ``[B, T, D, H, W, n] -> [B, T, D, H, W, c]`` (3D Ψx stages and Ψh).
+  ``spatial_dims=3``, ``[B, T, D, H, W, n] -> [B, T, D, H, W, c]`` (3D Ψx stages and Ψh),
+  ``valid`` ``[B, T]`` or per axial slice ``[B, T, D]`` (:func:`slice_validity`): where a
+  time point is not valid the LSTM keeps its state (:mod:`fcslstm_jax.slstm`).
   """
   num_classes: int
   bidirectional: bool = False
@@ -282,11 +304,13 @@ class FCSLSTM(nn.Module):
     chunk_pixels = self.chunk_pixels
     if chunk_pixels is None and (self.remat != "none" or self.spatial_dims == 3):
       chunk_pixels = 0  # see "Chunking" in the module docstring
+    valid = slice_validity(valid, y.shape[2], self.spatial_dims)
     feats = []
     for k, (ch, n) in enumerate(self.stages):
       if k:
         y = pool(fold_time(y))
         y = y.reshape((b, t) + y.shape[1:])
+        valid = pool_validity(valid)
       psi_x = functools.partial(stage, num_convs=n, width=ch, dtype=self.dtype,
                                 spatial_dims=self.spatial_dims)
       y = layer_cls(hidden=ch, psi_x=psi_x, psi_h=psi_h, unroll=self.unroll,

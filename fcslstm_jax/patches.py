@@ -26,6 +26,7 @@ from typing import Optional
 
 import numpy as np
 
+from fcslstm_jax import sequences
 from fcslstm_jax.errors import DataError
 
 BATCH_KEYS = ("images", "labels", "label_mask", "valid")
@@ -40,7 +41,9 @@ class VolumeSet:
     labels: ``int32 [N, T, D, H, W]``; 0 wherever ``label_mask`` is 0.
     label_mask: ``float32 [N, T, D, H, W]``; 1 where the voxel is labeled, its time point
       belongs to the split and its slice counts under the protocol.
-    valid: ``bool [N, T]``; False for a missing session.
+    valid: ``bool [N, T, D]``: False for a missing session, and at the slices outside a
+      session's field of view (:attr:`fcslstm_jax.data.Session.in_view`); the model treats
+      those (time point, slice) pairs as missing. Zero padding takes the slice beside it.
     subject_ids: N subject ids.
     session_labels: ``str [N, T]`` (``""`` where missing).
     offsets: ``int32 [N, 3]``: the working grid's ``[Z, X, Y]`` index 0 sits at this index of
@@ -85,7 +88,10 @@ def _subject_volume(subject, protocol, split, shape):
       continue
     labels[(t,) + region] = to_zxy(session.labels)
     mask[(t,) + region] = to_zxy(session.label_mask)
-  valid = np.array([s is not None for s in subject.timepoints])
+  valid = np.zeros((t_count, shape[0]), bool)
+  for t, session in enumerate(subject.timepoints):
+    if session is not None:  # the padding around the subject as the slice beside it
+      valid[t] = np.pad(sequences.in_view(session), (off[0], shape[0] - off[0] - z), mode="edge")
   names = np.array([s.label if s else "" for s in subject.timepoints])
   return images, labels, mask, valid, names, np.array(off, np.int32)
 
@@ -109,7 +115,8 @@ def make_volumes(subjects, protocol, split, shape=None) -> VolumeSet:
   if not parts:
     empty = lambda *dims, dtype=np.float32: np.zeros((0,) + dims, dtype)
     return VolumeSet(empty(t, *shape, c), empty(t, *shape, dtype=np.int32), empty(t, *shape),
-                     empty(t, dtype=bool), (), empty(t, dtype=str), empty(3, dtype=np.int32))
+                     empty(t, shape[0], dtype=bool), (), empty(t, dtype=str),
+                     empty(3, dtype=np.int32))
   stack = lambda i: np.stack([p[i] for p in parts])
   return VolumeSet(stack(0), stack(1), stack(2), stack(3), tuple(s.subject_id for s in subjects),
                    stack(4), stack(5))
@@ -123,8 +130,10 @@ def pad_to(volumes: VolumeSet, minimum) -> VolumeSet:
     return volumes
   spatial = [(0, p) for p in pads]
   pad = lambda a, extra: np.pad(a, [(0, 0), (0, 0)] + spatial + [(0, 0)] * extra)
+  valid = np.pad(volumes.valid, [(0, 0), (0, 0), (0, pads[0])], mode="edge") \
+      if volumes.valid.shape[2] else volumes.valid  # padding as the slices beside it
   return dataclasses.replace(volumes, images=pad(volumes.images, 1), labels=pad(volumes.labels, 0),
-                             label_mask=pad(volumes.label_mask, 0))
+                             label_mask=pad(volumes.label_mask, 0), valid=valid)
 
 
 def patch_start(center, patch, shape, rng) -> np.ndarray:
@@ -176,13 +185,14 @@ class PatchSampler:
 
   def batch(self, indices, key) -> dict:
     """The batch (``images [B, T, d, h, w, C]``, ``labels`` / ``label_mask [B, T, d, h, w]``,
-    ``valid [B, T]``) of one patch of each subject in ``indices``."""
+    ``valid [B, T, d]``) of one patch of each subject in ``indices``."""
     starts = self.starts(indices, key)
     crop = lambda a, i, s: a[(i, slice(None)) + tuple(slice(o, o + n) for o, n in
                                                        zip(s, self.patch))]
     out = {k: np.stack([crop(getattr(self.volumes, k), i, s) for i, s in zip(indices, starts)])
            for k in ("images", "labels", "label_mask")}
-    out["valid"] = self.volumes.valid[np.asarray(indices)]
+    out["valid"] = np.stack([self.volumes.valid[i, :, s[0]:s[0] + self.patch[0]]
+                             for i, s in zip(indices, starts)])
     return out
 
 
@@ -225,7 +235,9 @@ def label_slabs(volumes: VolumeSet, depth: int) -> VolumeSet:
   labels = np.where(mask > 0, cut(volumes.labels), 0).astype(np.int32)
   offsets = volumes.offsets[keep].copy() if keep else np.zeros((0, 3), np.int32)
   offsets[:, 0] -= np.asarray(starts, np.int32)
-  return VolumeSet(cut(volumes.images), labels, mask, volumes.valid[keep],
+  valid = np.stack([volumes.valid[i, :, s:s + depth] for i, s in zip(keep, starts)]) if keep \
+      else np.zeros((0,) + volumes.valid.shape[1:2] + (depth,), bool)
+  return VolumeSet(cut(volumes.images), labels, mask, valid,
                    tuple(volumes.subject_ids[i] for i in keep), volumes.session_labels[keep],
                    offsets)
 

@@ -1,6 +1,6 @@
 """Sliding-window inference over whole volumes, all T time points at once (3D + time).
 
-Layout: a volume sequence is ``images [T, D, H, W, C]`` with ``valid [T]``; a window is
+Layout: a volume sequence is ``images [T, D, H, W, C]`` with ``valid [T]`` or ``[T, D]``; a window is
 ``[T, d, h, w]`` (every time point, so the structured LSTM sees the whole sequence); the
 result is class probabilities ``[T, D, H, W, c]``. Nothing here depends on the number of
 spatial axes (``[T, H, W, C]`` works the same way).
@@ -53,9 +53,10 @@ def sliding_window_proba(predict_fn, params, images, valid, window, overlap: flo
                          batch_size: int = 1) -> np.ndarray:
   """Class probabilities ``float32 [T, *S, c]`` of one volume sequence ``images [T, *S, C]``.
 
-  ``predict_fn(params, x [B, T, *window, C], valid [B, T]) -> probabilities [B, T, *window,
-  c]`` (e.g. :func:`fcslstm_jax.tta.tta_proba` jitted); it is called with ``B =
-  batch_size`` windows every time.
+  ``predict_fn(params, x [B, T, *window, C], valid [B, T] or [B, T, d]) -> probabilities
+  [B, T, *window, c]`` (e.g. :func:`fcslstm_jax.tta.tta_proba` jitted); it is called with
+  ``B = batch_size`` windows every time. ``valid``: ``[T]``, or ``[T, D]`` per slice of a
+  volume (``[T, D, H, W]``: a session's field of view), cut per window like the images.
   """
   images = np.asarray(images)
   spatial = images.shape[1:-1]
@@ -71,12 +72,17 @@ def sliding_window_proba(predict_fn, params, images, valid, window, overlap: flo
   weight = gaussian_importance(window)
   total = weight_sum = None
   valid = np.asarray(valid, bool)
+  per_slice = valid.ndim == 2
+  if per_slice and padded[0] != spatial[0]:
+    valid = np.pad(valid, [(0, 0), (0, padded[0] - spatial[0])], mode="edge")
   for first in range(0, len(corners), batch_size):
     chunk = corners[first:first + batch_size]
     filled = chunk + [chunk[-1]] * (batch_size - len(chunk))
     boxes = [tuple(slice(o, o + w) for o, w in zip(c, window)) for c in filled]
     x = np.stack([images[(slice(None),) + box] for box in boxes])
-    probs = np.asarray(predict_fn(params, x, np.broadcast_to(valid, (batch_size,) + valid.shape)))
+    v = (np.stack([valid[:, box[0]] for box in boxes]) if per_slice
+         else np.broadcast_to(valid, (batch_size,) + valid.shape))
+    probs = np.asarray(predict_fn(params, x, v))
     if total is None:
       total = np.zeros((images.shape[0],) + padded + probs.shape[-1:], np.float32)
       weight_sum = np.zeros(padded, np.float32)
@@ -88,7 +94,7 @@ def sliding_window_proba(predict_fn, params, images, valid, window, overlap: flo
 
 
 def volume_predict_fn(proba_fn, window, overlap: float, batch_size: int, proba: bool = False):
-  """``fn(params, images [N, T, *S, C], valid [N, T])`` -> class map ``int32 [N, T, *S]``
+  """``fn(params, images [N, T, *S, C], valid [N, T] or [N, T, D])`` -> class map ``int32 [N, T, *S]``
   (probabilities ``[N, T, *S, c]`` with ``proba``) by :func:`sliding_window_proba` of each
   volume, for :func:`fcslstm_jax.train_lib.evaluate_splits`."""
   def fn(params, images, valid):

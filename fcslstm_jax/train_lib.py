@@ -201,7 +201,7 @@ def window_shape(config: Config) -> tuple:
 
 
 def make_volume_predict_fn(model: nn.Module, config: Config, mesh, window_batch: int):
-  """``fn(params, volumes [N, T, D, H, W, C], valid [N, T])`` -> class map ``[N, T, D, H, W]``
+  """``fn(params, volumes [N, T, D, H, W, C], valid [N, T, D])`` -> class map ``[N, T, D, H, W]``
   by sliding windows of ``config.patch_size`` (``window_batch`` at a time, split over this
   process's devices)."""
   windows = parallel.on_local_devices(make_predict_fn(model, proba=True), mesh)

@@ -459,3 +459,24 @@ def test_nearly_equal_slice_spacings_neither_copy_nor_drop_silently(tmp_path, re
   assert len(subject.warnings) == (1 if lost else 0)
   if lost:
     assert f"{lost} labeled slice(s) not used" in subject.warnings[0]
+
+
+def test_a_cropped_session_is_no_time_point_outside_its_view(tmp_path):
+  """The later session covers working slices 0..3 of 12: its blank slices 4..11 are not
+  valid time points, in slice sequences (training and inference) and in volumes."""
+  from fcslstm_jax import patches
+  spacing_study(tmp_path, 1.0, 12, 1.0, 4, [1])
+  (subject,) = data.load_dataset(tmp_path, TWO)
+  view = [True] * 4 + [False] * 8
+  np.testing.assert_array_equal(subject.timepoints[1].in_view, view)
+  assert subject.timepoints[0].in_view.all()
+  for split in ("train", "all"):
+    s = sequences.make_sequences([subject], TWO, split)
+    np.testing.assert_array_equal(s.valid[:, 1], np.array(view)[s.slice_index])
+    assert s.valid[:, 0].all()
+    assert not s.images[~s.valid[:, 1], 1].any()  # the blank slices it stands for
+  volumes = patches.make_volumes([subject], TWO, "all", shape=(14, 6, 5))  # 1 slice padding
+  np.testing.assert_array_equal(volumes.valid[0, 1], [True] * 5 + [False] * 9)
+  assert volumes.valid[0, 0].all()
+  kept = data.load_dataset(tmp_path, TWO, keep="labeled")[0]  # training keeps z 0 and 1
+  np.testing.assert_array_equal(kept.timepoints[1].in_view, [True, True])

@@ -109,8 +109,8 @@ def tiny_volumes(depth, labeled_z, t=2):
   mask[:, :, list(labeled_z)] = 1.0
   images = np.broadcast_to(np.arange(depth, dtype=np.float32)[:, None, None, None],
                            shape[1:] + (1,))[None].copy()  # image value = z
-  return patches.VolumeSet(images, mask.astype(np.int32), mask, np.ones((1, t), bool), ("a",),
-                           np.array([["x"] * t]), np.zeros((1, 3), np.int32))
+  return patches.VolumeSet(images, mask.astype(np.int32), mask, np.ones((1, t, depth), bool),
+                           ("a",), np.array([["x"] * t]), np.zeros((1, 3), np.int32))
 
 
 @pytest.mark.parametrize("z, start", [(10, 6), (1, 0), (19, 12), (4, 0), (15, 11)])

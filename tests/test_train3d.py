@@ -2,6 +2,9 @@
 
 import json
 
+import jax
+import jax.numpy as jnp
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -9,7 +12,10 @@ import evaluate
 import train
 from conftest import assert_predictions_on_input_grids, tiny_train_args
 from fcslstm_jax import bric
+from fcslstm_jax import data as data_lib
 from fcslstm_jax import inference
+from fcslstm_jax import intensity
+from fcslstm_jax import protocol as protocol_lib
 from fcslstm_jax.config import Config
 
 # 12 slices: windows of depth 8 slide along z (starts 0 and 4); 32 in-plane: one window.
@@ -53,3 +59,30 @@ def test_3d_evaluate_writes_predictions_on_the_input_grid(dataset3d, trained, tm
                                     bric.TINY_3D.num_subjects * len(bric.TINY_3D.ages))
   metrics = json.loads((out / "metrics.json").read_text())
   assert metrics["metrics_available"] and len(metrics["per_timepoint"]) == 5
+
+
+def test_3d_path_writes_each_voxel_where_it_was_read(dataset3d, tmp_path):
+  """Orientation of the 3D path, as tests/test_train.py checks the 2D one, but exact and
+  independent of how well a tiny run learned: a stand-in model whose class is a function
+  of each voxel's T1w value goes through sliding windows, the session grid and the writer;
+  the file must equal that function of the stored T1w voxel by voxel. Square in-plane
+  grids stored LAS: an X/Y swap or a flip anywhere fails it."""
+  classes = lambda t1: jnp.clip(jnp.floor(t1 * 4), 0, 3).astype(jnp.int32)
+  fn = jax.jit(lambda params, x, valid: jax.nn.one_hot(classes(x[..., 0]), 4))
+  protocol = protocol_lib.BRIC
+  (subject, *_) = data_lib.load_study(dataset3d, protocol, spacing="native").subjects
+  assert subject.grid.shape[0] == subject.grid.shape[1]
+  _, probs = inference.segment_subject([fn], [None], subject, protocol, 2, [((8, 32, 32), 0.5)])
+  for t, session in enumerate(subject.timepoints):
+    native, labels, unc = inference.session_outputs(np.moveaxis(probs[:, t], 0, 2), subject,
+                                                    session)
+    inference.write_session(str(tmp_path), "x", subject.subject_id, session, native, labels,
+                            unc, False)
+    stored = np.asarray(nib.load(session.paths["T1w"]).dataobj).astype(np.float32)
+    expected = np.asarray(classes(intensity.normalize_intensity(stored)))
+    written = nib.load(inference.output_path(str(tmp_path), subject.subject_id, session.label,
+                                             "x", "dseg"))
+    assert nib.aff2axcodes(written.affine) == ("L", "A", "S")
+    np.testing.assert_array_equal(np.asarray(written.dataobj), expected)
+    assert len(np.unique(expected)) > 1 and not np.array_equal(expected,
+                                                               expected.transpose(1, 0, 2))
