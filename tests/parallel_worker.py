@@ -8,7 +8,7 @@ process: both must be set before JAX touches a device).
     python tests/parallel_worker.py train OUT.npz TRAIN_ARGS...
         train.py TRAIN_ARGS in one process of a multi-process run; saves its exit code (0, or
         130 when a signal stopped it), the final parameters and whether the newest
-        checkpoint holds them.
+        checkpoint holds them; or only the exit code 2 when it refused the run.
 """
 
 import os
@@ -136,6 +136,10 @@ def train_main(out, argv):
 
   train_lib.train_and_evaluate = keep_result
   rc = train.main(argv)
+  if rc == 2 and not results:  # refused before training (an error line on stderr)
+    log("train.py refused the run, exit 2")
+    np.savez(out, rc_train=rc)
+    return
   assert rc in (0, 130), rc  # 130: stopped by a signal (here or on the other process)
   log(f"train.py done, exit {rc}")
   state = results[-1].state

@@ -169,6 +169,30 @@ def load_study(args, config):
                              keep="labeled" if config.spatial_dims == 2 else "all")
 
 
+def setup(args, main: bool):
+  """``(config, workdir, study, run_info)`` of a run, checked: the config, the work
+  directory (outside the data; on process 0, a run.json there must be this run's) and this
+  process's subjects."""
+  from fcslstm_jax import train_lib
+  config = make_config(args)
+  name = args.dataset or os.path.basename(os.path.normpath(args.data_dir))
+  model_name = config.model + ("-3d" if config.spatial_dims == 3 else "")
+  workdir = args.workdir or os.path.join("runs", f"{name}-{model_name}-{args.config}")
+  if args.data_dir:
+    from fcslstm_jax.inference import check_outside_dataset
+    check_outside_dataset(workdir, args.data_dir, "--workdir")
+  study = load_study(args, config)
+  run_info = {"config": config.to_json(), "config_name": args.config,
+              "dataset": args.dataset or os.path.abspath(args.data_dir),
+              "data_seed": args.data_seed, "protocol": study.protocol.to_json(),
+              "grid": study.options.to_json()}
+  if args.dataset and volume_of(args, config) != "slab":
+    run_info["volume"] = volume_of(args, config)  # absent: the slab (runs before 3D)
+  if main and os.path.exists(os.path.join(workdir, "run.json")):
+    train_lib.check_run_dir(workdir, run_info)  # refuses another run's folder
+  return config, workdir, study, run_info
+
+
 def run(args) -> int:
   import jax
   from tqdm import tqdm
@@ -181,17 +205,16 @@ def run(args) -> int:
   mesh = parallel.make_mesh(None if args.mesh == "auto" else int(args.mesh))
   main = parallel.is_main_process()
   print = builtins.print if main else (lambda *a, **k: None)  # logs on process 0 only
-  config = make_config(args)
-  name = args.dataset or os.path.basename(os.path.normpath(args.data_dir))
-  model_name = config.model + ("-3d" if config.spatial_dims == 3 else "")
-  workdir = args.workdir or os.path.join("runs", f"{name}-{model_name}-{args.config}")
-  if args.data_dir:
-    from fcslstm_jax.inference import check_outside_dataset
-    check_outside_dataset(workdir, args.data_dir, "--workdir")
-  study = load_study(args, config)
+  # Every check that may fail on one process only (its share of the data; run.json, which
+  # process 0 reads) is agreed on before the first collective: no process waits for one
+  # that stopped.
+  config, workdir, study, run_info = parallel.agree_on_error(lambda: setup(args, main))
   protocol = study.protocol
-  for line in sequences.describe_warnings(study):
+  for line in sequences.describe_unassigned(study):
     print(line, file=sys.stderr)
+  for subject in study.subjects:  # this process's subjects, on every process
+    for line in subject.warnings:
+      builtins.print(f"warning: {line}", file=sys.stderr)
   counts = {split: parallel.sum_over_processes(sequences.split_counts(study.subjects, protocol,
                                                                       split))
             for split in ("train", "test")}
@@ -210,12 +233,6 @@ def run(args) -> int:
     train_set = sequences.make_sequences(study.subjects, protocol, "train", size)
     test_set = sequences.make_sequences(study.subjects, protocol, "test", size)
     what = f"{len(train_set)} training sequences of shape {train_set.images.shape[1:]}"
-  run_info = {"config": config.to_json(), "config_name": args.config,
-              "dataset": args.dataset or os.path.abspath(args.data_dir),
-              "data_seed": args.data_seed, "protocol": protocol.to_json(),
-              "grid": study.options.to_json()}
-  if args.dataset and volume_of(args, config) != "slab":
-    run_info["volume"] = volume_of(args, config)  # absent: the slab (runs before 3D)
   print(f"{what}; model {config.model}; workdir {workdir}; {mesh.size} "
         f"{mesh.devices.flat[0].platform} device(s), {jax.process_count()} process(es)")
   progress = lambda it, epoch: tqdm(it, desc=f"epoch {epoch + 1}/{config.epochs}",
