@@ -149,8 +149,16 @@ def read_probabilities(npz_path: str) -> np.ndarray:
   grid. nnU-Net stores them as SimpleITK arrays, ``[c, k, j, i]`` (voxel axes reversed, no
   reorientation), for the NIfTI we wrote as ``[i, j, k] = [X, Y, Z]``."""
   with np.load(npz_path) as f:
-    probs = np.asarray(f["probabilities"], np.float32)
-  return np.transpose(probs, (3, 2, 1, 0))
+    return from_nnunet_order(f["probabilities"])
+
+
+def from_nnunet_order(array) -> np.ndarray:
+  """An nnU-Net array of a case, ``[c, k, j, i]`` (or ``[k, j, i]``), as ``[i, j, k(, c)]``
+  = ``[X, Y, Z(, c)]`` of the NIfTI it came from (float32 for probabilities)."""
+  array = np.asarray(array)
+  if array.ndim == 3:
+    return np.transpose(array, (2, 1, 0))
+  return np.transpose(array, (3, 2, 1, 0)).astype(np.float32)
 
 
 def read_segmentation(path: str) -> np.ndarray:
