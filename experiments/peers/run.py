@@ -207,14 +207,56 @@ def nnunet_env(work: str, da_workers: int) -> dict:
   return env
 
 
-def nnunet_plan(dataset_id: int, log_path: str) -> float:
+def nnunet_plan(dataset_id: int, dataset_name: str, log_path: str) -> tuple:
+  """``(seconds, use_mask_for_norm as planned)``: fingerprint and plans, then preprocessing
+  of the ``2d`` configuration with ``use_mask_for_norm`` off for every channel.
+
+  Why: nnU-Net z-scores a channel inside the nonzero mask when cropping to it shrank the
+  images (``use_mask_for_norm``, planned on for these studies: each session fills only part
+  of its working grid). In preprocessing it takes that mask from the label map (``seg >=
+  0``; ``crop_to_nonzero`` writes -1 where the label is 0 and the image is 0), but with the
+  ignore label on every unannotated voxel no voxel is 0 there, so training cases are
+  normalized over the whole crop, while at inference (no label map) over the nonzero voxels
+  only: the same image reached the network with other intensities (on the first cohort run
+  a difference of up to 1.1 standard deviations, and the trained network's accuracy on the
+  labeled voxels of a training case fell from 0.89 to 0.57). Off, both normalize over the
+  whole crop; the labels stay exactly the protocol's."""
   started = time.monotonic()
-  tool = os.path.join(os.path.dirname(sys.executable), "nnUNetv2_plan_and_preprocess")
+  bin_dir = os.path.dirname(sys.executable)
   with open(log_path, "w") as log:
-    subprocess.run([tool, "-d", str(dataset_id), "-c", "2d", "-np", "2",
-                    "--verify_dataset_integrity"], stdout=log, stderr=subprocess.STDOUT,
-                   check=True)
-  return time.monotonic() - started
+    run = lambda *cmd: subprocess.run([os.path.join(bin_dir, cmd[0]), *cmd[1:]], stdout=log,
+                                      stderr=subprocess.STDOUT, check=True)
+    run("nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "2d", "--no_pp",
+        "--verify_dataset_integrity")
+    path = os.path.join(os.environ["nnUNet_preprocessed"], dataset_name, "nnUNetPlans.json")
+    with open(path) as f:
+      plans = json.load(f)
+    planned = plans["configurations"]["2d"]["use_mask_for_norm"]
+    plans["configurations"]["2d"]["use_mask_for_norm"] = [False] * len(planned)
+    files.write_json(path, plans)
+    run("nnUNetv2_preprocess", "-d", str(dataset_id), "-c", "2d", "-np", "2")
+  return time.monotonic() - started, planned
+
+
+def nnunet_input_check(dataset_name: str, raw_dir: str, case: dict, channels: int) -> float:
+  """Largest difference between a training case as nnU-Net preprocessed it for training and
+  as its predictor preprocesses the same files (0 when both paths agree)."""
+  from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+  from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+  base = os.path.join(os.environ["nnUNet_preprocessed"], dataset_name)
+  with open(os.path.join(base, "nnUNetPlans.json")) as f:
+    plans = PlansManager(json.load(f))
+  with open(os.path.join(base, "dataset.json")) as f:
+    dataset_json = json.load(f)
+  config = plans.get_configuration("2d")
+  folder = os.path.join(base, config.data_identifier)
+  stored = np.asarray(infer_dataset_class(folder)(folder).load_case(case["case"])[0][:])
+  fresh, _, _ = config.preprocessor_class(verbose=False).run_case(
+      [os.path.join(raw_dir, case["folder"], f"{case['case']}_{k:04d}{convert.FILE_ENDING}")
+       for k in range(channels)], None, plans, config, dataset_json)
+  if fresh.shape != stored.shape:
+    return float("inf")
+  return float(np.abs(fresh - stored).max())
 
 
 def nnunet_train(dataset_name: str, budget_s: float, iterations: int):
@@ -308,6 +350,9 @@ def main(argv=None) -> int:
   p.add_argument("--mirroring", action="store_true", help="nnU-Net test-time mirroring")
   p.add_argument("--work", help="default: runs/peers/<study> (deleted first)")
   p.add_argument("--out", default=os.path.join(REPO, "results"))
+  p.add_argument("--keep-others", action="store_true",
+                 help="keep the records of the tools not run from the existing "
+                 "OUT/peers-<study>.json of the same budget (each says when it was measured)")
   args = p.parse_args(argv)
   budget_s = args.budget_min * 60
   work = os.path.abspath(args.work or os.path.join(REPO, "runs", "peers", args.study))
@@ -355,7 +400,12 @@ def main(argv=None) -> int:
   if "nnunet" in args.tools:
     import torch
     print("nnU-Net v2: planning and preprocessing (2d) ...", flush=True)
-    plan_seconds = nnunet_plan(DATASET_IDS[args.study], os.path.join(work, "nnunet-plan.log"))
+    plan_seconds, planned_mask = nnunet_plan(DATASET_IDS[args.study], dataset_name,
+                                             os.path.join(work, "nnunet-plan.log"))
+    input_diff = nnunet_input_check(dataset_name, raw_dir, next(
+        c for c in manifest["cases"] if c["role"] == "train"), len(protocol.modalities))
+    print(f"  a training case as trained and as predicted: largest input difference "
+          f"{input_diff:.2g}", flush=True)
     print(f"nnU-Net v2 (2d): training for {args.budget_min:g} min ...", flush=True)
     before = load()
     with open(os.path.join(work, "nnunet-train.log"), "w") as log, \
@@ -368,12 +418,15 @@ def main(argv=None) -> int:
            "train_seconds": round(train_seconds, 1), "infer_seconds": round(seconds, 1),
            "epochs": epochs, "iterations_per_epoch": args.iterations,
            "batch_size": trainer.batch_size, "patch_size": list(config.patch_size),
+           "use_mask_for_norm_planned": planned_mask, "use_mask_for_norm": False,
+           "train_vs_inference_input_max_diff": input_diff,
            "mirroring": args.mirroring, "torch": torch.__version__,
            "torch_threads": torch.get_num_threads(), "da_workers": args.da_workers,
            "load_before": before, "load_after": after,
            "scores": score("nnunet", lambda s: {
                t: probs[convert.case_id(s.subject_id, ses.label)]
                for t, ses in enumerate(s.timepoints) if ses is not None}, "nnunet2d")}
+    run["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     result["tools"]["nnU-Net v2 (2d)"] = run
     print(f"  {train_seconds:.0f} s training ({epochs} epochs x {args.iterations} batches of "
           f"{trainer.batch_size}), {seconds:.0f} s inference; held-out mPA "
@@ -391,12 +444,21 @@ def main(argv=None) -> int:
     run.update(train_seconds=run["seconds"], infer_seconds=round(seconds, 1),
                checkpoint_step=step, model=args.model,
                scores=score("fcslstm", lambda s: probs[s.subject_id], "fcslstm"))
+    run["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     result["tools"][f"FCSLSTM ({args.model}, {args.config})"] = run
     print(f"  {run['seconds']:.0f} s training (step {step}), {seconds:.0f} s inference; held-out "
           f"mPA {run['scores']['labeled_slices']['test']['mpa']:.3f}", flush=True)
 
   os.makedirs(args.out, exist_ok=True)
   stem = os.path.join(args.out, f"peers-{args.study}")
+  if args.keep_others and os.path.exists(stem + ".json"):
+    with open(stem + ".json") as f:
+      earlier = json.load(f)
+    if earlier.get("budget_min") == args.budget_min:
+      for name, record in earlier["tools"].items():
+        if name not in result["tools"]:
+          record.setdefault("command", earlier["command"])
+          result["tools"][name] = record
   table = markdown(result)
   header = (f"### {args.study}: FCSLSTM and nnU-Net v2, {args.budget_min:g} min of training "
             f"each, {os.cpu_count()} CPU cores ({result['machine']['processor']})\n\n")
