@@ -16,9 +16,9 @@ patch crosses that slice, and the loss mask keeps the rest of the patch at weigh
 patches. An epoch is one patch of every training subject.
 
 Scoring during training (:func:`label_slabs`): the labeled voxels of a split lie in a few
-axial slices, so the volumes are cut into slabs of the window's depth that cover the
-labeled z range (each labeled voxel in exactly one slab) and each slab is segmented by
-sliding windows (:mod:`fcslstm_jax.sliding_window`), the windows evaluate.py uses in-plane.
+axial slices, so the volumes are cut into the fewest slabs of the window's depth that hold
+them, each centred on its labeled slices (each labeled voxel counted in exactly one slab),
+and each slab is segmented by non-overlapping windows (:mod:`fcslstm_jax.sliding_window`).
 """
 
 import dataclasses
@@ -186,30 +186,50 @@ class PatchSampler:
     return out
 
 
-def label_slabs(volumes: VolumeSet, depth: int) -> VolumeSet:
-  """Slabs ``[T, depth, H, W]`` of each volume that cover its labeled z range, every labeled
-  voxel in exactly one slab (a last slab moved back inside the volume has its mask cleared
-  where the slab before it already counted). Volumes without labels give none."""
+def slab_groups(zs, depth: int, d_total: int) -> list:
+  """The fewest slabs of ``depth`` slices that hold every z index in ``zs``: ``[(start, lo,
+  hi)]``, the labeled z indices ``lo..hi`` of each (fewer than ``depth`` apart, taken left to
+  right), the slab centred on them: ``start = clip(centre - depth // 2, 0, D - depth)``, with
+  ``centre`` the labeled z itself when there is one (``d_total >= depth``)."""
+  zs = np.unique(np.asarray(zs, np.int64))
+  out, i = [], 0
+  while i < zs.size:
+    j = int(np.searchsorted(zs, zs[i] + depth))
+    lo, hi = int(zs[i]), int(zs[j - 1])
+    centre = (lo + hi + 1) // 2
+    out.append((int(np.clip(centre - depth // 2, 0, d_total - depth)), lo, hi))
+    i = j
+  return out
+
+
+def labeled_z(volumes: VolumeSet) -> list:
+  """Per volume, the z indices (along D) that hold a labeled voxel of the set."""
+  return [np.flatnonzero(m.any(axis=(0, 2, 3))) for m in volumes.label_mask]
+
+
+def label_slabs(volumes: VolumeSet, depth: int, zs=None) -> VolumeSet:
+  """Slabs ``[T, depth, H, W]`` centred on the labeled slices of each volume, the fewest that
+  hold every labeled voxel (:func:`slab_groups`); each labeled voxel is counted in exactly one
+  slab (the mask of a slab keeps only the z range of its own group). ``zs``: per volume, the
+  z indices to place the slabs by (default: the volume's own labeled z; a superset, e.g. the
+  labeled z of the training and held-out time points together, lets two splits share one
+  set of slabs and one forward pass). Volumes without any give none."""
   volumes = pad_to(volumes, (depth, 0, 0))
   d_total = volumes.images.shape[2]
-  keep, starts, drop_below = [], [], []
-  for i, m in enumerate(volumes.label_mask):
-    zs = np.flatnonzero(m.any(axis=(0, 2, 3)))
-    if not zs.size:
-      continue
-    covered = zs[0]
-    for start in range(int(zs[0]), int(zs[-1]) + 1, depth):
-      s = min(start, d_total - depth)
+  zs = labeled_z(volumes) if zs is None else zs
+  keep, starts, ranges = [], [], []
+  for i, z in enumerate(zs):
+    for start, lo, hi in slab_groups(z, depth, d_total):
       keep.append(i)
-      starts.append(s)
-      drop_below.append(covered - s)
-      covered = s + depth
+      starts.append(start)
+      ranges.append((lo - start, hi - start))
   cut = lambda a: np.stack([
       a[i, :, s:s + depth] for i, s in zip(keep, starts)]) if keep else \
       np.zeros((0,) + a.shape[1:2] + (depth,) + a.shape[3:], a.dtype)
   mask = cut(volumes.label_mask)
-  for k, below in enumerate(drop_below):
-    mask[k, :, :max(0, below)] = 0.0
+  for k, (lo, hi) in enumerate(ranges):
+    mask[k, :, :lo] = 0.0
+    mask[k, :, hi + 1:] = 0.0
   labels = np.where(mask > 0, cut(volumes.labels), 0).astype(np.int32)
   offsets = volumes.offsets[keep].copy() if keep else np.zeros((0, 3), np.int32)
   offsets[:, 0] -= np.asarray(starts, np.int32)
@@ -221,9 +241,15 @@ def label_slabs(volumes: VolumeSet, depth: int) -> VolumeSet:
 def training_sets(subjects, protocol, patch, seed=0, shape=None):
   """``(train patches, train slabs, test slabs)`` of a 3D run (see the module docstring):
   a :class:`PatchSampler` over the training split's volumes, and the :func:`label_slabs`
-  (depth ``patch[0]``) that score the training and the held-out time points."""
+  (depth ``patch[0]``) that score the training and the held-out time points. Both splits'
+  slabs are placed by the labeled z of both (per subject), so that where the two splits hold
+  the same subjects their slabs are the same volumes and are segmented once."""
   shape = shape or volume_shape(subjects)
   train = make_volumes(subjects, protocol, "train", shape)
   test = make_volumes(subjects, protocol, "test", shape)
-  return (PatchSampler(train, patch, seed), label_slabs(train, patch[0]),
-          label_slabs(test, patch[0]))
+  by_subject = {}
+  for split in (train, test):
+    for sid, z in zip(split.subject_ids, labeled_z(split)):
+      by_subject[sid] = np.union1d(by_subject.get(sid, z), z)
+  slabs = lambda split: label_slabs(split, patch[0], [by_subject[s] for s in split.subject_ids])
+  return PatchSampler(train, patch, seed), slabs(train), slabs(test)
