@@ -8,7 +8,8 @@ same ``--config`` (default ``quick``): on axial slices over time (``--spatial-di
 paper) and on volumes over time (``--spatial-dims 3``), each by ``train.py`` itself, stopped
 after ``--budget-min`` minutes of wall clock (loading, compiling, training and its periodic
 scoring all count; the stop is the SIGTERM a scheduler would send: the checkpoint of the step
-reached is kept). Then, for each run:
+reached is kept). A rerun skips the runs already measured (``compare3d-row.json`` in each
+run's folder). Then, for each run:
 
 * held-out mPA: the labeled voxels of the held-out time point as the protocol counts them
   (train.py's "test" score; ``train.py`` rerun with ``--epochs`` = the epochs completed scores
@@ -111,6 +112,10 @@ def run_one(dataset, dims, args, log=print) -> dict:
   from fcslstm_jax.cli import train
   data_flags, eval_flags, truth = dataset_args(dataset, args.data)
   workdir = os.path.join(args.workdir, f"{dataset}-{args.model}-{dims}d")
+  done = os.path.join(workdir, "compare3d-row.json")
+  if os.path.exists(done):  # measured already (a rerun continues where it stopped)
+    with open(done) as f:
+      return json.load(f)
   flags = data_flags + ["--model", args.model, "--spatial-dims", str(dims), "--config",
                         args.config, "--workdir", workdir]
   t0 = time.time()
@@ -130,13 +135,17 @@ def run_one(dataset, dims, args, log=print) -> dict:
   eval_seconds = time.time() - t1
   with open(os.path.join(out, "metrics.json")) as f:
     whole = json.load(f)
-  return {"dataset": dataset, "spatial_dims": dims, "model": args.model,
+  row = {"dataset": dataset, "spatial_dims": dims, "model": args.model,
           "train_seconds": round(seconds, 1), "epochs": epochs, "step": scored["step"],
           "heldout_mpa": scored["test"]["mpa"], "train_mpa": scored["train"]["mpa"],
           "whole_volume_test": whole["test"], "whole_volume_train": whole["train"],
           "inter_slice": consistency_of(out, truth),
           "evaluate_seconds": round(eval_seconds, 1),
-          "segment_seconds_per_session": whole.get("segment_seconds_per_session")}
+          "segment_seconds_per_session": whole.get("segment_seconds_per_session"),
+          "load_average": os.getloadavg()}
+  from fcslstm_jax import files
+  files.write_json(done, row)
+  return row
 
 
 def markdown(rows, header) -> str:
