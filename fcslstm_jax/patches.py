@@ -186,19 +186,20 @@ class PatchSampler:
     return out
 
 
-def slab_groups(zs, depth: int, d_total: int) -> list:
-  """The fewest slabs of ``depth`` slices that hold every z index in ``zs``: ``[(start, lo,
-  hi)]``, the labeled z indices ``lo..hi`` of each (fewer than ``depth`` apart, taken left to
-  right), the slab centred on them: ``start = clip(centre - depth // 2, 0, D - depth)``, with
-  ``centre`` the labeled z itself when there is one (``d_total >= depth``)."""
-  zs = np.unique(np.asarray(zs, np.int64))
-  out, i = [], 0
-  while i < zs.size:
-    j = int(np.searchsorted(zs, zs[i] + depth))
-    lo, hi = int(zs[i]), int(zs[j - 1])
-    centre = (lo + hi + 1) // 2
-    out.append((int(np.clip(centre - depth // 2, 0, d_total - depth)), lo, hi))
-    i = j
+def slab_starts(labeled_z, depth: int, total: int) -> list:
+  """``[(start, first, last)]``: slabs of ``depth`` slices (of a volume of ``total``) that
+  cover the labeled z indices ``labeled_z`` (sorted), each centred on the labeled slices
+  ``first..last`` it counts: ``clip(centre - depth // 2, 0, total - depth)``, moved so that
+  ``first..last`` stays inside. One labeled slice sits in the middle of its slab, not on its
+  edge, where the windows' Gaussian weights are smallest (:mod:`fcslstm_jax.sliding_window`)."""
+  out, i, zs = [], 0, [int(z) for z in labeled_z]
+  while i < len(zs):
+    first = zs[i]
+    last = max(z for z in zs[i:] if z < first + depth)
+    start = (first + last) // 2 - depth // 2
+    start = min(max(start, last - depth + 1), first)  # first..last inside the slab
+    out.append((int(np.clip(start, 0, total - depth)), first, last))
+    i += sum(1 for z in zs[i:] if z <= last)
   return out
 
 
@@ -208,28 +209,28 @@ def labeled_z(volumes: VolumeSet) -> list:
 
 
 def label_slabs(volumes: VolumeSet, depth: int, zs=None) -> VolumeSet:
-  """Slabs ``[T, depth, H, W]`` centred on the labeled slices of each volume, the fewest that
-  hold every labeled voxel (:func:`slab_groups`); each labeled voxel is counted in exactly one
-  slab (the mask of a slab keeps only the z range of its own group). ``zs``: per volume, the
-  z indices to place the slabs by (default: the volume's own labeled z; a superset, e.g. the
-  labeled z of the training and held-out time points together, lets two splits share one
-  set of slabs and one forward pass). Volumes without any give none."""
+  """Slabs ``[T, depth, H, W]`` of each volume centred on its labeled slices
+  (:func:`slab_starts`, the fewest that hold them), every labeled voxel in exactly one slab
+  (a slab's mask is cleared outside the labeled slices it counts). Volumes without labels
+  give none. ``zs``: per volume, the z indices to place the slabs by (default: its own
+  labeled z); a superset (the labeled z of the training and held-out time points together)
+  lets two splits share one set of slabs and one forward pass."""
   volumes = pad_to(volumes, (depth, 0, 0))
   d_total = volumes.images.shape[2]
-  zs = labeled_z(volumes) if zs is None else zs
-  keep, starts, ranges = [], [], []
-  for i, z in enumerate(zs):
-    for start, lo, hi in slab_groups(z, depth, d_total):
+  keep, starts, counted = [], [], []
+  for i, m in enumerate(volumes.label_mask):
+    labeled = np.flatnonzero(m.any(axis=(0, 2, 3))) if zs is None else zs[i]
+    for s, first, last in slab_starts(labeled, depth, d_total):
       keep.append(i)
-      starts.append(start)
-      ranges.append((lo - start, hi - start))
+      starts.append(s)
+      counted.append((first - s, last - s + 1))
   cut = lambda a: np.stack([
       a[i, :, s:s + depth] for i, s in zip(keep, starts)]) if keep else \
       np.zeros((0,) + a.shape[1:2] + (depth,) + a.shape[3:], a.dtype)
   mask = cut(volumes.label_mask)
-  for k, (lo, hi) in enumerate(ranges):
+  for k, (lo, hi) in enumerate(counted):
     mask[k, :, :lo] = 0.0
-    mask[k, :, hi + 1:] = 0.0
+    mask[k, :, hi:] = 0.0
   labels = np.where(mask > 0, cut(volumes.labels), 0).astype(np.int32)
   offsets = volumes.offsets[keep].copy() if keep else np.zeros((0, 3), np.int32)
   offsets[:, 0] -= np.asarray(starts, np.int32)

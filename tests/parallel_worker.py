@@ -4,15 +4,12 @@ process: both must be set before JAX touches a device).
     python tests/parallel_worker.py mesh OUT.npz
         two train steps of a tiny FCN on a 1-device and on a 2-device mesh (run with
         XLA_FLAGS=--xla_force_host_platform_device_count=2), and one bfloat16 step of a tiny
-        FCSLSTM; saves losses, parameters, and the bfloat16 step's HLO.
+        FCSLSTM; saves losses, parameters, and the bfloat16 step's HLO. The same for a tiny 3D
+        FCN (volume patches), and a volume it segments by sliding windows on both meshes.
     python tests/parallel_worker.py train OUT.npz TRAIN_ARGS...
         train.py TRAIN_ARGS in one process of a multi-process run; saves its exit code (0, or
         130 when a signal stopped it), the final parameters and whether the newest
         checkpoint holds them.
-
-The mesh mode also runs the 3D + time path (spatial_dims=3) on both meshes: two train steps
-on volume patches and the sliding-window prediction of a volume, windows split over the
-devices.
 """
 
 import os

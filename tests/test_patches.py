@@ -114,9 +114,9 @@ def test_slabs_are_centred_on_the_labeled_slices_and_fewest(subjects):
     start = int(np.clip(z - depth // 2, 0, d - depth))
     assert len(slabs) == len(volumes)
     np.testing.assert_array_equal(slabs.images, volumes.images[:, :, start:start + depth])
-  assert patches.slab_groups([1, 3, 9], 8, 20) == [(0, 1, 3), (5, 9, 9)]
-  assert patches.slab_groups([18, 19], 8, 20) == [(12, 18, 19)]
-  assert patches.slab_groups([2, 9], 8, 20) == [(2, 2, 9)]
+  assert patches.slab_starts([1, 3, 9], 8, 20) == [(0, 1, 3), (5, 9, 9)]
+  assert patches.slab_starts([18, 19], 8, 20) == [(12, 18, 19)]
+  assert patches.slab_starts([2, 9], 8, 20) == [(2, 2, 9)]
   others = [np.array([0, z, d - 1])] * len(volumes)
   shared = patches.label_slabs(volumes, 4, others)
   assert len(shared) == 3 * len(volumes)
