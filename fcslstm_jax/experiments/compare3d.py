@@ -64,8 +64,8 @@ def consistency_of(pred_dir, truth_dir) -> dict:
     stem = os.path.basename(path).split("_desc-")[0]
     rel = os.path.relpath(os.path.dirname(path), pred_dir)
     truth = nifti_io.load_volume(os.path.join(truth_dir, rel, f"{stem}_dseg.nii.gz"),
-                                 kind="labels")[0]
-    pred = nifti_io.load_volume(path, kind="labels")[0]
+                                 kind="labels").data
+    pred = nifti_io.load_volume(path, kind="labels").data
     head = truth > 0
     counts[0] += inter_slice_consistency(pred, head)
     counts[1] += inter_slice_consistency(truth, head)
