@@ -11,7 +11,7 @@ paper does not give the number of epochs or the batch size; we use 200 and 2.
 
 ``quick`` (the default): the same recipe on a budget that finishes in about 6 minutes on
 two idle CPU cores (30 epochs, decay from epoch 10; measured 6.2 min, test mPA 0.921). In 3D
-its sliding windows overlap by a quarter, not a half (``window_overlap``): 1.9x fewer
+its sliding windows overlap by a quarter, not a half (``window_overlap``): 2.5-3x fewer
 windows, so that a small study trains and is segmented in minutes on CPU (README, "3D + time").
 
     python train.py --dataset bric          # README states the mPA it reaches
@@ -253,7 +253,7 @@ def describe_fields() -> str:
 CONFIGS = {
     "paper": Config(),
     # 3D: windows overlap by a quarter (paper preset: nnU-Net's half), so that evaluate.py
-    # segments a 96 x 96 x 112 volume in 80 windows of 32^3 instead of 150 (README, "3D + time").
+    # segments a ~100 x 105 x 120 volume in 80-100 windows of 32^3, not 252 (README, "3D + time").
     "quick": Config(epochs=30, lr_decay_begin_epoch=10, window_overlap=0.25),
     "tiny": Config(epochs=2, stages=((4, 1), (4, 1), (8, 1), (8, 1), (8, 1)),
                    stages_3d=((4, 1), (4, 1), (8, 1), (8, 1), (8, 1)), keep_checkpoints=2),
