@@ -273,12 +273,16 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
   cms = np.zeros((protocol.num_timepoints, c, c))
   agreement = [np.zeros((2, protocol.num_timepoints - 1)) for _ in range(2)]
   figure, written, rows, extra, previews = None, 0, [], {}, {}
+  segment_seconds = 0.0  # the forward passes (sliding windows in 3D), per subject
   for subject in study.subjects:
     if subject.grid is None:
       log(f"sub-{subject.subject_id}: no session fits the protocol's time points; not segmented")
       continue
+    t_segment = time.monotonic()
     seq, probs = segment_subject(fns, params_list, subject, study.protocol, batch_size,
                                  windows)
+    seconds = time.monotonic() - t_segment
+    segment_seconds += seconds
     pred = np.argmax(probs, axis=-1).astype(np.int32)  # [Z, T, X, Y] on the working grid
     for t, session in enumerate(subject.timepoints):
       if session is None:
@@ -300,7 +304,9 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
       counts += metrics_lib.temporal_agreement(seg, mask)
     if figure is None or (figure[1].label_mask.sum() == 0 < seq.label_mask.sum()):
       figure = (subject, seq, pred)
-    log(f"sub-{subject.subject_id}: {pred.shape[0]} slices x {pred.shape[1]} time points")
+    sessions = sum(s is not None for s in subject.timepoints)
+    log(f"sub-{subject.subject_id}: {pred.shape[0]} slices x {pred.shape[1]} time points, "
+        f"segmented in {seconds:.1f} s ({seconds / max(sessions, 1):.1f} s per session)")
   if figure is None:
     raise DataError(f"{study.root}: no session of any subject fits the protocol "
                     f"{protocol.name}'s time points; nothing to segment.")
@@ -314,6 +320,8 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
       members=[{"workdir": os.path.abspath(m.workdir), "model": m.config.model,
                 "checkpoint_step": m.step} for m in members],
       tta_flips=list(flips), predictions=written, flags=len(found),
+      segment_seconds=round(segment_seconds, 1),
+      segment_seconds_per_session=round(segment_seconds / max(written, 1), 2),
       labels=str(truth_dir) if truth_dir else "dataset", out=os.path.abspath(out_dir))
   write_study_tables(out_dir, rows, extra, found, rules, names)
   with files.atomic_path(os.path.join(out_dir, "segmentation.png")) as path:

@@ -176,9 +176,7 @@ class BackEnd(nn.Module):
     c, k = self.num_classes, feats[0].ndim - 2
     y = self.pool(feats[-1])
     for j, s in enumerate(reversed(range(len(feats)))):
-      deconv = nn.ConvTranspose(c, (4,) * k, strides=(2,) * k, padding="SAME",
-                                kernel_init=psi.kaiming, dtype=self.dtype, name=f"deconv{6 + j}")
-      y = upsample_reflect(deconv, y)
+      y = Upsample(c, dtype=self.dtype, name=f"deconv{6 + j}")(y)
       y = y + nn.Conv(c, (1,) * k, kernel_init=psi.kaiming, dtype=self.dtype,
                       name=f"fuse{s + 1}")(feats[s])
     return y
@@ -195,11 +193,56 @@ def upsample_reflect(deconv, y):
   predict tissue along one image edge (README, "Your own study"). Reflect-padding the input
   by one cell and cropping the output gives the border the neighbour an interior output
   would see (exactly so for constant and period-2 inputs); interior outputs are unchanged
-  and so are the parameters. The paper's torch FCN used zero padding; we differ here.
+  and so are the parameters. The paper's torch FCN used zero padding; we differ here. The
+  model computes this function with :class:`Upsample` (faster, same parameters).
   """
   k = y.ndim - 2
   y = jnp.pad(y, ((0, 0),) + ((1, 1),) * k + ((0, 0),), mode="reflect")
   return deconv(y)[(slice(None),) + (slice(2, -2),) * k]
+
+
+PHASES = (0, 1)  # output index 2 p + a of a stride-2 upsampling: phase a along each axis
+
+
+class Upsample(nn.Module):
+  """:func:`upsample_reflect` of a 4x4 (4x4x4) stride-2 ``nn.ConvTranspose``, computed as one
+  dense 2x2 (2x2x2) convolution per output phase: ``[N, *s, C] -> [N, *2s, features]``.
+
+  The same function and the same parameters (``kernel [4, 4, (4,) C, features]``, ``bias``,
+  drawn as ``nn.ConvTranspose`` draws them): along one axis, output ``2p + a`` of the
+  reflect-padded transposed convolution is ``w[a] x'[p + a] + w[a + 2] x'[p + a + 1]`` (``x'``
+  the input reflect-padded by one), so a 'VALID' convolution of ``x'`` with the kernel's taps
+  ``a, a + 2`` per axis, all phases stacked on the output channels, followed by an
+  interleave, gives every output without the zeros a transposed convolution inserts. XLA:CPU
+  runs transposed (input-dilated) convolutions on a slow generic path: 0.70 s vs 0.004 s for
+  ``[10, 16, 16, 16, 4] -> [10, 32, 32, 32, 4]``, most of a 3D forward pass (README, "3D +
+  time"). The paper's torch FCN used a plain ``ConvTranspose2d``; the function is ours
+  (:func:`upsample_reflect`), the arithmetic order differs.
+  """
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, y):
+    k, c = y.ndim - 2, self.features
+    kernel = self.param("kernel", psi.kaiming, (4,) * k + (y.shape[-1], c), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (c,), jnp.float32)
+    y, kernel, bias = nn.dtypes.promote_dtype(y, kernel, bias, dtype=self.dtype)
+    sizes = y.shape[1:-1]
+    x = jnp.pad(y, ((0, 0),) + ((1, 1),) * k + ((0, 0),), mode="reflect")
+    phases = list(itertools.product(PHASES, repeat=k))
+    taps = jnp.stack([kernel[tuple(slice(a, None, 2) for a in ph)] for ph in phases], axis=-2)
+    taps = taps.reshape((2,) * k + (y.shape[-1], len(phases) * c))
+    axes = "DHW"[-k:]
+    z = jax.lax.conv_general_dilated(x, taps, (1,) * k, "VALID", dimension_numbers=(
+        f"N{axes}C", f"{axes}IO", f"N{axes}C"))
+    z = z.reshape(z.shape[:-1] + (len(phases), c))
+    parts = [z[(slice(None),) + tuple(slice(a, a + n) for a, n in zip(ph, sizes)) + (i,)]
+             for i, ph in enumerate(phases)]
+    out = jnp.stack(parts, axis=-2).reshape((y.shape[0],) + sizes + (2,) * k + (c,))
+    interleave = [0] + [v for i in range(k) for v in (1 + i, 1 + k + i)] + [1 + 2 * k]
+    out = out.transpose(interleave).reshape((y.shape[0],) + tuple(2 * n for n in sizes) + (c,))
+    return out + bias.reshape((1,) * (out.ndim - 1) + (c,))
 
 
 def _stage_cls(remat: str, in_remat_step: bool = False):

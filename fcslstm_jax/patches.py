@@ -16,9 +16,9 @@ patch crosses that slice, and the loss mask keeps the rest of the patch at weigh
 patches. An epoch is one patch of every training subject.
 
 Scoring during training (:func:`label_slabs`): the labeled voxels of a split lie in a few
-axial slices, so the volumes are cut into slabs of the window's depth centred on the
-labeled slices (each labeled voxel in exactly one slab) and each slab is segmented by
-sliding windows (:mod:`fcslstm_jax.sliding_window`), the windows evaluate.py uses in-plane.
+axial slices, so the volumes are cut into the fewest slabs of the window's depth that hold
+them, each centred on its labeled slices (each labeled voxel counted in exactly one slab),
+and each slab is segmented by non-overlapping windows (:mod:`fcslstm_jax.sliding_window`).
 """
 
 import dataclasses
@@ -213,15 +213,24 @@ def slab_starts(labeled_z, depth: int, total: int) -> list:
   return out
 
 
-def label_slabs(volumes: VolumeSet, depth: int) -> VolumeSet:
+def labeled_z(volumes: VolumeSet) -> list:
+  """Per volume, the z indices (along D) that hold a labeled voxel of the set."""
+  return [np.flatnonzero(m.any(axis=(0, 2, 3))) for m in volumes.label_mask]
+
+
+def label_slabs(volumes: VolumeSet, depth: int, zs=None) -> VolumeSet:
   """Slabs ``[T, depth, H, W]`` of each volume centred on its labeled slices
-  (:func:`slab_starts`), every labeled voxel in exactly one slab (a slab's mask is cleared
-  outside the labeled slices it counts). Volumes without labels give none."""
+  (:func:`slab_starts`, the fewest that hold them), every labeled voxel in exactly one slab
+  (a slab's mask is cleared outside the labeled slices it counts). Volumes without labels
+  give none. ``zs``: per volume, the z indices to place the slabs by (default: its own
+  labeled z); a superset (the labeled z of the training and held-out time points together)
+  lets two splits share one set of slabs and one forward pass."""
   volumes = pad_to(volumes, (depth, 0, 0))
   d_total = volumes.images.shape[2]
   keep, starts, counted = [], [], []
   for i, m in enumerate(volumes.label_mask):
-    for s, first, last in slab_starts(np.flatnonzero(m.any(axis=(0, 2, 3))), depth, d_total):
+    labeled = np.flatnonzero(m.any(axis=(0, 2, 3))) if zs is None else zs[i]
+    for s, first, last in slab_starts(labeled, depth, d_total):
       keep.append(i)
       starts.append(s)
       counted.append((first - s, last - s + 1))
@@ -245,9 +254,15 @@ def label_slabs(volumes: VolumeSet, depth: int) -> VolumeSet:
 def training_sets(subjects, protocol, patch, seed=0, shape=None):
   """``(train patches, train slabs, test slabs)`` of a 3D run (see the module docstring):
   a :class:`PatchSampler` over the training split's volumes, and the :func:`label_slabs`
-  (depth ``patch[0]``) that score the training and the held-out time points."""
+  (depth ``patch[0]``) that score the training and the held-out time points. Both splits'
+  slabs are placed by the labeled z of both (per subject), so that where the two splits hold
+  the same subjects their slabs are the same volumes and are segmented once."""
   shape = shape or volume_shape(subjects)
   train = make_volumes(subjects, protocol, "train", shape)
   test = make_volumes(subjects, protocol, "test", shape)
-  return (PatchSampler(train, patch, seed), label_slabs(train, patch[0]),
-          label_slabs(test, patch[0]))
+  by_subject = {}
+  for split in (train, test):
+    for sid, z in zip(split.subject_ids, labeled_z(split)):
+      by_subject[sid] = np.union1d(by_subject.get(sid, z), z)
+  slabs = lambda split: label_slabs(split, patch[0], [by_subject[s] for s in split.subject_ids])
+  return PatchSampler(train, patch, seed), slabs(train), slabs(test)

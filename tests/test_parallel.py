@@ -156,6 +156,21 @@ def test_two_devices_match_one_device(runs):
     np.testing.assert_allclose(two[k], one[k], atol=PARAM_ATOL, rtol=0, err_msg=k)
 
 
+def test_two_devices_match_one_device_in_3d(runs):
+  """3D + time: train steps on volume patches and sliding-window predictions of a volume
+  (four windows, two per call: one per device) agree on 1 and 2 devices."""
+  run = runs["mesh"]
+  check_ok(run)
+  np.testing.assert_allclose(run["loss3d2"], run["loss3d1"], rtol=LOSS_RTOL)
+  one, two = params_of(run, "q1"), params_of(run, "q2")
+  assert one.keys() == two.keys() and len(one) > 10
+  assert one["['backend']['deconv6']['kernel']"].ndim == 5  # a 3D model
+  for k in one:
+    np.testing.assert_allclose(two[k], one[k], atol=PARAM_ATOL, rtol=0, err_msg=k)
+  assert run["volume_proba1"].shape == (1, 2, 16, 24, 24)
+  np.testing.assert_allclose(run["volume_proba2"], run["volume_proba1"], atol=1e-6)
+
+
 def test_bfloat16_step_convolutions_and_finite_loss(runs):
   run = runs["mesh"]
   check_ok(run)

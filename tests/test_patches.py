@@ -131,3 +131,25 @@ def test_slabs_of_several_labeled_slices_are_centred_and_count_each_once():
   assert slabs.label_mask.sum() == volumes.label_mask.sum()
   firsts = [int(s[0, 0, 0, 0, 0]) for s in slabs.images]
   assert firsts == [0, 16, 22]  # 3..6 centred at 4 (clipped to 0), 20 -> 16, 29 -> 22
+
+
+def test_slabs_are_centred_on_the_labeled_slices_and_fewest(subjects):
+  """One slab per labeled slice, centred on it (clipped inside the volume); labeled slices
+  closer than the depth share one slab; slabs placed by a superset of the labeled z (both
+  splits' labels) are the same volumes for either split."""
+  volumes = patches.make_volumes(subjects, protocol_lib.BRIC, "train")
+  d = volumes.images.shape[2]
+  (z,) = np.flatnonzero(volumes.label_mask.any(axis=(0, 1, 3, 4)))
+  for depth in (2, 3, d - 1):
+    slabs = patches.label_slabs(volumes, depth)
+    start = int(np.clip(z - depth // 2, 0, d - depth))
+    assert len(slabs) == len(volumes)
+    np.testing.assert_array_equal(slabs.images, volumes.images[:, :, start:start + depth])
+  assert patches.slab_starts([1, 3, 9], 8, 20) == [(0, 1, 3), (5, 9, 9)]
+  assert patches.slab_starts([18, 19], 8, 20) == [(12, 18, 19)]
+  assert patches.slab_starts([2, 9], 8, 20) == [(2, 2, 9)]
+  others = [np.array([0, z, d - 1])] * len(volumes)
+  shared = patches.label_slabs(volumes, 4, others)
+  assert len(shared) == 3 * len(volumes)
+  assert shared.label_mask.sum() == volumes.label_mask.sum()
+  np.testing.assert_array_equal(shared.images[1::3], patches.label_slabs(volumes, 4).images)

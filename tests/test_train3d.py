@@ -1,6 +1,7 @@
 """3D + time end to end on the real data path: train.py --spatial-dims 3, resume, evaluate.py."""
 
 import json
+import types
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ from fcslstm_jax import data as data_lib
 from fcslstm_jax import inference
 from fcslstm_jax import intensity
 from fcslstm_jax import protocol as protocol_lib
+from fcslstm_jax import train_lib
 from fcslstm_jax.config import Config
 
 # 12 slices: windows of depth 8 slide along z (starts 0 and 4); 32 in-plane: one window.
@@ -39,15 +41,19 @@ def trained(dataset3d, tmp_path_factory):
 def test_3d_run_trains_records_and_resumes(dataset3d, trained, capsys):
   config = Config.from_json(json.loads((trained / "run.json").read_text())["config"])
   assert config.spatial_dims == 3 and config.patch_size == (8, 32, 32)
-  assert train.main(train_args(dataset3d, trained, 2)) == 0
+  # Resumed with another scoring interval (allowed: it changes no training): epoch 2 is not
+  # scored, the last epoch always is.
+  assert train.main(train_args(dataset3d, trained, 3) + ["--set", "score_every_epochs=3"]) == 0
   assert "Resuming" in capsys.readouterr().out
   records = [json.loads(l) for l in (trained / "metrics.jsonl").read_text().splitlines()]
-  assert [r["epoch"] for r in records] == [1, 2]
-  assert all(np.isfinite(r["loss"]) and 0 <= r["train_mpa"] <= 1 for r in records)
+  assert [r["epoch"] for r in records] == [1, 2, 3]
+  assert all(np.isfinite(r["loss"]) for r in records)
+  assert [r["train_mpa"] is None for r in records] == [False, True, False]
+  assert all(0 <= r["train_mpa"] <= 1 for r in (records[0], records[2]))
   results = json.loads((trained / "results.json").read_text())
-  assert results["step"] == 2 and 0.0 <= results["test"]["mpa"] <= 1.0
+  assert results["step"] == 3 and 0.0 <= results["test"]["mpa"] <= 1.0
   _, params, step = inference.restore_params(str(trained), config, 4, 2)
-  assert step == 2
+  assert step == 3
   assert params["slstm1"]["psi_x"]["conv1"]["kernel"].shape[:3] == (3, 3, 3)
   assert params["backend"]["deconv6"]["kernel"].shape[:3] == (4, 4, 4)
 
@@ -86,3 +92,20 @@ def test_3d_path_writes_each_voxel_where_it_was_read(dataset3d, tmp_path):
     np.testing.assert_array_equal(np.asarray(written.dataobj), expected)
     assert len(np.unique(expected)) > 1 and not np.array_equal(expected,
                                                                expected.transpose(1, 0, 2))
+
+
+def test_scoring_interval_keeps_scoring_a_fifth_of_training():
+  """Auto (null): every epoch in 2D; in 3D the fewest epochs N for which one scoring's
+  windows (a forward pass each, a third of a patch's training step) cost at most 20 % of N
+  epochs' patches; an explicit value wins. Windows: non-overlapping tiles of each slab, a
+  set whose images another set already holds counted once."""
+  auto3d = Config(spatial_dims=3)
+  assert train_lib.scoring_interval(Config(), 500, 10) == 1
+  assert train_lib.scoring_interval(auto3d, 90, 10) == 15  # 90 / 3 <= 0.2 * 15 * 10
+  assert train_lib.scoring_interval(auto3d, 6, 10) == 1
+  assert train_lib.scoring_interval(auto3d.replace(score_every_epochs=4), 90, 10) == 4
+  slabs = lambda n: types.SimpleNamespace(images=np.zeros((n, 5, 8, 96, 112, 2), np.float32))
+  train_slabs, test_slabs = slabs(4), slabs(4)
+  assert train_lib.scoring_windows([train_slabs, test_slabs], (8, 32, 32)) == 4 * 3 * 4
+  test_slabs.images[0, 0, 0, 0, 0] = 1.0
+  assert train_lib.scoring_windows([train_slabs, test_slabs], (8, 32, 32)) == 2 * 4 * 3 * 4

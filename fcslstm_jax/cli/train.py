@@ -44,7 +44,8 @@ def parse_args(argv=None):
   p.add_argument("--register", default="none", choices=("none", "rigid"),
                  help="rigid registration of each session to the reference session")
   p.add_argument("--config", default="quick", choices=sorted(config_lib.CONFIGS),
-                 help="preset the fields start from (config.py)")
+                 help="preset the fields start from (config.py): " + "; ".join(
+                     f"{k}: {v}" for k, v in config_lib.PRESET_HELP.items()))
   fields = {f.name: f for f in dataclasses.fields(config_lib.Config)}
   for name in SHORTCUTS:
     meta = fields[name].metadata
