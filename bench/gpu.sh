@@ -8,6 +8,9 @@
 #   OUT=runs/gpu bash bench/gpu.sh               # nvidia-smi + gpu_bench.py --budget-s 450
 #   EXTRAS=1 OUT=runs/gpu bash bench/gpu.sh      # then train.py, evaluate.py and flops.py
 #                                                # (about 5 more minutes, each time-limited)
+#   EXTRAS=1 GPU3D=1 OUT=runs/gpu bash bench/gpu.sh   # also the 3D row: the 3D Bi-FCSLSTM
+#       step at the accelerator default patch 64x128x128, T = 5, batch 2 (bench/memory3d.py:
+#       compiled memory and seconds per step, remat none and lean; about 2 minutes)
 #
 # Everything lands in $OUT: gpu.log, gpu_bench.json (rows, versions, summary), and with EXTRAS
 # the training log, evaluate's metrics.json and its figure, flops.json. The H200 numbers of
@@ -37,5 +40,9 @@ if [ "${EXTRAS:-0}" = 1 ]; then
     && cp "$WORK/eval/metrics.json" "$OUT/eval_metrics.json" \
     && cp "$WORK"/eval/*.png "$OUT/" 2>/dev/null
   step flops; timeout 60 $PY bench/flops.py --steps 20 --out "$OUT/flops.json"
+fi
+if [ "${GPU3D:-0}" = 1 ]; then
+  step 3d; timeout 180 $PY bench/memory3d.py --time-steps 5 --patch 64 128 128 --batch 2 \
+    --remat none lean --large --time 3 --out "$OUT/memory3d.json"
 fi
 step done

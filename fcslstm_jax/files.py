@@ -22,6 +22,14 @@ def naming(path):
     raise type(e)(e.errno, e.strerror, str(path)) from e
 
 
+def _umask_mode() -> int:
+  """The mode a plain ``open()`` would give a new file: 0o666 less the process umask
+  (``mkstemp`` makes 0o600 files, unreadable to collaborators on a shared cluster)."""
+  mask = os.umask(0)
+  os.umask(mask)
+  return 0o666 & ~mask
+
+
 def _suffix(path) -> str:
   name = str(path)
   return ".nii.gz" if name.endswith(".nii.gz") else os.path.splitext(name)[1]
@@ -32,6 +40,7 @@ def atomic_path(path):
   """Yields a temporary path beside ``path`` with the same extension (writers such as
   matplotlib and nibabel pick the format from it); renamed onto ``path`` when the block
   succeeds, removed when it fails (a full disk, a kill: the old file, if any, stays whole).
+  The file gets the umask's mode (0o644 under umask 022), as ``open()`` would give it.
   OSErrors name ``path``."""
   path = pathlib.Path(path)
   with naming(path):
@@ -40,6 +49,7 @@ def atomic_path(path):
     os.close(fd)
     try:
       yield tmp
+      os.chmod(tmp, _umask_mode())
       os.replace(tmp, path)
     except BaseException:
       if os.path.exists(tmp):

@@ -4,11 +4,12 @@ process: both must be set before JAX touches a device).
     python tests/parallel_worker.py mesh OUT.npz
         two train steps of a tiny FCN on a 1-device and on a 2-device mesh (run with
         XLA_FLAGS=--xla_force_host_platform_device_count=2), and one bfloat16 step of a tiny
-        FCSLSTM; saves losses, parameters, and the bfloat16 step's HLO.
+        FCSLSTM; saves losses, parameters, and the bfloat16 step's HLO. The same for a tiny 3D
+        FCN (volume patches), and a volume it segments by sliding windows on both meshes.
     python tests/parallel_worker.py train OUT.npz TRAIN_ARGS...
         train.py TRAIN_ARGS in one process of a multi-process run; saves its exit code (0, or
         130 when a signal stopped it), the final parameters and whether the newest
-        checkpoint holds them.
+        checkpoint holds them; or only the exit code 2 when it refused the run.
 """
 
 import os
@@ -40,21 +41,24 @@ def flat(tree) -> dict:
   return {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
 
 
-def synthetic_batches(seed=0) -> list:
+VOLUME_PATCH, VOLUME = (16, 16, 16), (16, 24, 24)  # 3D: D, H, W (4 windows of the patch)
+
+
+def synthetic_batches(seed=0, spatial=(SIZE, SIZE)) -> list:
   rng = np.random.default_rng(seed)
-  shape = (BATCH, T, SIZE, SIZE)
+  shape = (BATCH, T) + tuple(spatial)
   return [{"images": rng.random(shape + (CHANNELS,), np.float32),
            "labels": rng.integers(0, CLASSES, shape).astype(np.int32),
            "label_mask": (rng.random(shape) < 0.5).astype(np.float32),
            "valid": np.ones((BATCH, T), bool)} for _ in range(STEPS)]
 
 
-def initial_state(config):
+def initial_state(config, spatial=(SIZE, SIZE)):
   """A host copy of an initial TrainState with He-normal kernels drawn in numpy from the
   parameter shapes: ``jax.jit(model.init)`` would cost one more compilation, and these
   tests compare runs from the same start, whatever it is. Zero biases."""
   model = M.build_model(config, CLASSES)
-  x = jax.ShapeDtypeStruct((1, T, SIZE, SIZE, CHANNELS), np.float32)
+  x = jax.ShapeDtypeStruct((1, T) + tuple(spatial) + (CHANNELS,), np.float32)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)["params"]
   rng = np.random.default_rng(config.seed)
   he = lambda s: (rng.standard_normal(s.shape) * np.sqrt(2 / np.prod(s.shape[:-1]))
@@ -123,6 +127,22 @@ def mesh_main(out):
     log(f"fcn on {n} device(s)")
     result[f"loss{n}"] = losses
     result.update({f"p{n}{k}": v for k, v in params.items()})
+  # 3D + time: the same on volume patches, and a volume segmented by sliding windows (two
+  # windows per call, one per device on the 2-device mesh).
+  fcn3d = fcn.replace(spatial_dims=3, patch_size=VOLUME_PATCH)
+  state = initial_state(fcn3d, VOLUME_PATCH)
+  batches = synthetic_batches(1, VOLUME_PATCH)
+  volume = np.random.default_rng(2).random((1, T) + VOLUME + (CHANNELS,), np.float32)
+  for n in (1, 2):
+    mesh = parallel.make_mesh(n)
+    losses, params = train_on(mesh, fcn3d, state, batches)
+    model = train_lib.build_model(fcn3d, CLASSES)
+    predict = train_lib.make_volume_predict_fn(model, fcn3d, mesh, window_batch=2)
+    result[f"volume_proba{n}"] = predict(parallel.replicate(state.params, mesh), volume,
+                                         np.ones((1, T), bool))
+    log(f"fcn 3D on {n} device(s)")
+    result[f"loss3d{n}"] = losses
+    result.update({f"q{n}{k}": v for k, v in params.items()})
   np.savez(out, **result)
 
 
@@ -137,6 +157,10 @@ def train_main(out, argv):
 
   train_lib.train_and_evaluate = keep_result
   rc = train.main(argv)
+  if rc == 2 and not results:  # refused before training (an error line on stderr)
+    log("train.py refused the run, exit 2")
+    np.savez(out, rc_train=rc)
+    return
   assert rc in (0, 130), rc  # 130: stopped by a signal (here or on the other process)
   log(f"train.py done, exit {rc}")
   state = results[-1].state

@@ -9,8 +9,10 @@ from nibabel import orientations
 import numpy as np
 import pytest
 
+from fcslstm_jax.cli import preview
 from fcslstm_jax.data import study as data
 from fcslstm_jax.data import intensity
+from fcslstm_jax.data import layout
 from fcslstm_jax.data import protocol as protocol_lib
 from fcslstm_jax.data import sequences
 from fcslstm_jax.errors import DataError
@@ -110,6 +112,18 @@ def test_sessions_ordered_by_tsv_age(tmp_path):
   assert [s.label for s in subject.sessions] == ["b", "c", "a"]
 
 
+def test_label_ages_need_a_unit_and_years_are_twelve_months(tmp_path):
+  assert [layout.label_age(l) for l in ("06mo", "12m", "9months", "1y", "1.5yr", "V06", "T2",
+                                        "6", "2w")] == [6, 12, 9, 12, 18, None, None, None, None]
+  make_dataset(tmp_path / "years", sessions=(("1y", 12), ("06mo", 6)))
+  (subject,) = data.load_dataset(tmp_path / "years", TINY)
+  assert [(s.label, s.age) for s in subject.sessions] == [("06mo", 6), ("1y", 12)]
+  make_dataset(tmp_path / "visits", sessions=(("T1", 6), ("T2", 12)))
+  with pytest.raises(DataError, match="cannot tell the session's age") as info:
+    data.load_dataset(tmp_path / "visits", TINY)
+  assert "ses-T1" in str(info.value) and "\n" not in str(info.value)
+
+
 def test_modalities_are_configurable(tmp_path):
   truth = make_dataset(tmp_path)
   (subject,) = data.load_dataset(tmp_path, dataclasses.replace(TINY, modalities=("T2w",)))
@@ -168,6 +182,12 @@ def test_only_labeled_slices_count(tmp_path):
   s = sequences.make_sequences(subjects, protocol, "train")
   np.testing.assert_array_equal(s.slice_index, [2])
   assert s.label_mask.all()  # slice 2 is labeled everywhere (background included)
+  # Said per session: slice_selection z=0 (canonical RAS z) has no label.
+  assert len(subjects[0].warnings) == 3
+  for ses, line in zip(("00mo", "06mo", "12mo"), subjects[0].warnings):
+    assert line.startswith(f"sub-01 ses-{ses}: ") and f"ses-{ses}_dseg" in line
+    assert "no label at slice_selection z=[0] (canonical RAS z" in line
+    assert "its labeled slices: [2, 3]" in line
 
 
 def test_all_split_covers_every_slice_and_labeled_voxel(tmp_path):
@@ -348,11 +368,116 @@ def test_cli_preview_on_folder(tmp_path):
   make_dataset(tmp_path / "ds")
   out = tmp_path / "preview.png"
   # Sessions 0, 6, 12 months: BRIC time points 1, 3, 5; 3 and 9 months are missing.
-  assert data.main(["--data-dir", str(tmp_path / "ds"), "--protocol", "bric",
+  assert preview.main(["--data-dir", str(tmp_path / "ds"), "--protocol", "bric",
                     "--preview", str(out)]) == 0
   assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_reports_data_errors(tmp_path, capsys):
-  assert data.main(["--data-dir", str(tmp_path)]) == 2
+  assert preview.main(["--data-dir", str(tmp_path)]) == 2
   assert str(tmp_path) in capsys.readouterr().err
+
+
+# ------------------------------------------------------- sessions of other slice spacings
+
+
+def spacing_study(root, ref_dz, ref_z, ses_dz, ses_z, labeled, origin=(0.0, 0.0)):
+  """Two sessions of one subject (0 and 12 months, both labeled): the reference with
+  ``ref_z`` slices ``ref_dz`` mm apart, the later one ``ses_z`` slices ``ses_dz`` mm apart
+  and labels on its slices ``labeled`` (label k + 1 on slice k, so a slice's labels say
+  where they came from). ``origin``: the z (mm) of each session's slice 0. Returns the
+  later session's labels."""
+  later = None
+  for (ses, dz, nz, z0), labels_at in ((("00mo", ref_dz, ref_z, origin[0]), [0]),
+                                       (("12mo", ses_dz, ses_z, origin[1]), labeled)):
+    affine = np.diag([2.0, 2.0, dz, 1.0])
+    affine[2, 3] = z0
+    shape = (6, 5, nz)
+    anat = root / "sub-01" / f"ses-{ses}" / "anat"
+    image = canonical_image(nz)[:6, :5, :1] * np.ones(shape)
+    for mod in ("T1w", "T2w"):
+      write(anat / f"sub-01_ses-{ses}_{mod}.nii.gz", image, dtype=np.int16, affine=affine)
+    labels = np.zeros(shape, np.uint8)
+    for k in labels_at:
+      labels[:, :, k] = 1 + k % 3
+      labels[0, 0, k] = 1 + (k + 1) % 3  # not uniform: in-plane placement is checked too
+    write(root / "derivatives" / "m" / "sub-01" / f"ses-{ses}" / "anat" /
+          f"sub-01_ses-{ses}_dseg.nii.gz", labels, dtype=np.uint8, affine=affine)
+    later = labels
+  return later
+
+
+TWO = dataclasses.replace(TINY, ages=(0.0, 12.0), num_timepoints=2, train_timepoints=(0, 1),
+                          test_timepoints=())
+TWO_DENSE = dataclasses.replace(TWO, labeled_slices_per_volume=100)
+
+
+def placed_slices(session):
+  return np.flatnonzero(session.label_mask.any(axis=(0, 1))).tolist()
+
+
+def test_fine_session_labels_on_a_coarse_reference_each_on_its_nearest_slice(tmp_path):
+  """Reference 3 mm, later session 1 mm labeled on all 12 slices: 4 working slices hold the
+  labels of the 4 nearest source slices exactly; the 8 others are named in a warning."""
+  truth = spacing_study(tmp_path, 3.0, 4, 1.0, 12, range(12), origin=(0.0, -1.0))
+  (subject,) = data.load_dataset(tmp_path, TWO_DENSE)
+  later = subject.timepoints[1]
+  assert placed_slices(later) == [0, 1, 2, 3]
+  for k in range(4):  # working slice k (z = 3k mm) <- session slice 3k + 1 (z = 3k mm)
+    np.testing.assert_array_equal(later.labels[:, :, k], truth[:, :, 3 * k + 1])
+  assert later.counted_slices == (1, 4, 7, 10)
+  (line,) = subject.warnings
+  assert line.startswith("sub-01 ses-12mo: ") and "8 labeled slice(s) not used" in line
+  assert "z=0 shares working slice 0 with z=1 (kept)" in line and "z=11 shares" in line
+  assert "1 mm apart, the working grid's 3 mm" in line
+  study = data.load_study(tmp_path, TWO_DENSE)
+  assert sequences.describe_warnings(study) == [f"warning: {line}"]
+
+
+def test_coarse_session_label_on_a_fine_reference_lands_on_one_slice(tmp_path):
+  """Reference 1 mm, later session 3 mm labeled at its slice 1 (z = 3 mm): the labels go to
+  working slice 4 (z = 3 mm) alone, not to the interpolated slices 3 and 5 beside it."""
+  truth = spacing_study(tmp_path, 1.0, 12, 3.0, 4, [1], origin=(-1.0, 0.0))
+  (subject,) = data.load_dataset(tmp_path, TWO)
+  later = subject.timepoints[1]
+  assert placed_slices(later) == [4]
+  np.testing.assert_array_equal(later.labels[:, :, 4], truth[:, :, 1])
+  assert subject.warnings == ()
+
+
+@pytest.mark.parametrize("ref_dz, ses_dz, lost", [(1.0, 1.05, 0), (1.05, 1.0, 1)])
+def test_nearly_equal_slice_spacings_neither_copy_nor_drop_silently(tmp_path, ref_dz, ses_dz,
+                                                                   lost):
+  """1.0 vs 1.05 mm, every slice labeled: each labeled slice on one working slice; where
+  two fall on one working slice, one is kept and the other named."""
+  n = 20
+  spacing_study(tmp_path, ref_dz, n, ses_dz, n, range(n))
+  (subject,) = data.load_dataset(tmp_path, TWO_DENSE)
+  later = subject.timepoints[1]
+  assert len(placed_slices(later)) == len(later.counted_slices) == n - lost
+  for z, k in zip(later.counted_slices, placed_slices(later)):
+    assert later.labels[1, 1, k] == 1 + z % 3  # slice z's own labels
+  assert len(subject.warnings) == (1 if lost else 0)
+  if lost:
+    assert f"{lost} labeled slice(s) not used" in subject.warnings[0]
+
+
+def test_a_cropped_session_is_no_time_point_outside_its_view(tmp_path):
+  """The later session covers working slices 0..3 of 12: its blank slices 4..11 are not
+  valid time points, in slice sequences (training and inference) and in volumes."""
+  from fcslstm_jax.data import patches
+  spacing_study(tmp_path, 1.0, 12, 1.0, 4, [1])
+  (subject,) = data.load_dataset(tmp_path, TWO)
+  view = [True] * 4 + [False] * 8
+  np.testing.assert_array_equal(subject.timepoints[1].in_view, view)
+  assert subject.timepoints[0].in_view.all()
+  for split in ("train", "all"):
+    s = sequences.make_sequences([subject], TWO, split)
+    np.testing.assert_array_equal(s.valid[:, 1], np.array(view)[s.slice_index])
+    assert s.valid[:, 0].all()
+    assert not s.images[~s.valid[:, 1], 1].any()  # the blank slices it stands for
+  volumes = patches.make_volumes([subject], TWO, "all", shape=(14, 6, 5))  # 1 slice padding
+  np.testing.assert_array_equal(volumes.valid[0, 1], [True] * 5 + [False] * 9)
+  assert volumes.valid[0, 0].all()
+  kept = data.load_dataset(tmp_path, TWO, keep="labeled")[0]  # training keeps z 0 and 1
+  np.testing.assert_array_equal(kept.timepoints[1].in_view, [True, True])

@@ -336,3 +336,25 @@ def test_upsampling_treats_the_border_like_the_interior(pattern):
     assert bool(same) == periodic
   # Away from the border the two agree: only the border outputs change.
   np.testing.assert_allclose(reflect[:, 1:-1, 1:-1], zeros[:, 1:-1, 1:-1], atol=1e-6)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_upsample_by_phases_is_the_reflect_padded_transposed_convolution(spatial_dims):
+  """``Upsample`` (one dense convolution per output phase) draws the parameters
+  ``nn.ConvTranspose`` draws and computes ``upsample_reflect`` of it, values and gradients,
+  with an input that is not symmetric along any axis (an axis or phase mixed up fails)."""
+  k = spatial_dims
+  y = jax.random.normal(jax.random.PRNGKey(1), (2,) + (3, 4, 5)[-k:] + (3,))
+  ours = M.Upsample(4)
+  deconv = flax.linen.ConvTranspose(4, (4,) * k, strides=(2,) * k, padding="SAME",
+                                    kernel_init=M.psi.kaiming)
+  params = ours.init(jax.random.PRNGKey(0), y)
+  chex.assert_trees_all_equal(params, deconv.init(jax.random.PRNGKey(0), y))
+  params = jax.tree_util.tree_map(  # a non-zero bias too
+      lambda p: p + jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
+  reference = lambda p, y: M.upsample_reflect(functools.partial(deconv.apply, p), y)
+  np.testing.assert_allclose(ours.apply(params, y), reference(params, y), rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda p, y: jnp.sum(jnp.sin(f(p, y)))
+  chex.assert_trees_all_close(jax.grad(loss(ours.apply), argnums=(0, 1))(params, y),
+                              jax.grad(loss(reference), argnums=(0, 1))(params, y),
+                              rtol=1e-4, atol=1e-5)

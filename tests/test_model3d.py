@@ -138,3 +138,22 @@ def test_remat_gives_the_same_gradients_in_3d():
   g0 = grads(base)
   for remat in ("full", "lean"):
     chex.assert_trees_all_close(g0, grads(base.clone(remat=remat)), rtol=1e-5, atol=1e-7)
+
+
+def test_validity_per_slice_masks_the_slices_outside_a_sessions_view():
+  """``valid [B, T, D]`` (a session cropped in z): the layer's output is zero exactly at the
+  (time point, slice) pairs outside the view; the model pads it like the slice beside it
+  and pools it with the volume (a slice stays valid where either half is)."""
+  conv3 = functools.partial(psi.Conv, spatial_dims=3)
+  layer = slstm.StructuredLSTM(3, psi_x=conv3, psi_h=functools.partial(conv3, use_bias=False))
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 4, 5, 4, 2))
+  params = layer.init(jax.random.PRNGKey(1), x)
+  valid = np.ones((1, 3, 4), bool)
+  valid[0, 1, 2:] = False  # time point 2 sees slices 0, 1 only
+  h = np.asarray(layer.apply(params, x, jnp.asarray(valid)))
+  assert np.all(h[0, 1, 2:] == 0) and np.all(np.abs(h[0, 1, :2]).sum(axis=(1, 2, 3)) > 0)
+  padded = M.slice_validity(jnp.asarray(valid[:, :, :3]), 4, 3)
+  np.testing.assert_array_equal(np.asarray(padded), valid)  # the last slice repeated
+  np.testing.assert_array_equal(np.asarray(M.pool_validity(padded))[0],
+                                [[True, True], [True, False], [True, True]])
+  assert M.slice_validity(jnp.ones((1, 3), bool), 32, 3).shape == (1, 3)

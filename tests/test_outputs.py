@@ -8,6 +8,7 @@ tests/test_study.py."""
 import dataclasses
 import json
 import shutil
+import types
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +18,11 @@ import pytest
 
 import evaluate
 from fcslstm_jax.infer import ensemble
+from fcslstm_jax.outputs import figures
 from fcslstm_jax import files
 from fcslstm_jax.outputs import qc_rules as flags_lib
 from fcslstm_jax.infer import evaluate as inference
+from fcslstm_jax.outputs import writer as writer_lib
 from fcslstm_jax.data import nifti_io
 from fcslstm_jax.outputs import qc
 from fcslstm_jax.infer import predict
@@ -315,6 +318,38 @@ def test_flag_rules_file(tmp_path):
     assert str(path) in str(info.value)
   with pytest.raises(ConfigError, match="not tissue classes"):
     flags_lib.check(smooth_cohort(), flags_lib.FlagRules(classes=("Gm",)), NAMES)
+
+
+@pytest.mark.parametrize("num_classes", [3, 4, 7])
+def test_trajectories_show_every_tissue_and_the_total(num_classes, tmp_path):
+  names = ("background",) + tuple(f"tissue{k}" for k in range(1, num_classes))
+  rows = [SessionVolumes(s, f"V{t}", t, float(3 * t), {n: 10.0 + t for n in names[1:]}, 0.1)
+          for s in ("01", "02") for t in range(3)]
+  titles = figures.trajectories(tmp_path / "t.png", rows, names, {("01", "V1", "")})
+  assert titles == list(names[1:]) + ["total (tissues)"]
+  assert (tmp_path / "t.png").stat().st_size > 0
+
+
+def test_label_files_get_the_label_display_range_and_no_stale_probabilities(tmp_path):
+  """dseg: cal_min 0, cal_max c-1 (not the T1w header's display range it copies); a later
+  evaluation without --probabilities into the same --out removes the probseg it wrote."""
+  t1 = nib.Nifti1Image(np.full((4, 5, 3), 700, np.int16), np.eye(4))
+  t1.header["cal_min"], t1.header["cal_max"] = 100.0, 900.0
+  nib.save(t1, str(tmp_path / "t1.nii.gz"))
+  session = types.SimpleNamespace(label="06mo", ref=nifti_io.load_volume(
+      tmp_path / "t1.nii.gz").ref)
+  out = tmp_path / "out"
+  probs = np.full((4, 5, 3, 7), 1 / 7, np.float32)
+  labels = np.zeros((4, 5, 3), np.int32)
+  labels[0] = 2  # the largest label present is not c - 1
+  for asked in (True, False):
+    writer_lib.write_session(str(out), "fcn", "01", session, probs, labels,
+                            np.zeros((4, 5, 3), np.float32), asked)
+    dseg = nib.load(str(out / "sub-01/ses-06mo/anat/sub-01_ses-06mo_desc-fcn_dseg.nii.gz"))
+    assert (float(dseg.header["cal_min"]), float(dseg.header["cal_max"])) == (0.0, 6.0)
+    probseg = out / "sub-01/ses-06mo/anat/sub-01_ses-06mo_desc-fcn_probseg.nii.gz"
+    assert probseg.exists() == asked
+  assert (tmp_path / "t1.nii.gz").exists()
 
 
 # ----------------------------------------------------------------------------- end to end

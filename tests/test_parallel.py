@@ -30,6 +30,7 @@ WORKER = ROOT / "tests" / "parallel_worker.py"
 TINY_DATA = bric.TINY
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 TIMEOUT_S = 240  # all three; the two-process run must end within 120 s
+REFUSED_TIMEOUT_S = 90  # a refused two-process run: start-up and the data, no compilation
 EPOCHS_2P = 8  # two-process runs: one step per epoch
 # 1 vs 2 devices: float32 sums split over two devices round differently; measured
 # differences are ~1e-6 (loss) and ~2e-7 (parameters, which move ~4e-3 per step).
@@ -96,10 +97,16 @@ def pair_specs(tmp, prefix, args, port):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def tiny_data(tmp_path_factory):
+  return bric.generate(tmp_path_factory.mktemp("parallel-data") / "data", seed=0,
+                       config=TINY_DATA)
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_data, tmp_path_factory):
   """Starts the 1-vs-2-device worker and a two-process train.py run; returns their outputs."""
   tmp = tmp_path_factory.mktemp("parallel")
-  data = bric.generate(tmp / "data", seed=0, config=TINY_DATA)
+  data = tiny_data
   workdir, port = tmp / "run", free_port()
   # The two processes get the CPU first; the 1-vs-2-device worker fills their idle time.
   out = run_jobs(tmp, pair_specs(tmp, "process", two_process_args(data, workdir, port), port)
@@ -148,6 +155,21 @@ def test_two_devices_match_one_device(runs):
   assert one.keys() == two.keys() and len(one) > 10
   for k in one:
     np.testing.assert_allclose(two[k], one[k], atol=PARAM_ATOL, rtol=0, err_msg=k)
+
+
+def test_two_devices_match_one_device_in_3d(runs):
+  """3D + time: train steps on volume patches and sliding-window predictions of a volume
+  (four windows, two per call: one per device) agree on 1 and 2 devices."""
+  run = runs["mesh"]
+  check_ok(run)
+  np.testing.assert_allclose(run["loss3d2"], run["loss3d1"], rtol=LOSS_RTOL)
+  one, two = params_of(run, "q1"), params_of(run, "q2")
+  assert one.keys() == two.keys() and len(one) > 10
+  assert one["['backend']['deconv6']['kernel']"].ndim == 5  # a 3D model
+  for k in one:
+    np.testing.assert_allclose(two[k], one[k], atol=PARAM_ATOL, rtol=0, err_msg=k)
+  assert run["volume_proba1"].shape == (1, 2, 16, 24, 24)
+  np.testing.assert_allclose(run["volume_proba2"], run["volume_proba1"], atol=1e-6)
 
 
 def test_bfloat16_step_convolutions_and_finite_loss(runs):
@@ -212,6 +234,30 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(runs, stopped):
     assert resumed.keys() == reference.keys()
     for k in reference:
       np.testing.assert_array_equal(resumed[k], reference[k], err_msg=k)  # bitwise
+
+
+def test_a_refused_run_stops_both_processes_with_one_error_line(tiny_data, tmp_path):
+  """The work directory holds another run's run.json, which only process 0 reads: both
+  processes agree on the error before the first collective and exit with one line each
+  (before, process 1 waited in a collective for process 0, which had stopped)."""
+  from fcslstm_jax.data import protocol as protocol_lib
+  from fcslstm_jax.config import get_config
+  from fcslstm_jax.files import write_json
+  workdir = tmp_path / "other"
+  write_json(workdir / "run.json", {"config": get_config("tiny", model="fcn", seed=7).to_json(),
+                                    "dataset": str(tiny_data),
+                                    "protocol": protocol_lib.builtin("ibis").to_json()})
+  port = free_port()
+  out = run_jobs(tmp_path, pair_specs(tmp_path, "refused", two_process_args(
+      tiny_data, workdir, port), port), REFUSED_TIMEOUT_S)
+  for i in (0, 1):
+    run = out[f"refused{i}"]
+    assert run["rc"] == 0 and int(run["rc_train"]) == 2, run["log"][-3000:]
+    errors = [l for l in run["log"].splitlines() if l.startswith("error: ")]
+    assert len(errors) == 1 and "holds a different run" in errors[0], run["log"][-3000:]
+    assert str(workdir / "run.json") in errors[0]
+  assert "process 0 stopped the run" in out["refused1"]["log"]
+  assert sorted(p.name for p in workdir.iterdir()) == ["run.json"]  # nothing written
 
 
 # ------------------------------------------------------------------ no device needed

@@ -100,3 +100,56 @@ def test_slabs_count_every_labeled_voxel_once(subjects):
     assert slabs.images.shape[2] == depth
     assert slabs.label_mask.sum() == volumes.label_mask.sum()
     assert set(slabs.subject_ids) == set(volumes.subject_ids)
+
+
+def tiny_volumes(depth, labeled_z, t=2):
+  """One subject ``[1, T, depth, 4, 4]`` whose labeled slices are ``labeled_z``."""
+  shape = (1, t, depth, 4, 4)
+  mask = np.zeros(shape, np.float32)
+  mask[:, :, list(labeled_z)] = 1.0
+  images = np.broadcast_to(np.arange(depth, dtype=np.float32)[:, None, None, None],
+                           shape[1:] + (1,))[None].copy()  # image value = z
+  return patches.VolumeSet(images, mask.astype(np.int32), mask, np.ones((1, t, depth), bool),
+                           ("a",), np.array([["x"] * t]), np.zeros((1, 3), np.int32))
+
+
+@pytest.mark.parametrize("z, start", [(10, 6), (1, 0), (19, 12), (4, 0), (15, 11)])
+def test_a_scoring_slab_is_centred_on_its_labeled_slice(z, start):
+  """clip(z - depth // 2, 0, D - depth): the labeled slice in the middle of its slab."""
+  depth, total = 8, 20
+  slabs = patches.label_slabs(tiny_volumes(total, [z]), depth)
+  assert len(slabs) == 1
+  assert slabs.images[0, 0, 0, 0, 0, 0] == start  # the slab's first slice
+  assert int(slabs.offsets[0, 0]) == -start
+  (at,) = np.flatnonzero(slabs.label_mask[0, 0].any(axis=(1, 2)))
+  assert at == z - start
+
+
+def test_slabs_of_several_labeled_slices_are_centred_and_count_each_once():
+  volumes = tiny_volumes(30, [3, 5, 6, 20, 29])
+  slabs = patches.label_slabs(volumes, 8)
+  assert slabs.label_mask.sum() == volumes.label_mask.sum()
+  firsts = [int(s[0, 0, 0, 0, 0]) for s in slabs.images]
+  assert firsts == [0, 16, 22]  # 3..6 centred at 4 (clipped to 0), 20 -> 16, 29 -> 22
+
+
+def test_slabs_are_centred_on_the_labeled_slices_and_fewest(subjects):
+  """One slab per labeled slice, centred on it (clipped inside the volume); labeled slices
+  closer than the depth share one slab; slabs placed by a superset of the labeled z (both
+  splits' labels) are the same volumes for either split."""
+  volumes = patches.make_volumes(subjects, protocol_lib.BRIC, "train")
+  d = volumes.images.shape[2]
+  (z,) = np.flatnonzero(volumes.label_mask.any(axis=(0, 1, 3, 4)))
+  for depth in (2, 3, d - 1):
+    slabs = patches.label_slabs(volumes, depth)
+    start = int(np.clip(z - depth // 2, 0, d - depth))
+    assert len(slabs) == len(volumes)
+    np.testing.assert_array_equal(slabs.images, volumes.images[:, :, start:start + depth])
+  assert patches.slab_starts([1, 3, 9], 8, 20) == [(0, 1, 3), (5, 9, 9)]
+  assert patches.slab_starts([18, 19], 8, 20) == [(12, 18, 19)]
+  assert patches.slab_starts([2, 9], 8, 20) == [(2, 2, 9)]
+  others = [np.array([0, z, d - 1])] * len(volumes)
+  shared = patches.label_slabs(volumes, 4, others)
+  assert len(shared) == 3 * len(volumes)
+  assert shared.label_mask.sum() == volumes.label_mask.sum()
+  np.testing.assert_array_equal(shared.images[1::3], patches.label_slabs(volumes, 4).images)

@@ -44,7 +44,8 @@ def parse_args(argv=None):
   p.add_argument("--register", default="none", choices=("none", "rigid"),
                  help="rigid registration of each session to the reference session")
   p.add_argument("--config", default="quick", choices=sorted(config_lib.CONFIGS),
-                 help="preset the fields start from (config.py)")
+                 help="preset the fields start from (config.py): " + "; ".join(
+                     f"{k}: {v}" for k, v in config_lib.PRESET_HELP.items()))
   fields = {f.name: f for f in dataclasses.fields(config_lib.Config)}
   for name in SHORTCUTS:
     meta = fields[name].metadata
@@ -164,19 +165,12 @@ def load_study(args, config):
                              keep="labeled" if config.spatial_dims == 2 else "all")
 
 
-def run(args) -> int:
-  import jax
-  from tqdm import tqdm
-  from fcslstm_jax import files
-  from fcslstm_jax.train import parallel
-  from fcslstm_jax.data import sequences
+def setup(args, main: bool):
+  """``(config, workdir, study, record)`` of a run, checked: the config, the work
+  directory (outside the data; on process 0, a run.json there must be this run's) and this
+  process's subjects."""
+  from fcslstm_jax import files, run_record
   from fcslstm_jax.train import loop as train_lib
-  from fcslstm_jax.run_record import RunRecord
-
-  parallel.initialize(args.coordinator_address, args.num_processes, args.process_id)
-  mesh = parallel.make_mesh(None if args.mesh == "auto" else int(args.mesh))
-  main = parallel.is_main_process()
-  print = builtins.print if main else (lambda *a, **k: None)  # logs on process 0 only
   config = make_config(args)
   name = args.dataset or os.path.basename(os.path.normpath(args.data_dir))
   model_name = config.model + ("-3d" if config.spatial_dims == 3 else "")
@@ -184,9 +178,38 @@ def run(args) -> int:
   if args.data_dir:
     files.check_outside_dataset(workdir, args.data_dir, "--workdir")
   study = load_study(args, config)
+  record = run_record.RunRecord(config=config, config_name=args.config,
+                                dataset=args.dataset or os.path.abspath(args.data_dir),
+                                data_seed=args.data_seed, protocol=study.protocol,
+                                grid=study.options,
+                                volume=volume_of(args, config) if args.dataset else "slab")
+  if main and os.path.exists(run_record.path_of(workdir)):
+    train_lib.check_run_dir(workdir, record)  # refuses another run's folder
+  return config, workdir, study, record
+
+
+def run(args) -> int:
+  import jax
+  from tqdm import tqdm
+  from fcslstm_jax import files
+  from fcslstm_jax.train import parallel
+  from fcslstm_jax.data import sequences
+  from fcslstm_jax.train import loop as train_lib
+
+  parallel.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  mesh = parallel.make_mesh(None if args.mesh == "auto" else int(args.mesh))
+  main = parallel.is_main_process()
+  print = builtins.print if main else (lambda *a, **k: None)  # logs on process 0 only
+  # Every check that may fail on one process only (its share of the data; run.json, which
+  # process 0 reads) is agreed on before the first collective: no process waits for one
+  # that stopped.
+  config, workdir, study, record = parallel.agree_on_error(lambda: setup(args, main))
   protocol = study.protocol
   for line in sequences.describe_unassigned(study):
     print(line, file=sys.stderr)
+  for subject in study.subjects:  # this process's subjects, on every process
+    for line in subject.warnings:
+      builtins.print(f"warning: {line}", file=sys.stderr)
   counts = {split: parallel.sum_over_processes(sequences.split_counts(study.subjects, protocol,
                                                                       split))
             for split in ("train", "test")}
@@ -205,10 +228,6 @@ def run(args) -> int:
     train_set = sequences.make_sequences(study.subjects, protocol, "train", size)
     test_set = sequences.make_sequences(study.subjects, protocol, "test", size)
     what = f"{len(train_set)} training sequences of shape {train_set.images.shape[1:]}"
-  record = RunRecord(config=config, config_name=args.config,
-                     dataset=args.dataset or os.path.abspath(args.data_dir),
-                     data_seed=args.data_seed, protocol=protocol, grid=study.options,
-                     volume=volume_of(args, config) if args.dataset else "slab")
   print(f"{what}; model {config.model}; workdir {workdir}; {mesh.size} "
         f"{mesh.devices.flat[0].platform} device(s), {jax.process_count()} process(es)")
   progress = lambda it, epoch: tqdm(it, desc=f"epoch {epoch + 1}/{config.epochs}",

@@ -172,6 +172,67 @@ def resample(volume, src: Grid, dst: Grid, order: int, world=None, cval=0.0) -> 
                                   mode="grid-constant", cval=cval, prefilter=False)
 
 
+def coverage(src: Grid, dst: Grid, world=None) -> np.ndarray:
+  """``bool [Z]``: which axial slices of ``dst`` some voxel of ``src`` covers (a session's
+  field of view on its subject's working grid; slices outside it hold no image)."""
+  if is_identity(src, dst, world):
+    return np.ones(dst.shape[2], bool)
+  inside = resample(np.ones(tuple(src.shape), np.float32), src, dst, 0, world)
+  return inside.any(axis=(0, 1))
+
+
+# ------------------------------------------------------------------ sparse labeled slices
+
+
+def slice_position(src: Grid, dst: Grid, z: int, world=None) -> float:
+  """Where the center of ``src``'s axial slice ``z`` lies along ``dst``'s z axis (voxels)."""
+  to_dst = np.linalg.inv(voxel_map(src, dst, world))  # src voxel -> dst voxel
+  center = [(src.shape[0] - 1) / 2, (src.shape[1] - 1) / 2, z, 1.0]
+  return float((to_dst @ center)[2])
+
+
+def slice_on(plane, src: Grid, dst: Grid, dst_z: int, world=None):
+  """``src``'s axial slice ``plane [X, Y]`` drawn on ``dst``'s axial slice ``dst_z`` by
+  nearest neighbour in-plane, whatever z the plane's points map to (a labeled slice goes to
+  one working slice whole, never spread over neighbours). Returns ``(values [X', Y'],
+  inside bool [X', Y'])``: ``inside`` where the point falls in the plane's footprint."""
+  m = voxel_map(src, dst, world)
+  xs, ys = np.meshgrid(np.arange(dst.shape[0]), np.arange(dst.shape[1]), indexing="ij")
+  points = np.stack([xs.ravel(), ys.ravel(), np.full(xs.size, dst_z)]).astype(np.float64)
+  sx, sy = (m[:2, :3] @ points + m[:2, 3:]).reshape(2, *xs.shape)
+  # A voxel covers +-0.5 around its center, as in resample's "grid-constant" mode.
+  inside = ((sx >= -0.5 - 1e-6) & (sx < src.shape[0] - 0.5 + 1e-6)
+            & (sy >= -0.5 - 1e-6) & (sy < src.shape[1] - 0.5 + 1e-6))
+  ix = np.clip(np.floor(sx + 0.5 + 1e-9), 0, src.shape[0] - 1).astype(np.int64)
+  iy = np.clip(np.floor(sy + 0.5 + 1e-9), 0, src.shape[1] - 1).astype(np.int64)
+  return np.where(inside, np.asarray(plane)[ix, iy], 0), inside
+
+
+def place_slices(zs, src: Grid, dst: Grid, world=None):
+  """Each of ``src``'s axial slices ``zs`` on its nearest ``dst`` slice, explicitly: a slice
+  spacing that differs (3 mm vs 1 mm, even 1.0 vs 1.05 mm) would make nearest-neighbour
+  resampling along z drop some labeled slices and copy others onto neighbours.
+
+  Returns ``(placed {src z: dst z}, lost [(src z, reason)])``: a slice whose nearest ``dst``
+  slice lies outside ``dst``, or that shares it with a nearer one (kept), is lost.
+  """
+  nearest = {}
+  lost = []
+  for z in zs:
+    pos = slice_position(src, dst, z, world)
+    k = int(np.floor(pos + 0.5 + 1e-9))
+    if not 0 <= k < dst.shape[2]:
+      lost.append((int(z), f"falls outside the working grid (z {pos:.2f})"))
+      continue
+    nearest.setdefault(k, []).append((abs(pos - k), int(z)))
+  placed = {}
+  for k, candidates in sorted(nearest.items()):
+    (_, keep), *others = sorted(candidates)
+    placed[keep] = k
+    lost += [(z, f"shares working slice {k} with z={keep} (kept)") for _, z in others]
+  return placed, sorted(lost)
+
+
 # -------------------------------------------------------------------------- registration
 
 REGISTRATIONS = ("none", "rigid")

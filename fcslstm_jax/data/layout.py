@@ -8,7 +8,9 @@
   DIR/derivatives/<any>/sub-<id>/ses-<label>/anat/*_dseg.nii[.gz]     (optional labels)
 
 Sessions are ordered by age: the ``age`` column of ``sub-<id>_sessions.tsv`` when present,
-else the number in the session label (``ses-06mo`` -> 6).
+else the age the session label states with a unit, in months (``ses-06mo``, ``ses-12m``,
+``ses-1y`` -> 6, 12, 12; :func:`label_age`). A label without a unit (``ses-T2``, ``ses-V06``,
+``ses-6``) and no tsv age is refused, never guessed.
 """
 
 import csv
@@ -42,9 +44,21 @@ class SubjectFiles:
     return any(s.dseg for s in self.sessions)
 
 
-def _number_in(label):
-  match = re.search(r"\d+(?:\.\d+)?", label)
-  return float(match.group()) if match else None
+# An age in a session label: a number and a unit at the label's end, read in months (the
+# shipped protocols' unit). A bare number or an unknown unit ("V06", "T2", "6") is refused:
+# read as months, "ses-1y" would be 1 month and "ses-T2" 2 months.
+_LABEL_AGE = re.compile(r"(\d+(?:\.\d+)?)(mo|mos|month|months|m|y|yr|yrs|year|years)$",
+                        re.IGNORECASE)
+MONTHS_PER = {"m": 1.0, "y": 12.0}
+
+
+def label_age(label):
+  """The age in months a session label states (``06mo``, ``12m``, ``9months`` -> 6, 12, 9;
+  ``1y``, ``2yr`` -> 12, 24), or None when it states none with a unit."""
+  match = _LABEL_AGE.search(label)
+  if not match:
+    return None
+  return float(match.group(1)) * MONTHS_PER[match.group(2)[0].lower()]
 
 
 def read_session_ages(tsv_path):
@@ -70,11 +84,12 @@ def read_session_ages(tsv_path):
 def _session_age(subject_dir, label, tsv_ages):
   if label in tsv_ages:
     return tsv_ages[label]
-  age = _number_in(label)
+  age = label_age(label)
   if age is None:
     raise DataError(
-        f"{subject_dir / ('ses-' + label)}: cannot tell the session's age. Add an 'age' column "
-        f"to {subject_dir.name}_sessions.tsv or put the age in the label (e.g. ses-06mo).")
+        f"{subject_dir / ('ses-' + label)}: cannot tell the session's age (a label states it "
+        f"only with a unit: 06mo, 12m, 1y). Add an 'age' column to "
+        f"{subject_dir.name}_sessions.tsv, or rename the session (e.g. ses-06mo).")
   return age
 
 

@@ -250,12 +250,14 @@ def _atomic_save(img, path):
     nib.save(img, tmp)
 
 
-def save_like(path, array, ref):
+def save_like(path, array, ref, num_classes=None):
   """Writes an integer array in canonical (RAS) order on ``ref``'s original grid, affine and header.
 
   The array (e.g. a predicted segmentation ``[X, Y, Z]``) is reoriented back to the
   stored axis order; the dtype is uint8 when values fit, else int16 (int32 beyond);
-  intensity scaling is cleared. The write is atomic (temporary file + rename).
+  intensity scaling is cleared and the display range is the labels' (``cal_min`` 0,
+  ``cal_max`` ``num_classes - 1``, default the largest value), not the image's whose
+  header it copies. The write is atomic (temporary file + rename).
   """
   array = np.asarray(array)
   if not np.issubdtype(array.dtype, np.integer) and not np.issubdtype(array.dtype, np.bool_):
@@ -265,6 +267,8 @@ def save_like(path, array, ref):
   header = ref.header.copy()
   header.set_data_dtype(data.dtype)
   header.set_slope_inter(1, 0)
+  top = num_classes - 1 if num_classes else (int(data.max()) if data.size else 0)
+  header["cal_min"], header["cal_max"] = 0.0, float(top)
   image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
   _atomic_save(image_class(data, ref.affine, header), path)
 

@@ -16,16 +16,16 @@ patch crosses that slice, and the loss mask keeps the rest of the patch at weigh
 patches. An epoch is one patch of every training subject.
 
 Scoring during training (:func:`label_slabs`): the labeled voxels of a split lie in a few
-axial slices, so the volumes are cut into slabs of the window's depth that cover the
-labeled z range (each labeled voxel in exactly one slab) and each slab is segmented by
-sliding windows (:mod:`fcslstm_jax.infer.sliding_window`), the windows evaluate.py uses in-plane.
+axial slices, so the volumes are cut into the fewest slabs of the window's depth that hold
+them, each centred on its labeled slices (each labeled voxel counted in exactly one slab),
+and each slab is segmented by non-overlapping windows (:mod:`fcslstm_jax.infer.sliding_window`).
 """
 
 import dataclasses
-from typing import Optional
 
 import numpy as np
 
+from fcslstm_jax.data import sequences
 from fcslstm_jax.errors import DataError
 
 BATCH_KEYS = ("images", "labels", "label_mask", "valid")
@@ -40,7 +40,9 @@ class VolumeSet:
     labels: ``int32 [N, T, D, H, W]``; 0 wherever ``label_mask`` is 0.
     label_mask: ``float32 [N, T, D, H, W]``; 1 where the voxel is labeled, its time point
       belongs to the split and its slice counts under the protocol.
-    valid: ``bool [N, T]``; False for a missing session.
+    valid: ``bool [N, T, D]``: False for a missing session, and at the slices outside a
+      session's field of view (:attr:`fcslstm_jax.data.study.Session.in_view`); the model treats
+      those (time point, slice) pairs as missing. Zero padding takes the slice beside it.
     subject_ids: N subject ids.
     session_labels: ``str [N, T]`` (``""`` where missing).
     offsets: ``int32 [N, 3]``: the working grid's ``[Z, X, Y]`` index 0 sits at this index of
@@ -85,7 +87,10 @@ def _subject_volume(subject, protocol, split, shape):
       continue
     labels[(t,) + region] = to_zxy(session.labels)
     mask[(t,) + region] = to_zxy(session.label_mask)
-  valid = np.array([s is not None for s in subject.timepoints])
+  valid = np.zeros((t_count, shape[0]), bool)
+  for t, session in enumerate(subject.timepoints):
+    if session is not None:  # the padding around the subject as the slice beside it
+      valid[t] = np.pad(sequences.in_view(session), (off[0], shape[0] - off[0] - z), mode="edge")
   names = np.array([s.label if s else "" for s in subject.timepoints])
   return images, labels, mask, valid, names, np.array(off, np.int32)
 
@@ -109,7 +114,8 @@ def make_volumes(subjects, protocol, split, shape=None) -> VolumeSet:
   if not parts:
     empty = lambda *dims, dtype=np.float32: np.zeros((0,) + dims, dtype)
     return VolumeSet(empty(t, *shape, c), empty(t, *shape, dtype=np.int32), empty(t, *shape),
-                     empty(t, dtype=bool), (), empty(t, dtype=str), empty(3, dtype=np.int32))
+                     empty(t, shape[0], dtype=bool), (), empty(t, dtype=str),
+                     empty(3, dtype=np.int32))
   stack = lambda i: np.stack([p[i] for p in parts])
   return VolumeSet(stack(0), stack(1), stack(2), stack(3), tuple(s.subject_id for s in subjects),
                    stack(4), stack(5))
@@ -123,8 +129,10 @@ def pad_to(volumes: VolumeSet, minimum) -> VolumeSet:
     return volumes
   spatial = [(0, p) for p in pads]
   pad = lambda a, extra: np.pad(a, [(0, 0), (0, 0)] + spatial + [(0, 0)] * extra)
+  valid = np.pad(volumes.valid, [(0, 0), (0, 0), (0, pads[0])], mode="edge") \
+      if volumes.valid.shape[2] else volumes.valid  # padding as the slices beside it
   return dataclasses.replace(volumes, images=pad(volumes.images, 1), labels=pad(volumes.labels, 0),
-                             label_mask=pad(volumes.label_mask, 0))
+                             label_mask=pad(volumes.label_mask, 0), valid=valid)
 
 
 def patch_start(center, patch, shape, rng) -> np.ndarray:
@@ -176,44 +184,68 @@ class PatchSampler:
 
   def batch(self, indices, key) -> dict:
     """The batch (``images [B, T, d, h, w, C]``, ``labels`` / ``label_mask [B, T, d, h, w]``,
-    ``valid [B, T]``) of one patch of each subject in ``indices``."""
+    ``valid [B, T, d]``) of one patch of each subject in ``indices``."""
     starts = self.starts(indices, key)
     crop = lambda a, i, s: a[(i, slice(None)) + tuple(slice(o, o + n) for o, n in
                                                        zip(s, self.patch))]
     out = {k: np.stack([crop(getattr(self.volumes, k), i, s) for i, s in zip(indices, starts)])
            for k in ("images", "labels", "label_mask")}
-    out["valid"] = self.volumes.valid[np.asarray(indices)]
+    out["valid"] = np.stack([self.volumes.valid[i, :, s[0]:s[0] + self.patch[0]]
+                             for i, s in zip(indices, starts)])
     return out
 
 
-def label_slabs(volumes: VolumeSet, depth: int) -> VolumeSet:
-  """Slabs ``[T, depth, H, W]`` of each volume that cover its labeled z range, every labeled
-  voxel in exactly one slab (a last slab moved back inside the volume has its mask cleared
-  where the slab before it already counted). Volumes without labels give none."""
+def slab_starts(labeled_z, depth: int, total: int) -> list:
+  """``[(start, first, last)]``: slabs of ``depth`` slices (of a volume of ``total``) that
+  cover the labeled z indices ``labeled_z`` (sorted), each centred on the labeled slices
+  ``first..last`` it counts: ``clip(centre - depth // 2, 0, total - depth)``, moved so that
+  ``first..last`` stays inside. One labeled slice sits in the middle of its slab, not on its
+  edge, where the windows' Gaussian weights are smallest (:mod:`fcslstm_jax.infer.sliding_window`)."""
+  out, i, zs = [], 0, [int(z) for z in labeled_z]
+  while i < len(zs):
+    first = zs[i]
+    last = max(z for z in zs[i:] if z < first + depth)
+    start = (first + last) // 2 - depth // 2
+    start = min(max(start, last - depth + 1), first)  # first..last inside the slab
+    out.append((int(np.clip(start, 0, total - depth)), first, last))
+    i += sum(1 for z in zs[i:] if z <= last)
+  return out
+
+
+def labeled_z(volumes: VolumeSet) -> list:
+  """Per volume, the z indices (along D) that hold a labeled voxel of the set."""
+  return [np.flatnonzero(m.any(axis=(0, 2, 3))) for m in volumes.label_mask]
+
+
+def label_slabs(volumes: VolumeSet, depth: int, zs=None) -> VolumeSet:
+  """Slabs ``[T, depth, H, W]`` of each volume centred on its labeled slices
+  (:func:`slab_starts`, the fewest that hold them), every labeled voxel in exactly one slab
+  (a slab's mask is cleared outside the labeled slices it counts). Volumes without labels
+  give none. ``zs``: per volume, the z indices to place the slabs by (default: its own
+  labeled z); a superset (the labeled z of the training and held-out time points together)
+  lets two splits share one set of slabs and one forward pass."""
   volumes = pad_to(volumes, (depth, 0, 0))
   d_total = volumes.images.shape[2]
-  keep, starts, drop_below = [], [], []
+  keep, starts, counted = [], [], []
   for i, m in enumerate(volumes.label_mask):
-    zs = np.flatnonzero(m.any(axis=(0, 2, 3)))
-    if not zs.size:
-      continue
-    covered = zs[0]
-    for start in range(int(zs[0]), int(zs[-1]) + 1, depth):
-      s = min(start, d_total - depth)
+    labeled = np.flatnonzero(m.any(axis=(0, 2, 3))) if zs is None else zs[i]
+    for s, first, last in slab_starts(labeled, depth, d_total):
       keep.append(i)
       starts.append(s)
-      drop_below.append(covered - s)
-      covered = s + depth
+      counted.append((first - s, last - s + 1))
   cut = lambda a: np.stack([
       a[i, :, s:s + depth] for i, s in zip(keep, starts)]) if keep else \
       np.zeros((0,) + a.shape[1:2] + (depth,) + a.shape[3:], a.dtype)
   mask = cut(volumes.label_mask)
-  for k, below in enumerate(drop_below):
-    mask[k, :, :max(0, below)] = 0.0
+  for k, (lo, hi) in enumerate(counted):
+    mask[k, :, :lo] = 0.0
+    mask[k, :, hi:] = 0.0
   labels = np.where(mask > 0, cut(volumes.labels), 0).astype(np.int32)
   offsets = volumes.offsets[keep].copy() if keep else np.zeros((0, 3), np.int32)
   offsets[:, 0] -= np.asarray(starts, np.int32)
-  return VolumeSet(cut(volumes.images), labels, mask, volumes.valid[keep],
+  valid = np.stack([volumes.valid[i, :, s:s + depth] for i, s in zip(keep, starts)]) if keep \
+      else np.zeros((0,) + volumes.valid.shape[1:2] + (depth,), bool)
+  return VolumeSet(cut(volumes.images), labels, mask, valid,
                    tuple(volumes.subject_ids[i] for i in keep), volumes.session_labels[keep],
                    offsets)
 
@@ -221,9 +253,15 @@ def label_slabs(volumes: VolumeSet, depth: int) -> VolumeSet:
 def training_sets(subjects, protocol, patch, seed=0, shape=None):
   """``(train patches, train slabs, test slabs)`` of a 3D run (see the module docstring):
   a :class:`PatchSampler` over the training split's volumes, and the :func:`label_slabs`
-  (depth ``patch[0]``) that score the training and the held-out time points."""
+  (depth ``patch[0]``) that score the training and the held-out time points. Both splits'
+  slabs are placed by the labeled z of both (per subject), so that where the two splits hold
+  the same subjects their slabs are the same volumes and are segmented once."""
   shape = shape or volume_shape(subjects)
   train = make_volumes(subjects, protocol, "train", shape)
   test = make_volumes(subjects, protocol, "test", shape)
-  return (PatchSampler(train, patch, seed), label_slabs(train, patch[0]),
-          label_slabs(test, patch[0]))
+  by_subject = {}
+  for split in (train, test):
+    for sid, z in zip(split.subject_ids, labeled_z(split)):
+      by_subject[sid] = np.union1d(by_subject.get(sid, z), z)
+  slabs = lambda split: label_slabs(split, patch[0], [by_subject[s] for s in split.subject_ids])
+  return PatchSampler(train, patch, seed), slabs(train), slabs(test)

@@ -28,7 +28,9 @@ class SliceSet:
       not see are not in the array at all).
     label_mask: ``float32 [N, T, H, W]``; 1 where the voxel is labeled, its time point
       belongs to the split and its slice counts under the protocol.
-    valid: ``bool [N, T]``; False for a missing session.
+    valid: ``bool [N, T]``; False for a missing session, and where the sequence's slice lies
+      outside the session's field of view (:attr:`fcslstm_jax.data.study.Session.in_view`: a
+      cropped session's blank slices are not time points).
     subject_ids: N subject ids.
     slice_index: ``int32 [N]`` axial (z) index of each sequence on its subject's working grid.
     session_labels: ``str [N, T]`` session label at each time point (``""`` where missing),
@@ -81,8 +83,16 @@ def _subject_sequences(subject, protocol, split, size):
       continue
     labels[(slice(None), t) + region[1:]] = np.moveaxis(session.labels[:, :, zs], 2, 0)
     mask[(slice(None), t) + region[1:]] = np.moveaxis(session.label_mask[:, :, zs], 2, 0)
-  valid = np.array([s is not None for s in subject.timepoints])
+  valid = np.stack([np.zeros(len(zs), bool) if s is None else in_view(s)[zs]
+                    for s in subject.timepoints], axis=1)  # [len(zs), T]
   return images, labels, mask, valid, subject.working_z(zs), (ox, oy)
+
+
+def in_view(session) -> np.ndarray:
+  """``bool [Z]``: the slices of the session's arrays inside its field of view."""
+  if session.in_view is None:
+    return np.ones(session.image.shape[2], bool)
+  return np.asarray(session.in_view, bool)
 
 
 def in_plane_size(subjects) -> tuple:
@@ -123,7 +133,7 @@ def make_sequences(subjects, protocol, split, size=None) -> SliceSet:
   repeat = lambda v, p: np.broadcast_to(v, (len(p[4]),) + np.shape(v))
   return SliceSet(
       images=cat(0), labels=cat(1), label_mask=cat(2),
-      valid=np.concatenate([repeat(p[3], p) for _, p in parts]),
+      valid=cat(3),
       subject_ids=tuple(s.subject_id for s, p in parts for _ in p[4]),
       slice_index=cat(4).astype(np.int32),
       session_labels=np.concatenate([repeat(np.array(
@@ -219,3 +229,10 @@ def describe_study(study, counts=None) -> str:
 def describe_unassigned(study) -> list:
   """One warning line per session that fits no time point."""
   return [f"warning: {u}; not used" for u in study.unassigned]
+
+
+def describe_warnings(study) -> list:
+  """:func:`describe_unassigned`, then one line per session of this process's subjects whose
+  labels did not all come through (:attr:`fcslstm_jax.data.study.Subject.warnings`)."""
+  return describe_unassigned(study) + [f"warning: {w}" for s in study.subjects
+                                       for w in s.warnings]

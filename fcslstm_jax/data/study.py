@@ -15,9 +15,12 @@ Reading (see :mod:`fcslstm_jax.data.layout` for the files it looks for):
 3. Each subject gets a working grid (:func:`fcslstm_jax.data.grids.working_grid`): the reference
    session's orientation and slice spacing (``reference``: its first or last session), the
    target in-plane spacing, and an extent covering all its sessions. Every session is
-   resampled onto it (optionally after rigid registration to the reference); labels and the
-   mask of counted voxels by nearest neighbour, so the mask stays exactly on the labeled
-   slices wherever the grids differ by whole voxels.
+   resampled onto it (optionally after rigid registration to the reference). Each counted
+   labeled slice goes whole to its nearest working slice and only there (:func:`place_labels`;
+   in-plane by nearest neighbour), so a session whose slice spacing differs from the
+   reference's neither loses labels silently nor has them copied onto interpolated
+   neighbouring slices; a labeled slice that shares its working slice with a nearer one is
+   dropped and named in :attr:`Subject.warnings`.
 
 Arrays are channels-last, canonical RAS: a session's image is ``[X, Y, Z, C]``; an axial
 slice is ``[H, W] = [X, Y]``.
@@ -84,7 +87,11 @@ class Session:
       labels.
     label_mask: ``float32 [X, Y, Z]``: 1 on the voxels of the session's counted labeled
       slices; None without labels.
-    counted_slices: the session's own canonical z indices whose labels count.
+    counted_slices: the session's own canonical z indices whose labels count (and reached
+      the working grid: :func:`place_labels`).
+    in_view: ``bool [Z]``: the working-grid axial slices (of those the arrays hold) inside
+      the session's field of view; elsewhere its image is blank, not a scan, and the model
+      treats the time point as missing there (:attr:`fcslstm_jax.data.sequences.SliceSet.valid`).
     grid: the session's own canonical grid.
     to_session: ``[4, 4]`` map from the working grid's world to the session's world
       (identity unless registered).
@@ -102,6 +109,7 @@ class Session:
   grid: grids.Grid
   to_session: np.ndarray
   ref: nifti_io.NiftiRef
+  in_view: Optional[np.ndarray] = None
 
   @property
   def affine(self):
@@ -120,6 +128,9 @@ class Subject:
     unassigned: sessions that fit no time point (:class:`fcslstm_jax.data.protocol.Unassigned`).
     z_index: the working-grid z indices the sessions' arrays hold (their third axis), or
       None for all of them.
+    warnings: one line per session whose labels did not all come through (labeled slices
+      lost to a differing slice spacing, explicit ``slice_selection`` indices it has no
+      label at), ``"sub-<id> ses-<label>: ..."``.
   """
   subject_id: str
   path: str
@@ -127,6 +138,7 @@ class Subject:
   timepoints: tuple
   unassigned: tuple = ()
   z_index: Optional[np.ndarray] = None
+  warnings: tuple = ()
 
   def working_z(self, positions):
     """Working-grid z indices of positions along the arrays' z axis."""
@@ -207,7 +219,8 @@ def _grid(volume):
 
 
 def read_session(files: layout.SessionFiles, protocol, max_bytes):
-  """One session on its own canonical grid: ``(image, labels, mask, counted, grid, ref)``."""
+  """One session on its own canonical grid: ``(image, labels, mask, counted, grid, ref,
+  notes)``; ``notes``: what of its labels does not count, and why (warning lines)."""
   for path in files.images.values():
     nifti_io.read_header(path, max_bytes)  # refuse huge or broken files before reading data
   volumes = [nifti_io.load_volume(files.images[m], max_bytes=max_bytes)
@@ -224,7 +237,7 @@ def read_session(files: layout.SessionFiles, protocol, max_bytes):
                         "co-register the modalities.")
     channels.append(normalized)
   labels = mask = None
-  counted = ()
+  counted, notes = (), []
   if files.dseg is not None:
     lab = nifti_io.load_volume(files.dseg, kind="labels", max_bytes=max_bytes)
     if not _grid(lab).same_as(grid):
@@ -234,10 +247,40 @@ def read_session(files: layout.SessionFiles, protocol, max_bytes):
           "them onto it with nearest-neighbour interpolation.")
     _check_labels(lab, protocol.num_classes)
     counted = counted_slices(lab.data, protocol, lab.path)
+    if not isinstance(protocol.slice_selection, str):
+      missing = [int(z) for z in protocol.slice_selection if int(z) not in counted]
+      if missing:
+        notes.append(f"{lab.path}: no label at slice_selection z={missing} (canonical RAS z "
+                     f"of this session's own grid; its labeled slices: "
+                     f"{labeled_slices(lab.data).tolist()}); those slices do not count")
     mask = np.zeros(grid.shape, np.float32)
     mask[:, :, list(counted)] = 1.0
     labels = np.where(mask > 0, lab.data, 0).astype(np.int32)
-  return np.stack(channels, axis=-1), labels, mask, counted, grid, volumes[0].ref
+  return np.stack(channels, axis=-1), labels, mask, counted, grid, volumes[0].ref, notes
+
+
+def place_labels(labels, counted, grid: grids.Grid, work: grids.Grid, world=None):
+  """A session's counted labeled slices on the working grid, each on its nearest working
+  slice and only there (:func:`fcslstm_jax.data.grids.place_slices`): with another slice spacing
+  nearest-neighbour resampling along z would drop some and copy others onto interpolated
+  neighbours. Returns ``(labels int32, mask float32 [X', Y', Z'], placed {z: working z},
+  lost [(z, reason)])``."""
+  placed, lost = grids.place_slices(counted, grid, work, world)
+  out = np.zeros(work.shape, np.int32)
+  mask = np.zeros(work.shape, np.float32)
+  for z, k in placed.items():
+    values, inside = grids.slice_on(labels[:, :, z], grid, work, k, world)
+    out[:, :, k] = values
+    mask[:, :, k] = inside
+  return out, mask, placed, lost
+
+
+def describe_lost(path, grid: grids.Grid, work: grids.Grid, lost) -> str:
+  """The warning for a session's labeled slices that do not reach the working grid."""
+  what = "; ".join(f"z={z} {reason}" for z, reason in lost)
+  return (f"{path}: {len(lost)} labeled slice(s) not used: {what} (its slices are "
+          f"{grid.spacing[2]:.3g} mm apart, the working grid's {work.spacing[2]:.3g} mm; each "
+          "labeled slice goes to its nearest working slice only)")
 
 
 def _reference_index(present, reference):
@@ -265,25 +308,31 @@ def load_subject(files: layout.SubjectFiles, protocol, options: GridOptions, kee
         ref_image[..., 0], ref_grid, r[0][..., 0], r[4]) for i, r in enumerate(raw)]
   work = grids.working_grid(ref_grid, options.spacing, [r[4] for r in raw],
                             [np.linalg.inv(m) for m in to_session])
-  masks = [None if r[2] is None else grids.resample(r[2], r[4], work, 0, world)
-           for r, world in zip(raw, to_session)]
+  placed = [None if r[1] is None else place_labels(r[1], r[3], r[4], work, world)
+            for r, world in zip(raw, to_session)]
+  masks = [None if p is None else p[1] for p in placed]
+  warnings = []
+  for (_, f), r, p in zip(present, raw, placed):
+    notes = list(r[6]) + ([describe_lost(f.dseg, r[4], work, p[3])] if p and p[3] else [])
+    warnings += [f"sub-{files.subject_id} ses-{f.label}: {n}" for n in notes]
   z_index = None
   if keep == "labeled":  # training needs only the slices some session labels
     z_index = np.unique(np.concatenate([np.flatnonzero(m.any(axis=(0, 1))) for m in masks
                                         if m is not None] or [np.array([], np.int64)]))
   keep_z = (lambda a: a) if z_index is None else (lambda a: a[:, :, z_index])
   timepoints = [None] * len(slots)
-  for (t, f), (image, labels, _, counted, grid, ref), world, mask in zip(present, raw,
-                                                                         to_session, masks):
+  for (t, f), (image, *_, grid, ref, _), world, p in zip(present, raw, to_session, placed):
     on_work = lambda a, order: keep_z(grids.resample(a, grid, work, order, world))
     paths = dict(f.images, **({"dseg": f.dseg} if f.dseg else {}))
-    mask = None if mask is None else keep_z(mask)
     timepoints[t] = Session(
         label=f.label, age=f.age, timepoint=t, paths=paths, image=on_work(image, 1),
-        labels=None if labels is None else np.where(mask > 0, on_work(labels, 0), 0),
-        label_mask=mask, counted_slices=counted, grid=grid, to_session=world, ref=ref)
+        labels=None if p is None else keep_z(p[0]),
+        label_mask=None if p is None else keep_z(p[1]),
+        counted_slices=() if p is None else tuple(sorted(p[2])), grid=grid, to_session=world,
+        ref=ref, in_view=grids.coverage(grid, work, world)[np.arange(work.shape[2])
+                                                           if z_index is None else z_index])
   return Subject(files.subject_id, files.path, work, tuple(timepoints), tuple(unassigned),
-                 z_index)
+                 z_index, tuple(warnings))
 
 
 # ------------------------------------------------------------------------------- studies

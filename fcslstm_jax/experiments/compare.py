@@ -8,7 +8,7 @@ Every model gets the same data, protocol, config (``--config``, default ``quick`
 of the paper's recipe) and seeds. Each run is an ordinary resumable train run under
 ``--workdir/<protocol>/<model>-seed<k>``, so an interrupted comparison continues where it
 stopped.
-Writes ``<out>/compare-<protocol>.json`` and ``.md`` (train / test mPA mean ± std over seeds,
+Writes ``<out>/compare-<protocol>.json`` and ``.md`` (train / test mPA mean ± sample std over seeds,
 Dice per class, temporal consistency, parameters, wall time, beside the paper's numbers),
 ``compare-<protocol>.png`` (test mPA per model and seed) and ``compare-<protocol>-fig4.png``
 (one subject, all three models side by side).
@@ -79,8 +79,13 @@ def run_one(model, seed, config, subjects, protocol, runs_dir, log):
 
 
 def mean_std(values):
+  """``(mean, sample standard deviation)`` (ddof=1: the seeds are a sample of all seeds);
+  the deviation is None for a single value (one seed measures no spread), both None for
+  none."""
   v = np.asarray([x for x in values if x is not None], np.float64)
-  return (float(v.mean()), float(v.std())) if v.size else (None, None)
+  if not v.size:
+    return None, None
+  return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else None)
 
 
 def aggregate(runs, class_names, truth_consistency):
@@ -100,7 +105,8 @@ def aggregate(runs, class_names, truth_consistency):
 
 
 def markdown(summary, protocol_name, class_names, header):
-  pct = lambda ms: "n/a" if ms[0] is None else f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}"
+  pct = lambda ms: "n/a" if ms[0] is None else f"{100 * ms[0]:.1f}" + (
+      "" if ms[1] is None else f" ± {100 * ms[1]:.1f}")
   paper = PAPER.get(protocol_name, {})
   columns = (["model", "train mPA %", "test mPA %", "paper train / test %"]
              + [f"test Dice {c} %" for c in class_names[1:]]

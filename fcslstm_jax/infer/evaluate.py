@@ -94,7 +94,7 @@ def segment_subject(fns, params_list, subject, protocol, batch_size: int, window
   seq = sequences.make_sequences([subject], protocol, "all")
   if windows is None:
     return seq, ensemble.average_proba(params_list, fns, seq, batch_size)
-  volume, valid = np.moveaxis(seq.images, 0, 1), seq.valid[0]  # [T, Z, X, Y, C], [T]
+  volume, valid = np.moveaxis(seq.images, 0, 1), seq.valid.T  # [T, Z, X, Y, C], [T, Z]
   total = sum(sliding_window.sliding_window_proba(fn, params, volume, valid, window, overlap,
                                                   batch_size)
               for fn, params, (window, overlap) in zip(fns, params_list, windows))
@@ -153,7 +153,7 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
   flips = tta.parse_flips(tta_flips)
   runs = read_runs(workdirs)
   study, protocol = load_for_evaluation(runs[0][1], data_dir, truth_dir)
-  for line in sequences.describe_unassigned(study):
+  for line in sequences.describe_warnings(study):
     log(line)
   out_dir = out_dir or os.path.join(workdirs[0], "predictions")
   files.check_output_dir(out_dir, study.root)
@@ -162,7 +162,10 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
   members = load_members(runs, protocol)
   desc = members[0].config.model.replace("-", "") if len(members) == 1 else "ensemble"
   writer = writer_lib.StudyWriter(out_dir, desc, protocol, probabilities)
-  for subject, seq, probs in segment_study(study, members, flips, batch_size, log):
+  segment_seconds, sessions_done = 0.0, 0  # the forward passes (sliding windows in 3D)
+  for subject, seq, probs, seconds in segment_study(study, members, flips, batch_size, log):
+    sessions = sum(s is not None for s in subject.timepoints)
+    segment_seconds, sessions_done = segment_seconds + seconds, sessions_done + sessions
     for t, session in enumerate(subject.timepoints):
       if session is not None:
         writer.add_session(subject.subject_id, t, session,
@@ -170,7 +173,8 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
                            probs[:, t])
     pred = np.argmax(probs, axis=-1).astype(np.int32)  # [Z, T, X, Y] on the working grid
     writer.add_subject(subject, seq, pred)
-    log(f"sub-{subject.subject_id}: {pred.shape[0]} slices x {pred.shape[1]} time points")
+    log(f"sub-{subject.subject_id}: {pred.shape[0]} slices x {pred.shape[1]} time points, "
+        f"segmented in {seconds:.1f} s ({seconds / max(sessions, 1):.1f} s per session)")
   if writer.figure is None:
     raise DataError(f"{study.root}: no session of any subject fits the protocol "
                     f"{protocol.name}'s time points; nothing to segment.")
@@ -179,7 +183,8 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
       model=members[0].config.model if len(members) == 1 else "ensemble",
       members=[{"workdir": os.path.abspath(m.workdir), "model": m.config.model,
                 "checkpoint_step": m.step} for m in members],
-      tta_flips=list(flips))
+      tta_flips=list(flips), segment_seconds=round(segment_seconds, 1),
+      segment_seconds_per_session=round(segment_seconds / max(sessions_done, 1), 2))
   sources = dict(labels=str(truth_dir) if truth_dir else "dataset",
                  out=os.path.abspath(out_dir))
   meta = [f"dataset: {os.path.abspath(study.root)}"] + describe_members(members, flips) + [
@@ -189,9 +194,10 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
 
 
 def segment_study(study, members, flips, batch_size: int, log=print):
-  """Yields ``(subject, sequences, probabilities [Z, T, X, Y, c])`` on each subject's
-  working grid, averaged over the members and the flipped views; subjects none of whose
-  sessions fits the protocol are logged and skipped."""
+  """Yields ``(subject, sequences, probabilities [Z, T, X, Y, c], seconds)`` on each
+  subject's working grid, averaged over the members and the flipped views (``seconds``: the
+  forward passes); subjects none of whose sessions fits the protocol are logged and
+  skipped."""
   spatial_dims = members[0].config.spatial_dims
   fns = ensemble.predict_fns(members, tta.flip_variants(flips, spatial_dims))
   params_list = [m.params for m in members]
@@ -201,9 +207,10 @@ def segment_study(study, members, flips, batch_size: int, log=print):
     if subject.grid is None:
       log(f"sub-{subject.subject_id}: no session fits the protocol's time points; not segmented")
       continue
+    t_segment = time.monotonic()
     seq, probs = segment_subject(fns, params_list, subject, study.protocol, batch_size,
                                  windows)
-    yield subject, seq, probs
+    yield subject, seq, probs, time.monotonic() - t_segment
 
 
 def session_outputs(probs, subject, session):

@@ -22,7 +22,9 @@ Implementation notes (same function as Eq. 1, arranged to be cheap):
 * The four gates share one Ψx and one Ψh call that emit ``4 * hidden`` channels (i, f, g, o).
 * A per-step validity mask ``[B, T]`` marks missing time points (a session that was not
   acquired): there the state is carried through unchanged and the output is zero. The
-  paper has no missing sessions; longitudinal cohorts do.
+  paper has no missing sessions; longitudinal cohorts do. For volumes it may be ``[B, T, D]``
+  (per axial slice, a cropped session's field of view): each step's ``[B, D]`` broadcasts
+  over the state ``[B, D, H, W, hidden]`` the same way.
 * The cell state and the gate arithmetic are kept in float32 even when the convolutions run
   in bfloat16 (``dtype``), because ``c_t`` accumulates over time.
 * The forget-gate bias starts at 1 (Jozefowicz et al., 2015); the paper does not say.

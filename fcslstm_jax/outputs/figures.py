@@ -76,8 +76,9 @@ def subject_preview(path, subject, protocol, z=None):
 
 
 def trajectories(path, rows, class_names, flagged=(), age_unit=None):
-  """Volume against age, one panel per tissue class and one for their total, one line per
-  subject (the same colour in every panel); flagged sessions are circled in red.
+  """Volume against age, one panel per tissue class and one for their total (any number of
+  classes: rows of up to 4 panels), one line per subject (the same colour in every panel);
+  flagged sessions are circled in red. Returns the panels' titles, in order.
 
   Args:
     path: output PNG.
@@ -96,9 +97,13 @@ def trajectories(path, rows, class_names, flagged=(), age_unit=None):
   colors = plt.get_cmap("tab10" if len(subjects) <= 10 else "tab20")
   circled = set(flagged)
   cols = min(len(panels), 4)
-  fig, axes = plt.subplots(1, cols, figsize=(3.4 * cols, 3.2), squeeze=False)
-  axes = axes[0]
-  for k, name in enumerate(panels[:cols]):
+  grid_rows = -(-len(panels) // cols)
+  fig, axes = plt.subplots(grid_rows, cols, figsize=(3.4 * cols, 3.2 * grid_rows),
+                           squeeze=False)
+  axes = axes.ravel()
+  for ax in axes[len(panels):]:
+    ax.set_visible(False)  # the last row's empty places
+  for k, name in enumerate(panels):
     ax = axes[k]
     for i, subject in enumerate(subjects):
       mine = sorted((r for r in rows if r.subject == subject), key=lambda r: r.age)
@@ -113,7 +118,7 @@ def trajectories(path, rows, class_names, flagged=(), age_unit=None):
                   markeredgecolor="red", markeredgewidth=1.5)
     ax.set_title(name if name != "total" else "total (tissues)", fontsize=10)
     ax.set_xlabel(f"age ({age_unit})" if age_unit else "age", fontsize=9)
-    if k == 0:
+    if k % cols == 0:
       ax.set_ylabel("volume (mL)", fontsize=9)
     ax.tick_params(labelsize=8)
     ax.grid(alpha=0.3)
@@ -128,4 +133,6 @@ def trajectories(path, rows, class_names, flagged=(), age_unit=None):
   fig.tight_layout()
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=80, bbox_inches="tight")
+  titles = [ax.get_title() for ax in axes if ax.get_visible()]
   plt.close(fig)
+  return titles

@@ -122,15 +122,20 @@ def output_path(out_dir: str, subject_id: str, session_label: str, desc: str,
 def write_session(out_dir, desc, subject_id, session, probs, labels, uncertainty,
                   probabilities: bool) -> None:
   """The session's dseg, uncertainty (uint8, 256 steps: a map to look at, not to compute
-  with) and, if asked, probseg files on its input grid and header."""
+  with) and, if asked, probseg files on its input grid and header. The dseg's display
+  range is 0..c-1 (``c = probs.shape[-1]``). Not asked, a probseg file an earlier
+  evaluation wrote under the same name is removed (``out_dir`` lies outside the inputs:
+  :func:`fcslstm_jax.files.check_output_dir`), so that no output describes another run."""
   path = lambda suffix: output_path(out_dir, subject_id, session.label, desc, suffix)
   with files.naming(path("dseg")) as p:
-    nifti_io.save_like(p, labels, session.ref)
+    nifti_io.save_like(p, labels, session.ref, num_classes=probs.shape[-1])
   with files.naming(path("uncertainty")) as p:
     nifti_io.save_float_like(p, uncertainty, session.ref, np.uint8)
   if probabilities:
     with files.naming(path("probseg")) as p:
       nifti_io.save_float_like(p, probs, session.ref)
+  elif os.path.exists(path("probseg")):
+    os.unlink(path("probseg"))  # an earlier evaluation's, into the same --out: now stale
 
 
 def session_row(subject_id, session, labels, uncertainty, names) -> volumes_lib.SessionVolumes:

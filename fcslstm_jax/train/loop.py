@@ -147,13 +147,60 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def make_volume_predict_fn(model: nn.Module, config: Config, mesh, window_batch: int):
-  """``fn(params, volumes [N, T, D, H, W, C], valid [N, T])`` -> class map ``[N, T, D, H, W]``
+def make_volume_predict_fn(model: nn.Module, config: Config, mesh, window_batch: int,
+                           overlap: float | None = None, desc: str | None = None):
+  """``fn(params, volumes [N, T, D, H, W, C], valid [N, T, D])`` -> class map ``[N, T, D, H, W]``
   by sliding windows of ``config.patch_size`` (``window_batch`` at a time, split over this
-  process's devices)."""
+  process's devices), overlapping by ``overlap`` (default ``config.window_overlap``); with
+  ``desc``, a progress bar over the windows."""
   windows = parallel.on_local_devices(make_predict_fn(model, proba=True), mesh)
-  return sliding_window.volume_predict_fn(windows, sliding_window.window_shape(config), config.window_overlap,
-                                          window_batch)
+  overlap = config.window_overlap if overlap is None else overlap
+  return sliding_window.volume_predict_fn(windows, sliding_window.window_shape(config), overlap, window_batch,
+                                          desc=desc)
+
+
+# Scoring a 3D run during training (README, "3D + time"): the labeled slabs are cut into
+# windows that do not overlap (the fewest that cover them); evaluate.py blends overlapping
+# windows (config window_overlap).
+SCORING_OVERLAP = 0.0
+# The auto interval (score_every_epochs null, 3D) keeps scoring under this share of the
+# training time, counting one window's forward pass as FORWARD_COST of one patch's training
+# step (forward and backward: the backward pass costs about two forward passes).
+SCORING_SHARE = 0.2
+FORWARD_COST = 1.0 / 3.0
+
+
+def same_images(a, b) -> bool:
+  """Whether two sets hold the same image sequences (then one forward pass serves both)."""
+  return a.images is b.images or (a.images.shape == b.images.shape
+                                  and np.array_equal(a.images, b.images))
+
+
+def scoring_windows(splits, window) -> int:
+  """Windows one scoring of ``splits`` (3D slabs) segments: sets with the same images once."""
+  distinct = []
+  for data in splits:
+    if len(data.images) and not any(same_images(d, data) for d in distinct):
+      distinct.append(data)
+  return sum(len(d.images) * len(sliding_window.window_corners(d.images.shape[2:-1], window,
+                                                        SCORING_OVERLAP)) for d in distinct)
+
+
+def scoring_interval(config: Config, windows: int, patches_per_epoch: int) -> int:
+  """Epochs between scorings: ``score_every_epochs``, or when null every epoch in 2D and in
+  3D the smallest N for which ``windows`` forward passes every N epochs cost at most
+  ``SCORING_SHARE`` of N epochs of ``patches_per_epoch`` training patches."""
+  if config.score_every_epochs is not None:
+    return config.score_every_epochs
+  if config.spatial_dims == 2:
+    return 1
+  return max(1, int(np.ceil(windows * FORWARD_COST / (SCORING_SHARE * patches_per_epoch))))
+
+
+def is_scored(run, epoch: int) -> bool:
+  """Whether epoch ``epoch`` (0-based) is scored: every ``run.score_every`` epochs and the
+  last one."""
+  return (epoch + 1) % run.score_every == 0 or epoch + 1 == run.config.epochs
 
 
 def evaluate_splits(predict_fn, params, splits: list[SliceSet], class_names, batch_size: int):
@@ -168,8 +215,7 @@ def evaluate_splits(predict_fn, params, splits: list[SliceSet], class_names, bat
     if len(data) == 0:  # e.g. no labels at the held-out time point (in this process's share)
       cm = np.zeros((c, c))
     else:
-      pred = next((p for d, p in cache if d.images is data.images or (
-          d.images.shape == data.images.shape and np.array_equal(d.images, data.images))), None)
+      pred = next((p for d, p in cache if same_images(d, data)), None)
       if pred is None:
         pred = predict_all(predict_fn, params, data, batch_size)
         cache.append((data, pred))
@@ -242,7 +288,8 @@ class Run:
   """What one training run needs besides its state (set up by :func:`prepare_run`).
 
   ``train_eval_set``: what scores the training time points (``train_set`` itself, or the
-  labeled slabs of a 3D run's volumes); ``eval_batch``: sequences per prediction call.
+  labeled slabs of a 3D run's volumes); ``eval_batch``: sequences per prediction call;
+  ``score_every``: epochs between scorings (:func:`scoring_interval`).
   """
   config: Config
   train_set: SliceSet
@@ -258,15 +305,17 @@ class Run:
   logger: Any
   train_eval_set: Any = None
   eval_batch: int = 1
+  score_every: int = 1
 
 
 def prepare_run(config, train_set, test_set, workdir, class_names, record, mesh, log,
-                train_eval_set=None):
+                train_eval_set=None, progress: bool = False):
   """``(run, state)``: the model, the restored or new state, the compiled step, the logs.
 
   A 3D run (``config.spatial_dims == 3``) passes a :class:`fcslstm_jax.data.patches.PatchSampler`
   as ``train_set`` and volume slabs as ``train_eval_set`` and ``test_set``; they are scored
-  by sliding windows, one volume per call.
+  by non-overlapping windows (``SCORING_OVERLAP``), one volume per call (with ``progress``,
+  behind a progress bar).
   """
   main = parallel.is_main_process()
   n, b = len(train_set), config.batch_size
@@ -290,14 +339,23 @@ def prepare_run(config, train_set, test_set, workdir, class_names, record, mesh,
   step_fn = jax.jit(lambda s, batch, r: train_step(s, batch, r, class_weights=weights,
                                                    config=config), donate_argnums=0,
                     out_shardings=parallel.replicated(mesh))
+  train_eval_set = train_set if train_eval_set is None else train_eval_set
+  windows = 0
   if config.spatial_dims == 3:
-    predict_fn, eval_batch = make_volume_predict_fn(model, config, mesh, local_b), 1
+    predict_fn, eval_batch = make_volume_predict_fn(
+        model, config, mesh, local_b, SCORING_OVERLAP,
+        desc="scoring" if progress and main else None), 1
+    windows = scoring_windows([train_eval_set, test_set], sliding_window.window_shape(config))
   else:
     predict_fn, eval_batch = parallel.on_local_devices(make_predict_fn(model), mesh), local_b
+  score_every = scoring_interval(config, windows, steps_per_epoch * local_b)
+  if config.spatial_dims == 3:
+    log(f"scoring every {score_every} epoch(s) and after the last: {windows} windows "
+        f"{list(sliding_window.window_shape(config))} per scoring")
   run = Run(config, train_set, test_set, tuple(class_names), mesh, steps_per_epoch, local_b,
             step_fn, predict_fn, parallel.replicate(jax.random.fold_in(rng, 1), mesh), ckpt,
             MetricsLog(workdir, int(state.step)) if main else None,
-            train_set if train_eval_set is None else train_eval_set, eval_batch)
+            train_eval_set, eval_batch, score_every)
   return run, state
 
 
@@ -345,21 +403,27 @@ def train_epoch(run: Run, state, epoch: int, stop: StopRequest, progress=None):
   return state, seen, None
 
 
-def end_epoch(run: Run, state, epoch: int, losses_seen, seconds: float) -> tuple:
-  """Scores the epoch's model, logs its line, then checkpoints it (in that order: a resume
-  drops log lines past its step, see :class:`fcslstm_jax.train.metrics_log.MetricsLog`). Returns the scores (train, test)."""
-  train_m, test_m = evaluate_splits(run.predict_fn, parallel.local_replica(state.params, run.mesh),
-                                    [run.train_eval_set, run.test_set], run.class_names,
-                                    run.eval_batch)
+def end_epoch(run: Run, state, epoch: int, losses_seen, seconds: float):
+  """Scores the epoch's model if the epoch is scored (:func:`is_scored`), logs its line, then
+  checkpoints it (in that order: a resume drops log lines past its step, see
+  :class:`fcslstm_jax.train.metrics_log.MetricsLog`). Returns the scores (train, test), or None for an unscored epoch
+  (its line has no mPA; its checkpoint no metric, so it cannot become the best)."""
+  scores, t0 = None, time.time()
+  if is_scored(run, epoch):
+    scores = evaluate_splits(run.predict_fn, parallel.local_replica(state.params, run.mesh),
+                             [run.train_eval_set, run.test_set], run.class_names, run.eval_batch)
   step = int(state.step)
   record = {"epoch": epoch + 1, "step": step,
             "loss": float(np.mean(losses_seen)) if losses_seen else None,
             "lr": float(lr_schedule(run.config, run.steps_per_epoch)(step - 1)),
-            "train_mpa": train_m["mpa"], "test_mpa": test_m["mpa"], "epoch_seconds": seconds}
+            "train_mpa": scores[0]["mpa"] if scores else None,
+            "test_mpa": scores[1]["mpa"] if scores else None, "epoch_seconds": seconds}
+  if scores:
+    record["scoring_seconds"] = round(time.time() - t0, 2)
   if run.logger:
     run.logger.write(record)
-  run.ckpt.save(state, {"train_mpa": train_m["mpa"] or 0.0})
-  return train_m, test_m
+  run.ckpt.save(state, {"train_mpa": scores[0]["mpa"] or 0.0} if scores else None)
+  return scores
 
 
 def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, workdir: str,
@@ -377,7 +441,7 @@ def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, 
   mesh = mesh or parallel.make_mesh()
   log = log if parallel.is_main_process() else (lambda *a, **k: None)
   run, state = prepare_run(config, train_set, test_set, workdir, class_names, record, mesh,
-                           log, train_eval_set)
+                           log, train_eval_set, progress=progress is not None)
   stopped_by, scored = None, None
   with StopRequest() as stop:
     for epoch in range(int(state.step) // run.steps_per_epoch, config.epochs):

@@ -25,6 +25,9 @@ those itself). Then:
   with replica id 0) and process 0 writes the metadata and finalizes the step.
 * Logs, progress bars, ``run.json``, ``metrics.jsonl`` and ``results.json``: process 0 only
   (:func:`is_main_process`).
+* Errors before training (bad data in one process's share, a work directory of another
+  run, which only process 0 checks): :func:`agree_on_error` lets every process know before
+  the first collective, so all stop with one error line instead of waiting for each other.
 
 CPU clusters (and the tests) use gloo for cross-process collectives
 (``jax_cpu_collectives_implementation``).
@@ -143,6 +146,40 @@ def agree_max(values) -> tuple:
   if jax.process_count() > 1:
     values = np.max(multihost_utils.process_allgather(values), axis=0)
   return tuple(int(v) for v in np.atleast_1d(values))
+
+
+# Bytes of an error message that processes exchange (longer ones are cut).
+MESSAGE_BYTES = 2048
+
+
+def agree_on_error(fn):
+  """``fn()`` on every process, then one small all-gather, so that no process enters a
+  later collective while another has stopped: if ``fn`` raised on any process, every
+  process raises (its own error, or a :class:`~fcslstm_jax.errors.ConfigError` that quotes
+  the first failing process's message); else each returns its own result. One process:
+  ``fn()`` itself. Call it before the first collective of a run (the checks of the data and
+  the work directory, which may fail on one process only)."""
+  if jax.process_count() == 1:
+    return fn()
+  error, result = None, None
+  try:
+    result = fn()
+  except Exception as e:  # noqa: BLE001 (re-raised below, after the others know)
+    error = e
+  text = "" if error is None else (str(error) or type(error).__name__)
+  mine = np.zeros(MESSAGE_BYTES + 1, np.uint8)
+  encoded = text.encode("utf-8")[:MESSAGE_BYTES]
+  mine[0] = error is not None
+  mine[1:1 + len(encoded)] = np.frombuffer(encoded, np.uint8)
+  every = np.asarray(multihost_utils.process_allgather(mine))
+  if error is not None:
+    raise error
+  failed = np.flatnonzero(every[:, 0])
+  if failed.size:
+    p = int(failed[0])
+    message = every[p, 1:].tobytes().rstrip(b"\0").decode("utf-8", "replace")
+    raise ConfigError(f"process {p} stopped the run: {message}")
+  return result
 
 
 def shard_for_this_process():

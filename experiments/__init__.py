@@ -1,0 +1,1 @@
+"""Experiments outside the package: not imported by train.py, evaluate.py or the library."""

@@ -1,0 +1,473 @@
+"""FCSLSTM and nnU-Net v2 side by side: one study, split, labeled voxels, machine and budget.
+
+    pip install -r requirements.txt -r experiments/peers/requirements.txt   # own venv
+    python experiments/peers/run.py --study cohort --budget-min 10
+
+writes ``results/peers-<study>.json`` and ``.md``. What it does, in order:
+
+1. The study (``cohort``: ``data/cohort``, generated if missing, as in the README; ``bric``:
+   the built-in dataset) is loaded the way ``train.py`` loads it and converted into an
+   nnU-Net v2 raw dataset (:mod:`convert`: working grids, the protocol's training time
+   points only, one labeled slice per volume, the ignore label everywhere else).
+2. FCSLSTM: ``train.py`` (the project's defaults: Bi-FCSLSTM, ``quick`` config) runs as a
+   subprocess and gets SIGTERM when the budget is spent; it saves a checkpoint at the step
+   reached (README "Failure handling"), and that checkpoint is evaluated. Its wall time
+   includes Python start, data loading and resampling, and XLA compilation.
+3. nnU-Net: ``nnUNetv2_plan_and_preprocess -c 2d`` (timed apart, not charged to the
+   budget), then the ``2d`` configuration trained with :class:`nnUNetTrainerBudget`
+   (nnU-Net's trainer, stopped by the same wall-clock budget, its poly learning rate decayed
+   over it; the clock starts before the trainer is built), on CPU, fold ``all`` (every
+   training case; nnU-Net's own 5-fold split would hold a fifth of the few labeled slices
+   out). Every session is then predicted (nnU-Net's sliding window; mirroring off unless
+   ``--mirroring``, as FCSLSTM runs without test-time flips).
+4. Both tools' working-grid probabilities go back onto each session's own grid through the
+   same map (:func:`fcslstm_jax.infer.evaluate.to_session_probs`) and are scored there with
+   :mod:`fcslstm_jax.metrics`: on the protocol's labeled slices (the held-out time point
+   never seen by either tool), on whole volumes against the full labels (cohort:
+   ``sourcedata/full-labels``; bric: the whole labeled slab), and temporal consistency on the
+   working grid (as ``evaluate.py``).
+
+Everything goes under ``--work`` (default ``runs/peers/<study>``), which is deleted first so
+that the table always comes from one fresh run. Both tools run one after the other on the
+same machine; run the command under the project's CPU lock so nothing else competes.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
+
+import convert  # noqa: E402
+from fcslstm_jax.data import study as data_lib  # noqa: E402
+from fcslstm_jax import files  # noqa: E402
+from fcslstm_jax.infer import evaluate as inference  # noqa: E402
+from fcslstm_jax import metrics as metrics_lib  # noqa: E402
+from fcslstm_jax.data import nifti_io  # noqa: E402
+from fcslstm_jax.data import protocol as protocol_lib  # noqa: E402
+from fcslstm_jax.data import sequences  # noqa: E402
+from fcslstm_jax.outputs import writer as writer_lib  # noqa: E402
+
+DATASET_IDS = {"cohort": 523, "bric": 524, "tiny": 525}
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A study to compare on: its folder, protocol, full labels (None: the study's own label
+  files hold them) and the ``train.py`` arguments that name it."""
+  name: str
+  root: str
+  protocol: protocol_lib.Protocol
+  full_labels: str | None
+  train_args: tuple
+
+
+def study_source(name: str) -> Source:
+  if name in ("cohort", "tiny"):  # tiny: a smoke test of this script (the tests' study)
+    from fcslstm_jax.synthetic import cohort
+    root = os.path.join(REPO, "data", "cohort" if name == "cohort" else "cohort-tiny")
+    config = cohort.CohortConfig() if name == "cohort" else dataclasses.replace(
+        cohort.TINY, fov_mm=(144.0, 144.0, 18.0))
+    if not os.path.isfile(os.path.join(root, "dataset_description.json")):
+      cohort.generate(root, config=config)
+    return Source(name, root, protocol_lib.get_protocol(None, root),
+                  os.path.join(root, "sourcedata", "full-labels"),
+                  ("--data-dir", root, "--protocol", os.path.join(root, "protocol.json")))
+  from fcslstm_jax.synthetic import bric_like as bric
+  root = str(bric.ensure_dataset(seed=0, config=bric.VOLUMES["slab"]))
+  return Source(name, root, protocol_lib.builtin("bric"), None, ("--dataset", "bric"))
+
+
+def load(uptime=os.getloadavg) -> list:
+  return [round(v, 2) for v in uptime()]
+
+
+# ---------------------------------------------------------------------------------- scoring
+
+
+def counted_scores(pred, session, num_classes: int) -> np.ndarray:
+  """Confusion matrix of a native-grid prediction on the session's counted labeled slices
+  (the protocol's, e.g. its one labeled slice), against its label file."""
+  truth = nifti_io.load_volume(session.paths["dseg"], kind="labels").data
+  mask = np.zeros(truth.shape, np.float32)
+  mask[:, :, list(session.counted_slices)] = 1.0
+  return metrics_lib.confusion_counts(pred, truth, mask, num_classes)
+
+
+class Scores:
+  """Confusion matrices per time point on the labeled slices and on whole volumes, and the
+  temporal agreement counts, summed over subjects."""
+
+  def __init__(self, protocol):
+    t, c = protocol.num_timepoints, protocol.num_classes
+    self.protocol = protocol
+    self.labeled = np.zeros((t, c, c))
+    self.whole = np.zeros((t, c, c))
+    self.agreement = [np.zeros((2, t - 1)) for _ in range(2)]
+
+  def add(self, subject, train_subject, probs_by_t: dict, out_dir: str, desc: str):
+    """One subject: ``probs_by_t`` maps a time point to its working-grid probabilities
+    ``[X, Y, Z, c]``; ``subject`` comes from the evaluation study (full labels),
+    ``train_subject`` from the training one (the protocol's counted slices)."""
+    c = self.protocol.num_classes
+    seq = sequences.make_sequences([subject], self.protocol, "all")
+    pred = np.zeros(seq.labels.shape, np.int32)  # [Z, T, X, Y]
+    for t, session in enumerate(subject.timepoints):
+      if session is None:
+        continue
+      probs = probs_by_t[t]
+      pred[:, t] = np.moveaxis(np.argmax(probs, axis=-1), 2, 0)
+      native = convert.to_session_labels(probs, subject, session)
+      convert.write_session_labels(writer_lib.output_path(out_dir, subject.subject_id,
+                                                          session.label, desc.replace("-", ""), "dseg"),
+                                   native, session)
+      cm = writer_lib.native_scores(native, session, c)
+      if cm is not None:
+        self.whole[t] += cm
+      counted = train_subject.timepoints[t]
+      if counted is not None and counted.counted_slices and "dseg" in counted.paths:
+        self.labeled[t] += counted_scores(native, counted, c)
+    mask = seq.label_mask * seq.valid[:, :, None, None]
+    for counts, seg in zip(self.agreement, (pred, seq.labels)):
+      counts += metrics_lib.temporal_agreement(seg, mask)
+
+  def summary(self) -> dict:
+    return {"labeled_slices": writer_lib.summarize_run(self.labeled, self.agreement, self.protocol),
+            "whole_volumes": writer_lib.summarize_run(self.whole, self.agreement, self.protocol)}
+
+
+# ---------------------------------------------------------------------------------- FCSLSTM
+
+
+def train_fcslstm(source: Source, workdir: str, budget_s: float, model: str, config: str,
+                  epochs: int, log_path: str) -> dict:
+  """``train.py`` for at most ``budget_s`` seconds of wall time (SIGTERM then: a checkpoint
+  at the step reached). Returns what was run and measured."""
+  command = [sys.executable, os.path.join(REPO, "train.py"), *source.train_args,
+             "--model", model, "--config", config, "--epochs", str(epochs), "--workdir", workdir]
+  started, stopped = time.monotonic(), False
+  with open(log_path, "w") as log:
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+      proc.wait(timeout=budget_s)
+    except subprocess.TimeoutExpired:
+      proc.send_signal(signal.SIGTERM)
+      stopped = True
+      proc.wait()
+  seconds = time.monotonic() - started
+  steps = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl")) if l.strip()] \
+      if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else []
+  return {"command": " ".join(os.path.relpath(a, REPO) if os.path.isabs(a) else a
+                              for a in command[1:]),
+          "seconds": round(seconds, 1), "stopped_by_budget": stopped,
+          "returncode": proc.returncode, "epochs_scored": len(steps)}
+
+
+def fcslstm_probabilities(workdir: str, study, batch_size: int = 8):
+  """``(seconds, {subject_id: {t: [X, Y, Z, c]}})`` of the run's newest checkpoint on every
+  session of ``study`` (no test-time flips)."""
+  from fcslstm_jax.infer import ensemble, tta
+  started = time.monotonic()
+  runs = inference.read_runs([workdir])
+  members = inference.load_members(runs, study.protocol)
+  fns = ensemble.predict_fns(members, tta.flip_variants((), 2))
+  params = [m.params for m in members]
+  out = {}
+  for subject in study.subjects:
+    if subject.grid is None:
+      continue
+    _, probs = inference.segment_subject(fns, params, subject, study.protocol, batch_size)
+    out[subject.subject_id] = {t: np.moveaxis(probs[:, t], 0, 2)
+                               for t, s in enumerate(subject.timepoints) if s is not None}
+  return time.monotonic() - started, out, members[0].step
+
+
+# ---------------------------------------------------------------------------------- nnU-Net
+
+
+def nnunet_env(work: str, da_workers: int) -> dict:
+  env = {"nnUNet_raw": os.path.join(work, "nnUNet_raw"),
+         "nnUNet_preprocessed": os.path.join(work, "nnUNet_preprocessed"),
+         "nnUNet_results": os.path.join(work, "nnUNet_results"),
+         "nnUNet_n_proc_DA": str(da_workers), "nnUNet_compile": "f",
+         "nnUNet_extTrainer": HERE}
+  os.environ.update(env)  # nnunetv2 reads them when imported
+  return env
+
+
+def nnunet_plan(dataset_id: int, dataset_name: str, log_path: str) -> tuple:
+  """``(seconds, use_mask_for_norm as planned)``: fingerprint and plans, then preprocessing
+  of the ``2d`` configuration with ``use_mask_for_norm`` off for every channel.
+
+  Why: nnU-Net z-scores a channel inside the nonzero mask when cropping to it shrank the
+  images (``use_mask_for_norm``, planned on for these studies: each session fills only part
+  of its working grid). In preprocessing it takes that mask from the label map (``seg >=
+  0``; ``crop_to_nonzero`` writes -1 where the label is 0 and the image is 0), but with the
+  ignore label on every unannotated voxel no voxel is 0 there, so training cases are
+  normalized over the whole crop, while at inference (no label map) over the nonzero voxels
+  only: the same image reached the network with other intensities (on the first cohort run
+  a difference of up to 1.1 standard deviations, and the trained network's accuracy on the
+  labeled voxels of a training case fell from 0.89 to 0.57). Off, both normalize over the
+  whole crop; the labels stay exactly the protocol's."""
+  started = time.monotonic()
+  bin_dir = os.path.dirname(sys.executable)
+  with open(log_path, "w") as log:
+    run = lambda *cmd: subprocess.run([os.path.join(bin_dir, cmd[0]), *cmd[1:]], stdout=log,
+                                      stderr=subprocess.STDOUT, check=True)
+    run("nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "2d", "--no_pp",
+        "--verify_dataset_integrity")
+    path = os.path.join(os.environ["nnUNet_preprocessed"], dataset_name, "nnUNetPlans.json")
+    with open(path) as f:
+      plans = json.load(f)
+    planned = plans["configurations"]["2d"]["use_mask_for_norm"]
+    plans["configurations"]["2d"]["use_mask_for_norm"] = [False] * len(planned)
+    files.write_json(path, plans)
+    run("nnUNetv2_preprocess", "-d", str(dataset_id), "-c", "2d", "-np", "2")
+  return time.monotonic() - started, planned
+
+
+def nnunet_input_check(dataset_name: str, raw_dir: str, case: dict, channels: int) -> float:
+  """Largest difference between a training case as nnU-Net preprocessed it for training and
+  as its predictor preprocesses the same files (0 when both paths agree)."""
+  from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+  from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+  base = os.path.join(os.environ["nnUNet_preprocessed"], dataset_name)
+  with open(os.path.join(base, "nnUNetPlans.json")) as f:
+    plans = PlansManager(json.load(f))
+  with open(os.path.join(base, "dataset.json")) as f:
+    dataset_json = json.load(f)
+  config = plans.get_configuration("2d")
+  folder = os.path.join(base, config.data_identifier)
+  stored = np.asarray(infer_dataset_class(folder)(folder).load_case(case["case"])[0][:])
+  fresh, _, _ = config.preprocessor_class(verbose=False).run_case(
+      [os.path.join(raw_dir, case["folder"], f"{case['case']}_{k:04d}{convert.FILE_ENDING}")
+       for k in range(channels)], None, plans, config, dataset_json)
+  if fresh.shape != stored.shape:
+    return float("inf")
+  return float(np.abs(fresh - stored).max())
+
+
+def nnunet_train(dataset_name: str, budget_s: float, iterations: int):
+  """``(trainer, seconds, epochs)``: the ``2d`` configuration, fold ``all``, on CPU."""
+  import torch
+  from batchgenerators.utilities.file_and_folder_operations import load_json
+  from nnUNetTrainerBudget import nnUNetTrainerBudget
+  started = time.monotonic()
+  nnUNetTrainerBudget.started, nnUNetTrainerBudget.budget_s = started, budget_s
+  nnUNetTrainerBudget.iterations = iterations
+  base = os.path.join(os.environ["nnUNet_preprocessed"], dataset_name)
+  plans = load_json(os.path.join(base, "nnUNetPlans.json"))
+  plans["continue_training"] = False
+  trainer = nnUNetTrainerBudget(plans, "2d", "all", load_json(os.path.join(base, "dataset.json")),
+                                torch.device("cpu"))
+  trainer.run_training()
+  return trainer, time.monotonic() - started, trainer.current_epoch
+
+
+def nnunet_probabilities(trainer, raw_dir: str, manifest: dict, mirroring: bool):
+  """``(seconds, {case: [X, Y, Z, c]})``: every case predicted by the trained network."""
+  import torch
+  from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+  started = time.monotonic()
+  trainer.set_deep_supervision_enabled(False)
+  trainer.network.eval()
+  predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
+                              device=torch.device("cpu"), allow_tqdm=False)
+  predictor.manual_initialization(trainer.network, trainer.plans_manager,
+                                  trainer.configuration_manager,
+                                  [trainer.network.state_dict()], trainer.dataset_json,
+                                  type(trainer).__name__, trainer.inference_allowed_mirroring_axes)
+  cases = manifest["cases"]
+  channels = len(manifest["protocol"]["modalities"])
+  inputs = [[os.path.join(raw_dir, c["folder"], f"{c['case']}_{k:04d}{convert.FILE_ENDING}")
+             for k in range(channels)] for c in cases]
+  results = predictor.predict_from_files_sequential(inputs, None, save_probabilities=True)
+  out = {}
+  for case, (seg, probs) in zip(cases, results):
+    probs, seg = convert.from_nnunet_order(probs), convert.from_nnunet_order(seg)
+    if probs.shape[:3] != seg.shape or not np.array_equal(np.argmax(probs, -1), seg):
+      raise RuntimeError(f"{case['case']}: nnU-Net's probabilities {probs.shape} do not give "
+                         f"its segmentation {seg.shape} (axis order?)")
+    out[case["case"]] = probs
+  return time.monotonic() - started, out
+
+
+# ------------------------------------------------------------------------------------ table
+
+
+def row(name, record) -> list:
+  fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+  lab, whole = record["scores"]["labeled_slices"], record["scores"]["whole_volumes"]
+  dice = lambda split: " / ".join(fmt(whole[split]["dice"][n]) for n in ("CSF", "GM", "WM"))
+  tc = lambda which: " / ".join(fmt(v) for v in lab["temporal_consistency"][which])
+  return [name, f"{record['train_seconds'] / 60:.1f}", f"{record['infer_seconds']:.0f}",
+          f"{fmt(lab['test']['mpa'])} ({fmt(lab['test']['mpa_fg'])})",
+          f"{fmt(lab['train']['mpa'])} ({fmt(lab['train']['mpa_fg'])})",
+          f"{fmt(whole['test']['mpa'])} ({fmt(whole['test']['mpa_fg'])})", dice("test"),
+          dice("train"), tc("prediction")]
+
+
+def markdown(result) -> str:
+  head = ["tool", "training (min)", "inference (s)", "held-out mPA, labeled slices (tissue)",
+          "training time points mPA (tissue)", "held-out mPA, whole volumes (tissue)",
+          "held-out Dice CSF / GM / WM, whole volumes", "training time points Dice CSF / GM / WM",
+          "temporal consistency t1-t2 / ... (prediction)"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for name, record in result["tools"].items():
+    lines.append("| " + " | ".join(row(name, record)) + " |")
+  truth = next(iter(result["tools"].values()))["scores"]["labeled_slices"]
+  tc = " / ".join("n/a" if v is None else f"{v:.3f}"
+                  for v in truth["temporal_consistency"]["ground_truth"])
+  return "\n".join(lines) + f"\n\nTemporal consistency of the full labels: {tc}.\n"
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--study", choices=sorted(DATASET_IDS), default="cohort")
+  p.add_argument("--budget-min", type=float, default=10.0,
+                 help="training wall-clock minutes for each tool")
+  p.add_argument("--tools", nargs="+", choices=("fcslstm", "nnunet"),
+                 default=["fcslstm", "nnunet"])
+  p.add_argument("--model", default="bi-fcslstm", choices=("fcn", "fcslstm", "bi-fcslstm"))
+  p.add_argument("--config", default="quick", help="train.py --config")
+  p.add_argument("--epochs", type=int, default=30,
+                 help="train.py --epochs (its learning-rate schedule); the budget stops it")
+  p.add_argument("--iterations", type=int, default=10, help="nnU-Net batches per epoch")
+  p.add_argument("--da-workers", type=int, default=1,
+                 help="nnU-Net augmentation processes (nnUNet_n_proc_DA)")
+  p.add_argument("--mirroring", action="store_true", help="nnU-Net test-time mirroring")
+  p.add_argument("--work", help="default: runs/peers/<study> (deleted first)")
+  p.add_argument("--out", default=os.path.join(REPO, "results"))
+  p.add_argument("--keep-others", action="store_true",
+                 help="keep the records of the tools not run from the existing "
+                 "OUT/peers-<study>.json of the same budget (each says when it was measured)")
+  args = p.parse_args(argv)
+  budget_s = args.budget_min * 60
+  work = os.path.abspath(args.work or os.path.join(REPO, "runs", "peers", args.study))
+  if os.path.exists(work):
+    shutil.rmtree(work)
+  os.makedirs(work)
+  env = nnunet_env(work, args.da_workers)
+  source = study_source(args.study)
+  protocol = source.protocol
+  started = time.monotonic()
+  train_study = convert.load_for_conversion(source.root, protocol)
+  eval_study = data_lib.load_study(source.root, inference.every_labeled_slice(protocol),
+                                   spacing=train_study.options.spacing or "native",
+                                   labels_root=source.full_labels)
+  by_id = {s.subject_id: s for s in train_study.subjects}
+  for s in eval_study.subjects:
+    if s.grid is not None and not s.grid.same_as(by_id[s.subject_id].grid):
+      raise RuntimeError(f"sub-{s.subject_id}: working grids differ between the two loads")
+  dataset_name = f"Dataset{DATASET_IDS[args.study]}_{args.study}"
+  raw_dir = os.path.join(env["nnUNet_raw"], dataset_name)
+  manifest = convert.write_dataset(train_study, raw_dir, dataset_name)
+  roles = [c["role"] for c in manifest["cases"]]
+  print(f"{source.root}: {len(roles)} sessions, {roles.count('train')} nnU-Net training cases; "
+        f"loaded and converted in {time.monotonic() - started:.0f} s", flush=True)
+  result = {"command": "python experiments/peers/run.py " + " ".join(
+                sys.argv[1:] if argv is None else argv),
+            "study": args.study, "root": source.root, "budget_min": args.budget_min,
+            "machine": {"cpus": os.cpu_count(), "processor": platform.processor()
+                        or platform.machine(), "python": platform.python_version()},
+            "sessions": len(roles), "nnunet_training_cases": roles.count("train"),
+            "tools": {}}
+  scorers = {}
+
+  def score(name, probs_of, desc):
+    scores = Scores(eval_study.protocol)
+    for subject in eval_study.subjects:
+      if subject.grid is not None:
+        scores.add(subject, by_id[subject.subject_id], probs_of(subject),
+                   os.path.join(work, "predictions", desc), desc)
+    scorers[name] = scores
+    return scores.summary()
+
+  # nnU-Net first: its augmentation workers fork, which must happen before JAX starts
+  # threads in this process (FCSLSTM's inference).
+  if "nnunet" in args.tools:
+    import torch
+    print("nnU-Net v2: planning and preprocessing (2d) ...", flush=True)
+    plan_seconds, planned_mask = nnunet_plan(DATASET_IDS[args.study], dataset_name,
+                                             os.path.join(work, "nnunet-plan.log"))
+    input_diff = nnunet_input_check(dataset_name, raw_dir, next(
+        c for c in manifest["cases"] if c["role"] == "train"), len(protocol.modalities))
+    print(f"  a training case as trained and as predicted: largest input difference "
+          f"{input_diff:.2g}", flush=True)
+    print(f"nnU-Net v2 (2d): training for {args.budget_min:g} min ...", flush=True)
+    before = load()
+    with open(os.path.join(work, "nnunet-train.log"), "w") as log, \
+        contextlib.redirect_stdout(log):
+      trainer, train_seconds, epochs = nnunet_train(dataset_name, budget_s, args.iterations)
+      after = load()
+      seconds, probs = nnunet_probabilities(trainer, raw_dir, manifest, args.mirroring)
+    config = trainer.configuration_manager
+    run = {"plan_and_preprocess_seconds": round(plan_seconds, 1),
+           "train_seconds": round(train_seconds, 1), "infer_seconds": round(seconds, 1),
+           "epochs": epochs, "iterations_per_epoch": args.iterations,
+           "batch_size": trainer.batch_size, "patch_size": list(config.patch_size),
+           "use_mask_for_norm_planned": planned_mask, "use_mask_for_norm": False,
+           "train_vs_inference_input_max_diff": input_diff,
+           "mirroring": args.mirroring, "torch": torch.__version__,
+           "torch_threads": torch.get_num_threads(), "da_workers": args.da_workers,
+           "load_before": before, "load_after": after,
+           "scores": score("nnunet", lambda s: {
+               t: probs[convert.case_id(s.subject_id, ses.label)]
+               for t, ses in enumerate(s.timepoints) if ses is not None}, "nnunet2d")}
+    run["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    result["tools"]["nnU-Net v2 (2d)"] = run
+    print(f"  {train_seconds:.0f} s training ({epochs} epochs x {args.iterations} batches of "
+          f"{trainer.batch_size}), {seconds:.0f} s inference; held-out mPA "
+          f"{run['scores']['labeled_slices']['test']['mpa']:.3f}", flush=True)
+    del trainer, probs
+
+  if "fcslstm" in args.tools:
+    workdir = os.path.join(work, "fcslstm")
+    print(f"FCSLSTM ({args.model}): training for {args.budget_min:g} min ...", flush=True)
+    before = load()
+    run = train_fcslstm(source, workdir, budget_s, args.model, args.config, args.epochs,
+                        os.path.join(work, "fcslstm-train.log"))
+    run["load_before"], run["load_after"] = before, load()
+    seconds, probs, step = fcslstm_probabilities(workdir, eval_study)
+    run.update(train_seconds=run["seconds"], infer_seconds=round(seconds, 1),
+               checkpoint_step=step, model=args.model,
+               scores=score("fcslstm", lambda s: probs[s.subject_id], "fcslstm"))
+    run["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    result["tools"][f"FCSLSTM ({args.model}, {args.config})"] = run
+    print(f"  {run['seconds']:.0f} s training (step {step}), {seconds:.0f} s inference; held-out "
+          f"mPA {run['scores']['labeled_slices']['test']['mpa']:.3f}", flush=True)
+
+  os.makedirs(args.out, exist_ok=True)
+  stem = os.path.join(args.out, f"peers-{args.study}")
+  if args.keep_others and os.path.exists(stem + ".json"):
+    with open(stem + ".json") as f:
+      earlier = json.load(f)
+    if earlier.get("budget_min") == args.budget_min:
+      for name, record in earlier["tools"].items():
+        if name not in result["tools"]:
+          record.setdefault("command", earlier["command"])
+          result["tools"][name] = record
+  table = markdown(result)
+  header = (f"### {args.study}: FCSLSTM and nnU-Net v2, {args.budget_min:g} min of training "
+            f"each, {os.cpu_count()} CPU cores ({result['machine']['processor']})\n\n")
+  files.write_json(stem + ".json", result)
+  files.write_text(stem + ".md", header + table + f"\nMade by `{result['command']}`.\n")
+  print(header + table)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
