@@ -211,9 +211,8 @@ class Upsample(nn.Module):
   the input reflect-padded by one), so a 'VALID' convolution of ``x'`` with the kernel's taps
   ``a, a + 2`` per axis, all phases stacked on the output channels, followed by an
   interleave, gives every output without the zeros a transposed convolution inserts. XLA:CPU
-  runs transposed (input-dilated) convolutions on a slow generic path: 0.70 s vs 0.004 s for
-  ``[10, 16, 16, 16, 4] -> [10, 32, 32, 32, 4]``, most of a 3D forward pass (README, "3D +
-  time"). The paper's torch FCN used a plain ``ConvTranspose2d``; the function is ours
+  runs transposed (input-dilated) convolutions on a slow generic path, most of a 3D forward
+  pass (the step times are in README, "3D + time", and bench/results/step3d_cpu.json). The paper's torch FCN used a plain ``ConvTranspose2d``; the function is ours
   (:func:`upsample_reflect`), the arithmetic order differs.
   """
   features: int
