@@ -2,6 +2,7 @@
 
 import dataclasses
 import gzip
+import json
 import pathlib
 
 import nibabel as nib
@@ -481,3 +482,62 @@ def test_a_cropped_session_is_no_time_point_outside_its_view(tmp_path):
   assert volumes.valid[0, 0].all()
   kept = data.load_dataset(tmp_path, TWO, keep="labeled")[0]  # training keeps z 0 and 1
   np.testing.assert_array_equal(kept.timepoints[1].in_view, [True, True])
+
+
+
+def test_labels_train_with_the_image_of_their_own_plane_when_origins_differ(tmp_path):
+  """Equal 3 mm slices, the later session's origin 1.4 mm off the reference's: its labeled
+  slice 5 (z = 16.4 mm) lands on working slice 5 (z = 15 mm), whose interpolated image is
+  47 % slice 4. Training (train.py's loader) must pair the labels with slice 5's own image."""
+  import argparse
+  from fcslstm_jax.cli import train as train_cli
+  from fcslstm_jax.config import get_config
+  sessions = {}
+  for ses, z0, labeled in (("00mo", 0.0, 2), ("12mo", 1.4, 5)):
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    affine[2, 3] = z0
+    shape = (6, 5, 10)
+    anat = tmp_path / "sub-01" / f"ses-{ses}" / "anat"
+    image = canonical_image(7)[:6, :5, :1] * (1 + np.arange(10))  # every slice its own
+    for mod in ("T1w", "T2w"):
+      write(anat / f"sub-01_ses-{ses}_{mod}.nii.gz", image, dtype=np.int16, affine=affine)
+    labels = np.zeros(shape, np.uint8)
+    labels[:, :, labeled] = 2
+    dseg = write(tmp_path / "derivatives" / "m" / "sub-01" / f"ses-{ses}" / "anat" /
+                 f"sub-01_ses-{ses}_dseg.nii.gz", labels, dtype=np.uint8, affine=affine)
+    sessions[ses] = layout.SessionFiles(label=ses, age=0.0, images={
+        m: str(anat / f"sub-01_ses-{ses}_{m}.nii.gz") for m in ("T1w", "T2w")},
+        dseg=str(dseg))
+  (tmp_path / "protocol.json").write_text(json.dumps(TWO.to_json()))
+  args = argparse.Namespace(dataset=None, data_dir=str(tmp_path), protocol=None, data_seed=0,
+                            volume=None, spacing="native", reference="first", register="none")
+  study = train_cli.load_study(args, get_config("tiny"))
+  (subject,) = study.subjects
+  later = subject.timepoints[1]
+  (k,) = np.flatnonzero(later.label_mask.any(axis=(0, 1)))
+  assert subject.working_z([k])[0] == 5
+  own_image = data.read_session(sessions["12mo"], study.protocol, 1 << 30)[0]  # its own grid
+  np.testing.assert_allclose(later.image[:, :, k], own_image[:, :, 5], atol=1e-6)
+  # Evaluation interpolates every working slice at its own place, labeled or not.
+  (whole,) = data.load_dataset(tmp_path, study.protocol, spacing="native")
+  f = (15.0 - 1.4) / 3.0 - 4  # working slice 5 lies 0.53 of the way from slice 4 to 5
+  blend = (1 - f) * own_image[:, :, 4] + f * own_image[:, :, 5]
+  np.testing.assert_allclose(whole.timepoints[1].image[:, :, 5], blend, atol=1e-4)
+
+
+def test_a_tilted_labeled_plane_keeps_its_own_image():
+  """A session tilted 10 degrees about x (registration's map): its labeled plane crosses
+  several working slices. The image placed with its labels is that plane's own (every value
+  of slice 4), not the working slice's cut through neighbouring slices."""
+  from fcslstm_jax.data import grids
+  src = grids.Grid((12, 12, 8), np.diag([2.0, 2.0, 3.0, 1.0]))
+  work = grids.Grid((12, 12, 8), np.diag([2.0, 2.0, 3.0, 1.0]))
+  c, s = np.cos(np.deg2rad(10)), np.sin(np.deg2rad(10))
+  world = np.array([[1, 0, 0, 0], [0, c, -s, 0], [0, s, c, 0], [0, 0, 0, 1.0]])
+  volume = np.broadcast_to(np.arange(8, dtype=np.float32), (12, 12, 8))[..., None] + 1.0
+  k = grids.place_slices([4], src, work, world)[0][4]
+  plane = grids.image_plane_on(volume[:, :, 4], src, work, k, world)
+  _, inside = grids.slice_on(np.ones((12, 12)), src, work, k, world)
+  np.testing.assert_allclose(plane[inside], 5.0)
+  cut = grids.resample(volume, src, work, 1, world)[:, :, k]
+  assert np.abs(cut[inside] - 5.0).max() > 0.5  # what interpolation at slice k would give

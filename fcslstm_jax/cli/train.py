@@ -162,7 +162,8 @@ def load_study(args, config):
                                     data_seed=args.data_seed, volume=volume_of(args, config))
   return data_lib.load_study(root, protocol, spacing=args.spacing, reference=args.reference,
                              register=args.register, shard=parallel.shard_for_this_process(),
-                             keep="labeled" if config.spatial_dims == 2 else "all")
+                             keep="labeled" if config.spatial_dims == 2 else "all",
+                             label_planes=True)
 
 
 def setup(args, main: bool):

@@ -287,12 +287,30 @@ def _reference_index(present, reference):
   return 0 if reference == "first" else len(present) - 1
 
 
+def with_label_planes(image, session_image, placed, grid: grids.Grid, work: grids.Grid,
+                      world=None) -> np.ndarray:
+  """``image [X', Y', Z', C]`` (a session resampled onto the working grid) with each working
+  slice that received a labeled slice (``placed {session z: working z}``) replaced by that
+  labeled plane's own image (:func:`fcslstm_jax.data.grids.image_plane_on`): labels and the
+  image they train come from the same physical plane."""
+  if not placed:
+    return image
+  image = image.copy()
+  for z, k in placed.items():
+    image[:, :, k] = grids.image_plane_on(session_image[:, :, z], grid, work, k, world)
+  return image
+
+
 def load_subject(files: layout.SubjectFiles, protocol, options: GridOptions, keep="all",
-                 max_bytes=nifti_io.DEFAULT_MAX_BYTES) -> Subject:
+                 max_bytes=nifti_io.DEFAULT_MAX_BYTES, label_planes=False) -> Subject:
   """Reads, checks and resamples one subject (see the module docstring).
 
   ``keep``: ``"all"`` slices of the working grid, or only the ``"labeled"`` ones (training:
   whole-brain volumes of a large study would not fit in memory otherwise).
+  ``label_planes``: the image at each working slice holding a labeled slice is that
+  labeled plane's own (:func:`with_label_planes`; training). Off, every working slice is
+  interpolated at its own position, so that a prediction does not depend on which slices
+  of the study happen to be labeled (evaluation).
   """
   slots, unassigned = protocol_lib.assign_sessions(files.sessions, protocol, files.subject_id,
                                                    files.path)
@@ -322,10 +340,12 @@ def load_subject(files: layout.SubjectFiles, protocol, options: GridOptions, kee
   keep_z = (lambda a: a) if z_index is None else (lambda a: a[:, :, z_index])
   timepoints = [None] * len(slots)
   for (t, f), (image, *_, grid, ref, _), world, p in zip(present, raw, to_session, placed):
-    on_work = lambda a, order: keep_z(grids.resample(a, grid, work, order, world))
+    on_work = grids.resample(image, grid, work, 1, world)
+    if label_planes and p is not None:
+      on_work = with_label_planes(on_work, image, p[2], grid, work, world)
     paths = dict(f.images, **({"dseg": f.dseg} if f.dseg else {}))
     timepoints[t] = Session(
-        label=f.label, age=f.age, timepoint=t, paths=paths, image=on_work(image, 1),
+        label=f.label, age=f.age, timepoint=t, paths=paths, image=keep_z(on_work),
         labels=None if p is None else keep_z(p[0]),
         label_mask=None if p is None else keep_z(p[1]),
         counted_slices=() if p is None else tuple(sorted(p[2])), grid=grid, to_session=world,
@@ -377,7 +397,7 @@ def resolve_spacing(files, protocol, spacing, reference="first",
 
 def load_study(root, protocol, spacing="median", reference="first", register="none",
                labels_root=None, shard=None, keep="all",
-               max_bytes=nifti_io.DEFAULT_MAX_BYTES) -> Study:
+               max_bytes=nifti_io.DEFAULT_MAX_BYTES, label_planes=False) -> Study:
   """Reads a study (see the module docstring).
 
   Args:
@@ -391,6 +411,8 @@ def load_study(root, protocol, spacing="median", reference="first", register="no
       ``root/derivatives/*/``.
     shard: ``callable(list) -> list`` choosing this process's subjects (default: all).
     keep: ``"all"`` slices, or the ``"labeled"`` ones only (see :func:`load_subject`).
+    label_planes: labeled working slices show their labeled plane's image (training; see
+      :func:`load_subject`).
     max_bytes: per-file limit checked on the header before any data is read.
   """
   files = layout.scan(root, protocol.modalities, labels_root)
@@ -399,7 +421,7 @@ def load_study(root, protocol, spacing="median", reference="first", register="no
   resolved = resolve_spacing(files, protocol, spacing, reference, max_bytes)
   options = GridOptions(spacing=resolved, reference=reference, register=register)
   mine = shard(files) if shard else files
-  subjects = [load_subject(f, protocol, options, keep, max_bytes) for f in mine]
+  subjects = [load_subject(f, protocol, options, keep, max_bytes, label_planes) for f in mine]
   return Study(root=str(root), protocol=protocol, options=options, subjects=subjects,
                files=files, unassigned=unassigned)
 
