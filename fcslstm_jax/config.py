@@ -78,6 +78,18 @@ class Config:
                             minimum=0.0, maximum=1.0)
   intensity_scale: float = _field(0.1, "multiply each channel by U(1 - s, 1 + s)",
                                   minimum=0.0, maximum=1.0)
+  rotate_deg: float = _field(0.0, "in-plane rotation by U(-r, r) degrees, per sequence "
+                             "(0: off; the paper's simple augmentation has none)",
+                             minimum=0.0, maximum=180.0)
+  scale_range: float = _field(0.0, "in-plane scaling by U(1 - s, 1 + s), per sequence "
+                              "(0: off)", minimum=0.0, maximum=0.5)
+  gamma: float = _field(0.0, "intensity gamma exp(U(-g, g)) per channel and sequence (0: "
+                        "off)", minimum=0.0, maximum=1.0)
+  class_weighting: str = _field("inverse", "cross-entropy class weights: inverse pixel "
+                                "count (the paper), its square root, or none "
+                                "(train/losses.py)", choices=("inverse", "sqrt", "none"))
+  dice_weight: float = _field(0.0, "add this times the soft Dice loss of the tissue classes "
+                              "(0: the paper's cross-entropy alone)", minimum=0.0)
   stages: tuple = _field(VGG16_QUARTER, "front-end stages as [[channels, convs], ...] "
                          "(VGG-16 / 4)")
   spatial_dims: int = _field(2, "2: axial slices over time (the paper); 3: volumes over time "

@@ -55,14 +55,24 @@ def iou_per_class(cm):
   return np.where(present, _ratio(tp, cm.sum(0) + cm.sum(1) - tp), np.nan)
 
 
+def precision_per_class(cm):
+  """TP / predicted voxels of each class: NaN where the class is absent from the ground
+  truth (as every per-class score) or never predicted (undefined, not 0)."""
+  cm = np.asarray(cm, np.float64)
+  present = cm.sum(1) > 0
+  return np.where(present, _ratio(np.diag(cm), cm.sum(0)), np.nan)
+
+
 def summarize(cm, class_names) -> dict:
-  """mPA, mean Dice and IoU, and the per-class values, as plain floats (JSON-ready)."""
+  """mPA, mean Dice and IoU, and the per-class values (``recall`` is ``pixel_accuracy``
+  under its usual name, beside ``precision``), as plain floats (JSON-ready)."""
   acc, dice, iou = pixel_accuracy_per_class(cm), dice_per_class(cm), iou_per_class(cm)
   per = lambda v: {n: (None if np.isnan(x) else float(x)) for n, x in zip(class_names, v)}
   nanmean = lambda v: None if np.all(np.isnan(v)) else float(np.nanmean(v))
   return {"mpa": nanmean(acc), "mpa_fg": nanmean(acc[1:]),
           "mean_dice": nanmean(dice), "mean_iou": nanmean(iou),
           "pixel_accuracy": per(acc), "dice": per(dice), "iou": per(iou),
+          "precision": per(precision_per_class(cm)), "recall": per(acc),
           "voxels": int(np.asarray(cm).sum())}
 
 

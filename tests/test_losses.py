@@ -59,3 +59,32 @@ def test_class_weights_are_inverse_frequency():
   np.testing.assert_allclose(w[0] * 60, w[1] * 30, rtol=1e-6)
   np.testing.assert_allclose(w[1] * 30, w[2] * 10, rtol=1e-6)
   np.testing.assert_allclose((w[:3] * [60, 30, 10]).sum() / 100, 1.0, rtol=1e-6)
+
+
+def test_class_weightings_follow_the_counts():
+  counts = np.array([900, 100, 0, 25])
+  inverse = losses.class_weights_from_counts(counts, "inverse")
+  sqrt = losses.class_weights_from_counts(counts, "sqrt")
+  none = losses.class_weights_from_counts(counts, "none")
+  np.testing.assert_allclose(inverse[1] / inverse[0], 9.0, rtol=1e-5)
+  np.testing.assert_allclose(sqrt[1] / sqrt[0], 3.0, rtol=1e-5)
+  np.testing.assert_allclose(sqrt[3] / sqrt[1], 2.0, rtol=1e-5)
+  np.testing.assert_allclose(none, [1.0, 1.0, 0.0, 1.0], rtol=1e-6)
+  for w in (inverse, sqrt, none):  # count-weighted mean 1, absent class 0
+    np.testing.assert_allclose((w * counts).sum() / counts.sum(), 1.0, rtol=1e-5)
+    assert w[2] == 0
+
+
+def test_soft_dice_loss_is_low_for_the_truth_and_masked_voxels_do_not_count():
+  labels = jax.random.randint(jax.random.PRNGKey(0), (2, 3, 8, 8), 0, 4)
+  right = 20.0 * jax.nn.one_hot(labels, 4)
+  wrong = 20.0 * jax.nn.one_hot((labels + 1) % 4, 4)
+  mask = jnp.ones(labels.shape)
+  assert float(losses.soft_dice_loss(right, labels, mask)) < 1e-3
+  assert float(losses.soft_dice_loss(wrong, labels, mask)) > 0.99
+  half = mask.at[:, :, :4].set(0.0)
+  mixed = jnp.concatenate([wrong[:, :, :4], right[:, :, 4:]], axis=2)
+  assert float(losses.soft_dice_loss(mixed, labels, half)) < 1e-3  # wrong only where masked
+  grad = jax.grad(lambda l: losses.soft_dice_loss(l, labels, half))(mixed * 0.01)
+  assert np.isfinite(np.asarray(grad)).all()
+  assert not np.asarray(grad[:, :, :4]).any()  # unlabeled voxels get no gradient

@@ -13,7 +13,9 @@ Writes to --out (default: the first WORKDIR/predictions), never inside the input
   volumes.tsv        tissue volumes (mL) per subject and session, with age and QC score
   qc.tsv             sessions ranked by QC score (mean uncertainty in the brain), worst first
   flags.tsv          sessions a rule flags (also printed); flags.json: the rules used
-  metrics.json       mPA / Dice / IoU per class and time point, temporal consistency
+  metrics.json       mPA / Dice / IoU per class and time point, temporal consistency;
+                     whole_volume: per group Dice / precision / recall, volume and growth errors
+  volumes_truth.tsv  predicted and true tissue volumes per session and class (with labels)
   report.html        one self-contained page: scores, flags, trajectories, worst sessions
   trajectories.png, qc_worst.png, segmentation.png, dseg.tsv (class names)
 """
@@ -79,7 +81,40 @@ def main(argv=None) -> int:
   print("temporal consistency (prediction / ground truth): " + ", ".join(
       f"{a:.3f}/{b:.3f}" if a is not None and b is not None else "n/a"
       for a, b in zip(tc["prediction"], tc["ground_truth"])))
+  for line in whole_volume_lines(result["whole_volume"]):
+    print(line)
   return 0
+
+
+GROUP_NAMES = {"heldout": "held-out time points", "train_timepoints": "training time points",
+               "unlabeled_subjects": "unlabeled subjects"}
+
+
+def whole_volume_lines(wv) -> list:
+  """The printed block of metrics.json's ``whole_volume``: a line per group, one for growth."""
+  number = lambda v, f: "n/a" if v is None else f(v)
+  two, percent, signed = (lambda v: f"{v:.2f}", lambda v: f"{100 * v:.0f} %",
+                          lambda v: f"{100 * v:+.0f} %")
+  tissues = lambda d, f: " ".join(f"{n} {number(v, f)}" for n, v in list(d.items())[1:])
+  lines = ["whole volumes, per tissue class (volume error: mean |pred - true| / true, "
+           "its signed mean in brackets):"]
+  for group, name in GROUP_NAMES.items():
+    m = wv[group]
+    if m is None:
+      lines.append(f"  {name}: no scored session")
+      continue
+    volume = " ".join(f"{n} {number(e, percent)} ({number(m['volume_bias'][n], signed)})"
+                      for n, e in m["volume_error"].items())
+    lines.append(f"  {name} ({m['sessions']} sessions): Dice {tissues(m['dice'], two)} | "
+                 f"precision {tissues(m['precision'], two)} | recall {tissues(m['recall'], two)}"
+                 f" | volume error " + (volume if m["volume_sessions"] else
+                                        "n/a (slice labels only)"))
+  growth = [f"{kind.replace('_', ' ')} ({max(g['subjects'].values())}): "
+            + " ".join(f"{n} {number(v, percent)}" for n, v in g["error"].items())
+            for kind, g in wv["growth_error"].items() if g]
+  lines.append("  growth error, first to last session (|pred - true growth| / |true growth|): "
+               + (" | ".join(growth) or "n/a (no subject with 2 whole-volume label files)"))
+  return lines
 
 
 if __name__ == "__main__":

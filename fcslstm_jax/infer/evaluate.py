@@ -27,6 +27,7 @@ from fcslstm_jax import run_record
 from fcslstm_jax.checkpoint import Checkpointer
 from fcslstm_jax.config import Config
 from fcslstm_jax.data import grids
+from fcslstm_jax.data import layout
 from fcslstm_jax.data import protocol as protocol_lib
 from fcslstm_jax.data import sequences
 from fcslstm_jax.data import study as data_lib
@@ -123,6 +124,23 @@ def load_for_evaluation(run: RunRecord, data_dir=None, truth_dir=None):
                              register=options.register, labels_root=truth_dir), protocol
 
 
+def own_unlabeled_subjects(study, truth_dir, log=print) -> list:
+  """Ids of the subjects with no label file at a training time point in the dataset's own
+  derivatives, even when ``truth_dir`` gives every subject labels to score against. If those
+  files cannot be read (e.g. two of them for one session), the scored labels decide; a
+  line says so."""
+  if truth_dir is None:
+    return sequences.unlabeled_subjects(study)
+  try:
+    own = dataclasses.replace(study, files=layout.scan(study.root, study.protocol.modalities))
+  except DataError as e:
+    log(f"warning: the dataset's own label files decide which subjects count as unlabeled "
+        f"in metrics.json's whole_volume, but they cannot be read ({e}); the labels in "
+        f"{truth_dir} decide instead.")
+    return sequences.unlabeled_subjects(study)
+  return sequences.unlabeled_subjects(own)
+
+
 def describe_members(members, flips) -> list:
   lines = [f"{'member' if len(members) > 1 else 'run'}: {os.path.abspath(m.workdir)} "
            f"({m.config.model}, checkpoint step {m.step})" for m in members]
@@ -161,7 +179,8 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
     files.check_outside_dataset(out_dir, truth_dir, "--out")
   members = load_members(runs, protocol)
   desc = members[0].config.model.replace("-", "") if len(members) == 1 else "ensemble"
-  writer = writer_lib.StudyWriter(out_dir, desc, protocol, probabilities)
+  writer = writer_lib.StudyWriter(out_dir, desc, protocol, probabilities,
+                                  own_unlabeled_subjects(study, truth_dir, log))
   segment_seconds, sessions_done = 0.0, 0  # the forward passes (sliding windows in 3D)
   for subject, seq, probs, seconds in segment_study(study, members, flips, batch_size, log):
     sessions = sum(s is not None for s in subject.timepoints)

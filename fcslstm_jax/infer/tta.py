@@ -2,7 +2,7 @@
 
 Layout: images ``[B, T, H, W, C]`` and probabilities ``[B, T, H, W, c]``, channels-last,
 ``[H, W] = [X, Y]`` of the canonical (RAS) working grid. Training flips sequences along H
-and W (``fcslstm_jax/train/loop.py``, ``augment``), so the model has seen every mirrored view;
+and W (:mod:`fcslstm_jax.train.augment`), so the model has seen every mirrored view;
 at test time each requested combination of flips is applied to the batch, the model runs
 once on all of them stacked along the batch axis, each result is flipped back, and the
 probabilities are averaged (nnU-Net's mirroring). The z axis is not a flip axis: the model

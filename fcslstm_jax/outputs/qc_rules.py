@@ -21,6 +21,14 @@ protocols).
   Relative by default: how uncertain a good segmentation is depends on the model and the
   images (the built-in data's soft tissue borders keep every session's score well above 0).
 
+* ``trajectory``: a subject's growth of a tissue class from its first to its last session,
+  per unit of age, departs from the cohort's median growth (over the subjects with at least
+  2 sessions at different ages; at least ``min_subjects`` of them) by more than ``z`` times
+  the spread: ``|g - median| / max(1.4826 MAD, floor |median|)``. The floor keeps a tight
+  cohort from flagging noise: with the defaults a subject is flagged only when its growth
+  departs from the median by more than 70 % of the median (e.g. WM flat while every other
+  subject's grows). One flag per subject and class, on its last session.
+
 Setting a rule to ``null`` in the file turns it off; ``classes`` limits the volume rules to
 some tissue classes (default: every class but background).
 """
@@ -35,6 +43,7 @@ import numpy as np
 
 from fcslstm_jax import jsonfile
 from fcslstm_jax.errors import ConfigError
+from fcslstm_jax.outputs import volumes
 
 MAD_TO_SD = 1.4826  # the MAD of a normal distribution times this is its standard deviation
 
@@ -64,12 +73,20 @@ class UncertainRule:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrajectoryRule:
+  z: float = 3.5
+  floor: float = 0.2
+  min_subjects: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
 class FlagRules:
   """The rules (None: off) and the classes the volume rules look at (None: all tissues)."""
   shrink: Optional[ShrinkRule] = ShrinkRule()
   outlier: Optional[OutlierRule] = OutlierRule()
   empty: Optional[EmptyRule] = EmptyRule()
   uncertain: Optional[UncertainRule] = UncertainRule()
+  trajectory: Optional[TrajectoryRule] = TrajectoryRule()
   classes: Optional[tuple[str, ...]] = None
 
   def to_json(self) -> dict:
@@ -80,7 +97,7 @@ class FlagRules:
 
 
 RULES = {"shrink": ShrinkRule, "outlier": OutlierRule, "empty": EmptyRule,
-         "uncertain": UncertainRule}
+         "uncertain": UncertainRule, "trajectory": TrajectoryRule}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +199,33 @@ def uncertain_flags(rows, rule: UncertainRule) -> list:
   return out
 
 
+def trajectory_flags(rows, rule: TrajectoryRule, classes) -> list:
+  """Subjects whose growth of a class per unit of age, first to last session, departs from
+  the cohort's median growth (see the module docstring; at least ``rule.min_subjects``
+  subjects with 2 sessions at different ages, else none)."""
+  ends = [(rows[a], rows[b]) for _, a, b in volumes.first_last(
+      [r.subject for r in rows], [r.age for r in rows]) if rows[b].age > rows[a].age]
+  if len(ends) < rule.min_subjects:
+    return []
+  out = []
+  for cls in classes:
+    rates = np.array([(b.volumes_ml[cls] - a.volumes_ml[cls]) / (b.age - a.age)
+                      for a, b in ends])
+    med = float(np.median(rates))
+    scale = max(MAD_TO_SD * float(np.median(np.abs(rates - med))), rule.floor * abs(med))
+    if scale <= 0:
+      continue
+    for (a, b), rate in zip(ends, rates):
+      z = (rate - med) / scale
+      if abs(z) > rule.z:
+        out.append(Flag(b.subject, b.session, b.age, "trajectory", cls, float(z), rule.z,
+                        f"{cls} grew {rate:+.2f} mL per unit of age from ses-{a.session} (age "
+                        f"{a.age:g}) to ses-{b.session} (age {b.age:g}); the cohort's median "
+                        f"{med:+.2f} over {len(ends)} subjects (z {z:+.1f} with spread "
+                        f"{scale:.2f}); limit |z| {rule.z:g}"))
+  return out
+
+
 def check(rows, rules: FlagRules, class_names) -> list:
   """Every flag of every rule, sorted by subject, age and rule."""
   tissues = list(class_names[1:])
@@ -199,6 +243,8 @@ def check(rows, rules: FlagRules, class_names) -> list:
     out += empty_flags(rows, rules.empty, classes)
   if rules.uncertain:
     out += uncertain_flags(rows, rules.uncertain)
+  if rules.trajectory:
+    out += trajectory_flags(rows, rules.trajectory, classes)
   order = {name: i for i, name in enumerate(RULES)}
   return sorted(out, key=lambda f: (f.subject, f.age, order[f.rule], f.cls))
 

@@ -9,7 +9,8 @@ the session's original orientation, affine and header: ``*_dseg``, ``*_uncertain
 (optionally ``*_probseg``). Per study: ``volumes.tsv``, ``qc.tsv``, ``flags.tsv`` and
 ``flags.json`` (:mod:`fcslstm_jax.outputs.qc_rules`), ``dseg.tsv``, figures, ``report.html``
 and ``metrics.json`` (last: it marks a complete output). Labels are scored on each session's
-own grid, against its label file.
+own grid, against its label file: per time point, and per group of sessions (:data:`GROUPS`)
+with the tissue volumes against the label file's (``volumes_truth.tsv``).
 """
 
 import dataclasses
@@ -33,6 +34,11 @@ from fcslstm_jax.outputs import volumes as volumes_lib
 # Sessions the report shows as montages (the least trusted ones).
 WORST_SESSIONS = 4
 
+# metrics.json's whole-volume groups: the test and the training time points of the subjects
+# with labels at a training time point in the dataset's own label files, and every session of
+# the other subjects (none of whose labels training could use).
+GROUPS = ("heldout", "train_timepoints", "unlabeled_subjects")
+
 
 class StudyWriter:
   """Writes each session's files as :meth:`add_session` receives them and keeps what the
@@ -43,13 +49,20 @@ class StudyWriter:
   Args:
     desc: the ``desc-`` of the file names (the model, or ``ensemble``).
     probabilities: also write ``*_probseg.nii.gz`` (float32, one volume per class).
+    unlabeled_subjects: ids of the subjects without a label file at a training time point in
+      the dataset's own label files (the ``unlabeled_subjects`` group of :data:`GROUPS`).
   """
 
-  def __init__(self, out_dir: str, desc: str, protocol, probabilities: bool = False):
+  def __init__(self, out_dir: str, desc: str, protocol, probabilities: bool = False,
+               unlabeled_subjects=()):
     self.out_dir, self.desc, self.protocol = out_dir, desc, protocol
     self.probabilities = probabilities
+    self.unlabeled = frozenset(unlabeled_subjects)
     t, c = protocol.num_timepoints, protocol.num_classes
     self.cms = np.zeros((t, c, c))
+    self.group_cms = {g: np.zeros((c, c)) for g in GROUPS}
+    self.group_sessions = dict.fromkeys(GROUPS, 0)
+    self.truth, self.uncompared = [], 0  # TruthVolumes; scored sessions with slice labels
     self.agreement = [np.zeros((2, t - 1)) for _ in range(2)]  # prediction, ground truth
     self.rows, self.extra, self.previews = [], {}, {}
     self.figure = None  # (subject, sequences, working-grid prediction)
@@ -59,13 +72,32 @@ class StudyWriter:
     names = self.protocol.class_names
     write_session(self.out_dir, self.desc, subject_id, session, probs, labels, uncertainty,
                   self.probabilities)
-    cm = native_scores(labels, session, len(names))
+    truth = load_truth(session)
+    cm = None if truth is None else score_against(labels, truth.data, len(names))
+    row = session_row(subject_id, session, labels, uncertainty, names)
+    self.rows.append(row)
     if cm is not None:
       self.cms[t] += cm
-    self.rows.append(session_row(subject_id, session, labels, uncertainty, names))
+      self.add_truth(row, t, labels, truth, cm)
     key = (subject_id, session.label)
     self.extra[key] = tissue_dice(cm)
     self.previews[key] = preview(session, working_probs)
+
+  def add_truth(self, row, t, labels, truth, cm):
+    """A scored session's confusion counts in its group and, where its label file is a
+    whole volume (:func:`fcslstm_jax.outputs.volumes.covers_prediction`), its true volumes."""
+    names = self.protocol.class_names
+    group = session_group(self.protocol, self.unlabeled, row.subject, t)
+    if group is not None:
+      self.group_cms[group] += cm
+      self.group_sessions[group] += 1
+    if not volumes_lib.covers_prediction(labels, truth.data):
+      self.uncompared += 1
+      return
+    ml = volumes_lib.class_volumes_ml(truth.data, truth.ref.affine, len(names))
+    self.truth.append(volumes_lib.TruthVolumes(
+        row.subject, row.session, row.age, group, dict(row.volumes_ml),
+        {n: float(v) for n, v in zip(names[1:], ml[1:])}))
 
   def add_subject(self, subject, seq, pred):
     """A subject's temporal agreement: its slice sequences ``seq`` and their predicted class
@@ -90,10 +122,18 @@ class StudyWriter:
     for f in found:
       log(f.line())
     result = summarize_run(self.cms, self.agreement, protocol)
+    result["whole_volume"] = whole_volume_summary(
+        self.group_cms, self.group_sessions, self.truth, self.uncompared, names) \
+        if result["metrics_available"] else None
     result.update(run_fields)
     result.update(predictions=len(self.rows), flags=len(found))
     result.update(sources)
     write_study_tables(out_dir, self.rows, self.extra, found, rules, names)
+    truth_tsv = os.path.join(out_dir, "volumes_truth.tsv")
+    if self.truth:
+      files.write_tsv(truth_tsv, *volumes_lib.truth_rows(self.truth, names))
+    elif os.path.exists(truth_tsv):
+      os.unlink(truth_tsv)  # an earlier evaluation's, into the same folder
     with files.atomic_path(os.path.join(out_dir, "segmentation.png")) as path:
       save_figure(path, *self.figure, protocol, self.desc)
     n_worst, n_flagged = write_study_figures(out_dir, self.rows, found, self.previews, protocol)
@@ -147,15 +187,35 @@ def session_row(subject_id, session, labels, uncertainty, names) -> volumes_lib.
       qc=qc_lib.qc_score(uncertainty, labels))
 
 
-def native_scores(pred, session, num_classes):
-  """Confusion matrix of a native-grid prediction against the session's label file, over
-  every labeled axial slice (None without labels)."""
+def load_truth(session):
+  """The session's label file (``.data`` ``int [X, Y, Z]`` on its own canonical grid,
+  ``.ref``), or None without one."""
   if "dseg" not in session.paths:
     return None
-  truth = nifti_io.load_volume(session.paths["dseg"], kind="labels").data
+  return nifti_io.load_volume(session.paths["dseg"], kind="labels")
+
+
+def score_against(pred, truth, num_classes):
+  """Confusion matrix of ``pred`` against ``truth`` (both ``[X, Y, Z]``) over every axial
+  slice holding a label (with full labels: every slice of the brain)."""
   mask = np.zeros(truth.shape, np.float32)
   mask[:, :, data_lib.labeled_slices(truth)] = 1.0
   return metrics_lib.confusion_counts(pred, truth, mask, num_classes)
+
+
+def native_scores(pred, session, num_classes):
+  """Confusion matrix of a native-grid prediction against the session's label file, over
+  every labeled axial slice (None without labels)."""
+  truth = load_truth(session)
+  return None if truth is None else score_against(pred, truth.data, num_classes)
+
+
+def session_group(protocol, unlabeled, subject_id, t):
+  """The whole-volume group of a session at time point ``t`` (:data:`GROUPS`), or None for
+  a labeled subject's time point that is neither a training nor a test one."""
+  if subject_id in unlabeled:
+    return "unlabeled_subjects"
+  return {"test": "heldout", "train": "train_timepoints"}.get(protocol.role(t))
 
 
 def tissue_dice(cm):
@@ -271,6 +331,40 @@ def summarize_run(cms, agreement, protocol) -> dict:
           "per_timepoint": per_t,
           "temporal_consistency": {"prediction": ratio(agreement[0]),
                                    "ground_truth": ratio(agreement[1])}}
+
+
+def whole_volume_summary(group_cms, group_sessions, truth, uncompared, names) -> dict:
+  """metrics.json's ``whole_volume``: per group (:data:`GROUPS`; None without a scored
+  session) its sessions, :func:`fcslstm_jax.metrics.summarize` of its confusion counts, and
+  the tissue volume errors of the sessions whose label file is a whole volume (``volume_error``
+  mean |pred - true| / true, ``volume_bias`` its signed mean); ``growth_error`` per subject
+  kind (labeled or unlabeled subjects, every compared session of a subject); how many scored
+  sessions were left out of the volumes (slice labels only)."""
+  tissues = list(names[1:])
+  per = lambda v: {n: None if np.isnan(x) else float(x) for n, x in zip(tissues, v)}
+  arrays = lambda recs: (np.array([[r.predicted_ml[n] for n in tissues] for r in recs]
+                                  ).reshape(-1, len(tissues)),
+                         np.array([[r.true_ml[n] for n in tissues] for r in recs]
+                                  ).reshape(-1, len(tissues)))
+  out = {}
+  for g in GROUPS:
+    if not group_sessions[g]:
+      out[g] = None
+      continue
+    mine = [r for r in truth if r.group == g]
+    error, bias = volumes_lib.volume_errors(*arrays(mine))
+    out[g] = dict(sessions=group_sessions[g], **metrics_lib.summarize(group_cms[g], names),
+                  volume_sessions=len(mine), volume_error=per(error), volume_bias=per(bias))
+  growth = {}
+  for kind, mine in (("labeled_subjects", [r for r in truth if r.group != GROUPS[2]]),
+                     ("unlabeled_subjects", [r for r in truth if r.group == GROUPS[2]])):
+    error, counted = volumes_lib.growth_errors([r.subject for r in mine],
+                                               [r.age for r in mine], *arrays(mine))
+    growth[kind] = None if not counted.any() else dict(
+        subjects={n: int(k) for n, k in zip(tissues, counted)}, error=per(error))
+  out["growth_error"] = growth
+  out["volumes_not_compared"] = uncompared
+  return out
 
 
 # ------------------------------------------------------------------------------- figures

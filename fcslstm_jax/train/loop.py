@@ -28,6 +28,7 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
+from fcslstm_jax.train import augment
 from fcslstm_jax.train import losses
 from fcslstm_jax import metrics as metrics_lib
 from fcslstm_jax.train import parallel
@@ -99,36 +100,20 @@ def create_train_state(rng, model: nn.Module, config: Config, in_channels: int,
                            tx=make_optimizer(config, steps_per_epoch))
 
 
-def augment(rng, batch: dict, flip_prob: float, intensity_scale: float) -> dict:
-  """Random flips along H and W (same for every time step) and per-channel scaling.
-
-  Volumes ``[B, T, D, H, W, C]`` are flipped along the same in-plane axes H, W (x and y),
-  not along D (z), as test-time flips (:mod:`fcslstm_jax.infer.tta`)."""
-  images, labels, mask = batch["images"], batch["labels"], batch["label_mask"]
-  b, c = images.shape[0], images.shape[-1]
-  k_h, k_w, k_s = jax.random.split(rng, 3)
-  h_axis = labels.ndim - 2  # labels [B, T, (D,) H, W]
-  for key, axis in ((k_h, h_axis), (k_w, h_axis + 1)):
-    flip = jax.random.bernoulli(key, flip_prob, (b,))
-    sel = lambda a, flip=flip, axis=axis: jnp.where(
-        flip.reshape((b,) + (1,) * (a.ndim - 1)), jnp.flip(a, axis), a)
-    images, labels, mask = sel(images), sel(labels), sel(mask)
-  scale = jax.random.uniform(k_s, (b,) + (1,) * (images.ndim - 2) + (c,),
-                             minval=1 - intensity_scale,
-                             maxval=1 + intensity_scale)
-  return dict(batch, images=images * scale, labels=labels, label_mask=mask)
-
-
 def train_step(state: TrainState, batch: dict, rng, *, class_weights, config: Config):
-  """One RMSprop step on the weighted cross-entropy. Pure; jit it with the state donated."""
+  """One RMSprop step on the weighted cross-entropy (plus ``dice_weight`` x soft Dice).
+  Pure; jit it with the state donated."""
   if config.augment:
-    batch = augment(jax.random.fold_in(rng, state.step), batch, config.flip_prob,
-                    config.intensity_scale)
+    batch = augment.augment(jax.random.fold_in(rng, state.step), batch, config)
 
   def loss_fn(params):
     logits = state.apply_fn({"params": params}, batch["images"], batch["valid"])
-    return losses.weighted_cross_entropy(logits, batch["labels"], batch["label_mask"],
+    loss = losses.weighted_cross_entropy(logits, batch["labels"], batch["label_mask"],
                                          class_weights)
+    if config.dice_weight:
+      loss += config.dice_weight * losses.soft_dice_loss(logits, batch["labels"],
+                                                         batch["label_mask"])
+    return loss
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   return state.apply_gradients(grads=grads), {"loss": loss}
@@ -335,7 +320,8 @@ def prepare_run(config, train_set, test_set, workdir, class_names, record, mesh,
   if restored is not None:
     log(f"Resuming from {ckpt.directory} at step {restored}.")
   weights = losses.class_weights_from_counts(parallel.sum_over_processes(
-      losses.class_counts(train_set.labels, train_set.label_mask, len(class_names))))
+      losses.class_counts(train_set.labels, train_set.label_mask, len(class_names))),
+      config.class_weighting)
   step_fn = jax.jit(lambda s, batch, r: train_step(s, batch, r, class_weights=weights,
                                                    config=config), donate_argnums=0,
                     out_shardings=parallel.replicated(mesh))
