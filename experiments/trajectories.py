@@ -1,0 +1,197 @@
+"""Which lever fixes whole volumes and trajectories from one labeled slice per volume (issue 33).
+
+    python experiments/trajectories.py                       # every lever, cohort, seed 0
+    python experiments/trajectories.py --study cohort-b --levers paper,default --seeds 0,1,2
+
+For each study, lever and seed: ``train.py`` (the default command, with the lever's
+settings spelled out so that a row keeps its meaning when defaults change), then
+``evaluate.py --labels FULL`` against the study's full labels (``sourcedata/full-labels``,
+which training never reads). Each finished run is added to ``results/trajectories-<study>.json``
+and ``.md`` at once; a rerun skips finished runs and resumes an interrupted one (train.py
+resumes from its checkpoint), so the command can be stopped and restarted at will.
+
+Studies (generated under ``data/`` on first use, deterministic):
+  cohort    the README's study (``python -m fcslstm_jax.synthetic.cohort``): 8 labeled + 2
+            unlabeled subjects, 5 sessions at 0-12 months, each on its own grid, one labeled
+            axial slice per session at its own z.
+  cohort-b  other anatomy and geometry: another seed (other subjects' shapes and sizes),
+            2.4 mm slices, other in-plane voxel sizes, skull-stripped, heads tilted.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from fcslstm_jax.synthetic import cohort  # noqa: E402  (the repository, not an install)
+
+STUDIES = {
+    "cohort": (0, cohort.CohortConfig()),
+    "cohort-b": (7, dataclasses.replace(cohort.CohortConfig(), slice_mm=2.4,
+                                        fov_mm=(192.0, 216.0, 57.6), voxel_mm=(1.4, 1.6, 1.25),
+                                        skull_strip=True, tilt_deg=3.0)),
+}
+
+# Every lever names all the settings it is about (Config fields), so that a row means the
+# same whatever the presets' defaults are.
+PAPER = dict(class_weighting="inverse", dice_weight=0.0, rotate_deg=0.0, scale_range=0.0,
+             gamma=0.0)
+LEVERS = {
+    "paper": ("the paper's loss (inverse-frequency weighted CE), flips + intensity scaling",
+              PAPER),
+    "weights-none": ("CE without class weights", dict(PAPER, class_weighting="none")),
+    "weights-sqrt": ("CE weighted by inverse square-root frequency",
+                     dict(PAPER, class_weighting="sqrt")),
+    "dice-ce": ("Dice + unweighted CE (nnU-Net's loss)",
+                dict(PAPER, class_weighting="none", dice_weight=1.0)),
+    "augment": ("Dice + CE, with rotation 15 deg, scaling 0.15, gamma 0.3",
+                dict(PAPER, class_weighting="none", dice_weight=1.0, rotate_deg=15.0,
+                     scale_range=0.15, gamma=0.3)),
+}
+
+
+def study_dir(name: str) -> str:
+  root = os.path.join(REPO, "data", name)
+  if not os.path.isfile(os.path.join(root, "dataset_description.json")):
+    seed, config = STUDIES[name]
+    cohort.generate(root, seed=seed, config=config)
+  return root
+
+
+def run_command(command, log_path) -> float:
+  """Runs ``command`` (output appended to ``log_path``); its wall seconds. Raises on failure."""
+  started = time.monotonic()
+  with open(log_path, "a") as log:
+    rc = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+  if rc:
+    raise SystemExit(f"{' '.join(command)} failed ({rc}); see {log_path}")
+  return time.monotonic() - started
+
+
+def one_run(study: str, lever: str, seed: int, work: str) -> dict:
+  """Trains and evaluates one (study, lever, seed); returns its results row."""
+  root = study_dir(study)
+  workdir = os.path.join(work, study, f"{lever}-seed{seed}")
+  out = os.path.join(workdir, "predictions-full")
+  os.makedirs(workdir, exist_ok=True)
+  log = workdir + ".log"
+  settings = [f"--set={k}={v}" for k, v in LEVERS[lever][1].items()]
+  train = [sys.executable, "train.py", "--data-dir", root, "--workdir", workdir, "--seed",
+           str(seed), *settings]
+  train_s = run_command(train, log)
+  evaluate = [sys.executable, "evaluate.py", "--workdir", workdir, "--labels",
+              os.path.join(root, "sourcedata", "full-labels"), "--out", out, "--no-report"]
+  eval_s = run_command(evaluate, log)
+  with open(os.path.join(out, "metrics.json")) as f:
+    metrics = json.load(f)
+  return {"study": study, "lever": lever, "seed": seed, "settings": LEVERS[lever][1],
+          "train_command": " ".join(os.path.relpath(a, REPO) if os.path.isabs(a) else a
+                                    for a in train[1:]),
+          "train_seconds": round(train_s, 1), "evaluate_seconds": round(eval_s, 1),
+          "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "commit": git_commit(), "metrics": metrics}
+
+
+def git_commit() -> str:
+  try:
+    return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                                   text=True).strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+def pct(v) -> str:
+  return "n/a" if v is None else f"{100 * v:+.0f} %"
+
+
+def num(v) -> str:
+  return "n/a" if v is None else f"{v:.3f}"
+
+
+def row_cells(r) -> list:
+  """A markdown row: whole-volume Dice / precision / recall per tissue class (held-out time
+  point), volume and growth error per class, labeled-slice mPA (held-out), minutes."""
+  m = r["metrics"]
+  whole = (m.get("whole_volume") or {}).get("heldout") or {}
+  vol = m.get("volumes_vs_truth") or {}
+  names = [n for n in (whole.get("dice") or {}) if n != "background"]
+  fmt = lambda key: " / ".join(num((whole.get(key) or {}).get(n)) for n in names)
+  err = lambda key: " / ".join(pct(((vol.get(key) or {}).get(n))) for n in names)
+  minutes = (r["train_seconds"] + r["evaluate_seconds"]) / 60
+  return [r["lever"], str(r["seed"]), fmt("dice"), fmt("precision"), fmt("recall"),
+          err("volume_error"), err("growth_error"), num((m.get("test") or {}).get("mpa")),
+          f"{minutes:.1f}"]
+
+
+def markdown(study: str, rows: list) -> str:
+  header = ["lever", "seed", "Dice (held-out, CSF / GM / WM)", "precision", "recall",
+            "volume error", "growth error", "labeled-slice mPA (held-out)", "minutes"]
+  lines = [f"# Levers on whole volumes and trajectories: {study}", "",
+           "Made by `python experiments/trajectories.py --study " + study + "`. Whole volumes "
+           "against the study's full labels at the held-out time point; volume error: mean "
+           "|predicted - true| / true over sessions; growth error: mean |predicted growth - "
+           "true growth| / |true growth|, first to last session, over subjects. See the JSON "
+           "for every group (training time points, unlabeled subjects) and the signed errors.",
+           "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(row_cells(r)) + " |" for r in rows]
+  lines += ["", "Levers:", ""] + [f"- `{k}`: {LEVERS[k][0]}" for k in dict.fromkeys(
+      r["lever"] for r in rows) if k in LEVERS]
+  return "\n".join(lines) + "\n"
+
+
+def write_results(study: str, rows: list) -> None:
+  base = os.path.join(REPO, "results", f"trajectories-{study}")
+  os.makedirs(os.path.dirname(base), exist_ok=True)
+  record = {"study": study, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "rows": rows}
+  for path, text in ((base + ".json", json.dumps(record, indent=1) + "\n"),
+                     (base + ".md", markdown(study, rows))):
+    with open(path + ".tmp", "w") as f:
+      f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def read_rows(study: str) -> list:
+  path = os.path.join(REPO, "results", f"trajectories-{study}.json")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return json.load(f)["rows"]
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--study", default="cohort", choices=sorted(STUDIES))
+  p.add_argument("--levers", default=",".join(LEVERS),
+                 help=f"comma-separated, from {', '.join(LEVERS)}")
+  p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+  p.add_argument("--work", default=os.path.join(REPO, "runs", "trajectories"),
+                 help="run folders (kept: a rerun resumes them)")
+  args = p.parse_args(argv)
+  levers = args.levers.split(",")
+  unknown = [k for k in levers if k not in LEVERS]
+  if unknown:
+    p.error(f"unknown lever(s) {unknown}; choose from {', '.join(LEVERS)}")
+  rows = read_rows(args.study)
+  for seed in (int(s) for s in args.seeds.split(",")):
+    for lever in levers:
+      if any(r["lever"] == lever and r["seed"] == seed for r in rows):
+        print(f"{args.study} {lever} seed {seed}: done (results/trajectories-{args.study}.json)")
+        continue
+      print(f"{args.study} {lever} seed {seed}: training and evaluating ...", flush=True)
+      rows.append(one_run(args.study, lever, seed, args.work))
+      write_results(args.study, rows)
+      print("  " + " | ".join(row_cells(rows[-1])), flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
