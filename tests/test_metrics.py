@@ -19,6 +19,19 @@ def test_confusion_matrix_and_scores_by_hand():
   np.testing.assert_allclose(metrics.iou_per_class(cm), [2 / 3, 1 / 3, 2 / 3])
 
 
+def test_precision_and_recall_by_hand():
+  # cm[true, pred] = [[2, 1, 0], [0, 1, 1], [0, 0, 2]]: predicted 2, 2, 3 voxels per class.
+  cm = np.array([[2, 1, 0], [0, 1, 1], [0, 0, 2]])
+  np.testing.assert_allclose(metrics.precision_per_class(cm), [2 / 2, 1 / 2, 2 / 3])
+  s = metrics.summarize(cm, NAMES)
+  assert s["precision"] == pytest.approx({"bg": 1.0, "a": 0.5, "b": 2 / 3})
+  assert s["recall"] == s["pixel_accuracy"] == pytest.approx({"bg": 2 / 3, "a": 0.5, "b": 1.0})
+  # Never predicted: precision undefined (None), recall 0; absent from the truth: None.
+  s = metrics.summarize(np.array([[3, 0, 1], [2, 0, 0], [0, 0, 0]]), NAMES)
+  assert s["precision"] == {"bg": 0.6, "a": None, "b": None}
+  assert s["recall"] == {"bg": 0.75, "a": 0.0, "b": None}
+
+
 def test_absent_class_is_left_out_of_the_mean():
   labels = np.array([0, 0, 1, 1])
   pred = np.array([0, 2, 1, 1])

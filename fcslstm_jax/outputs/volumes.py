@@ -71,12 +71,13 @@ GROWTH_TOLERANCE = 0.01
 
 
 def covers_prediction(pred, truth) -> bool:
-  """Whether ``truth`` ``int [X, Y, Z]`` labels at least half of the axial slices on which
-  it or ``pred`` (same grid) has tissue: a whole-volume label file, whose class volumes are
-  the session's. A file labeling one slice per session (sparse training labels) is not."""
+  """Whether ``truth`` ``int [X, Y, Z]`` is a whole-volume label file, whose class volumes
+  are the session's: it labels every axial slice, or at least 2 and at least half of those
+  on which it or ``pred`` (same grid) has tissue. A file labeling one slice of a session's
+  several (sparse training labels) is not, whatever the prediction."""
   truth_z = np.asarray(truth).any(axis=(0, 1))
   seen = truth_z | (np.asarray(pred) > 0).any(axis=(0, 1))
-  return bool(truth_z.sum() >= 0.5 * seen.sum() and truth_z.any())
+  return bool(truth_z.all() or truth_z.sum() >= max(2, 0.5 * seen.sum()))
 
 
 def volume_errors(pred_ml, true_ml) -> tuple:
