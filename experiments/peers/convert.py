@@ -40,6 +40,7 @@ from fcslstm_jax import files  # noqa: E402
 from fcslstm_jax.infer import evaluate as inference  # noqa: E402
 from fcslstm_jax.data import nifti_io  # noqa: E402
 from fcslstm_jax.data import protocol as protocol_lib  # noqa: E402
+from fcslstm_jax.data import sequences  # noqa: E402
 
 FILE_ENDING = ".nii.gz"
 IGNORE = "ignore"
@@ -135,11 +136,18 @@ def write_dataset(study, out_dir: str, name: str) -> dict:
   return manifest
 
 
-def load_for_conversion(root, protocol, spacing="median", reference="first", register="none"):
+def load_for_conversion(root, protocol, spacing="median", reference="first", register="none",
+                        warn=None):
   """The study as ``train.py`` reads it (same protocol, spacing, reference, registration),
-  with every slice of every session (nnU-Net samples whole volumes)."""
-  return data_lib.load_study(root, protocol, spacing=spacing, reference=reference,
-                             register=register, keep="all")
+  with every slice of every session (nnU-Net samples whole volumes). Its warnings (sessions
+  that fit no time point, labels that did not all come through:
+  :func:`fcslstm_jax.data.sequences.describe_warnings`) are printed as ``train.py`` prints
+  them, one ``warning: ...`` line each, on stderr; ``warn``: a function of a line instead."""
+  study = data_lib.load_study(root, protocol, spacing=spacing, reference=reference,
+                              register=register, keep="all")
+  for line in sequences.describe_warnings(study):
+    (warn or (lambda text: print(text, file=sys.stderr, flush=True)))(line)
+  return study
 
 
 # ------------------------------------------------------------------------- predictions back

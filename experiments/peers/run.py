@@ -28,13 +28,22 @@ writes ``results/peers-<study>.json`` and ``.md``. What it does, in order:
    working grid (as ``evaluate.py``).
 
 Everything goes under ``--work`` (default ``runs/peers/<study>``), which is deleted first so
-that the table always comes from one fresh run. Both tools run one after the other on the
-same machine; run the command under the project's CPU lock so nothing else competes.
+that the table always comes from one fresh run, but only if this script made it (its marker
+file ``.fcslstm-peers-work``; an empty folder is used as it is, any other one refused). The
+study's loading warnings are printed (``warning: ...`` lines, as ``train.py`` prints them) and
+kept in the record. Each tool's record carries the code it ran on (``commit``: ``git
+rev-parse HEAD``; ``dirty``: uncommitted changes to tracked files other than this script's two
+outputs, with ``diff_sha256`` of them) and the ``configuration`` that makes rows comparable
+(:func:`configuration`). ``--keep-others`` keeps another tool's earlier row only if both
+match this run's; otherwise, and for records older than these fields, it stops before
+anything runs: rerun both tools. Both tools run one after the other on the same machine;
+run the command under the project's CPU lock so nothing else competes.
 """
 
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -60,8 +69,11 @@ from fcslstm_jax.data import nifti_io  # noqa: E402
 from fcslstm_jax.data import protocol as protocol_lib  # noqa: E402
 from fcslstm_jax.data import sequences  # noqa: E402
 from fcslstm_jax.outputs import writer as writer_lib  # noqa: E402
+from fcslstm_jax.errors import ConfigError, DataError  # noqa: E402
 
 DATASET_IDS = {"cohort": 523, "bric": 524, "tiny": 525}
+NNUNET = "nnU-Net v2 (2d)"  # its row's name
+WORK_MARKER = ".fcslstm-peers-work"  # in every --work folder this script made
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +105,130 @@ def study_source(name: str) -> Source:
 
 def load(uptime=os.getloadavg) -> list:
   return [round(v, 2) for v in uptime()]
+
+
+# ------------------------------------------------------------- what makes rows comparable
+
+
+def outputs(out_dir: str, study: str) -> tuple:
+  """The two files a run writes: ``OUT/peers-<study>.json`` and ``.md``."""
+  stem = os.path.join(out_dir, f"peers-{study}")
+  return stem + ".json", stem + ".md"
+
+
+def code_version(exclude=(), repo: str = REPO) -> dict:
+  """The code a run runs on: ``commit`` (``git rev-parse HEAD``; None outside a git
+  checkout), ``dirty`` (``git status --porcelain`` lists a tracked file with uncommitted
+  changes) and ``diff_sha256`` (of ``git diff HEAD`` when dirty, else None). ``exclude``:
+  files left out of both (this script's own outputs, which may be tracked)."""
+  def git(*args) -> bytes:
+    return subprocess.run(["git", "--no-optional-locks", *args], cwd=repo, check=True,
+                          capture_output=True).stdout
+  try:
+    commit = git("rev-parse", "HEAD").decode().strip()
+    top = os.path.realpath(git("rev-parse", "--show-toplevel").decode().strip())
+  except (OSError, subprocess.CalledProcessError):
+    return {"commit": None, "dirty": None, "diff_sha256": None}
+  spec = ["--", ":(top)"]
+  for path in exclude:
+    rel = os.path.relpath(os.path.realpath(path), top)
+    if not rel.startswith(os.pardir):
+      spec.append(f":(top,exclude){rel}")
+  dirty = bool(git("status", "--porcelain", "--untracked-files=no", *spec).strip())
+  diff = hashlib.sha256(git("diff", "HEAD", "--binary", *spec)).hexdigest() if dirty else None
+  return {"commit": commit, "dirty": dirty, "diff_sha256": diff}
+
+
+def configuration(args) -> dict:
+  """The arguments that make two tools' rows comparable (every one but --tools, --work,
+  --out and --keep-others), with what they resolve to."""
+  try:
+    from fcslstm_jax import config as config_lib
+    seed = config_lib.get_config(args.config).seed
+  except (ConfigError, ImportError, AttributeError):
+    seed = None
+  return {"study": args.study, "budget_min": args.budget_min,
+          "fcslstm_model": args.model, "fcslstm_config": args.config,
+          "fcslstm_seed": seed, "fcslstm_epochs": args.epochs,
+          "nnunet_configuration": "2d", "nnunet_fold": "all",
+          "nnunet_iterations_per_epoch": args.iterations, "nnunet_da_workers": args.da_workers,
+          "nnunet_mirroring": args.mirroring}
+
+
+def tool_names(args) -> dict:
+  """The row name of each tool this run runs."""
+  names = {"nnunet": NNUNET, "fcslstm": f"FCSLSTM ({args.model}, {args.config})"}
+  return {tool: names[tool] for tool in args.tools}
+
+
+def _short(code: dict) -> str:
+  if not code.get("commit"):
+    return "an unknown commit"
+  diff = f" (diff {code['diff_sha256'][:12]})" if code.get("diff_sha256") else ""
+  dirty = f" with uncommitted changes{diff}" if code.get("dirty") else ""
+  return f"commit {code['commit'][:7]}{dirty}"
+
+
+def kept_records(path: str, run_names, code: dict, config: dict) -> dict:
+  """The records of ``path`` (an earlier results file) of the tools this run does not run
+  (``run_names``: the rows it makes), each checked to come from this very code (``code``,
+  :func:`code_version`) and configuration (:func:`configuration`).
+
+  Raises:
+    ConfigError: a kept record from another commit, other uncommitted changes or another
+      configuration, or one that predates these fields (the message names ``path``).
+  """
+  try:
+    with open(path) as f:
+      earlier = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{path}: cannot be read ({e}); rerun both tools without "
+                      "--keep-others.") from e
+  kept = {}
+  for name, record in earlier.get("tools", {}).items():
+    if name in run_names:
+      continue
+    again = "rerun both tools (without --keep-others) so that the table comes from one code " \
+        "version and configuration."
+    if not record.get("commit"):
+      raise ConfigError(f"{path}: the {name} record has no commit (written before records "
+                        f"carried one); {again}")
+    if not code.get("commit"):
+      raise ConfigError(f"{path}: this checkout's commit is unknown (not a git checkout?), so "
+                        f"the {name} record cannot be matched to it; {again}")
+    theirs = {k: record.get(k) for k in ("commit", "dirty", "diff_sha256")}
+    if theirs != {k: code.get(k) for k in theirs}:
+      raise ConfigError(f"{path}: the {name} record ran on {_short(theirs)}, this run on "
+                        f"{_short(code)}; {again}")
+    differ = [f"{k}={record.get('configuration', {}).get(k)!r} (this run: {v!r})"
+              for k, v in config.items() if record.get("configuration", {}).get(k) != v]
+    if differ:
+      raise ConfigError(f"{path}: the {name} record was measured with {', '.join(differ)}; "
+                        f"{again}")
+    kept[name] = dict(record, command=record.get("command", earlier.get("command")))
+  return kept
+
+
+def prepare_work(work: str) -> None:
+  """Makes ``work`` an empty folder holding :data:`WORK_MARKER`. An existing folder is
+  deleted first only if it holds the marker (this script made it); an empty one is used as
+  it is.
+
+  Raises:
+    ConfigError: ``work`` is not a folder, or a non-empty folder without the marker.
+  """
+  if os.path.islink(work) or (os.path.exists(work) and not os.path.isdir(work)):
+    raise ConfigError(f"{work}: is not a folder (a file or a link); choose another --work.")
+  if os.path.isdir(work) and os.listdir(work):
+    if not os.path.isfile(os.path.join(work, WORK_MARKER)):
+      raise ConfigError(f"{work}: is not empty and has no {WORK_MARKER} marker, so this script "
+                        "did not make it and will not delete it; remove it yourself or choose "
+                        "another --work.")
+    shutil.rmtree(work)
+  os.makedirs(work, exist_ok=True)
+  files.write_text(os.path.join(work, WORK_MARKER),
+                   "made by experiments/peers/run.py, which deletes this folder before its "
+                   "next run with this --work.\n")
 
 
 # ---------------------------------------------------------------------------------- scoring
@@ -334,7 +470,7 @@ def markdown(result) -> str:
   return "\n".join(lines) + f"\n\nTemporal consistency of the full labels: {tc}.\n"
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--study", choices=sorted(DATASET_IDS), default="cohort")
   p.add_argument("--budget-min", type=float, default=10.0,
@@ -349,25 +485,53 @@ def main(argv=None) -> int:
   p.add_argument("--da-workers", type=int, default=1,
                  help="nnU-Net augmentation processes (nnUNet_n_proc_DA)")
   p.add_argument("--mirroring", action="store_true", help="nnU-Net test-time mirroring")
-  p.add_argument("--work", help="default: runs/peers/<study> (deleted first)")
+  p.add_argument("--work", help="default: runs/peers/<study> (deleted first if this script "
+                 f"made it: its {WORK_MARKER} file; an empty folder is used, any other refused)")
   p.add_argument("--out", default=os.path.join(REPO, "results"))
   p.add_argument("--keep-others", action="store_true",
                  help="keep the records of the tools not run from the existing "
-                 "OUT/peers-<study>.json of the same budget (each says when it was measured)")
-  args = p.parse_args(argv)
+                 "OUT/peers-<study>.json (each says when it was measured); refused unless "
+                 "they ran on this commit (and uncommitted changes) with this configuration")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  try:
+    return compare(args, argv)
+  except (ConfigError, DataError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+def compare(args, argv) -> int:
   budget_s = args.budget_min * 60
   work = os.path.abspath(args.work or os.path.join(REPO, "runs", "peers", args.study))
-  if os.path.exists(work):
-    shutil.rmtree(work)
-  os.makedirs(work)
+  paths = outputs(args.out, args.study)
+  code, config = code_version(exclude=paths), configuration(args)
+  # Every check before anything is deleted or run.
+  kept = kept_records(paths[0], set(tool_names(args).values()), code, config) \
+      if args.keep_others and os.path.exists(paths[0]) else {}
+  prepare_work(work)
+  print(f"code: {_short(code)}" + (f"; kept from {paths[0]}: {', '.join(kept)}" if kept else ""),
+        flush=True)
   env = nnunet_env(work, args.da_workers)
   source = study_source(args.study)
   protocol = source.protocol
   started = time.monotonic()
-  train_study = convert.load_for_conversion(source.root, protocol)
+  warnings = []
+
+  def warn(line):
+    if line not in warnings:
+      warnings.append(line)
+      print(line, file=sys.stderr, flush=True)
+
+  train_study = convert.load_for_conversion(source.root, protocol, warn=warn)
   eval_study = data_lib.load_study(source.root, inference.every_labeled_slice(protocol),
                                    spacing=train_study.options.spacing or "native",
                                    labels_root=source.full_labels)
+  for line in sequences.describe_warnings(eval_study):  # the full labels' own, if any
+    warn(line)
   by_id = {s.subject_id: s for s in train_study.subjects}
   for s in eval_study.subjects:
     if s.grid is not None and not s.grid.same_as(by_id[s.subject_id].grid):
@@ -381,6 +545,7 @@ def main(argv=None) -> int:
   result = {"command": "python experiments/peers/run.py " + " ".join(
                 sys.argv[1:] if argv is None else argv),
             "study": args.study, "root": source.root, "budget_min": args.budget_min,
+            **code, "configuration": config, "warnings": warnings,
             "machine": {"cpus": os.cpu_count(), "processor": platform.processor()
                         or platform.machine(), "python": platform.python_version()},
             "sessions": len(roles), "nnunet_training_cases": roles.count("train"),
@@ -428,7 +593,8 @@ def main(argv=None) -> int:
                t: probs[convert.case_id(s.subject_id, ses.label)]
                for t, ses in enumerate(s.timepoints) if ses is not None}, "nnunet2d")}
     run["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    result["tools"]["nnU-Net v2 (2d)"] = run
+    run.update(code, configuration=config)
+    result["tools"][NNUNET] = run
     print(f"  {train_seconds:.0f} s training ({epochs} epochs x {args.iterations} batches of "
           f"{trainer.batch_size}), {seconds:.0f} s inference; held-out mPA "
           f"{run['scores']['labeled_slices']['test']['mpa']:.3f}", flush=True)
@@ -446,25 +612,19 @@ def main(argv=None) -> int:
                checkpoint_step=step, model=args.model,
                scores=score("fcslstm", lambda s: probs[s.subject_id], "fcslstm"))
     run["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    result["tools"][f"FCSLSTM ({args.model}, {args.config})"] = run
+    run.update(code, configuration=config)
+    result["tools"][tool_names(args)["fcslstm"]] = run
     print(f"  {run['seconds']:.0f} s training (step {step}), {seconds:.0f} s inference; held-out "
           f"mPA {run['scores']['labeled_slices']['test']['mpa']:.3f}", flush=True)
 
   os.makedirs(args.out, exist_ok=True)
-  stem = os.path.join(args.out, f"peers-{args.study}")
-  if args.keep_others and os.path.exists(stem + ".json"):
-    with open(stem + ".json") as f:
-      earlier = json.load(f)
-    if earlier.get("budget_min") == args.budget_min:
-      for name, record in earlier["tools"].items():
-        if name not in result["tools"]:
-          record.setdefault("command", earlier["command"])
-          result["tools"][name] = record
+  result["tools"].update(kept)
   table = markdown(result)
   header = (f"### {args.study}: FCSLSTM and nnU-Net v2, {args.budget_min:g} min of training "
             f"each, {os.cpu_count()} CPU cores ({result['machine']['processor']})\n\n")
-  files.write_json(stem + ".json", result)
-  files.write_text(stem + ".md", header + table + f"\nMade by `{result['command']}`.\n")
+  code_line = f"on {_short(code)}" if code["commit"] else "outside a git checkout"
+  files.write_json(paths[0], result)
+  files.write_text(paths[1], header + table + f"\nMade by `{result['command']}` {code_line}.\n")
   print(header + table)
   return 0
 
