@@ -43,7 +43,9 @@ STUDIES = {
 # Every lever names all the settings it is about (Config fields), so that a row means the
 # same whatever the presets' defaults are.
 PAPER = dict(class_weighting="inverse", dice_weight=0.0, rotate_deg=0.0, scale_range=0.0,
-             gamma=0.0)
+             gamma=0.0, pseudo_label_epochs=0)
+AUGMENT = dict(PAPER, class_weighting="none", dice_weight=1.0, rotate_deg=15.0,
+               scale_range=0.15, gamma=0.3)
 LEVERS = {
     "paper": ("the paper's loss (inverse-frequency weighted CE), flips + intensity scaling",
               PAPER),
@@ -52,9 +54,10 @@ LEVERS = {
                      dict(PAPER, class_weighting="sqrt")),
     "dice-ce": ("Dice + unweighted CE (nnU-Net's loss)",
                 dict(PAPER, class_weighting="none", dice_weight=1.0)),
-    "augment": ("Dice + CE, with rotation 15 deg, scaling 0.15, gamma 0.3",
-                dict(PAPER, class_weighting="none", dice_weight=1.0, rotate_deg=15.0,
-                     scale_range=0.15, gamma=0.3)),
+    "augment": ("Dice + CE, with rotation 15 deg, scaling 0.15, gamma 0.3", AUGMENT),
+    "self-train": ("augment, and self-training in the last 10 of 30 epochs (confident "
+                   "predictions on every slice and session, weight 0.5)",
+                   dict(AUGMENT, pseudo_label_epochs=10)),
 }
 
 
@@ -117,30 +120,42 @@ def num(v) -> str:
 
 
 def row_cells(r) -> list:
-  """A markdown row: whole-volume Dice / precision / recall per tissue class (held-out time
-  point), volume and growth error per class, labeled-slice mPA (held-out), minutes."""
+  """A markdown row (tissue classes CSF / GM / WM): whole-volume Dice at the held-out time
+  point, at the training time points and on the unlabeled subjects; precision and recall
+  (held-out); volume error (all sessions of labeled subjects); growth error (labeled and
+  unlabeled subjects); labeled-slice mPA (held-out); minutes."""
   m = r["metrics"]
-  whole = (m.get("whole_volume") or {}).get("heldout") or {}
-  vol = m.get("volumes_vs_truth") or {}
-  names = [n for n in (whole.get("dice") or {}) if n != "background"]
-  fmt = lambda key: " / ".join(num((whole.get(key) or {}).get(n)) for n in names)
-  err = lambda key: " / ".join(pct(((vol.get(key) or {}).get(n))) for n in names)
+  whole = m.get("whole_volume") or {}
+  group = lambda g: whole.get(g) or {}
+  names = [n for n in (group("heldout").get("dice") or {}) if n != "background"]
+  per = lambda d, f: " / ".join(f((d or {}).get(n)) for n in names)
+  growth = lambda g: ((whole.get("growth_error") or {}).get(g) or {}).get("error")
+  held, train = group("heldout"), group("train_timepoints")
   minutes = (r["train_seconds"] + r["evaluate_seconds"]) / 60
-  return [r["lever"], str(r["seed"]), fmt("dice"), fmt("precision"), fmt("recall"),
-          err("volume_error"), err("growth_error"), num((m.get("test") or {}).get("mpa")),
+  return [r["lever"], str(r["seed"]), per(held.get("dice"), num), per(train.get("dice"), num),
+          per(group("unlabeled_subjects").get("dice"), num), per(held.get("precision"), num),
+          per(held.get("recall"), num), per(train.get("volume_bias"), pct),
+          per(held.get("volume_bias"), pct), per(growth("labeled_subjects"), pct),
+          per(growth("unlabeled_subjects"), pct), num((m.get("test") or {}).get("mpa")),
           f"{minutes:.1f}"]
 
 
+HEADER = ["lever", "seed", "Dice held-out", "Dice train time points", "Dice unlabeled subjects",
+          "precision held-out", "recall held-out", "volume bias train t.p.",
+          "volume bias held-out", "growth error", "growth error unlabeled subj.",
+          "slice mPA held-out", "min"]
+
+
 def markdown(study: str, rows: list) -> str:
-  header = ["lever", "seed", "Dice (held-out, CSF / GM / WM)", "precision", "recall",
-            "volume error", "growth error", "labeled-slice mPA (held-out)", "minutes"]
   lines = [f"# Levers on whole volumes and trajectories: {study}", "",
-           "Made by `python experiments/trajectories.py --study " + study + "`. Whole volumes "
-           "against the study's full labels at the held-out time point; volume error: mean "
-           "|predicted - true| / true over sessions; growth error: mean |predicted growth - "
-           "true growth| / |true growth|, first to last session, over subjects. See the JSON "
-           "for every group (training time points, unlabeled subjects) and the signed errors.",
-           "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+           "Made by `python experiments/trajectories.py --study " + study + "`. Every cell "
+           "with three values is CSF / GM / WM. Whole volumes against the study's full labels "
+           "(which training never reads). Volume bias: mean (predicted - true) / true over "
+           "sessions; growth error: mean |predicted growth - true growth| / |true growth|, "
+           "first to last session, over subjects. Slice mPA: the paper's metric on the "
+           "held-out time point's labeled slices. The JSON holds every number "
+           "(`metrics.whole_volume`), with the unsigned volume errors.",
+           "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
   lines += ["| " + " | ".join(row_cells(r)) + " |" for r in rows]
   lines += ["", "Levers:", ""] + [f"- `{k}`: {LEVERS[k][0]}" for k in dict.fromkeys(
       r["lever"] for r in rows) if k in LEVERS]

@@ -90,6 +90,15 @@ class Config:
                                 "(train/losses.py)", choices=("inverse", "sqrt", "none"))
   dice_weight: float = _field(0.0, "add this times the soft Dice loss of the tissue classes "
                               "(0: the paper's cross-entropy alone)", minimum=0.0)
+  pseudo_label_epochs: int = _field(0, "self-training: the last N epochs also train on the "
+                                    "model's own confident predictions on every slice and "
+                                    "session (train/pseudo_labels.py; 0: off; 2D only)",
+                                    minimum=0)
+  pseudo_label_confidence: float = _field(0.9, "self-training: a prediction becomes a pseudo-"
+                                          "label where its class probability reaches this",
+                                          minimum=0.0, maximum=1.0)
+  pseudo_label_weight: float = _field(0.5, "self-training: loss weight of a pseudo-labeled "
+                                      "voxel (a manual label weighs 1)", minimum=0.0)
   stages: tuple = _field(VGG16_QUARTER, "front-end stages as [[channels, convs], ...] "
                          "(VGG-16 / 4)")
   spatial_dims: int = _field(2, "2: axial slices over time (the paper); 3: volumes over time "
@@ -127,6 +136,12 @@ class Config:
       if not stages or any(len(s) != 2 or min(s) < 1 for s in stages):
         raise ConfigError(f"--set {name}={json.dumps(stages)}: needs one or more "
                           "[channels, convs] pairs of positive integers.")
+    if self.pseudo_label_epochs and self.spatial_dims == 3:
+      raise ConfigError("--set pseudo_label_epochs: self-training is for 2D runs only; set it "
+                        "to 0 with --spatial-dims 3.")
+    if self.pseudo_label_epochs > self.epochs:
+      raise ConfigError(f"--set pseudo_label_epochs={self.pseudo_label_epochs}: more than the "
+                        f"{self.epochs} epochs of the run.")
     if self.patch_size is not None and (len(self.patch_size) != 3 or min(self.patch_size) < 1):
       raise ConfigError(f"--set patch_size={json.dumps(list(self.patch_size))}: needs three "
                         "positive integers [d, h, w].")

@@ -162,7 +162,8 @@ def load_study(args, config):
                                     data_seed=args.data_seed, volume=volume_of(args, config))
   return data_lib.load_study(root, protocol, spacing=args.spacing, reference=args.reference,
                              register=args.register, shard=parallel.shard_for_this_process(),
-                             keep="labeled" if config.spatial_dims == 2 else "all",
+                             keep="labeled" if config.spatial_dims == 2
+                             and not config.pseudo_label_epochs else "all",
                              label_planes=True)
 
 
@@ -216,7 +217,7 @@ def run(args) -> int:
             for split in ("train", "test")}
   print(sequences.describe_study(study, counts))
   sequences.check_training_labels(counts["train"], protocol, study.root)
-  train_eval_set = None
+  train_eval_set = pool = None
   if config.spatial_dims == 3:
     from fcslstm_jax.data import patches
     shape = parallel.agree_max(patches.volume_shape(study.subjects))
@@ -229,6 +230,10 @@ def run(args) -> int:
     train_set = sequences.make_sequences(study.subjects, protocol, "train", size)
     test_set = sequences.make_sequences(study.subjects, protocol, "test", size)
     what = f"{len(train_set)} training sequences of shape {train_set.images.shape[1:]}"
+    if config.pseudo_label_epochs:
+      pool = sequences.make_sequences(study.subjects, protocol, "train", size, every_slice=True)
+      what += (f", {len(pool)} more for self-training in the last "
+               f"{config.pseudo_label_epochs} epochs")
   print(f"{what}; model {config.model}; workdir {workdir}; {mesh.size} "
         f"{mesh.devices.flat[0].platform} device(s), {jax.process_count()} process(es)")
   progress = lambda it, epoch: tqdm(it, desc=f"epoch {epoch + 1}/{config.epochs}",
@@ -236,7 +241,7 @@ def run(args) -> int:
   result = train_lib.train_and_evaluate(config, train_set, test_set, workdir,
                                         protocol.class_names, record,
                                         progress=progress if main else None, mesh=mesh,
-                                        train_eval_set=train_eval_set)
+                                        train_eval_set=train_eval_set, pool=pool)
   if result.stopped_by:
     return 130
   if not main:

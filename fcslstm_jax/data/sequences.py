@@ -63,11 +63,11 @@ def _pad_offsets(shape, size):
   return tuple((s - n) // 2 for n, s in zip(shape, size))
 
 
-def _subject_sequences(subject, protocol, split, size):
+def _subject_sequences(subject, protocol, split, size, every_slice=False):
   """``(images, labels, mask, valid, zs, offsets)`` of one subject, padded to ``size``."""
   seen = protocol.timepoints(split)
   depth = subject.sessions[0].image.shape[2]
-  zs = np.arange(depth) if split == "all" else labeled_z(subject, seen)
+  zs = np.arange(depth) if split == "all" or every_slice else labeled_z(subject, seen)
   x, y = subject.grid.shape[:2]
   ox, oy = _pad_offsets((x, y), size)
   t_count, c = protocol.num_timepoints, len(protocol.modalities)
@@ -101,7 +101,7 @@ def in_plane_size(subjects) -> tuple:
   return tuple(int(v) for v in np.max(shapes, axis=0)) if shapes else (0, 0)
 
 
-def make_sequences(subjects, protocol, split, size=None) -> SliceSet:
+def make_sequences(subjects, protocol, split, size=None, every_slice=False) -> SliceSet:
   """Axial slice sequences for a split (see the module docstring).
 
   Args:
@@ -109,6 +109,9 @@ def make_sequences(subjects, protocol, split, size=None) -> SliceSet:
     protocol: a :class:`~fcslstm_jax.data.protocol.Protocol`.
     split: ``"train"``, ``"test"`` or ``"all"``.
     size: ``(H, W)`` to pad every slice to; default: the largest subject.
+    every_slice: a sequence for every slice of every subject, labeled or not, still with
+      the split's labels only (the unlabeled pool of self-training,
+      :mod:`fcslstm_jax.train.pseudo_labels`).
 
   Returns:
     A :class:`SliceSet` (possibly empty: N = 0).
@@ -120,7 +123,7 @@ def make_sequences(subjects, protocol, split, size=None) -> SliceSet:
     if any(n > m for n, m in zip(s.grid.shape[:2], size)):
       raise DataError(f"{s.path}: working grid {s.grid.shape[:2]} larger than the batch size "
                       f"{size}.")
-  parts = [(s, _subject_sequences(s, protocol, split, size)) for s in subjects]
+  parts = [(s, _subject_sequences(s, protocol, split, size, every_slice)) for s in subjects]
   parts = [(s, p) for s, p in parts if len(p[4])]
   t, c = protocol.num_timepoints, len(protocol.modalities)
   if not parts:

@@ -30,6 +30,7 @@ from flax.training.train_state import TrainState
 
 from fcslstm_jax.train import augment
 from fcslstm_jax.train import losses
+from fcslstm_jax.train import pseudo_labels
 from fcslstm_jax import metrics as metrics_lib
 from fcslstm_jax.train import parallel
 from fcslstm_jax.train.metrics_log import MetricsLog
@@ -291,6 +292,9 @@ class Run:
   train_eval_set: Any = None
   eval_batch: int = 1
   score_every: int = 1
+  pool: SliceSet | None = None  # self-training's unlabeled pool (train/pseudo_labels.py)
+  pseudo: SliceSet | None = None  # the pool with its pseudo-labels, once made
+  model: Any = None
 
 
 def prepare_run(config, train_set, test_set, workdir, class_names, record, mesh, log,
@@ -341,7 +345,7 @@ def prepare_run(config, train_set, test_set, workdir, class_names, record, mesh,
   run = Run(config, train_set, test_set, tuple(class_names), mesh, steps_per_epoch, local_b,
             step_fn, predict_fn, parallel.replicate(jax.random.fold_in(rng, 1), mesh), ckpt,
             MetricsLog(workdir, int(state.step)) if main else None,
-            train_eval_set, eval_batch, score_every)
+            train_eval_set, eval_batch, score_every, model=model)
   return run, state
 
 
@@ -364,12 +368,17 @@ def train_epoch(run: Run, state, epoch: int, stop: StopRequest, progress=None):
   """
   config, spe, b = run.config, run.steps_per_epoch, run.local_batch
   order = epoch_order(config.seed, epoch, len(run.train_set))
+  if run.pseudo is not None:
+    pseudo_order = np.resize(epoch_order(config.seed + 1, epoch, len(run.pseudo)), spe * b)
   bar = range(int(state.step) % spe, spe)
   bar = progress(bar, epoch) if progress else bar
   t0, seen, pending = time.time(), [], []
   for i in bar:
     idx = order[i * b:(i + 1) * b]
     batch = batch_at(run.train_set, idx, (epoch, i))
+    if run.pseudo is not None:  # as many pseudo-labeled sequences as labeled ones
+      extra = batch_at(run.pseudo, pseudo_order[i * b:(i + 1) * b])
+      batch = {k: np.concatenate([batch[k], extra[k]]) for k in BATCH_KEYS}
     state, out = run.step_fn(state, parallel.shard_batch(batch, run.mesh), run.step_rng)
     pending.append((epoch * spe + i + 1, idx, out["loss"]))
     due = len(pending) >= config.log_every_steps or i + 1 == spe
@@ -414,12 +423,15 @@ def end_epoch(run: Run, state, epoch: int, losses_seen, seconds: float):
 
 def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, workdir: str,
                        class_names, record: RunRecord, progress: Callable = None,
-                       log: Callable = print, mesh=None, train_eval_set=None) -> RunResult:
+                       log: Callable = print, mesh=None, train_eval_set=None,
+                       pool: SliceSet | None = None) -> RunResult:
   """The whole run: resume if possible, train, checkpoint each epoch, evaluate.
 
   ``mesh``: the devices to train on (default: all, see :mod:`fcslstm_jax.train.parallel`). With
   several processes, ``train_set`` / ``test_set`` hold this process's subjects only.
-  ``train_eval_set``: see :func:`prepare_run` (3D runs).
+  ``train_eval_set``: see :func:`prepare_run` (3D runs). ``pool``: every slice sequence,
+  for self-training's last ``config.pseudo_label_epochs`` epochs
+  (:mod:`fcslstm_jax.train.pseudo_labels`).
   A stop (SIGINT, SIGTERM) saves a checkpoint of the step reached and returns; a finished
   epoch is scored and logged even when the stop came in its last step.
   """
@@ -431,6 +443,11 @@ def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, 
   stopped_by, scored = None, None
   with StopRequest() as stop:
     for epoch in range(int(state.step) // run.steps_per_epoch, config.epochs):
+      if pool is not None and run.pseudo is None and \
+          epoch >= config.epochs - config.pseudo_label_epochs:
+        run.pseudo = pseudo_labels.make_or_load(
+            workdir, pool, make_predict_fn(run.model, proba=True),
+            parallel.local_replica(state.params, mesh), config, run.eval_batch, log)
       t_epoch = time.time()
       state, seen, stopped_by = train_epoch(run, state, epoch, stop, progress)
       if stopped_by and int(state.step) % run.steps_per_epoch:  # mid-epoch

@@ -1,0 +1,61 @@
+"""train/pseudo_labels: self-training on every slice and session, on the real data path."""
+
+import numpy as np
+
+import train
+from fcslstm_jax.data import sequences
+from fcslstm_jax.data import study as data
+from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.train import pseudo_labels
+from helpers import train_args
+
+
+def test_label_pool_keeps_manual_labels_and_takes_only_confident_predictions():
+  n, t, h, w, c = 2, 3, 4, 4, 3
+  rng = np.random.default_rng(0)
+  manual = np.zeros((n, t, h, w), np.float32)
+  manual[0, 1] = 1.0
+  pool = sequences.SliceSet(
+      images=np.zeros((n, t, h, w, 1), np.float32),
+      labels=np.where(manual > 0, 2, 0).astype(np.int32), label_mask=manual,
+      valid=np.array([[True, True, True], [True, False, True]]), subject_ids=("a", "b"),
+      slice_index=np.arange(n, dtype=np.int32))
+  probs = rng.dirichlet(np.ones(c) * 0.3, size=(n, t, h, w)).astype(np.float32)
+  out = pseudo_labels.label_pool(pool, probs, confidence=0.8, weight=0.5)
+  np.testing.assert_array_equal(out.labels[0, 1], 2)  # manual labels win
+  np.testing.assert_array_equal(out.label_mask[0, 1], 1.0)
+  assert not out.label_mask[1, 1].any()  # a missing session gets none
+  sure = probs.max(-1) >= 0.8
+  other = (manual == 0) & pool.valid[:, :, None, None]
+  np.testing.assert_array_equal(out.label_mask[other], np.where(sure[other], 0.5, 0.0))
+  np.testing.assert_array_equal(out.labels[other & sure], probs.argmax(-1)[other & sure])
+
+
+def test_the_pool_holds_every_slice_but_never_the_held_out_labels(study_dir):
+  protocol = protocol_lib.get_protocol(None, study_dir)
+  subjects = data.load_dataset(study_dir, protocol)
+  pool = sequences.make_sequences(subjects, protocol, "train", every_slice=True)
+  depth = sum(s.sessions[0].image.shape[2] for s in subjects if s.grid is not None)
+  assert len(pool) == depth
+  assert not pool.label_mask[:, list(protocol.test_timepoints)].any()
+  train_set = sequences.make_sequences(subjects, protocol, "train")
+  assert pool.label_mask.sum() == train_set.label_mask.sum()  # the same manual labels
+
+
+def test_self_training_runs_saves_its_labels_and_a_resume_reads_them(dataset, tmp_path):
+  workdir = tmp_path / "self"
+  assert train.main(train_args(dataset, workdir, 3, "--set", "pseudo_label_epochs=2", "--set",
+                               "pseudo_label_confidence=0.3")) == 0
+  saved = np.load(workdir / pseudo_labels.FILE)
+  assert saved["labels"].ndim == 4 and (saved["label_mask"] == 0.5).any()
+  protocol = protocol_lib.get_protocol(None, dataset)
+  pool = sequences.make_sequences(data.load_dataset(dataset, protocol), protocol, "train",
+                                  every_slice=True)
+  assert pool.labels.shape == saved["labels"].shape
+
+  def boom(*args):
+    raise AssertionError("a resumed run must not predict its pseudo-labels again")
+
+  again = pseudo_labels.make_or_load(str(workdir), pool, boom, None, None, 2)
+  np.testing.assert_array_equal(again.labels, saved["labels"])
+  np.testing.assert_array_equal(again.label_mask, saved["label_mask"])
