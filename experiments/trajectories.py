@@ -62,7 +62,7 @@ LEVERS = {
 
 
 def study_dir(name: str) -> str:
-  root = os.path.join(REPO, "data", name)
+  root = os.path.realpath(os.path.join(REPO, "data", name))
   if not os.path.isfile(os.path.join(root, "dataset_description.json")):
     seed, config = STUDIES[name]
     cohort.generate(root, seed=seed, config=config)
@@ -162,8 +162,11 @@ def markdown(study: str, rows: list) -> str:
   return "\n".join(lines) + "\n"
 
 
+RESULTS = os.path.join(REPO, "results")
+
+
 def write_results(study: str, rows: list) -> None:
-  base = os.path.join(REPO, "results", f"trajectories-{study}")
+  base = os.path.join(RESULTS, f"trajectories-{study}")
   os.makedirs(os.path.dirname(base), exist_ok=True)
   record = {"study": study, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "rows": rows}
@@ -175,7 +178,7 @@ def write_results(study: str, rows: list) -> None:
 
 
 def read_rows(study: str) -> list:
-  path = os.path.join(REPO, "results", f"trajectories-{study}.json")
+  path = os.path.join(RESULTS, f"trajectories-{study}.json")
   if not os.path.exists(path):
     return []
   with open(path) as f:
@@ -190,7 +193,10 @@ def main(argv=None) -> int:
   p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
   p.add_argument("--work", default=os.path.join(REPO, "runs", "trajectories"),
                  help="run folders (kept: a rerun resumes them)")
+  p.add_argument("--results", default=RESULTS, help="where the tables go")
   args = p.parse_args(argv)
+  global RESULTS
+  RESULTS = args.results
   levers = args.levers.split(",")
   unknown = [k for k in levers if k not in LEVERS]
   if unknown:
