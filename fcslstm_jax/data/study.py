@@ -20,7 +20,10 @@ Reading (see :mod:`fcslstm_jax.data.layout` for the files it looks for):
    in-plane by nearest neighbour), so a session whose slice spacing differs from the
    reference's neither loses labels silently nor has them copied onto interpolated
    neighbouring slices; a labeled slice that shares its working slice with a nearer one is
-   dropped and named in :attr:`Subject.warnings`.
+   dropped and named in :attr:`Subject.warnings`. For training (``label_planes``), the
+   image at such a working slice is the labeled plane's own (:func:`with_label_planes`), not
+   the working slice interpolated up to half a slice away: labels and the image they train
+   come from the same physical plane.
 
 Arrays are channels-last, canonical RAS: a session's image is ``[X, Y, Z, C]``; an axial
 slice is ``[H, W] = [X, Y]``.
