@@ -45,21 +45,29 @@ def main(argv=None) -> int:
   p.add_argument("--flags", metavar="FILE.json",
                  help="flag rules (python -m fcslstm_jax.outputs.qc_rules prints the defaults)")
   p.add_argument("--no-report", action="store_true", help="do not write report.html")
+  p.add_argument("--compile-cache", metavar="DIR|off",
+                 help="persistent XLA compilation cache (default: $FCSLSTM_COMPILE_CACHE, else "
+                 "~/.cache/fcslstm-jax/xla; off: none)")
   p.add_argument("--debug", action="store_true", help="show tracebacks")
   args = p.parse_args(argv)
+  if args.batch_size < 1:
+    p.error(f"--batch-size {args.batch_size}: must be 1 or more")
   from fcslstm_jax.cli import quiet_libraries
   from fcslstm_jax.errors import run_cli
   quiet_libraries(args.debug)
   result = {}
 
   def evaluate():
+    from fcslstm_jax import compile_cache
+    compile_cache.enable(args.compile_cache)
+    counter = compile_cache.CompileCounter()
     from fcslstm_jax.outputs import qc_rules as flags
     from fcslstm_jax.infer import evaluate as inference
     from fcslstm_jax.infer import tta
     result.update(inference.evaluate_run(
         args.workdir, args.out, args.data_dir, args.batch_size, truth_dir=args.labels,
         tta_flips=tta.parse_flips(args.tta_flips), probabilities=args.probabilities,
-        flag_rules=flags.load(args.flags), report=not args.no_report))
+        flag_rules=flags.load(args.flags), report=not args.no_report, counter=counter))
     return 0
 
   rc = run_cli(evaluate, args.debug, "Free disk space or choose a writable --out folder, "

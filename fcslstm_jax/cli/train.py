@@ -64,6 +64,9 @@ def parse_args(argv=None):
   p.add_argument("--volume", choices=("slab", "whole"),
                  help="built-in dataset: an axial slab of 20 slices (the paper's setting; "
                  "default in 2D) or whole-brain volumes (default with --spatial-dims 3)")
+  p.add_argument("--compile-cache", metavar="DIR|off",
+                 help="persistent XLA compilation cache (default: $FCSLSTM_COMPILE_CACHE, else "
+                 "~/.cache/fcslstm-jax/xla; off: none)")
   p.add_argument("--debug", action="store_true", help="show tracebacks")
   args = p.parse_args(argv)
   if args.precision == "bf16":  # alias
@@ -197,7 +200,9 @@ def run(args) -> int:
   from fcslstm_jax.train import parallel
   from fcslstm_jax.data import sequences
   from fcslstm_jax.train import loop as train_lib
+  from fcslstm_jax import compile_cache
 
+  compile_cache.enable(args.compile_cache)
   parallel.initialize(args.coordinator_address, args.num_processes, args.process_id)
   mesh = parallel.make_mesh(None if args.mesh == "auto" else int(args.mesh))
   main = parallel.is_main_process()

@@ -85,16 +85,32 @@ def every_labeled_slice(protocol: protocol_lib.Protocol) -> protocol_lib.Protoco
                              slice_selection="center")
 
 
-def segment_subject(fns, params_list, subject, protocol, batch_size: int, windows=None):
+def bucketed(seq: sequences.SliceSet, multiple: int = networks.MULTIPLE) -> sequences.SliceSet:
+  """``seq`` with its images zero-padded at the end of H and W to a multiple of ``multiple``:
+  the network pads its input exactly so (:func:`fcslstm_jax.model.networks.pad_to_multiple`),
+  so the probabilities over the original pixels do not change, and subjects of different
+  in-plane sizes share a few compiled programs instead of one each."""
+  h, w = seq.images.shape[2:4]
+  pads = ((0, 0), (0, 0), (0, -h % multiple), (0, -w % multiple), (0, 0))
+  return dataclasses.replace(seq, images=np.pad(seq.images, pads))
+
+
+def segment_subject(fns, params_list, subject, protocol, batch_size: int, windows=None,
+                    bucket: bool = False):
   """``(sequences, probabilities [Z, T, X, Y, c])`` for every axial slice of one subject on
   its working grid, averaged over the members (``fns`` and ``params_list``, one each).
 
   ``windows``: for 3D members, each one's ``(window, overlap)``: the subject's whole volume
   ``[T, Z, X, Y, C]`` is segmented by sliding windows (:mod:`fcslstm_jax.infer.sliding_window`,
-  ``batch_size`` windows per call) and its probabilities returned in the same layout."""
+  ``batch_size`` windows per call) and its probabilities returned in the same layout.
+  ``bucket``: 2D, pad the slices to the network's multiple first (:func:`bucketed`); not
+  with test-time flips, whose flipped views would put the padding on the other side."""
   seq = sequences.make_sequences([subject], protocol, "all")
   if windows is None:
-    return seq, ensemble.average_proba(params_list, fns, seq, batch_size)
+    if not bucket:
+      return seq, ensemble.average_proba(params_list, fns, seq, batch_size)
+    h, w = seq.images.shape[2:4]
+    return seq, ensemble.average_proba(params_list, fns, bucketed(seq), batch_size)[:, :, :h, :w]
   volume, valid = np.moveaxis(seq.images, 0, 1), seq.valid.T  # [T, Z, X, Y, C], [T, Z]
   total = sum(sliding_window.sliding_window_proba(fn, params, volume, valid, window, overlap,
                                                   batch_size)
@@ -152,7 +168,7 @@ def describe_members(members, flips) -> list:
 def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = None,
                  batch_size: int = 8, truth_dir: str | None = None, log=print, *,
                  tta_flips=(), probabilities: bool = False, flag_rules=None,
-                 report: bool = True) -> dict:
+                 report: bool = True, counter=None) -> dict:
   """Segments every session of every subject and writes what a study needs (see the module
   docstring). Labels (the dataset's, or ``truth_dir``'s) are scored on each session's own
   grid; without any, metrics are None and every other output is written.
@@ -164,6 +180,8 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
     probabilities: also write ``*_probseg.nii.gz`` (float32, one volume per class).
     flag_rules: :class:`fcslstm_jax.outputs.qc_rules.FlagRules` (None: the defaults).
     report: write ``report.html``.
+    counter: a :class:`fcslstm_jax.compile_cache.CompileCounter`; its counts go into
+      ``metrics.json`` (``compilations``).
   """
   started = time.monotonic()
   workdirs = [workdir] if isinstance(workdir, (str, os.PathLike)) else list(workdir)
@@ -203,7 +221,8 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
       members=[{"workdir": os.path.abspath(m.workdir), "model": m.config.model,
                 "checkpoint_step": m.step} for m in members],
       tta_flips=list(flips), segment_seconds=round(segment_seconds, 1),
-      segment_seconds_per_session=round(segment_seconds / max(sessions_done, 1), 2))
+      segment_seconds_per_session=round(segment_seconds / max(sessions_done, 1), 2),
+      compilations=counter.to_json() if counter else None)
   sources = dict(labels=str(truth_dir) if truth_dir else "dataset",
                  out=os.path.abspath(out_dir))
   meta = [f"dataset: {os.path.abspath(study.root)}"] + describe_members(members, flips) + [
@@ -228,7 +247,7 @@ def segment_study(study, members, flips, batch_size: int, log=print):
       continue
     t_segment = time.monotonic()
     seq, probs = segment_subject(fns, params_list, subject, study.protocol, batch_size,
-                                 windows)
+                                 windows, bucket=not flips)
     yield subject, seq, probs, time.monotonic() - t_segment
 
 

@@ -1,0 +1,70 @@
+"""compile_cache and evaluation's shape buckets: a second evaluate.py compiles nothing, and
+bucketed slices give the same probabilities."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from fcslstm_jax import compile_cache
+from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.infer import ensemble
+from fcslstm_jax.infer import evaluate as inference
+from fcslstm_jax.infer import tta
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def evaluate_once(run, out, cache) -> dict:
+  env = dict(os.environ, FCSLSTM_COMPILE_CACHE=str(cache))
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the test session's own (conftest)
+  subprocess.run([sys.executable, "evaluate.py", "--workdir", str(run), "--out", str(out),
+                  "--no-report"], cwd=REPO, env=env, check=True, capture_output=True)
+  return json.loads((out / "metrics.json").read_text())["compilations"]
+
+
+def test_a_second_evaluation_compiles_nothing_new(study_run, tmp_path):
+  first = evaluate_once(study_run, tmp_path / "a", tmp_path / "cache")
+  second = evaluate_once(study_run, tmp_path / "b", tmp_path / "cache")
+  assert first["compiled"] > 0
+  assert second == {"compiled": 0, "from_cache": first["compiled"] + first["from_cache"]}
+  assert evaluate_once(study_run, tmp_path / "c", "off") == {"compiled": 0, "from_cache": 0}
+
+
+def test_cache_folder_precedence(monkeypatch, tmp_path):
+  monkeypatch.setenv("FCSLSTM_COMPILE_CACHE", str(tmp_path / "env"))
+  assert compile_cache.resolve(None) == str(tmp_path / "env")
+  assert compile_cache.resolve(str(tmp_path / "flag")) == str(tmp_path / "flag")
+  assert compile_cache.resolve("off") is None
+  monkeypatch.delenv("FCSLSTM_COMPILE_CACHE")
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  before = compile_cache.jax.config.jax_compilation_cache_dir
+  try:
+    compile_cache.jax.config.update("jax_compilation_cache_dir", None)
+    assert compile_cache.resolve(None) == str(tmp_path / "xdg" / "fcslstm-jax" / "xla")
+    compile_cache.jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax"))
+    assert compile_cache.resolve(None) == str(tmp_path / "jax")  # JAX's own setting
+  finally:
+    compile_cache.jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_bucketed_slices_give_the_same_probabilities(study_run, study_dir):
+  runs = inference.read_runs([str(study_run)])
+  study, protocol = inference.load_for_evaluation(runs[0][1])
+  members = inference.load_members(runs, protocol)
+  fns = ensemble.predict_fns(members, tta.flip_variants((), 2))
+  shapes, buckets = set(), set()
+  for subject in study.subjects:
+    if subject.grid is None:
+      continue
+    seq, exact = inference.segment_subject(fns, [members[0].params], subject, protocol, 4)
+    _, padded = inference.segment_subject(fns, [members[0].params], subject, protocol, 4,
+                                          bucket=True)
+    np.testing.assert_allclose(padded, exact, atol=1e-6)
+    np.testing.assert_array_equal(padded.argmax(-1), exact.argmax(-1))
+    shapes.add(seq.images.shape[2:4])
+    buckets.add(inference.bucketed(seq).images.shape[2:4])
+  assert all(h % 32 == 0 and w % 32 == 0 for h, w in buckets)
+  assert len(buckets) <= len(shapes)
