@@ -154,7 +154,10 @@ def markdown(study: str, rows: list) -> str:
            "sessions; growth error: mean |predicted growth - true growth| / |true growth|, "
            "first to last session, over subjects. Slice mPA: the paper's metric on the "
            "held-out time point's labeled slices. The JSON holds every number "
-           "(`metrics.whole_volume`), with the unsigned volume errors.",
+           "(`metrics.whole_volume`), with the unsigned volume errors. Self-training "
+           "(`self-train`) trains on the images of every subject, the unlabeled ones "
+           "included (never on a held-out label): its unlabeled-subject columns are not "
+           "out of sample.",
            "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
   lines += ["| " + " | ".join(row_cells(r)) + " |" for r in rows]
   lines += ["", "Levers:", ""] + [f"- `{k}`: {LEVERS[k][0]}" for k in dict.fromkeys(

@@ -18,7 +18,8 @@ from jax._src import monitoring  # the documented events; no public listener API
 
 OFF = ("off", "none", "")
 HITS = "/jax/compilation_cache/cache_hits"
-MISSES = "/jax/compilation_cache/cache_misses"
+COMPILE_SECONDS = "/jax/core/compile/backend_compile_duration"
+READ_SECONDS = "/jax/compilation_cache/cache_retrieval_time_sec"
 
 
 def default_dir() -> str:
@@ -46,18 +47,29 @@ def enable(flag: str | None = None) -> str | None:
 
 
 class CompileCounter:
-  """Counts this process's compilations: ``compiled`` (cache misses) and ``from_cache``."""
+  """Counts this process's programs: ``compiled`` by XLA (whether or not the cache is on) and
+  read ``from_cache``; ``seconds`` spent getting them (compiling or reading), of which
+  ``cache_read_seconds`` reading."""
 
   def __init__(self):
-    self.compiled = self.from_cache = 0
+    self.programs = self.from_cache = 0
+    self.seconds = {COMPILE_SECONDS: 0.0, READ_SECONDS: 0.0}
     monitoring.register_event_listener(self._event)
+    monitoring.register_event_duration_secs_listener(self._duration)
+
+  def _duration(self, event: str, duration: float, **kwargs) -> None:
+    del kwargs
+    if event in self.seconds:
+      self.seconds[event] += duration
+    if event == COMPILE_SECONDS:  # each program, compiled or read from the cache
+      self.programs += 1
 
   def _event(self, event: str, **kwargs) -> None:
     del kwargs
-    if event == MISSES:
-      self.compiled += 1
-    elif event == HITS:
+    if event == HITS:
       self.from_cache += 1
 
   def to_json(self) -> dict:
-    return {"compiled": self.compiled, "from_cache": self.from_cache}
+    return {"compiled": self.programs - self.from_cache, "from_cache": self.from_cache,
+            "seconds": round(self.seconds[COMPILE_SECONDS], 2),
+            "cache_read_seconds": round(self.seconds[READ_SECONDS], 2)}

@@ -1,12 +1,15 @@
 """train/pseudo_labels: self-training on every slice and session, on the real data path."""
 
 import numpy as np
+import pytest
 
 import train
 from fcslstm_jax.data import sequences
 from fcslstm_jax.data import study as data
 from fcslstm_jax.data import protocol as protocol_lib
 from fcslstm_jax.train import pseudo_labels
+from fcslstm_jax.config import Config
+from fcslstm_jax.errors import DataError
 from helpers import train_args
 
 
@@ -21,7 +24,9 @@ def test_label_pool_keeps_manual_labels_and_takes_only_confident_predictions():
       valid=np.array([[True, True, True], [True, False, True]]), subject_ids=("a", "b"),
       slice_index=np.arange(n, dtype=np.int32))
   probs = rng.dirichlet(np.ones(c) * 0.3, size=(n, t, h, w)).astype(np.float32)
-  out = pseudo_labels.label_pool(pool, probs, confidence=0.8, weight=0.5)
+  fn = lambda params, images, valid: probs  # one batch of all n sequences
+  sure, predicted = pseudo_labels.predict_confident(fn, None, pool, n, 0.8)
+  out = pseudo_labels.label_pool(pool, sure, predicted, weight=0.5)
   np.testing.assert_array_equal(out.labels[0, 1], 2)  # manual labels win
   np.testing.assert_array_equal(out.label_mask[0, 1], 1.0)
   assert not out.label_mask[1, 1].any()  # a missing session gets none
@@ -46,7 +51,7 @@ def test_self_training_runs_saves_its_labels_and_a_resume_reads_them(dataset, tm
   workdir = tmp_path / "self"
   assert train.main(train_args(dataset, workdir, 3, "--set", "pseudo_label_epochs=2", "--set",
                                "pseudo_label_confidence=0.3")) == 0
-  saved = np.load(workdir / pseudo_labels.FILE)
+  saved = np.load(workdir / pseudo_labels.file_name())
   assert saved["labels"].ndim == 4 and (saved["label_mask"] == 0.5).any()
   protocol = protocol_lib.get_protocol(None, dataset)
   pool = sequences.make_sequences(data.load_dataset(dataset, protocol), protocol, "train",
@@ -56,6 +61,16 @@ def test_self_training_runs_saves_its_labels_and_a_resume_reads_them(dataset, tm
   def boom(*args):
     raise AssertionError("a resumed run must not predict its pseudo-labels again")
 
-  again = pseudo_labels.make_or_load(str(workdir), pool, boom, None, None, 2)
+  config = Config(epochs=3, pseudo_label_epochs=2, pseudo_label_confidence=0.3)
+  again = pseudo_labels.make_or_load(str(workdir), pool, boom, None, config, 2)
   np.testing.assert_array_equal(again.labels, saved["labels"])
   np.testing.assert_array_equal(again.label_mask, saved["label_mask"])
+  # Extended by one epoch, the run would self-train from another model: they are made again.
+  made = []
+  fn = lambda params, images, valid: made.append(1) or np.full(
+      images.shape[:-1] + (4,), 0.25, np.float32)
+  pseudo_labels.make_or_load(str(workdir), pool, fn, None, config.replace(epochs=4), 2, log=str)
+  assert made
+  (workdir / pseudo_labels.file_name()).write_bytes(b"not a zip")
+  with pytest.raises(DataError, match=pseudo_labels.file_name()):
+    pseudo_labels.make_or_load(str(workdir), pool, boom, None, config, 2)

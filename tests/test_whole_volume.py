@@ -54,17 +54,28 @@ def test_growth_error_by_hand():
   assert np.isnan(error[0]) and counted[0] == 0
 
 
-def test_a_label_file_of_single_slices_is_no_volume():
-  pred = np.zeros((3, 3, 4), int)
-  pred[1, 1, :] = 2  # tissue on every slice
-  truth = np.zeros_like(pred)
-  truth[:, :, 1] = 1  # one labeled slice of 4: sparse training labels
-  assert not volumes.covers_prediction(pred, truth)
-  assert not volumes.covers_prediction(truth, truth)  # nor where the prediction agrees
-  truth[:, :, 2] = 1
-  assert volumes.covers_prediction(pred, truth)  # 2 of 4 slices: a whole-volume file
-  assert not volumes.covers_prediction(pred, np.zeros_like(pred))
-  assert volumes.covers_prediction(pred[:, :, 1:2], truth[:, :, 1:2])  # a 1-slice session
+def test_a_whole_volume_label_file_is_told_from_the_file_alone():
+  truth = np.zeros((3, 3, 8), int)
+  truth[:, :, 3] = 1  # one labeled slice of 8: sparse training labels
+  assert not volumes.is_whole_volume(truth)
+  truth[:, :, 5] = 1  # every other slice: still sparse
+  truth[:, :, 7] = 1
+  assert not volumes.is_whole_volume(truth)
+  truth[:, :, 4] = truth[:, :, 6] = 1  # an unbroken run 3..7: a brain, empty slices around it
+  assert volumes.is_whole_volume(truth)
+  assert not volumes.is_whole_volume(np.zeros_like(truth))
+  assert volumes.is_whole_volume(truth[:, :, 4:5])  # a 1-slice session labeled everywhere
+
+
+def test_whole_volumes_score_every_slice():
+  truth = np.zeros((3, 3, 6), int)
+  truth[:, :, 1:4] = 2
+  pred = truth.copy()
+  pred[1, 1, 5] = 1  # false tissue on a slice with no brain
+  sparse_cm = writer.score_against(pred, truth, 4)
+  whole_cm = writer.score_against(pred, truth, 4, whole=True)
+  assert sparse_cm[0, 1] == 0 and whole_cm[0, 1] == 1
+  assert whole_cm.sum() == truth.size
 
 
 # --------------------------------------------------------- the study writer's whole volumes

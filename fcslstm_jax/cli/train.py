@@ -157,7 +157,9 @@ def volume_of(args, config) -> str:
 
 def load_study(args, config):
   """The study (this process's subjects) and its root, from --dataset or --data-dir. A 2D
-  run keeps only the labeled slices in memory, a 3D run whole volumes."""
+  run keeps only the labeled slices in memory (every slice when it self-trains), with each
+  training label's own image plane (``label_planes``); a 3D run whole volumes as they are
+  (a replaced plane would be a jump along z)."""
   from fcslstm_jax import datasets
   from fcslstm_jax.data import study as data_lib
   from fcslstm_jax.train import parallel
@@ -167,7 +169,7 @@ def load_study(args, config):
                              register=args.register, shard=parallel.shard_for_this_process(),
                              keep="labeled" if config.spatial_dims == 2
                              and not config.pseudo_label_epochs else "all",
-                             label_planes=True)
+                             label_planes=config.spatial_dims == 2)
 
 
 def setup(args, main: bool):

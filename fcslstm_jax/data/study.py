@@ -310,8 +310,9 @@ def load_subject(files: layout.SubjectFiles, protocol, options: GridOptions, kee
 
   ``keep``: ``"all"`` slices of the working grid, or only the ``"labeled"`` ones (training:
   whole-brain volumes of a large study would not fit in memory otherwise).
-  ``label_planes``: the image at each working slice holding a labeled slice is that
-  labeled plane's own (:func:`with_label_planes`; training). Off, every working slice is
+  ``label_planes``: the image at each working slice holding a labeled slice of a training
+  time point is that labeled plane's own (:func:`with_label_planes`; training; never at a
+  held-out time point, whose labels must not shape the inputs). Off, every working slice is
   interpolated at its own position, so that a prediction does not depend on which slices
   of the study happen to be labeled (evaluation).
   """
@@ -344,7 +345,7 @@ def load_subject(files: layout.SubjectFiles, protocol, options: GridOptions, kee
   timepoints = [None] * len(slots)
   for (t, f), (image, *_, grid, ref, _), world, p in zip(present, raw, to_session, placed):
     on_work = grids.resample(image, grid, work, 1, world)
-    if label_planes and p is not None:
+    if label_planes and p is not None and t in protocol.train_timepoints:
       on_work = with_label_planes(on_work, image, p[2], grid, work, world)
     paths = dict(f.images, **({"dseg": f.dseg} if f.dseg else {}))
     timepoints[t] = Session(

@@ -6,7 +6,7 @@ and the ``[4, 4]`` voxel-to-world (mm) affine of the grid they lie on. A voxel's
 all measured in the scanner's millimetres; 1 mL = 1000 mm³.
 
 Against a label file (``evaluate.py --labels``): volume and growth errors are pure functions
-of ``[sessions, classes]`` mL arrays; :func:`covers_prediction` reads ``[X, Y, Z]`` with z
+of ``[sessions, classes]`` mL arrays; :func:`is_whole_volume` reads ``[X, Y, Z]`` with z
 the axial axis (the canonical grid).
 """
 
@@ -70,14 +70,16 @@ def volume_rows(rows, class_names) -> tuple:
 GROWTH_TOLERANCE = 0.01
 
 
-def covers_prediction(pred, truth) -> bool:
+def is_whole_volume(truth) -> bool:
   """Whether ``truth`` ``int [X, Y, Z]`` is a whole-volume label file, whose class volumes
-  are the session's: it labels every axial slice, or at least 2 and at least half of those
-  on which it or ``pred`` (same grid) has tissue. A file labeling one slice of a session's
-  several (sparse training labels) is not, whatever the prediction."""
-  truth_z = np.asarray(truth).any(axis=(0, 1))
-  seen = truth_z | (np.asarray(pred) > 0).any(axis=(0, 1))
-  return bool(truth_z.all() or truth_z.sum() >= max(2, 0.5 * seen.sum()))
+  are the session's, decided from the file alone: it labels every axial slice, or one
+  unbroken run of at least 3 (a brain with empty slices above and below). Sparse training
+  labels (one slice, or every other slice) are not. A partial but unbroken slab would pass:
+  no file can tell it from a small field of view."""
+  labeled = np.flatnonzero(np.asarray(truth).any(axis=(0, 1)))
+  if labeled.size == np.asarray(truth).shape[2]:
+    return True
+  return labeled.size >= 3 and labeled[-1] - labeled[0] + 1 == labeled.size
 
 
 def volume_errors(pred_ml, true_ml) -> tuple:

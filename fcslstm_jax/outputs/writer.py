@@ -73,7 +73,8 @@ class StudyWriter:
     write_session(self.out_dir, self.desc, subject_id, session, probs, labels, uncertainty,
                   self.probabilities)
     truth = load_truth(session)
-    cm = None if truth is None else score_against(labels, truth.data, len(names))
+    cm = None if truth is None else score_against(labels, truth.data, len(names),
+                                                  volumes_lib.is_whole_volume(truth.data))
     row = session_row(subject_id, session, labels, uncertainty, names)
     self.rows.append(row)
     if cm is not None:
@@ -85,13 +86,13 @@ class StudyWriter:
 
   def add_truth(self, row, t, labels, truth, cm):
     """A scored session's confusion counts in its group and, where its label file is a
-    whole volume (:func:`fcslstm_jax.outputs.volumes.covers_prediction`), its true volumes."""
+    whole volume (:func:`fcslstm_jax.outputs.volumes.is_whole_volume`), its true volumes."""
     names = self.protocol.class_names
     group = session_group(self.protocol, self.unlabeled, row.subject, t)
     if group is not None:
       self.group_cms[group] += cm
       self.group_sessions[group] += 1
-    if not volumes_lib.covers_prediction(labels, truth.data):
+    if not volumes_lib.is_whole_volume(truth.data):
       self.uncompared += 1
       return
     ml = volumes_lib.class_volumes_ml(truth.data, truth.ref.affine, len(names))
@@ -195,11 +196,13 @@ def load_truth(session):
   return nifti_io.load_volume(session.paths["dseg"], kind="labels")
 
 
-def score_against(pred, truth, num_classes):
+def score_against(pred, truth, num_classes, whole: bool = False):
   """Confusion matrix of ``pred`` against ``truth`` (both ``[X, Y, Z]``) over every axial
-  slice holding a label (with full labels: every slice of the brain)."""
+  slice holding a label, or over every voxel when ``truth`` is a whole volume
+  (:func:`fcslstm_jax.outputs.volumes.is_whole_volume`): tissue predicted on a slice with no
+  brain is a false positive there, as it is in the volumes."""
   mask = np.zeros(truth.shape, np.float32)
-  mask[:, :, data_lib.labeled_slices(truth)] = 1.0
+  mask[:, :, slice(None) if whole else data_lib.labeled_slices(truth)] = 1.0
   return metrics_lib.confusion_counts(pred, truth, mask, num_classes)
 
 
@@ -207,7 +210,8 @@ def native_scores(pred, session, num_classes):
   """Confusion matrix of a native-grid prediction against the session's label file, over
   every labeled axial slice (None without labels)."""
   truth = load_truth(session)
-  return None if truth is None else score_against(pred, truth.data, num_classes)
+  return None if truth is None else score_against(pred, truth.data, num_classes,
+                                                  volumes_lib.is_whole_volume(truth.data))
 
 
 def session_group(protocol, unlabeled, subject_id, t):
