@@ -196,6 +196,7 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
   if truth_dir:
     files.check_outside_dataset(out_dir, truth_dir, "--out")
   members = load_members(runs, protocol)
+  load_seconds = time.monotonic() - started  # the study, resampled, and the checkpoints
   desc = members[0].config.model.replace("-", "") if len(members) == 1 else "ensemble"
   writer = writer_lib.StudyWriter(out_dir, desc, protocol, probabilities,
                                   own_unlabeled_subjects(study, truth_dir, log))
@@ -222,7 +223,7 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
                 "checkpoint_step": m.step} for m in members],
       tta_flips=list(flips), segment_seconds=round(segment_seconds, 1),
       segment_seconds_per_session=round(segment_seconds / max(sessions_done, 1), 2),
-      compilations=counter.to_json() if counter else None)
+      compilations=counter.to_json() if counter else None, load_seconds=round(load_seconds, 1))
   sources = dict(labels=str(truth_dir) if truth_dir else "dataset",
                  out=os.path.abspath(out_dir))
   meta = [f"dataset: {os.path.abspath(study.root)}"] + describe_members(members, flips) + [

@@ -1,0 +1,114 @@
+"""Where evaluate.py's time goes: load, compile, run, write, per session; with and without a
+warm compilation cache, and against another checkout of the code (issue 30).
+
+    python bench/inference.py --workdir runs/X                         # this checkout
+    git worktree add /tmp/old e0e3821
+    python bench/inference.py --workdir runs/X --baseline /tmp/old     # ... and an older one
+
+For each checkout, ``evaluate.py`` runs as its own process on the run's study (``--data-dir``
+to segment another), twice on one fresh compilation cache (``cold``, then ``warm``), each
+into a fresh output folder. Its ``metrics.json`` splits the time: ``load`` (study, resampling,
+checkpoints), ``segment`` (forward passes; with ``compile``: getting the XLA programs),
+``write`` (the rest of the evaluation: files, tables, scores), and ``start`` (the process's
+wall time before and after: Python, imports). A checkout without those fields (older code)
+reports what it has. Writes ``bench/results/inference.json`` and prints a table.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, "bench", "results", "inference.json")
+
+
+def evaluate_once(repo: str, workdir: str, data_dir, cache: str, out: str) -> dict:
+  """One ``evaluate.py`` of ``repo`` in a fresh process; its times in seconds."""
+  env = dict(os.environ, FCSLSTM_COMPILE_CACHE=cache, JAX_COMPILATION_CACHE_DIR=cache,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  command = [sys.executable, os.path.join(repo, "evaluate.py"), "--workdir", workdir, "--out",
+             out, "--no-report"] + (["--data-dir", data_dir] if data_dir else [])
+  started = time.monotonic()
+  subprocess.run(command, cwd=repo, env=env, check=True, stdout=subprocess.DEVNULL)
+  wall = time.monotonic() - started
+  with open(os.path.join(out, "metrics.json")) as f:
+    m = json.load(f)
+  sessions = m.get("predictions") or 1
+  compiled = m.get("compilations") or {}
+  load = m.get("load_seconds")
+  segment = m.get("segment_seconds")
+  row = {"wall": round(wall, 1), "evaluate": m.get("seconds"), "load": load,
+         "segment": segment, "compile": compiled.get("seconds"),
+         "programs_compiled": compiled.get("compiled"),
+         "programs_from_cache": compiled.get("from_cache"), "sessions": sessions}
+  if load is not None and segment is not None and m.get("seconds") is not None:
+    row["write"] = round(m["seconds"] - load - segment, 1)
+  if row["compile"] is not None and segment is not None:
+    row["run"] = round(segment - row["compile"], 1)
+  row["start"] = round(wall - (m.get("seconds") or 0.0), 1)
+  row["wall_per_session"] = round(wall / sessions, 2)
+  return row
+
+
+def git_commit(repo: str) -> str:
+  try:
+    return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=repo,
+                                   text=True).strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+def measure(repo: str, workdir: str, data_dir) -> dict:
+  cache, outs = tempfile.mkdtemp(prefix="bench-cache-"), tempfile.mkdtemp(prefix="bench-out-")
+  try:
+    return {"checkout": os.path.abspath(repo), "commit": git_commit(repo),
+            **{name: evaluate_once(repo, workdir, data_dir, cache, os.path.join(outs, name))
+               for name in ("cold", "warm")}}
+  finally:
+    shutil.rmtree(cache, ignore_errors=True)
+    shutil.rmtree(outs, ignore_errors=True)
+
+
+COLUMNS = ("wall", "load", "segment", "compile", "run", "write", "start",
+           "programs_compiled", "programs_from_cache", "wall_per_session")
+
+
+def table(results) -> str:
+  lines = ["| checkout | cache | " + " | ".join(COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 2)]
+  for r in results:
+    for name in ("cold", "warm"):
+      cells = ["n/a" if r[name].get(k) is None else str(r[name][k]) for k in COLUMNS]
+      lines.append(f"| {r['commit']} | {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--workdir", required=True, help="a run folder written by train.py")
+  p.add_argument("--data-dir", help="segment this dataset instead of the run's own")
+  p.add_argument("--baseline", help="another checkout of the code (e.g. a git worktree)")
+  p.add_argument("--out", default=RESULTS)
+  args = p.parse_args(argv)
+  workdir = os.path.abspath(args.workdir)
+  repos = [REPO] + ([args.baseline] if args.baseline else [])
+  results = [measure(repo, workdir, args.data_dir) for repo in repos]
+  record = {"workdir": workdir, "data_dir": args.data_dir,
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "load_average": [round(v, 2) for v in os.getloadavg()], "results": results}
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(record, f, indent=1)
+  print(table(results))
+  print(f"wrote {args.out} (seconds; load average {record['load_average']})")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
