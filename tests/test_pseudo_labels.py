@@ -49,7 +49,7 @@ def test_the_pool_holds_every_slice_but_never_the_held_out_labels(study_dir):
 
 def test_self_training_runs_saves_its_labels_and_a_resume_reads_them(dataset, tmp_path):
   workdir = tmp_path / "self"
-  assert train.main(train_args(dataset, workdir, 3, "--set", "pseudo_label_epochs=2", "--set",
+  assert train.main(train_args(dataset, workdir, 2, "--set", "pseudo_label_epochs=1", "--set",
                                "pseudo_label_confidence=0.3")) == 0
   saved = np.load(workdir / pseudo_labels.file_name())
   assert saved["labels"].ndim == 4 and (saved["label_mask"] == 0.5).any()
@@ -61,7 +61,7 @@ def test_self_training_runs_saves_its_labels_and_a_resume_reads_them(dataset, tm
   def boom(*args):
     raise AssertionError("a resumed run must not predict its pseudo-labels again")
 
-  config = Config(epochs=3, pseudo_label_epochs=2, pseudo_label_confidence=0.3)
+  config = Config(epochs=2, pseudo_label_epochs=1, pseudo_label_confidence=0.3)
   again = pseudo_labels.make_or_load(str(workdir), pool, boom, None, config, 2)
   np.testing.assert_array_equal(again.labels, saved["labels"])
   np.testing.assert_array_equal(again.label_mask, saved["label_mask"])
@@ -69,7 +69,7 @@ def test_self_training_runs_saves_its_labels_and_a_resume_reads_them(dataset, tm
   made = []
   fn = lambda params, images, valid: made.append(1) or np.full(
       images.shape[:-1] + (4,), 0.25, np.float32)
-  pseudo_labels.make_or_load(str(workdir), pool, fn, None, config.replace(epochs=4), 2, log=str)
+  pseudo_labels.make_or_load(str(workdir), pool, fn, None, config.replace(epochs=3), 2, log=str)
   assert made
   (workdir / pseudo_labels.file_name()).write_bytes(b"not a zip")
   with pytest.raises(DataError, match=pseudo_labels.file_name()):
