@@ -300,3 +300,211 @@ def test_conversion_prints_the_studys_warnings(tmp_path, capsys):
   assert warnings[0].startswith("warning: sub-01 ses-30mo (age 30): fits no time point")
   assert warnings[1].startswith("warning: sub-01 ses-12mo: ")
   assert "8 labeled slice(s) not used" in warnings[1]
+
+
+# ------------------------------------------------------------- run.py's volumes and growth
+
+from fcslstm_jax.outputs import volumes as volumes_lib  # noqa: E402
+from fcslstm_jax.outputs import writer as writer_lib  # noqa: E402
+
+# Voxels of 2 x 2 x 2.5 mm: 10 mm^3 = 0.01 mL each.
+VOXEL_AFFINE = np.diag([2.0, 2.0, 2.5, 1.0])
+
+
+def _labels(csf, gm, wm, shape=(8, 8, 4)):
+  """A volume of ``shape`` holding ``csf``, ``gm``, ``wm`` voxels of classes 1, 2, 3 (the
+  first ones in C order: the z axis varies fastest, so 4+ of them label every slice)."""
+  flat = np.zeros(int(np.prod(shape)), np.int32)
+  flat[:csf + gm + wm] = [1] * csf + [2] * gm + [3] * wm
+  return flat.reshape(shape)
+
+
+def _session(tmp_path, subject, label, age, truth):
+  """A session of the evaluation study: its full label file ``truth`` on its own grid."""
+  path = tmp_path / f"sub-{subject}_ses-{label}_dseg.nii.gz"
+  nib.save(nib.Nifti1Image(truth.astype(np.uint8), VOXEL_AFFINE), str(path))
+  ref = type("Ref", (), {"affine": VOXEL_AFFINE})()
+  return type("Session", (), {"label": label, "age": age, "ref": ref,
+                              "paths": {"dseg": str(path)}})()
+
+
+def test_run_records_volume_and_growth_errors_of_labeled_and_unlabeled_subjects(tmp_path):
+  """Hand-made volumes (voxel counts; 0.01 mL each) of a labeled subject 01, an unlabeled
+  subject 03 and a slice-labeled session of 02, through :meth:`run.Scores.add_session` into
+  the record's ``scores.volumes`` and the table's volume columns.
+
+  01: t0 true CSF/GM/WM 40/40/40, predicted 50/40/20; t1 true 40/60/80, predicted 40/60/100.
+    Volume error 0.125 / 0 / 0.375 (CSF 10/40 and 0; WM 20/40 and 20/80), bias
+    +0.125 / 0 / -0.125; growth CSF none (no true change), GM 0 (+20, +20), WM 1 (+40, +80).
+  03: t0 true 20/20/20, predicted 20/30/20; t1 true 40/40/40, predicted 30/40/60.
+    Volume error 0.125 / 0.25 / 0.25, bias -0.125 / +0.25 / +0.25; growth 0.5 / 0.5 / 1.
+  """
+  protocol = protocol_lib.Protocol(name="two", num_timepoints=2, ages=(0.0, 12.0),
+                                   train_timepoints=(0,), test_timepoints=(1,))
+  scores = run.Scores(protocol, unlabeled=["03"])
+  cases = [("01", 1, "12mo", 12.0, (40, 60, 80), (40, 60, 100)),  # out of age order
+           ("01", 0, "00mo", 0.0, (40, 40, 40), (50, 40, 20)),
+           ("03", 0, "00mo", 0.0, (20, 20, 20), (20, 30, 20)),
+           ("03", 1, "12mo", 12.0, (40, 40, 40), (30, 40, 60))]
+  for subject, t, label, age, true, pred in cases:
+    scores.add_session(subject, t, _session(tmp_path, subject, label, age, _labels(*true)),
+                       _labels(*pred))
+  sparse = np.zeros((8, 8, 4), np.int32)
+  sparse[:, :, 2] = 3  # one labeled slice: scored, but no volume
+  scores.add_session("02", 0, _session(tmp_path, "02", "00mo", 0.0, sparse), sparse)
+
+  result = scores.summary()
+  volumes = result["volumes"]
+  assert volumes["sessions_not_compared"] == 1
+  labeled, unlabeled = volumes["labeled_subjects"], volumes["unlabeled_subjects"]
+  assert (labeled["sessions"], labeled["subjects"]) == (2, 1)
+  assert (unlabeled["sessions"], unlabeled["subjects"]) == (2, 1)
+  close = lambda got, want: list(got) == list(want) and all(
+      (w is None and got[k] is None) or (got[k] is not None and abs(got[k] - w) < 1e-9)
+      for k, w in want.items())
+  assert close(labeled["volume_error"], {"CSF": 0.125, "GM": 0.0, "WM": 0.375})
+  assert close(labeled["volume_bias"], {"CSF": 0.125, "GM": 0.0, "WM": -0.125})
+  assert close(labeled["growth_error"], {"CSF": None, "GM": 0.0, "WM": 1.0})
+  assert labeled["growth_subjects"] == {"CSF": 0, "GM": 1, "WM": 1}
+  assert close(unlabeled["volume_error"], {"CSF": 0.125, "GM": 0.25, "WM": 0.25})
+  assert close(unlabeled["volume_bias"], {"CSF": -0.125, "GM": 0.25, "WM": 0.25})
+  assert close(unlabeled["growth_error"], {"CSF": 0.5, "GM": 0.5, "WM": 1.0})
+  # Each session's mL on its own grid (0.01 mL a voxel), subjects in order, sessions by age.
+  first = volumes["per_session"][0]
+  assert (first["subject"], first["session"], first["group"]) == ("01", "00mo", "train_timepoints")
+  assert close(first["predicted_ml"], {"CSF": 0.5, "GM": 0.4, "WM": 0.2})
+  assert close(first["true_ml"], {"CSF": 0.4, "GM": 0.4, "WM": 0.4})
+  assert [r["group"] for r in volumes["per_session"]] == [
+      "train_timepoints", "heldout", "unlabeled_subjects", "unlabeled_subjects"]
+  # The whole volumes are scored on every voxel; the slice labels on their slice.
+  assert result["whole_volumes"]["per_timepoint"][0]["mpa"] is not None
+  assert scores.whole[0].sum() == 2 * 256 + 64 and scores.whole[1].sum() == 2 * 256
+
+  record = {"train_seconds": 60.0, "infer_seconds": 2.0,
+            "scores": json.loads(json.dumps(result))}  # as the JSON file holds it
+  cells = run.row("FCSLSTM", record)[-6:]
+  assert cells == ["0.125 / 0.000 / 0.375", "+0.125 / +0.000 / -0.125", "n/a / 0.000 / 1.000",
+                   "0.125 / 0.250 / 0.250", "-0.125 / +0.250 / +0.250", "0.500 / 0.500 / 1.000"]
+  table = run.markdown({"tools": {"FCSLSTM": record}})
+  assert "| volume error CSF / GM / WM, unlabeled subjects |" in table.splitlines()[0] + " |"
+  assert table.splitlines()[2].endswith("| 0.500 / 0.500 / 1.000 |")
+
+
+# ------------------------------------------------------------------------- learning curve
+
+from experiments import learning_curve as lc  # noqa: E402
+
+HERE_CODE = {"commit": "c" * 40, "dirty": False, "diff_sha256": None}
+FCSLSTM = "FCSLSTM (bi-fcslstm, quick)"
+
+
+def _curve_record(path, args, budget, mpa, code=HERE_CODE):
+  """A budget's run.py record holding an FCSLSTM row of ``args``' configuration."""
+  config = run.configuration(run.parse_args(lc.run_argv(args, budget, ["fcslstm"], [])))
+  tool = {"train_seconds": budget * 60, "infer_seconds": 3.0, "configuration": config, **code,
+          "measured_at": "then",
+          "scores": {"labeled_slices": {"test": {"mpa": mpa, "mpa_fg": mpa - 0.1}},
+                     "whole_volumes": {"test": {"dice": {"background": 0.99, "CSF": mpa - 0.2,
+                                                         "GM": mpa - 0.1, "WM": mpa}}},
+                     "volumes": {"labeled_subjects": {
+                         "volume_error": {"CSF": 0.1, "GM": 0.2, "WM": budget / 100},
+                         "volume_bias": {"CSF": -0.1, "GM": 0.2, "WM": 0.0},
+                         "growth_error": {"CSF": 0.3, "GM": None, "WM": 0.5}},
+                                 "unlabeled_subjects": None}}}
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump({"machine": {"cpus": 2}, "tools": {FCSLSTM: tool}}, f)
+
+
+def test_learning_curve_skips_current_budgets_and_tabulates_the_records(tmp_path, monkeypatch):
+  """Budget 10 has a current record (skipped), 30 one from another commit (run again: the
+  fake run.py writes a new record), 60's run fails; nnU-Net is not installed. One row per
+  budget and tool, from the records, or saying why not."""
+  argv = ["--study", "tiny", "--budgets", "10,30,60", "--tools", "fcslstm", "nnunet",
+          "--out-dir", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work")]
+  args, _ = lc.parse_args(argv)
+  record = lambda b: run.outputs(lc.budget_out(args, b), "tiny")[0]
+  _curve_record(record(10), args, 10, 0.8)
+  _curve_record(record(30), args, 30, 0.5, code=dict(HERE_CODE, commit="0" * 40))
+  monkeypatch.setattr(run, "code_version", lambda exclude=(), repo=None: HERE_CODE)
+  monkeypatch.setattr(lc, "missing_reason", lambda tool: "not run: no nnunetv2"
+                      if tool == "nnunet" else None)
+  calls = []
+
+  def fake_run_py(command):
+    assert command[:2] == [lc.sys.executable, lc.RUN_PY]
+    a = run.parse_args(command[2:])
+    calls.append(a)
+    if a.budget_min == 60:
+      return 1
+    _curve_record(run.outputs(a.out, a.study)[0], args, a.budget_min, 0.9)
+    return 0
+
+  monkeypatch.setattr(lc, "call", fake_run_py)
+  assert lc.main(argv) == 0
+  assert [(a.budget_min, a.tools, a.keep_others) for a in calls] == [
+      (30.0, ["fcslstm"], False), (60.0, ["fcslstm"], False)]
+  assert calls[0].out == str(tmp_path / "out" / "learning-curve" / "tiny-30min")
+  assert calls[0].work == str(tmp_path / "work" / "tiny-30min")
+
+  summary = json.loads((tmp_path / "out" / "learning-curve-tiny.json").read_text())
+  rows = {(r["tool"], r["budget_min"]): r for r in summary["rows"]}
+  assert len(rows) == 6
+  ten, thirty = rows[(FCSLSTM, 10.0)], rows[(FCSLSTM, 30.0)]
+  assert (ten["status"], ten["heldout_mpa"], ten["train_minutes"]) == ("measured", 0.8, 10.0)
+  assert thirty["heldout_mpa"] == 0.9 and thirty["commit"] == HERE_CODE["commit"]
+  assert ten["heldout_whole_volume_dice"] == {"CSF": 0.8 - 0.2, "GM": 0.8 - 0.1, "WM": 0.8}
+  assert ten["volume_error"]["labeled_subjects"] == {"CSF": 0.1, "GM": 0.2, "WM": 0.1}
+  assert ten["growth_error"] == {"labeled_subjects": {"CSF": 0.3, "GM": None, "WM": 0.5},
+                                 "unlabeled_subjects": None}
+  assert rows[(FCSLSTM, 60.0)]["status"] == "failed: run.py exited with 1"
+  assert all(rows[(run.NNUNET, b)]["status"] == "not run: no nnunetv2" for b in (10, 30, 60))
+
+  table = (tmp_path / "out" / "learning-curve-tiny.md").read_text()
+  lines = [line for line in table.splitlines() if line.startswith(f"| {FCSLSTM} |")]
+  assert lines[0] == (f"| {FCSLSTM} | 10 | 10.0 | 0.800 (0.700) | 0.600 / 0.700 / 0.800 | "
+                      "0.100 / 0.200 / 0.100 | n/a | 0.300 / n/a / 0.500 | n/a | ccccccc |  |")
+  assert lines[2].endswith("| failed: run.py exited with 1 |")
+  assert "| nnU-Net v2 (2d) | 30 | – |" in table
+
+  # Run again: every budget with a record is current now; only the failed one runs.
+  calls.clear()
+  assert lc.main(argv) == 0
+  assert [a.budget_min for a in calls] == [60.0]
+  # Another configuration (an argument passed on to run.py): no record is current.
+  calls.clear()
+  assert lc.main(argv + ["--epochs", "5"]) == 0
+  assert [(a.budget_min, a.epochs) for a in calls] == [(10.0, 5), (30.0, 5), (60.0, 5)]
+
+
+def test_learning_curve_takes_a_record_committed_since_as_current(tmp_path):
+  """A record from an earlier commit is current when the commits between differ only in the
+  learning curve's own outputs; a change to any other file, or uncommitted changes, make
+  it stale."""
+  repo = tmp_path / "repo"
+  (repo / "results" / "learning-curve").mkdir(parents=True)
+  git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a],
+                                  cwd=repo, check=True, capture_output=True)
+  head = lambda: subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True,
+                                capture_output=True, text=True).stdout.strip()
+  git("init", "-q")
+  (repo / "code.py").write_text("a = 1\n")
+  git("add", "-A")
+  git("commit", "-q", "-m", "code")
+  ran_on = {"commit": head(), "dirty": False, "diff_sha256": None}
+  (repo / "results" / "learning-curve" / "tiny-10min.json").write_text("{}")
+  (repo / "results" / "learning-curve-tiny.md").write_text("table")
+  git("add", "-A")
+  git("commit", "-q", "-m", "records")
+  ignored = [os.path.join("results", "learning-curve") + os.sep,
+             os.path.join("results", "learning-curve-tiny.json"),
+             os.path.join("results", "learning-curve-tiny.md")]
+  now = {"commit": head(), "dirty": False, "diff_sha256": None}
+  assert lc.same_code(ran_on, now, ignored, str(repo))
+  assert not lc.same_code(ran_on, dict(now, dirty=True, diff_sha256="d"), ignored, str(repo))
+  assert not lc.same_code(ran_on, now, ignored[1:], str(repo))  # the records are not ignored
+  (repo / "code.py").write_text("a = 2\n")
+  git("commit", "-q", "-am", "code again")
+  assert not lc.same_code(ran_on, dict(now, commit=head()), ignored, str(repo))
+  assert lc.same_code(ran_on, ran_on, [], str(repo))
+  assert not lc.same_code(dict(ran_on, commit=None), ran_on, ignored, str(repo))

@@ -26,6 +26,15 @@ writes ``results/peers-<study>.json`` and ``.md``. What it does, in order:
    never seen by either tool), on whole volumes against the full labels (cohort:
    ``sourcedata/full-labels``; bric: the whole labeled slab), and temporal consistency on the
    working grid (as ``evaluate.py``).
+5. From the same native-grid predictions, tissue volumes (``scores.volumes`` of each tool's
+   record, :func:`volume_summary`): for every session whose full label file is a whole
+   volume (:func:`fcslstm_jax.outputs.volumes.is_whole_volume`), the predicted volume per
+   class (:func:`fcslstm_jax.outputs.volumes.class_volumes_ml`, the session's affine) against
+   the label file's; per class the volume error (mean |pred - true| / true) and its signed
+   mean (bias), and the growth error from each subject's first to last session
+   (:func:`fcslstm_jax.outputs.volumes.growth_errors`), for the labeled subjects (labels at
+   a training time point in the dataset's own label files) and the unlabeled ones apart.
+   They are also the table's last six columns.
 
 Everything goes under ``--work`` (default ``runs/peers/<study>``), which is deleted first so
 that the table always comes from one fresh run, but only if this script made it (its marker
@@ -68,6 +77,7 @@ from fcslstm_jax import metrics as metrics_lib  # noqa: E402
 from fcslstm_jax.data import nifti_io  # noqa: E402
 from fcslstm_jax.data import protocol as protocol_lib  # noqa: E402
 from fcslstm_jax.data import sequences  # noqa: E402
+from fcslstm_jax.outputs import volumes as volumes_lib  # noqa: E402
 from fcslstm_jax.outputs import writer as writer_lib  # noqa: E402
 from fcslstm_jax.errors import ConfigError, DataError  # noqa: E402
 
@@ -244,21 +254,29 @@ def counted_scores(pred, session, num_classes: int) -> np.ndarray:
 
 
 class Scores:
-  """Confusion matrices per time point on the labeled slices and on whole volumes, and the
-  temporal agreement counts, summed over subjects."""
+  """Confusion matrices per time point on the labeled slices and on whole volumes, the
+  temporal agreement counts, summed over subjects, and the predicted and true tissue volumes
+  of each session whose full label file is a whole volume.
 
-  def __init__(self, protocol):
+  Args:
+    unlabeled: ids of the subjects with no label file at a training time point in the
+      dataset's own labels (:func:`fcslstm_jax.data.sequences.unlabeled_subjects` of the
+      training study): their sessions are the ``unlabeled_subjects`` of the volumes.
+  """
+
+  def __init__(self, protocol, unlabeled=()):
     t, c = protocol.num_timepoints, protocol.num_classes
     self.protocol = protocol
+    self.unlabeled = frozenset(unlabeled)
     self.labeled = np.zeros((t, c, c))
     self.whole = np.zeros((t, c, c))
     self.agreement = [np.zeros((2, t - 1)) for _ in range(2)]
+    self.volumes, self.uncompared = [], 0  # TruthVolumes; scored sessions of slice labels
 
   def add(self, subject, train_subject, probs_by_t: dict, out_dir: str, desc: str):
     """One subject: ``probs_by_t`` maps a time point to its working-grid probabilities
     ``[X, Y, Z, c]``; ``subject`` comes from the evaluation study (full labels),
     ``train_subject`` from the training one (the protocol's counted slices)."""
-    c = self.protocol.num_classes
     seq = sequences.make_sequences([subject], self.protocol, "all")
     pred = np.zeros(seq.labels.shape, np.int32)  # [Z, T, X, Y]
     for t, session in enumerate(subject.timepoints):
@@ -270,19 +288,77 @@ class Scores:
       convert.write_session_labels(writer_lib.output_path(out_dir, subject.subject_id,
                                                           session.label, desc.replace("-", ""), "dseg"),
                                    native, session)
-      cm = writer_lib.native_scores(native, session, c)
-      if cm is not None:
-        self.whole[t] += cm
-      counted = train_subject.timepoints[t]
-      if counted is not None and counted.counted_slices and "dseg" in counted.paths:
-        self.labeled[t] += counted_scores(native, counted, c)
+      self.add_session(subject.subject_id, t, session, native, train_subject.timepoints[t])
     mask = seq.label_mask * seq.valid[:, :, None, None]
     for counts, seg in zip(self.agreement, (pred, seq.labels)):
       counts += metrics_lib.temporal_agreement(seg, mask)
 
+  def add_session(self, subject_id: str, t: int, session, native, counted=None):
+    """One session's prediction ``native`` ``int [X, Y, Z]`` on its own grid, scored against
+    ``session``'s label file (the evaluation study's: the full labels) on every labeled slice
+    or, for a whole volume (:func:`fcslstm_jax.outputs.volumes.is_whole_volume`), on every
+    voxel, whose tissue volumes it then keeps (predicted on ``session.ref``'s grid, true on
+    the label file's); and on the counted labeled slices of ``counted`` (the same session
+    in the training study; None: none)."""
+    c, names = self.protocol.num_classes, self.protocol.class_names
+    truth = writer_lib.load_truth(session)
+    if truth is not None:
+      whole = volumes_lib.is_whole_volume(truth.data)
+      self.whole[t] += writer_lib.score_against(native, truth.data, c, whole)
+      if whole:
+        pred_ml = volumes_lib.class_volumes_ml(native, session.ref.affine, c)
+        true_ml = volumes_lib.class_volumes_ml(truth.data, truth.ref.affine, c)
+        self.volumes.append(volumes_lib.TruthVolumes(
+            subject_id, session.label, float(session.age),
+            writer_lib.session_group(self.protocol, self.unlabeled, subject_id, t),
+            {n: float(v) for n, v in zip(names[1:], pred_ml[1:])},
+            {n: float(v) for n, v in zip(names[1:], true_ml[1:])}))
+      else:
+        self.uncompared += 1
+    if counted is not None and counted.counted_slices and "dseg" in counted.paths:
+      self.labeled[t] += counted_scores(native, counted, c)
+
   def summary(self) -> dict:
     return {"labeled_slices": writer_lib.summarize_run(self.labeled, self.agreement, self.protocol),
-            "whole_volumes": writer_lib.summarize_run(self.whole, self.agreement, self.protocol)}
+            "whole_volumes": writer_lib.summarize_run(self.whole, self.agreement, self.protocol),
+            "volumes": volume_summary(self.volumes, self.uncompared, self.protocol.class_names)}
+
+
+SUBJECT_KINDS = ("labeled_subjects", "unlabeled_subjects")
+
+
+def volume_summary(truth, uncompared: int, names) -> dict:
+  """The record's ``scores.volumes``: for the labeled and the unlabeled subjects apart
+  (:data:`SUBJECT_KINDS`; None without a compared session), per tissue class, the volume
+  error and its signed mean (``volume_error``, ``volume_bias``:
+  :func:`fcslstm_jax.outputs.volumes.volume_errors` over the sessions whose full label file
+  is a whole volume) and the growth error from each subject's first to last such session
+  (``growth_error``, averaged over ``growth_subjects``:
+  :func:`fcslstm_jax.outputs.volumes.growth_errors`), with how many ``sessions`` and
+  ``subjects`` they come from; ``sessions_not_compared`` (label files of slices only) and
+  ``per_session`` (each compared session's predicted and true mL). ``truth``:
+  :class:`fcslstm_jax.outputs.volumes.TruthVolumes`."""
+  tissues = list(names[1:])
+  per = lambda v: {n: None if np.isnan(x) else float(x) for n, x in zip(tissues, v)}
+  out = {}
+  for kind in SUBJECT_KINDS:
+    mine = [r for r in truth if (r.group == writer_lib.GROUPS[2]) == (kind == SUBJECT_KINDS[1])]
+    if not mine:
+      out[kind] = None
+      continue
+    pred = np.array([[r.predicted_ml[n] for n in tissues] for r in mine], np.float64)
+    true = np.array([[r.true_ml[n] for n in tissues] for r in mine], np.float64)
+    error, bias = volumes_lib.volume_errors(pred, true)
+    growth, counted = volumes_lib.growth_errors([r.subject for r in mine],
+                                                [r.age for r in mine], pred, true)
+    out[kind] = {"sessions": len(mine), "subjects": len({r.subject for r in mine}),
+                 "volume_error": per(error), "volume_bias": per(bias),
+                 "growth_error": per(growth),
+                 "growth_subjects": {n: int(k) for n, k in zip(tissues, counted)}}
+  out["sessions_not_compared"] = uncompared
+  out["per_session"] = [dataclasses.asdict(r) for r in
+                        sorted(truth, key=lambda r: (r.subject, r.age, r.session))]
+  return out
 
 
 # ---------------------------------------------------------------------------------- FCSLSTM
@@ -444,8 +520,31 @@ def nnunet_probabilities(trainer, raw_dir: str, manifest: dict, mirroring: bool)
 # ------------------------------------------------------------------------------------ table
 
 
+def fmt(v) -> str:
+  return "n/a" if v is None else f"{v:.3f}"
+
+
+def per_class(values, signed: bool = False) -> str:
+  """``values`` (class name -> number or None; None: no such numbers) as ``a / b / c``."""
+  if not values:
+    return "n/a"
+  return " / ".join("n/a" if v is None else f"{v:+.3f}" if signed else f"{v:.3f}"
+                    for v in values.values())
+
+
+def volume_cells(record) -> list:
+  """The volume columns of a record (:func:`volume_summary`): for the labeled, then the
+  unlabeled subjects, the volume error, its bias and the growth error per tissue class."""
+  volumes = record["scores"].get("volumes") or {}
+  cells = []
+  for kind in SUBJECT_KINDS:
+    mine = volumes.get(kind) or {}
+    cells += [per_class(mine.get("volume_error")), per_class(mine.get("volume_bias"), True),
+              per_class(mine.get("growth_error"))]
+  return cells
+
+
 def row(name, record) -> list:
-  fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
   lab, whole = record["scores"]["labeled_slices"], record["scores"]["whole_volumes"]
   dice = lambda split: " / ".join(fmt(whole[split]["dice"][n]) for n in ("CSF", "GM", "WM"))
   tc = lambda which: " / ".join(fmt(v) for v in lab["temporal_consistency"][which])
@@ -453,21 +552,34 @@ def row(name, record) -> list:
           f"{fmt(lab['test']['mpa'])} ({fmt(lab['test']['mpa_fg'])})",
           f"{fmt(lab['train']['mpa'])} ({fmt(lab['train']['mpa_fg'])})",
           f"{fmt(whole['test']['mpa'])} ({fmt(whole['test']['mpa_fg'])})", dice("test"),
-          dice("train"), tc("prediction")]
+          dice("train"), tc("prediction"), *volume_cells(record)]
+
+
+VOLUME_HEAD = [f"{what} CSF / GM / WM, {kind} subjects" for kind in ("labeled", "unlabeled")
+               for what in ("volume error", "volume bias", "growth error")]
 
 
 def markdown(result) -> str:
   head = ["tool", "training (min)", "inference (s)", "held-out mPA, labeled slices (tissue)",
           "training time points mPA (tissue)", "held-out mPA, whole volumes (tissue)",
           "held-out Dice CSF / GM / WM, whole volumes", "training time points Dice CSF / GM / WM",
-          "temporal consistency t1-t2 / ... (prediction)"]
+          "temporal consistency t1-t2 / ... (prediction)", *VOLUME_HEAD]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, record in result["tools"].items():
     lines.append("| " + " | ".join(row(name, record)) + " |")
   truth = next(iter(result["tools"].values()))["scores"]["labeled_slices"]
   tc = " / ".join("n/a" if v is None else f"{v:.3f}"
                   for v in truth["temporal_consistency"]["ground_truth"])
-  return "\n".join(lines) + f"\n\nTemporal consistency of the full labels: {tc}.\n"
+  return ("\n".join(lines) + f"\n\nTemporal consistency of the full labels: {tc}.\n"
+          + VOLUME_NOTE)
+
+
+VOLUME_NOTE = (
+    "\nVolume error: mean |predicted - true| / true tissue volume over the sessions whose full "
+    "label file is a whole volume, each on its own grid; bias: its signed mean (+: too large). "
+    "Growth error: mean |predicted - true change| / |true change| from each subject's first to "
+    "last such session. Labeled subjects: those with labels at a training time point (every "
+    "session of theirs); unlabeled: the others, none of whose labels training used.\n")
 
 
 def parse_args(argv=None):
@@ -533,6 +645,7 @@ def compare(args, argv) -> int:
   for line in sequences.describe_warnings(eval_study):  # the full labels' own, if any
     warn(line)
   by_id = {s.subject_id: s for s in train_study.subjects}
+  unlabeled = sequences.unlabeled_subjects(train_study)  # the dataset's own labels decide
   for s in eval_study.subjects:
     if s.grid is not None and not s.grid.same_as(by_id[s.subject_id].grid):
       raise RuntimeError(f"sub-{s.subject_id}: working grids differ between the two loads")
@@ -549,11 +662,12 @@ def compare(args, argv) -> int:
             "machine": {"cpus": os.cpu_count(), "processor": platform.processor()
                         or platform.machine(), "python": platform.python_version()},
             "sessions": len(roles), "nnunet_training_cases": roles.count("train"),
+            "unlabeled_subjects": sorted(unlabeled),
             "tools": {}}
   scorers = {}
 
   def score(name, probs_of, desc):
-    scores = Scores(eval_study.protocol)
+    scores = Scores(eval_study.protocol, unlabeled)
     for subject in eval_study.subjects:
       if subject.grid is not None:
         scores.add(subject, by_id[subject.subject_id], probs_of(subject),
