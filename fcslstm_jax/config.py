@@ -113,8 +113,8 @@ class Config:
                                  minimum=0.0, maximum=0.9)
   score_every_epochs: typing.Optional[int] = _field(
       None, "score the training and held-out labels every N epochs (the last epoch always); "
-      "null: every epoch in 2D; in 3D the N that keeps scoring under ~20 % of the training "
-      "time (train/loop.py: scoring_interval)", minimum=1)
+      "null: the N that keeps scoring under ~20 % of the training time "
+      "(train/loop.py: scoring_interval)", minimum=1)
   remat: str = _field("none", "rematerialization policy (model/networks.py); lean: least "
                       "memory, for GPUs (much slower on CPU: bench/README.md)", choices=REMAT_POLICIES)
   unroll: typing.Optional[int] = _field(None, "time steps unrolled per loop iteration; null: "

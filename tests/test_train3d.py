@@ -92,12 +92,13 @@ def test_3d_path_writes_each_voxel_where_it_was_read(dataset3d, tmp_path):
 
 
 def test_scoring_interval_keeps_scoring_a_fifth_of_training():
-  """Auto (null): every epoch in 2D; in 3D the fewest epochs N for which one scoring's
+  """Auto (null), in 2D and 3D: the fewest epochs N for which one scoring's
   windows (a forward pass each, a third of a patch's training step) cost at most 20 % of N
   epochs' patches; an explicit value wins. Windows: non-overlapping tiles of each slab, a
   set whose images another set already holds counted once."""
   auto3d = Config(spatial_dims=3)
-  assert train_lib.scoring_interval(Config(), 500, 10) == 1
+  assert train_lib.scoring_interval(Config(), 39, 30) == 3  # 2D: the cohort's 39 sequences
+  assert train_lib.scoring_interval(Config(), 6, 30) == 1
   assert train_lib.scoring_interval(auto3d, 90, 10) == 15  # 90 / 3 <= 0.2 * 15 * 10
   assert train_lib.scoring_interval(auto3d, 6, 10) == 1
   assert train_lib.scoring_interval(auto3d.replace(score_every_epochs=4), 90, 10) == 4
