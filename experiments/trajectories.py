@@ -189,6 +189,7 @@ def read_rows(study: str) -> list:
 
 
 def main(argv=None) -> int:
+  global RESULTS
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--study", default="cohort", choices=sorted(STUDIES))
   p.add_argument("--levers", default=",".join(LEVERS),
@@ -198,7 +199,6 @@ def main(argv=None) -> int:
                  help="run folders (kept: a rerun resumes them)")
   p.add_argument("--results", default=RESULTS, help="where the tables go")
   args = p.parse_args(argv)
-  global RESULTS
   RESULTS = args.results
   levers = args.levers.split(",")
   unknown = [k for k in levers if k not in LEVERS]
