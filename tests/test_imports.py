@@ -9,7 +9,8 @@ README = PACKAGE.parent / "README.md"
 
 # Each layer imports only from itself and the layers before it.
 LAYERS = (
-    {"__init__", "config", "errors", "files", "jsonfile", "metrics", "checkpoint"},  # base
+    {"__init__", "config", "errors", "files", "jsonfile", "metrics", "checkpoint",
+     "compile_cache"},  # base
     {"model"}, {"data"}, {"synthetic"}, {"run_record", "datasets"}, {"outputs"}, {"infer"},
     {"train"}, {"cli", "experiments"},
 )
