@@ -175,9 +175,8 @@ def scoring_windows(splits, window) -> int:
 def scoring_interval(config: Config, windows: int, patches_per_epoch: int) -> int:
   """Epochs between scorings: ``score_every_epochs``, or when null the smallest N for which
   ``windows`` forward passes (3D windows; 2D slice sequences) every N epochs cost at most
-  ``SCORING_SHARE`` of N epochs of ``patches_per_epoch`` training sequences or patches. (2D
-  on the cohort study: 39 sequences scored, 30 trained per epoch: every 3rd epoch; scoring
-  every epoch took 25-35 % of the training time on 2 CPU cores.)"""
+  ``SCORING_SHARE`` of N epochs of ``patches_per_epoch`` training sequences or patches
+  (what scoring every epoch cost: bench/README.md, "Scoring during training")."""
   if config.score_every_epochs is not None:
     return config.score_every_epochs
   return max(1, int(np.ceil(windows * FORWARD_COST / (SCORING_SHARE * patches_per_epoch))))
