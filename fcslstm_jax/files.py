@@ -3,10 +3,11 @@ and errors that name the file."""
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import pathlib
-import tempfile
+import secrets
 
 from fcslstm_jax.errors import ConfigError
 
@@ -22,12 +23,19 @@ def naming(path):
     raise type(e)(e.errno, e.strerror, str(path)) from e
 
 
-def _umask_mode() -> int:
-  """The mode a plain ``open()`` would give a new file: 0o666 less the process umask
-  (``mkstemp`` makes 0o600 files, unreadable to collaborators on a shared cluster)."""
-  mask = os.umask(0)
-  os.umask(mask)
-  return 0o666 & ~mask
+def _create_sibling(path: pathlib.Path) -> str:
+  """A new, empty file beside ``path`` with a unique hidden name and the same extension,
+  created as a plain ``open()`` creates files: mode 0o666 less the umask (``mkstemp`` makes
+  0o600 files, unreadable to collaborators on a shared cluster). The umask is never read or
+  changed: setting it, even briefly, would affect files other threads create meanwhile."""
+  for _ in range(100):
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{_suffix(path)}"
+    try:
+      os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+      return str(tmp)
+    except FileExistsError:
+      continue
+  raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
 
 
 def _suffix(path) -> str:
@@ -45,11 +53,9 @@ def atomic_path(path):
   path = pathlib.Path(path)
   with naming(path):
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_suffix(path), dir=path.parent)
-    os.close(fd)
+    tmp = _create_sibling(path)
     try:
       yield tmp
-      os.chmod(tmp, _umask_mode())
       os.replace(tmp, path)
     except BaseException:
       if os.path.exists(tmp):
