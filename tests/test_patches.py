@@ -153,3 +153,30 @@ def test_slabs_are_centred_on_the_labeled_slices_and_fewest(subjects):
   assert len(shared) == 3 * len(volumes)
   assert shared.label_mask.sum() == volumes.label_mask.sum()
   np.testing.assert_array_equal(shared.images[1::3], patches.label_slabs(volumes, 4).images)
+
+
+def test_training_slabs_are_placed_by_training_labels_only(subjects):
+  """Where the held-out time point's labeled slice sits must not move the slabs that score
+  (and so select checkpoints on) the training split (issue 34)."""
+  p = protocol_lib.BRIC
+  depth = 4
+  (t_held,) = p.test_timepoints
+
+  def moved(subject, shift):  # the held-out session's labels, `shift` slices deeper
+    sessions = list(subject.timepoints)
+    s = sessions[t_held]
+    sessions[t_held] = dataclasses.replace(s, labels=np.roll(s.labels, shift, axis=2),
+                                           label_mask=np.roll(s.label_mask, shift, axis=2))
+    return dataclasses.replace(subject, timepoints=sessions)
+
+  runs = [patches.training_sets([moved(s, shift) for s in subjects], p, (depth, 16, 16))
+          for shift in (0, 5)]
+  (_, train_a, test_a), (_, train_b, test_b) = runs
+  assert not np.array_equal(test_a.label_mask, test_b.label_mask)  # the change is real
+  np.testing.assert_array_equal(train_a.offsets, train_b.offsets)
+  np.testing.assert_array_equal(train_a.label_mask, train_b.label_mask)
+  np.testing.assert_array_equal(train_a.images, train_b.images)
+  # Every labeled voxel of each split is still counted exactly once.
+  for split, slabs in (("train", train_a), ("test", test_a)):
+    volumes = patches.make_volumes(subjects, p, split)
+    assert slabs.label_mask.sum() == volumes.label_mask.sum()

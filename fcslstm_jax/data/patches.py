@@ -253,15 +253,13 @@ def label_slabs(volumes: VolumeSet, depth: int, zs=None) -> VolumeSet:
 def training_sets(subjects, protocol, patch, seed=0, shape=None):
   """``(train patches, train slabs, test slabs)`` of a 3D run (see the module docstring):
   a :class:`PatchSampler` over the training split's volumes, and the :func:`label_slabs`
-  (depth ``patch[0]``) that score the training and the held-out time points. Both splits'
-  slabs are placed by the labeled z of both (per subject), so that where the two splits hold
-  the same subjects their slabs are the same volumes and are segmented once."""
+  (depth ``patch[0]``) that score the training and the held-out time points. Each split's
+  slabs are placed by its own labeled z: the slabs that score the training split (and so
+  select the best checkpoint) never depend on where the held-out labels lie. (They once were
+  placed by both splits' z, to segment shared slabs once; that let held-out label
+  positions into checkpoint selection.)"""
   shape = shape or volume_shape(subjects)
   train = make_volumes(subjects, protocol, "train", shape)
   test = make_volumes(subjects, protocol, "test", shape)
-  by_subject = {}
-  for split in (train, test):
-    for sid, z in zip(split.subject_ids, labeled_z(split)):
-      by_subject[sid] = np.union1d(by_subject.get(sid, z), z)
-  slabs = lambda split: label_slabs(split, patch[0], [by_subject[s] for s in split.subject_ids])
-  return PatchSampler(train, patch, seed), slabs(train), slabs(test)
+  return (PatchSampler(train, patch, seed), label_slabs(train, patch[0]),
+          label_slabs(test, patch[0]))
