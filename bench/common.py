@@ -27,8 +27,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-from fcslstm_jax.model import networks as M  # noqa: E402
-from fcslstm_jax.train import loop as train_lib  # noqa: E402
+from fcslstm_jax.model import networks  # noqa: E402
+from fcslstm_jax.train import loop  # noqa: E402
 from fcslstm_jax.config import Config  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -52,7 +52,7 @@ def write_result(result, path, table):
 def rmsprop():
   """Training's optimizer (:func:`fcslstm_jax.train.loop.make_optimizer`) at its initial
   learning rate: torch.optim.RMSprop(lr=1e-3, alpha=0.95, eps=1e-8), eps outside the root."""
-  return train_lib.make_optimizer(CONFIG, steps_per_epoch=1)
+  return loop.make_optimizer(CONFIG, steps_per_epoch=1)
 
 
 def make_batch(batch, steps, size, seed=0):
@@ -77,8 +77,8 @@ def torch_device():
 
 def jax_model(name, remat="none", unroll=None, stages=None, dtype=jnp.float32,
               chunk_pixels=None):
-  model = M.create_model(name, NUM_CLASSES, remat=remat, unroll=unroll, dtype=dtype,
-                         chunk_pixels=chunk_pixels)
+  model = networks.create_model(name, NUM_CLASSES, remat=remat, unroll=unroll, dtype=dtype,
+                                chunk_pixels=chunk_pixels)
   return model.clone(stages=stages) if stages is not None else model
 
 
@@ -90,12 +90,12 @@ def jax_train_step(model):
   rng = jax.random.PRNGKey(0)
 
   def step(params, opt_state, x, labels, mask, class_weights):
-    state = train_lib.TrainState(step=jnp.zeros((), jnp.int32), apply_fn=model.apply,
-                                 params=params, tx=tx, opt_state=opt_state)
+    state = loop.TrainState(step=jnp.zeros((), jnp.int32), apply_fn=model.apply,
+                            params=params, tx=tx, opt_state=opt_state)
     batch = {"images": x, "labels": labels, "label_mask": mask,
              "valid": jnp.ones(x.shape[:2], bool)}
-    state, out = train_lib.train_step(state, batch, rng, class_weights=class_weights,
-                                      config=CONFIG)
+    state, out = loop.train_step(state, batch, rng, class_weights=class_weights,
+                                 config=CONFIG)
     return state.params, state.opt_state, out["loss"]
 
   return jax.jit(step, donate_argnums=(0, 1)), tx
@@ -107,14 +107,14 @@ def lower_train_step(model, batch, steps, size):
   Nothing is initialized or allocated: for compiled-program analyses (memory, FLOPs).
   """
   step, tx = jax_train_step(model)
-  params = jax.eval_shape(lambda: M.init_params(model, IN_CHANNELS))
+  params = jax.eval_shape(lambda: networks.init_params(model, IN_CHANNELS))
   opt_state = jax.eval_shape(tx.init, params)
   data = jax.eval_shape(lambda: make_batch(batch, steps, size))
   return step.lower(params, opt_state, *data)
 
 
 def jax_state(model):
-  params = M.init_params(model, IN_CHANNELS)
+  params = networks.init_params(model, IN_CHANNELS)
   _, tx = jax_train_step(model)
   return params, tx.init(params)
 

@@ -15,8 +15,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common as C  # noqa: E402
-import train_step as TS  # noqa: E402
+import common  # noqa: E402
+import train_step  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -24,8 +24,8 @@ import jax.numpy as jnp  # noqa: E402
 
 def step_flops(batch, steps, size, stages=None):
   """FLOPs of one train step (forward, backward, update), time loop unrolled."""
-  model = C.jax_model("bi-fcslstm", "none", steps, stages)
-  lowered = C.lower_train_step(model, batch, steps, size)
+  model = common.jax_model("bi-fcslstm", "none", steps, stages)
+  lowered = common.lower_train_step(model, batch, steps, size)
   cost = lowered.cost_analysis()
   if not cost:  # the GPU backend only reports it for the compiled program
     cost = lowered.compile().cost_analysis()
@@ -45,9 +45,9 @@ def matmul_peak(n=None, reps=10):
   dot = jax.jit(jnp.dot)
   dot(a, a).block_until_ready()
   fns = {"jnp.dot": lambda: dot(a, a).block_until_ready()}
-  if TS.have_torch():
+  if train_step.have_torch():
     import torch
-    dev = C.torch_device()
+    dev = common.torch_device()
     ta = torch.randn(n, n, device=dev)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     torch.mm(ta, ta)
@@ -68,16 +68,16 @@ def main(argv=None):
   p.add_argument("--size", type=int, default=128)
   p.add_argument("--steps", type=int, default=5, help="timed steps")
   p.add_argument("--tiny", action="store_true", help="tiny channel widths (smoke test)")
-  p.add_argument("--out", default=os.path.join(C.RESULTS, "flops.json"))
+  p.add_argument("--out", default=os.path.join(common.RESULTS, "flops.json"))
   args = p.parse_args(argv)
   stages = ((4, 1), (4, 1), (6, 1), (6, 1), (8, 1)) if args.tiny else None
 
   flops = step_flops(args.batch, args.time_steps, args.size, stages)
   print(f"step FLOPs: {flops / 1e9:.1f} G", flush=True)
-  batch = C.make_batch(args.batch, args.time_steps, args.size)
-  runners = {"JAX Bi-FCSLSTM": TS.jax_runner("bi-fcslstm", "none", None, batch, stages)[0]}
-  if TS.have_torch():
-    runners["PyTorch eager Bi-FCSLSTM"] = TS.torch_runner(True, batch, False, stages)[0]
+  batch = common.make_batch(args.batch, args.time_steps, args.size)
+  runners = {"JAX Bi-FCSLSTM": train_step.jax_runner("bi-fcslstm", "none", None, batch, stages)[0]}
+  if train_step.have_torch():
+    runners["PyTorch eager Bi-FCSLSTM"] = train_step.torch_runner(True, batch, False, stages)[0]
   for fn in runners.values():
     fn()
   times = {k: [] for k in runners}
@@ -95,10 +95,11 @@ def main(argv=None):
     med = statistics.median(ts)
     rows.append({"config": k, "median_s": med, "gflops_per_s": flops / med / 1e9,
                  "fraction_of_jnp_dot_peak": flops / med / 1e9 / ref_peak})
-  result = {"shape_BTHWC": [args.batch, args.time_steps, args.size, args.size, C.IN_CHANNELS],
+  result = {"shape_BTHWC": [args.batch, args.time_steps, args.size, args.size, common.IN_CHANNELS],
             "step_flops": flops, "matmul_peak_gflops": peak, "rows": rows,
-            "machine": C.machine(), "torch_device": C.torch_device() if TS.have_torch() else None}
-  return C.write_result(result, args.out, table)
+            "machine": common.machine(),
+            "torch_device": common.torch_device() if train_step.have_torch() else None}
+  return common.write_result(result, args.out, table)
 
 
 def table(result):
@@ -106,7 +107,7 @@ def table(result):
   lines = [f"Bi-FCSLSTM train step `{result['shape_BTHWC']}`: "
            f"{result['step_flops'] / 1e9:.1f} GFLOP; float32 matmul peak "
            + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items())
-           + f" ({C.describe(result['machine'])})", "",
+           + f" ({common.describe(result['machine'])})", "",
            "| implementation | median step (s) | GFLOP/s | fraction of jnp.dot peak |",
            "| --- | ---: | ---: | ---: |"]
   for r in result["rows"]:

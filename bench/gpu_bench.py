@@ -128,11 +128,11 @@ def jaxpr_flops(jaxpr) -> int:
 
 def _jax_setup(args, remat="none", unroll=None, dtype="float32", model=None):
   import jax.numpy as jnp
-  import common as C
+  import common
   stages = TINY if args.tiny else None
-  m = C.jax_model(MODELS[model or args.model], remat, unroll, stages,
-                  dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
-  return C, m
+  m = common.jax_model(MODELS[model or args.model], remat, unroll, stages,
+                       dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
+  return common, m
 
 
 def _emit(record):
@@ -161,10 +161,10 @@ def time_steps(run, wait_for, args) -> dict:
 def child_jax_step(args):
   """Compile (from the persistent cache when phase 1 filled it) and time one JAX step."""
   import jax
-  C, model = _jax_setup(args, dtype=args.dtype)
-  batch = C.make_batch(args.batch, args.time_steps, args.size)
-  step, _ = C.jax_train_step(model)
-  params, opt_state = C.jax_state(model)
+  common, model = _jax_setup(args, dtype=args.dtype)
+  batch = common.make_batch(args.batch, args.time_steps, args.size)
+  step, _ = common.jax_train_step(model)
+  params, opt_state = common.jax_state(model)
   t0 = time.perf_counter()
   compiled = step.lower(params, opt_state, *batch).compile()
   record = {"compile_s": time.perf_counter() - t0,
@@ -182,22 +182,23 @@ def child_jax_step(args):
 
 def child_torch_step(args):
   """One PyTorch eager or ``torch.compile`` row; bfloat16 through ``torch.autocast``."""
-  import common as C  # first: it sets OMP_WAIT_POLICY before torch starts (see common.py)
+  import common  # first: it sets OMP_WAIT_POLICY before torch starts (see common.py)
   try:
     import torch
   except ImportError as e:
     return _emit({"skipped": f"torch not importable ({e}): pip install -r bench/requirements.txt"})
   import contextlib
   import numpy as np
-  import torch_reference as R
-  dev = C.torch_device()
+  import torch_reference
+  dev = common.torch_device()
   torch.manual_seed(0)
   x, labels, mask, cw = (torch.from_numpy(np.array(a)).to(dev)
-                         for a in C.make_batch(args.batch, args.time_steps, args.size))
+                         for a in common.make_batch(args.batch, args.time_steps, args.size))
   labels = labels.long()
   kw = {"stages": TINY} if args.tiny else {}
-  model = R.FCSLSTM(C.NUM_CLASSES, C.IN_CHANNELS, args.model == "bi", **kw).to(dev)
-  opt = R.rmsprop(model.parameters())
+  model = torch_reference.FCSLSTM(common.NUM_CLASSES, common.IN_CHANNELS, args.model == "bi",
+                                  **kw).to(dev)
+  opt = torch_reference.rmsprop(model.parameters())
   fwd = torch.compile(model, backend=args.torch_compile_backend) if args.compile else model
   cast = (torch.autocast(dev, dtype=torch.bfloat16) if args.dtype == "bfloat16"
           else contextlib.nullcontext())
@@ -207,7 +208,7 @@ def child_torch_step(args):
     opt.zero_grad(set_to_none=True)
     with cast:
       logits = fwd(x)
-    loss = R.weighted_cross_entropy(logits.float(), labels, mask, cw)
+    loss = torch_reference.weighted_cross_entropy(logits.float(), labels, mask, cw)
     loss.backward()
     opt.step()
     if wait:
@@ -228,9 +229,9 @@ def child_torch_step(args):
 def child_memory(args):
   """Compiled temp memory of the JAX Bi-FCSLSTM step, one line per remat policy."""
   for remat in args.remats:
-    C, model = _jax_setup(args, remat=remat, model="bi")
+    common, model = _jax_setup(args, remat=remat, model="bi")
     t0 = time.perf_counter()
-    compiled = C.lower_train_step(model, args.batch, args.time_steps, args.size).compile()
+    compiled = common.lower_train_step(model, args.batch, args.time_steps, args.size).compile()
     ma = compiled.memory_analysis()
     _emit({"remat": remat, "compile_s": time.perf_counter() - t0,
            "temp_bytes": ma.temp_size_in_bytes, "argument_bytes": ma.argument_size_in_bytes,
@@ -242,11 +243,11 @@ def child_cost(args):
   import jax
   for model_key in args.models:
     for dtype in args.dtypes:
-      C, model = _jax_setup(args, unroll=args.time_steps, dtype=dtype, model=model_key)
-      step, tx = C.jax_train_step(model)
-      params = jax.eval_shape(lambda m=model: C.M.init_params(m, C.IN_CHANNELS))
+      common, model = _jax_setup(args, unroll=args.time_steps, dtype=dtype, model=model_key)
+      step, tx = common.jax_train_step(model)
+      params = jax.eval_shape(lambda m=model: common.networks.init_params(m, common.IN_CHANNELS))
       opt_state = jax.eval_shape(tx.init, params)
-      data = jax.eval_shape(lambda: C.make_batch(args.batch, args.time_steps, args.size))
+      data = jax.eval_shape(lambda: common.make_batch(args.batch, args.time_steps, args.size))
       flops = jaxpr_flops(jax.make_jaxpr(step)(params, opt_state, *data))
       t0 = time.perf_counter()
       cost = step.lower(params, opt_state, *data).compile().cost_analysis()

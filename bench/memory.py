@@ -20,7 +20,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common as C  # noqa: E402
+import common  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -29,9 +29,9 @@ BUDGET = 12 * GIB  # the paper's 12 GB GPU
 
 
 def jax_memory(batch, steps, size, remat, stages=None, unroll=None):
-  model = C.jax_model("bi-fcslstm", remat, unroll, stages)
+  model = common.jax_model("bi-fcslstm", remat, unroll, stages)
   t0 = time.perf_counter()
-  compiled = C.lower_train_step(model, batch, steps, size).compile()
+  compiled = common.lower_train_step(model, batch, steps, size).compile()
   ma = compiled.memory_analysis()
   out = {"batch": batch, "remat": remat, "unroll": unroll, "compile_s": time.perf_counter() - t0,
          "temp_bytes": ma.temp_size_in_bytes, "argument_bytes": ma.argument_size_in_bytes,
@@ -44,20 +44,21 @@ def jax_memory(batch, steps, size, remat, stages=None, unroll=None):
 TORCH_CHILD = r"""
 import os, resource, sys, json
 sys.path.insert(0, {bench!r})
-import torch, torch_reference as R
+import torch, torch_reference
 torch.manual_seed(0)
 b, t, s, stages = {batch}, {steps}, {size}, {stages!r}
 kw = {{}} if stages is None else {{"stages": stages}}
 dev = "cuda" if torch.cuda.is_available() else "cpu"
-model = R.FCSLSTM(4, 2, True, **kw).to(dev)
-opt = R.rmsprop(model.parameters())
+model = torch_reference.FCSLSTM(4, 2, True, **kw).to(dev)
+opt = torch_reference.rmsprop(model.parameters())
 x = torch.randn(b, t, s, s, 2, device=dev); labels = torch.randint(0, 4, (b, t, s, s), device=dev)
 mask = torch.ones(b, t, s, s, device=dev); cw = torch.tensor([0.5, 1.0, 1.5, 2.0], device=dev)
 def rss():
   with open("/proc/self/statm") as f:
     return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 before = torch.cuda.memory_allocated() if dev == "cuda" else rss()
-loss = R.weighted_cross_entropy(model(x), labels, mask, cw); loss.backward(); opt.step()
+loss = torch_reference.weighted_cross_entropy(model(x), labels, mask, cw)
+loss.backward(); opt.step()
 if dev == "cuda":
   torch.cuda.synchronize(); peak = torch.cuda.max_memory_allocated()
 else:
@@ -94,11 +95,11 @@ def main(argv=None):
   p.add_argument("--time-steps", type=int, default=5)
   p.add_argument("--size", type=int, default=256)
   p.add_argument("--remat", nargs="+", default=["none", "full", "lean"],
-                 choices=C.M.REMAT_POLICIES)
+                 choices=common.networks.REMAT_POLICIES)
   p.add_argument("--unroll", type=int, help="time-loop unroll (default: the backend's, "
                  "full on CPU, 1 = while loop on accelerators)")
   p.add_argument("--tiny", action="store_true", help="tiny channel widths (smoke test)")
-  p.add_argument("--out", default=os.path.join(C.RESULTS, "memory.json"))
+  p.add_argument("--out", default=os.path.join(common.RESULTS, "memory.json"))
   args = p.parse_args(argv)
   stages = ((4, 1), (4, 1), (6, 1), (6, 1), (8, 1)) if args.tiny else None
 
@@ -128,15 +129,15 @@ def main(argv=None):
   if torch_rows:
     fits["PyTorch eager"] = largest_batch([(r["batch"], r["step_bytes"]) for r in torch_rows])
   result = {"model": "bi-fcslstm", "time_steps": args.time_steps, "size": args.size,
-            "budget_bytes": BUDGET, "machine": C.machine(), "jax": jax_rows,
+            "budget_bytes": BUDGET, "machine": common.machine(), "jax": jax_rows,
             "torch": torch_rows, "largest_batch_in_12GiB": fits}
-  return C.write_result(result, args.out, table)
+  return common.write_result(result, args.out, table)
 
 
 def table(result):
   s = result["size"]
   lines = [f"Bi-FCSLSTM train step, {s}x{s}, T = {result['time_steps']} "
-           f"({C.describe(result['machine'])})", "",
+           f"({common.describe(result['machine'])})", "",
            "| implementation | batch | temp (GiB) | total (GiB) |", "| --- | ---: | ---: | ---: |"]
   for r in result["jax"]:
     loop = "" if r.get("unroll") is None else f", unroll={r['unroll']}"

@@ -5,7 +5,7 @@ also runs each step N times on random data and records its seconds). For
 T = 1, 2, 3, 5, 8 at one patch (default 32x64x64, batch 1, the 3D default widths
 ``stages_3d``, VGG-16 / 8), with remat ``none`` on the while loop (``unroll=1``) and
 ``lean`` (Ψx inside the rematerialized step, while loop; ``fcslstm_jax.model.networks``), it compiles
-training's own step (``bench/common.py``: ``train_lib.train_step``, augmentation off) and
+training's own step (``bench/common.py``: ``loop.train_step``, augmentation off) and
 reads XLA's ``memory_analysis()`` (both directions of a Bi layer vmapped, the accelerator
 default, unless ``--batching loop``): temp (activations, gradients, workspace) and total
 (temp + parameters, optimizer state and batch + outputs - aliased donations). Then the same
@@ -22,7 +22,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common as C  # noqa: E402
+import common  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -33,19 +33,19 @@ BUDGET = 12 * GIB
 
 def lower_3d_step(model, batch, steps, patch):
   """Training's step for ``[batch, steps, *patch, 2]`` lowered from shapes only."""
-  step, tx = C.jax_train_step(model)
-  params = jax.eval_shape(lambda: C.M.init_params(model, C.IN_CHANNELS, size=8))
+  step, tx = common.jax_train_step(model)
+  params = jax.eval_shape(lambda: common.networks.init_params(model, common.IN_CHANNELS, size=8))
   opt_state = jax.eval_shape(tx.init, params)
   shape = (batch, steps) + tuple(patch)
-  data = (jax.ShapeDtypeStruct(shape + (C.IN_CHANNELS,), jnp.float32),
+  data = (jax.ShapeDtypeStruct(shape + (common.IN_CHANNELS,), jnp.float32),
           jax.ShapeDtypeStruct(shape, jnp.int32), jax.ShapeDtypeStruct(shape, jnp.float32),
-          jax.ShapeDtypeStruct((C.NUM_CLASSES,), jnp.float32))
+          jax.ShapeDtypeStruct((common.NUM_CLASSES,), jnp.float32))
   return step.lower(params, opt_state, *data)
 
 
 def measure(batch, steps, patch, remat, unroll, stages, batching="vmap", timed_steps=0):
-  model = C.M.create_model("bi-fcslstm", C.NUM_CLASSES, remat=remat, unroll=unroll,
-                           spatial_dims=3).clone(stages=stages, batching=batching)
+  model = common.networks.create_model("bi-fcslstm", common.NUM_CLASSES, remat=remat, unroll=unroll,
+                                       spatial_dims=3).clone(stages=stages, batching=batching)
   t0 = time.perf_counter()
   compiled = lower_3d_step(model, batch, steps, patch).compile()
   ma = compiled.memory_analysis()
@@ -64,9 +64,9 @@ def measure(batch, steps, patch, remat, unroll, stages, batching="vmap", timed_s
 def time_steps(compiled, model, batch, steps, patch, n):
   """Seconds of each of ``n`` runs of the compiled step on random data, after one untimed
   run (this allocates and runs; the memory rows above do not)."""
-  params = C.M.init_params(model, C.IN_CHANNELS, size=8)
-  opt_state = C.rmsprop().init(params)
-  data = C.make_batch(batch, steps, tuple(patch))
+  params = common.networks.init_params(model, common.IN_CHANNELS, size=8)
+  opt_state = common.rmsprop().init(params)
+  data = common.make_batch(batch, steps, tuple(patch))
   out = []
   for i in range(n + 1):
     t0 = time.perf_counter()
@@ -82,7 +82,8 @@ def main(argv=None):
   p.add_argument("--time-steps", type=int, nargs="+", default=[1, 2, 3, 5, 8])
   p.add_argument("--patch", type=int, nargs=3, default=[32, 64, 64])
   p.add_argument("--batch", type=int, default=1)
-  p.add_argument("--remat", nargs="+", default=["none", "lean"], choices=C.M.REMAT_POLICIES)
+  p.add_argument("--remat", nargs="+", default=["none", "lean"],
+                 choices=common.networks.REMAT_POLICIES)
   p.add_argument("--unroll", type=int, default=1,
                  help="time-loop unroll of the non-lean policies (1: the while loop)")
   p.add_argument("--large", type=int, nargs="*", default=[5, 8],
@@ -95,9 +96,9 @@ def main(argv=None):
                   help="also run each step N times and record the seconds (default: compile "
                        "only)")
   p.add_argument("--tiny", action="store_true", help="tiny channel widths (smoke test)")
-  p.add_argument("--out", default=os.path.join(C.RESULTS, "memory3d.json"))
+  p.add_argument("--out", default=os.path.join(common.RESULTS, "memory3d.json"))
   args = p.parse_args(argv)
-  stages = ((4, 1), (4, 1), (6, 1), (6, 1), (8, 1)) if args.tiny else C.M.VGG16_EIGHTH
+  stages = ((4, 1), (4, 1), (6, 1), (6, 1), (8, 1)) if args.tiny else common.networks.VGG16_EIGHTH
   runs = [(tuple(args.patch), t) for t in args.time_steps]
   runs += [(tuple(args.large_patch), t) for t in args.large]
   rows = []
@@ -110,20 +111,20 @@ def main(argv=None):
             f"{r['temp_bytes'] / GIB:.3f} GiB, total {r['total_bytes'] / GIB:.3f} GiB "
             f"(compiled in {r['compile_s']:.0f} s)"
             + (f", step {min(r['step_s']):.2f} s" if r.get("step_s") else ""), flush=True)
-  params = C.M.count_params(jax.eval_shape(lambda: C.M.init_params(
-      C.M.create_model("bi-fcslstm", C.NUM_CLASSES, spatial_dims=3).clone(stages=stages),
-      C.IN_CHANNELS, size=8)))
+  model = common.networks.create_model("bi-fcslstm", common.NUM_CLASSES, spatial_dims=3)
+  params = common.networks.count_params(jax.eval_shape(lambda: common.networks.init_params(
+      model.clone(stages=stages), common.IN_CHANNELS, size=8)))
   result = {"model": "bi-fcslstm", "spatial_dims": 3, "stages": [list(s) for s in stages],
             "parameters": params, "batch": args.batch, "batching": args.batching,
             "budget_bytes": BUDGET,
-            "machine": C.machine(), "rows": rows}
-  return C.write_result(result, args.out, table)
+            "machine": common.machine(), "rows": rows}
+  return common.write_result(result, args.out, table)
 
 
 def table(result):
   lines = [f"3D Bi-FCSLSTM train step, batch {result['batch']}, widths "
            f"{[s[0] for s in result['stages']]} ({result['parameters']:,} parameters; "
-           f"{C.describe(result['machine'])})", "",
+           f"{common.describe(result['machine'])})", "",
            "| patch | T | remat | temp (GiB) | total (GiB) | temp / temp at T=1 | compile (s) |",
            "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
   first = {}

@@ -24,7 +24,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common as C  # noqa: E402
+import common  # noqa: E402
 
 
 GIB = 2 ** 30
@@ -112,9 +112,9 @@ def category(name: str, shape: str, op_name: str) -> str:
 
 
 def breakdown(batch, steps, size, remat="none", stages=None, unroll=None):
-  model = C.jax_model("bi-fcslstm", remat, unroll, stages)
+  model = common.jax_model("bi-fcslstm", remat, unroll, stages)
   t0 = time.perf_counter()
-  compiled = C.lower_train_step(model, batch, steps, size).compile()
+  compiled = common.lower_train_step(model, batch, steps, size).compile()
   compile_s = time.perf_counter() - t0
   instrs = entry_instructions(compiled.as_text())
   loops = sorted({op for _, _, op, _, _ in instrs if op in ("while", "call", "conditional")})
@@ -139,21 +139,21 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--time-steps", type=int, default=5)
   p.add_argument("--size", type=int, default=256)
-  p.add_argument("--remat", default="none", choices=C.M.REMAT_POLICIES)
+  p.add_argument("--remat", default="none", choices=common.networks.REMAT_POLICIES)
   p.add_argument("--unroll", type=int, help="time-loop unroll (default: the backend's)")
   p.add_argument("--tiny", action="store_true", help="tiny channel widths (smoke test)")
-  p.add_argument("--out", default=os.path.join(C.RESULTS, "memory_breakdown.json"))
+  p.add_argument("--out", default=os.path.join(common.RESULTS, "memory_breakdown.json"))
   args = p.parse_args(argv)
   stages = ((4, 1), (4, 1), (6, 1), (6, 1), (8, 1)) if args.tiny else None
   result = breakdown(args.batch, args.time_steps, args.size, args.remat, stages, args.unroll)
-  result["machine"] = C.machine()
-  return C.write_result(result, args.out, table)
+  result["machine"] = common.machine()
+  return common.write_result(result, args.out, table)
 
 
 def table(r):
   lines = [f"Alive at the peak of the Bi-FCSLSTM train step, {r['size']}x{r['size']}, "
            f"T = {r['time_steps']}, batch {r['batch']}, remat {r['remat']} "
-           f"({C.describe(r['machine'])})", "",
+           f"({common.describe(r['machine'])})", "",
            f"simulated peak {r['simulated_peak_bytes'] / GIB:.2f} GiB at {r['peak_at']} "
            f"({r['peak_op_name'] or 'no op_name'}); memory_analysis() temp "
            f"{r['xla_temp_bytes'] / GIB:.2f} GiB", "",

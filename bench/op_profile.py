@@ -28,8 +28,8 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common as C  # noqa: E402
-import memory_breakdown as MB  # noqa: E402
+import common  # noqa: E402
+import memory_breakdown  # noqa: E402
 
 import jax  # noqa: E402
 
@@ -71,17 +71,17 @@ def trace_events(logdir):
 
 
 def profile(batch, steps, size, timed_steps, stages=None):
-  model = C.jax_model("bi-fcslstm", stages=stages)
-  step, _ = C.jax_train_step(model)
-  params, opt_state = C.jax_state(model)
-  data = C.make_batch(batch, steps, size)
+  model = common.jax_model("bi-fcslstm", stages=stages)
+  step, _ = common.jax_train_step(model)
+  params, opt_state = common.jax_state(model)
+  data = common.make_batch(batch, steps, size)
   compiled = step.lower(params, opt_state, *data).compile()
-  flops = C.lower_train_step(model, batch, steps, size).cost_analysis()["flops"]
+  flops = common.lower_train_step(model, batch, steps, size).cost_analysis()["flops"]
   hlo = compiled.as_text()
   comps = computations(hlo)
   lines = {m.group(1): (m.group(2), line) for line in hlo.splitlines()
            for m in [re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (\S+)", line)] if m}
-  entry = {i[0] for i in MB.entry_instructions(hlo)}
+  entry = {i[0] for i in memory_breakdown.entry_instructions(hlo)}
   state = [params, opt_state]
   for _ in range(2):  # warm-up
     state[0], state[1], loss = compiled(state[0], state[1], *data)
@@ -105,7 +105,7 @@ def profile(batch, steps, size, timed_steps, stages=None):
                        "script could set --xla_cpu_enable_xprof_traceme?")
   busy = sum(per_kind.values())
   conv = per_kind[KINDS[0]] + per_kind[KINDS[1]]
-  return {"shape_BTHWC": [batch, steps, size, size, C.IN_CHANNELS], "timed_steps": timed_steps,
+  return {"shape_BTHWC": [batch, steps, size, size, common.IN_CHANNELS], "timed_steps": timed_steps,
           "traced_step_s": wall, "step_flops": flops,
           "thread_busy_s": sorted(per_thread.values(), reverse=True),
           "thread_busy_fraction": [v / wall for v in sorted(per_thread.values(), reverse=True)],
@@ -121,17 +121,17 @@ def main(argv=None):
   p.add_argument("--size", type=int, default=128)
   p.add_argument("--steps", type=int, default=3, help="traced steps")
   p.add_argument("--tiny", action="store_true", help="tiny channel widths (smoke test)")
-  p.add_argument("--out", default=os.path.join(C.RESULTS, "op_profile.json"))
+  p.add_argument("--out", default=os.path.join(common.RESULTS, "op_profile.json"))
   args = p.parse_args(argv)
   stages = ((4, 1), (4, 1), (6, 1), (6, 1), (8, 1)) if args.tiny else None
   result = profile(args.batch, args.time_steps, args.size, args.steps, stages)
-  result["machine"] = C.machine()
-  return C.write_result(result, args.out, table)
+  result["machine"] = common.machine()
+  return common.write_result(result, args.out, table)
 
 
 def table(r):
   busy = ", ".join(f"{100 * f:.0f} %" for f in r["thread_busy_fraction"])
-  lines = [f"Bi-FCSLSTM train step `{r['shape_BTHWC']}`, {C.describe(r['machine'])}: traced "
+  lines = [f"Bi-FCSLSTM train step `{r['shape_BTHWC']}`, {common.describe(r['machine'])}: traced "
            f"step {r['traced_step_s']:.2f} s; XLA threads busy {busy} of it; "
            f"{r['step_flops'] / 1e9:.0f} GFLOP per step", "",
            "| kind of operation | thread time per step (s) | share of busy time |",

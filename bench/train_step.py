@@ -15,7 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common as C  # noqa: E402
+import common  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -33,10 +33,10 @@ JAX_ROWS = {  # name -> (label, model, remat, unroll, dtype) given T
 
 
 def jax_runner(name, remat, unroll, batch, stages=None, dtype=None, chunk_pixels=None):
-  model = C.jax_model(name, remat, unroll, stages, chunk_pixels=chunk_pixels,
-                      **({} if dtype is None else {"dtype": dtype}))
-  step, _ = C.jax_train_step(model)
-  params, opt_state = C.jax_state(model)
+  model = common.jax_model(name, remat, unroll, stages, chunk_pixels=chunk_pixels,
+                           **({} if dtype is None else {"dtype": dtype}))
+  step, _ = common.jax_train_step(model)
+  params, opt_state = common.jax_state(model)
   t0 = time.perf_counter()
   compiled = step.lower(params, opt_state, *batch).compile()
   compile_s = time.perf_counter() - t0
@@ -50,18 +50,19 @@ def jax_runner(name, remat, unroll, batch, stages=None, dtype=None, chunk_pixels
 
 def torch_runner(bidirectional, batch, compile_model=False, stages=None):
   import torch
-  import torch_reference as R
-  dev = C.torch_device()
+  import torch_reference
+  dev = common.torch_device()
   x, labels, mask, class_weights = (torch.from_numpy(np.array(a)).to(dev) for a in batch)
   labels = labels.long()
   kw = {} if stages is None else {"stages": stages}
-  model = R.FCSLSTM(C.NUM_CLASSES, C.IN_CHANNELS, bidirectional, **kw).to(dev)
-  opt = R.rmsprop(model.parameters())
+  model = torch_reference.FCSLSTM(common.NUM_CLASSES, common.IN_CHANNELS, bidirectional,
+                                  **kw).to(dev)
+  opt = torch_reference.rmsprop(model.parameters())
   fwd = torch.compile(model) if compile_model else model
 
   def run():
     opt.zero_grad(set_to_none=True)
-    loss = R.weighted_cross_entropy(fwd(x), labels, mask, class_weights)
+    loss = torch_reference.weighted_cross_entropy(fwd(x), labels, mask, class_weights)
     loss.backward()
     opt.step()
     return loss.item()
@@ -94,11 +95,11 @@ def main(argv=None):
   p.add_argument("--chunk-pixels", type=int, help="the models' chunk_pixels for every JAX "
                  "row (default: the model's own default; 0: one call per stage)")
   p.add_argument("--tiny", action="store_true", help="tiny channel widths (smoke test)")
-  p.add_argument("--out", default=os.path.join(C.RESULTS, "train_step.json"))
+  p.add_argument("--out", default=os.path.join(common.RESULTS, "train_step.json"))
   args = p.parse_args(argv)
   stages = ((4, 1), (4, 1), (6, 1), (6, 1), (8, 1)) if args.tiny else None
-  batch = C.make_batch(args.batch, args.time_steps, args.size)
-  shape = [args.batch, args.time_steps, args.size, args.size, C.IN_CHANNELS]
+  batch = common.make_batch(args.batch, args.time_steps, args.size)
+  shape = [args.batch, args.time_steps, args.size, args.size, common.IN_CHANNELS]
 
   runners, setup_s = {}, {}
   configs = [JAX_ROWS[k](args.time_steps) for k in args.jax]
@@ -150,10 +151,10 @@ def main(argv=None):
   if "PyTorch eager FCSLSTM" in med and "JAX FCSLSTM" in med:
     ratios["jax_uni / PyTorch eager FCSLSTM"] = med["JAX FCSLSTM"] / med["PyTorch eager FCSLSTM"]
   result = {"shape_BTHWC": shape, "steps": args.steps, "chunk_pixels": args.chunk_pixels,
-            "machine": C.machine(), "rows": rows,
+            "machine": common.machine(), "rows": rows,
             "ratios": ratios, "torch": _torch_version(),
-            "torch_device": C.torch_device() if torch_ok else None, "reference": ref}
-  return C.write_result(result, args.out, table)
+            "torch_device": common.torch_device() if torch_ok else None, "reference": ref}
+  return common.write_result(result, args.out, table)
 
 
 def _torch_version():
@@ -166,7 +167,7 @@ def _torch_version():
 
 def table(result):
   lines = [f"Train step, `{result['shape_BTHWC']}` (B, T, H, W, C), median of "
-           f"{result['steps']} interleaved steps, {C.describe(result['machine'])}",
+           f"{result['steps']} interleaved steps, {common.describe(result['machine'])}",
            "", f"| configuration | median step (s) | × {result['reference']} | setup (s) |",
            "| --- | ---: | ---: | ---: |"]
   for r in result["rows"]:

@@ -6,16 +6,16 @@ The one place that joins the loader (the ``fcslstm_jax/data/`` folder) with the 
 (``fcslstm_jax/synthetic/``): the loader never imports a generator.
 """
 
-from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.data import protocol
 from fcslstm_jax.run_record import RunRecord
 
-BUILTIN = tuple(protocol_lib.BUILTIN)  # --dataset choices
+BUILTIN = tuple(protocol.BUILTIN)  # --dataset choices
 
 
-def resolve(dataset=None, data_dir=None, protocol=None, *, data_seed: int = 0,
+def resolve(dataset=None, data_dir=None, protocol_name=None, *, data_seed: int = 0,
             volume: str = "slab", generation=None) -> tuple:
-  """``(root, protocol)`` of ``--data-dir`` (with ``--protocol``: a shipped name or a JSON
-  file; default ``DIR/protocol.json`` if present, else bric) or else of built-in
+  """``(root, protocol)`` of ``--data-dir`` (with ``protocol_name``, ``--protocol``: a shipped
+  name or a JSON file; default ``DIR/protocol.json`` if present, else bric) or else of built-in
   ``dataset`` (default bric; its own protocol), generated on first use.
 
   Args:
@@ -24,9 +24,8 @@ def resolve(dataset=None, data_dir=None, protocol=None, *, data_seed: int = 0,
       ``volume``'s (small datasets for tests and smoke runs).
   """
   if data_dir:
-    return str(data_dir), protocol_lib.get_protocol(protocol, data_dir)
-  protocol = protocol_lib.builtin(dataset or "bric")
-  return builtin_root(data_seed, volume, generation), protocol
+    return str(data_dir), protocol.get_protocol(protocol_name, data_dir)
+  return builtin_root(data_seed, volume, generation), protocol.builtin(dataset or "bric")
 
 
 def builtin_root(data_seed: int = 0, volume: str = "slab", generation=None) -> str:

@@ -43,6 +43,21 @@ def _suffix(path) -> str:
   return ".nii.gz" if name.endswith(".nii.gz") else os.path.splitext(name)[1]
 
 
+_RECORDERS: list = []  # the lists of :func:`recording` blocks now open
+
+
+@contextlib.contextmanager
+def recording():
+  """Yields a list that collects the absolute path of every file :func:`atomic_path` (and so
+  every writer here) completes inside the block: what a command wrote, for its manifest."""
+  written = []
+  _RECORDERS.append(written)
+  try:
+    yield written
+  finally:
+    _RECORDERS.remove(written)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
   """Yields a temporary path beside ``path`` with the same extension (writers such as
@@ -57,6 +72,8 @@ def atomic_path(path):
     try:
       yield tmp
       os.replace(tmp, path)
+      for written in _RECORDERS:
+        written.append(os.path.abspath(path))
     except BaseException:
       if os.path.exists(tmp):
         os.unlink(tmp)

@@ -15,7 +15,7 @@ from typing import Optional, Union
 from fcslstm_jax import files
 from fcslstm_jax import jsonfile
 from fcslstm_jax.config import Config
-from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.data import protocol
 from fcslstm_jax.data.study import GridOptions
 from fcslstm_jax.errors import ConfigError
 
@@ -43,7 +43,7 @@ class RunRecord:
   """
   config: Config
   dataset: str
-  protocol: protocol_lib.Protocol
+  protocol: protocol.Protocol
   grid: Optional[GridOptions] = None
   config_name: Optional[str] = None
   data_seed: int = 0
@@ -52,7 +52,7 @@ class RunRecord:
   @property
   def builtin(self) -> bool:
     """Whether the run trained on a built-in (generated) dataset."""
-    return self.dataset in protocol_lib.BUILTIN
+    return self.dataset in protocol.BUILTIN
 
   def to_json(self) -> dict:
     d = {"config": self.config.to_json(), "config_name": self.config_name,
@@ -78,11 +78,11 @@ class RunRecord:
                         "edited). Restore it, or train again in another --workdir.")
     recorded = fields.get("protocol")
     if isinstance(recorded, dict):
-      fields["protocol"] = protocol_lib.from_dict(recorded, f"{path} (protocol)")
-    elif fields["dataset"] in protocol_lib.BUILTIN:  # older records: a name
-      fields["protocol"] = protocol_lib.BUILTIN[fields["dataset"]]
+      fields["protocol"] = protocol.from_dict(recorded, f"{path} (protocol)")
+    elif fields["dataset"] in protocol.BUILTIN:  # older records: a name
+      fields["protocol"] = protocol.BUILTIN[fields["dataset"]]
     else:
-      fields["protocol"] = protocol_lib.get_protocol(recorded or "bric")
+      fields["protocol"] = protocol.get_protocol(recorded or "bric")
     if fields.get("grid") is not None:
       fields["grid"] = GridOptions.from_json(fields["grid"], f"{path} (grid)")
     return cls(**fields)

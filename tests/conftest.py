@@ -24,23 +24,23 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 import pytest  # noqa: E402
 
-from fcslstm_jax.synthetic import bric_like as bric  # noqa: E402
+from fcslstm_jax.synthetic import bric_like  # noqa: E402
 from fcslstm_jax.synthetic import cohort  # noqa: E402
 from helpers import STUDY, STUDY_EPOCHS, train_args  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory):
-  """The built-in generator's tiny dataset (bric.TINY), written once per test session."""
-  return bric.generate(tmp_path_factory.mktemp("data") / "tiny", seed=0, config=bric.TINY)
+  """The built-in generator's tiny dataset (bric_like.TINY), written once per test session."""
+  return bric_like.generate(tmp_path_factory.mktemp("data") / "tiny", seed=0, config=bric_like.TINY)
 
 
 @pytest.fixture(scope="session")
 def dataset3d(tmp_path_factory):
-  """The built-in generator's tiny whole-volume dataset (bric.TINY_3D: 2 subjects,
+  """The built-in generator's tiny whole-volume dataset (bric_like.TINY_3D: 2 subjects,
   32x32x12), for the 3D + time tests."""
-  return bric.generate(tmp_path_factory.mktemp("data3d") / "tiny3d", seed=0,
-                       config=bric.TINY_3D)
+  return bric_like.generate(tmp_path_factory.mktemp("data3d") / "tiny3d", seed=0,
+                            config=bric_like.TINY_3D)
 
 
 @pytest.fixture(scope="session")

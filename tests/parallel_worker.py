@@ -23,9 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fcslstm_jax.model import networks as M  # noqa: E402
+from fcslstm_jax.model import networks  # noqa: E402
 from fcslstm_jax.train import parallel  # noqa: E402
-from fcslstm_jax.train import loop as train_lib  # noqa: E402
+from fcslstm_jax.train import loop  # noqa: E402
 from fcslstm_jax.config import get_config  # noqa: E402
 
 BATCH, STEPS, T, SIZE, CHANNELS, CLASSES = 2, 2, 2, 32, 2, 4
@@ -57,22 +57,22 @@ def initial_state(config, spatial=(SIZE, SIZE)):
   """A host copy of an initial TrainState with He-normal kernels drawn in numpy from the
   parameter shapes: ``jax.jit(model.init)`` would cost one more compilation, and these
   tests compare runs from the same start, whatever it is. Zero biases."""
-  model = M.build_model(config, CLASSES)
+  model = networks.build_model(config, CLASSES)
   x = jax.ShapeDtypeStruct((1, T) + tuple(spatial) + (CHANNELS,), np.float32)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)["params"]
   rng = np.random.default_rng(config.seed)
   he = lambda s: (rng.standard_normal(s.shape) * np.sqrt(2 / np.prod(s.shape[:-1]))
                   if len(s.shape) > 1 else np.zeros(s.shape)).astype(np.float32)
   params = jax.tree_util.tree_map(he, shapes)
-  state = train_lib.TrainState.create(apply_fn=model.apply, params=params,
-                                      tx=train_lib.make_optimizer(config, 1))
+  state = loop.TrainState.create(apply_fn=model.apply, params=params,
+                                 tx=loop.make_optimizer(config, 1))
   return jax.tree_util.tree_map(np.asarray, state)
 
 
 def step_on(mesh, config):
-  """The jitted train step as ``train_lib.train_and_evaluate`` builds it."""
-  return jax.jit(lambda s, b, r: train_lib.train_step(s, b, r, class_weights=WEIGHTS,
-                                                      config=config),
+  """The jitted train step as ``loop.train_and_evaluate`` builds it."""
+  return jax.jit(lambda s, b, r: loop.train_step(s, b, r, class_weights=WEIGHTS,
+                                                 config=config),
                  donate_argnums=0, out_shardings=parallel.replicated(mesh))
 
 
@@ -95,7 +95,7 @@ def bf16_step(config, state, batch):
   """One bfloat16 step on one device: its loss, the HLO before and after XLA's passes, and
   the dtypes of the updated parameters and optimizer state."""
   config = config.replace(precision="bfloat16")
-  model = M.build_model(config, CLASSES)
+  model = networks.build_model(config, CLASSES)
   state = state.replace(apply_fn=model.apply)
   mesh = parallel.make_mesh(1)
   args = (parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh),
@@ -136,8 +136,8 @@ def mesh_main(out):
   for n in (1, 2):
     mesh = parallel.make_mesh(n)
     losses, params = train_on(mesh, fcn3d, state, batches)
-    model = train_lib.build_model(fcn3d, CLASSES)
-    predict = train_lib.make_volume_predict_fn(model, fcn3d, mesh, window_batch=2)
+    model = loop.build_model(fcn3d, CLASSES)
+    predict = loop.make_volume_predict_fn(model, fcn3d, mesh, window_batch=2)
     result[f"volume_proba{n}"] = predict(parallel.replicate(state.params, mesh), volume,
                                          np.ones((1, T), bool))
     log(f"fcn 3D on {n} device(s)")
@@ -149,13 +149,13 @@ def mesh_main(out):
 def train_main(out, argv):
   import train
   from fcslstm_jax.checkpoint import Checkpointer
-  results, run = [], train_lib.train_and_evaluate
+  results, run = [], loop.train_and_evaluate
 
   def keep_result(*args, **kwargs):  # train.main returns an exit code; keep the state too
     results.append(run(*args, **kwargs))
     return results[-1]
 
-  train_lib.train_and_evaluate = keep_result
+  loop.train_and_evaluate = keep_result
   rc = train.main(argv)
   if rc == 2 and not results:  # refused before training (an error line on stderr)
     log("train.py refused the run, exit 2")

@@ -15,7 +15,7 @@ import pytest
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
 sys.path.insert(0, BENCH)
 
-import common as C  # noqa: E402
+import common  # noqa: E402
 import flops  # noqa: E402
 import gpu_bench  # noqa: E402
 import memory  # noqa: E402
@@ -23,7 +23,7 @@ import memory3d  # noqa: E402
 import memory_breakdown  # noqa: E402
 import train_step  # noqa: E402
 
-from fcslstm_jax.model import networks as M  # noqa: E402
+from fcslstm_jax.model import networks  # noqa: E402
 
 TINY = ((4, 1), (4, 1), (6, 1), (6, 1), (8, 1))
 HAVE_TORCH = train_step.have_torch()
@@ -137,11 +137,12 @@ def test_flops_script(tmp_path):
 def test_rmsprop_matches_torch_semantics():
   """eps outside the square root, v starting at 0, as torch.optim.RMSprop."""
   import jax.numpy as jnp
-  tx = C.rmsprop()
+  tx = common.rmsprop()
   p, g = jnp.ones(3), jnp.array([1e-3, 0.5, -2.0])
   upd, _ = tx.update(g, tx.init(p), p)
-  v = (1 - C.RMSPROP_DECAY) * g ** 2
-  np.testing.assert_allclose(upd, -C.LEARNING_RATE * g / (jnp.sqrt(v) + C.RMSPROP_EPS), rtol=1e-6)
+  v = (1 - common.RMSPROP_DECAY) * g ** 2
+  np.testing.assert_allclose(upd, -common.LEARNING_RATE * g / (jnp.sqrt(v) + common.RMSPROP_EPS),
+                             rtol=1e-6)
 
 
 @needs_torch
@@ -150,22 +151,22 @@ def test_torch_reference_is_the_same_model(bidirectional):
   """Same parameter count, same logits, same loss and same first update as the JAX model.
   (Bi-FCSLSTM only: its forward direction is the unidirectional layer.)"""
   import torch
-  import torch_reference as R
-  model = M.FCSLSTM(C.NUM_CLASSES, bidirectional=bidirectional, stages=TINY)
-  params = M.init_params(model, C.IN_CHANNELS)
-  tmodel = R.load_flax_params(R.FCSLSTM(C.NUM_CLASSES, C.IN_CHANNELS, bidirectional, TINY),
-                              params)
-  assert R.count_params(tmodel) == M.count_params(params)
-  x, labels, mask, cw = C.make_batch(1, 3, 32)
-  step, tx = C.jax_train_step(model)
+  import torch_reference
+  model = networks.FCSLSTM(common.NUM_CLASSES, bidirectional=bidirectional, stages=TINY)
+  params = networks.init_params(model, common.IN_CHANNELS)
+  tmodel = torch_reference.load_flax_params(
+      torch_reference.FCSLSTM(common.NUM_CLASSES, common.IN_CHANNELS, bidirectional, TINY), params)
+  assert torch_reference.count_params(tmodel) == networks.count_params(params)
+  x, labels, mask, cw = common.make_batch(1, 3, 32)
+  step, tx = common.jax_train_step(model)
   want_logits = model.apply({"params": params}, x)
   new_params, _, loss = step(params, tx.init(params), x, labels, mask, cw)
   tx_ = lambda a: torch.from_numpy(np.array(a))  # noqa: E731
   logits = tmodel(tx_(x))
   np.testing.assert_allclose(logits.detach().numpy(), want_logits, rtol=1e-4, atol=1e-5)
-  tloss = R.weighted_cross_entropy(logits, tx_(labels).long(), tx_(mask), tx_(cw))
+  tloss = torch_reference.weighted_cross_entropy(logits, tx_(labels).long(), tx_(mask), tx_(cw))
   np.testing.assert_allclose(tloss.item(), float(loss), rtol=1e-5)
-  opt = R.rmsprop(tmodel.parameters())
+  opt = torch_reference.rmsprop(tmodel.parameters())
   tloss.backward()
   opt.step()
   want = np.asarray(new_params["backend"]["fuse1"]["kernel"])[0, 0].T

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from fcslstm_jax.model import networks as M
+from fcslstm_jax.model import networks
 from fcslstm_jax.model import psi
 from fcslstm_jax.model import slstm
 
@@ -144,14 +144,14 @@ def test_merged_model_equals_two_scan_model(monkeypatch):
   merge_directions."""
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 32, 32, 2))
   valid = jnp.array([[True, False, True]])
-  model = M.FCSLSTM(3, bidirectional=True, stages=TINY)
+  model = networks.FCSLSTM(3, bidirectional=True, stages=TINY)
   with monkeypatch.context() as m:
     m.setattr(slstm, "BidirectionalLSTM", TwoScanBidirectionalLSTM)
-    init_old = M.init_params(model, 2)
+    init_old = networks.init_params(model, 2)
     p_old = _perturbed(init_old, 0.05)
     want, g_old = _logits_and_grads(model.apply, p_old, x, valid)
   # Same seed, same initial parameters (BidirectionalLSTM._two_scan_init).
-  chex.assert_trees_all_equal(M.init_params(model, 2), merged(init_old))
+  chex.assert_trees_all_equal(networks.init_params(model, 2), merged(init_old))
   p_new = merged(p_old)
   got, g_new = _logits_and_grads(model.apply, p_new, x, valid)
   chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)

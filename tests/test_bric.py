@@ -12,29 +12,29 @@ import pytest
 
 from fcslstm_jax import datasets
 from fcslstm_jax.cli import preview
-from fcslstm_jax.synthetic import bric_like as bric
-from fcslstm_jax.data import study as data
+from fcslstm_jax.synthetic import bric_like
+from fcslstm_jax.data import study
 from fcslstm_jax.outputs import figures
-from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.data import protocol
 from fcslstm_jax.data import sequences
 from fcslstm_jax.errors import DataError
 
 # Reduced size: 2 subjects, 4 axial slices of 64 x 64 at 3 mm (same field of view).
-SMALL = bric.GenerationConfig(num_subjects=2, grid=(64, 64), num_slices=4, voxel_mm=3.0)
+SMALL = bric_like.GenerationConfig(num_subjects=2, grid=(64, 64), num_slices=4, voxel_mm=3.0)
 
 
 @pytest.fixture(scope="module")
 def small_dir(tmp_path_factory):
-  return bric.generate(tmp_path_factory.mktemp("bric") / "seed0", seed=0, config=SMALL)
+  return bric_like.generate(tmp_path_factory.mktemp("bric") / "seed0", seed=0, config=SMALL)
 
 
-DENSE = dataclasses.replace(protocol_lib.BRIC, labeled_slices_per_volume=100)
+DENSE = dataclasses.replace(protocol.BRIC, labeled_slices_per_volume=100)
 
 
 @pytest.fixture(scope="module")
 def subjects(small_dir):
   """Every labeled slice counted (the generator labels the whole slab)."""
-  return data.load_dataset(small_dir, DENSE)
+  return study.load_dataset(small_dir, DENSE)
 
 
 def dataset_digest(root):
@@ -54,9 +54,9 @@ def dataset_digest(root):
 
 
 def test_same_seed_same_dataset(small_dir, tmp_path):
-  again = bric.generate(tmp_path / "again", seed=0, config=SMALL)
+  again = bric_like.generate(tmp_path / "again", seed=0, config=SMALL)
   assert dataset_digest(again) == dataset_digest(small_dir)
-  other = bric.generate(tmp_path / "other", seed=1, config=SMALL)
+  other = bric_like.generate(tmp_path / "other", seed=1, config=SMALL)
   assert dataset_digest(other) != dataset_digest(small_dir)
 
 
@@ -77,7 +77,7 @@ def test_layout_and_description(small_dir):
 
 
 def test_every_class_in_every_session(small_dir):
-  subjects = data.load_dataset(small_dir, protocol_lib.BRIC)
+  subjects = study.load_dataset(small_dir, protocol.BRIC)
   assert len(subjects) == 2
   for subject in subjects:
     assert [s.age for s in subject.sessions] == [0, 3, 6, 9, 12]
@@ -110,10 +110,10 @@ def test_brain_grows(subjects):
 
 
 def test_held_out_labels_never_reach_training(small_dir):
-  protocol = protocol_lib.BRIC
-  subjects = data.load_dataset(small_dir, protocol)
-  train = sequences.make_sequences(subjects, protocol, "train")
-  test = sequences.make_sequences(subjects, protocol, "test")
+  proto = protocol.BRIC
+  subjects = study.load_dataset(small_dir, proto)
+  train = sequences.make_sequences(subjects, proto, "train")
+  test = sequences.make_sequences(subjects, proto, "test")
   assert train.images.shape == (2, 5, 64, 64, 2) and train.valid.all()
   labeled = train.label_mask.any(axis=(2, 3))  # [N, T]
   np.testing.assert_array_equal(labeled, np.tile([True, True, False, True, True], (2, 1)))
@@ -124,42 +124,42 @@ def test_held_out_labels_never_reach_training(small_dir):
 
 
 def test_ibis_protocol_uses_three_sessions(small_dir):
-  ibis = protocol_lib.IBIS_BUILTIN
-  study = data.load_study(small_dir, ibis)
-  assert [str(u).split(":")[0] for u in study.unassigned] == [
+  ibis = protocol.IBIS_BUILTIN
+  loaded = study.load_study(small_dir, ibis)
+  assert [str(u).split(":")[0] for u in loaded.unassigned] == [
       f"sub-{s} ses-{a:02d}mo (age {a})" for s in ("01", "02") for a in (0, 3)]  # named
-  s = sequences.make_sequences(study.subjects, ibis, "test")
+  s = sequences.make_sequences(loaded.subjects, ibis, "test")
   assert s.images.shape[1] == 3 and s.valid.all()
   np.testing.assert_array_equal(s.label_mask.any(axis=(2, 3))[0], [True, False, False])
-  six_months = study.subjects[0].sessions[0]
+  six_months = loaded.subjects[0].sessions[0]
   np.testing.assert_array_equal(s.images[0, 0], six_months.image[:, :, s.slice_index[0]])
 
 
 def test_preview_png(subjects, tmp_path):
   out = tmp_path / "preview.png"
-  figures.subject_preview(out, subjects[0], protocol_lib.BRIC)
+  figures.subject_preview(out, subjects[0], protocol.BRIC)
   assert out.stat().st_size > 1000 and out.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_builtin_dir_env(monkeypatch, tmp_path):
   monkeypatch.delenv("FCSLSTM_DATA_DIR", raising=False)
-  assert bric.builtin_dataset_dir("bric", 3) == pathlib.Path("data") / "bric-v1-seed3"
+  assert bric_like.builtin_dataset_dir("bric", 3) == pathlib.Path("data") / "bric-v1-seed3"
   monkeypatch.setenv("FCSLSTM_DATA_DIR", str(tmp_path))
-  assert bric.builtin_dataset_dir("bric", 0) == tmp_path / "bric-v1-seed0"
+  assert bric_like.builtin_dataset_dir("bric", 0) == tmp_path / "bric-v1-seed0"
 
 
 def test_builtin_dataset_is_generated_once(monkeypatch, tmp_path, small_dir):
   monkeypatch.setenv("FCSLSTM_DATA_DIR", str(tmp_path))
   kwargs = dict(num_subjects=1, grid=(64, 64), num_slices=4, voxel_mm=3.0)
-  root, protocol = datasets.resolve("bric", generation=bric.GenerationConfig(**kwargs))
-  assert protocol is protocol_lib.BRIC and len(data.load_dataset(root, protocol)) == 1
+  root, proto = datasets.resolve("bric", generation=bric_like.GenerationConfig(**kwargs))
+  assert proto is protocol.BRIC and len(study.load_dataset(root, proto)) == 1
   (folder,) = tmp_path.iterdir()  # nothing else left behind
   assert folder.name.startswith("bric-v1-seed0-")
   marker = folder / "dataset_description.json"
   before = marker.stat().st_mtime_ns
-  monkeypatch.setattr(bric, "write_dataset", lambda *a: pytest.fail("regenerated"))
-  root, protocol = datasets.resolve("ibis", generation=bric.GenerationConfig(**kwargs))
-  assert protocol is protocol_lib.IBIS_BUILTIN and data.load_dataset(root, protocol)
+  monkeypatch.setattr(bric_like, "write_dataset", lambda *a: pytest.fail("regenerated"))
+  root, proto = datasets.resolve("ibis", generation=bric_like.GenerationConfig(**kwargs))
+  assert proto is protocol.IBIS_BUILTIN and study.load_dataset(root, proto)
   assert marker.stat().st_mtime_ns == before
   # Same anatomy as the 2-subject dataset: subject 1 does not depend on how many follow.
   a = nib.load(str(folder / "sub-01/ses-03mo/anat/sub-01_ses-03mo_T2w.nii.gz")).dataobj
@@ -169,12 +169,12 @@ def test_builtin_dataset_is_generated_once(monkeypatch, tmp_path, small_dir):
 
 def test_stale_cache_is_reported(monkeypatch, tmp_path):
   monkeypatch.setenv("FCSLSTM_DATA_DIR", str(tmp_path))
-  folder = bric.builtin_dataset_dir("bric", 0)
+  folder = bric_like.builtin_dataset_dir("bric", 0)
   folder.mkdir()
   desc = {"GeneratedBy": [{"Parameters": {"seed": 0, "num_subjects": 3}}]}
   (folder / "dataset_description.json").write_text(json.dumps(desc))
   with pytest.raises(DataError, match=str(folder)):
-    bric.ensure_dataset(seed=0)
+    bric_like.ensure_dataset(seed=0)
 
 
 def test_interrupted_generation_leaves_nothing(monkeypatch, tmp_path):
@@ -182,9 +182,9 @@ def test_interrupted_generation_leaves_nothing(monkeypatch, tmp_path):
     (pathlib.Path(out_dir) / "sub-01").mkdir()
     raise KeyboardInterrupt
 
-  monkeypatch.setattr(bric, "write_dataset", crash)
+  monkeypatch.setattr(bric_like, "write_dataset", crash)
   with pytest.raises(KeyboardInterrupt):
-    bric.generate(tmp_path / "ds", seed=0, config=SMALL)
+    bric_like.generate(tmp_path / "ds", seed=0, config=SMALL)
   assert os.listdir(tmp_path) == []
 
 

@@ -2,7 +2,7 @@
 
 import json
 
-from fcslstm_jax.experiments import compare
+from experiments import compare
 
 
 def test_quick_comparison_writes_consistent_results(tmp_path, monkeypatch):

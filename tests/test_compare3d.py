@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from fcslstm_jax.experiments import compare3d
+from experiments import compare3d
 
 
 def test_inter_slice_consistency_counts_head_pairs_along_z():

@@ -9,9 +9,9 @@ import sys
 import numpy as np
 
 from fcslstm_jax import compile_cache
-from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.data import protocol
 from fcslstm_jax.infer import ensemble
-from fcslstm_jax.infer import evaluate as inference
+from fcslstm_jax.infer import pipeline
 from fcslstm_jax.infer import tta
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,20 +51,20 @@ def test_cache_folder_precedence(monkeypatch, tmp_path):
 
 
 def test_bucketed_slices_give_the_same_probabilities(study_run, study_dir):
-  runs = inference.read_runs([str(study_run)])
-  study, protocol = inference.load_for_evaluation(runs[0][1])
-  members = inference.load_members(runs, protocol)
+  runs = pipeline.read_runs([str(study_run)])
+  study, proto = pipeline.load_for_evaluation(runs[0][1])
+  members = pipeline.load_members(runs, proto)
   fns = ensemble.predict_fns(members, tta.flip_variants((), 2))
   shapes, buckets = set(), set()
   for subject in study.subjects:
     if subject.grid is None:
       continue
-    seq, exact = inference.segment_subject(fns, [members[0].params], subject, protocol, 4)
-    _, padded = inference.segment_subject(fns, [members[0].params], subject, protocol, 4,
-                                          bucket=True)
+    seq, exact = pipeline.segment_subject(fns, [members[0].params], subject, proto, 4)
+    _, padded = pipeline.segment_subject(fns, [members[0].params], subject, proto, 4,
+                                         bucket=True)
     np.testing.assert_allclose(padded, exact, atol=1e-6)
     np.testing.assert_array_equal(padded.argmax(-1), exact.argmax(-1))
     shapes.add(seq.images.shape[2:4])
-    buckets.add(inference.bucketed(seq).images.shape[2:4])
+    buckets.add(pipeline.bucketed(seq).images.shape[2:4])
   assert all(h % 32 == 0 and w % 32 == 0 for h, w in buckets)
   assert len(buckets) <= len(shapes)

@@ -12,7 +12,7 @@ LAYERS = (
     {"__init__", "config", "errors", "files", "jsonfile", "metrics", "checkpoint",
      "compile_cache"},  # base
     {"model"}, {"data"}, {"synthetic"}, {"run_record", "datasets"}, {"outputs"}, {"infer"},
-    {"train"}, {"cli", "experiments"},
+    {"train"}, {"cli"},
 )
 
 
@@ -41,6 +41,16 @@ def test_no_module_imports_upward():
             for p in sorted(PACKAGE.rglob("*.py")) for name in imported(p)
             if layer(name) > layer(top_of(p))]
   assert upward == []
+
+
+def test_the_package_never_imports_the_experiments_or_benchmarks():
+  """``experiments/`` and ``bench/`` sit outside the package and use it, never the reverse."""
+  outside = [f"{p.relative_to(PACKAGE)} imports {name}" for p in sorted(PACKAGE.rglob("*.py"))
+             for node in ast.walk(ast.parse(p.read_text()))
+             for name in ([a.name for a in node.names] if isinstance(node, ast.Import)
+                          else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+             if name.split(".")[0] in ("experiments", "bench")]
+  assert outside == []
 
 
 def test_every_folder_and_module_is_in_a_layer_and_the_readme():

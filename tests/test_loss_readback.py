@@ -10,11 +10,11 @@ import json
 import numpy as np
 import pytest
 
-from fcslstm_jax.train import loop as train_lib
+from fcslstm_jax.train import loop
 from fcslstm_jax.config import get_config
 from fcslstm_jax.data.sequences import SliceSet
 from fcslstm_jax.errors import ConfigError
-from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.data import protocol
 from fcslstm_jax.run_record import RunRecord
 
 CLASSES = ("background", "csf", "gm", "wm")
@@ -50,18 +50,18 @@ class RecordingBar:
 def run(workdir, log_every_steps, data, epochs=2):
   config = get_config("tiny", epochs=epochs, log_every_steps=log_every_steps)
   shown = []
-  record = RunRecord(config=config, dataset="synthetic", protocol=protocol_lib.BRIC)
-  train_lib.train_and_evaluate(config, data, data, str(workdir), CLASSES, record,
-                               progress=lambda steps, epoch: RecordingBar(steps, shown),
-                               log=lambda *a: None)
+  record = RunRecord(config=config, dataset="synthetic", protocol=protocol.BRIC)
+  loop.train_and_evaluate(config, data, data, str(workdir), CLASSES, record,
+                          progress=lambda steps, epoch: RecordingBar(steps, shown),
+                          log=lambda *a: None)
   with open(workdir / "metrics.jsonl") as f:
     return [json.loads(line)["loss"] for line in f], shown
 
 
 def test_first_nonfinite():
-  assert train_lib.first_nonfinite([0.5, 0.25]) is None
-  assert train_lib.first_nonfinite([0.5, np.inf, np.nan]) == 1
-  assert train_lib.first_nonfinite(np.array([np.nan], np.float32)) == 0
+  assert loop.first_nonfinite([0.5, 0.25]) is None
+  assert loop.first_nonfinite([0.5, np.inf, np.nan]) == 1
+  assert loop.first_nonfinite(np.array([np.nan], np.float32)) == 0
 
 
 def test_losses_read_every_3_steps_equal_the_per_step_losses(tmp_path):
@@ -76,10 +76,10 @@ def test_losses_read_every_3_steps_equal_the_per_step_losses(tmp_path):
 
 def test_nan_guard_names_the_step_inside_the_window(tmp_path):
   """The NaN batch is the second of a 3-step window; the message names its step."""
-  order = train_lib.epoch_order(0, 0, 8)  # the first epoch's order (seed 0 of "tiny")
+  order = loop.epoch_order(0, 0, 8)  # the first epoch's order (seed 0 of "tiny")
   bad = int(order[2])  # first sequence of the second batch, i.e. step 2
   data = synthetic_set(nan_at=bad)
-  with pytest.raises(train_lib.NonFiniteLoss) as e:
+  with pytest.raises(loop.NonFiniteLoss) as e:
     run(tmp_path / "run", 3, data)
   message = str(e.value)
   assert message.startswith("loss became nan at step 2 (epoch 1): ")

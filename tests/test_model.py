@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcslstm_jax.model import networks as M
+from fcslstm_jax.model import networks
 from fcslstm_jax.model import psi
 from fcslstm_jax.model import slstm
 
@@ -104,13 +104,13 @@ def test_missing_time_point_is_skipped_by_the_sequence():
   chex.assert_trees_all_equal(with_gap[:, 1], jnp.zeros_like(with_gap[:, 1]))
 
 
-@pytest.mark.parametrize("name", M.MODELS)
+@pytest.mark.parametrize("name", networks.MODELS)
 @pytest.mark.parametrize("t", [1, 3, 5])
 @pytest.mark.parametrize("hw", [(64, 64), (97, 115), (33, 40)])
 def test_output_shapes(name, t, hw):
-  model = M.create_model(name, num_classes=4)
+  model = networks.create_model(name, num_classes=4)
   x = jax.ShapeDtypeStruct((2, t) + hw + (2,), jnp.float32)
-  params = jax.eval_shape(lambda: M.init_params(model, 2))
+  params = jax.eval_shape(lambda: networks.init_params(model, 2))
   out = jax.eval_shape(lambda p, x: model.apply({"params": p}, x), params, x)
   chex.assert_shape(out, (2, t) + hw + (4,))
   chex.assert_type(out, jnp.float32)
@@ -118,9 +118,9 @@ def test_output_shapes(name, t, hw):
 
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_odd_size_forward_is_finite_and_crops(bidirectional):
-  model = M.FCSLSTM(3, bidirectional=bidirectional, stages=TINY)
+  model = networks.FCSLSTM(3, bidirectional=bidirectional, stages=TINY)
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 97, 115, 2))
-  params = M.init_params(model, 2)
+  params = networks.init_params(model, 2)
   out = jax.jit(model.apply)({"params": params}, x)
   chex.assert_shape(out, (1, 3, 97, 115, 3))
   chex.assert_tree_all_finite(out)
@@ -128,26 +128,26 @@ def test_odd_size_forward_is_finite_and_crops(bidirectional):
 
 def _output_input_jacobian(model, t_out):
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 32, 32, 2))  # t_out=1: one step each side
-  params = M.init_params(model, 2)
+  params = networks.init_params(model, 2)
   f = lambda x: jnp.sum(model.apply({"params": params}, x)[:, t_out])
   return jax.jit(jax.grad(f))(x)  # [1, T, H, W, C]
 
 
 def test_unidirectional_is_causal():
-  g = _output_input_jacobian(M.FCSLSTM(3, stages=TINY), t_out=1)
+  g = _output_input_jacobian(networks.FCSLSTM(3, stages=TINY), t_out=1)
   per_step = np.abs(np.asarray(g)).sum(axis=(0, 2, 3, 4))
   assert per_step[0] > 0 and per_step[1] > 0
   assert per_step[2] == 0.0, per_step
 
 
 def test_bidirectional_sees_the_future():
-  g = _output_input_jacobian(M.FCSLSTM(3, bidirectional=True, stages=TINY), t_out=1)
+  g = _output_input_jacobian(networks.FCSLSTM(3, bidirectional=True, stages=TINY), t_out=1)
   per_step = np.abs(np.asarray(g)).sum(axis=(0, 2, 3, 4))
   assert np.all(per_step > 0), per_step
 
 
 def test_fcn_sees_only_its_own_time_point():
-  g = _output_input_jacobian(M.FCN(3, stages=TINY), t_out=1)
+  g = _output_input_jacobian(networks.FCN(3, stages=TINY), t_out=1)
   per_step = np.abs(np.asarray(g)).sum(axis=(0, 2, 3, 4))
   assert per_step[1] > 0 and per_step[0] == 0 and per_step[2] == 0, per_step
 
@@ -161,8 +161,8 @@ def _loss_fn(model):
 @pytest.mark.parametrize("remat", ["stages", "full"])
 def test_remat_gives_the_same_gradients(remat):
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 2, 32, 32, 2))  # T = 2: backprop through time
-  base = M.FCSLSTM(3, bidirectional=True, stages=TINY)
-  params = M.init_params(base, 2)
+  base = networks.FCSLSTM(3, bidirectional=True, stages=TINY)
+  params = networks.init_params(base, 2)
   g0 = jax.jit(jax.grad(_loss_fn(base)))(params, x)
   g1 = jax.jit(jax.grad(_loss_fn(base.clone(remat=remat))))(params, x)
   chex.assert_trees_all_close(g0, g1, rtol=1e-5, atol=1e-7)
@@ -182,9 +182,9 @@ def test_chunk_size():
 def test_chunked_conv_stages_give_the_same_function(name):
   """3 images per stage call, in pieces of 2 + 1 at full size and 3 at the smaller stages."""
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 32, 32, 2))
-  whole = M.create_model(name, 3, chunk_pixels=0).clone(stages=TINY)
+  whole = networks.create_model(name, 3, chunk_pixels=0).clone(stages=TINY)
   chunked = whole.clone(chunk_pixels=2 * 32 * 32)
-  params = M.init_params(whole, 2)
+  params = networks.init_params(whole, 2)
   convs = [str(jax.make_jaxpr(m.apply)({"params": params}, x)).count("conv_general_dilated")
            for m in (whole, chunked)]
   assert convs[1] > convs[0], convs  # the chunked model really makes more, smaller calls
@@ -202,8 +202,8 @@ def test_chunked_conv_stages_give_the_same_function(name):
 def test_remat_turns_default_chunking_off():
   """128x128 is over CPU_CHUNK_PIXELS: by default one image per call, unless remat is on."""
   x = jax.ShapeDtypeStruct((1, 3, 128, 128, 2), jnp.float32)
-  base = M.FCSLSTM(3, bidirectional=True, stages=TINY)
-  params = jax.eval_shape(lambda: M.init_params(base, 2))
+  base = networks.FCSLSTM(3, bidirectional=True, stages=TINY)
+  params = jax.eval_shape(lambda: networks.init_params(base, 2))
 
   def convs(model):
     return str(jax.make_jaxpr(model.apply)({"params": params}, x)).count("conv_general_dilated")
@@ -222,8 +222,8 @@ def test_remat_lowers_compiled_temp_memory():
   x = jax.ShapeDtypeStruct((1, 5, 128, 128, 2), jnp.float32)
   temps = {}
   for remat in ("none", "full", "lean"):
-    model = M.FCSLSTM(4, remat=remat, unroll=1)
-    params = jax.eval_shape(lambda m=model: M.init_params(m, 2))
+    model = networks.FCSLSTM(4, remat=remat, unroll=1)
+    params = jax.eval_shape(lambda m=model: networks.init_params(m, 2))
     compiled = jax.jit(jax.grad(_loss_fn(model))).lower(params, x).compile()
     temps[remat] = compiled.memory_analysis().temp_size_in_bytes
   assert temps["full"] < 0.8 * temps["none"], temps
@@ -236,9 +236,9 @@ def test_lean_remat_gives_the_same_function_and_gradients(bidirectional):
   ``"none"`` (CPU default: loop unrolled), with a missing time point."""
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 32, 32, 2))
   valid = jnp.array([[True, False, True]])
-  base = M.FCSLSTM(3, bidirectional=bidirectional, stages=TINY)
+  base = networks.FCSLSTM(3, bidirectional=bidirectional, stages=TINY)
   lean = base.clone(remat="lean")
-  params = M.init_params(base, 2)
+  params = networks.init_params(base, 2)
 
   def logits_and_grads(model):
     def loss(p):
@@ -262,8 +262,8 @@ def test_max_pool_lean_is_max_pool():
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 6, 4))
   x = x.at[0].set(0.0).at[1, :4].set(1.0).at[2, 0, 0, 0].set(x[2, 1, 1, 0])
   g = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 3, 4))
-  y0, vjp0 = jax.vjp(M.max_pool, x)
-  y1, vjp1 = jax.vjp(M.max_pool_lean, x)
+  y0, vjp0 = jax.vjp(networks.max_pool, x)
+  y1, vjp1 = jax.vjp(networks.max_pool_lean, x)
   chex.assert_trees_all_equal(y0, y1)
   chex.assert_trees_all_equal(vjp0(g), vjp1(g))
 
@@ -283,7 +283,7 @@ def test_finite_difference_gradients_float64():
   they agree at eps 1e-5 and 1e-6), so eps is 1e-6, still far above float64 rounding.
   """
   with jax.enable_x64(True):
-    model = M.FCSLSTM(2, bidirectional=True, stages=((2, 1),) * 5, dtype=jnp.float64)
+    model = networks.FCSLSTM(2, bidirectional=True, stages=((2, 1),) * 5, dtype=jnp.float64)
     x = jax.random.normal(jax.random.PRNGKey(0), (1, 2, 32, 32, 1), jnp.float64)
     params = model.init(jax.random.PRNGKey(1), x)["params"]
     leaves, tree = jax.tree_util.tree_flatten_with_path(params)
@@ -299,19 +299,19 @@ def test_finite_difference_gradients_float64():
                               eps=1e-6)
 
 
-@pytest.mark.parametrize("name", M.MODELS)
+@pytest.mark.parametrize("name", networks.MODELS)
 def test_every_parameter_gets_a_gradient(name):
-  model = M.create_model(name, 3)
+  model = networks.create_model(name, 3)
   model = model.clone(stages=TINY)
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 2, 32, 32, 2))
-  params = M.init_params(model, 2)
+  params = networks.init_params(model, 2)
   grads = jax.jit(jax.grad(lambda p: jnp.mean(jnp.sin(model.apply({"params": p}, x)))))(params)
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     assert np.any(np.asarray(g) != 0), jax.tree_util.keystr(path)
 
 
 def test_fcn_parameter_count_is_concise():
-  counts = M.summary(num_classes=4, in_channels=2)
+  counts = networks.summary(num_classes=4, in_channels=2)
   assert 0.9e6 <= counts["fcn"] <= 1.6e6, counts
   assert counts["fcn"] < counts["fcslstm"] < counts["bi-fcslstm"]
 
@@ -326,7 +326,7 @@ def test_upsampling_treats_the_border_like_the_interior(pattern):
   y = jnp.ones((1, 6, 6, 2)) if pattern == "constant" else jnp.tile(
       jnp.array([[1.0, -2.0], [0.5, 3.0]])[None, :, :, None], (1, 3, 3, 2))
   params = deconv.init(jax.random.PRNGKey(0), y)
-  reflect = M.upsample_reflect(functools.partial(deconv.apply, params), y)
+  reflect = networks.upsample_reflect(functools.partial(deconv.apply, params), y)
   zeros = deconv.apply(params, y)
   chex.assert_shape(reflect, (1, 12, 12, 3))
   period = 2 if pattern == "constant" else 4
@@ -345,14 +345,14 @@ def test_upsample_by_phases_is_the_reflect_padded_transposed_convolution(spatial
   with an input that is not symmetric along any axis (an axis or phase mixed up fails)."""
   k = spatial_dims
   y = jax.random.normal(jax.random.PRNGKey(1), (2,) + (3, 4, 5)[-k:] + (3,))
-  ours = M.Upsample(4)
+  ours = networks.Upsample(4)
   deconv = flax.linen.ConvTranspose(4, (4,) * k, strides=(2,) * k, padding="SAME",
-                                    kernel_init=M.psi.kaiming)
+                                    kernel_init=networks.psi.kaiming)
   params = ours.init(jax.random.PRNGKey(0), y)
   chex.assert_trees_all_equal(params, deconv.init(jax.random.PRNGKey(0), y))
   params = jax.tree_util.tree_map(  # a non-zero bias too
       lambda p: p + jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
-  reference = lambda p, y: M.upsample_reflect(functools.partial(deconv.apply, p), y)
+  reference = lambda p, y: networks.upsample_reflect(functools.partial(deconv.apply, p), y)
   np.testing.assert_allclose(ours.apply(params, y), reference(params, y), rtol=1e-5, atol=1e-5)
   loss = lambda f: lambda p, y: jnp.sum(jnp.sin(f(p, y)))
   chex.assert_trees_all_close(jax.grad(loss(ours.apply), argnums=(0, 1))(params, y),

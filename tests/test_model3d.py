@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcslstm_jax.model import networks as M
+from fcslstm_jax.model import networks
 from fcslstm_jax.model import psi
 from fcslstm_jax.model import slstm
 
@@ -21,12 +21,13 @@ def sigmoid(x):
   return 1.0 / (1.0 + np.exp(-x))
 
 
-@pytest.mark.parametrize("name", M.MODELS)
+@pytest.mark.parametrize("name", networks.MODELS)
 @pytest.mark.parametrize("shape", [(2, 3, 20, 33, 40), (1, 1, 32, 32, 32)])
 def test_output_shapes(name, shape):
-  model = M.create_model(name, num_classes=4, spatial_dims=3).clone(stages=M.VGG16_EIGHTH)
+  model = networks.create_model(name, num_classes=4, spatial_dims=3).clone(
+      stages=networks.VGG16_EIGHTH)
   x = jax.ShapeDtypeStruct(shape + (2,), jnp.float32)
-  params = jax.eval_shape(lambda: M.init_params(model, 2))
+  params = jax.eval_shape(lambda: networks.init_params(model, 2))
   out = jax.eval_shape(lambda p, x: model.apply({"params": p}, x), params, x)
   chex.assert_shape(out, shape + (4,))
   chex.assert_type(out, jnp.float32)
@@ -35,16 +36,16 @@ def test_output_shapes(name, shape):
 
 
 def test_a_2d_model_refuses_a_volume():
-  model = M.FCSLSTM(3, stages=TINY)  # spatial_dims=2
+  model = networks.FCSLSTM(3, stages=TINY)  # spatial_dims=2
   with pytest.raises(ValueError, match="spatial_dims=2"):
     jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(VOLUME)))
 
 
 def test_parameter_counts_are_the_documented_ones():
   """README, "3D + time": the default 3D widths (VGG-16 / 8, 3x3x3) and the 2D ones."""
-  assert M.summary(spatial_dims=3) == {"fcn": 711_688, "fcslstm": 2_515_280,
-                                       "bi-fcslstm": 5_392_760}
-  assert M.summary() == {"fcn": 931_368, "fcslstm": 3_337_016, "bi-fcslstm": 7_161_416}
+  assert networks.summary(spatial_dims=3) == {"fcn": 711_688, "fcslstm": 2_515_280,
+                                              "bi-fcslstm": 5_392_760}
+  assert networks.summary() == {"fcn": 931_368, "fcslstm": 3_337_016, "bi-fcslstm": 7_161_416}
 
 
 def test_conv_psi_is_the_3d_conv_lstm():
@@ -93,22 +94,22 @@ def test_missing_time_point_is_skipped_in_3d(bidirectional):
 
 def _per_step_sensitivity(model, steps, t_out):
   x = jax.random.normal(jax.random.PRNGKey(0), (1, steps) + VOLUME[2:])
-  params = M.init_params(model, 2, size=8)
+  params = networks.init_params(model, 2, size=8)
   f = lambda x: jnp.sum(model.apply({"params": params}, x)[:, t_out])
   g = jax.jit(jax.grad(f))(x)
   return np.abs(np.asarray(g)).sum(axis=(0, 2, 3, 4, 5))
 
 
 def test_unidirectional_is_causal_in_3d():
-  per_step = _per_step_sensitivity(M.FCSLSTM(3, stages=TINY, spatial_dims=3), 3, t_out=1)
+  per_step = _per_step_sensitivity(networks.FCSLSTM(3, stages=TINY, spatial_dims=3), 3, t_out=1)
   assert per_step[0] > 0 and per_step[1] > 0
   assert per_step[2] == 0.0, per_step
 
 
 def test_bidirectional_sees_the_future_in_3d():
   # T = 2 keeps it cheap (XLA:CPU's grouped 3D convolutions are slow, README "3D + time").
-  per_step = _per_step_sensitivity(M.FCSLSTM(3, bidirectional=True, stages=TINY,
-                                             spatial_dims=3), 2, t_out=0)
+  per_step = _per_step_sensitivity(networks.FCSLSTM(3, bidirectional=True, stages=TINY,
+                                                    spatial_dims=3), 2, t_out=0)
   assert np.all(per_step > 0), per_step
 
 
@@ -116,8 +117,8 @@ def test_max_pool_lean_is_max_pool_in_3d():
   """Values and gradient, ties included (integers make many ties)."""
   x = jnp.asarray(np.random.default_rng(0).integers(0, 3, (2, 4, 6, 4, 3)), jnp.float32)
   g = jax.random.normal(jax.random.PRNGKey(1), (2, 2, 3, 2, 3))
-  y0, vjp0 = jax.vjp(M.max_pool, x)
-  y1, vjp1 = jax.vjp(M.max_pool_lean, x)
+  y0, vjp0 = jax.vjp(networks.max_pool, x)
+  y1, vjp1 = jax.vjp(networks.max_pool_lean, x)
   chex.assert_trees_all_equal(y0, y1)
   chex.assert_trees_all_equal(vjp0(g), vjp1(g))
 
@@ -128,8 +129,8 @@ def test_remat_gives_the_same_gradients_in_3d():
   (tests/test_model.py checks every policy on both in 2D) without XLA:CPU's slow grouped 3D
   convolutions; "stages" is nn.remat of the same stage module, checked in 2D."""
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 2, 8, 8, 8, 2))
-  base = M.FCSLSTM(3, stages=TINY, spatial_dims=3)
-  params = M.init_params(base, 2, size=8)
+  base = networks.FCSLSTM(3, stages=TINY, spatial_dims=3)
+  params = networks.init_params(base, 2, size=8)
 
   def grads(model):
     loss = lambda p: jnp.mean(model.apply({"params": p}, x) ** 2)
@@ -152,8 +153,8 @@ def test_validity_per_slice_masks_the_slices_outside_a_sessions_view():
   valid[0, 1, 2:] = False  # time point 2 sees slices 0, 1 only
   h = np.asarray(layer.apply(params, x, jnp.asarray(valid)))
   assert np.all(h[0, 1, 2:] == 0) and np.all(np.abs(h[0, 1, :2]).sum(axis=(1, 2, 3)) > 0)
-  padded = M.slice_validity(jnp.asarray(valid[:, :, :3]), 4, 3)
+  padded = networks.slice_validity(jnp.asarray(valid[:, :, :3]), 4, 3)
   np.testing.assert_array_equal(np.asarray(padded), valid)  # the last slice repeated
-  np.testing.assert_array_equal(np.asarray(M.pool_validity(padded))[0],
+  np.testing.assert_array_equal(np.asarray(networks.pool_validity(padded))[0],
                                 [[True, True], [True, False], [True, True]])
-  assert M.slice_validity(jnp.ones((1, 3), bool), 32, 3).shape == (1, 3)
+  assert networks.slice_validity(jnp.ones((1, 3), bool), 32, 3).shape == (1, 3)

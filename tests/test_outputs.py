@@ -3,7 +3,7 @@ ensembles, uncertainty and QC, tissue volumes over age, flags, the report.
 
 Unit checks use stand-in models (pure functions of the pixels); the end-to-end checks run
 evaluate.py on the tiny cohort and FCN run that tests/conftest.py shares with
-tests/test_study.py."""
+tests/test_cohort.py."""
 
 import dataclasses
 import json
@@ -20,9 +20,9 @@ import evaluate
 from fcslstm_jax.infer import ensemble
 from fcslstm_jax.outputs import figures
 from fcslstm_jax import files
-from fcslstm_jax.outputs import qc_rules as flags_lib
-from fcslstm_jax.infer import evaluate as inference
-from fcslstm_jax.outputs import writer as writer_lib
+from fcslstm_jax.outputs import flags
+from fcslstm_jax.infer import pipeline
+from fcslstm_jax.outputs import writer
 from fcslstm_jax.data import nifti_io
 from fcslstm_jax.outputs import qc
 from fcslstm_jax.infer import predict
@@ -157,13 +157,13 @@ def test_probabilities_on_a_session_grid_reaching_past_the_working_grid_sum_to_o
   session = types.SimpleNamespace(grid=Grid((9, 7, 3), affine), to_session=np.eye(4))
   logits = rng.normal(size=work.shape + (4,))
   probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-  native = inference.to_session_probs(probs, types.SimpleNamespace(grid=work), session)
+  native = pipeline.to_session_probs(probs, types.SimpleNamespace(grid=work), session)
   assert native.shape == (9, 7, 3, 4) and native.dtype == np.float32
   np.testing.assert_allclose(native.sum(-1), 1.0, atol=1e-6)
   np.testing.assert_array_equal(native[0, :, :, 0], 1.0)  # outside the working grid
   # Session voxel (3, 3) is working voxel (1.5, 2.5): the mean of its four neighbours.
   np.testing.assert_allclose(native[3, 3, 1], probs[1:3, 2:4, 1].mean((0, 1)), atol=1e-6)
-  labels = inference.session_outputs(probs, types.SimpleNamespace(grid=work), session)[1]
+  labels = pipeline.session_outputs(probs, types.SimpleNamespace(grid=work), session)[1]
   np.testing.assert_array_equal(labels, np.argmax(native, -1))
 
 
@@ -248,7 +248,7 @@ def change(rows, subject, session, **updates):
 
 
 def test_no_rule_fires_on_a_smooth_cohort():
-  assert flags_lib.check(smooth_cohort(), flags_lib.FlagRules(), NAMES) == []
+  assert flags.check(smooth_cohort(), flags.FlagRules(), NAMES) == []
 
 
 BROKEN = {  # rule -> (what breaks it, the session that must be named)
@@ -263,61 +263,61 @@ BROKEN = {  # rule -> (what breaks it, the session that must be named)
 def test_each_rule_fires_on_a_trajectory_built_to_break_it(rule, capsys):
   updates, (subject, session) = BROKEN[rule]
   rows = change(smooth_cohort(), subject, session, **updates)
-  only = dataclasses.replace(flags_lib.FlagRules(), **{
-      r: None for r in flags_lib.RULES if r != rule})
-  found = flags_lib.check(rows, only, NAMES)
+  only = dataclasses.replace(flags.FlagRules(), **{
+      r: None for r in flags.RULES if r != rule})
+  found = flags.check(rows, only, NAMES)
   assert found and all(f.rule == rule for f in found)
   assert {(f.subject, f.session) for f in found} == {(subject, session)}
   assert f"sub-{subject} ses-{session}" in found[0].line() and rule in found[0].line()
-  assert flags_lib.check(smooth_cohort(), only, NAMES) == []
+  assert flags.check(smooth_cohort(), only, NAMES) == []
 
 
 def test_shrink_names_the_later_session_and_its_numbers_and_spares_older_ages():
   rows = change(smooth_cohort(), "03", "V4", scale={"GM": 0.7})
-  (f, *rest) = flags_lib.shrink_flags(rows, flags_lib.ShrinkRule(), ["GM"])
+  (f, *rest) = flags.shrink_flags(rows, flags.ShrinkRule(), ["GM"])
   assert (f.subject, f.session, f.cls) == ("03", "V4", "GM") and f.value > 0.1
   assert "since ses-V3" in f.message and "limit -10 % before age 24" in f.message
   # The recovery V4 -> V5 is growth, not a flag; the same drop at 30 months is not flagged.
   assert rest == []
   late = change(smooth_cohort(), "03", "V6", scale={"GM": 0.5})  # -35 % at 30
-  assert flags_lib.shrink_flags(late, flags_lib.ShrinkRule(), ["GM"]) == []
-  assert flags_lib.shrink_flags(late, flags_lib.ShrinkRule(before_age=None), ["GM"])
+  assert flags.shrink_flags(late, flags.ShrinkRule(), ["GM"]) == []
+  assert flags.shrink_flags(late, flags.ShrinkRule(before_age=None), ["GM"])
 
 
 def test_uncertain_is_relative_to_the_cohort_unless_a_limit_is_set():
   rows = [dataclasses.replace(r, qc=0.4 + 0.001 * k) for k, r in enumerate(smooth_cohort())]
-  assert flags_lib.uncertain_flags(rows, flags_lib.UncertainRule()) == []  # all alike
-  (f,) = flags_lib.uncertain_flags(rows, flags_lib.UncertainRule(z=None, qc=0.4345))
+  assert flags.uncertain_flags(rows, flags.UncertainRule()) == []  # all alike
+  (f,) = flags.uncertain_flags(rows, flags.UncertainRule(z=None, qc=0.4345))
   assert (f.subject, f.session) == ("06", "V6") and "limit 0.4345" in f.message
   worse = change(rows, "02", "V2", qc=0.6)
-  (f,) = flags_lib.uncertain_flags(worse, flags_lib.UncertainRule())
+  (f,) = flags.uncertain_flags(worse, flags.UncertainRule())
   assert (f.subject, f.session) == ("02", "V2") and "robust z" in f.message
 
 
 def test_outlier_needs_enough_sessions_at_the_time_point():
   rows = change(smooth_cohort(n_subjects=4), "02", "V3", scale={"WM": 1.6})
-  assert flags_lib.outlier_flags(rows, flags_lib.OutlierRule(min_sessions=5), NAMES[1:]) == []
-  assert flags_lib.outlier_flags(rows, flags_lib.OutlierRule(min_sessions=4), NAMES[1:])
+  assert flags.outlier_flags(rows, flags.OutlierRule(min_sessions=5), NAMES[1:]) == []
+  assert flags.outlier_flags(rows, flags.OutlierRule(min_sessions=4), NAMES[1:])
 
 
 def test_flag_rules_file(tmp_path):
   path = tmp_path / "rules.json"
   path.write_text(json.dumps({"shrink": {"fraction": 0.05}, "outlier": None,
                               "classes": ["GM"]}))
-  rules = flags_lib.load(path)
-  assert rules.shrink == flags_lib.ShrinkRule(fraction=0.05, before_age=24.0)
-  assert rules.outlier is None and rules.empty == flags_lib.EmptyRule()
+  rules = flags.load(path)
+  assert rules.shrink == flags.ShrinkRule(fraction=0.05, before_age=24.0)
+  assert rules.outlier is None and rules.empty == flags.EmptyRule()
   assert rules.classes == ("GM",)
-  assert flags_lib.from_json(rules.to_json()) == rules
+  assert flags.from_json(rules.to_json()) == rules
   for bad, message in (({"shrnk": {}}, "unknown key 'shrnk'"),
                        ({"shrink": {"fraction": "10%"}}, "'fraction' must be a number"),
                        ({"outlier": {"min_sessions": 2.5}}, "must be an integer")):
     path.write_text(json.dumps(bad))
     with pytest.raises(ConfigError, match=message) as info:
-      flags_lib.load(path)
+      flags.load(path)
     assert str(path) in str(info.value)
   with pytest.raises(ConfigError, match="not tissue classes"):
-    flags_lib.check(smooth_cohort(), flags_lib.FlagRules(classes=("Gm",)), NAMES)
+    flags.check(smooth_cohort(), flags.FlagRules(classes=("Gm",)), NAMES)
 
 
 @pytest.mark.parametrize("num_classes", [3, 4, 7])
@@ -343,7 +343,7 @@ def test_label_files_get_the_label_display_range_and_no_stale_probabilities(tmp_
   labels = np.zeros((4, 5, 3), np.int32)
   labels[0] = 2  # the largest label present is not c - 1
   for asked in (True, False):
-    writer_lib.write_session(str(out), "fcn", "01", session, probs, labels,
+    writer.write_session(str(out), "fcn", "01", session, probs, labels,
                             np.zeros((4, 5, 3), np.float32), asked)
     dseg = nib.load(str(out / "sub-01/ses-06mo/anat/sub-01_ses-06mo_desc-fcn_dseg.nii.gz"))
     assert (float(dseg.header["cal_min"]), float(dseg.header["cal_max"])) == (0.0, 6.0)
@@ -416,8 +416,8 @@ def test_report_and_the_other_outputs(evaluated):
   assert "src=\"http" not in page
   assert "Tissue volumes over age" in page and "Dice" in page
   assert metrics["tta_flips"] == [] and len(metrics["members"]) == 1
-  assert flags_lib.from_json(json.loads((evaluated / "flags.json").read_text())) == \
-      flags_lib.FlagRules()
+  assert flags.from_json(json.loads((evaluated / "flags.json").read_text())) == \
+      flags.FlagRules()
   assert not list(evaluated.rglob("*.tmp*"))
 
 

@@ -1,5 +1,6 @@
-"""``pip install .`` gives a working install: the package with its protocol files and
-``fcslstm_jax.experiments``, and the console commands ``fcslstm-train`` / ``fcslstm-evaluate``.
+"""``pip install .`` gives a working install: the package with its protocol files (and not the
+repository's ``experiments/``, which stay outside it), and the console commands
+``fcslstm-train`` / ``fcslstm-evaluate``.
 
 The fresh virtual environment borrows this one's dependencies (pip and setuptools too)
 through a ``.pth`` file, so the test downloads nothing and installs only this project
@@ -32,12 +33,15 @@ def test_pip_install_gives_the_package_and_its_commands(dataset, tmp_path):
   run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", REPO],
       tmp_path)
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  where = run([python, "-c", "import fcslstm_jax, fcslstm_jax.experiments.compare, "
-               "fcslstm_jax.data.protocol as p; print(fcslstm_jax.__file__); "
-               "print(p.get_protocol('ibis').ages); import importlib.metadata as m; "
+  where = run([python, "-c", "import fcslstm_jax; from fcslstm_jax.data import protocol; "
+               "print(fcslstm_jax.__file__); print(protocol.get_protocol('ibis').ages); "
+               "import importlib.metadata as m; "
                "print(m.version('fcslstm-jax'), fcslstm_jax.__version__)"],
               tmp_path, env).split()
   assert where[0].startswith(lib), where  # the installed copy, not the repository's
+  shipped = sorted(p.relative_to(lib).as_posix() for p in pathlib.Path(lib).rglob("*.py"))
+  assert "fcslstm_jax/infer/pipeline.py" in shipped, shipped
+  assert not [p for p in shipped if p.startswith(("fcslstm_jax/experiments", "experiments"))]
   assert "(6," in where[1]  # protocols/ibis.json was installed with the package
   assert where[-2] == where[-1], where  # one version: the package's __version__
   workdir, out = tmp_path / "run", tmp_path / "pred"

@@ -20,14 +20,14 @@ import types
 import numpy as np
 import pytest
 
-from fcslstm_jax.synthetic import bric_like as bric
+from fcslstm_jax.synthetic import bric_like
 from fcslstm_jax.train import parallel
 from fcslstm_jax.errors import ConfigError
 from helpers import train_args
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "parallel_worker.py"
-TINY_DATA = bric.TINY
+TINY_DATA = bric_like.TINY
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 TIMEOUT_S = 240  # all three; the two-process run must end within 120 s
 REFUSED_TIMEOUT_S = 90  # a refused two-process run: start-up and the data, no compilation
@@ -98,8 +98,8 @@ def pair_specs(tmp, prefix, args, port):
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-  return bric.generate(tmp_path_factory.mktemp("parallel-data") / "data", seed=0,
-                       config=TINY_DATA)
+  return bric_like.generate(tmp_path_factory.mktemp("parallel-data") / "data", seed=0,
+                            config=TINY_DATA)
 
 
 @pytest.fixture(scope="module")
@@ -240,13 +240,13 @@ def test_a_refused_run_stops_both_processes_with_one_error_line(tiny_data, tmp_p
   """The work directory holds another run's run.json, which only process 0 reads: both
   processes agree on the error before the first collective and exit with one line each
   (before, process 1 waited in a collective for process 0, which had stopped)."""
-  from fcslstm_jax.data import protocol as protocol_lib
+  from fcslstm_jax.data import protocol
   from fcslstm_jax.config import get_config
   from fcslstm_jax.files import write_json
   workdir = tmp_path / "other"
   write_json(workdir / "run.json", {"config": get_config("tiny", model="fcn", seed=7).to_json(),
                                     "dataset": str(tiny_data),
-                                    "protocol": protocol_lib.builtin("ibis").to_json()})
+                                    "protocol": protocol.builtin("ibis").to_json()})
   port = free_port()
   out = run_jobs(tmp_path, pair_specs(tmp_path, "refused", two_process_args(
       tiny_data, workdir, port), port), REFUSED_TIMEOUT_S)

@@ -5,20 +5,20 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fcslstm_jax.data import study as data_lib
+from fcslstm_jax.data import study
 from fcslstm_jax.data import patches
-from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.data import protocol
 
 PATCH = (8, 16, 16)
 
 
 @pytest.fixture(scope="module")
 def subjects(dataset3d):
-  return data_lib.load_study(dataset3d, protocol_lib.BRIC, keep="all").subjects
+  return study.load_study(dataset3d, protocol.BRIC, keep="all").subjects
 
 
 def test_volumes_hold_only_the_split_labels(subjects):
-  p = protocol_lib.BRIC
+  p = protocol.BRIC
   train = patches.make_volumes(subjects, p, "train")
   test = patches.make_volumes(subjects, p, "test")
   z, x, y = subjects[0].grid.shape[2], *subjects[0].grid.shape[:2]
@@ -39,7 +39,7 @@ def test_volumes_hold_only_the_split_labels(subjects):
 
 
 def test_patches_hold_labeled_training_voxels_and_never_held_out_labels(subjects):
-  p = protocol_lib.BRIC
+  p = protocol.BRIC
   sampler = patches.PatchSampler(patches.make_volumes(subjects, p, "train"), PATCH, seed=0)
   labeled_z = np.flatnonzero(sampler.label_mask.any(axis=(0, 1, 3, 4)))
   held_out = list(p.test_timepoints)
@@ -59,7 +59,7 @@ def test_patches_hold_labeled_training_voxels_and_never_held_out_labels(subjects
 
 
 def test_patches_are_a_function_of_the_key(subjects):
-  sampler = patches.PatchSampler(patches.make_volumes(subjects, protocol_lib.BRIC, "train"),
+  sampler = patches.PatchSampler(patches.make_volumes(subjects, protocol.BRIC, "train"),
                                  PATCH, seed=0)
   idx = np.array([0, 1])
   a, b = sampler.batch(idx, (2, 1)), sampler.batch(idx, (2, 1))
@@ -81,7 +81,7 @@ def test_patch_start_contains_its_voxel():
 
 
 def test_a_volume_smaller_than_the_patch_is_padded(subjects):
-  volumes = patches.make_volumes(subjects, protocol_lib.BRIC, "train")
+  volumes = patches.make_volumes(subjects, protocol.BRIC, "train")
   d = volumes.images.shape[2]
   sampler = patches.PatchSampler(volumes, (d + 5, 8, 8))
   batch = sampler.batch(np.array([0]), (0, 0))
@@ -90,7 +90,7 @@ def test_a_volume_smaller_than_the_patch_is_padded(subjects):
 
 
 def test_slabs_count_every_labeled_voxel_once(subjects):
-  volumes = patches.make_volumes(subjects, protocol_lib.BRIC, "train")
+  volumes = patches.make_volumes(subjects, protocol.BRIC, "train")
   # Several labeled slices, as a densely labeled study would have.
   mask = volumes.label_mask.copy()
   mask[:, :2, 1:10] = 1.0
@@ -137,7 +137,7 @@ def test_slabs_are_centred_on_the_labeled_slices_and_fewest(subjects):
   """One slab per labeled slice, centred on it (clipped inside the volume); labeled slices
   closer than the depth share one slab; slabs placed by a superset of the labeled z (both
   splits' labels) are the same volumes for either split."""
-  volumes = patches.make_volumes(subjects, protocol_lib.BRIC, "train")
+  volumes = patches.make_volumes(subjects, protocol.BRIC, "train")
   d = volumes.images.shape[2]
   (z,) = np.flatnonzero(volumes.label_mask.any(axis=(0, 1, 3, 4)))
   for depth in (2, 3, d - 1):
@@ -158,7 +158,7 @@ def test_slabs_are_centred_on_the_labeled_slices_and_fewest(subjects):
 def test_training_slabs_are_placed_by_training_labels_only(subjects):
   """Where the held-out time point's labeled slice sits must not move the slabs that score
   (and so select checkpoints on) the training split (issue 34)."""
-  p = protocol_lib.BRIC
+  p = protocol.BRIC
   depth = 4
   (t_held,) = p.test_timepoints
 

@@ -1,5 +1,5 @@
 """experiments/peers: the nnU-Net v2 conversion of a study and the way back (no nnunetv2
-needed). The study is the tiny cohort of test_study: sessions on their own grids, moved
+needed). The study is the tiny cohort of test_cohort: sessions on their own grids, moved
 heads, one labeled slice per session at its own z, an unlabeled subject."""
 
 import dataclasses
@@ -15,7 +15,7 @@ import pytest
 from experiments.peers import convert
 from fcslstm_jax.synthetic import cohort
 from fcslstm_jax.data import grids
-from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.data import protocol
 
 STUDY = dataclasses.replace(cohort.TINY, fov_mm=(144.0, 144.0, 18.0))
 
@@ -24,8 +24,8 @@ STUDY = dataclasses.replace(cohort.TINY, fov_mm=(144.0, 144.0, 18.0))
 def converted(tmp_path_factory):
   root = tmp_path_factory.mktemp("peers")
   study_dir = cohort.generate(root / "study", seed=0, config=STUDY)
-  protocol = protocol_lib.get_protocol(None, study_dir)
-  study = convert.load_for_conversion(study_dir, protocol)
+  proto = protocol.get_protocol(None, study_dir)
+  study = convert.load_for_conversion(study_dir, proto)
   out = root / "nnUNet_raw" / "Dataset999_tiny"
   manifest = convert.write_dataset(study, str(out), out.name)
   return study_dir, study, out, manifest
@@ -43,9 +43,9 @@ def _sessions(study):
 
 def test_labels_on_exactly_the_labeled_voxels_ignore_elsewhere(converted):
   study_dir, study, out, manifest = converted
-  protocol = study.protocol
+  proto = study.protocol
   meta = json.loads((out / "dataset.json").read_text())
-  ignore = protocol.num_classes
+  ignore = proto.num_classes
   assert meta["labels"]["ignore"] == ignore == max(meta["labels"].values())
   assert meta["channel_names"] == {"0": "T1w", "1": "T2w"}
   train = [c for c in manifest["cases"] if c["role"] == "train"]
@@ -74,16 +74,16 @@ def test_labels_on_exactly_the_labeled_voxels_ignore_elsewhere(converted):
 
 def test_held_out_and_unlabeled_sessions_carry_no_labels(converted):
   _, study, out, manifest = converted
-  protocol = study.protocol
+  proto = study.protocol
   in_labels = {p.name[:-len(".nii.gz")] for p in (out / "labelsTr").iterdir()}
   in_train_images = {p.name[:-len("_0000.nii.gz")] for p in (out / "imagesTr").glob("*_0000.nii.gz")}
   assert in_labels == in_train_images
   roles = {c["case"]: c for c in manifest["cases"]}
-  held_out = [k for k, c in roles.items() if c["timepoint"] in protocol.test_timepoints]
+  held_out = [k for k, c in roles.items() if c["timepoint"] in proto.test_timepoints]
   assert held_out and all(roles[k]["role"] != "train" for k in held_out)
   assert {c["role"] for c in roles.values()} == {"train", "held-out", "unlabeled"}
   for case, c in roles.items():
-    labeled_ok = c["timepoint"] in protocol.train_timepoints and c["subject"] != "03"
+    labeled_ok = c["timepoint"] in proto.train_timepoints and c["subject"] != "03"
     assert (case in in_labels) == labeled_ok, case  # sub-03 has no label files
     if case not in in_labels:
       for k in range(2):
@@ -281,10 +281,10 @@ def _warning_study(root):
       seg = root / "derivatives" / "m" / "sub-01" / f"ses-{ses}" / "anat"
       seg.mkdir(parents=True)
       nib.save(nib.Nifti1Image(labels, affine), str(seg / f"sub-01_ses-{ses}_dseg.nii.gz"))
-  protocol = protocol_lib.Protocol(name="two", num_timepoints=2, ages=(0.0, 12.0),
-                                   train_timepoints=(0, 1), test_timepoints=(),
-                                   labeled_slices_per_volume=100)
-  (root / "protocol.json").write_text(json.dumps(protocol.to_json()))
+  proto = protocol.Protocol(name="two", num_timepoints=2, ages=(0.0, 12.0),
+                            train_timepoints=(0, 1), test_timepoints=(),
+                            labeled_slices_per_volume=100)
+  (root / "protocol.json").write_text(json.dumps(proto.to_json()))
   return root
 
 
@@ -304,8 +304,8 @@ def test_conversion_prints_the_studys_warnings(tmp_path, capsys):
 
 # ------------------------------------------------------------- run.py's volumes and growth
 
-from fcslstm_jax.outputs import volumes as volumes_lib  # noqa: E402
-from fcslstm_jax.outputs import writer as writer_lib  # noqa: E402
+from fcslstm_jax.outputs import volumes  # noqa: E402
+from fcslstm_jax.outputs import writer  # noqa: E402
 
 # Voxels of 2 x 2 x 2.5 mm: 10 mm^3 = 0.01 mL each.
 VOXEL_AFFINE = np.diag([2.0, 2.0, 2.5, 1.0])
@@ -339,9 +339,9 @@ def test_run_records_volume_and_growth_errors_of_labeled_and_unlabeled_subjects(
   03: t0 true 20/20/20, predicted 20/30/20; t1 true 40/40/40, predicted 30/40/60.
     Volume error 0.125 / 0.25 / 0.25, bias -0.125 / +0.25 / +0.25; growth 0.5 / 0.5 / 1.
   """
-  protocol = protocol_lib.Protocol(name="two", num_timepoints=2, ages=(0.0, 12.0),
-                                   train_timepoints=(0,), test_timepoints=(1,))
-  scores = run.Scores(protocol, unlabeled=["03"])
+  proto = protocol.Protocol(name="two", num_timepoints=2, ages=(0.0, 12.0),
+                            train_timepoints=(0,), test_timepoints=(1,))
+  scores = run.Scores(proto, unlabeled=["03"])
   cases = [("01", 1, "12mo", 12.0, (40, 60, 80), (40, 60, 100)),  # out of age order
            ("01", 0, "00mo", 0.0, (40, 40, 40), (50, 40, 20)),
            ("03", 0, "00mo", 0.0, (20, 20, 20), (20, 30, 20)),
@@ -354,9 +354,9 @@ def test_run_records_volume_and_growth_errors_of_labeled_and_unlabeled_subjects(
   scores.add_session("02", 0, _session(tmp_path, "02", "00mo", 0.0, sparse), sparse)
 
   result = scores.summary()
-  volumes = result["volumes"]
-  assert volumes["sessions_not_compared"] == 1
-  labeled, unlabeled = volumes["labeled_subjects"], volumes["unlabeled_subjects"]
+  volume_scores = result["volumes"]
+  assert volume_scores["sessions_not_compared"] == 1
+  labeled, unlabeled = volume_scores["labeled_subjects"], volume_scores["unlabeled_subjects"]
   assert (labeled["sessions"], labeled["subjects"]) == (2, 1)
   assert (unlabeled["sessions"], unlabeled["subjects"]) == (2, 1)
   close = lambda got, want: list(got) == list(want) and all(
@@ -370,11 +370,11 @@ def test_run_records_volume_and_growth_errors_of_labeled_and_unlabeled_subjects(
   assert close(unlabeled["volume_bias"], {"CSF": -0.125, "GM": 0.25, "WM": 0.25})
   assert close(unlabeled["growth_error"], {"CSF": 0.5, "GM": 0.5, "WM": 1.0})
   # Each session's mL on its own grid (0.01 mL a voxel), subjects in order, sessions by age.
-  first = volumes["per_session"][0]
+  first = volume_scores["per_session"][0]
   assert (first["subject"], first["session"], first["group"]) == ("01", "00mo", "train_timepoints")
   assert close(first["predicted_ml"], {"CSF": 0.5, "GM": 0.4, "WM": 0.2})
   assert close(first["true_ml"], {"CSF": 0.4, "GM": 0.4, "WM": 0.4})
-  assert [r["group"] for r in volumes["per_session"]] == [
+  assert [r["group"] for r in volume_scores["per_session"]] == [
       "train_timepoints", "heldout", "unlabeled_subjects", "unlabeled_subjects"]
   # The whole volumes are scored on every voxel; the slice labels on their slice.
   assert result["whole_volumes"]["per_timepoint"][0]["mpa"] is not None
@@ -392,7 +392,7 @@ def test_run_records_volume_and_growth_errors_of_labeled_and_unlabeled_subjects(
 
 # ------------------------------------------------------------------------- learning curve
 
-from experiments import learning_curve as lc  # noqa: E402
+from experiments import learning_curve  # noqa: E402
 
 HERE_CODE = {"commit": "c" * 40, "dirty": False, "diff_sha256": None}
 FCSLSTM = "FCSLSTM (bi-fcslstm, quick)"
@@ -400,7 +400,7 @@ FCSLSTM = "FCSLSTM (bi-fcslstm, quick)"
 
 def _curve_record(path, args, budget, mpa, code=HERE_CODE):
   """A budget's run.py record holding an FCSLSTM row of ``args``' configuration."""
-  config = run.configuration(run.parse_args(lc.run_argv(args, budget, ["fcslstm"], [])))
+  config = run.configuration(run.parse_args(learning_curve.run_argv(args, budget, ["fcslstm"], [])))
   tool = {"train_seconds": budget * 60, "infer_seconds": 3.0, "configuration": config, **code,
           "measured_at": "then",
           "scores": {"labeled_slices": {"test": {"mpa": mpa, "mpa_fg": mpa - 0.1}},
@@ -422,17 +422,17 @@ def test_learning_curve_skips_current_budgets_and_tabulates_the_records(tmp_path
   budget and tool, from the records, or saying why not."""
   argv = ["--study", "tiny", "--budgets", "10,30,60", "--tools", "fcslstm", "nnunet",
           "--out-dir", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work")]
-  args, _ = lc.parse_args(argv)
-  record = lambda b: run.outputs(lc.budget_out(args, b), "tiny")[0]
+  args, _ = learning_curve.parse_args(argv)
+  record = lambda b: run.outputs(learning_curve.budget_out(args, b), "tiny")[0]
   _curve_record(record(10), args, 10, 0.8)
   _curve_record(record(30), args, 30, 0.5, code=dict(HERE_CODE, commit="0" * 40))
   monkeypatch.setattr(run, "code_version", lambda exclude=(), repo=None: HERE_CODE)
-  monkeypatch.setattr(lc, "missing_reason", lambda tool: "not run: no nnunetv2"
+  monkeypatch.setattr(learning_curve, "missing_reason", lambda tool: "not run: no nnunetv2"
                       if tool == "nnunet" else None)
   calls = []
 
   def fake_run_py(command):
-    assert command[:2] == [lc.sys.executable, lc.RUN_PY]
+    assert command[:2] == [learning_curve.sys.executable, learning_curve.RUN_PY]
     a = run.parse_args(command[2:])
     calls.append(a)
     if a.budget_min == 60:
@@ -440,8 +440,8 @@ def test_learning_curve_skips_current_budgets_and_tabulates_the_records(tmp_path
     _curve_record(run.outputs(a.out, a.study)[0], args, a.budget_min, 0.9)
     return 0
 
-  monkeypatch.setattr(lc, "call", fake_run_py)
-  assert lc.main(argv) == 0
+  monkeypatch.setattr(learning_curve, "call", fake_run_py)
+  assert learning_curve.main(argv) == 0
   assert [(a.budget_min, a.tools, a.keep_others) for a in calls] == [
       (30.0, ["fcslstm"], False), (60.0, ["fcslstm"], False)]
   assert calls[0].out == str(tmp_path / "out" / "learning-curve" / "tiny-30min")
@@ -469,11 +469,11 @@ def test_learning_curve_skips_current_budgets_and_tabulates_the_records(tmp_path
 
   # Run again: every budget with a record is current now; only the failed one runs.
   calls.clear()
-  assert lc.main(argv) == 0
+  assert learning_curve.main(argv) == 0
   assert [a.budget_min for a in calls] == [60.0]
   # Another configuration (an argument passed on to run.py): no record is current.
   calls.clear()
-  assert lc.main(argv + ["--epochs", "5"]) == 0
+  assert learning_curve.main(argv + ["--epochs", "5"]) == 0
   assert [(a.budget_min, a.epochs) for a in calls] == [(10.0, 5), (30.0, 5), (60.0, 5)]
 
 
@@ -500,11 +500,13 @@ def test_learning_curve_takes_a_record_committed_since_as_current(tmp_path):
              os.path.join("results", "learning-curve-tiny.json"),
              os.path.join("results", "learning-curve-tiny.md")]
   now = {"commit": head(), "dirty": False, "diff_sha256": None}
-  assert lc.same_code(ran_on, now, ignored, str(repo))
-  assert not lc.same_code(ran_on, dict(now, dirty=True, diff_sha256="d"), ignored, str(repo))
-  assert not lc.same_code(ran_on, now, ignored[1:], str(repo))  # the records are not ignored
+  assert learning_curve.same_code(ran_on, now, ignored, str(repo))
+  assert not learning_curve.same_code(ran_on, dict(now, dirty=True, diff_sha256="d"), ignored,
+                                      str(repo))
+  # the records are not ignored
+  assert not learning_curve.same_code(ran_on, now, ignored[1:], str(repo))
   (repo / "code.py").write_text("a = 2\n")
   git("commit", "-q", "-am", "code again")
-  assert not lc.same_code(ran_on, dict(now, commit=head()), ignored, str(repo))
-  assert lc.same_code(ran_on, ran_on, [], str(repo))
-  assert not lc.same_code(dict(ran_on, commit=None), ran_on, ignored, str(repo))
+  assert not learning_curve.same_code(ran_on, dict(now, commit=head()), ignored, str(repo))
+  assert learning_curve.same_code(ran_on, ran_on, [], str(repo))
+  assert not learning_curve.same_code(dict(ran_on, commit=None), ran_on, ignored, str(repo))

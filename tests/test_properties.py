@@ -9,8 +9,8 @@ import nibabel as nib
 from nibabel import orientations
 import numpy as np
 
-import test_data as td  # the loader tests' NIfTI writer
-from fcslstm_jax.data import study as data
+import test_study  # the loader tests' NIfTI writer
+from fcslstm_jax.data import study
 from fcslstm_jax import metrics
 from fcslstm_jax.data import nifti_io
 
@@ -43,14 +43,14 @@ def test_loader_round_trips_affine_and_labels(codes, shape, affine, num_sessions
       images = [rng.uniform(0, 1000, shape).astype(np.float32) for _ in range(2)]
       labels = rng.choice(classes, size=shape).astype(np.uint8)
       for mod, image in zip(("T1w", "T2w"), images):
-        td.write(anat / f"sub-01_ses-{ses}_{mod}{suffix}", image, codes, affine=affine)
-      td.write(root / "derivatives" / "manual" / "sub-01" / f"ses-{ses}" / "anat" /
-               f"sub-01_ses-{ses}_dseg{suffix}", labels, codes, affine=affine)
+        test_study.write(anat / f"sub-01_ses-{ses}_{mod}{suffix}", image, codes, affine=affine)
+      test_study.write(root / "derivatives" / "manual" / "sub-01" / f"ses-{ses}" / "anat" /
+                       f"sub-01_ses-{ses}_dseg{suffix}", labels, codes, affine=affine)
       truth[ses] = (images, labels)
 
-    (subject,) = data.load_dataset(root, td.dataclasses.replace(td.DENSE, ages=(0.0, 3.0, 6.0),
-                                                                 train_timepoints=(0, 1, 2),
-                                                                 test_timepoints=()))
+    dense = test_study.dataclasses.replace(test_study.DENSE, ages=(0.0, 3.0, 6.0),
+                                           train_timepoints=(0, 1, 2), test_timepoints=())
+    (subject,) = study.load_dataset(root, dense)
     assert [s.label for s in subject.sessions] == sorted(truth)
     for session in subject.sessions:
       images, labels = truth[session.label]

@@ -5,8 +5,8 @@ import pytest
 
 import train
 from fcslstm_jax.data import sequences
-from fcslstm_jax.data import study as data
-from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.data import study
+from fcslstm_jax.data import protocol
 from fcslstm_jax.train import pseudo_labels
 from fcslstm_jax.config import Config
 from fcslstm_jax.errors import DataError
@@ -37,13 +37,13 @@ def test_label_pool_keeps_manual_labels_and_takes_only_confident_predictions():
 
 
 def test_the_pool_holds_every_slice_but_never_the_held_out_labels(study_dir):
-  protocol = protocol_lib.get_protocol(None, study_dir)
-  subjects = data.load_dataset(study_dir, protocol)
-  pool = sequences.make_sequences(subjects, protocol, "train", every_slice=True)
+  proto = protocol.get_protocol(None, study_dir)
+  subjects = study.load_dataset(study_dir, proto)
+  pool = sequences.make_sequences(subjects, proto, "train", every_slice=True)
   depth = sum(s.sessions[0].image.shape[2] for s in subjects if s.grid is not None)
   assert len(pool) == depth
-  assert not pool.label_mask[:, list(protocol.test_timepoints)].any()
-  train_set = sequences.make_sequences(subjects, protocol, "train")
+  assert not pool.label_mask[:, list(proto.test_timepoints)].any()
+  train_set = sequences.make_sequences(subjects, proto, "train")
   assert pool.label_mask.sum() == train_set.label_mask.sum()  # the same manual labels
 
 
@@ -53,8 +53,8 @@ def test_self_training_runs_saves_its_labels_and_a_resume_reads_them(dataset, tm
                                "pseudo_label_confidence=0.3")) == 0
   saved = np.load(workdir / pseudo_labels.file_name())
   assert saved["labels"].ndim == 4 and (saved["label_mask"] == 0.5).any()
-  protocol = protocol_lib.get_protocol(None, dataset)
-  pool = sequences.make_sequences(data.load_dataset(dataset, protocol), protocol, "train",
+  proto = protocol.get_protocol(None, dataset)
+  pool = sequences.make_sequences(study.load_dataset(dataset, proto), proto, "train",
                                   every_slice=True)
   assert pool.labels.shape == saved["labels"].shape
 

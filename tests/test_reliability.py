@@ -30,20 +30,20 @@ import pytest
 
 import evaluate
 from helpers import train_args
-import test_data as td  # the loader tests' helpers for writing (bad) NIfTI files
+import test_study  # the loader tests' helpers for writing (bad) NIfTI files
 import train
-from fcslstm_jax.synthetic import bric_like as bric
-from fcslstm_jax.data import study as data_lib
-from fcslstm_jax.infer import evaluate as inference
+from fcslstm_jax.synthetic import bric_like
+from fcslstm_jax.data import study
+from fcslstm_jax.infer import pipeline
 from fcslstm_jax.data import sequences
-from fcslstm_jax.train import loop as train_lib
+from fcslstm_jax.train import loop
 from fcslstm_jax.config import Config, get_config
 from fcslstm_jax.errors import ConfigError
-from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.data import protocol
 from fcslstm_jax.run_record import RunRecord
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TINY_DATA = bric.TINY
+TINY_DATA = bric_like.TINY
 EPOCHS = 6  # one step per epoch (2 sequences, batch 2): a checkpoint per step
 TIMEOUT = 300  # seconds for one subprocess to reach a point (a cold compile under load)
 
@@ -71,7 +71,7 @@ def partial_checkpoints(workdir):
 
 def final_params(workdir):
   config = Config.from_json(json.loads((pathlib.Path(workdir) / "run.json").read_text())["config"])
-  _, params, step = inference.restore_params(str(workdir), config, 4, 2)
+  _, params, step = pipeline.restore_params(str(workdir), config, 4, 2)
   return params, step
 
 
@@ -235,8 +235,8 @@ def test_nan_in_a_batch_names_subject_and_session(dataset, reference, tmp_path, 
   shutil.copytree(reference, workdir)
   make_sequences = sequences.make_sequences
 
-  def poisoned(subjects, protocol, split, *args):
-    seqs = make_sequences(subjects, protocol, split, *args)
+  def poisoned(subjects, proto, split, *args):
+    seqs = make_sequences(subjects, proto, split, *args)
     if split != "train":
       return seqs
     images = seqs.images.copy()
@@ -271,7 +271,7 @@ def files_under(folder):
 
 
 def t2(root, ses="06mo"):
-  return td._t1(root, ses).with_name(f"sub-01_ses-{ses}_T2w.nii.gz")
+  return test_study._t1(root, ses).with_name(f"sub-01_ses-{ses}_T2w.nii.gz")
 
 
 def header_only(path, shape):
@@ -279,7 +279,7 @@ def header_only(path, shape):
   header = nib.Nifti1Header()
   header.set_data_shape(shape)
   header.set_data_dtype(np.float32)
-  header.set_sform(td.AFFINE, code=1)
+  header.set_sform(test_study.AFFINE, code=1)
   header["vox_offset"] = 352
   path.write_bytes(gzip.compress(header.binaryblock + b"\0" * 4))
 
@@ -296,67 +296,67 @@ def _missing_modality(root):
 
 
 def _modality_elsewhere(root):
-  shifted = td.AFFINE.copy()
+  shifted = test_study.AFFINE.copy()
   shifted[0, 3] += 300.0
-  td.write(t2(root), td.canonical_image(1), affine=shifted)
+  test_study.write(t2(root), test_study.canonical_image(1), affine=shifted)
   return t2(root)
 
 
 def _labels_off_grid(root):
-  td.write(td._dseg(root, "12mo"), np.zeros((9, 9, 6), np.uint8))
-  return td._dseg(root, "12mo")
+  test_study.write(test_study._dseg(root, "12mo"), np.zeros((9, 9, 6), np.uint8))
+  return test_study._dseg(root, "12mo")
 
 
 def _two_sessions_one_timepoint(root):
   for mod in ("T1w", "T2w"):
-    td.write(td._t1(root, "07mo").with_name(f"sub-01_ses-07mo_{mod}.nii.gz"),
-             td.canonical_image(5))
+    test_study.write(test_study._t1(root, "07mo").with_name(f"sub-01_ses-07mo_{mod}.nii.gz"),
+                     test_study.canonical_image(5))
   return root / "sub-01"
 
 
 def _bad_voxel(value):
   def mutate(root):
-    img = td.canonical_image(0)
+    img = test_study.canonical_image(0)
     img[2, 2, 2] = value
-    td.write(td._t1(root), img)
-    return td._t1(root)
+    test_study.write(test_study._t1(root), img)
+    return test_study._t1(root)
   return mutate
 
 
 def _bad_label(value, dtype):
   def mutate(root):
-    labels = td.canonical_labels(0).astype(dtype)
+    labels = test_study.canonical_labels(0).astype(dtype)
     labels[0, 0, 2] = value
-    td.write(td._dseg(root), labels)
-    return td._dseg(root)
+    test_study.write(test_study._dseg(root), labels)
+    return test_study._dseg(root)
   return mutate
 
 
 def _not_nifti(root):
-  td._t1(root).write_bytes(b"this is not a NIfTI file at all" * 20)
-  return td._t1(root)
+  test_study._t1(root).write_bytes(b"this is not a NIfTI file at all" * 20)
+  return test_study._t1(root)
 
 
 def _other_format(root):  # an MGH volume under a NIfTI name
-  nib.save(nib.MGHImage(td.canonical_image(0), np.eye(4)), str(root / "x.mgz"))
-  (root / "x.mgz").rename(td._t1(root))
-  return td._t1(root)
+  nib.save(nib.MGHImage(test_study.canonical_image(0), np.eye(4)), str(root / "x.mgz"))
+  (root / "x.mgz").rename(test_study._t1(root))
+  return test_study._t1(root)
 
 
 def _truncated(root):
-  raw = td._t1(root).read_bytes()
-  td._t1(root).write_bytes(raw[:len(raw) * 2 // 3])
-  return td._t1(root)
+  raw = test_study._t1(root).read_bytes()
+  test_study._t1(root).write_bytes(raw[:len(raw) * 2 // 3])
+  return test_study._t1(root)
 
 
 def _four_d(root):
-  td.write(td._t1(root), np.ones(td.SHAPE + (3,), np.float32))
-  return td._t1(root)
+  test_study.write(test_study._t1(root), np.ones(test_study.SHAPE + (3,), np.float32))
+  return test_study._t1(root)
 
 
 def _huge_header(root):
-  header_only(td._t1(root), (2048, 2048, 2048))  # 32 GiB of float32, over the 1 GiB limit
-  return td._t1(root)
+  header_only(test_study._t1(root), (2048, 2048, 2048))  # 32 GiB of float32, over the 1 GiB limit
+  return test_study._t1(root)
 
 
 BAD_INPUTS = {
@@ -379,7 +379,7 @@ BAD_INPUTS = {
 
 
 def good_dataset(root):
-  td.make_dataset(root, subjects=("01", "02"))
+  test_study.make_dataset(root, subjects=("01", "02"))
   return root
 
 
@@ -412,18 +412,18 @@ def test_bad_input_is_one_error_line_from_both_clis(case, tmp_path, capsys):
 def test_debug_shows_the_traceback(tmp_path):
   root = good_dataset(tmp_path / "ds")
   _missing_modality(root)
-  with pytest.raises(data_lib.DataError):
+  with pytest.raises(study.DataError):
     train.main(train_args(root, tmp_path / "run", EPOCHS, "--debug"))
 
 
 def test_resume_accepts_another_chunk_size_only(tmp_path):
   """``chunk_pixels`` changes speed, not the function: resuming with another one is fine."""
-  record = RunRecord(config=Config(), dataset="bric", protocol=protocol_lib.BRIC)
-  train_lib.check_run_dir(str(tmp_path), record)
+  record = RunRecord(config=Config(), dataset="bric", protocol=protocol.BRIC)
+  loop.check_run_dir(str(tmp_path), record)
   with_config = lambda **c: dataclasses.replace(record, config=record.config.replace(**c))
-  train_lib.check_run_dir(str(tmp_path), with_config(chunk_pixels=0))
+  loop.check_run_dir(str(tmp_path), with_config(chunk_pixels=0))
   with pytest.raises(ConfigError, match="seed"):
-    train_lib.check_run_dir(str(tmp_path), with_config(seed=1))
+    loop.check_run_dir(str(tmp_path), with_config(seed=1))
 
 
 @pytest.mark.parametrize("flags,field", [(["--model", "fcn"], "model"),

@@ -7,14 +7,14 @@ import pytest
 
 from fcslstm_jax import run_record
 from fcslstm_jax.config import Config
-from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.data import protocol
 from fcslstm_jax.data.study import GridOptions
 from fcslstm_jax.errors import ConfigError
 from fcslstm_jax.run_record import RunRecord
 
 
 def test_round_trip(tmp_path):
-  record = RunRecord(config=Config(seed=3), dataset="bric", protocol=protocol_lib.IBIS_BUILTIN,
+  record = RunRecord(config=Config(seed=3), dataset="bric", protocol=protocol.IBIS_BUILTIN,
                      grid=GridOptions(spacing=(1.0, 1.2)), config_name="quick", volume="whole")
   run_record.write(tmp_path, record)
   assert run_record.read(tmp_path) == record
@@ -33,7 +33,7 @@ def test_an_older_record_loads(tmp_path):
 
 
 def test_differences_name_what_changed():
-  record = RunRecord(config=Config(), dataset="bric", protocol=protocol_lib.BRIC,
+  record = RunRecord(config=Config(), dataset="bric", protocol=protocol.BRIC,
                      grid=GridOptions())
   other = dataclasses.replace(record, config=Config(seed=1, epochs=7),
                               grid=GridOptions(spacing=(2.0, 2.0)))

@@ -5,8 +5,8 @@ import jax
 import numpy as np
 import pytest
 
-from fcslstm_jax.model import networks as M
-from fcslstm_jax.infer import sliding_window as SW
+from fcslstm_jax.model import networks
+from fcslstm_jax.infer import sliding_window
 from fcslstm_jax.infer import predict
 from fcslstm_jax.infer import tta
 
@@ -17,7 +17,7 @@ TINY = ((4, 1), (4, 1), (6, 1), (6, 1), (8, 1))
     (10, 10, 0.5, [0]), (7, 10, 0.5, [0]), (20, 10, 0.5, [0, 5, 10]), (20, 10, 0.0, [0, 10]),
     (21, 10, 0.0, [0, 6, 11]), (64, 32, 0.5, [0, 16, 32])])
 def test_window_starts_cover_the_axis(size, window, overlap, want):
-  starts = SW.window_starts(size, window, overlap)
+  starts = sliding_window.window_starts(size, window, overlap)
   assert starts == want
   covered = np.zeros(max(size, window), bool)
   for s in starts:
@@ -26,7 +26,7 @@ def test_window_starts_cover_the_axis(size, window, overlap, want):
 
 
 def test_gaussian_importance():
-  w = SW.gaussian_importance((5, 8, 9))
+  w = sliding_window.gaussian_importance((5, 8, 9))
   chex.assert_shape(w, (5, 8, 9))
   assert w.max() == pytest.approx(1.0, abs=0.05) and w.min() > 0
   assert np.unravel_index(np.argmax(w), w.shape) == (2, 3, 4)  # centred (8, 9: either middle)
@@ -43,7 +43,8 @@ def test_stitching_a_constant_gives_the_constant():
     return np.broadcast_to(p, x.shape[:-1] + (4,))
 
   images = np.zeros((3, 10, 13, 17, 2), np.float32)
-  out = SW.sliding_window_proba(constant, None, images, np.ones(3, bool), (4, 6, 8), 0.5, 4)
+  out = sliding_window.sliding_window_proba(constant, None, images, np.ones(3, bool), (4, 6, 8),
+                                            0.5, 4)
   chex.assert_shape(out, (3, 10, 13, 17, 4))
   np.testing.assert_allclose(out, np.broadcast_to(p, out.shape), rtol=1e-6)
   assert all(s == (4, 3, 4, 6, 8, 2) for s in calls)  # always full batches of windows
@@ -55,7 +56,8 @@ def test_stitching_places_every_window_where_it_was_cut():
   images = rng.normal(size=(2, 9, 11, 7, 3)).astype(np.float32)
   softmax = lambda a: np.exp(a) / np.exp(a).sum(-1, keepdims=True)
   voxelwise = lambda params, x, valid: softmax(np.asarray(x))
-  out = SW.sliding_window_proba(voxelwise, None, images, np.ones(2, bool), (4, 5, 8), 0.5, 3)
+  out = sliding_window.sliding_window_proba(voxelwise, None, images, np.ones(2, bool), (4, 5, 8),
+                                            0.5, 3)
   np.testing.assert_allclose(out, softmax(images), rtol=1e-5, atol=1e-6)
 
 
@@ -63,20 +65,20 @@ def test_stitching_places_every_window_where_it_was_cut():
 def test_one_window_covering_the_volume_is_one_forward_pass(window):
   """Windows equal to (or larger than: zero-padded, as the model pads) the volume give the
   model's own probabilities of the whole volume."""
-  model = M.FCSLSTM(4, stages=TINY, spatial_dims=3)
-  params = M.init_params(model, 2, size=8)
+  model = networks.FCSLSTM(4, stages=TINY, spatial_dims=3)
+  params = networks.init_params(model, 2, size=8)
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 16, 2))
   valid = np.array([True, True])
   fn = predict.make_predict_fn(model, proba=True)
   whole = np.asarray(fn(params, images[None], valid[None]))[0]
-  out = SW.sliding_window_proba(fn, params, np.asarray(images), valid, window)
+  out = sliding_window.sliding_window_proba(fn, params, np.asarray(images), valid, window)
   np.testing.assert_allclose(out, whole, rtol=1e-5, atol=1e-6)
 
 
 def test_volume_predict_fn_gives_class_maps():
   p = np.array([0.1, 0.6, 0.3], np.float32)
   constant = lambda params, x, valid: np.broadcast_to(p, x.shape[:-1] + (3,))
-  fn = SW.volume_predict_fn(constant, (4, 4, 4), 0.5, 2)
+  fn = sliding_window.volume_predict_fn(constant, (4, 4, 4), 0.5, 2)
   out = fn(None, np.zeros((2, 3, 6, 5, 4, 1), np.float32), np.ones((2, 3), bool))
   chex.assert_shape(out, (2, 3, 6, 5, 4))
   assert (out == 1).all() and out.dtype == np.int32

@@ -10,12 +10,12 @@ import pytest
 
 import evaluate
 import train
-from fcslstm_jax.synthetic import bric_like as bric
-from fcslstm_jax.infer import evaluate as inference
+from fcslstm_jax.synthetic import bric_like
+from fcslstm_jax.infer import pipeline
 from helpers import assert_predictions_on_input_grids, train_args
 from fcslstm_jax.config import Config
 
-TINY_DATA = bric.TINY
+TINY_DATA = bric_like.TINY
 EPOCHS = 4
 
 
@@ -29,9 +29,9 @@ def trained(dataset, tmp_path_factory):
 @pytest.mark.parametrize("begin", [0, 1, 3])
 def test_learning_rate_decays_from_the_epoch_after_begin(begin):
   """Paper Sec. 3: "decays after 20 epochs with factor 0.97": epoch 21 is the first decayed."""
-  from fcslstm_jax.train import loop as train_lib
+  from fcslstm_jax.train import loop
   config = Config(learning_rate=1.0, lr_decay_rate=0.5, lr_decay_begin_epoch=begin)
-  schedule = train_lib.lr_schedule(config, steps_per_epoch=4)
+  schedule = loop.lr_schedule(config, steps_per_epoch=4)
   for epoch in range(1, 7):  # 1-based
     expected = 0.5 ** max(0, epoch - begin)
     for step in range(4 * (epoch - 1), 4 * epoch):
@@ -41,7 +41,7 @@ def test_learning_rate_decays_from_the_epoch_after_begin(begin):
 def final_state(workdir):
   with open(os.path.join(workdir, "run.json")) as f:
     config = Config.from_json(json.load(f)["config"])
-  _, params, step = inference.restore_params(str(workdir), config, 4, 2)
+  _, params, step = pipeline.restore_params(str(workdir), config, 4, 2)
   return params, step
 
 

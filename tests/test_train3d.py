@@ -12,13 +12,13 @@ import pytest
 import evaluate
 import train
 from helpers import assert_predictions_on_input_grids, train_args
-from fcslstm_jax.synthetic import bric_like as bric
-from fcslstm_jax.data import study as data_lib
-from fcslstm_jax.infer import evaluate as inference
-from fcslstm_jax.outputs import writer as writer_lib
+from fcslstm_jax.synthetic import bric_like
+from fcslstm_jax.data import study
+from fcslstm_jax.infer import pipeline
+from fcslstm_jax.outputs import writer
 from fcslstm_jax.data import intensity
-from fcslstm_jax.data import protocol as protocol_lib
-from fcslstm_jax.train import loop as train_lib
+from fcslstm_jax.data import protocol
+from fcslstm_jax.train import loop
 from fcslstm_jax.config import Config
 
 # 12 slices: windows of depth 8 slide along z (starts 0 and 4); 32 in-plane: one window.
@@ -49,7 +49,7 @@ def test_3d_run_trains_records_and_resumes(dataset3d, trained, capsys):
   assert all(0 <= r["train_mpa"] <= 1 for r in (records[0], records[2]))
   results = json.loads((trained / "results.json").read_text())
   assert results["step"] == 3 and 0.0 <= results["test"]["mpa"] <= 1.0
-  _, params, step = inference.restore_params(str(trained), config, 4, 2)
+  _, params, step = pipeline.restore_params(str(trained), config, 4, 2)
   assert step == 3
   assert params["slstm1"]["psi_x"]["conv1"]["kernel"].shape[:3] == (3, 3, 3)
   assert params["backend"]["deconv6"]["kernel"].shape[:3] == (4, 4, 4)
@@ -59,7 +59,7 @@ def test_3d_evaluate_writes_predictions_on_the_input_grid(dataset3d, trained, tm
   out = tmp_path / "pred"
   assert evaluate.main(["--workdir", str(trained), "--out", str(out), "--batch-size", "2"]) == 0
   assert_predictions_on_input_grids(dataset3d, out,
-                                    bric.TINY_3D.num_subjects * len(bric.TINY_3D.ages))
+                                    bric_like.TINY_3D.num_subjects * len(bric_like.TINY_3D.ages))
   metrics = json.loads((out / "metrics.json").read_text())
   assert metrics["metrics_available"] and len(metrics["per_timepoint"]) == 5
 
@@ -72,18 +72,18 @@ def test_3d_path_writes_each_voxel_where_it_was_read(dataset3d, tmp_path):
   grids stored LAS: an X/Y swap or a flip anywhere fails it."""
   classes = lambda t1: jnp.clip(jnp.floor(t1 * 4), 0, 3).astype(jnp.int32)
   fn = jax.jit(lambda params, x, valid: jax.nn.one_hot(classes(x[..., 0]), 4))
-  protocol = protocol_lib.BRIC
-  (subject, *_) = data_lib.load_study(dataset3d, protocol, spacing="native").subjects
+  proto = protocol.BRIC
+  (subject, *_) = study.load_study(dataset3d, proto, spacing="native").subjects
   assert subject.grid.shape[0] == subject.grid.shape[1]
-  _, probs = inference.segment_subject([fn], [None], subject, protocol, 2, [((8, 32, 32), 0.5)])
+  _, probs = pipeline.segment_subject([fn], [None], subject, proto, 2, [((8, 32, 32), 0.5)])
   for t, session in enumerate(subject.timepoints):
-    native, labels, unc = inference.session_outputs(np.moveaxis(probs[:, t], 0, 2), subject,
-                                                    session)
-    writer_lib.write_session(str(tmp_path), "x", subject.subject_id, session, native, labels,
+    native, labels, unc = pipeline.session_outputs(np.moveaxis(probs[:, t], 0, 2), subject,
+                                                   session)
+    writer.write_session(str(tmp_path), "x", subject.subject_id, session, native, labels,
                             unc, False)
     stored = np.asarray(nib.load(session.paths["T1w"]).dataobj).astype(np.float32)
     expected = np.asarray(classes(intensity.normalize_intensity(stored)))
-    written = nib.load(writer_lib.output_path(str(tmp_path), subject.subject_id, session.label,
+    written = nib.load(writer.output_path(str(tmp_path), subject.subject_id, session.label,
                                              "x", "dseg"))
     assert nib.aff2axcodes(written.affine) == ("L", "A", "S")
     np.testing.assert_array_equal(np.asarray(written.dataobj), expected)
@@ -97,13 +97,13 @@ def test_scoring_interval_keeps_scoring_a_fifth_of_training():
   epochs' patches; an explicit value wins. Windows: non-overlapping tiles of each slab, a
   set whose images another set already holds counted once."""
   auto3d = Config(spatial_dims=3)
-  assert train_lib.scoring_interval(Config(), 39, 30) == 3  # 2D: the cohort's 39 sequences
-  assert train_lib.scoring_interval(Config(), 6, 30) == 1
-  assert train_lib.scoring_interval(auto3d, 90, 10) == 15  # 90 / 3 <= 0.2 * 15 * 10
-  assert train_lib.scoring_interval(auto3d, 6, 10) == 1
-  assert train_lib.scoring_interval(auto3d.replace(score_every_epochs=4), 90, 10) == 4
+  assert loop.scoring_interval(Config(), 39, 30) == 3  # 2D: the cohort's 39 sequences
+  assert loop.scoring_interval(Config(), 6, 30) == 1
+  assert loop.scoring_interval(auto3d, 90, 10) == 15  # 90 / 3 <= 0.2 * 15 * 10
+  assert loop.scoring_interval(auto3d, 6, 10) == 1
+  assert loop.scoring_interval(auto3d.replace(score_every_epochs=4), 90, 10) == 4
   slabs = lambda n: types.SimpleNamespace(images=np.zeros((n, 5, 8, 96, 112, 2), np.float32))
   train_slabs, test_slabs = slabs(4), slabs(4)
-  assert train_lib.scoring_windows([train_slabs, test_slabs], (8, 32, 32)) == 4 * 3 * 4
+  assert loop.scoring_windows([train_slabs, test_slabs], (8, 32, 32)) == 4 * 3 * 4
   test_slabs.images[0, 0, 0, 0, 0] = 1.0
-  assert train_lib.scoring_windows([train_slabs, test_slabs], (8, 32, 32)) == 2 * 4 * 3 * 4
+  assert loop.scoring_windows([train_slabs, test_slabs], (8, 32, 32)) == 2 * 4 * 3 * 4

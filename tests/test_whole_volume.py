@@ -15,7 +15,7 @@ import evaluate
 from fcslstm_jax import files
 from fcslstm_jax import metrics
 from fcslstm_jax.data import protocol
-from fcslstm_jax.outputs import qc_rules
+from fcslstm_jax.outputs import flags
 from fcslstm_jax.outputs import volumes
 from fcslstm_jax.outputs import writer
 from fcslstm_jax.outputs.volumes import SessionVolumes
@@ -154,34 +154,34 @@ def growing_cohort(n_subjects=6, ages=(1.0, 3.0, 6.0, 12.0), flat=None):
 
 
 def test_a_flat_white_matter_curve_is_flagged_once_on_its_last_session(capsys):
-  rule = qc_rules.TrajectoryRule()
-  (f,) = qc_rules.trajectory_flags(growing_cohort(flat="06"), rule, NAMES[1:])
+  rule = flags.TrajectoryRule()
+  (f,) = flags.trajectory_flags(growing_cohort(flat="06"), rule, NAMES[1:])
   assert (f.subject, f.session, f.cls, f.rule) == ("06", "V4", "WM", "trajectory")
   assert f.value < -rule.z
   assert "WM grew +0.00 mL per unit of age from ses-V1 (age 1) to ses-V4 (age 12)" in f.message
   assert "the cohort's median +9.55 over 6 subjects" in f.message
   assert "sub-06 ses-V4 (age 12): trajectory: WM" in f.line()
   # The same cohort without the flat curve, and 3 subjects (too few for a cohort): no flag.
-  assert qc_rules.trajectory_flags(growing_cohort(), rule, NAMES[1:]) == []
+  assert flags.trajectory_flags(growing_cohort(), rule, NAMES[1:]) == []
   others = [r for r in growing_cohort(flat="06") if r.subject != "06"]
-  assert qc_rules.trajectory_flags(others, rule, NAMES[1:]) == []
+  assert flags.trajectory_flags(others, rule, NAMES[1:]) == []
   few = [r for r in growing_cohort(flat="06") if r.subject in ("01", "02", "06")]
-  assert qc_rules.trajectory_flags(few, rule, NAMES[1:]) == []
-  assert qc_rules.trajectory_flags(few, qc_rules.TrajectoryRule(min_subjects=3), NAMES[1:])
+  assert flags.trajectory_flags(few, rule, NAMES[1:]) == []
+  assert flags.trajectory_flags(few, flags.TrajectoryRule(min_subjects=3), NAMES[1:])
   # Through every default rule (the outlier rule also names the flat curve's late sessions).
-  found = qc_rules.check(growing_cohort(flat="06"), qc_rules.FlagRules(), NAMES)
+  found = flags.check(growing_cohort(flat="06"), flags.FlagRules(), NAMES)
   assert [(x.subject, x.cls) for x in found if x.rule == "trajectory"] == [("06", "WM")]
-  assert qc_rules.check(growing_cohort(), qc_rules.FlagRules(), NAMES) == []
+  assert flags.check(growing_cohort(), flags.FlagRules(), NAMES) == []
 
 
 def test_flags_files_written_before_the_trajectory_rule_still_load(tmp_path):
-  old = qc_rules.FlagRules().to_json()
+  old = flags.FlagRules().to_json()
   del old["trajectory"]
   path = tmp_path / "flags.json"
   path.write_text(json.dumps(old))
-  assert qc_rules.load(path) == qc_rules.FlagRules()
+  assert flags.load(path) == flags.FlagRules()
   path.write_text(json.dumps({"trajectory": {"floor": 0.5}}))
-  assert qc_rules.load(path).trajectory == qc_rules.TrajectoryRule(floor=0.5)
+  assert flags.load(path).trajectory == flags.TrajectoryRule(floor=0.5)
 
 
 # ------------------------------------------------------------------------------ end to end

@@ -18,7 +18,7 @@ What nnU-Net sees is what FCSLSTM trains on, nothing more:
 subject, session, time point and folder. nnU-Net's predictions (its ``.nii.gz`` and, with
 ``--save_probabilities``, ``.npz``) lie on the working grid; :func:`to_session_labels` maps
 them to each session's own grid through the same inverse map as our own predictions
-(:func:`fcslstm_jax.infer.evaluate.to_session_probs`), where both tools are scored.
+(:func:`fcslstm_jax.infer.pipeline.to_session_probs`), where both tools are scored.
 
     python experiments/peers/convert.py --data-dir data/cohort --out runs/peers/raw/Dataset523_cohort
 """
@@ -34,12 +34,12 @@ import numpy as np
 # Run as a script from the repository root or anywhere: the package is one folder up.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from fcslstm_jax.data import study as data_lib  # noqa: E402
+from fcslstm_jax.data import study  # noqa: E402
 from fcslstm_jax import datasets  # noqa: E402
 from fcslstm_jax import files  # noqa: E402
-from fcslstm_jax.infer import evaluate as inference  # noqa: E402
+from fcslstm_jax.infer import pipeline  # noqa: E402
 from fcslstm_jax.data import nifti_io  # noqa: E402
-from fcslstm_jax.data import protocol as protocol_lib  # noqa: E402
+from fcslstm_jax.data import protocol  # noqa: E402
 from fcslstm_jax.data import sequences  # noqa: E402
 
 FILE_ENDING = ".nii.gz"
@@ -51,15 +51,15 @@ def case_id(subject_id: str, session_label: str) -> str:
   return f"sub-{subject_id}_ses-{session_label}"
 
 
-def dataset_json(protocol, num_training: int, name: str) -> dict:
+def dataset_json(proto, num_training: int, name: str) -> dict:
   """nnU-Net v2's ``dataset.json``: one channel per modality, the protocol's classes and
   ``ignore`` = ``num_classes`` (nnU-Net requires the ignore label to be the highest)."""
-  labels = {n: i for i, n in enumerate(protocol.class_names)}
-  labels[IGNORE] = protocol.num_classes
+  labels = {n: i for i, n in enumerate(proto.class_names)}
+  labels[IGNORE] = proto.num_classes
   return {"name": name,
           "description": "converted by experiments/peers/convert.py from a study in the "
                          "fcslstm-jax layout (working grids, one labeled slice per volume)",
-          "channel_names": {str(k): m for k, m in enumerate(protocol.modalities)},
+          "channel_names": {str(k): m for k, m in enumerate(proto.modalities)},
           "labels": labels, "numTraining": num_training, "file_ending": FILE_ENDING}
 
 
@@ -70,40 +70,40 @@ def sparse_labels(session, num_classes: int) -> np.ndarray:
   return np.where(mask, session.labels, num_classes).astype(np.uint8)
 
 
-def is_training_case(session, t: int, protocol) -> bool:
+def is_training_case(session, t: int, proto) -> bool:
   """A session whose labels training may see: a training time point with counted labels."""
-  return (t in protocol.train_timepoints and session.label_mask is not None
+  return (t in proto.train_timepoints and session.label_mask is not None
           and bool(session.label_mask.any()))
 
 
-def role_of(session, t: int, protocol) -> str:
-  if is_training_case(session, t, protocol):
+def role_of(session, t: int, proto) -> str:
+  if is_training_case(session, t, proto):
     return "train"
-  if t in protocol.test_timepoints:
+  if t in proto.test_timepoints:
     return "held-out"
   return "unlabeled"
 
 
-def _write_case(out, folder, case, subject, session, protocol):
-  for k in range(len(protocol.modalities)):
+def _write_case(out, folder, case, subject, session, proto):
+  for k in range(len(proto.modalities)):
     nifti_io.write_volume(os.path.join(out, folder, f"{case}_{k:04d}{FILE_ENDING}"),
                           session.image[..., k], subject.grid.affine, np.float32)
 
 
-def write_dataset(study, out_dir: str, name: str) -> dict:
-  """Writes ``study`` (loaded with every slice, ``keep="all"``) as an nnU-Net v2 raw dataset
-  into ``out_dir`` (created; must not exist; written in a temporary sibling, then renamed).
-  Returns the manifest."""
-  files.check_outside_dataset(out_dir, study.root)
+def write_dataset(loaded, out_dir: str, name: str) -> dict:
+  """Writes the study ``loaded`` (read with every slice, ``keep="all"``) as an nnU-Net v2 raw
+  dataset into ``out_dir`` (created; must not exist; written in a temporary sibling, then
+  renamed). Returns the manifest."""
+  files.check_outside_dataset(out_dir, loaded.root)
   if os.path.exists(out_dir):
     raise FileExistsError(f"{out_dir}: exists. Remove it or choose another output folder.")
-  protocol = study.protocol
+  proto = loaded.protocol
   parent = os.path.dirname(os.path.abspath(out_dir))
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
   try:
     cases = []
-    for subject in study.subjects:
+    for subject in loaded.subjects:
       if subject.grid is None:
         continue
       if subject.z_index is not None:
@@ -112,21 +112,21 @@ def write_dataset(study, out_dir: str, name: str) -> dict:
       for t, session in enumerate(subject.timepoints):
         if session is None:
           continue
-        case, role = case_id(subject.subject_id, session.label), role_of(session, t, protocol)
+        case, role = case_id(subject.subject_id, session.label), role_of(session, t, proto)
         folder = "imagesTr" if role == "train" else "imagesTs"
-        _write_case(tmp, folder, case, subject, session, protocol)
+        _write_case(tmp, folder, case, subject, session, proto)
         if role == "train":
           nifti_io.write_volume(os.path.join(tmp, "labelsTr", case + FILE_ENDING),
-                                sparse_labels(session, protocol.num_classes),
+                                sparse_labels(session, proto.num_classes),
                                 subject.grid.affine, np.uint8)
         cases.append({"case": case, "subject": subject.subject_id, "session": session.label,
                       "timepoint": t, "role": role, "folder": folder,
                       "labeled_voxels": int((session.label_mask > 0).sum())
                       if role == "train" else 0})
     num_training = sum(c["role"] == "train" for c in cases)
-    files.write_json(os.path.join(tmp, "dataset.json"), dataset_json(protocol, num_training, name))
-    manifest = {"study": os.path.abspath(study.root), "protocol": protocol.to_json(),
-                "grid": study.options.to_json(), "ignore_label": protocol.num_classes,
+    files.write_json(os.path.join(tmp, "dataset.json"), dataset_json(proto, num_training, name))
+    manifest = {"study": os.path.abspath(loaded.root), "protocol": proto.to_json(),
+                "grid": loaded.options.to_json(), "ignore_label": proto.num_classes,
                 "cases": cases}
     files.write_json(os.path.join(tmp, "manifest.json"), manifest)  # last: marks it complete
     os.replace(tmp, out_dir)
@@ -136,18 +136,18 @@ def write_dataset(study, out_dir: str, name: str) -> dict:
   return manifest
 
 
-def load_for_conversion(root, protocol, spacing="median", reference="first", register="none",
+def load_for_conversion(root, proto, spacing="median", reference="first", register="none",
                         warn=None):
   """The study as ``train.py`` reads it (same protocol, spacing, reference, registration),
   with every slice of every session (nnU-Net samples whole volumes). Its warnings (sessions
   that fit no time point, labels that did not all come through:
   :func:`fcslstm_jax.data.sequences.describe_warnings`) are printed as ``train.py`` prints
   them, one ``warning: ...`` line each, on stderr; ``warn``: a function of a line instead."""
-  study = data_lib.load_study(root, protocol, spacing=spacing, reference=reference,
-                              register=register, keep="all")
-  for line in sequences.describe_warnings(study):
+  loaded = study.load_study(root, proto, spacing=spacing, reference=reference,
+                            register=register, keep="all")
+  for line in sequences.describe_warnings(loaded):
     (warn or (lambda text: print(text, file=sys.stderr, flush=True)))(line)
-  return study
+  return loaded
 
 
 # ------------------------------------------------------------------------- predictions back
@@ -183,7 +183,7 @@ def one_hot(labels, num_classes: int) -> np.ndarray:
 def to_session_labels(probs, subject, session) -> np.ndarray:
   """``int32 [X, Y, Z]`` on the session's own canonical grid from working-grid probabilities
   ``[X, Y, Z, c]``: exactly the map our own predictions go through."""
-  return np.argmax(inference.to_session_probs(probs, subject, session), axis=-1).astype(np.int32)
+  return np.argmax(pipeline.to_session_probs(probs, subject, session), axis=-1).astype(np.int32)
 
 
 def write_session_labels(path: str, labels, session) -> None:
@@ -203,14 +203,14 @@ def main(argv=None) -> int:
                  "e.g. nnUNet_raw/Dataset523_cohort")
   args = p.parse_args(argv)
   if args.data_dir:
-    protocol = protocol_lib.get_protocol(args.protocol, args.data_dir)
+    proto = protocol.get_protocol(args.protocol, args.data_dir)
     root = args.data_dir
   else:
-    from fcslstm_jax.synthetic import bric_like as bric
-    protocol = protocol_lib.builtin(args.dataset or "bric")
-    root = bric.ensure_dataset(seed=0)
-  study = load_for_conversion(root, protocol, args.spacing)
-  manifest = write_dataset(study, args.out, os.path.basename(os.path.normpath(args.out)))
+    from fcslstm_jax.synthetic import bric_like
+    proto = protocol.builtin(args.dataset or "bric")
+    root = bric_like.ensure_dataset(seed=0)
+  loaded = load_for_conversion(root, proto, args.spacing)
+  manifest = write_dataset(loaded, args.out, os.path.basename(os.path.normpath(args.out)))
   roles = [c["role"] for c in manifest["cases"]]
   print(f"wrote {args.out}: {roles.count('train')} training cases, {roles.count('held-out')} "
         f"held-out and {roles.count('unlabeled')} unlabeled sessions in imagesTs")

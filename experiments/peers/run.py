@@ -21,7 +21,7 @@ writes ``results/peers-<study>.json`` and ``.md``. What it does, in order:
    out). Every session is then predicted (nnU-Net's sliding window; mirroring off unless
    ``--mirroring``, as FCSLSTM runs without test-time flips).
 4. Both tools' working-grid probabilities go back onto each session's own grid through the
-   same map (:func:`fcslstm_jax.infer.evaluate.to_session_probs`) and are scored there with
+   same map (:func:`fcslstm_jax.infer.pipeline.to_session_probs`) and are scored there with
    :mod:`fcslstm_jax.metrics`: on the protocol's labeled slices (the held-out time point
    never seen by either tool), on whole volumes against the full labels (cohort:
    ``sourcedata/full-labels``; bric: the whole labeled slab), and temporal consistency on the
@@ -70,15 +70,15 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 import convert  # noqa: E402
-from fcslstm_jax.data import study as data_lib  # noqa: E402
+from fcslstm_jax.data import study  # noqa: E402
 from fcslstm_jax import files  # noqa: E402
-from fcslstm_jax.infer import evaluate as inference  # noqa: E402
-from fcslstm_jax import metrics as metrics_lib  # noqa: E402
+from fcslstm_jax.infer import pipeline  # noqa: E402
+from fcslstm_jax import metrics  # noqa: E402
 from fcslstm_jax.data import nifti_io  # noqa: E402
-from fcslstm_jax.data import protocol as protocol_lib  # noqa: E402
+from fcslstm_jax.data import protocol  # noqa: E402
 from fcslstm_jax.data import sequences  # noqa: E402
-from fcslstm_jax.outputs import volumes as volumes_lib  # noqa: E402
-from fcslstm_jax.outputs import writer as writer_lib  # noqa: E402
+from fcslstm_jax.outputs import volumes  # noqa: E402
+from fcslstm_jax.outputs import writer  # noqa: E402
 from fcslstm_jax.errors import ConfigError, DataError  # noqa: E402
 
 DATASET_IDS = {"cohort": 523, "bric": 524, "tiny": 525}
@@ -92,7 +92,7 @@ class Source:
   files hold them) and the ``train.py`` arguments that name it."""
   name: str
   root: str
-  protocol: protocol_lib.Protocol
+  protocol: protocol.Protocol
   full_labels: str | None
   train_args: tuple
 
@@ -105,12 +105,12 @@ def study_source(name: str) -> Source:
         cohort.TINY, fov_mm=(144.0, 144.0, 18.0))
     if not os.path.isfile(os.path.join(root, "dataset_description.json")):
       cohort.generate(root, config=config)
-    return Source(name, root, protocol_lib.get_protocol(None, root),
+    return Source(name, root, protocol.get_protocol(None, root),
                   os.path.join(root, "sourcedata", "full-labels"),
                   ("--data-dir", root, "--protocol", os.path.join(root, "protocol.json")))
-  from fcslstm_jax.synthetic import bric_like as bric
-  root = str(bric.ensure_dataset(seed=0, config=bric.VOLUMES["slab"]))
-  return Source(name, root, protocol_lib.builtin("bric"), None, ("--dataset", "bric"))
+  from fcslstm_jax.synthetic import bric_like
+  root = str(bric_like.ensure_dataset(seed=0, config=bric_like.VOLUMES["slab"]))
+  return Source(name, root, protocol.builtin("bric"), None, ("--dataset", "bric"))
 
 
 def load(uptime=os.getloadavg) -> list:
@@ -120,9 +120,9 @@ def load(uptime=os.getloadavg) -> list:
 # ------------------------------------------------------------- what makes rows comparable
 
 
-def outputs(out_dir: str, study: str) -> tuple:
+def outputs(out_dir: str, study_name: str) -> tuple:
   """The two files a run writes: ``OUT/peers-<study>.json`` and ``.md``."""
-  stem = os.path.join(out_dir, f"peers-{study}")
+  stem = os.path.join(out_dir, f"peers-{study_name}")
   return stem + ".json", stem + ".md"
 
 
@@ -153,8 +153,8 @@ def configuration(args) -> dict:
   """The arguments that make two tools' rows comparable (every one but --tools, --work,
   --out and --keep-others), with what they resolve to."""
   try:
-    from fcslstm_jax import config as config_lib
-    seed = config_lib.get_config(args.config).seed
+    from fcslstm_jax import config
+    seed = config.get_config(args.config).seed
   except (ConfigError, ImportError, AttributeError):
     seed = None
   return {"study": args.study, "budget_min": args.budget_min,
@@ -250,7 +250,7 @@ def counted_scores(pred, session, num_classes: int) -> np.ndarray:
   truth = nifti_io.load_volume(session.paths["dseg"], kind="labels").data
   mask = np.zeros(truth.shape, np.float32)
   mask[:, :, list(session.counted_slices)] = 1.0
-  return metrics_lib.confusion_counts(pred, truth, mask, num_classes)
+  return metrics.confusion_counts(pred, truth, mask, num_classes)
 
 
 class Scores:
@@ -264,9 +264,9 @@ class Scores:
       training study): their sessions are the ``unlabeled_subjects`` of the volumes.
   """
 
-  def __init__(self, protocol, unlabeled=()):
-    t, c = protocol.num_timepoints, protocol.num_classes
-    self.protocol = protocol
+  def __init__(self, proto, unlabeled=()):
+    t, c = proto.num_timepoints, proto.num_classes
+    self.protocol = proto
     self.unlabeled = frozenset(unlabeled)
     self.labeled = np.zeros((t, c, c))
     self.whole = np.zeros((t, c, c))
@@ -285,13 +285,13 @@ class Scores:
       probs = probs_by_t[t]
       pred[:, t] = np.moveaxis(np.argmax(probs, axis=-1), 2, 0)
       native = convert.to_session_labels(probs, subject, session)
-      convert.write_session_labels(writer_lib.output_path(out_dir, subject.subject_id,
-                                                          session.label, desc.replace("-", ""), "dseg"),
+      convert.write_session_labels(writer.output_path(out_dir, subject.subject_id,
+                                                      session.label, desc.replace("-", ""), "dseg"),
                                    native, session)
       self.add_session(subject.subject_id, t, session, native, train_subject.timepoints[t])
     mask = seq.label_mask * seq.valid[:, :, None, None]
     for counts, seg in zip(self.agreement, (pred, seq.labels)):
-      counts += metrics_lib.temporal_agreement(seg, mask)
+      counts += metrics.temporal_agreement(seg, mask)
 
   def add_session(self, subject_id: str, t: int, session, native, counted=None):
     """One session's prediction ``native`` ``int [X, Y, Z]`` on its own grid, scored against
@@ -301,16 +301,16 @@ class Scores:
     the label file's); and on the counted labeled slices of ``counted`` (the same session
     in the training study; None: none)."""
     c, names = self.protocol.num_classes, self.protocol.class_names
-    truth = writer_lib.load_truth(session)
+    truth = writer.load_truth(session)
     if truth is not None:
-      whole = volumes_lib.is_whole_volume(truth.data)
-      self.whole[t] += writer_lib.score_against(native, truth.data, c, whole)
+      whole = volumes.is_whole_volume(truth.data)
+      self.whole[t] += writer.score_against(native, truth.data, c, whole)
       if whole:
-        pred_ml = volumes_lib.class_volumes_ml(native, session.ref.affine, c)
-        true_ml = volumes_lib.class_volumes_ml(truth.data, truth.ref.affine, c)
-        self.volumes.append(volumes_lib.TruthVolumes(
+        pred_ml = volumes.class_volumes_ml(native, session.ref.affine, c)
+        true_ml = volumes.class_volumes_ml(truth.data, truth.ref.affine, c)
+        self.volumes.append(volumes.TruthVolumes(
             subject_id, session.label, float(session.age),
-            writer_lib.session_group(self.protocol, self.unlabeled, subject_id, t),
+            writer.session_group(self.protocol, self.unlabeled, subject_id, t),
             {n: float(v) for n, v in zip(names[1:], pred_ml[1:])},
             {n: float(v) for n, v in zip(names[1:], true_ml[1:])}))
       else:
@@ -319,8 +319,8 @@ class Scores:
       self.labeled[t] += counted_scores(native, counted, c)
 
   def summary(self) -> dict:
-    return {"labeled_slices": writer_lib.summarize_run(self.labeled, self.agreement, self.protocol),
-            "whole_volumes": writer_lib.summarize_run(self.whole, self.agreement, self.protocol),
+    return {"labeled_slices": writer.summarize_run(self.labeled, self.agreement, self.protocol),
+            "whole_volumes": writer.summarize_run(self.whole, self.agreement, self.protocol),
             "volumes": volume_summary(self.volumes, self.uncompared, self.protocol.class_names)}
 
 
@@ -342,15 +342,15 @@ def volume_summary(truth, uncompared: int, names) -> dict:
   per = lambda v: {n: None if np.isnan(x) else float(x) for n, x in zip(tissues, v)}
   out = {}
   for kind in SUBJECT_KINDS:
-    mine = [r for r in truth if (r.group == writer_lib.GROUPS[2]) == (kind == SUBJECT_KINDS[1])]
+    mine = [r for r in truth if (r.group == writer.GROUPS[2]) == (kind == SUBJECT_KINDS[1])]
     if not mine:
       out[kind] = None
       continue
     pred = np.array([[r.predicted_ml[n] for n in tissues] for r in mine], np.float64)
     true = np.array([[r.true_ml[n] for n in tissues] for r in mine], np.float64)
-    error, bias = volumes_lib.volume_errors(pred, true)
-    growth, counted = volumes_lib.growth_errors([r.subject for r in mine],
-                                                [r.age for r in mine], pred, true)
+    error, bias = volumes.volume_errors(pred, true)
+    growth, counted = volumes.growth_errors([r.subject for r in mine],
+                                            [r.age for r in mine], pred, true)
     out[kind] = {"sessions": len(mine), "subjects": len({r.subject for r in mine}),
                  "volume_error": per(error), "volume_bias": per(bias),
                  "growth_error": per(growth),
@@ -388,20 +388,20 @@ def train_fcslstm(source: Source, workdir: str, budget_s: float, model: str, con
           "returncode": proc.returncode, "epochs_scored": len(steps)}
 
 
-def fcslstm_probabilities(workdir: str, study, batch_size: int = 8):
+def fcslstm_probabilities(workdir: str, loaded, batch_size: int = 8):
   """``(seconds, {subject_id: {t: [X, Y, Z, c]}})`` of the run's newest checkpoint on every
-  session of ``study`` (no test-time flips)."""
+  session of ``loaded`` (no test-time flips)."""
   from fcslstm_jax.infer import ensemble, tta
   started = time.monotonic()
-  runs = inference.read_runs([workdir])
-  members = inference.load_members(runs, study.protocol)
+  runs = pipeline.read_runs([workdir])
+  members = pipeline.load_members(runs, loaded.protocol)
   fns = ensemble.predict_fns(members, tta.flip_variants((), 2))
   params = [m.params for m in members]
   out = {}
-  for subject in study.subjects:
+  for subject in loaded.subjects:
     if subject.grid is None:
       continue
-    _, probs = inference.segment_subject(fns, params, subject, study.protocol, batch_size)
+    _, probs = pipeline.segment_subject(fns, params, subject, loaded.protocol, batch_size)
     out[subject.subject_id] = {t: np.moveaxis(probs[:, t], 0, 2)
                                for t, s in enumerate(subject.timepoints) if s is not None}
   return time.monotonic() - started, out, members[0].step
@@ -535,10 +535,10 @@ def per_class(values, signed: bool = False) -> str:
 def volume_cells(record) -> list:
   """The volume columns of a record (:func:`volume_summary`): for the labeled, then the
   unlabeled subjects, the volume error, its bias and the growth error per tissue class."""
-  volumes = record["scores"].get("volumes") or {}
+  volume_scores = record["scores"].get("volumes") or {}
   cells = []
   for kind in SUBJECT_KINDS:
-    mine = volumes.get(kind) or {}
+    mine = volume_scores.get(kind) or {}
     cells += [per_class(mine.get("volume_error")), per_class(mine.get("volume_bias"), True),
               per_class(mine.get("growth_error"))]
   return cells
@@ -629,7 +629,7 @@ def compare(args, argv) -> int:
         flush=True)
   env = nnunet_env(work, args.da_workers)
   source = study_source(args.study)
-  protocol = source.protocol
+  proto = source.protocol
   started = time.monotonic()
   warnings = []
 
@@ -638,10 +638,10 @@ def compare(args, argv) -> int:
       warnings.append(line)
       print(line, file=sys.stderr, flush=True)
 
-  train_study = convert.load_for_conversion(source.root, protocol, warn=warn)
-  eval_study = data_lib.load_study(source.root, inference.every_labeled_slice(protocol),
-                                   spacing=train_study.options.spacing or "native",
-                                   labels_root=source.full_labels)
+  train_study = convert.load_for_conversion(source.root, proto, warn=warn)
+  eval_study = study.load_study(source.root, pipeline.every_labeled_slice(proto),
+                                spacing=train_study.options.spacing or "native",
+                                labels_root=source.full_labels)
   for line in sequences.describe_warnings(eval_study):  # the full labels' own, if any
     warn(line)
   by_id = {s.subject_id: s for s in train_study.subjects}
@@ -683,7 +683,7 @@ def compare(args, argv) -> int:
     plan_seconds, planned_mask = nnunet_plan(DATASET_IDS[args.study], dataset_name,
                                              os.path.join(work, "nnunet-plan.log"))
     input_diff = nnunet_input_check(dataset_name, raw_dir, next(
-        c for c in manifest["cases"] if c["role"] == "train"), len(protocol.modalities))
+        c for c in manifest["cases"] if c["role"] == "train"), len(proto.modalities))
     print(f"  a training case as trained and as predicted: largest input difference "
           f"{input_diff:.2g}", flush=True)
     print(f"nnU-Net v2 (2d): training for {args.budget_min:g} min ...", flush=True)

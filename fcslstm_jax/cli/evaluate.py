@@ -43,7 +43,7 @@ def main(argv=None) -> int:
                  help="also write class probabilities (*_probseg.nii.gz, float32, one volume "
                  "per class)")
   p.add_argument("--flags", metavar="FILE.json",
-                 help="flag rules (python -m fcslstm_jax.outputs.qc_rules prints the defaults)")
+                 help="flag rules (python -m fcslstm_jax.outputs.flags prints the defaults)")
   p.add_argument("--no-report", action="store_true", help="do not write report.html")
   p.add_argument("--compile-cache", metavar="DIR|off",
                  help="persistent XLA compilation cache (default: $FCSLSTM_COMPILE_CACHE, else "
@@ -61,10 +61,10 @@ def main(argv=None) -> int:
     from fcslstm_jax import compile_cache
     compile_cache.enable(args.compile_cache)
     counter = compile_cache.CompileCounter()
-    from fcslstm_jax.outputs import qc_rules as flags
-    from fcslstm_jax.infer import evaluate as inference
+    from fcslstm_jax.outputs import flags
+    from fcslstm_jax.infer import pipeline
     from fcslstm_jax.infer import tta
-    result.update(inference.evaluate_run(
+    result.update(pipeline.evaluate_run(
         args.workdir, args.out, args.data_dir, args.batch_size, truth_dir=args.labels,
         tta_flips=tta.parse_flips(args.tta_flips), probabilities=args.probabilities,
         flag_rules=flags.load(args.flags), report=not args.no_report, counter=counter))

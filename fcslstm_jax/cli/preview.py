@@ -10,7 +10,7 @@ from fcslstm_jax.errors import ConfigError, DataError
 def main(argv=None) -> int:
   from fcslstm_jax import datasets
   from fcslstm_jax.data import sequences
-  from fcslstm_jax.data import study as data_lib
+  from fcslstm_jax.data import study
   from fcslstm_jax.outputs import figures
   parser = argparse.ArgumentParser(prog="python -m fcslstm_jax.cli.preview",
                                    description=__doc__.split("\n")[0])
@@ -26,10 +26,10 @@ def main(argv=None) -> int:
   try:
     root, protocol = datasets.resolve(args.dataset, args.data_dir, args.protocol,
                                       data_seed=args.data_seed)
-    study = data_lib.load_study(root, protocol)
-    print(sequences.describe_study(study))
+    loaded = study.load_study(root, protocol)
+    print(sequences.describe_study(loaded))
     if args.preview:
-      figures.subject_preview(args.preview, study.subjects[args.subject], protocol)
+      figures.subject_preview(args.preview, loaded.subjects[args.subject], protocol)
       print(f"wrote {args.preview}")
   except (DataError, ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -26,11 +26,11 @@ SHORTCUTS = ("model", "epochs", "batch_size", "seed", "remat", "precision", "chu
 
 def parse_args(argv=None):
   import dataclasses
-  from fcslstm_jax import config as config_lib
+  from fcslstm_jax import config
   p = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog="config fields (--set NAME=VALUE, repeatable; defaults of --config paper):\n"
-      + config_lib.describe_fields())
+      + config.describe_fields())
   src = p.add_mutually_exclusive_group()
   src.add_argument("--dataset", choices=("bric", "ibis"), help="built-in dataset and protocol")
   src.add_argument("--data-dir", help="BIDS-like folder (see README: Your own study)")
@@ -43,10 +43,10 @@ def parse_args(argv=None):
                  help="session whose grid each subject's sessions are resampled onto")
   p.add_argument("--register", default="none", choices=("none", "rigid"),
                  help="rigid registration of each session to the reference session")
-  p.add_argument("--config", default="quick", choices=sorted(config_lib.CONFIGS),
+  p.add_argument("--config", default="quick", choices=sorted(config.CONFIGS),
                  help="preset the fields start from (config.py): " + "; ".join(
-                     f"{k}: {v}" for k, v in config_lib.PRESET_HELP.items()))
-  fields = {f.name: f for f in dataclasses.fields(config_lib.Config)}
+                     f"{k}: {v}" for k, v in config.PRESET_HELP.items()))
+  fields = {f.name: f for f in dataclasses.fields(config.Config)}
   for name in SHORTCUTS:
     meta = fields[name].metadata
     choices = f" {{{', '.join(meta['choices'])}}}" if meta.get("choices") else ""
@@ -138,16 +138,16 @@ def make_config(args):
   """The --config preset with the shortcut flags and every --set applied, each value checked.
   A 3D run's patch size, when left null, becomes the backend's default here, so that
   run.json records the one used."""
-  from fcslstm_jax import config as config_lib
+  from fcslstm_jax import config
   texts = [f"{name}={getattr(args, name)}" for name in SHORTCUTS
            if getattr(args, name) is not None] + args.overrides
-  overrides = dict(config_lib.parse_override(t) for t in texts)
-  config = config_lib.get_config(args.config).replace(**overrides)
-  if config.spatial_dims == 3 and config.patch_size is None:
+  overrides = dict(config.parse_override(t) for t in texts)
+  cfg = config.get_config(args.config).replace(**overrides)
+  if cfg.spatial_dims == 3 and cfg.patch_size is None:
     import jax
-    config = config.replace(patch_size=config_lib.PATCH_CPU if jax.default_backend() == "cpu"
-                            else config_lib.PATCH_ACCELERATOR)
-  return config
+    cfg = cfg.replace(patch_size=config.PATCH_CPU if jax.default_backend() == "cpu"
+                      else config.PATCH_ACCELERATOR)
+  return cfg
 
 
 def volume_of(args, config) -> str:
@@ -161,15 +161,15 @@ def load_study(args, config):
   training label's own image plane (``label_planes``); a 3D run whole volumes as they are
   (a replaced plane would be a jump along z)."""
   from fcslstm_jax import datasets
-  from fcslstm_jax.data import study as data_lib
+  from fcslstm_jax.data import study
   from fcslstm_jax.train import parallel
   root, protocol = datasets.resolve(args.dataset, args.data_dir, args.protocol,
                                     data_seed=args.data_seed, volume=volume_of(args, config))
-  return data_lib.load_study(root, protocol, spacing=args.spacing, reference=args.reference,
-                             register=args.register, shard=parallel.shard_for_this_process(),
-                             keep="labeled" if config.spatial_dims == 2
-                             and not config.pseudo_label_epochs else "all",
-                             label_planes=config.spatial_dims == 2)
+  return study.load_study(root, protocol, spacing=args.spacing, reference=args.reference,
+                          register=args.register, shard=parallel.shard_for_this_process(),
+                          keep="labeled" if config.spatial_dims == 2
+                          and not config.pseudo_label_epochs else "all",
+                          label_planes=config.spatial_dims == 2)
 
 
 def setup(args, main: bool):
@@ -177,7 +177,7 @@ def setup(args, main: bool):
   directory (outside the data; on process 0, a run.json there must be this run's) and this
   process's subjects."""
   from fcslstm_jax import files, run_record
-  from fcslstm_jax.train import loop as train_lib
+  from fcslstm_jax.train import loop
   config = make_config(args)
   name = args.dataset or os.path.basename(os.path.normpath(args.data_dir))
   model_name = config.model + ("-3d" if config.spatial_dims == 3 else "")
@@ -191,7 +191,7 @@ def setup(args, main: bool):
                                 grid=study.options,
                                 volume=volume_of(args, config) if args.dataset else "slab")
   if main and os.path.exists(run_record.path_of(workdir)):
-    train_lib.check_run_dir(workdir, record)  # refuses another run's folder
+    loop.check_run_dir(workdir, record)  # refuses another run's folder
   return config, workdir, study, record
 
 
@@ -201,7 +201,7 @@ def run(args) -> int:
   from fcslstm_jax import files
   from fcslstm_jax.train import parallel
   from fcslstm_jax.data import sequences
-  from fcslstm_jax.train import loop as train_lib
+  from fcslstm_jax.train import loop
   from fcslstm_jax import compile_cache
 
   compile_cache.enable(args.compile_cache)
@@ -245,10 +245,10 @@ def run(args) -> int:
         f"{mesh.devices.flat[0].platform} device(s), {jax.process_count()} process(es)")
   progress = lambda it, epoch: tqdm(it, desc=f"epoch {epoch + 1}/{config.epochs}",
                                     leave=False, dynamic_ncols=True)
-  result = train_lib.train_and_evaluate(config, train_set, test_set, workdir,
-                                        protocol.class_names, record,
-                                        progress=progress if main else None, mesh=mesh,
-                                        train_eval_set=train_eval_set, pool=pool)
+  result = loop.train_and_evaluate(config, train_set, test_set, workdir,
+                                   protocol.class_names, record,
+                                   progress=progress if main else None, mesh=mesh,
+                                   train_eval_set=train_eval_set, pool=pool)
   if result.stopped_by:
     return 130
   if not main:

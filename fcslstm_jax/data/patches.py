@@ -70,7 +70,7 @@ def _subject_volume(subject, protocol, split, shape):
   seen = protocol.timepoints(split)
   if subject.z_index is not None:
     raise ValueError(f"sub-{subject.subject_id}: loaded with keep='labeled'; volumes need "
-                     "every slice (data.load_study(..., keep='all')).")
+                     "every slice (study.load_study(..., keep='all')).")
   x, y, z = subject.grid.shape[:3]
   off = tuple((s - n) // 2 for n, s in zip((z, x, y), shape))
   region = tuple(slice(o, o + n) for o, n in zip(off, (z, x, y)))

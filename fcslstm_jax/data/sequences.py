@@ -198,10 +198,10 @@ def check_training_labels(counts, protocol, root) -> None:
 
 def unlabeled_subjects(study) -> list:
   """Ids of the subjects with no label file at a training time point (all processes)."""
-  from fcslstm_jax.data import protocol as protocol_lib
+  from fcslstm_jax.data import protocol
   out = []
   for f in study.files:
-    slots, _ = protocol_lib.assign_sessions(f.sessions, study.protocol, f.subject_id, f.path)
+    slots, _ = protocol.assign_sessions(f.sessions, study.protocol, f.subject_id, f.path)
     if not any(s is not None and s.dseg for t, s in enumerate(slots)
                if t in study.protocol.train_timepoints):
       out.append(f.subject_id)

@@ -38,7 +38,7 @@ from fcslstm_jax.data import grids
 from fcslstm_jax.data import intensity
 from fcslstm_jax.data import layout
 from fcslstm_jax.data import nifti_io
-from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.data import protocol
 from fcslstm_jax import jsonfile
 from fcslstm_jax.errors import ConfigError, DataError
 
@@ -171,7 +171,7 @@ class Study:
     unassigned: every session that fits no time point.
   """
   root: str
-  protocol: protocol_lib.Protocol
+  protocol: protocol.Protocol
   options: GridOptions
   subjects: list
   files: list
@@ -195,24 +195,24 @@ def labeled_slices(labels):
   return np.flatnonzero(np.any(labels > 0, axis=(0, 1)))
 
 
-def counted_slices(labels, protocol, path=""):
-  """The session's own labeled z indices whose labels count under ``protocol``.
+def counted_slices(labels, proto, path=""):
+  """The session's own labeled z indices whose labels count under ``proto``.
 
   ``"center"``: ``labeled_slices_per_volume`` of the session's labeled slices, spread
   evenly (the middle one for 1). Explicit indices: those of them that are labeled.
   """
   labeled = labeled_slices(labels)
-  if not isinstance(protocol.slice_selection, str):
+  if not isinstance(proto.slice_selection, str):
     depth = labels.shape[2]
-    picked = [int(z) for z in protocol.slice_selection]
+    picked = [int(z) for z in proto.slice_selection]
     bad = [z for z in picked if not 0 <= z < depth]
     if bad:
-      raise ConfigError(f"protocol {protocol.name}: slice_selection {bad} outside 0..{depth - 1} "
+      raise ConfigError(f"protocol {proto.name}: slice_selection {bad} outside 0..{depth - 1} "
                         f"for {path}.")
     return tuple(z for z in picked if z in set(labeled.tolist()))
   if labeled.size == 0:
     return ()
-  k = min(protocol.labeled_slices_per_volume, labeled.size)
+  k = min(proto.labeled_slices_per_volume, labeled.size)
   positions = ((np.arange(k) + 0.5) * labeled.size / k).astype(int)
   return tuple(int(z) for z in labeled[positions])
 
@@ -221,13 +221,13 @@ def _grid(volume):
   return grids.Grid(shape=tuple(volume.data.shape), affine=volume.affine)
 
 
-def read_session(files: layout.SessionFiles, protocol, max_bytes):
+def read_session(files: layout.SessionFiles, proto, max_bytes):
   """One session on its own canonical grid: ``(image, labels, mask, counted, grid, ref,
   notes)``; ``notes``: what of its labels does not count, and why (warning lines)."""
   for path in files.images.values():
     nifti_io.read_header(path, max_bytes)  # refuse huge or broken files before reading data
   volumes = [nifti_io.load_volume(files.images[m], max_bytes=max_bytes)
-             for m in protocol.modalities]
+             for m in proto.modalities]
   grid = _grid(volumes[0])
   channels = []
   for volume in volumes:
@@ -248,10 +248,10 @@ def read_session(files: layout.SessionFiles, protocol, max_bytes):
           f"{lab.path}: shape {lab.ref.shape} / affine differ from {volumes[0].path} (shape "
           f"{volumes[0].ref.shape}). Labels must lie on their session's image grid: resample "
           "them onto it with nearest-neighbour interpolation.")
-    _check_labels(lab, protocol.num_classes)
-    counted = counted_slices(lab.data, protocol, lab.path)
-    if not isinstance(protocol.slice_selection, str):
-      missing = [int(z) for z in protocol.slice_selection if int(z) not in counted]
+    _check_labels(lab, proto.num_classes)
+    counted = counted_slices(lab.data, proto, lab.path)
+    if not isinstance(proto.slice_selection, str):
+      missing = [int(z) for z in proto.slice_selection if int(z) not in counted]
       if missing:
         notes.append(f"{lab.path}: no label at slice_selection z={missing} (canonical RAS z "
                      f"of this session's own grid; its labeled slices: "
@@ -304,7 +304,7 @@ def with_label_planes(image, session_image, placed, grid: grids.Grid, work: grid
   return image
 
 
-def load_subject(files: layout.SubjectFiles, protocol, options: GridOptions, keep="all",
+def load_subject(files: layout.SubjectFiles, proto, options: GridOptions, keep="all",
                  max_bytes=nifti_io.DEFAULT_MAX_BYTES, label_planes=False) -> Subject:
   """Reads, checks and resamples one subject (see the module docstring).
 
@@ -316,12 +316,12 @@ def load_subject(files: layout.SubjectFiles, protocol, options: GridOptions, kee
   interpolated at its own position, so that a prediction does not depend on which slices
   of the study happen to be labeled (evaluation).
   """
-  slots, unassigned = protocol_lib.assign_sessions(files.sessions, protocol, files.subject_id,
-                                                   files.path)
+  slots, unassigned = protocol.assign_sessions(files.sessions, proto, files.subject_id,
+                                               files.path)
   present = [(t, f) for t, f in enumerate(slots) if f is not None]
   if not present:
     return Subject(files.subject_id, files.path, None, (None,) * len(slots), tuple(unassigned))
-  raw = [read_session(f, protocol, max_bytes) for _, f in present]
+  raw = [read_session(f, proto, max_bytes) for _, f in present]
   ref_i = _reference_index(present, options.reference)
   ref_image, ref_grid = raw[ref_i][0], raw[ref_i][4]
   to_session = [np.eye(4) for _ in raw]
@@ -345,7 +345,7 @@ def load_subject(files: layout.SubjectFiles, protocol, options: GridOptions, kee
   timepoints = [None] * len(slots)
   for (t, f), (image, *_, grid, ref, _), world, p in zip(present, raw, to_session, placed):
     on_work = grids.resample(image, grid, work, 1, world)
-    if label_planes and p is not None and t in protocol.train_timepoints:
+    if label_planes and p is not None and t in proto.train_timepoints:
       on_work = with_label_planes(on_work, image, p[2], grid, work, world)
     paths = dict(f.images, **({"dseg": f.dseg} if f.dseg else {}))
     timepoints[t] = Session(
@@ -362,18 +362,18 @@ def load_subject(files: layout.SubjectFiles, protocol, options: GridOptions, kee
 # ------------------------------------------------------------------------------- studies
 
 
-def _training_files(files, protocol):
+def _training_files(files, proto):
   """Subjects with a label file at a training time point (headers only)."""
   out = []
   for f in files:
-    slots, _ = protocol_lib.assign_sessions(f.sessions, protocol, f.subject_id, f.path)
+    slots, _ = protocol.assign_sessions(f.sessions, proto, f.subject_id, f.path)
     if any(s is not None and s.dseg for t, s in enumerate(slots)
-           if t in protocol.train_timepoints):
+           if t in proto.train_timepoints):
       out.append((f, slots))
   return out
 
 
-def resolve_spacing(files, protocol, spacing, reference="first",
+def resolve_spacing(files, proto, spacing, reference="first",
                     max_bytes=nifti_io.DEFAULT_MAX_BYTES):
   """``spacing`` as a tuple, or None (native): ``"median"``/None -> the median in-plane
   spacing of the training subjects' reference sessions (of all subjects if none has
@@ -384,29 +384,29 @@ def resolve_spacing(files, protocol, spacing, reference="first",
     return None
   if spacing is not None:
     return spacing
-  chosen = _training_files(files, protocol) or [
-      (f, protocol_lib.assign_sessions(f.sessions, protocol, f.subject_id, f.path)[0])
+  chosen = _training_files(files, proto) or [
+      (f, protocol.assign_sessions(f.sessions, proto, f.subject_id, f.path)[0])
       for f in files]
   ref_grids = []
   for f, slots in chosen:
     present = [s for s in slots if s is not None]
     if present:
       s = present[_reference_index(present, reference)]
-      shape, affine = nifti_io.read_grid(s.images[protocol.modalities[0]], max_bytes)
+      shape, affine = nifti_io.read_grid(s.images[proto.modalities[0]], max_bytes)
       ref_grids.append(grids.Grid(shape, affine))
   if not ref_grids:
     return None
   return grids.median_spacing(ref_grids)
 
 
-def load_study(root, protocol, spacing="median", reference="first", register="none",
+def load_study(root, proto, spacing="median", reference="first", register="none",
                labels_root=None, shard=None, keep="all",
                max_bytes=nifti_io.DEFAULT_MAX_BYTES, label_planes=False) -> Study:
   """Reads a study (see the module docstring).
 
   Args:
     root: dataset folder.
-    protocol: a :class:`~fcslstm_jax.data.protocol.Protocol`.
+    proto: a :class:`~fcslstm_jax.data.protocol.Protocol`.
     spacing: ``"median"`` (of the training subjects), ``"native"`` / None (no in-plane
       resampling), or ``(x, y)`` mm; see :func:`resolve_spacing`.
     reference: ``"first"`` or ``"last"`` session as each subject's reference grid.
@@ -419,17 +419,17 @@ def load_study(root, protocol, spacing="median", reference="first", register="no
       :func:`load_subject`).
     max_bytes: per-file limit checked on the header before any data is read.
   """
-  files = layout.scan(root, protocol.modalities, labels_root)
-  unassigned = tuple(u for f in files for u in protocol_lib.assign_sessions(
-      f.sessions, protocol, f.subject_id, f.path)[1])
-  resolved = resolve_spacing(files, protocol, spacing, reference, max_bytes)
+  files = layout.scan(root, proto.modalities, labels_root)
+  unassigned = tuple(u for f in files for u in protocol.assign_sessions(
+      f.sessions, proto, f.subject_id, f.path)[1])
+  resolved = resolve_spacing(files, proto, spacing, reference, max_bytes)
   options = GridOptions(spacing=resolved, reference=reference, register=register)
   mine = shard(files) if shard else files
-  subjects = [load_subject(f, protocol, options, keep, max_bytes, label_planes) for f in mine]
-  return Study(root=str(root), protocol=protocol, options=options, subjects=subjects,
+  subjects = [load_subject(f, proto, options, keep, max_bytes, label_planes) for f in mine]
+  return Study(root=str(root), protocol=proto, options=options, subjects=subjects,
                files=files, unassigned=unassigned)
 
 
-def load_dataset(root, protocol=protocol_lib.BRIC, **kwargs) -> list:
+def load_dataset(root, proto=protocol.BRIC, **kwargs) -> list:
   """The subjects of :func:`load_study` (for scripts and tests)."""
-  return load_study(root, protocol, **kwargs).subjects
+  return load_study(root, proto, **kwargs).subjects

@@ -3,11 +3,11 @@ report and scores once every subject is done (:class:`StudyWriter`).
 
 Layout: a session arrives with its class probabilities ``float32 [X, Y, Z, c]``, labels
 ``int32 [X, Y, Z]`` and uncertainty ``float32 [X, Y, Z]`` on its own canonical grid (what
-:mod:`fcslstm_jax.infer.evaluate` resamples back), and its working-grid probabilities
+:mod:`fcslstm_jax.infer.pipeline` resamples back), and its working-grid probabilities
 ``[Z, X, Y, c]`` for the report's preview. Written per session, BIDS derivative names with
 the session's original orientation, affine and header: ``*_dseg``, ``*_uncertainty``
 (optionally ``*_probseg``). Per study: ``volumes.tsv``, ``qc.tsv``, ``flags.tsv`` and
-``flags.json`` (:mod:`fcslstm_jax.outputs.qc_rules`), ``dseg.tsv``, figures, ``report.html``
+``flags.json`` (:mod:`fcslstm_jax.outputs.flags`), ``dseg.tsv``, figures, ``report.html``
 and ``metrics.json`` (last: it marks a complete output). Labels are scored on each session's
 own grid, against its label file: per time point, and per group of sessions (:data:`GROUPS`)
 with the tissue volumes against the label file's (``volumes_truth.tsv``).
@@ -21,15 +21,15 @@ import time
 import numpy as np
 
 from fcslstm_jax import files
-from fcslstm_jax import metrics as metrics_lib
+from fcslstm_jax import metrics
 from fcslstm_jax.data import nifti_io
-from fcslstm_jax.data import protocol as protocol_lib
-from fcslstm_jax.data import study as data_lib
+from fcslstm_jax.data import protocol
+from fcslstm_jax.data import study
 from fcslstm_jax.outputs import figures
-from fcslstm_jax.outputs import qc as qc_lib
-from fcslstm_jax.outputs import qc_rules as flags_lib
-from fcslstm_jax.outputs import report as report_lib
-from fcslstm_jax.outputs import volumes as volumes_lib
+from fcslstm_jax.outputs import qc
+from fcslstm_jax.outputs import flags
+from fcslstm_jax.outputs import report
+from fcslstm_jax.outputs import volumes
 
 # Sessions the report shows as montages (the least trusted ones).
 WORST_SESSIONS = 4
@@ -53,12 +53,12 @@ class StudyWriter:
       the dataset's own label files (the ``unlabeled_subjects`` group of :data:`GROUPS`).
   """
 
-  def __init__(self, out_dir: str, desc: str, protocol, probabilities: bool = False,
+  def __init__(self, out_dir: str, desc: str, proto, probabilities: bool = False,
                unlabeled_subjects=()):
-    self.out_dir, self.desc, self.protocol = out_dir, desc, protocol
+    self.out_dir, self.desc, self.protocol = out_dir, desc, proto
     self.probabilities = probabilities
     self.unlabeled = frozenset(unlabeled_subjects)
-    t, c = protocol.num_timepoints, protocol.num_classes
+    t, c = proto.num_timepoints, proto.num_classes
     self.cms = np.zeros((t, c, c))
     self.group_cms = {g: np.zeros((c, c)) for g in GROUPS}
     self.group_sessions = dict.fromkeys(GROUPS, 0)
@@ -74,7 +74,7 @@ class StudyWriter:
                   self.probabilities)
     truth = load_truth(session)
     cm = None if truth is None else score_against(labels, truth.data, len(names),
-                                                  volumes_lib.is_whole_volume(truth.data))
+                                                  volumes.is_whole_volume(truth.data))
     row = session_row(subject_id, session, labels, uncertainty, names)
     self.rows.append(row)
     if cm is not None:
@@ -92,11 +92,11 @@ class StudyWriter:
     if group is not None:
       self.group_cms[group] += cm
       self.group_sessions[group] += 1
-    if not volumes_lib.is_whole_volume(truth.data):
+    if not volumes.is_whole_volume(truth.data):
       self.uncompared += 1
       return
-    ml = volumes_lib.class_volumes_ml(truth.data, truth.ref.affine, len(names))
-    self.truth.append(volumes_lib.TruthVolumes(
+    ml = volumes.class_volumes_ml(truth.data, truth.ref.affine, len(names))
+    self.truth.append(volumes.TruthVolumes(
         row.subject, row.session, row.age, group, dict(row.volumes_ml),
         {n: float(v) for n, v in zip(names[1:], ml[1:])}))
 
@@ -105,7 +105,7 @@ class StudyWriter:
     map ``pred [Z, T, X, Y]`` on the working grid."""
     mask = seq.label_mask * seq.valid[:, :, None, None]
     for counts, seg in zip(self.agreement, (pred, seq.labels)):
-      counts += metrics_lib.temporal_agreement(seg, mask)
+      counts += metrics.temporal_agreement(seg, mask)
     if self.figure is None or (self.figure[1].label_mask.sum() == 0 < seq.label_mask.sum()):
       self.figure = (subject, seq, pred)
 
@@ -118,11 +118,11 @@ class StudyWriter:
         output folder, before and after the counts of predictions and flags.
       started: ``time.monotonic()`` at the start, for the seconds taken.
     """
-    protocol, names, out_dir = self.protocol, self.protocol.class_names, self.out_dir
-    found = flags_lib.check(self.rows, rules, names)
+    proto, names, out_dir = self.protocol, self.protocol.class_names, self.out_dir
+    found = flags.check(self.rows, rules, names)
     for f in found:
       log(f.line())
-    result = summarize_run(self.cms, self.agreement, protocol)
+    result = summarize_run(self.cms, self.agreement, proto)
     result["whole_volume"] = whole_volume_summary(
         self.group_cms, self.group_sessions, self.truth, self.uncompared, names) \
         if result["metrics_available"] else None
@@ -132,12 +132,12 @@ class StudyWriter:
     write_study_tables(out_dir, self.rows, self.extra, found, rules, names)
     truth_tsv = os.path.join(out_dir, "volumes_truth.tsv")
     if self.truth:
-      files.write_tsv(truth_tsv, *volumes_lib.truth_rows(self.truth, names))
+      files.write_tsv(truth_tsv, *volumes.truth_rows(self.truth, names))
     elif os.path.exists(truth_tsv):
       os.unlink(truth_tsv)  # an earlier evaluation's, into the same folder
     with files.atomic_path(os.path.join(out_dir, "segmentation.png")) as path:
-      save_figure(path, *self.figure, protocol, self.desc)
-    n_worst, n_flagged = write_study_figures(out_dir, self.rows, found, self.previews, protocol)
+      save_figure(path, *self.figure, proto, self.desc)
+    n_worst, n_flagged = write_study_figures(out_dir, self.rows, found, self.previews, proto)
     result["seconds"] = round(time.monotonic() - started, 1)
     if meta is not None:
       meta = list(meta) + [
@@ -179,13 +179,13 @@ def write_session(out_dir, desc, subject_id, session, probs, labels, uncertainty
     os.unlink(path("probseg"))  # an earlier evaluation's, into the same --out: now stale
 
 
-def session_row(subject_id, session, labels, uncertainty, names) -> volumes_lib.SessionVolumes:
+def session_row(subject_id, session, labels, uncertainty, names) -> volumes.SessionVolumes:
   """The session's ``volumes.tsv`` row: tissue volumes on its input grid, QC score."""
-  ml = volumes_lib.class_volumes_ml(labels, session.ref.affine, len(names))
-  return volumes_lib.SessionVolumes(
+  ml = volumes.class_volumes_ml(labels, session.ref.affine, len(names))
+  return volumes.SessionVolumes(
       subject=subject_id, session=session.label, timepoint=session.timepoint, age=session.age,
       volumes_ml={n: float(v) for n, v in zip(names[1:], ml[1:])},
-      qc=qc_lib.qc_score(uncertainty, labels))
+      qc=qc.qc_score(uncertainty, labels))
 
 
 def load_truth(session):
@@ -202,8 +202,8 @@ def score_against(pred, truth, num_classes, whole: bool = False):
   (:func:`fcslstm_jax.outputs.volumes.is_whole_volume`): tissue predicted on a slice with no
   brain is a false positive there, as it is in the volumes."""
   mask = np.zeros(truth.shape, np.float32)
-  mask[:, :, slice(None) if whole else data_lib.labeled_slices(truth)] = 1.0
-  return metrics_lib.confusion_counts(pred, truth, mask, num_classes)
+  mask[:, :, slice(None) if whole else study.labeled_slices(truth)] = 1.0
+  return metrics.confusion_counts(pred, truth, mask, num_classes)
 
 
 def native_scores(pred, session, num_classes):
@@ -211,22 +211,22 @@ def native_scores(pred, session, num_classes):
   every labeled axial slice (None without labels)."""
   truth = load_truth(session)
   return None if truth is None else score_against(pred, truth.data, num_classes,
-                                                  volumes_lib.is_whole_volume(truth.data))
+                                                  volumes.is_whole_volume(truth.data))
 
 
-def session_group(protocol, unlabeled, subject_id, t):
+def session_group(proto, unlabeled, subject_id, t):
   """The whole-volume group of a session at time point ``t`` (:data:`GROUPS`), or None for
   a labeled subject's time point that is neither a training nor a test one."""
   if subject_id in unlabeled:
     return "unlabeled_subjects"
-  return {"test": "heldout", "train": "train_timepoints"}.get(protocol.role(t))
+  return {"test": "heldout", "train": "train_timepoints"}.get(proto.role(t))
 
 
 def tissue_dice(cm):
   """Mean Dice of the tissue classes present in the labels (None without labels)."""
   if cm is None or cm.sum() == 0:
     return None
-  d = metrics_lib.dice_per_class(cm)[1:]
+  d = metrics.dice_per_class(cm)[1:]
   return None if np.all(np.isnan(d)) else float(np.nanmean(d))
 
 
@@ -245,7 +245,7 @@ def preview(session, probs) -> Preview:
   of the slices inside the session's field of view (some image voxel not 0), the one whose
   predicted brain holds the most uncertainty (the middle one without brain)."""
   labels = np.argmax(probs, axis=-1)
-  unc = qc_lib.normalized_entropy(probs)
+  unc = qc.normalized_entropy(probs)
   seen = np.moveaxis(session.image, 2, 0).any(axis=(1, 2, 3))  # [Z]
   per_slice = np.where(labels > 0, unc, 0.0).sum(axis=(1, 2)) * seen
   z = int(np.argmax(per_slice)) if per_slice.any() else probs.shape[0] // 2
@@ -253,24 +253,24 @@ def preview(session, probs) -> Preview:
   return Preview(images, labels[z], unc[z], z)
 
 
-def write_study_figures(out_dir, rows, found, previews, protocol) -> tuple:
+def write_study_figures(out_dir, rows, found, previews, proto) -> tuple:
   """``trajectories.png``, ``qc_worst.png`` (the least trusted sessions) and ``flagged.png``
   (the first flagged ones; removed when nothing is flagged). Returns how many sessions
   each montage shows."""
-  names = protocol.class_names
+  names = proto.class_names
   flagged = {(f.subject, f.session, f.cls) for f in found}
   with files.atomic_path(os.path.join(out_dir, "trajectories.png")) as path:
     figures.trajectories(path, rows, names, flagged,
-                         "months" if protocol.name in protocol_lib.BUILTIN else None)
+                         "months" if proto.name in protocol.BUILTIN else None)
   by_key = {(r.subject, r.session): r for r in rows}
-  worst = [(r.subject, r.session) for r in qc_lib.worst_first(rows)[:WORST_SESSIONS]]
+  worst = [(r.subject, r.session) for r in qc.worst_first(rows)[:WORST_SESSIONS]]
   with files.atomic_path(os.path.join(out_dir, "qc_worst.png")) as path:
-    save_worst_figure(path, [(by_key[k], previews[k]) for k in worst], protocol)
+    save_worst_figure(path, [(by_key[k], previews[k]) for k in worst], proto)
   shown = list(dict.fromkeys((f.subject, f.session) for f in found))[:WORST_SESSIONS]
   flagged_png = os.path.join(out_dir, "flagged.png")
   if shown:
     with files.atomic_path(flagged_png) as path:
-      save_worst_figure(path, [(by_key[k], previews[k]) for k in shown], protocol,
+      save_worst_figure(path, [(by_key[k], previews[k]) for k in shown], proto,
                         title="flagged sessions (first ones of flags.tsv)")
   elif os.path.exists(flagged_png):
     os.unlink(flagged_png)  # an earlier evaluation's, into the same folder
@@ -285,7 +285,7 @@ def qc_table(rows, extra) -> tuple:
   header = ["rank", "subject", "session", "timepoint", "age", "qc", "total_ml",
             "dice_tissues"]
   out = []
-  for k, r in enumerate(qc_lib.worst_first(rows), 1):
+  for k, r in enumerate(qc.worst_first(rows), 1):
     dice = extra.get((r.subject, r.session))
     out.append([k, f"sub-{r.subject}", f"ses-{r.session}", r.timepoint + 1, f"{r.age:g}",
                 f"{r.qc:.4f}", f"{sum(r.volumes_ml.values()):.3f}",
@@ -296,9 +296,9 @@ def qc_table(rows, extra) -> tuple:
 def write_study_tables(out_dir, rows, extra, found, rules, names) -> None:
   """``volumes.tsv``, ``qc.tsv``, ``flags.tsv``, ``flags.json`` (the rules used) and
   ``dseg.tsv`` (the class of each label value / probseg volume)."""
-  for name, (header, table) in (("volumes.tsv", volumes_lib.volume_rows(rows, names)),
+  for name, (header, table) in (("volumes.tsv", volumes.volume_rows(rows, names)),
                                 ("qc.tsv", qc_table(rows, extra)),
-                                ("flags.tsv", flags_lib.flag_rows(found)),
+                                ("flags.tsv", flags.flag_rows(found)),
                                 ("dseg.tsv", (["index", "name"], list(enumerate(names))))):
     files.write_tsv(os.path.join(out_dir, name), header, table)
   files.write_json(os.path.join(out_dir, "flags.json"), rules.to_json())
@@ -307,9 +307,9 @@ def write_study_tables(out_dir, rows, extra, found, rules, names) -> None:
 def report_page(out_dir, meta, result, rows, extra, found, names, worst_count,
                 flagged_count) -> str:
   read = lambda name: open(os.path.join(out_dir, name), "rb").read()
-  return report_lib.evaluation_page(
+  return report.evaluation_page(
       title="Segmentation report", meta=meta, metrics=result, class_names=names,
-      flags=flags_lib.flag_rows(found), volumes=volumes_lib.volume_rows(rows, names),
+      flags=flags.flag_rows(found), volumes=volumes.volume_rows(rows, names),
       qc_rows=qc_table(rows, extra), trajectories_png=read("trajectories.png"),
       worst_png=read("qc_worst.png") if worst_count else None, worst_count=worst_count,
       flagged_png=read("flagged.png") if flagged_count else None,
@@ -319,19 +319,19 @@ def report_page(out_dir, meta, result, rows, extra, found, names, worst_count,
 # ------------------------------------------------------------------------------- metrics
 
 
-def summarize_run(cms, agreement, protocol) -> dict:
+def summarize_run(cms, agreement, proto) -> dict:
   """metrics.json: per time point and per split, and temporal consistency (None where no
   voxel is labeled)."""
-  names = protocol.class_names
+  names = proto.class_names
   per_t = []
-  for t in range(protocol.num_timepoints):
-    per_t.append(dict(timepoint=t + 1, role=protocol.role(t),
-                      age=protocol.ages[t] if protocol.ages else None,
-                      **metrics_lib.summarize(cms[t], names)))
-  pick = lambda ts: metrics_lib.summarize(cms[list(ts)].sum(0), names) if ts else None
+  for t in range(proto.num_timepoints):
+    per_t.append(dict(timepoint=t + 1, role=proto.role(t),
+                      age=proto.ages[t] if proto.ages else None,
+                      **metrics.summarize(cms[t], names)))
+  pick = lambda ts: metrics.summarize(cms[list(ts)].sum(0), names) if ts else None
   ratio = lambda counts: [None if b == 0 else float(a / b) for a, b in zip(*counts)]
   return {"metrics_available": bool(cms.sum() > 0),
-          "test": pick(protocol.test_timepoints), "train": pick(protocol.train_timepoints),
+          "test": pick(proto.test_timepoints), "train": pick(proto.train_timepoints),
           "per_timepoint": per_t,
           "temporal_consistency": {"prediction": ratio(agreement[0]),
                                    "ground_truth": ratio(agreement[1])}}
@@ -356,14 +356,14 @@ def whole_volume_summary(group_cms, group_sessions, truth, uncompared, names) ->
       out[g] = None
       continue
     mine = [r for r in truth if r.group == g]
-    error, bias = volumes_lib.volume_errors(*arrays(mine))
-    out[g] = dict(sessions=group_sessions[g], **metrics_lib.summarize(group_cms[g], names),
+    error, bias = volumes.volume_errors(*arrays(mine))
+    out[g] = dict(sessions=group_sessions[g], **metrics.summarize(group_cms[g], names),
                   volume_sessions=len(mine), volume_error=per(error), volume_bias=per(bias))
   growth = {}
   for kind, mine in (("labeled_subjects", [r for r in truth if r.group != GROUPS[2]]),
                      ("unlabeled_subjects", [r for r in truth if r.group == GROUPS[2]])):
-    error, counted = volumes_lib.growth_errors([r.subject for r in mine],
-                                               [r.age for r in mine], *arrays(mine))
+    error, counted = volumes.growth_errors([r.subject for r in mine],
+                                           [r.age for r in mine], *arrays(mine))
     growth[kind] = None if not counted.any() else dict(
         subjects={n: int(k) for n, k in zip(tissues, counted)}, error=per(error))
   out["growth_error"] = growth
@@ -374,29 +374,29 @@ def whole_volume_summary(group_cms, group_sessions, truth, uncompared, names) ->
 # ------------------------------------------------------------------------------- figures
 
 
-def save_figure(path, subject, seq, pred, protocol, model_name):
+def save_figure(path, subject, seq, pred, proto, model_name):
   """Fig. 4 layout at the subject's most labeled slice: T1w, T2w, ground truth, prediction."""
   per_slice = seq.label_mask.sum(axis=(1, 2, 3))
   i = int(np.argmax(per_slice)) if per_slice.any() else len(seq) // 2
-  rows = range(protocol.num_timepoints)
+  rows = range(proto.num_timepoints)
   columns = [(m, "image", [seq.images[i, t, ..., k] if seq.valid[i, t] else None for t in rows])
-             for k, m in enumerate(protocol.modalities)]
+             for k, m in enumerate(proto.modalities)]
   columns.append(("ground truth", "labels",
                   [seq.labels[i, t] if seq.label_mask[i, t].any() else None for t in rows]))
   columns.append((model_name, "labels", [pred[i, t] if seq.valid[i, t] else None for t in rows]))
-  labels = [f"{protocol.ages[t]:g}" if protocol.ages else f"t{t + 1}" for t in rows]
-  labels = [l + (" (test)" if t in protocol.test_timepoints else "") for t, l in enumerate(labels)]
-  figures.montage(path, columns, labels, protocol.num_classes,
+  labels = [f"{proto.ages[t]:g}" if proto.ages else f"t{t + 1}" for t in rows]
+  labels = [l + (" (test)" if t in proto.test_timepoints else "") for t, l in enumerate(labels)]
+  figures.montage(path, columns, labels, proto.num_classes,
                   title=f"sub-{subject.subject_id}, axial slice z={int(seq.slice_index[i])}")
 
 
-def save_worst_figure(path, worst, protocol,
+def save_worst_figure(path, worst, proto,
                       title="least trusted sessions (highest QC score first)"):
   """Sessions as rows (e.g. the least trusted, worst first): each modality, the prediction
   and the uncertainty at the session's most uncertain axial slice of its working grid."""
   columns = [(m, "image", [p.images[k] for _, p in worst])
-             for k, m in enumerate(protocol.modalities)]
+             for k, m in enumerate(proto.modalities)]
   columns.append(("prediction", "labels", [p.labels for _, p in worst]))
   columns.append(("uncertainty (0 black, 1 yellow)", "map", [p.uncertainty for _, p in worst]))
   rows = [f"sub-{r.subject} ses-{r.session}\nz={p.z}, QC {r.qc:.3f}" for r, p in worst]
-  figures.montage(path, columns, rows, protocol.num_classes, title=title)
+  figures.montage(path, columns, rows, proto.num_classes, title=title)

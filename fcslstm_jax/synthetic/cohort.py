@@ -32,9 +32,9 @@ import tempfile
 
 import numpy as np
 
-from fcslstm_jax.synthetic import bric_like as bric
+from fcslstm_jax.synthetic import bric_like
 from fcslstm_jax import files
-from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.data import protocol
 
 LABELS = ("sparse", "subject", "dense")
 
@@ -77,7 +77,7 @@ class CohortConfig:
   labels: str = "sparse"
   skull_strip: bool = False
   noise: float = 0.03
-  protocol: dict = dataclasses.field(default_factory=lambda: protocol_lib.BRIC.to_json()
+  protocol: dict = dataclasses.field(default_factory=lambda: protocol.BRIC.to_json()
                                      | {"name": "cohort"})
 
   def __post_init__(self):
@@ -127,25 +127,25 @@ def session_geometry(rng, config, voxel, moved=True) -> SessionGeometry:
   pose = np.eye(4)
   if moved:
     angle, tilt = np.deg2rad(rng.uniform(-1, 1, size=2) * [config.motion_deg, config.tilt_deg])
-    pose[:3, :3] = bric._rotation_z(angle) @ _rotation_x(tilt)
+    pose[:3, :3] = bric_like._rotation_z(angle) @ _rotation_x(tilt)
     pose[:3, 3] = rng.uniform(-1, 1, size=3) * config.motion_mm * np.array([1, 1, 0.5])
   return SessionGeometry(affine=out, shape=shape, pose=pose)
 
 
 def _generation(config, voxel):
   """The built-in generator's config for one subject's grids (noise and voxel size)."""
-  return bric.GenerationConfig(num_subjects=1, ages=config.ages, voxel_mm=voxel,
-                               noise=config.noise)
+  return bric_like.GenerationConfig(num_subjects=1, ages=config.ages, voxel_mm=voxel,
+                                    noise=config.noise)
 
 
 def make_session(templates, params, rng, config, age, voxel, geometry):
   """``(images {modality: int16 [X, Y, Z]}, labels uint8 [X, Y, Z])`` on the session's grid."""
   gen = _generation(config, voxel)
   head_affine = np.linalg.inv(geometry.pose) @ geometry.affine  # voxel -> head mm
-  probs, onset = bric.session_tissues(templates, params, age, gen, head_affine, geometry.shape)
+  probs, onset = bric_like.session_tissues(templates, params, age, gen, head_affine, geometry.shape)
   spacing = np.linalg.norm(geometry.affine[:3, :3], axis=0)
-  images = bric.session_images(rng, probs, onset, age, gen, spacing=spacing)
-  labels = bric.session_labels(probs)
+  images = bric_like.session_images(rng, probs, onset, age, gen, spacing=spacing)
+  labels = bric_like.session_labels(probs)
   if config.skull_strip:
     inside = labels > 0
     images = {m: np.where(inside, v, 0).astype(v.dtype) for m, v in images.items()}
@@ -176,11 +176,11 @@ def labeled_z(rng, labels_by_session, mode):
 def write_cohort(out_dir, seed, config):
   """Writes the study into ``out_dir`` (not atomic: see :func:`generate`)."""
   out_dir = pathlib.Path(out_dir)
-  templates = bric.load_templates(config.fov_mm[2] / 2 / 0.6 + 12.0)
+  templates = bric_like.load_templates(config.fov_mm[2] / 2 / 0.6 + 12.0)
   total = config.num_subjects + config.num_unlabeled
   for i in range(total):
     sid, labeled = f"{i + 1:02d}", i < config.num_subjects
-    params = bric.subject_params(np.random.default_rng([seed, i]))
+    params = bric_like.subject_params(np.random.default_rng([seed, i]))
     voxel = config.voxel_mm[i % len(config.voxel_mm)]
     rng = np.random.default_rng([seed, i, 7])
     sessions = list(range(len(config.ages)))
@@ -200,16 +200,16 @@ def write_cohort(out_dir, seed, config):
     for (j, geometry, images, labels), zs in zip(made, keep):
       ses = f"V{j + 1}"
       stem = f"sub-{sid}_ses-{ses}"
+      anat = out_dir / f"sub-{sid}" / f"ses-{ses}" / "anat"
       for modality, image in images.items():
-        bric._write(out_dir / f"sub-{sid}" / f"ses-{ses}" / "anat" / f"{stem}_{modality}.nii.gz",
-                    image, geometry.affine, np.int16)
+        bric_like._write(anat / f"{stem}_{modality}.nii.gz", image, geometry.affine, np.int16)
       full = out_dir / "sourcedata" / "full-labels" / f"sub-{sid}" / f"ses-{ses}" / "anat"
-      bric._write(full / f"{stem}_dseg.nii.gz", labels, geometry.affine, np.uint8)
+      bric_like._write(full / f"{stem}_dseg.nii.gz", labels, geometry.affine, np.uint8)
       if labeled:
         sparse = np.zeros_like(labels)
         sparse[:, :, zs] = labels[:, :, zs]
         manual = out_dir / "derivatives" / "manual" / f"sub-{sid}" / f"ses-{ses}" / "anat"
-        bric._write(manual / f"{stem}_dseg.nii.gz", sparse, geometry.affine, np.uint8)
+        bric_like._write(manual / f"{stem}_dseg.nii.gz", sparse, geometry.affine, np.uint8)
       age = config.ages[j] + rng.uniform(-config.age_jitter, config.age_jitter)
       rows.append((f"ses-{ses}", f"{max(age, 0.0):.2f}"))
     files.write_tsv(out_dir / f"sub-{sid}" / f"sub-{sid}_sessions.tsv", ("session_id", "age"),
@@ -222,7 +222,7 @@ def write_cohort(out_dir, seed, config):
   files.write_json(out_dir / "dataset_description.json", {
       "Name": "fcslstm-jax synthetic cohort (built-in generator, real-study conditions)",
       "BIDSVersion": "1.9.0", "DatasetType": "raw",
-      "GeneratedBy": [{"Name": "fcslstm_jax.cohort", "Version": bric.VERSION,
+      "GeneratedBy": [{"Name": "fcslstm_jax.cohort", "Version": bric_like.VERSION,
                        "Parameters": {"seed": seed, **params}}],
   })  # written last: marks completion
 

@@ -31,10 +31,10 @@ from flax.training.train_state import TrainState
 from fcslstm_jax.train import augment
 from fcslstm_jax.train import losses
 from fcslstm_jax.train import pseudo_labels
-from fcslstm_jax import metrics as metrics_lib
+from fcslstm_jax import metrics
 from fcslstm_jax.train import parallel
 from fcslstm_jax.train.metrics_log import MetricsLog
-from fcslstm_jax.data import patches as patches_lib
+from fcslstm_jax.data import patches
 from fcslstm_jax.infer import sliding_window
 from fcslstm_jax import run_record
 from fcslstm_jax.checkpoint import Checkpointer
@@ -124,7 +124,7 @@ def batch_at(data, indices, key=(0, 0)) -> dict:
   """The batch (dict of ``BATCH_KEYS`` arrays) of sequences ``indices`` of ``data``: whole
   slice sequences of a :class:`SliceSet`, or one patch of each volume of a
   :class:`fcslstm_jax.data.patches.PatchSampler`, drawn at ``key`` (``(epoch, step)``)."""
-  if isinstance(data, patches_lib.PatchSampler):
+  if isinstance(data, patches.PatchSampler):
     return data.batch(indices, key)
   return {k: getattr(data, k)[indices] for k in BATCH_KEYS}
 
@@ -204,9 +204,9 @@ def evaluate_splits(predict_fn, params, splits: list[SliceSet], class_names, bat
       if pred is None:
         pred = predict_all(predict_fn, params, data, batch_size)
         cache.append((data, pred))
-      cm = metrics_lib.confusion_matrix(pred, data.labels, data.label_mask, c)
+      cm = metrics.confusion_matrix(pred, data.labels, data.label_mask, c)
     cm = parallel.sum_over_processes(cm)  # each process holds its own subjects
-    out.append(metrics_lib.summarize(cm, class_names))
+    out.append(metrics.summarize(cm, class_names))
   return out
 
 

@@ -1,7 +1,7 @@
 """2D vs 3D + time under the same wall-clock training budget (README, "3D + time").
 
-    python -m fcslstm_jax.experiments.compare3d --budget-min 6        # bric-whole and cohort
-    python -m fcslstm_jax.experiments.compare3d --datasets cohort --budget-min 6
+    python experiments/compare3d.py --budget-min 6        # bric-whole and cohort
+    python experiments/compare3d.py --datasets cohort --budget-min 6
 
 For each dataset, the same model (``--model``, default Bi-FCSLSTM) is trained twice with the
 same ``--config`` (default ``quick``): on axial slices over time (``--spatial-dims 2``, the
@@ -41,6 +41,9 @@ import threading
 import time
 
 import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # the repository, not an install
 
 DATASETS = ("bric-whole", "cohort")
 
@@ -95,8 +98,8 @@ def completed_epochs(workdir) -> int:
 def dataset_args(name, data_root):
   """``(train.py data flags, evaluate.py data flags, full-label folder)`` of a dataset."""
   if name == "bric-whole":
-    from fcslstm_jax.synthetic import bric_like as bric
-    root = str(bric.ensure_dataset(seed=0, config=bric.WHOLE_BRAIN))
+    from fcslstm_jax.synthetic import bric_like
+    root = str(bric_like.ensure_dataset(seed=0, config=bric_like.WHOLE_BRAIN))
     return ["--dataset", "bric", "--volume", "whole"], [], os.path.join(
         root, "derivatives", "manual")
   from fcslstm_jax.synthetic import cohort
@@ -192,7 +195,7 @@ def main(argv=None):
             f"{args.budget_min:g} min of training wall clock per run; {os.cpu_count()} CPU "
             f"cores ({platform.processor() or platform.machine()}), jax {jax.__version__} on "
             f"{jax.default_backend()}, load average at the end {load[0]:.1f}")
-  command = "python -m fcslstm_jax.experiments.compare3d " + " ".join(
+  command = "python experiments/compare3d.py " + " ".join(
       sys.argv[1:] if argv is None else argv)
   from fcslstm_jax import files
   os.makedirs(args.out, exist_ok=True)

@@ -1,8 +1,8 @@
 """FCN vs FCSLSTM vs Bi-FCSLSTM on one protocol, several seeds (paper Sec. 3, Fig. 4).
 
-    python -m fcslstm_jax.experiments.compare --dataset bric --seeds 3       # default budget
-    python -m fcslstm_jax.experiments.compare --dataset ibis --seeds 3
-    python -m fcslstm_jax.experiments.compare --quick                        # smoke test
+    python experiments/compare.py --dataset bric --seeds 3       # default budget
+    python experiments/compare.py --dataset ibis --seeds 3
+    python experiments/compare.py --quick                        # smoke test
 
 Every model gets the same data, protocol, config (``--config``, default ``quick``: 30 epochs
 of the paper's recipe) and seeds. Each run is an ordinary resumable train run under
@@ -26,23 +26,26 @@ import time
 import jax
 import numpy as np
 
-from fcslstm_jax.synthetic import bric_like as bric
-from fcslstm_jax import datasets
-from fcslstm_jax.data import study as data_lib
-from fcslstm_jax.outputs import figures
-from fcslstm_jax import files
-from fcslstm_jax import metrics as metrics_lib
-from fcslstm_jax.data import sequences
-from fcslstm_jax.train import loop as train_lib
-from fcslstm_jax.config import get_config
-from fcslstm_jax.infer import predict
-from fcslstm_jax.model import networks
-from fcslstm_jax.model.networks import MODELS, count_params
-from fcslstm_jax.run_record import RunRecord
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from fcslstm_jax.synthetic import bric_like  # noqa: E402  (the repository, not an install)
+from fcslstm_jax import datasets  # noqa: E402
+from fcslstm_jax.data import study  # noqa: E402
+from fcslstm_jax.outputs import figures  # noqa: E402
+from fcslstm_jax import files  # noqa: E402
+from fcslstm_jax import metrics  # noqa: E402
+from fcslstm_jax.data import sequences  # noqa: E402
+from fcslstm_jax.train import loop  # noqa: E402
+from fcslstm_jax.config import get_config  # noqa: E402
+from fcslstm_jax.infer import predict  # noqa: E402
+from fcslstm_jax.model import networks  # noqa: E402
+from fcslstm_jax.model.networks import MODELS, count_params  # noqa: E402
+from fcslstm_jax.run_record import RunRecord  # noqa: E402
 
 PAPER = {"bric": {"fcn": (0.920, 0.850), "fcslstm": (0.935, 0.853),
                   "bi-fcslstm": (0.948, 0.863)}}
-QUICK_DATA = bric.TINY
+QUICK_DATA = bric_like.TINY
 
 
 def labeled_sequences(subjects, protocol):
@@ -63,15 +66,15 @@ def run_one(model, seed, config, subjects, protocol, runs_dir, log):
   workdir = os.path.join(runs_dir, protocol.name, f"{model}-seed{seed}")
   record = RunRecord(config=config, dataset="compare", protocol=protocol)
   t0 = time.time()
-  result = train_lib.train_and_evaluate(config, train_set, test_set, workdir,
-                                        protocol.class_names, record, log=log)
+  result = loop.train_and_evaluate(config, train_set, test_set, workdir,
+                                   protocol.class_names, record, log=log)
   seconds = time.time() - t0
   seq = labeled_sequences(subjects, protocol)
   net = networks.build_model(config, protocol.num_classes)
   predict_fn = predict.make_predict_fn(net)
   pred = predict.predict_all(predict_fn, result.state.params, seq, config.batch_size)
   mask = seq.label_mask * seq.valid[:, :, None, None]
-  consistency = metrics_lib.temporal_consistency(pred, mask)
+  consistency = metrics.temporal_consistency(pred, mask)
   return {"model": model, "seed": seed, "train": result.train, "test": result.test,
           "temporal_consistency": [float(v) for v in consistency],
           "parameters": count_params(result.state.params), "seconds": seconds,
@@ -182,7 +185,7 @@ def main(argv=None):
                       epochs=1 if args.quick and args.epochs is None else args.epochs)
   seeds = 1 if args.quick else args.seeds
   root, protocol = datasets.resolve(args.dataset, generation=QUICK_DATA if args.quick else None)
-  subjects = data_lib.load_dataset(root, protocol)
+  subjects = study.load_dataset(root, protocol)
   os.makedirs(args.out, exist_ok=True)
   runs, predictions = [], {}
   for seed in range(seeds):
@@ -194,14 +197,14 @@ def main(argv=None):
       print(f"   test mPA {record['test']['mpa']:.4f}, train mPA {record['train']['mpa']:.4f}, "
             f"{record['seconds'] / 60:.1f} min")
   seq = next(iter(predictions.values()))[0]
-  truth_tc = float(np.nanmean(metrics_lib.temporal_consistency(
+  truth_tc = float(np.nanmean(metrics.temporal_consistency(
       seq.labels, seq.label_mask * seq.valid[:, :, None, None])))
   summary = aggregate(runs, protocol.class_names, truth_tc)
   cpu = platform.processor() or platform.machine()
   header = (f"### {protocol.name}: {len(subjects)} subjects, {seeds} seed(s), config "
             f"`{'tiny' if args.quick else args.config}` ({config.epochs} epochs), "
             f"{os.cpu_count()} CPU cores ({cpu}), jax {jax.__version__} on {jax.default_backend()}")
-  command = "python -m fcslstm_jax.experiments.compare " + " ".join(
+  command = "python experiments/compare.py " + " ".join(
       sys.argv[1:] if argv is None else argv)
   table = markdown(summary, protocol.name, protocol.class_names, header)
   stem = os.path.join(args.out, f"compare-{protocol.name}")

@@ -1,6 +1,6 @@
 """Tissue predicted where the image is empty: per session and per image face.
 
-    python -m fcslstm_jax.experiments.empty_edges PREDICTIONS DATA_DIR
+    python experiments/empty_edges.py PREDICTIONS DATA_DIR
 
 For every ``*_dseg.nii.gz`` that ``evaluate.py`` wrote under PREDICTIONS, counts the voxels
 predicted as tissue (class > 0) where the session's first-modality image is exactly 0 (outside
@@ -11,12 +11,17 @@ of README "Your own study"; prints one row per session and the mean per volume.
 """
 
 import argparse
+import os
 import pathlib
+import sys
 
 import numpy as np
 from scipy import ndimage
 
-from fcslstm_jax.data import nifti_io
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from fcslstm_jax.data import nifti_io  # noqa: E402  (the repository, not an install)
 
 FACES = {"x0": np.s_[0], "x-1": np.s_[-1], "y0": np.s_[:, 0], "y-1": np.s_[:, -1]}
 

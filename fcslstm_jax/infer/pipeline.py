@@ -28,17 +28,18 @@ from fcslstm_jax.checkpoint import Checkpointer
 from fcslstm_jax.config import Config
 from fcslstm_jax.data import grids
 from fcslstm_jax.data import layout
-from fcslstm_jax.data import protocol as protocol_lib
+from fcslstm_jax.data import protocol
 from fcslstm_jax.data import sequences
-from fcslstm_jax.data import study as data_lib
+from fcslstm_jax.data import study
 from fcslstm_jax.errors import CheckpointError, ConfigError, DataError
 from fcslstm_jax.infer import ensemble
 from fcslstm_jax.infer import sliding_window
 from fcslstm_jax.infer import tta
 from fcslstm_jax.model import networks
-from fcslstm_jax.outputs import qc as qc_lib
-from fcslstm_jax.outputs import qc_rules as flags_lib
-from fcslstm_jax.outputs import writer as writer_lib
+from fcslstm_jax.outputs import qc
+from fcslstm_jax.outputs import flags
+from fcslstm_jax.outputs import manifest
+from fcslstm_jax.outputs import writer
 from fcslstm_jax.run_record import RunRecord
 
 
@@ -68,20 +69,20 @@ def read_runs(workdirs) -> list:
   return runs
 
 
-def load_members(runs, protocol) -> list:
+def load_members(runs, proto) -> list:
   """The :class:`fcslstm_jax.infer.ensemble.Member` of each ``(workdir, run)``."""
   members = []
   for workdir, run in runs:
-    model, params, step = restore_params(workdir, run.config, protocol.num_classes,
-                                         len(protocol.modalities))
+    model, params, step = restore_params(workdir, run.config, proto.num_classes,
+                                         len(proto.modalities))
     members.append(ensemble.Member(workdir, run, run.config, model, params, step))
   return members
 
 
-def every_labeled_slice(protocol: protocol_lib.Protocol) -> protocol_lib.Protocol:
-  """``protocol`` counting every labeled slice of every session (evaluation scores all the
+def every_labeled_slice(proto: protocol.Protocol) -> protocol.Protocol:
+  """``proto`` counting every labeled slice of every session (evaluation scores all the
   labels a study has, not the few that training was allowed to count)."""
-  return dataclasses.replace(protocol, labeled_slices_per_volume=1 << 30,
+  return dataclasses.replace(proto, labeled_slices_per_volume=1 << 30,
                              slice_selection="center")
 
 
@@ -95,7 +96,7 @@ def bucketed(seq: sequences.SliceSet, multiple: int = networks.MULTIPLE) -> sequ
   return dataclasses.replace(seq, images=np.pad(seq.images, pads))
 
 
-def segment_subject(fns, params_list, subject, protocol, batch_size: int, windows=None,
+def segment_subject(fns, params_list, subject, proto, batch_size: int, windows=None,
                     bucket: bool = False):
   """``(sequences, probabilities [Z, T, X, Y, c])`` for every axial slice of one subject on
   its working grid, averaged over the members (``fns`` and ``params_list``, one each).
@@ -105,7 +106,7 @@ def segment_subject(fns, params_list, subject, protocol, batch_size: int, window
   ``batch_size`` windows per call) and its probabilities returned in the same layout.
   ``bucket``: 2D, pad the slices to the network's multiple first (:func:`bucketed`); not
   with test-time flips, whose flipped views would put the padding on the other side."""
-  seq = sequences.make_sequences([subject], protocol, "all")
+  seq = sequences.make_sequences([subject], proto, "all")
   if windows is None:
     if not bucket:
       return seq, ensemble.average_proba(params_list, fns, seq, batch_size)
@@ -133,27 +134,27 @@ def to_session_probs(probs, subject, session) -> np.ndarray:
 
 def load_for_evaluation(run: RunRecord, data_dir=None, truth_dir=None):
   """The study to segment with a run: its own data or ``data_dir``, on the run's grids."""
-  protocol = run.protocol
-  options = run.grid or data_lib.GridOptions()
-  return data_lib.load_study(data_dir or datasets.of_run(run), every_labeled_slice(protocol),
-                             spacing=options.spacing or "native", reference=options.reference,
-                             register=options.register, labels_root=truth_dir), protocol
+  proto = run.protocol
+  options = run.grid or study.GridOptions()
+  return study.load_study(data_dir or datasets.of_run(run), every_labeled_slice(proto),
+                          spacing=options.spacing or "native", reference=options.reference,
+                          register=options.register, labels_root=truth_dir), proto
 
 
-def own_unlabeled_subjects(study, truth_dir, log=print) -> list:
+def own_unlabeled_subjects(loaded, truth_dir, log=print) -> list:
   """Ids of the subjects with no label file at a training time point in the dataset's own
   derivatives, even when ``truth_dir`` gives every subject labels to score against. If those
   files cannot be read (e.g. two of them for one session), the scored labels decide; a
   line says so."""
   if truth_dir is None:
-    return sequences.unlabeled_subjects(study)
+    return sequences.unlabeled_subjects(loaded)
   try:
-    own = dataclasses.replace(study, files=layout.scan(study.root, study.protocol.modalities))
+    own = dataclasses.replace(loaded, files=layout.scan(loaded.root, loaded.protocol.modalities))
   except DataError as e:
     log(f"warning: the dataset's own label files decide which subjects count as unlabeled "
         f"in metrics.json's whole_volume, but they cannot be read ({e}); the labels in "
         f"{truth_dir} decide instead.")
-    return sequences.unlabeled_subjects(study)
+    return sequences.unlabeled_subjects(loaded)
   return sequences.unlabeled_subjects(own)
 
 
@@ -178,7 +179,7 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
       segmented unless ``data_dir``, and ``out_dir`` defaults to inside it).
     tta_flips: in-plane flip axes to average over (``("x", "y")``; :mod:`fcslstm_jax.infer.tta`).
     probabilities: also write ``*_probseg.nii.gz`` (float32, one volume per class).
-    flag_rules: :class:`fcslstm_jax.outputs.qc_rules.FlagRules` (None: the defaults).
+    flag_rules: :class:`fcslstm_jax.outputs.flags.FlagRules` (None: the defaults).
     report: write ``report.html``.
     counter: a :class:`fcslstm_jax.compile_cache.CompileCounter`; its counts go into
       ``metrics.json`` (``compilations``).
@@ -188,51 +189,56 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
   workdirs = [str(w) for w in workdirs]
   flips = tta.parse_flips(tta_flips)
   runs = read_runs(workdirs)
-  study, protocol = load_for_evaluation(runs[0][1], data_dir, truth_dir)
-  for line in sequences.describe_warnings(study):
+  loaded, proto = load_for_evaluation(runs[0][1], data_dir, truth_dir)
+  for line in sequences.describe_warnings(loaded):
     log(line)
   out_dir = out_dir or os.path.join(workdirs[0], "predictions")
-  files.check_output_dir(out_dir, study.root)
+  files.check_output_dir(out_dir, loaded.root)
   if truth_dir:
     files.check_outside_dataset(out_dir, truth_dir, "--out")
-  members = load_members(runs, protocol)
+  members = load_members(runs, proto)
   load_seconds = time.monotonic() - started  # the study, resampled, and the checkpoints
   desc = members[0].config.model.replace("-", "") if len(members) == 1 else "ensemble"
-  writer = writer_lib.StudyWriter(out_dir, desc, protocol, probabilities,
-                                  own_unlabeled_subjects(study, truth_dir, log))
-  segment_seconds, sessions_done = 0.0, 0  # the forward passes (sliding windows in 3D)
-  for subject, seq, probs, seconds in segment_study(study, members, flips, batch_size, log):
-    sessions = sum(s is not None for s in subject.timepoints)
-    segment_seconds, sessions_done = segment_seconds + seconds, sessions_done + sessions
-    for t, session in enumerate(subject.timepoints):
-      if session is not None:
-        writer.add_session(subject.subject_id, t, session,
-                           *session_outputs(np.moveaxis(probs[:, t], 0, 2), subject, session),
-                           probs[:, t])
-    pred = np.argmax(probs, axis=-1).astype(np.int32)  # [Z, T, X, Y] on the working grid
-    writer.add_subject(subject, seq, pred)
-    log(f"sub-{subject.subject_id}: {pred.shape[0]} slices x {pred.shape[1]} time points, "
-        f"segmented in {seconds:.1f} s ({seconds / max(sessions, 1):.1f} s per session)")
-  if writer.figure is None:
-    raise DataError(f"{study.root}: no session of any subject fits the protocol "
-                    f"{protocol.name}'s time points; nothing to segment.")
-  run_fields = dict(
-      workdir=os.path.abspath(workdirs[0]), checkpoint_step=members[0].step,
-      model=members[0].config.model if len(members) == 1 else "ensemble",
-      members=[{"workdir": os.path.abspath(m.workdir), "model": m.config.model,
-                "checkpoint_step": m.step} for m in members],
-      tta_flips=list(flips), segment_seconds=round(segment_seconds, 1),
-      segment_seconds_per_session=round(segment_seconds / max(sessions_done, 1), 2),
-      compilations=counter.to_json() if counter else None, load_seconds=round(load_seconds, 1))
-  sources = dict(labels=str(truth_dir) if truth_dir else "dataset",
-                 out=os.path.abspath(out_dir))
-  meta = [f"dataset: {os.path.abspath(study.root)}"] + describe_members(members, flips) + [
-      f"output: {os.path.abspath(out_dir)}"] if report else None
-  return writer.finish(flag_rules or flags_lib.FlagRules(), log, run_fields, sources, meta,
-                       started)
+  ident = manifest.identity(workdirs, loaded.root)
+  earlier = manifest.claim(out_dir, ident)  # refuses another run's folder
+  with files.recording() as written:
+    study_writer = writer.StudyWriter(out_dir, desc, proto, probabilities,
+                                      own_unlabeled_subjects(loaded, truth_dir, log))
+    segment_seconds, sessions_done = 0.0, 0  # the forward passes (sliding windows in 3D)
+    for subject, seq, probs, seconds in segment_study(loaded, members, flips, batch_size, log):
+      sessions = sum(s is not None for s in subject.timepoints)
+      segment_seconds, sessions_done = segment_seconds + seconds, sessions_done + sessions
+      for t, session in enumerate(subject.timepoints):
+        if session is not None:
+          outputs = session_outputs(np.moveaxis(probs[:, t], 0, 2), subject, session)
+          study_writer.add_session(subject.subject_id, t, session, *outputs, probs[:, t])
+      pred = np.argmax(probs, axis=-1).astype(np.int32)  # [Z, T, X, Y] on the working grid
+      study_writer.add_subject(subject, seq, pred)
+      log(f"sub-{subject.subject_id}: {pred.shape[0]} slices x {pred.shape[1]} time points, "
+          f"segmented in {seconds:.1f} s ({seconds / max(sessions, 1):.1f} s per session)")
+    if study_writer.figure is None:
+      raise DataError(f"{loaded.root}: no session of any subject fits the protocol "
+                      f"{proto.name}'s time points; nothing to segment.")
+    run_fields = dict(
+        workdir=os.path.abspath(workdirs[0]), checkpoint_step=members[0].step,
+        model=members[0].config.model if len(members) == 1 else "ensemble",
+        members=[{"workdir": os.path.abspath(m.workdir), "model": m.config.model,
+                  "checkpoint_step": m.step} for m in members],
+        tta_flips=list(flips), segment_seconds=round(segment_seconds, 1),
+        segment_seconds_per_session=round(segment_seconds / max(sessions_done, 1), 2),
+        compilations=counter.to_json() if counter else None, load_seconds=round(load_seconds, 1))
+    sources = dict(labels=str(truth_dir) if truth_dir else "dataset",
+                   out=os.path.abspath(out_dir))
+    meta = [f"dataset: {os.path.abspath(loaded.root)}"] + describe_members(members, flips) + [
+        f"output: {os.path.abspath(out_dir)}"] if report else None
+    result = study_writer.finish(flag_rules or flags.FlagRules(), log, run_fields, sources,
+                                 meta, started)
+  for path in manifest.seal(out_dir, ident, written, earlier):
+    log(f"removed {path}: an earlier evaluation's output that this one does not write")
+  return result
 
 
-def segment_study(study, members, flips, batch_size: int, log=print):
+def segment_study(loaded, members, flips, batch_size: int, log=print):
   """Yields ``(subject, sequences, probabilities [Z, T, X, Y, c], seconds)`` on each
   subject's working grid, averaged over the members and the flipped views (``seconds``: the
   forward passes); subjects none of whose sessions fits the protocol are logged and
@@ -242,12 +248,12 @@ def segment_study(study, members, flips, batch_size: int, log=print):
   params_list = [m.params for m in members]
   windows = None if spatial_dims == 2 else [
       (sliding_window.window_shape(m.config), m.config.window_overlap) for m in members]
-  for subject in study.subjects:
+  for subject in loaded.subjects:
     if subject.grid is None:
       log(f"sub-{subject.subject_id}: no session fits the protocol's time points; not segmented")
       continue
     t_segment = time.monotonic()
-    seq, probs = segment_subject(fns, params_list, subject, study.protocol, batch_size,
+    seq, probs = segment_subject(fns, params_list, subject, loaded.protocol, batch_size,
                                  windows, bucket=not flips)
     yield subject, seq, probs, time.monotonic() - t_segment
 
@@ -257,4 +263,4 @@ def session_outputs(probs, subject, session):
   [X, Y, Z])`` on the session's own canonical grid from its working-grid probabilities
   ``[X, Y, Z, c]``: the labels are the argmax of exactly those probabilities."""
   native = to_session_probs(probs, subject, session)
-  return native, np.argmax(native, axis=-1).astype(np.int32), qc_lib.normalized_entropy(native)
+  return native, np.argmax(native, axis=-1).astype(np.int32), qc.normalized_entropy(native)

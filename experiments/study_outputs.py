@@ -1,6 +1,6 @@
 """Compares evaluate.py output folders: held-out scores, volume errors, QC against Dice.
 
-    python -m fcslstm_jax.experiments.study_outputs runs/eval/seed0 runs/eval/seed0-tta ...
+    python experiments/study_outputs.py runs/eval/seed0 runs/eval/seed0-tta ...
 
 For each folder (written by ``evaluate.py``) prints one Markdown row: mPA (with and without
 background) and Dice per tissue on the held-out and training time points (``metrics.json``);
@@ -20,11 +20,14 @@ import sys
 import numpy as np
 from scipy import stats
 
-from fcslstm_jax import files
-from fcslstm_jax.outputs import qc_rules as flags_lib
-from fcslstm_jax.data import layout
-from fcslstm_jax.data import nifti_io
-from fcslstm_jax.outputs import volumes as volumes_lib
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from fcslstm_jax import files  # noqa: E402  (the repository, not an install)
+from fcslstm_jax.outputs import flags  # noqa: E402
+from fcslstm_jax.data import layout  # noqa: E402
+from fcslstm_jax.data import nifti_io  # noqa: E402
+from fcslstm_jax.outputs import volumes  # noqa: E402
 
 
 def truth_volumes(root, class_names) -> dict:
@@ -38,7 +41,7 @@ def truth_volumes(root, class_names) -> dict:
       vol = nifti_io.load_volume(s.dseg, kind="labels")
       if not np.any(vol.data > 0, axis=(0, 1)).all():
         continue
-      ml = volumes_lib.class_volumes_ml(vol.data, vol.ref.affine, len(class_names))
+      ml = volumes.class_volumes_ml(vol.data, vol.ref.affine, len(class_names))
       out[f"sub-{f.subject_id}", f"ses-{s.label}"] = dict(zip(class_names[1:], ml[1:]),
                                                           total=ml[1:].sum())
   return out
@@ -65,14 +68,14 @@ def row(folder, truth, class_names) -> dict:
   if len(qc_rows) > 2:
     out["qc_dice_spearman"] = float(stats.spearmanr(
         [float(r["qc"]) for r in qc_rows], [float(r["dice_tissues"]) for r in qc_rows])[0])
-  out["flags"] = len(flags_lib.check(session_volumes(rows, tissues), flags_lib.FlagRules(),
-                                     class_names))
+  out["flags"] = len(flags.check(session_volumes(rows, tissues), flags.FlagRules(),
+                                 class_names))
   return out
 
 
 def session_volumes(rows, tissues) -> list:
   """``volumes.tsv`` rows back as :class:`fcslstm_jax.outputs.volumes.SessionVolumes`."""
-  return [volumes_lib.SessionVolumes(
+  return [volumes.SessionVolumes(
       r["subject"].removeprefix("sub-"), r["session"].removeprefix("ses-"),
       int(r["timepoint"]) - 1, float(r["age"]), {n: float(r[f"{n}_ml"]) for n in tissues},
       float(r["qc"])) for r in rows]

@@ -3,7 +3,7 @@
 Each rule reads the per-session tissue volumes (:class:`fcslstm_jax.outputs.volumes.SessionVolumes`)
 and returns :class:`Flag` records naming subject, session, rule, class and numbers. The
 rules and their limits are plain values (:class:`FlagRules`); a JSON file given with
-``evaluate.py --flags FILE.json`` changes any of them (``python -m fcslstm_jax.outputs.qc_rules``
+``evaluate.py --flags FILE.json`` changes any of them (``python -m fcslstm_jax.outputs.flags``
 prints the defaults to start from). Ages are in the protocol's unit (months for the shipped
 protocols).
 
@@ -274,15 +274,15 @@ def load(path) -> FlagRules:
   """The rules in a ``--flags`` JSON file (None: the defaults)."""
   if path is None:
     return FlagRules()
-  hint = "(python -m fcslstm_jax.outputs.qc_rules prints the defaults)"
+  hint = "(python -m fcslstm_jax.outputs.flags prints the defaults)"
   d = jsonfile.read(path, missing=f"Give --flags an existing JSON file {hint}.",
                     fix=f"Fix the file {hint}.")
   return from_json(d, path)
 
 
 def main(argv=None) -> int:
-  """``python -m fcslstm_jax.outputs.qc_rules [--check FILE]``: print the default rules (or FILE's)."""
-  p = argparse.ArgumentParser(prog="python -m fcslstm_jax.outputs.qc_rules", description=__doc__)
+  """``python -m fcslstm_jax.outputs.flags [--check FILE]``: print the default rules (or FILE's)."""
+  p = argparse.ArgumentParser(prog="python -m fcslstm_jax.outputs.flags", description=__doc__)
   p.add_argument("--check", help="read this --flags file and print the rules it gives")
   args = p.parse_args(argv)
   try:

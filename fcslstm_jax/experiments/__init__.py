@@ -1,1 +1,0 @@
-"""Experiments that reproduce the paper's comparisons (run with ``python -m``)."""
