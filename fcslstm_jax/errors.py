@@ -20,7 +20,8 @@ class CheckpointError(FcslstmError, RuntimeError):
 
 
 # File-system conditions the user can fix: disk full, quota, read-only or forbidden folder.
-USER_OS_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+USER_OS_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                            errno.ENOTDIR, errno.EISDIR})
 
 
 def user_message(e: BaseException, fix: str):

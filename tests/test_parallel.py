@@ -305,3 +305,23 @@ def test_mesh_of_more_devices_than_exist_is_a_clear_error():
   assert mesh.axis_names == ("data",) and mesh.size == jax.device_count()
   with pytest.raises(ConfigError, match="--mesh 99"):
     parallel.make_mesh(99)
+
+
+def test_an_unwritable_run_json_stops_both_processes_with_one_error_line(tiny_data, tmp_path):
+  """Only process 0 writes run.json. When that write fails (a read-only or full work
+  directory; here its parent is a regular file, since the tests may run as root, for whom
+  no directory is read-only), both processes stop with one error line each (before, process
+  1 waited in the next collective until the coordinator died)."""
+  blocker = tmp_path / "not-a-folder"
+  blocker.write_text("")
+  workdir = blocker / "run"
+  port = free_port()
+  out = run_jobs(tmp_path, pair_specs(tmp_path, "unwritable", two_process_args(
+      tiny_data, workdir, port), port), REFUSED_TIMEOUT_S)
+  for i in (0, 1):
+    run = out[f"unwritable{i}"]
+    assert run["rc"] == 0 and int(run["rc_train"]) != 0, run["log"][-3000:]
+    errors = [l for l in run["log"].splitlines() if l.startswith("error: ")]
+    assert len(errors) == 1, run["log"][-3000:]
+    assert "run.json" in errors[0] or str(workdir) in errors[0], errors[0]
+  assert "process 0 stopped the run" in out["unwritable1"]["log"]

@@ -174,10 +174,9 @@ def load_study(args, config):
 
 def setup(args, main: bool):
   """``(config, workdir, study, record)`` of a run, checked: the config, the work
-  directory (outside the data; on process 0, a run.json there must be this run's) and this
-  process's subjects."""
+  directory (outside the data; whether a run.json there is this run's, the training loop
+  checks: :func:`fcslstm_jax.train.loop.check_run_dir`) and this process's subjects."""
   from fcslstm_jax import files, run_record
-  from fcslstm_jax.train import loop
   config = make_config(args)
   name = args.dataset or os.path.basename(os.path.normpath(args.data_dir))
   model_name = config.model + ("-3d" if config.spatial_dims == 3 else "")
@@ -190,8 +189,6 @@ def setup(args, main: bool):
                                 data_seed=args.data_seed, protocol=study.protocol,
                                 grid=study.options,
                                 volume=volume_of(args, config) if args.dataset else "slab")
-  if main and os.path.exists(run_record.path_of(workdir)):
-    loop.check_run_dir(workdir, record)  # refuses another run's folder
   return config, workdir, study, record
 
 

@@ -312,8 +312,10 @@ def prepare_run(config, train_set, test_set, workdir, class_names, record, mesh,
   if not steps_per_epoch:
     raise ConfigError(f"--batch-size {b} is larger than the training sequences "
                       f"({n} in this process's share).")
-  if main:
-    check_run_dir(workdir, record)
+  # Only process 0 reads and writes run.json; whether that failed (another run's folder, a
+  # read-only or full disk) is agreed on before the next collective, so that no process
+  # waits in it for one that stopped.
+  parallel.agree_on_error(lambda: check_run_dir(workdir, record) if main else None)
   model = build_model(config, len(class_names))
   rng = jax.random.PRNGKey(config.seed)
   state = create_train_state(rng, model, config, train_set.images.shape[-1], steps_per_epoch)
