@@ -481,3 +481,14 @@ def test_bad_tta_flips_and_flags_file_are_one_error_line(study_run, tmp_path, ca
   assert evaluate.main(["--workdir", str(study_run), "--flags", str(bad)]) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and f"{bad}: not valid JSON" in err
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_a_batch_size_below_one_is_one_usage_line(tmp_path, value, capsys):
+  """Checked where it enters (once a traceback: range() arg 3 must not be zero), before any
+  run folder is read."""
+  with pytest.raises(SystemExit) as e:
+    evaluate.main(["--workdir", str(tmp_path / "no-run"), "--batch-size", value])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert f"--batch-size {value}: must be 1 or more" in err and "Traceback" not in err
