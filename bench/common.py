@@ -27,9 +27,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-from fcslstm_jax.model import networks  # noqa: E402
-from fcslstm_jax.train import loop  # noqa: E402
-from fcslstm_jax.config import Config  # noqa: E402
+from fcslstm_jax.config import Config
+from fcslstm_jax.model import networks
+from fcslstm_jax.train import loop
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 IN_CHANNELS = 2
@@ -72,13 +72,14 @@ def make_batch(batch, steps, size, seed=0):
 def torch_device():
   """``"cuda"`` where PyTorch sees a GPU, else ``"cpu"`` (the same device JAX would pick)."""
   import torch
+
   return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def jax_model(name, remat="none", unroll=None, stages=None, dtype=jnp.float32,
-              chunk_pixels=None):
-  model = networks.create_model(name, NUM_CLASSES, remat=remat, unroll=unroll, dtype=dtype,
-                                chunk_pixels=chunk_pixels)
+def jax_model(name, remat="none", unroll=None, stages=None, dtype=jnp.float32, chunk_pixels=None):
+  model = networks.create_model(
+    name, NUM_CLASSES, remat=remat, unroll=unroll, dtype=dtype, chunk_pixels=chunk_pixels
+  )
   return model.clone(stages=stages) if stages is not None else model
 
 
@@ -90,12 +91,16 @@ def jax_train_step(model):
   rng = jax.random.PRNGKey(0)
 
   def step(params, opt_state, x, labels, mask, class_weights):
-    state = loop.TrainState(step=jnp.zeros((), jnp.int32), apply_fn=model.apply,
-                            params=params, tx=tx, opt_state=opt_state)
-    batch = {"images": x, "labels": labels, "label_mask": mask,
-             "valid": jnp.ones(x.shape[:2], bool)}
-    state, out = loop.train_step(state, batch, rng, class_weights=class_weights,
-                                 config=CONFIG)
+    state = loop.TrainState(
+      step=jnp.zeros((), jnp.int32), apply_fn=model.apply, params=params, tx=tx, opt_state=opt_state
+    )
+    batch = {
+      "images": x,
+      "labels": labels,
+      "label_mask": mask,
+      "valid": jnp.ones(x.shape[:2], bool),
+    }
+    state, out = loop.train_step(state, batch, rng, class_weights=class_weights, config=CONFIG)
     return state.params, state.opt_state, out["loss"]
 
   return jax.jit(step, donate_argnums=(0, 1)), tx
@@ -142,10 +147,17 @@ def machine():
   except OSError:
     pass
   import flax
-  return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__,
-          "flax": flax.__version__, "backend": jax.default_backend(),
-          "devices": [str(d) for d in jax.devices()],
-          "device_kind": jax.devices()[0].device_kind, "python": platform.python_version()}
+
+  return {
+    "cpu": cpu,
+    "cores": os.cpu_count(),
+    "jax": jax.__version__,
+    "flax": flax.__version__,
+    "backend": jax.default_backend(),
+    "devices": [str(d) for d in jax.devices()],
+    "device_kind": jax.devices()[0].device_kind,
+    "python": platform.python_version(),
+  }
 
 
 def describe(machine):

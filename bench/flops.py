@@ -15,11 +15,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-import train_step  # noqa: E402
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import common
+import jax
+import jax.numpy as jnp
+import train_step
 
 
 def step_flops(batch, steps, size, stages=None):
@@ -47,6 +46,7 @@ def matmul_peak(n=None, reps=10):
   fns = {"jnp.dot": lambda: dot(a, a).block_until_ready()}
   if train_step.have_torch():
     import torch
+
     dev = common.torch_device()
     ta = torch.randn(n, n, device=dev)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
@@ -58,7 +58,7 @@ def matmul_peak(n=None, reps=10):
       t0 = time.perf_counter()
       fn()
       best[k] = min(best[k], time.perf_counter() - t0)
-  return {k: 2 * n ** 3 / t / 1e9 for k, t in best.items()}
+  return {k: 2 * n**3 / t / 1e9 for k, t in best.items()}
 
 
 def main(argv=None):
@@ -93,26 +93,41 @@ def main(argv=None):
   rows = []
   for k, ts in times.items():
     med = statistics.median(ts)
-    rows.append({"config": k, "median_s": med, "gflops_per_s": flops / med / 1e9,
-                 "fraction_of_jnp_dot_peak": flops / med / 1e9 / ref_peak})
-  result = {"shape_BTHWC": [args.batch, args.time_steps, args.size, args.size, common.IN_CHANNELS],
-            "step_flops": flops, "matmul_peak_gflops": peak, "rows": rows,
-            "machine": common.machine(),
-            "torch_device": common.torch_device() if train_step.have_torch() else None}
+    rows.append(
+      {
+        "config": k,
+        "median_s": med,
+        "gflops_per_s": flops / med / 1e9,
+        "fraction_of_jnp_dot_peak": flops / med / 1e9 / ref_peak,
+      }
+    )
+  result = {
+    "shape_BTHWC": [args.batch, args.time_steps, args.size, args.size, common.IN_CHANNELS],
+    "step_flops": flops,
+    "matmul_peak_gflops": peak,
+    "rows": rows,
+    "machine": common.machine(),
+    "torch_device": common.torch_device() if train_step.have_torch() else None,
+  }
   return common.write_result(result, args.out, table)
 
 
 def table(result):
   peak = result["matmul_peak_gflops"]
-  lines = [f"Bi-FCSLSTM train step `{result['shape_BTHWC']}`: "
-           f"{result['step_flops'] / 1e9:.1f} GFLOP; float32 matmul peak "
-           + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items())
-           + f" ({common.describe(result['machine'])})", "",
-           "| implementation | median step (s) | GFLOP/s | fraction of jnp.dot peak |",
-           "| --- | ---: | ---: | ---: |"]
+  lines = [
+    f"Bi-FCSLSTM train step `{result['shape_BTHWC']}`: "
+    f"{result['step_flops'] / 1e9:.1f} GFLOP; float32 matmul peak "
+    + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items())
+    + f" ({common.describe(result['machine'])})",
+    "",
+    "| implementation | median step (s) | GFLOP/s | fraction of jnp.dot peak |",
+    "| --- | ---: | ---: | ---: |",
+  ]
   for r in result["rows"]:
-    lines.append(f"| {r['config']} | {r['median_s']:.2f} | {r['gflops_per_s']:.1f} | "
-                 f"{r['fraction_of_jnp_dot_peak']:.0%} |")
+    lines.append(
+      f"| {r['config']} | {r['median_s']:.2f} | {r['gflops_per_s']:.1f} | "
+      f"{r['fraction_of_jnp_dot_peak']:.0%} |"
+    )
   return "\n".join(lines)
 
 

@@ -57,7 +57,7 @@ import threading
 import time
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
-GIB = 2 ** 30
+GIB = 2**30
 TINY = ((4, 1), (4, 1), (6, 1), (6, 1), (8, 1))
 DTYPES = ("float32", "bfloat16")
 MODELS = {"bi": "bi-fcslstm", "uni": "fcslstm"}
@@ -69,8 +69,8 @@ FRAMEWORKS = ("jax", "torch-eager", "torch-compile")
 # Sources: NVIDIA H100 and H200 Tensor Core GPU datasheets; the H100 table of
 # glennklockwood.com/garden/processors/h100 (from NVIDIA's Hopper whitepaper).
 PEAKS = {
-    "H200": {"bfloat16": 989.4e12, "tf32": 494.7e12, "bytes_per_s": 4.8e12},
-    "H100": {"bfloat16": 989.4e12, "tf32": 494.7e12, "bytes_per_s": 3.35e12},
+  "H200": {"bfloat16": 989.4e12, "tf32": 494.7e12, "bytes_per_s": 4.8e12},
+  "H100": {"bfloat16": 989.4e12, "tf32": 494.7e12, "bytes_per_s": 3.35e12},
 }
 
 
@@ -80,7 +80,7 @@ PEAKS = {
 def _sub_jaxprs(params):
   """The jaxprs inside an equation's parameters (duck-typed: JAX versions move the classes)."""
   for v in params.values():
-    for item in (v if isinstance(v, (tuple, list)) else (v,)):
+    for item in v if isinstance(v, (tuple, list)) else (v,):
       if hasattr(item, "eqns"):
         yield item
       elif hasattr(item, "jaxpr") and hasattr(getattr(item, "jaxpr"), "eqns"):
@@ -127,11 +127,17 @@ def jaxpr_flops(jaxpr) -> int:
 
 
 def _jax_setup(args, remat="none", unroll=None, dtype="float32", model=None):
-  import jax.numpy as jnp
   import common
+  import jax.numpy as jnp
+
   stages = TINY if args.tiny else None
-  m = common.jax_model(MODELS[model or args.model], remat, unroll, stages,
-                       dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
+  m = common.jax_model(
+    MODELS[model or args.model],
+    remat,
+    unroll,
+    stages,
+    dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32,
+  )
   return common, m
 
 
@@ -154,21 +160,27 @@ def time_steps(run, wait_for, args) -> dict:
   for _ in range(args.steps):
     last = run(wait=False)
   wait_for(last)
-  return {"median_s": statistics.median(times), "times_s": times,
-          "back_to_back_s": (time.perf_counter() - t0) / args.steps}
+  return {
+    "median_s": statistics.median(times),
+    "times_s": times,
+    "back_to_back_s": (time.perf_counter() - t0) / args.steps,
+  }
 
 
 def child_jax_step(args):
   """Compile (from the persistent cache when phase 1 filled it) and time one JAX step."""
   import jax
+
   common, model = _jax_setup(args, dtype=args.dtype)
   batch = common.make_batch(args.batch, args.time_steps, args.size)
   step, _ = common.jax_train_step(model)
   params, opt_state = common.jax_state(model)
   t0 = time.perf_counter()
   compiled = step.lower(params, opt_state, *batch).compile()
-  record = {"compile_s": time.perf_counter() - t0,
-            "temp_bytes": compiled.memory_analysis().temp_size_in_bytes}
+  record = {
+    "compile_s": time.perf_counter() - t0,
+    "temp_bytes": compiled.memory_analysis().temp_size_in_bytes,
+  }
   if args.compile_only:
     return _emit(record)
   state = [params, opt_state]
@@ -176,6 +188,7 @@ def child_jax_step(args):
   def run(wait=True):
     state[0], state[1], loss = compiled(state[0], state[1], *batch)
     return loss.block_until_ready() if wait else loss
+
   record.update(time_steps(run, jax.block_until_ready, args))
   _emit(record)
 
@@ -183,25 +196,34 @@ def child_jax_step(args):
 def child_torch_step(args):
   """One PyTorch eager or ``torch.compile`` row; bfloat16 through ``torch.autocast``."""
   import common  # first: it sets OMP_WAIT_POLICY before torch starts (see common.py)
+
   try:
     import torch
   except ImportError as e:
     return _emit({"skipped": f"torch not importable ({e}): pip install -r bench/requirements.txt"})
   import contextlib
+
   import numpy as np
   import torch_reference
+
   dev = common.torch_device()
   torch.manual_seed(0)
-  x, labels, mask, cw = (torch.from_numpy(np.array(a)).to(dev)
-                         for a in common.make_batch(args.batch, args.time_steps, args.size))
+  x, labels, mask, cw = (
+    torch.from_numpy(np.array(a)).to(dev)
+    for a in common.make_batch(args.batch, args.time_steps, args.size)
+  )
   labels = labels.long()
   kw = {"stages": TINY} if args.tiny else {}
-  model = torch_reference.FCSLSTM(common.NUM_CLASSES, common.IN_CHANNELS, args.model == "bi",
-                                  **kw).to(dev)
+  model = torch_reference.FCSLSTM(
+    common.NUM_CLASSES, common.IN_CHANNELS, args.model == "bi", **kw
+  ).to(dev)
   opt = torch_reference.rmsprop(model.parameters())
   fwd = torch.compile(model, backend=args.torch_compile_backend) if args.compile else model
-  cast = (torch.autocast(dev, dtype=torch.bfloat16) if args.dtype == "bfloat16"
-          else contextlib.nullcontext())
+  cast = (
+    torch.autocast(dev, dtype=torch.bfloat16)
+    if args.dtype == "bfloat16"
+    else contextlib.nullcontext()
+  )
   sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 
   def run(wait=True):
@@ -213,11 +235,15 @@ def child_torch_step(args):
     opt.step()
     if wait:
       sync()
+
   t0 = time.perf_counter()
   run()  # compiles (torch.compile) or allocates
-  record = {"setup_s": time.perf_counter() - t0, "device": dev,
-            "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
-            "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32)}
+  record = {
+    "setup_s": time.perf_counter() - t0,
+    "device": dev,
+    "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+    "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+  }
   if args.compile_only:
     return _emit(record)
   record.update(time_steps(run, lambda _: sync(), args))
@@ -233,14 +259,22 @@ def child_memory(args):
     t0 = time.perf_counter()
     compiled = common.lower_train_step(model, args.batch, args.time_steps, args.size).compile()
     ma = compiled.memory_analysis()
-    _emit({"remat": remat, "compile_s": time.perf_counter() - t0,
-           "temp_bytes": ma.temp_size_in_bytes, "argument_bytes": ma.argument_size_in_bytes,
-           "output_bytes": ma.output_size_in_bytes, "alias_bytes": ma.alias_size_in_bytes})
+    _emit(
+      {
+        "remat": remat,
+        "compile_s": time.perf_counter() - t0,
+        "temp_bytes": ma.temp_size_in_bytes,
+        "argument_bytes": ma.argument_size_in_bytes,
+        "output_bytes": ma.output_size_in_bytes,
+        "alias_bytes": ma.alias_size_in_bytes,
+      }
+    )
 
 
 def child_cost(args):
   """FLOPs from the jaxpr and XLA's bytes accessed of the unrolled step, per model and dtype."""
   import jax
+
   for model_key in args.models:
     for dtype in args.dtypes:
       common, model = _jax_setup(args, unroll=args.time_steps, dtype=dtype, model=model_key)
@@ -252,16 +286,23 @@ def child_cost(args):
       t0 = time.perf_counter()
       cost = step.lower(params, opt_state, *data).compile().cost_analysis()
       cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-      _emit({"model": model_key, "dtype": dtype, "jaxpr_flops": flops,
-             "compile_s": time.perf_counter() - t0,
-             "xla_flops": float(cost.get("flops", 0.0)),
-             "bytes_accessed": float(cost.get("bytes accessed", 0.0))})
+      _emit(
+        {
+          "model": model_key,
+          "dtype": dtype,
+          "jaxpr_flops": flops,
+          "compile_s": time.perf_counter() - t0,
+          "xla_flops": float(cost.get("flops", 0.0)),
+          "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
+        }
+      )
 
 
 def child_matmul(args):
   """Best rate of an n x n matrix product in bfloat16 and in float32 (JAX's default precision)."""
   import jax
   import jax.numpy as jnp
+
   n = 512 if args.tiny else 8192
   for dtype in DTYPES:
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.dtype(dtype))
@@ -272,7 +313,7 @@ def child_matmul(args):
       t0 = time.perf_counter()
       dot(a, a).block_until_ready()
       best = min(best, time.perf_counter() - t0)
-    _emit({"dtype": dtype, "n": n, "flops_per_s": 2 * n ** 3 / best})
+    _emit({"dtype": dtype, "n": n, "flops_per_s": 2 * n**3 / best})
 
 
 def child_versions(args):
@@ -280,20 +321,37 @@ def child_versions(args):
   import flax
   import jax
   import optax
-  out = {"python": sys.version.split()[0], "jax": jax.__version__, "flax": flax.__version__,
-         "optax": optax.__version__, "backend": jax.default_backend(),
-         "device_kind": jax.devices()[0].device_kind, "devices": [str(d) for d in jax.devices()]}
+
+  out = {
+    "python": sys.version.split()[0],
+    "jax": jax.__version__,
+    "flax": flax.__version__,
+    "optax": optax.__version__,
+    "backend": jax.default_backend(),
+    "device_kind": jax.devices()[0].device_kind,
+    "devices": [str(d) for d in jax.devices()],
+  }
   try:
     import torch
-    out.update(torch=torch.__version__, torch_cuda=torch.version.cuda,
-               torch_sees_gpu=torch.cuda.is_available())
+
+    out.update(
+      torch=torch.__version__,
+      torch_cuda=torch.version.cuda,
+      torch_sees_gpu=torch.cuda.is_available(),
+    )
   except ImportError as e:
     out["torch"] = f"not importable ({e})"
   _emit(out)
 
 
-CHILDREN = {"jax-step": child_jax_step, "torch-step": child_torch_step, "memory": child_memory,
-            "cost": child_cost, "matmul": child_matmul, "versions": child_versions}
+CHILDREN = {
+  "jax-step": child_jax_step,
+  "torch-step": child_torch_step,
+  "memory": child_memory,
+  "cost": child_cost,
+  "matmul": child_matmul,
+  "versions": child_versions,
+}
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -309,9 +367,20 @@ class Row:
 
 
 def size_flags(args):
-  flags = ["--batch", str(args.batch), "--time-steps", str(args.time_steps), "--size",
-           str(args.size), "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--torch-compile-backend", args.torch_compile_backend]
+  flags = [
+    "--batch",
+    str(args.batch),
+    "--time-steps",
+    str(args.time_steps),
+    "--size",
+    str(args.size),
+    "--steps",
+    str(args.steps),
+    "--warmup",
+    str(args.warmup),
+    "--torch-compile-backend",
+    args.torch_compile_backend,
+  ]
   return flags + (["--tiny"] if args.tiny else [])
 
 
@@ -332,16 +401,30 @@ def make_plan(args):
   configs = [(m, d) for m in args.models for d in args.dtypes]
   frameworks = [f for f in args.frameworks if f == "jax" or not args.no_torch]
   no_autotune = {"XLA_FLAGS_EXTRA": "--xla_gpu_autotune_level=0"} if args.gpu else {}
-  analysis = [Row("versions", "versions", 60),
-              Row("temp memory per remat policy", "memory", args.memory_timeout_s,
-                  ["--remats", *args.remats], no_autotune),
-              Row("FLOPs and bytes accessed", "cost", args.memory_timeout_s,
-                  ["--models", *args.models, "--dtypes", *args.dtypes], no_autotune)]
+  analysis = [
+    Row("versions", "versions", 60),
+    Row(
+      "temp memory per remat policy",
+      "memory",
+      args.memory_timeout_s,
+      ["--remats", *args.remats],
+      no_autotune,
+    ),
+    Row(
+      "FLOPs and bytes accessed",
+      "cost",
+      args.memory_timeout_s,
+      ["--models", *args.models, "--dtypes", *args.dtypes],
+      no_autotune,
+    ),
+  ]
   jax_prep = [step_row("jax", m, d, args, True) for m, d in configs] if "jax" in frameworks else []
-  torch_prep = [step_row("torch-compile", m, d, args, True) for m, d in configs
-                if "torch-compile" in frameworks]
-  lanes = [analysis, jax_prep] + [torch_prep[i::max(1, args.lanes - 2)]
-                                  for i in range(max(1, args.lanes - 2))]
+  torch_prep = [
+    step_row("torch-compile", m, d, args, True) for m, d in configs if "torch-compile" in frameworks
+  ]
+  lanes = [analysis, jax_prep] + [
+    torch_prep[i :: max(1, args.lanes - 2)] for i in range(max(1, args.lanes - 2))
+  ]
   for lane in lanes:
     for row in lane:
       row.name = f"prepare: {row.name}" if "--compile-only" in row.flags else row.name
@@ -356,13 +439,23 @@ def run_row(row, args, deadline):
   if left < 5:
     return {"row": row.name, "status": "skipped", "reason": "budget spent"}
   timeout = min(row.timeout_s, left)
-  env = dict(os.environ, PYTHONUNBUFFERED="1", XLA_PYTHON_CLIENT_PREALLOCATE="false",
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env = dict(
+    os.environ,
+    PYTHONUNBUFFERED="1",
+    XLA_PYTHON_CLIENT_PREALLOCATE="false",
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+  )
   env.setdefault("JAX_COMPILATION_CACHE_DIR", args.cache_dir)
   if row.env.get("XLA_FLAGS_EXTRA"):
     env["XLA_FLAGS"] = " ".join(filter(None, (env.get("XLA_FLAGS"), row.env["XLA_FLAGS_EXTRA"])))
-  cmd = [sys.executable, os.path.abspath(__file__), "--child", row.child,
-         *size_flags(args), *row.flags]
+  cmd = [
+    sys.executable,
+    os.path.abspath(__file__),
+    "--child",
+    row.child,
+    *size_flags(args),
+    *row.flags,
+  ]
   t0 = time.monotonic()
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -370,7 +463,9 @@ def run_row(row, args, deadline):
     stdout, stderr = proc.stdout, proc.stderr
   except subprocess.TimeoutExpired as e:
     status = f"timeout after {timeout:.0f} s"
-    stdout, stderr = (x.decode() if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr))
+    stdout, stderr = (
+      x.decode() if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr)
+    )
   records = []
   for line in stdout.splitlines():
     if line.startswith("{"):
@@ -378,8 +473,7 @@ def run_row(row, args, deadline):
         records.append(json.loads(line))
       except ValueError:
         pass
-  out = {"row": row.name, "status": status, "seconds": time.monotonic() - t0,
-         "records": records}
+  out = {"row": row.name, "status": status, "seconds": time.monotonic() - t0, "records": records}
   if any("skipped" in r for r in records):
     out["status"] = "skipped"
     out["reason"] = records[0]["skipped"]
@@ -405,8 +499,11 @@ def run_plan(args):
       with lock:
         results["phase1"].append(res)
         save()
-        print(f"[{time.monotonic() - start:5.0f} s] {res['row']}: {res['status']}"
-              + (f" ({res['reason']})" if res.get("reason") else ""), flush=True)
+        print(
+          f"[{time.monotonic() - start:5.0f} s] {res['row']}: {res['status']}"
+          + (f" ({res['reason']})" if res.get("reason") else ""),
+          flush=True,
+        )
 
   phase1_deadline = start + args.phase1_fraction * args.budget_s
   threads = [threading.Thread(target=lane_worker, args=(lane, phase1_deadline)) for lane in lanes]
@@ -418,10 +515,16 @@ def run_plan(args):
     res = run_row(row, args, deadline)
     results["phase2"].append(res)
     save()
-    print(f"[{time.monotonic() - start:5.0f} s] {res['row']}: {res['status']}"
-          + (f" ({res['reason']})" if res.get("reason") else "")
-          + (f" ({res['records'][0]['median_s'] * 1e3:.1f} ms)"
-             if res["records"] and "median_s" in res["records"][0] else ""), flush=True)
+    print(
+      f"[{time.monotonic() - start:5.0f} s] {res['row']}: {res['status']}"
+      + (f" ({res['reason']})" if res.get("reason") else "")
+      + (
+        f" ({res['records'][0]['median_s'] * 1e3:.1f} ms)"
+        if res["records"] and "median_s" in res["records"][0]
+        else ""
+      ),
+      flush=True,
+    )
   results["wall_s"] = time.monotonic() - start
   return results
 
@@ -440,10 +543,14 @@ def summarize(results):
   versions = versions[0] if versions else {}
   kind = versions.get("device_kind", "")
   peak = next((v for k, v in PEAKS.items() if k in kind), None)
-  cost = {(r["model"], r["dtype"]): r
-          for r in (_find(p1, "FLOPs and bytes accessed") or {}).get("records", [])}
-  matmul = {r["dtype"]: r["flops_per_s"]
-            for r in (_find(p2, "matrix-product rate") or {}).get("records", [])}
+  cost = {
+    (r["model"], r["dtype"]): r
+    for r in (_find(p1, "FLOPs and bytes accessed") or {}).get("records", [])
+  }
+  matmul = {
+    r["dtype"]: r["flops_per_s"]
+    for r in (_find(p2, "matrix-product rate") or {}).get("records", [])
+  }
   steps = []
   for res in p2:
     if res["row"] == "matrix-product rate":
@@ -451,9 +558,15 @@ def summarize(results):
     framework, model_name, dtype = res["row"].rsplit(" ", 2)
     model = "bi" if model_name == "Bi-FCSLSTM" else "uni"
     rec = res["records"][0] if res["records"] else {}
-    row = {"row": res["row"], "framework": framework, "model": model, "dtype": dtype,
-           "status": res["status"], "median_s": rec.get("median_s"),
-           "back_to_back_s": rec.get("back_to_back_s")}
+    row = {
+      "row": res["row"],
+      "framework": framework,
+      "model": model,
+      "dtype": dtype,
+      "status": res["status"],
+      "median_s": rec.get("median_s"),
+      "back_to_back_s": rec.get("back_to_back_s"),
+    }
     c = cost.get((model, dtype))
     if row["median_s"] and c:
       rate = c["jaxpr_flops"] / row["median_s"]
@@ -464,36 +577,63 @@ def summarize(results):
           row["fraction_of_bandwidth"] = c["bytes_accessed"] / row["median_s"] / peak["bytes_per_s"]
     steps.append(row)
   for row in steps:
-    jax_row = next((r for r in steps if r["framework"] == "JAX" and r["model"] == row["model"]
-                    and r["dtype"] == row["dtype"]), None)
+    jax_row = next(
+      (
+        r
+        for r in steps
+        if r["framework"] == "JAX" and r["model"] == row["model"] and r["dtype"] == row["dtype"]
+      ),
+      None,
+    )
     if row["median_s"] and jax_row and jax_row["median_s"]:
       row["jax_speedup"] = row["median_s"] / jax_row["median_s"]
   memory = (_find(p1, "temp memory per remat policy") or {}).get("records", [])
-  return {"versions": versions, "peak": peak, "peak_source": "bench/gpu_bench.py PEAKS",
-          "matmul_flops_per_s": matmul, "cost": list(cost.values()), "steps": steps,
-          "memory": memory, "wall_s": results.get("wall_s")}
+  return {
+    "versions": versions,
+    "peak": peak,
+    "peak_source": "bench/gpu_bench.py PEAKS",
+    "matmul_flops_per_s": matmul,
+    "cost": list(cost.values()),
+    "steps": steps,
+    "memory": memory,
+    "wall_s": results.get("wall_s"),
+  }
 
 
 def table(summary, shape):
   v = summary["versions"]
-  lines = [f"Train step `{shape}` (B, T, H, W, C) on {v.get('device_kind', '?')}: jax "
-           f"{v.get('jax', '?')}, torch {v.get('torch', '?')}", "",
-           "| configuration | status | median step (ms) | back to back (ms) | × JAX | "
-           "TFLOP/s | of dense peak | of HBM roofline |",
-           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-  fmt = lambda x, f: "" if x is None else f.format(x)  # noqa: E731
+  lines = [
+    f"Train step `{shape}` (B, T, H, W, C) on {v.get('device_kind', '?')}: jax "
+    f"{v.get('jax', '?')}, torch {v.get('torch', '?')}",
+    "",
+    "| configuration | status | median step (ms) | back to back (ms) | × JAX | "
+    "TFLOP/s | of dense peak | of HBM roofline |",
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+  ]
+
+  def fmt(x, f):
+    return "" if x is None else f.format(x)
+
   for r in summary["steps"]:
-    lines.append(f"| {r['row']} | {r['status']} | {fmt(r['median_s'] and r['median_s'] * 1e3, '{:.1f}')} | "
-                 f"{fmt(r['back_to_back_s'] and r['back_to_back_s'] * 1e3, '{:.1f}')} | "
-                 f"{fmt(r.get('jax_speedup'), '{:.2f}')} | {fmt(r.get('tflop_per_s'), '{:.1f}')} | "
-                 f"{fmt(r.get('fraction_of_peak'), '{:.1%}')} | "
-                 f"{fmt(r.get('fraction_of_bandwidth'), '{:.1%}')} |")
+    lines.append(
+      f"| {r['row']} | {r['status']} | {fmt(r['median_s'] and r['median_s'] * 1e3, '{:.1f}')} | "
+      f"{fmt(r['back_to_back_s'] and r['back_to_back_s'] * 1e3, '{:.1f}')} | "
+      f"{fmt(r.get('jax_speedup'), '{:.2f}')} | {fmt(r.get('tflop_per_s'), '{:.1f}')} | "
+      f"{fmt(r.get('fraction_of_peak'), '{:.1%}')} | "
+      f"{fmt(r.get('fraction_of_bandwidth'), '{:.1%}')} |"
+    )
   lines += ["", "| JAX Bi-FCSLSTM float32, remat | temp (GiB) |", "| --- | ---: |"]
   lines += [f"| {m['remat']} | {m['temp_bytes'] / GIB:.2f} |" for m in summary["memory"]]
-  lines += ["", "| model, dtype | FLOPs per step (jaxpr) | bytes accessed (XLA, unrolled) |",
-            "| --- | ---: | ---: |"]
-  lines += [f"| {c['model']}, {c['dtype']} | {c['jaxpr_flops'] / 1e9:.1f} G | "
-            f"{c['bytes_accessed'] / 1e9:.1f} GB |" for c in summary["cost"]]
+  lines += [
+    "",
+    "| model, dtype | FLOPs per step (jaxpr) | bytes accessed (XLA, unrolled) |",
+    "| --- | ---: | ---: |",
+  ]
+  lines += [
+    f"| {c['model']}, {c['dtype']} | {c['jaxpr_flops'] / 1e9:.1f} G | "
+    f"{c['bytes_accessed'] / 1e9:.1f} GB |"
+    for c in summary["cost"]
+  ]
   return "\n".join(lines)
 
 
@@ -510,18 +650,23 @@ def main(argv=None):
   p.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=list(FRAMEWORKS))
   p.add_argument("--remats", nargs="+", default=None, help="default: every remat policy")
   p.add_argument("--no-torch", action="store_true")
-  p.add_argument("--torch-compile-backend", default="inductor",
-                 help="'eager' checks the torch.compile path quickly (smoke test)")
+  p.add_argument(
+    "--torch-compile-backend",
+    default="inductor",
+    help="'eager' checks the torch.compile path quickly (smoke test)",
+  )
   p.add_argument("--budget-s", type=float, default=450, help="the whole call, both phases")
-  p.add_argument("--phase1-fraction", type=float, default=0.45,
-                 help="share of the budget phase 1 may use")
+  p.add_argument(
+    "--phase1-fraction", type=float, default=0.45, help="share of the budget phase 1 may use"
+  )
   p.add_argument("--lanes", type=int, default=4, help="parallel lanes of phase 1 (>= 3)")
   p.add_argument("--jax-timeout-s", type=float, default=90)
   p.add_argument("--torch-timeout-s", type=float, default=60)
   p.add_argument("--torch-compile-timeout-s", type=float, default=150)
   p.add_argument("--memory-timeout-s", type=float, default=200)
-  p.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(),
-                                                     "fcslstm-gpu-bench-cache"))
+  p.add_argument(
+    "--cache-dir", default=os.path.join(tempfile.gettempdir(), "fcslstm-gpu-bench-cache")
+  )
   p.add_argument("--out", default=os.path.join(BENCH, "results", "gpu"))
   # Child rows (run by the parent, not by hand):
   p.add_argument("--child", choices=sorted(CHILDREN))
@@ -539,6 +684,7 @@ def main(argv=None):
   if args.remats is None:
     sys.path.insert(0, os.path.dirname(BENCH))
     from fcslstm_jax.model.networks import REMAT_POLICIES  # imports jax; no device is touched
+
     args.remats = list(REMAT_POLICIES)
   args.gpu = shutil.which("nvidia-smi") is not None
   os.makedirs(args.out, exist_ok=True)

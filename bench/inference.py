@@ -30,11 +30,22 @@ RESULTS = os.path.join(REPO, "bench", "results", "inference.json")
 
 def evaluate_once(repo: str, workdir: str, data_dir, cache: str, out: str) -> dict:
   """One ``evaluate.py`` of ``repo`` in a fresh process; its times in seconds."""
-  env = dict(os.environ, FCSLSTM_COMPILE_CACHE=cache, JAX_COMPILATION_CACHE_DIR=cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  command = [sys.executable, os.path.join(repo, "evaluate.py"), "--workdir", workdir, "--out",
-             out, "--no-report"] + (["--data-dir", data_dir] if data_dir else [])
+  env = dict(
+    os.environ,
+    FCSLSTM_COMPILE_CACHE=cache,
+    JAX_COMPILATION_CACHE_DIR=cache,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+  )
+  command = [
+    sys.executable,
+    os.path.join(repo, "evaluate.py"),
+    "--workdir",
+    workdir,
+    "--out",
+    out,
+    "--no-report",
+  ] + (["--data-dir", data_dir] if data_dir else [])
   started = time.monotonic()
   subprocess.run(command, cwd=repo, env=env, check=True, stdout=subprocess.DEVNULL)
   wall = time.monotonic() - started
@@ -44,10 +55,16 @@ def evaluate_once(repo: str, workdir: str, data_dir, cache: str, out: str) -> di
   compiled = m.get("compilations") or {}
   load = m.get("load_seconds")
   segment = m.get("segment_seconds")
-  row = {"wall": round(wall, 1), "evaluate": m.get("seconds"), "load": load,
-         "segment": segment, "compile": compiled.get("seconds"),
-         "programs_compiled": compiled.get("compiled"),
-         "programs_from_cache": compiled.get("from_cache"), "sessions": sessions}
+  row = {
+    "wall": round(wall, 1),
+    "evaluate": m.get("seconds"),
+    "load": load,
+    "segment": segment,
+    "compile": compiled.get("seconds"),
+    "programs_compiled": compiled.get("compiled"),
+    "programs_from_cache": compiled.get("from_cache"),
+    "sessions": sessions,
+  }
   if load is not None and segment is not None and m.get("seconds") is not None:
     row["write"] = round(m["seconds"] - load - segment, 1)
   if row["compile"] is not None and segment is not None:
@@ -59,8 +76,9 @@ def evaluate_once(repo: str, workdir: str, data_dir, cache: str, out: str) -> di
 
 def git_commit(repo: str) -> str:
   try:
-    return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=repo,
-                                   text=True).strip()
+    return subprocess.check_output(
+      ["git", "rev-parse", "--short", "HEAD"], cwd=repo, text=True
+    ).strip()
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
 
@@ -68,16 +86,31 @@ def git_commit(repo: str) -> str:
 def measure(repo: str, workdir: str, data_dir) -> dict:
   cache, outs = tempfile.mkdtemp(prefix="bench-cache-"), tempfile.mkdtemp(prefix="bench-out-")
   try:
-    return {"checkout": os.path.abspath(repo), "commit": git_commit(repo),
-            **{name: evaluate_once(repo, workdir, data_dir, cache, os.path.join(outs, name))
-               for name in ("cold", "warm")}}
+    return {
+      "checkout": os.path.abspath(repo),
+      "commit": git_commit(repo),
+      **{
+        name: evaluate_once(repo, workdir, data_dir, cache, os.path.join(outs, name))
+        for name in ("cold", "warm")
+      },
+    }
   finally:
     shutil.rmtree(cache, ignore_errors=True)
     shutil.rmtree(outs, ignore_errors=True)
 
 
-COLUMNS = ("wall", "load", "segment", "compile", "run", "write", "start",
-           "programs_compiled", "programs_from_cache", "wall_per_session")
+COLUMNS = (
+  "wall",
+  "load",
+  "segment",
+  "compile",
+  "run",
+  "write",
+  "start",
+  "programs_compiled",
+  "programs_from_cache",
+  "wall_per_session",
+)
 
 
 def table(results) -> str:
@@ -99,9 +132,13 @@ def main(argv=None) -> int:
   workdir = os.path.abspath(args.workdir)
   repos = [REPO] + ([args.baseline] if args.baseline else [])
   results = [measure(repo, workdir, args.data_dir) for repo in repos]
-  record = {"workdir": workdir, "data_dir": args.data_dir,
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-            "load_average": [round(v, 2) for v in os.getloadavg()], "results": results}
+  record = {
+    "workdir": workdir,
+    "data_dir": args.data_dir,
+    "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    "load_average": [round(v, 2) for v in os.getloadavg()],
+    "results": results,
+  }
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(record, f, indent=1)

@@ -1,9 +1,11 @@
 """Memory of one Bi-FCSLSTM train step: XLA's compiled plan vs PyTorch's peak RSS.
 
 Run: ``python bench/memory.py`` (under 10 min on 2 CPU cores). For batch 1, 4, 8 at
-256x256, T = 5, for the remat policies none, full and lean (``fcslstm_jax.model.networks``; lean runs
+256x256, T = 5, for the remat policies none, full and lean (``fcslstm_jax.model.networks``; lean
+runs
 its time loop as a while loop whatever ``--unroll`` says, unless given), it compiles (does not
-run) the JAX train step and reads ``memory_analysis()``: temp (activations, gradients, workspace), arguments (params,
+run) the JAX train step and reads ``memory_analysis()``: temp (activations, gradients, workspace),
+arguments (params,
 optimizer state, batch) and outputs (aliased to the donated arguments). For PyTorch it runs
 one eager step per batch size in a fresh process and reports the rise of peak memory over
 the memory before the step (peak RSS on CPU; ``torch.cuda.max_memory_allocated`` on a GPU).
@@ -20,11 +22,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import common
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-GIB = 2 ** 30
+GIB = 2**30
 BUDGET = 12 * GIB  # the paper's 12 GB GPU
 
 
@@ -33,11 +34,19 @@ def jax_memory(batch, steps, size, remat, stages=None, unroll=None):
   t0 = time.perf_counter()
   compiled = common.lower_train_step(model, batch, steps, size).compile()
   ma = compiled.memory_analysis()
-  out = {"batch": batch, "remat": remat, "unroll": unroll, "compile_s": time.perf_counter() - t0,
-         "temp_bytes": ma.temp_size_in_bytes, "argument_bytes": ma.argument_size_in_bytes,
-         "output_bytes": ma.output_size_in_bytes, "alias_bytes": ma.alias_size_in_bytes}
-  out["total_bytes"] = (out["temp_bytes"] + out["argument_bytes"] + out["output_bytes"]
-                        - out["alias_bytes"])
+  out = {
+    "batch": batch,
+    "remat": remat,
+    "unroll": unroll,
+    "compile_s": time.perf_counter() - t0,
+    "temp_bytes": ma.temp_size_in_bytes,
+    "argument_bytes": ma.argument_size_in_bytes,
+    "output_bytes": ma.output_size_in_bytes,
+    "alias_bytes": ma.alias_size_in_bytes,
+  }
+  out["total_bytes"] = (
+    out["temp_bytes"] + out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"]
+  )
   return out
 
 
@@ -69,8 +78,13 @@ print(json.dumps({{"batch": b, "device": dev, "before_bytes": before, "peak_byte
 
 
 def torch_memory(batch, steps, size, stages=None):
-  code = TORCH_CHILD.format(bench=os.path.dirname(os.path.abspath(__file__)), batch=batch,
-                            steps=steps, size=size, stages=stages)
+  code = TORCH_CHILD.format(
+    bench=os.path.dirname(os.path.abspath(__file__)),
+    batch=batch,
+    steps=steps,
+    size=size,
+    stages=stages,
+  )
   t0 = time.perf_counter()
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   res = json.loads(out.stdout.strip().splitlines()[-1])
@@ -90,14 +104,23 @@ def largest_batch(points, budget=BUDGET):
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
-  p.add_argument("--torch-batches", type=int, nargs="*", default=[1, 4],
-                 help="PyTorch runs a real step: batch 8 takes minutes on 2 cores")
+  p.add_argument(
+    "--torch-batches",
+    type=int,
+    nargs="*",
+    default=[1, 4],
+    help="PyTorch runs a real step: batch 8 takes minutes on 2 cores",
+  )
   p.add_argument("--time-steps", type=int, default=5)
   p.add_argument("--size", type=int, default=256)
-  p.add_argument("--remat", nargs="+", default=["none", "full", "lean"],
-                 choices=common.networks.REMAT_POLICIES)
-  p.add_argument("--unroll", type=int, help="time-loop unroll (default: the backend's, "
-                 "full on CPU, 1 = while loop on accelerators)")
+  p.add_argument(
+    "--remat", nargs="+", default=["none", "full", "lean"], choices=common.networks.REMAT_POLICIES
+  )
+  p.add_argument(
+    "--unroll",
+    type=int,
+    help="time-loop unroll (default: the backend's, full on CPU, 1 = while loop on accelerators)",
+  )
   p.add_argument("--tiny", action="store_true", help="tiny channel widths (smoke test)")
   p.add_argument("--out", default=os.path.join(common.RESULTS, "memory.json"))
   args = p.parse_args(argv)
@@ -108,16 +131,22 @@ def main(argv=None):
     for b in args.batches:
       r = jax_memory(b, args.time_steps, args.size, remat, stages, args.unroll)
       jax_rows.append(r)
-      print(f"JAX remat={remat} batch={b}: temp {r['temp_bytes'] / GIB:.2f} GiB, total "
-            f"{r['total_bytes'] / GIB:.2f} GiB (compiled in {r['compile_s']:.0f} s)", flush=True)
+      print(
+        f"JAX remat={remat} batch={b}: temp {r['temp_bytes'] / GIB:.2f} GiB, total "
+        f"{r['total_bytes'] / GIB:.2f} GiB (compiled in {r['compile_s']:.0f} s)",
+        flush=True,
+      )
   torch_rows = []
   try:
-    import torch  # noqa: F401
+    import torch  # noqa: F401 (only whether it is installed)
+
     for b in args.torch_batches:
       r = torch_memory(b, args.time_steps, args.size, stages)
       torch_rows.append(r)
-      print(f"PyTorch batch={b}: step peak {r['step_bytes'] / GIB:.2f} GiB "
-            f"({r['run_s']:.0f} s)", flush=True)
+      print(
+        f"PyTorch batch={b}: step peak {r['step_bytes'] / GIB:.2f} GiB ({r['run_s']:.0f} s)",
+        flush=True,
+      )
   except ImportError:
     print("torch not installed (pip install -r bench/requirements.txt): JAX rows only")
 
@@ -128,26 +157,40 @@ def main(argv=None):
     fits[f"JAX remat={remat}{loop}"] = largest_batch(pts)
   if torch_rows:
     fits["PyTorch eager"] = largest_batch([(r["batch"], r["step_bytes"]) for r in torch_rows])
-  result = {"model": "bi-fcslstm", "time_steps": args.time_steps, "size": args.size,
-            "budget_bytes": BUDGET, "machine": common.machine(), "jax": jax_rows,
-            "torch": torch_rows, "largest_batch_in_12GiB": fits}
+  result = {
+    "model": "bi-fcslstm",
+    "time_steps": args.time_steps,
+    "size": args.size,
+    "budget_bytes": BUDGET,
+    "machine": common.machine(),
+    "jax": jax_rows,
+    "torch": torch_rows,
+    "largest_batch_in_12GiB": fits,
+  }
   return common.write_result(result, args.out, table)
 
 
 def table(result):
   s = result["size"]
-  lines = [f"Bi-FCSLSTM train step, {s}x{s}, T = {result['time_steps']} "
-           f"({common.describe(result['machine'])})", "",
-           "| implementation | batch | temp (GiB) | total (GiB) |", "| --- | ---: | ---: | ---: |"]
+  lines = [
+    f"Bi-FCSLSTM train step, {s}x{s}, T = {result['time_steps']} "
+    f"({common.describe(result['machine'])})",
+    "",
+    "| implementation | batch | temp (GiB) | total (GiB) |",
+    "| --- | ---: | ---: | ---: |",
+  ]
   for r in result["jax"]:
     loop = "" if r.get("unroll") is None else f", unroll={r['unroll']}"
     loop = loop or (" (while loop)" if r["remat"] == "lean" else "")
-    lines.append(f"| JAX remat={r['remat']}{loop} | {r['batch']} | {r['temp_bytes'] / GIB:.2f} | "
-                 f"{r['total_bytes'] / GIB:.2f} |")
+    lines.append(
+      f"| JAX remat={r['remat']}{loop} | {r['batch']} | {r['temp_bytes'] / GIB:.2f} | "
+      f"{r['total_bytes'] / GIB:.2f} |"
+    )
   for r in result["torch"]:
     what = "alloc" if r.get("device") == "cuda" else "RSS"
-    lines.append(f"| PyTorch eager (step peak {what}) | {r['batch']} | | "
-                 f"{r['step_bytes'] / GIB:.2f} |")
+    lines.append(
+      f"| PyTorch eager (step peak {what}) | {r['batch']} | | {r['step_bytes'] / GIB:.2f} |"
+    )
   lines += ["", "| implementation | largest batch in 12 GiB |", "| --- | ---: |"]
   lines += [f"| {k} | {v} |" for k, v in result["largest_batch_in_12GiB"].items()]
   return "\n".join(lines)

@@ -24,12 +24,21 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
+import common
 
-
-GIB = 2 ** 30
-BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "f32": 4, "s32": 4, "u32": 4,
-         "f64": 8, "s64": 8}
+GIB = 2**30
+BYTES = {
+  "pred": 1,
+  "s8": 1,
+  "u8": 1,
+  "bf16": 2,
+  "f16": 2,
+  "f32": 4,
+  "s32": 4,
+  "u32": 4,
+  "f64": 8,
+  "s64": 8,
+}
 ALIASES = ("bitcast", "get-tuple-element")  # share the buffer of their first operand
 NOT_TEMP = ("parameter", "constant", "tuple")
 
@@ -62,8 +71,9 @@ def entry_instructions(hlo_text: str):
     name, shape, op, rest = m.groups()
     args = rest.split("), ")[0]
     op_name = re.search(r'op_name="([^"]+)"', line)
-    out.append((name, shape, op, re.findall(r"%([\w.\-]+)", args),
-                op_name.group(1) if op_name else ""))
+    out.append(
+      (name, shape, op, re.findall(r"%([\w.\-]+)", args), op_name.group(1) if op_name else "")
+    )
   if not out:
     raise ValueError("no instructions parsed from the ENTRY computation (HLO format changed?)")
   return out
@@ -119,19 +129,28 @@ def breakdown(batch, steps, size, remat="none", stages=None, unroll=None):
   instrs = entry_instructions(compiled.as_text())
   loops = sorted({op for _, _, op, _, _ in instrs if op in ("while", "call", "conditional")})
   if loops:
-    print(f"note: the entry computation has {', '.join(loops)}: buffers inside them are not "
-          "counted", flush=True)
+    print(
+      f"note: the entry computation has {', '.join(loops)}: buffers inside them are not counted",
+      flush=True,
+    )
   peak, index, alive = live_at_peak(instrs)
   info = {name: (shape, op_name) for name, shape, _, _, op_name in instrs}
   groups = collections.Counter()
   for name, nbytes in alive.items():
     groups[category(name, *info[name])] += nbytes
-  return {"batch": batch, "time_steps": steps, "size": size, "remat": remat, "unroll": unroll,
-          "compile_s": compile_s,
-          "xla_temp_bytes": compiled.memory_analysis().temp_size_in_bytes,
-          "simulated_peak_bytes": peak, "peak_at": f"{index}/{len(instrs)} {instrs[index][0]}",
-          "peak_op_name": info[instrs[index][0]][1],
-          "alive_at_peak_bytes": dict(groups.most_common())}
+  return {
+    "batch": batch,
+    "time_steps": steps,
+    "size": size,
+    "remat": remat,
+    "unroll": unroll,
+    "compile_s": compile_s,
+    "xla_temp_bytes": compiled.memory_analysis().temp_size_in_bytes,
+    "simulated_peak_bytes": peak,
+    "peak_at": f"{index}/{len(instrs)} {instrs[index][0]}",
+    "peak_op_name": info[instrs[index][0]][1],
+    "alive_at_peak_bytes": dict(groups.most_common()),
+  }
 
 
 def main(argv=None):
@@ -151,13 +170,18 @@ def main(argv=None):
 
 
 def table(r):
-  lines = [f"Alive at the peak of the Bi-FCSLSTM train step, {r['size']}x{r['size']}, "
-           f"T = {r['time_steps']}, batch {r['batch']}, remat {r['remat']} "
-           f"({common.describe(r['machine'])})", "",
-           f"simulated peak {r['simulated_peak_bytes'] / GIB:.2f} GiB at {r['peak_at']} "
-           f"({r['peak_op_name'] or 'no op_name'}); memory_analysis() temp "
-           f"{r['xla_temp_bytes'] / GIB:.2f} GiB", "",
-           "| alive at the peak | GiB | share |", "| --- | ---: | ---: |"]
+  lines = [
+    f"Alive at the peak of the Bi-FCSLSTM train step, {r['size']}x{r['size']}, "
+    f"T = {r['time_steps']}, batch {r['batch']}, remat {r['remat']} "
+    f"({common.describe(r['machine'])})",
+    "",
+    f"simulated peak {r['simulated_peak_bytes'] / GIB:.2f} GiB at {r['peak_at']} "
+    f"({r['peak_op_name'] or 'no op_name'}); memory_analysis() temp "
+    f"{r['xla_temp_bytes'] / GIB:.2f} GiB",
+    "",
+    "| alive at the peak | GiB | share |",
+    "| --- | ---: | ---: |",
+  ]
   for k, v in r["alive_at_peak_bytes"].items():
     lines.append(f"| {k} | {v / GIB:.2f} | {100 * v / r['simulated_peak_bytes']:.0f} % |")
   return "\n".join(lines)

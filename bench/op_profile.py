@@ -14,27 +14,32 @@ Writes ``bench/results/op_profile.json``.
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_cpu_enable_xprof_traceme=true").strip()
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true"
+).strip()
 
-import argparse  # noqa: E402
-import collections  # noqa: E402
-import glob  # noqa: E402
-import gzip  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import argparse
+import collections
+import glob
+import gzip
+import json
+import re
+import sys
+import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-import memory_breakdown  # noqa: E402
+import common
+import jax
+import memory_breakdown
 
-import jax  # noqa: E402
-
-KINDS = ("convolution, weight gradient", "convolution, other", "layout copies (transposes)",
-         "max-pool gradient", "other fusions")
+KINDS = (
+  "convolution, weight gradient",
+  "convolution, other",
+  "layout copies (transposes)",
+  "max-pool gradient",
+  "other fusions",
+)
 
 
 def computations(hlo_text):
@@ -79,8 +84,12 @@ def profile(batch, steps, size, timed_steps, stages=None):
   flops = common.lower_train_step(model, batch, steps, size).cost_analysis()["flops"]
   hlo = compiled.as_text()
   comps = computations(hlo)
-  lines = {m.group(1): (m.group(2), line) for line in hlo.splitlines()
-           for m in [re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (\S+)", line)] if m}
+  lines = {
+    m.group(1): (m.group(2), line)
+    for line in hlo.splitlines()
+    for m in [re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (\S+)", line)]
+    if m
+  }
   entry = {i[0] for i in memory_breakdown.entry_instructions(hlo)}
   state = [params, opt_state]
   for _ in range(2):  # warm-up
@@ -101,17 +110,23 @@ def profile(batch, steps, size, timed_steps, stages=None):
       per_kind[kind(e["name"], shape, line, comps)] += e["dur"] / 1e6 / timed_steps
       per_thread[(e["pid"], e["tid"])] += e["dur"] / 1e6 / timed_steps
   if not per_kind:
-    raise RuntimeError("no XLA operation events in the trace: was JAX started before this "
-                       "script could set --xla_cpu_enable_xprof_traceme?")
+    raise RuntimeError(
+      "no XLA operation events in the trace: was JAX started before this "
+      "script could set --xla_cpu_enable_xprof_traceme?"
+    )
   busy = sum(per_kind.values())
   conv = per_kind[KINDS[0]] + per_kind[KINDS[1]]
-  return {"shape_BTHWC": [batch, steps, size, size, common.IN_CHANNELS], "timed_steps": timed_steps,
-          "traced_step_s": wall, "step_flops": flops,
-          "thread_busy_s": sorted(per_thread.values(), reverse=True),
-          "thread_busy_fraction": [v / wall for v in sorted(per_thread.values(), reverse=True)],
-          "kind_thread_s": {k: per_kind[k] for k in KINDS},
-          "kind_share_of_busy": {k: per_kind[k] / busy for k in KINDS},
-          "conv_gflops_per_thread_s": flops / conv / 1e9 if conv else None}
+  return {
+    "shape_BTHWC": [batch, steps, size, size, common.IN_CHANNELS],
+    "timed_steps": timed_steps,
+    "traced_step_s": wall,
+    "step_flops": flops,
+    "thread_busy_s": sorted(per_thread.values(), reverse=True),
+    "thread_busy_fraction": [v / wall for v in sorted(per_thread.values(), reverse=True)],
+    "kind_thread_s": {k: per_kind[k] for k in KINDS},
+    "kind_share_of_busy": {k: per_kind[k] / busy for k in KINDS},
+    "conv_gflops_per_thread_s": flops / conv / 1e9 if conv else None,
+  }
 
 
 def main(argv=None):
@@ -131,17 +146,24 @@ def main(argv=None):
 
 def table(r):
   busy = ", ".join(f"{100 * f:.0f} %" for f in r["thread_busy_fraction"])
-  lines = [f"Bi-FCSLSTM train step `{r['shape_BTHWC']}`, {common.describe(r['machine'])}: traced "
-           f"step {r['traced_step_s']:.2f} s; XLA threads busy {busy} of it; "
-           f"{r['step_flops'] / 1e9:.0f} GFLOP per step", "",
-           "| kind of operation | thread time per step (s) | share of busy time |",
-           "| --- | ---: | ---: |"]
+  lines = [
+    f"Bi-FCSLSTM train step `{r['shape_BTHWC']}`, {common.describe(r['machine'])}: traced "
+    f"step {r['traced_step_s']:.2f} s; XLA threads busy {busy} of it; "
+    f"{r['step_flops'] / 1e9:.0f} GFLOP per step",
+    "",
+    "| kind of operation | thread time per step (s) | share of busy time |",
+    "| --- | ---: | ---: |",
+  ]
   for k in KINDS:
-    lines.append(f"| {k} | {r['kind_thread_s'][k]:.3f} | "
-                 f"{100 * r['kind_share_of_busy'][k]:.0f} % |")
+    lines.append(
+      f"| {k} | {r['kind_thread_s'][k]:.3f} | {100 * r['kind_share_of_busy'][k]:.0f} % |"
+    )
   if r["conv_gflops_per_thread_s"]:
-    lines += ["", f"All FLOPs of the step over the convolutions' thread time: "
-              f"{r['conv_gflops_per_thread_s']:.0f} GFLOP/s per thread"]
+    lines += [
+      "",
+      f"All FLOPs of the step over the convolutions' thread time: "
+      f"{r['conv_gflops_per_thread_s']:.0f} GFLOP/s per thread",
+    ]
   return "\n".join(lines)
 
 

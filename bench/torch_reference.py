@@ -3,7 +3,8 @@
 Written the way a PyTorch user would (NCHW, eager loop over time), with the same
 arrangement as the JAX model: Ψx (a VGG conv stage emitting the four gates) on all time steps
 at once (the bidirectional layer as two layers run one after the other, where the JAX model
-advances both directions in one scan), a 3x3 convolution without bias as Ψh, one gate bias (forget gate starts at 1), the
+advances both directions in one scan), a 3x3 convolution without bias as Ψh, one gate bias (forget
+gate starts at 1), the
 same back-end (4x4 stride-2 deconvolutions, 1x1 fuse projections of every stage). Layouts:
 ``[B, T, C, H, W]`` inside, ``[B, T, H, W, C]`` at the boundary so that inputs and logits
 match the JAX model's. :func:`load_flax_params` copies a Flax parameter tree in, so the two
@@ -12,10 +13,11 @@ implementations can be checked against each other.
 
 import numpy as np
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
-from fcslstm_jax.config import Config, VGG16_QUARTER
+from fcslstm_jax.config import VGG16_QUARTER
+from fcslstm_jax.config import Config
 
 
 class ConvStage(nn.Sequential):
@@ -37,10 +39,9 @@ class StructuredLSTM(nn.Module):
     super().__init__()
     self.hidden = hidden
     self.psi_x = ConvStage(cin, 4 * hidden, num_convs, hidden)
-    self.psi_h = nn.Conv2d(hidden, 4 * hidden, psi_h_kernel, padding=psi_h_kernel // 2,
-                           bias=False)
+    self.psi_h = nn.Conv2d(hidden, 4 * hidden, psi_h_kernel, padding=psi_h_kernel // 2, bias=False)
     bias = torch.zeros(4 * hidden)
-    bias[hidden:2 * hidden] = 1.0  # forget gate
+    bias[hidden : 2 * hidden] = 1.0  # forget gate
     self.bias = nn.Parameter(bias)
 
   def forward(self, x):

@@ -29,22 +29,22 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from fcslstm_jax.synthetic import bric_like  # noqa: E402  (the repository, not an install)
-from fcslstm_jax import datasets  # noqa: E402
-from fcslstm_jax.data import study  # noqa: E402
-from fcslstm_jax.outputs import figures  # noqa: E402
-from fcslstm_jax import files  # noqa: E402
-from fcslstm_jax import metrics  # noqa: E402
-from fcslstm_jax.data import sequences  # noqa: E402
-from fcslstm_jax.train import loop  # noqa: E402
-from fcslstm_jax.config import get_config  # noqa: E402
-from fcslstm_jax.infer import predict  # noqa: E402
-from fcslstm_jax.model import networks  # noqa: E402
-from fcslstm_jax.model.networks import MODELS, count_params  # noqa: E402
-from fcslstm_jax.run_record import RunRecord  # noqa: E402
+from fcslstm_jax import datasets
+from fcslstm_jax import files
+from fcslstm_jax import metrics
+from fcslstm_jax.config import get_config
+from fcslstm_jax.data import sequences
+from fcslstm_jax.data import study
+from fcslstm_jax.infer import predict
+from fcslstm_jax.model import networks
+from fcslstm_jax.model.networks import MODELS
+from fcslstm_jax.model.networks import count_params
+from fcslstm_jax.outputs import figures
+from fcslstm_jax.run_record import RunRecord
+from fcslstm_jax.synthetic import bric_like
+from fcslstm_jax.train import loop
 
-PAPER = {"bric": {"fcn": (0.920, 0.850), "fcslstm": (0.935, 0.853),
-                  "bi-fcslstm": (0.948, 0.863)}}
+PAPER = {"bric": {"fcn": (0.920, 0.850), "fcslstm": (0.935, 0.853), "bi-fcslstm": (0.948, 0.863)}}
 QUICK_DATA = bric_like.TINY
 
 
@@ -54,8 +54,10 @@ def labeled_sequences(subjects, protocol):
   full = sequences.make_sequences(subjects, protocol, "all")
   chosen = set(zip(train.subject_ids, train.slice_index.tolist()))
   keep = np.array([(sid, int(z)) in chosen for sid, z in zip(full.subject_ids, full.slice_index)])
-  take = lambda v: (v if v is None else v[keep] if isinstance(v, np.ndarray)
-                    else tuple(np.asarray(v)[keep]))
+
+  def take(v):
+    return v if v is None else v[keep] if isinstance(v, np.ndarray) else tuple(np.asarray(v)[keep])
+
   return sequences.SliceSet(**{f: take(v) for f, v in vars(full).items()})
 
 
@@ -66,8 +68,9 @@ def run_one(model, seed, config, subjects, protocol, runs_dir, log):
   workdir = os.path.join(runs_dir, protocol.name, f"{model}-seed{seed}")
   record = RunRecord(config=config, dataset="compare", protocol=protocol)
   t0 = time.time()
-  result = loop.train_and_evaluate(config, train_set, test_set, workdir,
-                                   protocol.class_names, record, log=log)
+  result = loop.train_and_evaluate(
+    config, train_set, test_set, workdir, protocol.class_names, record, log=log
+  )
   seconds = time.time() - t0
   seq = labeled_sequences(subjects, protocol)
   net = networks.build_model(config, protocol.num_classes)
@@ -75,10 +78,16 @@ def run_one(model, seed, config, subjects, protocol, runs_dir, log):
   pred = predict.predict_all(predict_fn, result.state.params, seq, config.batch_size)
   mask = seq.label_mask * seq.valid[:, :, None, None]
   consistency = metrics.temporal_consistency(pred, mask)
-  return {"model": model, "seed": seed, "train": result.train, "test": result.test,
-          "temporal_consistency": [float(v) for v in consistency],
-          "parameters": count_params(result.state.params), "seconds": seconds,
-          "steps": int(result.state.step)}, (seq, pred)
+  return {
+    "model": model,
+    "seed": seed,
+    "train": result.train,
+    "test": result.test,
+    "temporal_consistency": [float(v) for v in consistency],
+    "parameters": count_params(result.state.params),
+    "seconds": seconds,
+    "steps": int(result.state.step),
+  }, (seq, pred)
 
 
 def mean_std(values):
@@ -98,41 +107,57 @@ def aggregate(runs, class_names, truth_consistency):
     if not rs:
       continue
     table[model] = {
-        "train_mpa": mean_std([r["train"]["mpa"] for r in rs]),
-        "test_mpa": mean_std([r["test"]["mpa"] for r in rs]),
-        "test_dice": {c: mean_std([r["test"]["dice"][c] for r in rs]) for c in class_names},
-        "temporal_consistency": mean_std([np.mean(r["temporal_consistency"]) for r in rs]),
-        "parameters": rs[0]["parameters"], "seconds": mean_std([r["seconds"] for r in rs]),
-        "seeds": [r["seed"] for r in rs]}
+      "train_mpa": mean_std([r["train"]["mpa"] for r in rs]),
+      "test_mpa": mean_std([r["test"]["mpa"] for r in rs]),
+      "test_dice": {c: mean_std([r["test"]["dice"][c] for r in rs]) for c in class_names},
+      "temporal_consistency": mean_std([np.mean(r["temporal_consistency"]) for r in rs]),
+      "parameters": rs[0]["parameters"],
+      "seconds": mean_std([r["seconds"] for r in rs]),
+      "seeds": [r["seed"] for r in rs],
+    }
   return {"models": table, "ground_truth_temporal_consistency": truth_consistency}
 
 
 def markdown(summary, protocol_name, class_names, header):
-  pct = lambda ms: "n/a" if ms[0] is None else f"{100 * ms[0]:.1f}" + (
-      "" if ms[1] is None else f" ± {100 * ms[1]:.1f}")
+  def pct(ms):
+    return (
+      "n/a"
+      if ms[0] is None
+      else f"{100 * ms[0]:.1f}" + ("" if ms[1] is None else f" ± {100 * ms[1]:.1f}")
+    )
+
   paper = PAPER.get(protocol_name, {})
-  columns = (["model", "train mPA %", "test mPA %", "paper train / test %"]
-             + [f"test Dice {c} %" for c in class_names[1:]]
-             + ["temporal consistency %", "parameters", "minutes per run"])
+  columns = (
+    ["model", "train mPA %", "test mPA %", "paper train / test %"]
+    + [f"test Dice {c} %" for c in class_names[1:]]
+    + ["temporal consistency %", "parameters", "minutes per run"]
+  )
   lines = [header, "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
   for model, row in summary["models"].items():
     p = paper.get(model)
     lines.append(
-        f"| {model} | {pct(row['train_mpa'])} | {pct(row['test_mpa'])} | "
-        + (f"{100 * p[0]:.1f} / {100 * p[1]:.1f}" if p else "n/a") + " | "
-        + " | ".join(pct(row["test_dice"][c]) for c in class_names[1:])
-        + f" | {pct(row['temporal_consistency'])} | {row['parameters']:,} | "
-        + f"{row['seconds'][0] / 60:.1f} |")
+      f"| {model} | {pct(row['train_mpa'])} | {pct(row['test_mpa'])} | "
+      + (f"{100 * p[0]:.1f} / {100 * p[1]:.1f}" if p else "n/a")
+      + " | "
+      + " | ".join(pct(row["test_dice"][c]) for c in class_names[1:])
+      + f" | {pct(row['temporal_consistency'])} | {row['parameters']:,} | "
+      + f"{row['seconds'][0] / 60:.1f} |"
+    )
   gt = summary["ground_truth_temporal_consistency"]
-  lines += ["", f"Temporal consistency of the ground truth on the same voxels: {100 * gt:.1f} %"
-            " (scans are not registered over time, so it is below 100 %)."]
+  lines += [
+    "",
+    f"Temporal consistency of the ground truth on the same voxels: {100 * gt:.1f} %"
+    " (scans are not registered over time, so it is below 100 %).",
+  ]
   return "\n".join(lines)
 
 
 def plot(path, runs, protocol_name):
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, ax = plt.subplots(figsize=(4.5, 3.2))
   models = [m for m in MODELS if any(r["model"] == m for r in runs)]
   for i, m in enumerate(models):
@@ -145,8 +170,10 @@ def plot(path, runs, protocol_name):
   ax.set_ylabel("test mPA (%)")
   lo = min(100 * r["test"]["mpa"] for r in runs)
   ax.set_ylim(max(0, lo - 10), 100)
-  ax.set_title(f"{protocol_name}: held-out time point" + (" (red: paper)" if protocol_name in PAPER else ""),
-               fontsize=9)
+  ax.set_title(
+    f"{protocol_name}: held-out time point" + (" (red: paper)" if protocol_name in PAPER else ""),
+    fontsize=9,
+  )
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -155,34 +182,63 @@ def plot(path, runs, protocol_name):
 def fig4(path, predictions, protocol):
   """Rows = time points; T1w, T2w, ground truth, then each model's prediction (subject 1)."""
   (seq, _), rows = next(iter(predictions.values())), range(protocol.num_timepoints)
-  cols = [(m, "image", [seq.images[0, t, ..., k] if seq.valid[0, t] else None for t in rows])
-          for k, m in enumerate(protocol.modalities)]
-  cols.append(("ground truth", "labels", [seq.labels[0, t] if seq.label_mask[0, t].any() else None
-                                          for t in rows]))
+  cols = [
+    (m, "image", [seq.images[0, t, ..., k] if seq.valid[0, t] else None for t in rows])
+    for k, m in enumerate(protocol.modalities)
+  ]
+  cols.append(
+    (
+      "ground truth",
+      "labels",
+      [seq.labels[0, t] if seq.label_mask[0, t].any() else None for t in rows],
+    )
+  )
   for model, (_, pred) in predictions.items():
     cols.append((model, "labels", [pred[0, t] if seq.valid[0, t] else None for t in rows]))
-  labels = [(f"{protocol.ages[t]:g} mo" if protocol.ages else f"t{t + 1}")
-            + (" (test)" if t in protocol.test_timepoints else "") for t in rows]
-  figures.montage(path, cols, labels, protocol.num_classes,
-                  title=f"sub-{seq.subject_ids[0]}, axial slice z={int(seq.slice_index[0])}")
+  labels = [
+    (f"{protocol.ages[t]:g} mo" if protocol.ages else f"t{t + 1}")
+    + (" (test)" if t in protocol.test_timepoints else "")
+    for t in rows
+  ]
+  figures.montage(
+    path,
+    cols,
+    labels,
+    protocol.num_classes,
+    title=f"sub-{seq.subject_ids[0]}, axial slice z={int(seq.slice_index[0])}",
+  )
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--dataset", default="bric", choices=datasets.BUILTIN,
-                 help="built-in protocol: bric (test 6 mo of 0-12) or ibis (3 sessions)")
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument(
+    "--dataset",
+    default="bric",
+    choices=datasets.BUILTIN,
+    help="built-in protocol: bric (test 6 mo of 0-12) or ibis (3 sessions)",
+  )
   p.add_argument("--seeds", type=int, default=3)
   p.add_argument("--config", default="quick")
   p.add_argument("--epochs", type=int)
   p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
   p.add_argument("--out", default="results")
-  p.add_argument("--workdir", default=os.path.join("runs", "compare"),
-                 help="folder of the runs (one train.py work directory per model and seed)")
-  p.add_argument("--quick", action="store_true",
-                 help="smoke test: tiny data (2 subjects, 32x32), tiny model, 1 epoch, 1 seed")
+  p.add_argument(
+    "--workdir",
+    default=os.path.join("runs", "compare"),
+    help="folder of the runs (one train.py work directory per model and seed)",
+  )
+  p.add_argument(
+    "--quick",
+    action="store_true",
+    help="smoke test: tiny data (2 subjects, 32x32), tiny model, 1 epoch, 1 seed",
+  )
   args = p.parse_args(argv)
-  config = get_config("tiny" if args.quick else args.config,
-                      epochs=1 if args.quick and args.epochs is None else args.epochs)
+  config = get_config(
+    "tiny" if args.quick else args.config,
+    epochs=1 if args.quick and args.epochs is None else args.epochs,
+  )
   seeds = 1 if args.quick else args.seeds
   root, protocol = datasets.resolve(args.dataset, generation=QUICK_DATA if args.quick else None)
   subjects = study.load_dataset(root, protocol)
@@ -194,23 +250,37 @@ def main(argv=None):
       record, pred = run_one(model, seed, config, subjects, protocol, args.workdir, print)
       runs.append(record)
       predictions.setdefault(model, pred)
-      print(f"   test mPA {record['test']['mpa']:.4f}, train mPA {record['train']['mpa']:.4f}, "
-            f"{record['seconds'] / 60:.1f} min")
+      print(
+        f"   test mPA {record['test']['mpa']:.4f}, train mPA {record['train']['mpa']:.4f}, "
+        f"{record['seconds'] / 60:.1f} min"
+      )
   seq = next(iter(predictions.values()))[0]
-  truth_tc = float(np.nanmean(metrics.temporal_consistency(
-      seq.labels, seq.label_mask * seq.valid[:, :, None, None])))
+  truth_tc = float(
+    np.nanmean(
+      metrics.temporal_consistency(seq.labels, seq.label_mask * seq.valid[:, :, None, None])
+    )
+  )
   summary = aggregate(runs, protocol.class_names, truth_tc)
   cpu = platform.processor() or platform.machine()
-  header = (f"### {protocol.name}: {len(subjects)} subjects, {seeds} seed(s), config "
-            f"`{'tiny' if args.quick else args.config}` ({config.epochs} epochs), "
-            f"{os.cpu_count()} CPU cores ({cpu}), jax {jax.__version__} on {jax.default_backend()}")
-  command = "python experiments/compare.py " + " ".join(
-      sys.argv[1:] if argv is None else argv)
+  header = (
+    f"### {protocol.name}: {len(subjects)} subjects, {seeds} seed(s), config "
+    f"`{'tiny' if args.quick else args.config}` ({config.epochs} epochs), "
+    f"{os.cpu_count()} CPU cores ({cpu}), jax {jax.__version__} on {jax.default_backend()}"
+  )
+  command = "python experiments/compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
   table = markdown(summary, protocol.name, protocol.class_names, header)
   stem = os.path.join(args.out, f"compare-{protocol.name}")
-  files.write_json(stem + ".json", {"command": command, "protocol": protocol.name,
-                                    "config": config.to_json(), "seeds": seeds, "runs": runs,
-                                    "summary": summary})
+  files.write_json(
+    stem + ".json",
+    {
+      "command": command,
+      "protocol": protocol.name,
+      "config": config.to_json(),
+      "seeds": seeds,
+      "runs": runs,
+      "summary": summary,
+    },
+  )
   files.write_text(stem + ".md", table + f"\n\nMade by `{command.strip()}`.\n")
   plot(stem + ".png", runs, protocol.name)
   fig4(stem + "-fig4.png", predictions, protocol)

@@ -21,7 +21,7 @@ from scipy import ndimage
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from fcslstm_jax.data import nifti_io  # noqa: E402  (the repository, not an install)
+from fcslstm_jax.data import nifti_io
 
 FACES = {"x0": np.s_[0], "x-1": np.s_[-1], "y0": np.s_[:, 0], "y-1": np.s_[:, -1]}
 
@@ -52,8 +52,11 @@ def main(argv=None):
   print("| session | " + " | ".join(keys) + " |\n|---" * (len(keys) + 1) + "|")
   for name, c in rows:
     print(f"| {name} | " + " | ".join(str(c[k]) for k in keys) + " |")
-  print("| mean per volume | " + " | ".join(f"{np.mean([c[k] for _, c in rows]):.0f}"
-                                          for k in keys) + " |")
+  print(
+    "| mean per volume | "
+    + " | ".join(f"{np.mean([c[k] for _, c in rows]):.0f}" for k in keys)
+    + " |"
+  )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,8 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(HERE, "peers"))
 
-from experiments.peers import run  # noqa: E402
-from fcslstm_jax import files  # noqa: E402
+from experiments.peers import run
+from fcslstm_jax import files
 
 RUN_PY = os.path.join(HERE, "peers", "run.py")
 TOOLS = ("fcslstm", "nnunet")
@@ -62,18 +62,29 @@ def budget_list(text: str) -> list:
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
   p.add_argument("--study", choices=sorted(run.DATASET_IDS), default="cohort")
-  p.add_argument("--budgets", type=budget_list, required=True,
-                 help="training wall-clock minutes for each tool, comma-separated: 10,30,60")
+  p.add_argument(
+    "--budgets",
+    type=budget_list,
+    required=True,
+    help="training wall-clock minutes for each tool, comma-separated: 10,30,60",
+  )
   p.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
-  p.add_argument("--out-dir", default=os.path.join(REPO, "results"),
-                 help="the summary goes here, each budget's record under its learning-curve/")
-  p.add_argument("--work-dir", default=os.path.join(REPO, "runs", "learning-curve"),
-                 help="each budget's run.py --work is a folder in it")
+  p.add_argument(
+    "--out-dir",
+    default=os.path.join(REPO, "results"),
+    help="the summary goes here, each budget's record under its learning-curve/",
+  )
+  p.add_argument(
+    "--work-dir",
+    default=os.path.join(REPO, "runs", "learning-curve"),
+    help="each budget's run.py --work is a folder in it",
+  )
   args, extra = p.parse_known_args(argv)
   managed = [a for a in extra if a.split("=")[0] in MANAGED]
   if managed:
-    p.error(f"{', '.join(managed)}: set by this script for each budget; not an extra run.py "
-            "argument")
+    p.error(
+      f"{', '.join(managed)}: set by this script for each budget; not an extra run.py argument"
+    )
   return args, extra
 
 
@@ -94,9 +105,19 @@ def summary_paths(args) -> tuple:
 
 
 def run_argv(args, budget: float, tools, extra) -> list:
-  return ["--study", args.study, "--budget-min", f"{budget:g}", "--tools", *tools,
-          "--out", budget_out(args, budget),
-          "--work", os.path.join(args.work_dir, f"{args.study}-{label(budget)}"), *extra]
+  return [
+    "--study",
+    args.study,
+    "--budget-min",
+    f"{budget:g}",
+    "--tools",
+    *tools,
+    "--out",
+    budget_out(args, budget),
+    "--work",
+    os.path.join(args.work_dir, f"{args.study}-{label(budget)}"),
+    *extra,
+  ]
 
 
 def missing_reason(tool: str):
@@ -110,21 +131,30 @@ def own_outputs(args) -> list:
   """This script's output paths relative to the repository's top (those inside it): the
   budgets' records and the summary. Commits that change only them change no code."""
   try:
-    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=REPO, check=True,
-                         capture_output=True, text=True).stdout.strip()
+    top = subprocess.run(
+      ["git", "rev-parse", "--show-toplevel"], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     return []
   paths = [os.path.join(args.out_dir, "learning-curve") + os.sep, *summary_paths(args)]
-  rels = [os.path.relpath(os.path.realpath(p), os.path.realpath(top))
-          + (os.sep if p.endswith(os.sep) else "") for p in paths]
+  rels = [
+    os.path.relpath(os.path.realpath(p), os.path.realpath(top))
+    + (os.sep if p.endswith(os.sep) else "")
+    for p in paths
+  ]
   return [r for r in rels if not r.startswith(os.pardir)]
 
 
 def changed_paths(a: str, b: str, repo: str = REPO):
   """Files that differ between commits ``a`` and ``b`` (None: git cannot tell)."""
   try:
-    out = subprocess.run(["git", "--no-optional-locks", "diff", "--name-only", a, b, "--"],
-                         cwd=repo, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+      ["git", "--no-optional-locks", "diff", "--name-only", a, b, "--"],
+      cwd=repo,
+      check=True,
+      capture_output=True,
+      text=True,
+    ).stdout
   except (OSError, subprocess.CalledProcessError):
     return None
   return [line for line in out.splitlines() if line]
@@ -143,8 +173,9 @@ def same_code(record: dict, code: dict, ignored, repo: str = REPO) -> bool:
     return False
   changed = changed_paths(theirs["commit"], code["commit"], repo)
   return changed is not None and all(
-      any(path == i or (i.endswith(os.sep) and path.startswith(i)) for i in ignored)
-      for path in changed)
+    any(path == i or (i.endswith(os.sep) and path.startswith(i)) for i in ignored)
+    for path in changed
+  )
 
 
 def read_record(path: str) -> dict:
@@ -188,8 +219,7 @@ def run_budget(args, budget: float, extra, ignored, missing: dict) -> dict:
     print(f"{label(budget)}: {tool}: {why}", flush=True)
   if not to_run:
     if current:
-      print(f"{label(budget)}: the record of {', '.join(current)} is current; skipped",
-            flush=True)
+      print(f"{label(budget)}: the record of {', '.join(current)} is current; skipped", flush=True)
     return notes
   keep = bool(current) and all(current.values())
   tools = to_run if keep else [t for t in args.tools if not missing[t]]
@@ -210,19 +240,29 @@ def row_of(tool_name: str, budget: float, record: dict, tool: dict, path: str) -
   whole = scores["whole_volumes"].get("test") or {}
   volumes = scores.get("volumes") or {}
   tissues = [n for n in (whole.get("dice") or {}) if n != "background"]
-  by_kind = lambda key: {kind: (volumes.get(kind) or {}).get(key)
-                         for kind in run.SUBJECT_KINDS}
-  return {"tool": tool_name, "budget_min": budget, "status": "measured",
-          "record": os.path.relpath(path, REPO),
-          "train_minutes": round(tool["train_seconds"] / 60, 2),
-          "infer_seconds": tool.get("infer_seconds"),
-          "heldout_mpa": test.get("mpa"), "heldout_mpa_tissue": test.get("mpa_fg"),
-          "heldout_whole_volume_dice": {n: whole["dice"][n] for n in tissues} or None,
-          "volume_error": by_kind("volume_error"), "volume_bias": by_kind("volume_bias"),
-          "growth_error": by_kind("growth_error"),
-          "commit": tool.get("commit"), "dirty": tool.get("dirty"),
-          "diff_sha256": tool.get("diff_sha256"), "measured_at": tool.get("measured_at"),
-          "cpus": (record.get("machine") or {}).get("cpus")}
+
+  def by_kind(key):
+    return {kind: (volumes.get(kind) or {}).get(key) for kind in run.SUBJECT_KINDS}
+
+  return {
+    "tool": tool_name,
+    "budget_min": budget,
+    "status": "measured",
+    "record": os.path.relpath(path, REPO),
+    "train_minutes": round(tool["train_seconds"] / 60, 2),
+    "infer_seconds": tool.get("infer_seconds"),
+    "heldout_mpa": test.get("mpa"),
+    "heldout_mpa_tissue": test.get("mpa_fg"),
+    "heldout_whole_volume_dice": {n: whole["dice"][n] for n in tissues} or None,
+    "volume_error": by_kind("volume_error"),
+    "volume_bias": by_kind("volume_bias"),
+    "growth_error": by_kind("growth_error"),
+    "commit": tool.get("commit"),
+    "dirty": tool.get("dirty"),
+    "diff_sha256": tool.get("diff_sha256"),
+    "measured_at": tool.get("measured_at"),
+    "cpus": (record.get("machine") or {}).get("cpus"),
+  }
 
 
 def summary_rows(args, extra, ignored, notes: dict) -> list:
@@ -249,12 +289,19 @@ def cells(values, kind=None) -> str:
   return run.per_class(values)
 
 
-HEAD = ["tool", "budget (min)", "training wall (min)", "held-out mPA, labeled slices (tissue)",
-        "held-out Dice CSF / GM / WM, whole volumes",
-        "volume error CSF / GM / WM, labeled subjects",
-        "volume error CSF / GM / WM, unlabeled subjects",
-        "growth error CSF / GM / WM, labeled subjects",
-        "growth error CSF / GM / WM, unlabeled subjects", "commit", "note"]
+HEAD = [
+  "tool",
+  "budget (min)",
+  "training wall (min)",
+  "held-out mPA, labeled slices (tissue)",
+  "held-out Dice CSF / GM / WM, whole volumes",
+  "volume error CSF / GM / WM, labeled subjects",
+  "volume error CSF / GM / WM, unlabeled subjects",
+  "growth error CSF / GM / WM, labeled subjects",
+  "growth error CSF / GM / WM, unlabeled subjects",
+  "commit",
+  "note",
+]
 
 
 def markdown(rows) -> str:
@@ -264,13 +311,19 @@ def markdown(rows) -> str:
       cols = [r["tool"], f"{r['budget_min']:g}"] + ["–"] * (len(HEAD) - 3) + [r["status"]]
     else:
       commit = (r["commit"] or "unknown")[:7] + (" (uncommitted changes)" if r["dirty"] else "")
-      cols = [r["tool"], f"{r['budget_min']:g}", f"{r['train_minutes']:.1f}",
-              f"{run.fmt(r['heldout_mpa'])} ({run.fmt(r['heldout_mpa_tissue'])})",
-              cells(r["heldout_whole_volume_dice"]),
-              cells(r["volume_error"], "labeled_subjects"),
-              cells(r["volume_error"], "unlabeled_subjects"),
-              cells(r["growth_error"], "labeled_subjects"),
-              cells(r["growth_error"], "unlabeled_subjects"), commit, ""]
+      cols = [
+        r["tool"],
+        f"{r['budget_min']:g}",
+        f"{r['train_minutes']:.1f}",
+        f"{run.fmt(r['heldout_mpa'])} ({run.fmt(r['heldout_mpa_tissue'])})",
+        cells(r["heldout_whole_volume_dice"]),
+        cells(r["volume_error"], "labeled_subjects"),
+        cells(r["volume_error"], "unlabeled_subjects"),
+        cells(r["growth_error"], "labeled_subjects"),
+        cells(r["growth_error"], "unlabeled_subjects"),
+        commit,
+        "",
+      ]
     lines.append("| " + " | ".join(cols) + " |")
   return "\n".join(lines) + "\n" + run.VOLUME_NOTE
 
@@ -286,20 +339,35 @@ def main(argv=None) -> int:
       notes[(budget, tool)] = why
   rows = summary_rows(args, extra, ignored, notes)
   command = "python experiments/learning_curve.py " + " ".join(
-      sys.argv[1:] if argv is None else argv)
+    sys.argv[1:] if argv is None else argv
+  )
   json_path, md_path = summary_paths(args)
   os.makedirs(args.out_dir, exist_ok=True)
-  files.write_json(json_path, {"command": command, "study": args.study,
-                               "budgets_min": args.budgets, "tools": args.tools,
-                               "extra_run_args": extra, "rows": rows})
+  files.write_json(
+    json_path,
+    {
+      "command": command,
+      "study": args.study,
+      "budgets_min": args.budgets,
+      "tools": args.tools,
+      "extra_run_args": extra,
+      "rows": rows,
+    },
+  )
   cpus = sorted({r["cpus"] for r in rows if r.get("cpus")})
-  header = (f"### {args.study}: learning curve, training wall-clock budgets of "
-            f"{' / '.join(f'{b:g}' for b in args.budgets)} min for each tool"
-            + (f", {' / '.join(map(str, cpus))} CPU cores" if cpus else "") + "\n\n")
+  header = (
+    f"### {args.study}: learning curve, training wall-clock budgets of "
+    f"{' / '.join(f'{b:g}' for b in args.budgets)} min for each tool"
+    + (f", {' / '.join(map(str, cpus))} CPU cores" if cpus else "")
+    + "\n\n"
+  )
   table = markdown(rows)
-  files.write_text(md_path, header + table + f"\nMade by `{command}`; each row's record: "
-                   f"{os.path.relpath(os.path.join(args.out_dir, 'learning-curve'), REPO)}"
-                   f"/{args.study}-<budget>min/peers-{args.study}.json.\n")
+  files.write_text(
+    md_path,
+    header + table + f"\nMade by `{command}`; each row's record: "
+    f"{os.path.relpath(os.path.join(args.out_dir, 'learning-curve'), REPO)}"
+    f"/{args.study}-<budget>min/peers-{args.study}.json.\n",
+  )
   print(header + table)
   return 0
 

@@ -31,33 +31,53 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from fcslstm_jax.synthetic import cohort  # noqa: E402  (the repository, not an install)
+from fcslstm_jax.synthetic import cohort
 
 STUDIES = {
-    "cohort": (0, cohort.CohortConfig()),
-    "cohort-b": (7, dataclasses.replace(cohort.CohortConfig(), slice_mm=2.4,
-                                        fov_mm=(192.0, 216.0, 57.6), voxel_mm=(1.4, 1.6, 1.25),
-                                        skull_strip=True, tilt_deg=3.0)),
+  "cohort": (0, cohort.CohortConfig()),
+  "cohort-b": (
+    7,
+    dataclasses.replace(
+      cohort.CohortConfig(),
+      slice_mm=2.4,
+      fov_mm=(192.0, 216.0, 57.6),
+      voxel_mm=(1.4, 1.6, 1.25),
+      skull_strip=True,
+      tilt_deg=3.0,
+    ),
+  ),
 }
 
 # Every lever names all the settings it is about (Config fields), so that a row means the
 # same whatever the presets' defaults are.
-PAPER = dict(class_weighting="inverse", dice_weight=0.0, rotate_deg=0.0, scale_range=0.0,
-             gamma=0.0, pseudo_label_epochs=0)
-AUGMENT = dict(PAPER, class_weighting="none", dice_weight=1.0, rotate_deg=15.0,
-               scale_range=0.15, gamma=0.3)
+PAPER = dict(
+  class_weighting="inverse",
+  dice_weight=0.0,
+  rotate_deg=0.0,
+  scale_range=0.0,
+  gamma=0.0,
+  pseudo_label_epochs=0,
+)
+AUGMENT = dict(
+  PAPER, class_weighting="none", dice_weight=1.0, rotate_deg=15.0, scale_range=0.15, gamma=0.3
+)
 LEVERS = {
-    "paper": ("the paper's loss (inverse-frequency weighted CE), flips + intensity scaling",
-              PAPER),
-    "weights-none": ("CE without class weights", dict(PAPER, class_weighting="none")),
-    "weights-sqrt": ("CE weighted by inverse square-root frequency",
-                     dict(PAPER, class_weighting="sqrt")),
-    "dice-ce": ("Dice + unweighted CE (nnU-Net's loss)",
-                dict(PAPER, class_weighting="none", dice_weight=1.0)),
-    "augment": ("Dice + CE, with rotation 15 deg, scaling 0.15, gamma 0.3", AUGMENT),
-    "self-train": ("augment, and self-training in the last 10 of 30 epochs (confident "
-                   "predictions on every slice and session, weight 0.5)",
-                   dict(AUGMENT, pseudo_label_epochs=10)),
+  "paper": ("the paper's loss (inverse-frequency weighted CE), flips + intensity scaling", PAPER),
+  "weights-none": ("CE without class weights", dict(PAPER, class_weighting="none")),
+  "weights-sqrt": (
+    "CE weighted by inverse square-root frequency",
+    dict(PAPER, class_weighting="sqrt"),
+  ),
+  "dice-ce": (
+    "Dice + unweighted CE (nnU-Net's loss)",
+    dict(PAPER, class_weighting="none", dice_weight=1.0),
+  ),
+  "augment": ("Dice + CE, with rotation 15 deg, scaling 0.15, gamma 0.3", AUGMENT),
+  "self-train": (
+    "augment, and self-training in the last 10 of 30 epochs (confident "
+    "predictions on every slice and session, weight 0.5)",
+    dict(AUGMENT, pseudo_label_epochs=10),
+  ),
 }
 
 
@@ -87,27 +107,55 @@ def one_run(study: str, lever: str, seed: int, work: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   log = workdir + ".log"
   settings = [f"--set={k}={v}" for k, v in LEVERS[lever][1].items()]
-  train = [sys.executable, "train.py", "--data-dir", root, "--workdir", workdir, "--seed",
-           str(seed), *settings]
+  train = [
+    sys.executable,
+    "train.py",
+    "--data-dir",
+    root,
+    "--workdir",
+    workdir,
+    "--seed",
+    str(seed),
+    *settings,
+  ]
   train_s = run_command(train, log)
-  evaluate = [sys.executable, "evaluate.py", "--workdir", workdir, "--labels",
-              os.path.join(root, "sourcedata", "full-labels"), "--out", out, "--no-report"]
+  evaluate = [
+    sys.executable,
+    "evaluate.py",
+    "--workdir",
+    workdir,
+    "--labels",
+    os.path.join(root, "sourcedata", "full-labels"),
+    "--out",
+    out,
+    "--no-report",
+  ]
   eval_s = run_command(evaluate, log)
   with open(os.path.join(out, "metrics.json")) as f:
     metrics = json.load(f)
-  return {"study": study, "lever": lever, "seed": seed, "settings": LEVERS[lever][1],
-          "train_command": " ".join(os.path.relpath(a, REPO) if os.path.isabs(a) else a
-                                    for a in train[1:]),
-          "train_seconds": round(train_s, 1), "evaluate_seconds": round(eval_s, 1),
-          "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-          "commit": git_commit(), "workdir": os.path.relpath(workdir, REPO),
-          "train_epoch_minutes": training_minutes(workdir), "metrics": metrics}
+  return {
+    "study": study,
+    "lever": lever,
+    "seed": seed,
+    "settings": LEVERS[lever][1],
+    "train_command": " ".join(
+      os.path.relpath(a, REPO) if os.path.isabs(a) else a for a in train[1:]
+    ),
+    "train_seconds": round(train_s, 1),
+    "evaluate_seconds": round(eval_s, 1),
+    "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "commit": git_commit(),
+    "workdir": os.path.relpath(workdir, REPO),
+    "train_epoch_minutes": training_minutes(workdir),
+    "metrics": metrics,
+  }
 
 
 def git_commit() -> str:
   try:
-    return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                                   text=True).strip()
+    return subprocess.check_output(
+      ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True
+    ).strip()
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
 
@@ -142,44 +190,78 @@ def row_cells(r) -> list:
   unlabeled subjects); labeled-slice mPA (held-out); minutes."""
   m = r["metrics"]
   whole = m.get("whole_volume") or {}
-  group = lambda g: whole.get(g) or {}
+
+  def group(g):
+    return whole.get(g) or {}
+
   names = [n for n in (group("heldout").get("dice") or {}) if n != "background"]
-  per = lambda d, f: " / ".join(f((d or {}).get(n)) for n in names)
-  growth = lambda g: ((whole.get("growth_error") or {}).get(g) or {}).get("error")
+
+  def per(d, f):
+    return " / ".join(f((d or {}).get(n)) for n in names)
+
+  def growth(g):
+    return ((whole.get("growth_error") or {}).get(g) or {}).get("error")
+
   held, train = group("heldout"), group("train_timepoints")
   minutes = (r.get("train_epoch_minutes") or r["train_seconds"] / 60) + r["evaluate_seconds"] / 60
-  return [r["lever"], str(r["seed"]), per(held.get("dice"), num), per(train.get("dice"), num),
-          per(group("unlabeled_subjects").get("dice"), num), per(held.get("precision"), num),
-          per(held.get("recall"), num), per(train.get("volume_bias"), pct),
-          per(held.get("volume_bias"), pct), per(growth("labeled_subjects"), pct_abs),
-          per(growth("unlabeled_subjects"), pct_abs), num((m.get("test") or {}).get("mpa")),
-          f"{minutes:.0f}"]
+  return [
+    r["lever"],
+    str(r["seed"]),
+    per(held.get("dice"), num),
+    per(train.get("dice"), num),
+    per(group("unlabeled_subjects").get("dice"), num),
+    per(held.get("precision"), num),
+    per(held.get("recall"), num),
+    per(train.get("volume_bias"), pct),
+    per(held.get("volume_bias"), pct),
+    per(growth("labeled_subjects"), pct_abs),
+    per(growth("unlabeled_subjects"), pct_abs),
+    num((m.get("test") or {}).get("mpa")),
+    f"{minutes:.0f}",
+  ]
 
 
-HEADER = ["lever", "seed", "Dice held-out", "Dice train time points", "Dice unlabeled subjects",
-          "precision held-out", "recall held-out", "volume bias train t.p.",
-          "volume bias held-out", "growth error", "growth error unlabeled subj.",
-          "slice mPA held-out", "min"]
+HEADER = [
+  "lever",
+  "seed",
+  "Dice held-out",
+  "Dice train time points",
+  "Dice unlabeled subjects",
+  "precision held-out",
+  "recall held-out",
+  "volume bias train t.p.",
+  "volume bias held-out",
+  "growth error",
+  "growth error unlabeled subj.",
+  "slice mPA held-out",
+  "min",
+]
 
 
 def markdown(study: str, rows: list) -> str:
-  lines = [f"# Levers on whole volumes and trajectories: {study}", "",
-           "Made by `python experiments/trajectories.py --study " + study + "`. Every cell "
-           "with three values is CSF / GM / WM. Whole volumes against the study's full labels "
-           "(which training never reads). Volume bias: mean (predicted - true) / true over "
-           "sessions; growth error: mean |predicted growth - true growth| / |true growth|, "
-           "first to last session, over subjects. Slice mPA: the paper's metric on the "
-           "held-out time point's labeled slices. Minutes: training epochs (all attempts of a "
-           "resumed run, `metrics.jsonl`) plus evaluation, on the machine named in the JSON, "
-           "shared with other work (a load we did not control). The JSON holds every number "
-           "(`metrics.whole_volume`), with the unsigned volume errors. Self-training "
-           "(`self-train`) trains on the images of every subject, the unlabeled ones "
-           "included (never on a held-out label): its unlabeled-subject columns are not "
-           "out of sample.",
-           "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+  lines = [
+    f"# Levers on whole volumes and trajectories: {study}",
+    "",
+    "Made by `python experiments/trajectories.py --study " + study + "`. Every cell "
+    "with three values is CSF / GM / WM. Whole volumes against the study's full labels "
+    "(which training never reads). Volume bias: mean (predicted - true) / true over "
+    "sessions; growth error: mean |predicted growth - true growth| / |true growth|, "
+    "first to last session, over subjects. Slice mPA: the paper's metric on the "
+    "held-out time point's labeled slices. Minutes: training epochs (all attempts of a "
+    "resumed run, `metrics.jsonl`) plus evaluation, on the machine named in the JSON, "
+    "shared with other work (a load we did not control). The JSON holds every number "
+    "(`metrics.whole_volume`), with the unsigned volume errors. Self-training "
+    "(`self-train`) trains on the images of every subject, the unlabeled ones "
+    "included (never on a held-out label): its unlabeled-subject columns are not "
+    "out of sample.",
+    "",
+    "| " + " | ".join(HEADER) + " |",
+    "|" + "---|" * len(HEADER),
+  ]
   lines += ["| " + " | ".join(row_cells(r)) + " |" for r in rows]
-  lines += ["", "Levers:", ""] + [f"- `{k}`: {LEVERS[k][0]}" for k in dict.fromkeys(
-      r["lever"] for r in rows) if k in LEVERS]
+  lines += ["", "Levers:", ""] + [
+    f"- `{k}`: {LEVERS[k][0]}" for k in dict.fromkeys(r["lever"] for r in rows) if k in LEVERS
+  ]
   return "\n".join(lines) + "\n"
 
 
@@ -189,10 +271,15 @@ RESULTS = os.path.join(REPO, "results")
 def write_results(study: str, rows: list) -> None:
   base = os.path.join(RESULTS, f"trajectories-{study}")
   os.makedirs(os.path.dirname(base), exist_ok=True)
-  record = {"study": study, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-            "rows": rows}
-  for path, text in ((base + ".json", json.dumps(record, indent=1) + "\n"),
-                     (base + ".md", markdown(study, rows))):
+  record = {
+    "study": study,
+    "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    "rows": rows,
+  }
+  for path, text in (
+    (base + ".json", json.dumps(record, indent=1) + "\n"),
+    (base + ".md", markdown(study, rows)),
+  ):
     with open(path + ".tmp", "w") as f:
       f.write(text)
     os.replace(path + ".tmp", path)
@@ -210,14 +297,19 @@ def main(argv=None) -> int:
   global RESULTS
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--study", default="cohort", choices=sorted(STUDIES))
-  p.add_argument("--levers", default=",".join(LEVERS),
-                 help=f"comma-separated, from {', '.join(LEVERS)}")
+  p.add_argument(
+    "--levers", default=",".join(LEVERS), help=f"comma-separated, from {', '.join(LEVERS)}"
+  )
   p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
-  p.add_argument("--work", default=os.path.join(REPO, "runs", "trajectories"),
-                 help="run folders (kept: a rerun resumes them)")
+  p.add_argument(
+    "--work",
+    default=os.path.join(REPO, "runs", "trajectories"),
+    help="run folders (kept: a rerun resumes them)",
+  )
   p.add_argument("--results", default=RESULTS, help="where the tables go")
-  p.add_argument("--tables", action="store_true",
-                 help="only rewrite the markdown table from the JSON")
+  p.add_argument(
+    "--tables", action="store_true", help="only rewrite the markdown table from the JSON"
+  )
   args = p.parse_args(argv)
   RESULTS = args.results
   levers = args.levers.split(",")

@@ -23,8 +23,12 @@ log = logging.getLogger(__name__)
 BEST_METRIC = "train_mpa"  # see fcslstm_jax/train/loop.py: never the held-out time point
 
 
-_OS_ERRORS = ("No space left on device", "Disk quota exceeded", "Read-only file system",
-              "Permission denied")
+_OS_ERRORS = (
+  "No space left on device",
+  "Disk quota exceeded",
+  "Read-only file system",
+  "Permission denied",
+)
 
 
 def _first_line(e: BaseException) -> str:
@@ -50,8 +54,9 @@ def _disk_space_error(directory: str, state) -> str | None:
     return None
   if free >= needed:
     return None
-  return (f"No space left on device: about {needed / 2**20:.1f} MiB needed, "
-          f"{free / 2**20:.1f} MiB free")
+  return (
+    f"No space left on device: about {needed / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free"
+  )
 
 
 def _state_dict(state):
@@ -63,16 +68,19 @@ class Checkpointer:
 
   def __init__(self, workdir: str, keep: int = 2):
     cm = ocp.checkpoint_managers
-    policy = cm.AnyPreservationPolicy([
+    policy = cm.AnyPreservationPolicy(
+      [
         cm.LatestN(n=keep),
-        cm.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
-                 keep_checkpoints_without_metrics=False),
-    ])
+        cm.BestN(
+          get_metric_fn=lambda m: m[BEST_METRIC], n=1, keep_checkpoints_without_metrics=False
+        ),
+      ]
+    )
     # cleanup_tmp_directories: orbax removes the temporary folder of a save that was killed
     # or failed (disk full) when the next run opens the folder.
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy,
-                                           enable_async_checkpointing=False,
-                                           cleanup_tmp_directories=True)
+    options = ocp.CheckpointManagerOptions(
+      preservation_policy=policy, enable_async_checkpointing=False, cleanup_tmp_directories=True
+    )
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     self.unreadable = set()  # steps restore() could not read; save() replaces them
@@ -86,8 +94,7 @@ class Checkpointer:
       self.unreadable.discard(step)
     older = [s for s in self.steps() if s < step]
     kept = f"step {older[-1]} is kept" if older else "no earlier checkpoint exists"
-    fix = (f"Free disk space or choose a writable --workdir, then rerun the same command "
-           f"({kept}).")
+    fix = f"Free disk space or choose a writable --workdir, then rerun the same command ({kept})."
     full = _disk_space_error(self.directory, _state_dict(state))
     if full:
       raise CheckpointError(f"{self.directory}: could not write checkpoint {step} ({full}). {fix}")
@@ -96,7 +103,8 @@ class Checkpointer:
       self.manager.wait_until_finished()
     except Exception as e:  # tensorstore reports a full disk as ValueError
       raise CheckpointError(
-          f"{self.directory}: could not write checkpoint {step} ({_first_line(e)}). {fix}") from e
+        f"{self.directory}: could not write checkpoint {step} ({_first_line(e)}). {fix}"
+      ) from e
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -108,7 +116,8 @@ class Checkpointer:
     """
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _state_dict(state))
     restored, s = self._first_readable(
-        step, lambda s: self.manager.restore(s, args=ocp.args.StandardRestore(abstract)))
+      step, lambda s: self.manager.restore(s, args=ocp.args.StandardRestore(abstract))
+    )
     return (state, None) if s is None else (state.replace(**restored), s)
 
   def restore_params(self, params, step: int | None = None):
@@ -118,8 +127,11 @@ class Checkpointer:
     Returns ``(params, step)``, or ``(params, None)`` when there is no checkpoint.
     """
     item = {"params": jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, params)}
-    args = ocp.args.PyTreeRestore(item=item, partial_restore=True,
-                                  restore_args=ocp.checkpoint_utils.construct_restore_args(item))
+    args = ocp.args.PyTreeRestore(
+      item=item,
+      partial_restore=True,
+      restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+    )
 
     def read(s):
       reader = ocp.PyTreeCheckpointer()
@@ -140,18 +152,21 @@ class Checkpointer:
         restored = read(s)
       except Exception as e:  # orbax raises many types for truncated or missing files
         self.unreadable.add(s)
-        log.warning("checkpoint %s is unreadable (%s); trying an older one.",
-                    os.path.join(self.directory, str(s)), _first_line(e))
+        log.warning(
+          "checkpoint %s is unreadable (%s); trying an older one.",
+          os.path.join(self.directory, str(s)),
+          _first_line(e),
+        )
         continue
       if self.unreadable:
-        log.warning("using checkpoint %s instead.",
-                    os.path.join(self.directory, str(s)))
+        log.warning("using checkpoint %s instead.", os.path.join(self.directory, str(s)))
       return restored, s
     if not steps:
       return None, None
     raise CheckpointError(
-        f"{self.directory}: no checkpoint could be read (tried steps {steps}). "
-        "Delete the folder to start over, or point --workdir elsewhere.")
+      f"{self.directory}: no checkpoint could be read (tried steps {steps}). "
+      "Delete the folder to start over, or point --workdir elsewhere."
+    )
 
   def close(self):
     self.manager.close()

@@ -30,8 +30,13 @@ def default_dir() -> str:
 def resolve(flag: str | None) -> str | None:
   """The cache folder for ``--compile-cache`` (None: the environment's or the default), or
   None when it is off."""
-  value = flag if flag is not None else os.environ.get(
-      "FCSLSTM_COMPILE_CACHE", jax.config.jax_compilation_cache_dir or default_dir())
+  value = (
+    flag
+    if flag is not None
+    else os.environ.get(
+      "FCSLSTM_COMPILE_CACHE", jax.config.jax_compilation_cache_dir or default_dir()
+    )
+  )
   return None if value.strip().lower() in OFF else os.path.abspath(os.path.expanduser(value))
 
 
@@ -70,6 +75,9 @@ class CompileCounter:
       self.from_cache += 1
 
   def to_json(self) -> dict:
-    return {"compiled": self.programs - self.from_cache, "from_cache": self.from_cache,
-            "seconds": round(self.seconds[COMPILE_SECONDS], 2),
-            "cache_read_seconds": round(self.seconds[READ_SECONDS], 2)}
+    return {
+      "compiled": self.programs - self.from_cache,
+      "from_cache": self.from_cache,
+      "seconds": round(self.seconds[COMPILE_SECONDS], 2),
+      "cache_read_seconds": round(self.seconds[READ_SECONDS], 2),
+    }

@@ -49,8 +49,9 @@ PATCH_ACCELERATOR = (64, 128, 128)
 
 def _field(default, help, choices=None, minimum=None, maximum=None):
   """A config field with what ``--help`` shows and what :meth:`Config.__post_init__` checks."""
-  return dataclasses.field(default=default, metadata=dict(
-      help=help, choices=choices, minimum=minimum, maximum=maximum))
+  return dataclasses.field(
+    default=default, metadata=dict(help=help, choices=choices, minimum=minimum, maximum=maximum)
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,72 +61,123 @@ class Config:
   Every field can be set from ``train.py`` with ``--set NAME=VALUE``; its help, choices and
   range live here, in one place, and each value is checked when the config is made.
   """
+
   model: str = _field("bi-fcslstm", "network", choices=MODELS)
   epochs: int = _field(200, "training epochs", minimum=1)
   batch_size: int = _field(2, "sequences per step (global, over all devices)", minimum=1)
-  learning_rate: float = _field(1e-3, "initial RMSprop learning rate (paper: 1e-3)",
-                                minimum=0.0)
-  rmsprop_decay: float = _field(0.95, "RMSprop smoothing constant alpha (paper: 0.95)",
-                                minimum=0.0, maximum=1.0)
-  rmsprop_eps: float = _field(1e-8, "RMSprop epsilon, outside the square root as in torch",
-                              minimum=0.0)
-  lr_decay_rate: float = _field(0.97, "learning-rate factor per epoch after the decay begins",
-                                minimum=0.0, maximum=1.0)
-  lr_decay_begin_epoch: int = _field(20, "epochs at the initial rate before the decay "
-                                     "(paper: 20)", minimum=0)
+  learning_rate: float = _field(1e-3, "initial RMSprop learning rate (paper: 1e-3)", minimum=0.0)
+  rmsprop_decay: float = _field(
+    0.95, "RMSprop smoothing constant alpha (paper: 0.95)", minimum=0.0, maximum=1.0
+  )
+  rmsprop_eps: float = _field(
+    1e-8, "RMSprop epsilon, outside the square root as in torch", minimum=0.0
+  )
+  lr_decay_rate: float = _field(
+    0.97, "learning-rate factor per epoch after the decay begins", minimum=0.0, maximum=1.0
+  )
+  lr_decay_begin_epoch: int = _field(
+    20, "epochs at the initial rate before the decay (paper: 20)", minimum=0
+  )
   augment: bool = _field(True, "random flips and intensity scaling")
-  flip_prob: float = _field(0.5, "probability of each in-plane flip, per sequence",
-                            minimum=0.0, maximum=1.0)
-  intensity_scale: float = _field(0.1, "multiply each channel by U(1 - s, 1 + s)",
-                                  minimum=0.0, maximum=1.0)
-  rotate_deg: float = _field(0.0, "in-plane rotation by U(-r, r) degrees, per sequence "
-                             "(0: off; the paper's simple augmentation has none)",
-                             minimum=0.0, maximum=180.0)
-  scale_range: float = _field(0.0, "in-plane scaling by U(1 - s, 1 + s), per sequence "
-                              "(0: off)", minimum=0.0, maximum=0.5)
-  gamma: float = _field(0.0, "intensity gamma exp(U(-g, g)) per channel and sequence (0: "
-                        "off)", minimum=0.0, maximum=1.0)
-  class_weighting: str = _field("inverse", "cross-entropy class weights: inverse pixel "
-                                "count (the paper), its square root, or none "
-                                "(train/losses.py)", choices=("inverse", "sqrt", "none"))
-  dice_weight: float = _field(0.0, "add this times the soft Dice loss of the tissue classes "
-                              "(0: the paper's cross-entropy alone)", minimum=0.0)
-  pseudo_label_epochs: int = _field(0, "self-training: the last N epochs also train on the "
-                                    "model's own confident predictions on every slice and "
-                                    "session (train/pseudo_labels.py; 0: off; 2D only)",
-                                    minimum=0)
-  pseudo_label_confidence: float = _field(0.9, "self-training: a prediction becomes a pseudo-"
-                                          "label where its class probability reaches this",
-                                          minimum=0.0, maximum=1.0)
-  pseudo_label_weight: float = _field(0.5, "self-training: loss weight of a pseudo-labeled "
-                                      "voxel (a manual label weighs 1)", minimum=0.0)
-  stages: tuple = _field(VGG16_QUARTER, "front-end stages as [[channels, convs], ...] "
-                         "(VGG-16 / 4)")
-  spatial_dims: int = _field(2, "2: axial slices over time (the paper); 3: volumes over time "
-                             "[T, D, H, W], trained on patches", minimum=2, maximum=3)
-  stages_3d: tuple = _field(VGG16_EIGHTH, "front-end stages of the 3D models (3x3x3 convs; "
-                            "VGG-16 / 8)")
+  flip_prob: float = _field(
+    0.5, "probability of each in-plane flip, per sequence", minimum=0.0, maximum=1.0
+  )
+  intensity_scale: float = _field(
+    0.1, "multiply each channel by U(1 - s, 1 + s)", minimum=0.0, maximum=1.0
+  )
+  rotate_deg: float = _field(
+    0.0,
+    "in-plane rotation by U(-r, r) degrees, per sequence "
+    "(0: off; the paper's simple augmentation has none)",
+    minimum=0.0,
+    maximum=180.0,
+  )
+  scale_range: float = _field(
+    0.0, "in-plane scaling by U(1 - s, 1 + s), per sequence (0: off)", minimum=0.0, maximum=0.5
+  )
+  gamma: float = _field(
+    0.0, "intensity gamma exp(U(-g, g)) per channel and sequence (0: off)", minimum=0.0, maximum=1.0
+  )
+  class_weighting: str = _field(
+    "inverse",
+    "cross-entropy class weights: inverse pixel "
+    "count (the paper), its square root, or none "
+    "(train/losses.py)",
+    choices=("inverse", "sqrt", "none"),
+  )
+  dice_weight: float = _field(
+    0.0,
+    "add this times the soft Dice loss of the tissue classes (0: the paper's cross-entropy alone)",
+    minimum=0.0,
+  )
+  pseudo_label_epochs: int = _field(
+    0,
+    "self-training: the last N epochs also train on the "
+    "model's own confident predictions on every slice and "
+    "session (train/pseudo_labels.py; 0: off; 2D only)",
+    minimum=0,
+  )
+  pseudo_label_confidence: float = _field(
+    0.9,
+    "self-training: a prediction becomes a pseudo-label where its class probability reaches this",
+    minimum=0.0,
+    maximum=1.0,
+  )
+  pseudo_label_weight: float = _field(
+    0.5,
+    "self-training: loss weight of a pseudo-labeled voxel (a manual label weighs 1)",
+    minimum=0.0,
+  )
+  stages: tuple = _field(VGG16_QUARTER, "front-end stages as [[channels, convs], ...] (VGG-16 / 4)")
+  spatial_dims: int = _field(
+    2,
+    "2: axial slices over time (the paper); 3: volumes over time [T, D, H, W], trained on patches",
+    minimum=2,
+    maximum=3,
+  )
+  stages_3d: tuple = _field(
+    VGG16_EIGHTH, "front-end stages of the 3D models (3x3x3 convs; VGG-16 / 8)"
+  )
   patch_size: typing.Optional[tuple] = _field(
-      None, "3D training patch [d, h, w] in voxels (all T time points); null: "
-      f"{list(PATCH_CPU)} on CPU, {list(PATCH_ACCELERATOR)} on accelerators")
-  window_overlap: float = _field(0.5, "3D sliding-window inference: overlap of neighbouring "
-                                 "windows, a fraction of the window (nnU-Net: 0.5)",
-                                 minimum=0.0, maximum=0.9)
+    None,
+    "3D training patch [d, h, w] in voxels (all T time points); null: "
+    f"{list(PATCH_CPU)} on CPU, {list(PATCH_ACCELERATOR)} on accelerators",
+  )
+  window_overlap: float = _field(
+    0.5,
+    "3D sliding-window inference: overlap of neighbouring "
+    "windows, a fraction of the window (nnU-Net: 0.5)",
+    minimum=0.0,
+    maximum=0.9,
+  )
   score_every_epochs: typing.Optional[int] = _field(
-      None, "score the training and held-out labels every N epochs (the last epoch always); "
-      "null: the N that keeps scoring under ~20 % of the training time "
-      "(train/loop.py: scoring_interval)", minimum=1)
-  remat: str = _field("none", "rematerialization policy (model/networks.py); lean: least "
-                      "memory, for GPUs (much slower on CPU: bench/README.md)", choices=REMAT_POLICIES)
-  unroll: typing.Optional[int] = _field(None, "time steps unrolled per loop iteration; null: "
-                                        "all on CPU, a while loop on accelerators", minimum=1)
-  chunk_pixels: typing.Optional[int] = _field(None, "pixels per call of the Psi_x stages "
-                                              "(speed only); null: model/networks.py's default")
-  precision: str = _field("float32", "convolution dtype (parameters stay float32)",
-                          choices=PRECISIONS)
+    None,
+    "score the training and held-out labels every N epochs (the last epoch always); "
+    "null: the N that keeps scoring under ~20 % of the training time "
+    "(train/loop.py: scoring_interval)",
+    minimum=1,
+  )
+  remat: str = _field(
+    "none",
+    "rematerialization policy (model/networks.py); lean: least "
+    "memory, for GPUs (much slower on CPU: bench/README.md)",
+    choices=REMAT_POLICIES,
+  )
+  unroll: typing.Optional[int] = _field(
+    None,
+    "time steps unrolled per loop iteration; null: all on CPU, a while loop on accelerators",
+    minimum=1,
+  )
+  chunk_pixels: typing.Optional[int] = _field(
+    None, "pixels per call of the Psi_x stages (speed only); null: model/networks.py's default"
+  )
+  precision: str = _field(
+    "float32", "convolution dtype (parameters stay float32)", choices=PRECISIONS
+  )
   keep_checkpoints: int = _field(2, "latest checkpoints kept (besides the best)", minimum=1)
-  log_every_steps: int = _field(10, "read the loss back (progress bar, NaN guard, agreed "
-                                "stop) every N steps", minimum=1)
+  log_every_steps: int = _field(
+    10, "read the loss back (progress bar, NaN guard, agreed stop) every N steps", minimum=1
+  )
   seed: int = _field(0, "parameter, data order and augmentation seed")
 
   def __post_init__(self):
@@ -134,17 +186,25 @@ class Config:
     for name in STAGE_FIELDS:
       stages = getattr(self, name)
       if not stages or any(len(s) != 2 or min(s) < 1 for s in stages):
-        raise ConfigError(f"--set {name}={json.dumps(stages)}: needs one or more "
-                          "[channels, convs] pairs of positive integers.")
+        raise ConfigError(
+          f"--set {name}={json.dumps(stages)}: needs one or more "
+          "[channels, convs] pairs of positive integers."
+        )
     if self.pseudo_label_epochs and self.spatial_dims == 3:
-      raise ConfigError("--set pseudo_label_epochs: self-training is for 2D runs only; set it "
-                        "to 0 with --spatial-dims 3.")
+      raise ConfigError(
+        "--set pseudo_label_epochs: self-training is for 2D runs only; set it "
+        "to 0 with --spatial-dims 3."
+      )
     if self.pseudo_label_epochs > self.epochs:
-      raise ConfigError(f"--set pseudo_label_epochs={self.pseudo_label_epochs}: more than the "
-                        f"{self.epochs} epochs of the run.")
+      raise ConfigError(
+        f"--set pseudo_label_epochs={self.pseudo_label_epochs}: more than the "
+        f"{self.epochs} epochs of the run."
+      )
     if self.patch_size is not None and (len(self.patch_size) != 3 or min(self.patch_size) < 1):
-      raise ConfigError(f"--set patch_size={json.dumps(list(self.patch_size))}: needs three "
-                        "positive integers [d, h, w].")
+      raise ConfigError(
+        f"--set patch_size={json.dumps(list(self.patch_size))}: needs three "
+        "positive integers [d, h, w]."
+      )
 
   @property
   def model_stages(self) -> tuple:
@@ -154,8 +214,10 @@ class Config:
   def replace(self, **changes) -> "Config":
     unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
     if unknown:
-      raise ConfigError(f"unknown config field(s) {sorted(unknown)}; known: "
-                        f"{', '.join(f.name for f in dataclasses.fields(self))}.")
+      raise ConfigError(
+        f"unknown config field(s) {sorted(unknown)}; known: "
+        f"{', '.join(f.name for f in dataclasses.fields(self))}."
+      )
     return dataclasses.replace(self, **changes)
 
   def to_json(self) -> dict:
@@ -190,22 +252,27 @@ def _as_stages(value, where):
   try:
     return tuple(tuple(int(v) for v in s) for s in value)
   except (TypeError, ValueError):
-    raise ConfigError(f"{where}: stages must be [[channels, convs], ...], got "
-                      f"{json.dumps(value)}.") from None
+    raise ConfigError(
+      f"{where}: stages must be [[channels, convs], ...], got {json.dumps(value)}."
+    ) from None
 
 
 def _as_ints(value, where):
   try:
     return tuple(int(v) for v in value)
   except (TypeError, ValueError):
-    raise ConfigError(f"{where}: must be a list of integers, e.g. [32, 64, 64], got "
-                      f"{json.dumps(value)}.") from None
+    raise ConfigError(
+      f"{where}: must be a list of integers, e.g. [32, 64, 64], got {json.dumps(value)}."
+    ) from None
 
 
 STAGE_FIELDS = ("stages", "stages_3d")
 # What a JSON config holds where a field's declared type says less.
-JSON_TYPES = {"stages": tuple[tuple[int, ...], ...], "stages_3d": tuple[tuple[int, ...], ...],
-              "patch_size": typing.Optional[tuple[int, ...]]}
+JSON_TYPES = {
+  "stages": tuple[tuple[int, ...], ...],
+  "stages_3d": tuple[tuple[int, ...], ...],
+  "patch_size": typing.Optional[tuple[int, ...]],
+}
 # Fields stored as JSON lists, and how a list becomes the field's tuple.
 TUPLE_FIELDS = {"stages": _as_stages, "stages_3d": _as_stages, "patch_size": _as_ints}
 
@@ -218,13 +285,19 @@ def check_value(f, value):
     if not _optional(f):
       raise ConfigError(f"{flag}: {f.name} cannot be null.")
     return
-  ok = (isinstance(value, bool) if kind is bool else
-        isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
-        isinstance(value, int) and not isinstance(value, bool) if kind is int else
-        isinstance(value, kind))
+  ok = (
+    isinstance(value, bool)
+    if kind is bool
+    else isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is float
+    else isinstance(value, int) and not isinstance(value, bool)
+    if kind is int
+    else isinstance(value, kind)
+  )
   if not ok:
-    raise ConfigError(f"{flag}: {f.name} must be {kind.__name__}"
-                      + (" or null" if _optional(f) else "") + ".")
+    raise ConfigError(
+      f"{flag}: {f.name} must be {kind.__name__}" + (" or null" if _optional(f) else "") + "."
+    )
   if meta.get("choices") and value not in meta["choices"]:
     raise ConfigError(f"{flag}: choose one of {', '.join(meta['choices'])}.")
   if meta.get("minimum") is not None and value < meta["minimum"]:
@@ -239,8 +312,7 @@ def parse_override(text: str) -> tuple:
   name, sep, raw = text.partition("=")
   fields = {f.name: f for f in dataclasses.fields(Config)}
   if not sep or name not in fields:
-    raise ConfigError(f"--set {text}: expected NAME=VALUE with NAME one of "
-                      f"{', '.join(fields)}.")
+    raise ConfigError(f"--set {text}: expected NAME=VALUE with NAME one of {', '.join(fields)}.")
   f, raw = fields[name], raw.strip()
   kind = _base_type(f)
   if raw.lower() in ("null", "none") and _optional(f):
@@ -258,8 +330,9 @@ def parse_override(text: str) -> tuple:
       return name, TUPLE_FIELDS[name](json.loads(raw), f"--set {text}")
     return name, raw
   except (ValueError, json.JSONDecodeError):
-    raise ConfigError(f"--set {text}: {name} must be {kind.__name__}"
-                      + (" or null" if _optional(f) else "") + ".") from None
+    raise ConfigError(
+      f"--set {text}: {name} must be {kind.__name__}" + (" or null" if _optional(f) else "") + "."
+    ) from None
 
 
 def describe_fields() -> str:
@@ -278,20 +351,24 @@ def describe_fields() -> str:
 
 
 CONFIGS = {
-    "paper": Config(),
-    # 3D: windows overlap by a quarter (paper preset: nnU-Net's half), so that evaluate.py
-    # segments a ~100 x 105 x 120 volume in 80-100 windows of 32^3, not 252 (README, "3D + time").
-    "quick": Config(epochs=30, lr_decay_begin_epoch=10, window_overlap=0.25),
-    "tiny": Config(epochs=2, stages=((4, 1), (4, 1), (8, 1), (8, 1), (8, 1)),
-                   stages_3d=((4, 1), (4, 1), (8, 1), (8, 1), (8, 1)), keep_checkpoints=2),
+  "paper": Config(),
+  # 3D: windows overlap by a quarter (paper preset: nnU-Net's half), so that evaluate.py
+  # segments a ~100 x 105 x 120 volume in 80-100 windows of 32^3, not 252 (README, "3D + time").
+  "quick": Config(epochs=30, lr_decay_begin_epoch=10, window_overlap=0.25),
+  "tiny": Config(
+    epochs=2,
+    stages=((4, 1), (4, 1), (8, 1), (8, 1), (8, 1)),
+    stages_3d=((4, 1), (4, 1), (8, 1), (8, 1), (8, 1)),
+    keep_checkpoints=2,
+  ),
 }
 
 
 # One line per preset for train.py --help.
 PRESET_HELP = {
-    "paper": "the paper's recipe, 200 epochs",
-    "quick": "30 epochs, decay from epoch 10; 3D windows overlap 0.25 (CPU-sized evaluation)",
-    "tiny": "a narrow network for tests and smoke runs",
+  "paper": "the paper's recipe, 200 epochs",
+  "quick": "30 epochs, decay from epoch 10; 3D windows overlap 0.25 (CPU-sized evaluation)",
+  "tiny": "a narrow network for tests and smoke runs",
 }
 
 

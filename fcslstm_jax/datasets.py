@@ -12,8 +12,15 @@ from fcslstm_jax.run_record import RunRecord
 BUILTIN = tuple(protocol.BUILTIN)  # --dataset choices
 
 
-def resolve(dataset=None, data_dir=None, protocol_name=None, *, data_seed: int = 0,
-            volume: str = "slab", generation=None) -> tuple:
+def resolve(
+  dataset=None,
+  data_dir=None,
+  protocol_name=None,
+  *,
+  data_seed: int = 0,
+  volume: str = "slab",
+  generation=None,
+) -> tuple:
   """``(root, protocol)`` of ``--data-dir`` (with ``protocol_name``, ``--protocol``: a shipped
   name or a JSON file; default ``DIR/protocol.json`` if present, else bric) or else of built-in
   ``dataset`` (default bric; its own protocol), generated on first use.
@@ -31,6 +38,7 @@ def resolve(dataset=None, data_dir=None, protocol_name=None, *, data_seed: int =
 def builtin_root(data_seed: int = 0, volume: str = "slab", generation=None) -> str:
   """The built-in dataset's folder, generated on first use."""
   from fcslstm_jax.synthetic import bric_like  # the generator is only needed here
+
   config = generation or bric_like.VOLUMES[volume]
   return str(bric_like.ensure_dataset(seed=data_seed, config=config))
 

@@ -20,8 +20,9 @@ class CheckpointError(FcslstmError, RuntimeError):
 
 
 # File-system conditions the user can fix: disk full, quota, read-only or forbidden folder.
-USER_OS_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
-                            errno.ENOTDIR, errno.EISDIR})
+USER_OS_ERRNOS = frozenset(
+  {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR}
+)
 
 
 def user_message(e: BaseException, fix: str):
@@ -46,9 +47,10 @@ def run_cli(fn, debug: bool, fix: str) -> int:
   stderr for a mistake the user can fix; a bug in this program (anything else, or any error
   with ``debug``) keeps its traceback."""
   import sys
+
   try:
     return fn()
-  except Exception as e:  # noqa: BLE001 (sorted into user errors and bugs right below)
+  except Exception as e:
     message = None if debug else user_message(e, fix)
     if message is None:
       raise

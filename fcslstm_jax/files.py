@@ -109,8 +109,10 @@ def check_outside_dataset(out_dir: str, input_root: str, flag: str = "--out") ->
   """Outputs never go inside the input dataset (nothing can overwrite an input)."""
   out, root = os.path.realpath(out_dir), os.path.realpath(input_root)
   if os.path.commonpath([out, root]) == root:
-    raise ConfigError(f"{out_dir}: is inside the input dataset {input_root}. Choose a {flag} "
-                      "folder outside it; outputs never go next to the inputs.")
+    raise ConfigError(
+      f"{out_dir}: is inside the input dataset {input_root}. Choose a {flag} "
+      "folder outside it; outputs never go next to the inputs."
+    )
 
 
 def check_output_dir(out_dir: str, input_root: str) -> None:
@@ -120,7 +122,8 @@ def check_output_dir(out_dir: str, input_root: str) -> None:
   try:
     os.makedirs(out, exist_ok=True)
   except OSError as e:
-    raise ConfigError(f"{out_dir}: cannot be created ({e.strerror}). Choose another --out "
-                      "folder.") from e
+    raise ConfigError(
+      f"{out_dir}: cannot be created ({e.strerror}). Choose another --out folder."
+    ) from e
   if not os.access(out, os.W_OK):
     raise ConfigError(f"{out_dir}: is not writable. Choose another --out folder.")

@@ -31,8 +31,9 @@ def read(path, missing: str, fix: str) -> Any:
   try:
     return json.loads(text)
   except json.JSONDecodeError as e:
-    raise ConfigError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: "
-                      f"{e.msg}). {fix}") from None
+    raise ConfigError(
+      f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}). {fix}"
+    ) from None
 
 
 def _options(kind) -> list:
@@ -54,8 +55,13 @@ def _describe(kind) -> str:
     return "a list of " + (plural or _describe(element).replace("a list", "lists", 1))
   if dataclasses.is_dataclass(kind) or kind is dict:
     return "an object"
-  return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-          tuple: "a list"}.get(kind, getattr(kind, "__name__", str(kind)))
+  return {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    tuple: "a list",
+  }.get(kind, getattr(kind, "__name__", str(kind)))
 
 
 def _fits(kind, value) -> bool:
@@ -84,8 +90,9 @@ def check_object(d, cls, where: str) -> None:
   """``d`` must be a JSON object whose keys are fields of dataclass ``cls``."""
   known = [f.name for f in dataclasses.fields(cls)]
   if not isinstance(d, dict):
-    raise ConfigError(f"{where}: must hold a JSON object with keys {', '.join(known)}; got "
-                      f"{json.dumps(d)}.")
+    raise ConfigError(
+      f"{where}: must hold a JSON object with keys {', '.join(known)}; got {json.dumps(d)}."
+    )
   unknown = sorted(set(d) - set(known))
   if unknown:
     raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known: {', '.join(sorted(known))}.")
@@ -107,7 +114,6 @@ def fields_from_json(d, cls, where: str, types: dict = None) -> dict:
   for key, value in d.items():
     kind = (types or {}).get(key, hints[key])
     if not _fits(kind, value):
-      raise ConfigError(f"{where}: key {key!r} must be {_describe(kind)}, got "
-                        f"{json.dumps(value)}.")
+      raise ConfigError(f"{where}: key {key!r} must be {_describe(kind)}, got {json.dumps(value)}.")
     out[key] = _to_field(value)
   return out

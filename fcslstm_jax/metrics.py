@@ -28,7 +28,7 @@ def confusion_counts(pred, labels, mask, num_classes: int) -> np.ndarray:
   """:func:`confusion_matrix` in numpy (int64), for whole volumes on the host."""
   m = np.asarray(mask) > 0
   index = np.asarray(labels)[m].astype(np.int64) * num_classes + np.asarray(pred)[m]
-  return np.bincount(index, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+  return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
 def _ratio(num, den):
@@ -67,13 +67,25 @@ def summarize(cm, class_names) -> dict:
   """mPA, mean Dice and IoU, and the per-class values (``recall`` is ``pixel_accuracy``
   under its usual name, beside ``precision``), as plain floats (JSON-ready)."""
   acc, dice, iou = pixel_accuracy_per_class(cm), dice_per_class(cm), iou_per_class(cm)
-  per = lambda v: {n: (None if np.isnan(x) else float(x)) for n, x in zip(class_names, v)}
-  nanmean = lambda v: None if np.all(np.isnan(v)) else float(np.nanmean(v))
-  return {"mpa": nanmean(acc), "mpa_fg": nanmean(acc[1:]),
-          "mean_dice": nanmean(dice), "mean_iou": nanmean(iou),
-          "pixel_accuracy": per(acc), "dice": per(dice), "iou": per(iou),
-          "precision": per(precision_per_class(cm)), "recall": per(acc),
-          "voxels": int(np.asarray(cm).sum())}
+
+  def per(v):
+    return {n: (None if np.isnan(x) else float(x)) for n, x in zip(class_names, v)}
+
+  def nanmean(v):
+    return None if np.all(np.isnan(v)) else float(np.nanmean(v))
+
+  return {
+    "mpa": nanmean(acc),
+    "mpa_fg": nanmean(acc[1:]),
+    "mean_dice": nanmean(dice),
+    "mean_iou": nanmean(iou),
+    "pixel_accuracy": per(acc),
+    "dice": per(dice),
+    "iou": per(iou),
+    "precision": per(precision_per_class(cm)),
+    "recall": per(acc),
+    "voxels": int(np.asarray(cm).sum()),
+  }
 
 
 def temporal_agreement(seg, mask) -> np.ndarray:

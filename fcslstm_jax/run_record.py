@@ -10,7 +10,8 @@ load: a protocol recorded by name, no grid options, no ``volume``.
 
 import dataclasses
 import os
-from typing import Optional, Union
+from typing import Optional
+from typing import Union
 
 from fcslstm_jax import files
 from fcslstm_jax import jsonfile
@@ -41,6 +42,7 @@ class RunRecord:
     data_seed: the built-in dataset's generator seed.
     volume: the built-in dataset's extent, ``slab`` or ``whole``.
   """
+
   config: Config
   dataset: str
   protocol: protocol.Protocol
@@ -55,9 +57,13 @@ class RunRecord:
     return self.dataset in protocol.BUILTIN
 
   def to_json(self) -> dict:
-    d = {"config": self.config.to_json(), "config_name": self.config_name,
-         "dataset": self.dataset, "data_seed": self.data_seed,
-         "protocol": self.protocol.to_json()}
+    d = {
+      "config": self.config.to_json(),
+      "config_name": self.config_name,
+      "dataset": self.dataset,
+      "data_seed": self.data_seed,
+      "protocol": self.protocol.to_json(),
+    }
     if self.grid is not None:
       d["grid"] = self.grid.to_json()
     if self.volume != "slab":
@@ -69,13 +75,17 @@ class RunRecord:
     """The record in a parsed ``run.json``; one error line naming ``path`` when it does not
     hold one."""
     if not isinstance(d, dict) or not isinstance(d.get("config"), dict):
-      raise ConfigError(f"{path}: has no 'config' object; it was not written by train.py (or "
-                        "was edited). Restore it, or train again in another --workdir.")
+      raise ConfigError(
+        f"{path}: has no 'config' object; it was not written by train.py (or "
+        "was edited). Restore it, or train again in another --workdir."
+      )
     fields = jsonfile.fields_from_json(d, cls, path, JSON_TYPES)
     fields["config"] = Config.from_json(d["config"], path)
     if "dataset" not in fields:
-      raise ConfigError(f"{path}: has no 'dataset'; it was not written by train.py (or was "
-                        "edited). Restore it, or train again in another --workdir.")
+      raise ConfigError(
+        f"{path}: has no 'dataset'; it was not written by train.py (or was "
+        "edited). Restore it, or train again in another --workdir."
+      )
     recorded = fields.get("protocol")
     if isinstance(recorded, dict):
       fields["protocol"] = protocol.from_dict(recorded, f"{path} (protocol)")
@@ -91,10 +101,14 @@ class RunRecord:
     """What a resume with ``new`` would change (``"name: old -> new"``), besides the
     :data:`RESUMABLE_FIELDS`."""
     a, b = self.config.to_json(), new.config.to_json()
-    out = [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a) if k not in RESUMABLE_FIELDS
-           and a[k] != b[k]]
-    out += [f"{k}: {getattr(self, k)!r} -> {getattr(new, k)!r}" for k in ("dataset", "volume")
-            if getattr(self, k) != getattr(new, k)]
+    out = [
+      f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a) if k not in RESUMABLE_FIELDS and a[k] != b[k]
+    ]
+    out += [
+      f"{k}: {getattr(self, k)!r} -> {getattr(new, k)!r}"
+      for k in ("dataset", "volume")
+      if getattr(self, k) != getattr(new, k)
+    ]
     p, q = self.protocol.to_json(), new.protocol.to_json()
     out += [f"protocol {k}: {p[k]!r} -> {q[k]!r}" for k in p if p[k] != q[k]]
     if self.grid is not None and self.grid != new.grid:
@@ -110,9 +124,12 @@ def read(workdir: str) -> RunRecord:
   """The record of the run in ``workdir``, checked: one clear error when it is missing or
   broken."""
   path = path_of(workdir)
-  d = jsonfile.read(path, missing="Point --workdir at a folder written by train.py.",
-                    fix="It records the run's config and protocol: restore it from a backup, "
-                    "or train again in another --workdir.")
+  d = jsonfile.read(
+    path,
+    missing="Point --workdir at a folder written by train.py.",
+    fix="It records the run's config and protocol: restore it from a backup, "
+    "or train again in another --workdir.",
+  )
   return RunRecord.from_json(d, path)
 
 

@@ -13,20 +13,23 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # can differ from the default level in the last bits. Compiling, not running, is what these
 # tests spend their time on (the suite went from ~8.5 to ~4.5 min on 2 cores). Inherited by
 # the CLI subprocesses, so in-process and subprocess runs share cached programs.
-os.environ["XLA_FLAGS"] = " ".join(filter(None, (os.environ.get("XLA_FLAGS", ""),
-                                                 "--xla_backend_optimization_level=0")))
+os.environ["XLA_FLAGS"] = " ".join(
+  filter(None, (os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"))
+)
 
-import jax  # noqa: E402
+import jax
 
 # Strict numpy promotion, as in equinox's conftest: silent broadcasting bugs become errors.
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
-import pytest  # noqa: E402
+import pytest
+from helpers import STUDY
+from helpers import STUDY_EPOCHS
+from helpers import train_args
 
-from fcslstm_jax.synthetic import bric_like  # noqa: E402
-from fcslstm_jax.synthetic import cohort  # noqa: E402
-from helpers import STUDY, STUDY_EPOCHS, train_args  # noqa: E402
+from fcslstm_jax.synthetic import bric_like
+from fcslstm_jax.synthetic import cohort
 
 
 @pytest.fixture(scope="session")
@@ -39,8 +42,9 @@ def dataset(tmp_path_factory):
 def dataset3d(tmp_path_factory):
   """The built-in generator's tiny whole-volume dataset (bric_like.TINY_3D: 2 subjects,
   32x32x12), for the 3D + time tests."""
-  return bric_like.generate(tmp_path_factory.mktemp("data3d") / "tiny3d", seed=0,
-                            config=bric_like.TINY_3D)
+  return bric_like.generate(
+    tmp_path_factory.mktemp("data3d") / "tiny3d", seed=0, config=bric_like.TINY_3D
+  )
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +57,20 @@ def study_dir(tmp_path_factory):
 def study_run(study_dir, tmp_path_factory):
   """An FCN trained on ``study_dir`` with the study's protocol.json."""
   import train
+
   workdir = tmp_path_factory.mktemp("runs") / "fcn"
-  assert train.main(train_args(study_dir, workdir, STUDY_EPOCHS, "--model", "fcn",
-                               "--protocol", str(study_dir / "protocol.json"))) == 0
+  assert (
+    train.main(
+      train_args(
+        study_dir,
+        workdir,
+        STUDY_EPOCHS,
+        "--model",
+        "fcn",
+        "--protocol",
+        str(study_dir / "protocol.json"),
+      )
+    )
+    == 0
+  )
   return workdir

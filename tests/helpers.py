@@ -13,8 +13,19 @@ STUDY_EPOCHS = 4  # of the FCN trained on it (conftest.study_run)
 
 def train_args(data_dir, workdir, epochs, *extra):
   """train.py's flags for the end-to-end tests: tiny config, batch 2 (one compiled program)."""
-  return ["--data-dir", str(data_dir), "--config", "tiny", "--epochs", str(epochs),
-          "--batch-size", "2", "--workdir", str(workdir), *extra]
+  return [
+    "--data-dir",
+    str(data_dir),
+    "--config",
+    "tiny",
+    "--epochs",
+    str(epochs),
+    "--batch-size",
+    "2",
+    "--workdir",
+    str(workdir),
+    *extra,
+  ]
 
 
 def assert_predictions_on_input_grids(dataset, out, num_scans, num_classes=4):
@@ -22,6 +33,7 @@ def assert_predictions_on_input_grids(dataset, out, num_scans, num_classes=4):
   (shape, affine, orientation), of integer labels in ``0..num_classes-1``."""
   import nibabel as nib
   import numpy as np
+
   inputs = sorted(dataset.glob("sub-*/ses-*/anat/*_T1w.nii*"))
   assert len(inputs) == num_scans
   for t1 in inputs:

@@ -20,13 +20,13 @@ T0 = time.time()
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
-from fcslstm_jax.model import networks  # noqa: E402
-from fcslstm_jax.train import parallel  # noqa: E402
-from fcslstm_jax.train import loop  # noqa: E402
-from fcslstm_jax.config import get_config  # noqa: E402
+from fcslstm_jax.config import get_config
+from fcslstm_jax.model import networks
+from fcslstm_jax.train import loop
+from fcslstm_jax.train import parallel
 
 BATCH, STEPS, T, SIZE, CHANNELS, CLASSES = 2, 2, 2, 32, 2, 4
 WEIGHTS = np.array([0.5, 1.0, 1.5, 2.0], np.float32)
@@ -47,10 +47,15 @@ VOLUME_PATCH, VOLUME = (16, 16, 16), (16, 24, 24)  # 3D: D, H, W (4 windows of t
 def synthetic_batches(seed=0, spatial=(SIZE, SIZE)) -> list:
   rng = np.random.default_rng(seed)
   shape = (BATCH, T) + tuple(spatial)
-  return [{"images": rng.random(shape + (CHANNELS,), np.float32),
-           "labels": rng.integers(0, CLASSES, shape).astype(np.int32),
-           "label_mask": (rng.random(shape) < 0.5).astype(np.float32),
-           "valid": np.ones((BATCH, T), bool)} for _ in range(STEPS)]
+  return [
+    {
+      "images": rng.random(shape + (CHANNELS,), np.float32),
+      "labels": rng.integers(0, CLASSES, shape).astype(np.int32),
+      "label_mask": (rng.random(shape) < 0.5).astype(np.float32),
+      "valid": np.ones((BATCH, T), bool),
+    }
+    for _ in range(STEPS)
+  ]
 
 
 def initial_state(config, spatial=(SIZE, SIZE)):
@@ -61,19 +66,28 @@ def initial_state(config, spatial=(SIZE, SIZE)):
   x = jax.ShapeDtypeStruct((1, T) + tuple(spatial) + (CHANNELS,), np.float32)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)["params"]
   rng = np.random.default_rng(config.seed)
-  he = lambda s: (rng.standard_normal(s.shape) * np.sqrt(2 / np.prod(s.shape[:-1]))
-                  if len(s.shape) > 1 else np.zeros(s.shape)).astype(np.float32)
+
+  def he(s):
+    return (
+      rng.standard_normal(s.shape) * np.sqrt(2 / np.prod(s.shape[:-1]))
+      if len(s.shape) > 1
+      else np.zeros(s.shape)
+    ).astype(np.float32)
+
   params = jax.tree_util.tree_map(he, shapes)
-  state = loop.TrainState.create(apply_fn=model.apply, params=params,
-                                 tx=loop.make_optimizer(config, 1))
+  state = loop.TrainState.create(
+    apply_fn=model.apply, params=params, tx=loop.make_optimizer(config, 1)
+  )
   return jax.tree_util.tree_map(np.asarray, state)
 
 
 def step_on(mesh, config):
   """The jitted train step as ``loop.train_and_evaluate`` builds it."""
-  return jax.jit(lambda s, b, r: loop.train_step(s, b, r, class_weights=WEIGHTS,
-                                                 config=config),
-                 donate_argnums=0, out_shardings=parallel.replicated(mesh))
+  return jax.jit(
+    lambda s, b, r: loop.train_step(s, b, r, class_weights=WEIGHTS, config=config),
+    donate_argnums=0,
+    out_shardings=parallel.replicated(mesh),
+  )
 
 
 def train_on(mesh, config, state, batches):
@@ -86,8 +100,9 @@ def train_on(mesh, config, state, batches):
     state, out = step_fn(state, parallel.shard_batch(batch, mesh), step_rng)
     losses.append(float(out["loss"]))
   leaves = jax.tree_util.tree_leaves((state.params, state.opt_state))
-  assert all(x.sharding.is_fully_replicated and x.sharding.mesh.size == mesh.size
-             for x in leaves)  # parameters and optimizer state stay replicated
+  assert all(
+    x.sharding.is_fully_replicated and x.sharding.mesh.size == mesh.size for x in leaves
+  )  # parameters and optimizer state stay replicated
   return np.array(losses), flat(state.params)
 
 
@@ -98,15 +113,23 @@ def bf16_step(config, state, batch):
   model = networks.build_model(config, CLASSES)
   state = state.replace(apply_fn=model.apply)
   mesh = parallel.make_mesh(1)
-  args = (parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh),
-          parallel.replicate(jax.random.PRNGKey(1), mesh))
+  args = (
+    parallel.replicate(state, mesh),
+    parallel.shard_batch(batch, mesh),
+    parallel.replicate(jax.random.PRNGKey(1), mesh),
+  )
   lowered = step_on(mesh, config).lower(*args)
   compiled = lowered.compile()
   new_state, out = compiled(*args)
-  dtypes = {str(x.dtype) for x in jax.tree_util.tree_leaves((new_state.params,
-                                                            new_state.opt_state))}
-  return {"bf16_loss": float(out["loss"]), "bf16_lowered": lowered.as_text(dialect="hlo"),
-          "bf16_compiled": compiled.as_text(), "bf16_state_dtypes": sorted(dtypes)}
+  dtypes = {
+    str(x.dtype) for x in jax.tree_util.tree_leaves((new_state.params, new_state.opt_state))
+  }
+  return {
+    "bf16_loss": float(out["loss"]),
+    "bf16_lowered": lowered.as_text(dialect="hlo"),
+    "bf16_compiled": compiled.as_text(),
+    "bf16_state_dtypes": sorted(dtypes),
+  }
 
 
 def mesh_main(out):
@@ -138,8 +161,9 @@ def mesh_main(out):
     losses, params = train_on(mesh, fcn3d, state, batches)
     model = loop.build_model(fcn3d, CLASSES)
     predict = loop.make_volume_predict_fn(model, fcn3d, mesh, window_batch=2)
-    result[f"volume_proba{n}"] = predict(parallel.replicate(state.params, mesh), volume,
-                                         np.ones((1, T), bool))
+    result[f"volume_proba{n}"] = predict(
+      parallel.replicate(state.params, mesh), volume, np.ones((1, T), bool)
+    )
     log(f"fcn 3D on {n} device(s)")
     result[f"loss3d{n}"] = losses
     result.update({f"q{n}{k}": v for k, v in params.items()})
@@ -149,6 +173,7 @@ def mesh_main(out):
 def train_main(out, argv):
   import train
   from fcslstm_jax.checkpoint import Checkpointer
+
   results, run = [], loop.train_and_evaluate
 
   def keep_result(*args, **kwargs):  # train.main returns an exit code; keep the state too
@@ -168,10 +193,19 @@ def train_main(out, argv):
   ckpt = Checkpointer(workdir)  # every process restores, as orbax expects
   restored, step = ckpt.restore(state)
   ckpt.close()
-  same = all(np.array_equal(a, b) for a, b in zip(flat(state.params).values(),
-                                                  flat(restored.params).values()))
-  np.savez(out, rc_train=rc, step=int(state.step), ckpt_step=step, ckpt_matches=same,
-           process_count=jax.process_count(), **flat(state.params))
+  same = all(
+    np.array_equal(a, b)
+    for a, b in zip(flat(state.params).values(), flat(restored.params).values())
+  )
+  np.savez(
+    out,
+    rc_train=rc,
+    step=int(state.step),
+    ckpt_step=step,
+    ckpt_matches=same,
+    process_count=jax.process_count(),
+    **flat(state.params),
+  )
 
 
 if __name__ == "__main__":

@@ -13,9 +13,12 @@ from fcslstm_jax.train import augment
 def batch_of(b=2, t=3, h=9, w=9, c=2, seed=0):
   rng = np.random.default_rng(seed)
   labels = rng.integers(0, 4, size=(b, t, h, w)).astype(np.int32)
-  return {"images": jnp.asarray(rng.uniform(0, 1, size=(b, t, h, w, c)), jnp.float32),
-          "labels": jnp.asarray(labels), "label_mask": jnp.asarray(labels > 0, jnp.float32),
-          "valid": jnp.ones((b, t), bool)}
+  return {
+    "images": jnp.asarray(rng.uniform(0, 1, size=(b, t, h, w, c)), jnp.float32),
+    "labels": jnp.asarray(labels),
+    "label_mask": jnp.asarray(labels > 0, jnp.float32),
+    "valid": jnp.ones((b, t), bool),
+  }
 
 
 def test_a_quarter_turn_is_rot90_for_images_labels_and_mask():
@@ -37,8 +40,9 @@ def test_identity_warp_changes_nothing_and_labels_stay_classes():
   assert moved["labels"].dtype == batch["labels"].dtype
   # the mask moves with the labels: labeled voxels are where the moved labels are > 0 (or
   # moved in from outside: mask 0, labels 0)
-  np.testing.assert_array_equal(np.asarray(moved["label_mask"]) > 0,
-                                np.asarray(moved["labels"]) > 0)
+  np.testing.assert_array_equal(
+    np.asarray(moved["label_mask"]) > 0, np.asarray(moved["labels"]) > 0
+  )
   # every time point of a sequence moves alike
   twins = dict(batch, images=jnp.repeat(batch["images"][:, :1], 3, axis=1))
   out = augment.warp_in_plane(twins, jnp.array([0.3, 0.5]), jnp.array([1.0, 1.2]))
@@ -60,8 +64,10 @@ def test_gamma_keeps_the_unit_range_and_the_default_config_changes_nothing_new()
   config = get_config("quick")
   rng = jax.random.PRNGKey(3)
   plain = augment.augment(rng, batch, config)
-  np.testing.assert_array_equal(plain["images"], augment.flip_and_scale(
-      rng, batch, config.flip_prob, config.intensity_scale)["images"])
+  np.testing.assert_array_equal(
+    plain["images"],
+    augment.flip_and_scale(rng, batch, config.flip_prob, config.intensity_scale)["images"],
+  )
   richer = augment.augment(rng, batch, dataclasses.replace(config, rotate_deg=15.0, gamma=0.3))
   assert not np.allclose(richer["images"], plain["images"])
 

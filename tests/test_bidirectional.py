@@ -1,7 +1,8 @@
 """The merged bidirectional layer (both directions in one scan) against the two-scan layer.
 
 The reference is the layer as it was before the merge: two independent
-:class:`fcslstm_jax.model.slstm.StructuredLSTM` scans, the backward one on the time-reversed sequence
+:class:`fcslstm_jax.model.slstm.StructuredLSTM` scans, the backward one on the time-reversed
+sequence
 (a BRNN, paper Sec. 2.3). Parameters are mapped one to one with
 :func:`fcslstm_jax.model.slstm.merge_directions`.
 """
@@ -25,6 +26,7 @@ PSI_H = functools.partial(psi.Conv, use_bias=False)
 
 class TwoScanBidirectionalLSTM(nn.Module):
   """The paper's bidirectional layer: two scans, parameters per direction."""
+
   hidden: int
   psi_x: slstm.PsiFactory
   psi_h: slstm.PsiFactory
@@ -40,8 +42,15 @@ class TwoScanBidirectionalLSTM(nn.Module):
     assert not self.psi_x_in_scan
     if valid is None:
       valid = jnp.ones(x.shape[:2], bool)
-    kw = dict(hidden=self.hidden, psi_x=self.psi_x, psi_h=self.psi_h, unroll=self.unroll,
-              remat_step=self.remat_step, chunk_pixels=self.chunk_pixels, dtype=self.dtype)
+    kw = dict(
+      hidden=self.hidden,
+      psi_x=self.psi_x,
+      psi_h=self.psi_h,
+      unroll=self.unroll,
+      remat_step=self.remat_step,
+      chunk_pixels=self.chunk_pixels,
+      dtype=self.dtype,
+    )
     fwd = slstm.StructuredLSTM(**kw, name="forward")(x, valid)
     bwd = slstm.StructuredLSTM(**kw, name="backward")(x[:, ::-1], valid[:, ::-1])[:, ::-1]
     return jnp.concatenate([fwd, bwd], axis=-1)
@@ -52,14 +61,17 @@ def _perturbed(params, scale=0.1):
   leaves, tree = jax.tree_util.tree_flatten(params)
   keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
   return jax.tree_util.tree_unflatten(
-      tree, [p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+    tree, [p + scale * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
+  )
 
 
 def _logits_and_grads(apply, params, *args):
   """One compiled program: ``apply``'s output and the gradient of a loss of it."""
+
   def loss(p):
     out = apply({"params": p}, *args)
     return jnp.sum(jnp.sin(out)), out
+
   (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
   return out, grads
 
@@ -69,18 +81,28 @@ X = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 8, 8, 2))
 VALID = jnp.array([[True, False, True], [False, True, True]])
 
 
-@pytest.mark.parametrize("options", [
-    {}, {"remat_step": True}, {"unroll": 1}, {"chunk_pixels": 2 * 64},
+@pytest.mark.parametrize(
+  "options",
+  [
+    {},
+    {"remat_step": True},
+    {"unroll": 1},
+    {"chunk_pixels": 2 * 64},
     {"psi_x_in_scan": True, "remat_step": True},
-    {"batching": "vmap"}, {"batching": "vmap", "psi_x_in_scan": True, "remat_step": True}],
-    ids=str)
+    {"batching": "vmap"},
+    {"batching": "vmap", "psi_x_in_scan": True, "remat_step": True},
+  ],
+  ids=str,
+)
 def test_merged_layer_equals_two_scan_layer(options):
   old_options = {k: v for k, v in options.items() if k not in ("psi_x_in_scan", "batching")}
   old = TwoScanBidirectionalLSTM(3, PSI_X, PSI_H, **old_options)
   new = slstm.BidirectionalLSTM(3, PSI_X, PSI_H, **options)
   init_old = old.init(jax.random.PRNGKey(1), X)["params"]
-  chex.assert_trees_all_equal(new.init(jax.random.PRNGKey(1), X)["params"],  # same start
-                              slstm.merge_directions(init_old))
+  chex.assert_trees_all_equal(
+    new.init(jax.random.PRNGKey(1), X)["params"],  # same start
+    slstm.merge_directions(init_old),
+  )
   p_old = _perturbed(init_old)
   p_new = slstm.merge_directions(p_old)
   want, g_old = _logits_and_grads(old.apply, p_old, X, VALID)
@@ -95,8 +117,11 @@ def test_merged_layer_skips_missing_time_points_in_both_directions():
   layer = slstm.BidirectionalLSTM(3, PSI_X, PSI_H)
   params = {"params": _perturbed(layer.init(jax.random.PRNGKey(1), X)["params"])}
   apply = jax.jit(layer.apply)
-  for valid, kept in (([True, False, True], [0, 2]), ([False, True, True], [1, 2]),
-                      ([True, True, False], [0, 1])):
+  for valid, kept in (
+    ([True, False, True], [0, 2]),
+    ([False, True, True], [1, 2]),
+    ([True, True, False], [0, 1]),
+  ):
     with_gap = apply(params, X, jnp.array([valid] * 2))
     without = apply(params, X[:, kept])
     chex.assert_trees_all_close(with_gap[:, kept], without, atol=1e-6)
@@ -121,22 +146,29 @@ def test_one_scan_for_both_directions(batching, convs):
   new = slstm.BidirectionalLSTM(3, PSI_X, PSI_H, unroll=1, batching=batching)
   old = TwoScanBidirectionalLSTM(3, PSI_X, PSI_H, unroll=1)
   assert len(_scans(old.apply, old.init(jax.random.PRNGKey(1), X), X)) == 2
-  time_scans = [e for e in _scans(new.apply, new.init(jax.random.PRNGKey(1), X), X)
-                if e.params["length"] == X.shape[1]]  # not ``loop``'s scans of 2 directions
+  time_scans = [
+    e
+    for e in _scans(new.apply, new.init(jax.random.PRNGKey(1), X), X)
+    if e.params["length"] == X.shape[1]
+  ]  # not ``loop``'s scans of 2 directions
   (scan,) = time_scans
   body = scan.params["jaxpr"].jaxpr
   found = [(c.params["feature_group_count"], 1) for c in _convs(body)]
   for inner in (e for e in body.eqns if e.primitive.name == "scan"):
-    found += [(c.params["feature_group_count"], inner.params["length"])
-              for c in _convs(inner.params["jaxpr"].jaxpr)]
+    found += [
+      (c.params["feature_group_count"], inner.params["length"])
+      for c in _convs(inner.params["jaxpr"].jaxpr)
+    ]
   assert found == convs
 
 
 def merged(params):
   """A two-scan Bi-FCSLSTM's parameters (``slstm{k}/forward``, ``slstm{k}/backward``) in
   the merged layer's layout."""
-  return {k: slstm.merge_directions(v) if set(v) == set(slstm.DIRECTIONS) else v
-          for k, v in params.items()}
+  return {
+    k: slstm.merge_directions(v) if set(v) == set(slstm.DIRECTIONS) else v
+    for k, v in params.items()
+  }
 
 
 def test_merged_model_equals_two_scan_model(monkeypatch):

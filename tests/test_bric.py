@@ -12,12 +12,12 @@ import pytest
 
 from fcslstm_jax import datasets
 from fcslstm_jax.cli import preview
-from fcslstm_jax.synthetic import bric_like
-from fcslstm_jax.data import study
-from fcslstm_jax.outputs import figures
 from fcslstm_jax.data import protocol
 from fcslstm_jax.data import sequences
+from fcslstm_jax.data import study
 from fcslstm_jax.errors import DataError
+from fcslstm_jax.outputs import figures
+from fcslstm_jax.synthetic import bric_like
 
 # Reduced size: 2 subjects, 4 axial slices of 64 x 64 at 3 mm (same field of view).
 SMALL = bric_like.GenerationConfig(num_subjects=2, grid=(64, 64), num_slices=4, voxel_mm=3.0)
@@ -62,8 +62,15 @@ def test_same_seed_same_dataset(small_dir, tmp_path):
 
 def test_layout_and_description(small_dir):
   t1 = small_dir / "sub-02" / "ses-06mo" / "anat" / "sub-02_ses-06mo_T1w.nii.gz"
-  dseg = (small_dir / "derivatives" / "manual" / "sub-02" / "ses-06mo" / "anat" /
-          "sub-02_ses-06mo_dseg.nii.gz")
+  dseg = (
+    small_dir
+    / "derivatives"
+    / "manual"
+    / "sub-02"
+    / "ses-06mo"
+    / "anat"
+    / "sub-02_ses-06mo_dseg.nii.gz"
+  )
   img = nib.load(str(t1))
   assert img.shape == (64, 64, 4) and img.get_data_dtype() == np.int16
   assert nib.aff2axcodes(img.affine) == ("L", "A", "S")  # the loader has to reorient
@@ -118,8 +125,9 @@ def test_held_out_labels_never_reach_training(small_dir):
   labeled = train.label_mask.any(axis=(2, 3))  # [N, T]
   np.testing.assert_array_equal(labeled, np.tile([True, True, False, True, True], (2, 1)))
   assert not train.labels[:, 2].any()
-  np.testing.assert_array_equal(test.label_mask.any(axis=(2, 3)),
-                                np.tile([False, False, True, False, False], (2, 1)))
+  np.testing.assert_array_equal(
+    test.label_mask.any(axis=(2, 3)), np.tile([False, False, True, False, False], (2, 1))
+  )
   assert set(np.unique(test.labels[:, 2])) == {0, 1, 2, 3}
 
 
@@ -127,7 +135,8 @@ def test_ibis_protocol_uses_three_sessions(small_dir):
   ibis = protocol.IBIS_BUILTIN
   loaded = study.load_study(small_dir, ibis)
   assert [str(u).split(":")[0] for u in loaded.unassigned] == [
-      f"sub-{s} ses-{a:02d}mo (age {a})" for s in ("01", "02") for a in (0, 3)]  # named
+    f"sub-{s} ses-{a:02d}mo (age {a})" for s in ("01", "02") for a in (0, 3)
+  ]  # named
   s = sequences.make_sequences(loaded.subjects, ibis, "test")
   assert s.images.shape[1] == 3 and s.valid.all()
   np.testing.assert_array_equal(s.label_mask.any(axis=(2, 3))[0], [True, False, False])

@@ -35,7 +35,7 @@ def test_restore_params_skips_an_unreadable_checkpoint(tmp_path):
     ckpt.save(state_at(step, scale))
   for f in (tmp_path / "checkpoints" / "2").rglob("*"):
     if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
-      f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 2])
+      f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
   template = state_at(0, 0.0).params
   params, step = ckpt.restore_params(template)
   assert step == 1 and ckpt.unreadable == {2}

@@ -11,17 +11,18 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import STUDY
+from helpers import STUDY_EPOCHS
 
 import evaluate
 import train
-from fcslstm_jax.synthetic import cohort
-from fcslstm_jax.data import study
-from fcslstm_jax.infer import pipeline
 from fcslstm_jax.data import nifti_io
 from fcslstm_jax.data import protocol
 from fcslstm_jax.data import sequences
+from fcslstm_jax.data import study
 from fcslstm_jax.errors import ConfigError
-from helpers import STUDY, STUDY_EPOCHS
+from fcslstm_jax.infer import pipeline
+from fcslstm_jax.synthetic import cohort
 
 
 @pytest.fixture(scope="module")
@@ -76,17 +77,17 @@ def test_sparse_labels_sit_exactly_at_their_sessions_slices(study_dir, proto):
       offset = np.linalg.inv(subject.grid.affine) @ session.grid.affine @ [0, 0, 0, 1.0]
       x0, y0 = int(round(offset[0])), int(round(offset[1]))
       nx, ny = truth.data.shape[:2]
-      np.testing.assert_array_equal(session.labels[x0:x0 + nx, y0:y0 + ny, zw],
-                                    truth.data[:, :, z])
-      assert session.label_mask[x0:x0 + nx, y0:y0 + ny, zw].all()
+      np.testing.assert_array_equal(
+        session.labels[x0 : x0 + nx, y0 : y0 + ny, zw], truth.data[:, :, z]
+      )
+      assert session.label_mask[x0 : x0 + nx, y0 : y0 + ny, zw].all()
       assert session.label_mask.sum() == nx * ny
       if t in proto.train_timepoints:
         expected.setdefault((subject.subject_id, zw), set()).add(t)
     assert len(set(zs)) > 1  # the labeled z really differs between sessions
   got = {}
   for i, (sid, z) in enumerate(zip(train_set.subject_ids, train_set.slice_index)):
-    got[sid, int(z)] = {t for t in range(proto.num_timepoints)
-                        if train_set.label_mask[i, t].any()}
+    got[sid, int(z)] = {t for t in range(proto.num_timepoints) if train_set.label_mask[i, t].any()}
   assert got == expected
   assert not train_set.label_mask[:, list(proto.test_timepoints)].any()
   assert not train_set.labels[:, list(proto.test_timepoints)].any()
@@ -96,15 +97,24 @@ def test_held_out_labels_never_choose_training_slices(study_dir, proto, tmp_path
   """Moving the held-out session's labeled slice changes nothing in the training arrays."""
   other = shutil.copytree(study_dir, tmp_path / "moved")
   for sid in ("01", "02"):
-    path = other / "derivatives" / "manual" / f"sub-{sid}" / "ses-V3" / "anat" / \
-        f"sub-{sid}_ses-V3_dseg.nii.gz"
+    path = (
+      other
+      / "derivatives"
+      / "manual"
+      / f"sub-{sid}"
+      / "ses-V3"
+      / "anat"
+      / f"sub-{sid}_ses-V3_dseg.nii.gz"
+    )
     img = nib.load(str(path))
     labels = np.asarray(img.dataobj)
     moved = np.zeros_like(labels)
     moved[:, :, -1] = np.where(labels.any(axis=2), 1, 0)  # another slice, other classes
     nib.save(nib.Nifti1Image(moved, img.affine, img.header), str(path))
-  sets = [sequences.make_sequences(study.load_study(root, proto).subjects, proto, "train")
-          for root in (study_dir, other)]
+  sets = [
+    sequences.make_sequences(study.load_study(root, proto).subjects, proto, "train")
+    for root in (study_dir, other)
+  ]
   for field in ("images", "labels", "label_mask", "valid", "slice_index"):
     np.testing.assert_array_equal(getattr(sets[0], field), getattr(sets[1], field), field)
 
@@ -151,19 +161,34 @@ def test_rigid_registration_aligns_a_moved_session(tmp_path):
   """A session rotated by 8 degrees and shifted by up to 6 mm: registered, its labels
   overlap the reference session's clearly better than by the scanner affines alone."""
   config = dataclasses.replace(
-      cohort.TINY, num_subjects=1, num_unlabeled=0, ages=(9, 12), age_jitter=0.0,
-      fov_mm=(176.0, 192.0, 40.0), voxel_mm=(4.0,), slice_mm=4.0, crop_vox=0,
-      motion_deg=8.0, motion_mm=6.0, labels="dense",
-      protocol={"name": "two", "ages": [9, 12], "train_timepoints": [0, 1],
-                "labeled_slices_per_volume": 100})
+    cohort.TINY,
+    num_subjects=1,
+    num_unlabeled=0,
+    ages=(9, 12),
+    age_jitter=0.0,
+    fov_mm=(176.0, 192.0, 40.0),
+    voxel_mm=(4.0,),
+    slice_mm=4.0,
+    crop_vox=0,
+    motion_deg=8.0,
+    motion_mm=6.0,
+    labels="dense",
+    protocol={
+      "name": "two",
+      "ages": [9, 12],
+      "train_timepoints": [0, 1],
+      "labeled_slices_per_volume": 100,
+    },
+  )
   root = cohort.generate(tmp_path / "moved", seed=3, config=config)
   proto = protocol.get_protocol(None, root)
 
   def overlap(register):
     (subject,) = study.load_dataset(root, proto, register=register)
     a, b = (s.labels for s in subject.timepoints)
-    return np.mean([2 * ((a == k) & (b == k)).sum() / ((a == k).sum() + (b == k).sum())
-                    for k in (1, 2, 3)])
+    return np.mean(
+      [2 * ((a == k) & (b == k)).sum() / ((a == k).sum() + (b == k).sum()) for k in (1, 2, 3)]
+    )
 
   plain, registered = overlap("none"), overlap("rigid")
   print(f"tissue Dice between the sessions: {plain:.3f} by affines, {registered:.3f} registered")
@@ -174,19 +199,25 @@ def test_rigid_registration_aligns_a_moved_session(tmp_path):
 
 
 BAD_PROTOCOLS = {
-    "unknown key": ({"num_timepoints": 2, "train_timepoints": [0], "epochs": 3}, "'epochs'"),
-    "wrong type": ({"ages": "0, 6", "train_timepoints": [0]}, "'ages' must be a list"),
-    "list of the wrong type": ({"ages": [0, "six"], "train_timepoints": [0]}, "'ages'"),
-    "index outside": ({"ages": [0, 6], "train_timepoints": [0, 2]}, "train_timepoints [2]"),
-    "train and test overlap": ({"ages": [0, 6], "train_timepoints": [0, 1],
-                                "test_timepoints": [1]}, "both train_timepoints"),
-    "names and classes": ({"ages": [0, 6], "train_timepoints": [0], "num_classes": 3},
-                          "class_names has 4 names for 3 classes"),
-    "no train time points": ({"ages": [0, 6]}, "'train_timepoints' is missing"),
-    "ages not increasing": ({"ages": [6, 0], "train_timepoints": [0]}, "ages must increase"),
-    "a boolean as a number": ({"num_timepoints": True, "train_timepoints": [0]},
-                              "'num_timepoints' must be an integer"),
-    "not JSON": ('{"ages": [0, 6],', "not valid JSON"),
+  "unknown key": ({"num_timepoints": 2, "train_timepoints": [0], "epochs": 3}, "'epochs'"),
+  "wrong type": ({"ages": "0, 6", "train_timepoints": [0]}, "'ages' must be a list"),
+  "list of the wrong type": ({"ages": [0, "six"], "train_timepoints": [0]}, "'ages'"),
+  "index outside": ({"ages": [0, 6], "train_timepoints": [0, 2]}, "train_timepoints [2]"),
+  "train and test overlap": (
+    {"ages": [0, 6], "train_timepoints": [0, 1], "test_timepoints": [1]},
+    "both train_timepoints",
+  ),
+  "names and classes": (
+    {"ages": [0, 6], "train_timepoints": [0], "num_classes": 3},
+    "class_names has 4 names for 3 classes",
+  ),
+  "no train time points": ({"ages": [0, 6]}, "'train_timepoints' is missing"),
+  "ages not increasing": ({"ages": [6, 0], "train_timepoints": [0]}, "ages must increase"),
+  "a boolean as a number": (
+    {"num_timepoints": True, "train_timepoints": [0]},
+    "'num_timepoints' must be an integer",
+  ),
+  "not JSON": ('{"ages": [0, 6],', "not valid JSON"),
 }
 
 
@@ -204,8 +235,21 @@ def test_bad_protocol_file_through_the_cli(study_dir, tmp_path, capsys):
   path = tmp_path / "bad.json"
   path.write_text(json.dumps({"ages": [0, 6], "train_timepoints": [0], "epochs": 3}))
   workdir = tmp_path / "run"
-  assert train.main(["--data-dir", str(study_dir), "--protocol", str(path), "--config", "tiny",
-                     "--workdir", str(workdir)]) == 2
+  assert (
+    train.main(
+      [
+        "--data-dir",
+        str(study_dir),
+        "--protocol",
+        str(path),
+        "--config",
+        "tiny",
+        "--workdir",
+        str(workdir),
+      ]
+    )
+    == 2
+  )
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and str(path) in err and "'epochs'" in err
   assert not workdir.exists()
@@ -217,19 +261,23 @@ def test_sessions_that_fit_no_time_point_are_named(study_dir):
   lines = sequences.describe_unassigned(loaded)
   expected = [d for d in study_dir.glob("sub-*/ses-V[124]")]  # nominally 0, 3, 9 months
   assert len(lines) == len(expected) >= 7
-  assert any("sub-01 ses-V1 (age" in l and "nearest: time point 1 (age 6)" in l for l in lines)
+  assert any(
+    "sub-01 ses-V1 (age" in line and "nearest: time point 1 (age 6)" in line for line in lines
+  )
   by_order = dataclasses.replace(ibis, ages=None)  # first 3 sessions in age order
   loaded = study.load_study(study_dir, by_order)
   assert [s.label for s in loaded.subjects[0].sessions] == ["V1", "V2", "V3"]
-  assert any("sub-01 ses-V4" in l and "first 3 sessions" in l
-             for l in sequences.describe_unassigned(loaded))
+  assert any(
+    "sub-01 ses-V4" in line and "first 3 sessions" in line
+    for line in sequences.describe_unassigned(loaded)
+  )
 
 
 # ----------------------------------------------------------------------------- end to end
 
 
 def test_trains_on_one_labeled_slice_per_volume(study_run, capsys):
-  records = [json.loads(l) for l in (study_run / "metrics.jsonl").read_text().splitlines()]
+  records = [json.loads(line) for line in (study_run / "metrics.jsonl").read_text().splitlines()]
   assert len(records) == STUDY_EPOCHS and records[-1]["loss"] < records[0]["loss"], records
   results = json.loads((study_run / "results.json").read_text())
   assert results["train"]["voxels"] > 0 and results["test"]["voxels"] > 0
@@ -240,8 +288,21 @@ def test_trains_on_one_labeled_slice_per_volume(study_run, capsys):
 def test_evaluate_segments_every_session_of_every_subject(study_dir, study_run, tmp_path):
   out = tmp_path / "pred"
   full = study_dir / "sourcedata" / "full-labels"
-  assert evaluate.main(["--workdir", str(study_run), "--data-dir", str(study_dir), "--out",
-                        str(out), "--labels", str(full)]) == 0
+  assert (
+    evaluate.main(
+      [
+        "--workdir",
+        str(study_run),
+        "--data-dir",
+        str(study_dir),
+        "--out",
+        str(out),
+        "--labels",
+        str(full),
+      ]
+    )
+    == 0
+  )
   inputs = sorted(study_dir.glob("sub-*/ses-*/anat/*_T1w.nii.gz"))
   assert len(inputs) == 3 * 5 - 1  # the unlabeled subject too, its missing session not
   for t1 in inputs:
@@ -270,8 +331,9 @@ def test_evaluate_without_any_labels(study_dir, study_run, tmp_path, sessions, c
     for extra in sorted(subject.glob("ses-*"))[sessions:]:
       shutil.rmtree(extra)
   out = tmp_path / "pred"
-  assert evaluate.main(["--workdir", str(study_run), "--data-dir", str(root), "--out",
-                        str(out)]) == 0
+  assert (
+    evaluate.main(["--workdir", str(study_run), "--data-dir", str(root), "--out", str(out)]) == 0
+  )
   assert "metrics are not available" in capsys.readouterr().out
   assert len(list(out.glob("sub-*/ses-*/anat/*_dseg.nii.gz"))) == 3 * sessions
   assert not json.loads((out / "metrics.json").read_text())["metrics_available"]
@@ -281,8 +343,7 @@ def test_training_without_labels_is_refused_before_compiling(study_dir, tmp_path
   root = tmp_path / "unlabeled"
   shutil.copytree(study_dir, root, ignore=shutil.ignore_patterns("derivatives"))
   workdir = tmp_path / "run"
-  assert train.main(["--data-dir", str(root), "--config", "tiny", "--workdir",
-                     str(workdir)]) == 2
+  assert train.main(["--data-dir", str(root), "--config", "tiny", "--workdir", str(workdir)]) == 2
   err = capsys.readouterr().err
   assert "no labeled voxel at the training time points (1, 2, 4, 5)" in err
   assert not workdir.exists()

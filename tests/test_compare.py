@@ -18,7 +18,9 @@ def test_quick_comparison_writes_consistent_results(tmp_path, monkeypatch):
     assert f"| {100 * r['test']['mpa']:.1f} |" in (out / "compare-bric.md").read_text()
     assert 0.0 <= r["test"]["mpa"] <= 1.0
     assert len(r["temporal_consistency"]) == 4
-  rows = [l for l in (out / "compare-bric.md").read_text().splitlines() if l.startswith("|")]
+  rows = [
+    line for line in (out / "compare-bric.md").read_text().splitlines() if line.startswith("|")
+  ]
   assert len(rows) == 2 + 3 and len({row.count("|") for row in rows}) == 1, rows  # a valid table
   p = saved["summary"]["models"]
   assert p["fcn"]["parameters"] < p["fcslstm"]["parameters"] < p["bi-fcslstm"]["parameters"]

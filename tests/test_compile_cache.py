@@ -9,7 +9,6 @@ import sys
 import numpy as np
 
 from fcslstm_jax import compile_cache
-from fcslstm_jax.data import protocol
 from fcslstm_jax.infer import ensemble
 from fcslstm_jax.infer import pipeline
 from fcslstm_jax.infer import tta
@@ -20,8 +19,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def evaluate_once(run, out, cache) -> dict:
   env = dict(os.environ, FCSLSTM_COMPILE_CACHE=str(cache))
   env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the test session's own (conftest)
-  subprocess.run([sys.executable, "evaluate.py", "--workdir", str(run), "--out", str(out),
-                  "--no-report"], cwd=REPO, env=env, check=True, capture_output=True)
+  subprocess.run(
+    [sys.executable, "evaluate.py", "--workdir", str(run), "--out", str(out), "--no-report"],
+    cwd=REPO,
+    env=env,
+    check=True,
+    capture_output=True,
+  )
   return json.loads((out / "metrics.json").read_text())["compilations"]
 
 
@@ -60,8 +64,7 @@ def test_bucketed_slices_give_the_same_probabilities(study_run, study_dir):
     if subject.grid is None:
       continue
     seq, exact = pipeline.segment_subject(fns, [members[0].params], subject, proto, 4)
-    _, padded = pipeline.segment_subject(fns, [members[0].params], subject, proto, 4,
-                                         bucket=True)
+    _, padded = pipeline.segment_subject(fns, [members[0].params], subject, proto, 4, bucket=True)
     np.testing.assert_allclose(padded, exact, atol=1e-6)
     np.testing.assert_array_equal(padded.argmax(-1), exact.argmax(-1))
     shapes.add(seq.images.shape[2:4])

@@ -12,8 +12,9 @@ from fcslstm_jax.synthetic import bric_like
 def generated(monkeypatch):
   """Calls of the built-in generator, recorded instead of run: ``[(seed, config)]``."""
   calls = []
-  monkeypatch.setattr(bric_like, "ensure_dataset",
-                      lambda seed, config: calls.append((seed, config)) or f"/gen/{seed}")
+  monkeypatch.setattr(
+    bric_like, "ensure_dataset", lambda seed, config: calls.append((seed, config)) or f"/gen/{seed}"
+  )
   return calls
 
 
@@ -29,11 +30,15 @@ def test_data_dir_with_its_protocol_file(tmp_path, monkeypatch):
 def test_builtin_dataset_and_a_runs_own(monkeypatch):
   calls = generated(monkeypatch)
   assert datasets.resolve() == ("/gen/0", protocol.BRIC)
-  assert datasets.resolve("ibis", data_seed=2, volume="whole") == ("/gen/2",
-                                                                   protocol.IBIS_BUILTIN)
+  assert datasets.resolve("ibis", data_seed=2, volume="whole") == ("/gen/2", protocol.IBIS_BUILTIN)
   run = RunRecord(config=Config(), dataset="bric", protocol=protocol.BRIC, data_seed=1)
   assert datasets.of_run(run) == "/gen/1"
-  assert calls == [(0, bric_like.VOLUMES["slab"]), (2, bric_like.VOLUMES["whole"]),
-                   (1, bric_like.VOLUMES["slab"])]
-  assert datasets.of_run(RunRecord(config=Config(), dataset="/studies/a",
-                                   protocol=protocol.BRIC)) == "/studies/a"
+  assert calls == [
+    (0, bric_like.VOLUMES["slab"]),
+    (2, bric_like.VOLUMES["whole"]),
+    (1, bric_like.VOLUMES["slab"]),
+  ]
+  assert (
+    datasets.of_run(RunRecord(config=Config(), dataset="/studies/a", protocol=protocol.BRIC))
+    == "/studies/a"
+  )

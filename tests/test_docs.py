@@ -67,8 +67,9 @@ def links(path: pathlib.Path):
 def test_front_page_is_short():
   lines = len(README.read_text(encoding="utf-8").splitlines())
   assert lines < MAX_README_LINES, (
-      f"README.md has {lines} lines, the front page must stay under {MAX_README_LINES}: "
-      "move a section into a docs/ page and link it")
+    f"README.md has {lines} lines, the front page must stay under {MAX_README_LINES}: "
+    "move a section into a docs/ page and link it"
+  )
 
 
 def test_every_relative_link_and_anchor_resolves():
@@ -88,8 +89,10 @@ def test_every_relative_link_and_anchor_resolves():
 
 
 def test_slug_follows_github():
-  assert slug("3D + time (volumes over time; ours, issue 14)") == \
-      "3d--time-volumes-over-time-ours-issue-14"
+  assert (
+    slug("3D + time (volumes over time; ours, issue 14)")
+    == "3d--time-volumes-over-time-ours-issue-14"
+  )
   assert slug("What `train.py` does") == "what-trainpy-does"
   assert slug("Side by side with nnU-Net v2") == "side-by-side-with-nnu-net-v2"
 
@@ -110,27 +113,38 @@ def table_paths(path: pathlib.Path, section: str | None = None):
 
 
 def modules(folder: str):
-  return {rel(p) for p in (ROOT / folder).rglob("*.py")
-          if p.name != "__init__.py" and "__pycache__" not in p.parts}
+  return {
+    rel(p)
+    for p in (ROOT / folder).rglob("*.py")
+    if p.name != "__init__.py" and "__pycache__" not in p.parts
+  }
 
 
 def test_code_map_names_every_module_and_no_missing_file():
   named = {name for _, name in table_paths(CODE_MAP)}
   missing = sorted((modules("fcslstm_jax") | modules("experiments")) - named)
-  gone = [f"{rel(CODE_MAP)}:{number}: {name}" for number, name in table_paths(CODE_MAP)
-          if not (ROOT / name).exists()]
+  gone = [
+    f"{rel(CODE_MAP)}:{number}: {name}"
+    for number, name in table_paths(CODE_MAP)
+    if not (ROOT / name).exists()
+  ]
   assert (missing, gone) == ([], []), (
-      f"modules that {rel(CODE_MAP)} does not name: {missing}\n"
-      "code map entries with no such file or folder:\n" + "\n".join(gone))
+    f"modules that {rel(CODE_MAP)} does not name: {missing}\n"
+    "code map entries with no such file or folder:\n" + "\n".join(gone)
+  )
 
 
 def test_front_page_code_map_names_existing_paths_and_links_the_full_one():
   section = "Where things are"
-  gone = [f"README.md:{number}: {name}" for number, name in table_paths(README, section)
-          if not (ROOT / name).exists()]
+  gone = [
+    f"README.md:{number}: {name}"
+    for number, name in table_paths(README, section)
+    if not (ROOT / name).exists()
+  ]
   assert gone == [], f"README '{section}' names paths that do not exist:\n" + "\n".join(gone)
-  assert "docs/code-map.md" in {target for _, target in links(README)}, \
-      "README.md does not link docs/code-map.md"
+  assert "docs/code-map.md" in {target for _, target in links(README)}, (
+    "README.md does not link docs/code-map.md"
+  )
 
 
 def test_modules_and_scripts_named_in_the_docs_exist():

@@ -34,8 +34,10 @@ def test_written_files_follow_the_umask(umask, tmp_path, mask, mode):
 def test_writing_never_changes_the_umask(monkeypatch, tmp_path):
   """Setting the umask to 0 even briefly would give files that other threads create
   meanwhile mode 0o666 (issue 34): the writer must not touch it."""
+
   def no_umask(mask):
     raise AssertionError(f"os.umask({mask:#o}) called while writing a file")
+
   monkeypatch.setattr(os, "umask", no_umask)
   files.write_text(tmp_path / "a.txt", "x")
   files.write_json(tmp_path / "run.json", {"a": 1})

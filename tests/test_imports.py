@@ -9,10 +9,24 @@ README = PACKAGE.parent / "README.md"
 
 # Each layer imports only from itself and the layers before it.
 LAYERS = (
-    {"__init__", "config", "errors", "files", "jsonfile", "metrics", "checkpoint",
-     "compile_cache"},  # base
-    {"model"}, {"data"}, {"synthetic"}, {"run_record", "datasets"}, {"outputs"}, {"infer"},
-    {"train"}, {"cli"},
+  {
+    "__init__",
+    "config",
+    "errors",
+    "files",
+    "jsonfile",
+    "metrics",
+    "checkpoint",
+    "compile_cache",
+  },  # base
+  {"model"},
+  {"data"},
+  {"synthetic"},
+  {"run_record", "datasets"},
+  {"outputs"},
+  {"infer"},
+  {"train"},
+  {"cli"},
 )
 
 
@@ -32,24 +46,34 @@ def imported(path: pathlib.Path):
       parts = node.module.split(".")
       yield from ([parts[1]] if len(parts) > 1 else [a.name for a in node.names])
     elif isinstance(node, ast.Import):
-      yield from (a.name.split(".")[1] for a in node.names
-                  if a.name.startswith("fcslstm_jax.") )
+      yield from (a.name.split(".")[1] for a in node.names if a.name.startswith("fcslstm_jax."))
 
 
 def test_no_module_imports_upward():
-  upward = [f"{p.relative_to(PACKAGE)} imports {name}"
-            for p in sorted(PACKAGE.rglob("*.py")) for name in imported(p)
-            if layer(name) > layer(top_of(p))]
+  upward = [
+    f"{p.relative_to(PACKAGE)} imports {name}"
+    for p in sorted(PACKAGE.rglob("*.py"))
+    for name in imported(p)
+    if layer(name) > layer(top_of(p))
+  ]
   assert upward == []
 
 
 def test_the_package_never_imports_the_experiments_or_benchmarks():
   """``experiments/`` and ``bench/`` sit outside the package and use it, never the reverse."""
-  outside = [f"{p.relative_to(PACKAGE)} imports {name}" for p in sorted(PACKAGE.rglob("*.py"))
-             for node in ast.walk(ast.parse(p.read_text()))
-             for name in ([a.name for a in node.names] if isinstance(node, ast.Import)
-                          else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-             if name.split(".")[0] in ("experiments", "bench")]
+  outside = [
+    f"{p.relative_to(PACKAGE)} imports {name}"
+    for p in sorted(PACKAGE.rglob("*.py"))
+    for node in ast.walk(ast.parse(p.read_text()))
+    for name in (
+      [a.name for a in node.names]
+      if isinstance(node, ast.Import)
+      else [node.module or ""]
+      if isinstance(node, ast.ImportFrom)
+      else []
+    )
+    if name.split(".")[0] in ("experiments", "bench")
+  ]
   assert outside == []
 
 
@@ -57,7 +81,12 @@ def test_every_folder_and_module_is_in_a_layer_and_the_readme():
   tops = {top_of(p) for p in PACKAGE.rglob("*.py")}
   assert tops == set().union(*LAYERS)
   section = README.read_text().split("## Where things are")[1].split("\n## ")[0]
-  missing = [t for t in sorted(tops - {"__init__"})
-             if f"`{t}.py`" not in section and f"`{t}/`" not in section
-             and f"fcslstm_jax/{t}.py`" not in section and f"fcslstm_jax/{t}/`" not in section]
+  missing = [
+    t
+    for t in sorted(tops - {"__init__"})
+    if f"`{t}.py`" not in section
+    and f"`{t}/`" not in section
+    and f"fcslstm_jax/{t}.py`" not in section
+    and f"fcslstm_jax/{t}/`" not in section
+  ]
   assert missing == []

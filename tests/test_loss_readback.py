@@ -10,12 +10,12 @@ import json
 import numpy as np
 import pytest
 
-from fcslstm_jax.train import loop
 from fcslstm_jax.config import get_config
+from fcslstm_jax.data import protocol
 from fcslstm_jax.data.sequences import SliceSet
 from fcslstm_jax.errors import ConfigError
-from fcslstm_jax.data import protocol
 from fcslstm_jax.run_record import RunRecord
+from fcslstm_jax.train import loop
 
 CLASSES = ("background", "csf", "gm", "wm")
 
@@ -25,12 +25,15 @@ def synthetic_set(n=8, t=2, size=32, nan_at=None) -> SliceSet:
   images = rng.normal(size=(n, t, size, size, 2)).astype(np.float32)
   if nan_at is not None:
     images[nan_at][0, 5, 5, 0] = np.nan
-  return SliceSet(images=images,
-                  labels=rng.integers(0, len(CLASSES), (n, t, size, size)).astype(np.int32),
-                  label_mask=np.ones((n, t, size, size), np.float32),
-                  valid=np.ones((n, t), bool), subject_ids=tuple(f"{j:02d}" for j in range(n)),
-                  slice_index=np.zeros(n, np.int32),
-                  session_labels=np.array([[f"{m}mo" for m in range(t)]] * n))
+  return SliceSet(
+    images=images,
+    labels=rng.integers(0, len(CLASSES), (n, t, size, size)).astype(np.int32),
+    label_mask=np.ones((n, t, size, size), np.float32),
+    valid=np.ones((n, t), bool),
+    subject_ids=tuple(f"{j:02d}" for j in range(n)),
+    slice_index=np.zeros(n, np.int32),
+    session_labels=np.array([[f"{m}mo" for m in range(t)]] * n),
+  )
 
 
 class RecordingBar:
@@ -51,9 +54,16 @@ def run(workdir, log_every_steps, data, epochs=2):
   config = get_config("tiny", epochs=epochs, log_every_steps=log_every_steps)
   shown = []
   record = RunRecord(config=config, dataset="synthetic", protocol=protocol.BRIC)
-  loop.train_and_evaluate(config, data, data, str(workdir), CLASSES, record,
-                          progress=lambda steps, epoch: RecordingBar(steps, shown),
-                          log=lambda *a: None)
+  loop.train_and_evaluate(
+    config,
+    data,
+    data,
+    str(workdir),
+    CLASSES,
+    record,
+    progress=lambda steps, epoch: RecordingBar(steps, shown),
+    log=lambda *a: None,
+  )
   with open(workdir / "metrics.jsonl") as f:
     return [json.loads(line)["loss"] for line in f], shown
 

@@ -37,8 +37,10 @@ def test_masked_pixels_contribute_nothing():
   assert np.any(np.asarray(grad[:, 0]) != 0.0)
   # Changing the labels under the mask changes nothing.
   other = labels.at[:, 1].set((labels[:, 1] + 1) % 3)
-  np.testing.assert_array_equal(losses.weighted_cross_entropy(logits, labels, mask, weights),
-                                losses.weighted_cross_entropy(logits, other, mask, weights))
+  np.testing.assert_array_equal(
+    losses.weighted_cross_entropy(logits, labels, mask, weights),
+    losses.weighted_cross_entropy(logits, other, mask, weights),
+  )
 
 
 def test_empty_mask_gives_zero_loss_and_gradient():
@@ -85,6 +87,6 @@ def test_soft_dice_loss_is_low_for_the_truth_and_masked_voxels_do_not_count():
   half = mask.at[:, :, :4].set(0.0)
   mixed = jnp.concatenate([wrong[:, :, :4], right[:, :, 4:]], axis=2)
   assert float(losses.soft_dice_loss(mixed, labels, half)) < 1e-3  # wrong only where masked
-  grad = jax.grad(lambda l: losses.soft_dice_loss(l, labels, half))(mixed * 0.01)
+  grad = jax.grad(lambda logits: losses.soft_dice_loss(logits, labels, half))(mixed * 0.01)
   assert np.isfinite(np.asarray(grad)).all()
   assert not np.asarray(grad[:, :, :4]).any()  # unlabeled voxels get no gradient

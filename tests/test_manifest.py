@@ -34,8 +34,9 @@ def test_reused_out_folder(study_dir, study_run, tmp_path, capsys):
   assert evaluate.main(args) == 0
   first = json.loads((out / manifest.NAME).read_text())
   assert first["complete"] and "report.html" in first["files"]
-  assert sorted(f for f in first["files"] if f.endswith("_dseg.nii.gz")) == \
-      [str(p) for p in dseg_files(out)]
+  assert sorted(f for f in first["files"] if f.endswith("_dseg.nii.gz")) == [
+    str(p) for p in dseg_files(out)
+  ]
   assert len(dseg_files(out)) == 3 * 5 - 1
 
   # The same run again, without the report: allowed, and the old report goes.
@@ -48,8 +49,9 @@ def test_reused_out_folder(study_dir, study_run, tmp_path, capsys):
   shutil.copytree(study_run, other)
   before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
   capsys.readouterr()
-  assert evaluate.main(["--workdir", str(other), "--data-dir", str(study_dir), "--out",
-                        str(out)]) != 0
+  assert (
+    evaluate.main(["--workdir", str(other), "--data-dir", str(study_dir), "--out", str(out)]) != 0
+  )
   err = capsys.readouterr().err
   assert "holds the outputs of another evaluation" in err and str(study_run) in err
   assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before

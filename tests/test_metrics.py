@@ -83,5 +83,6 @@ def test_temporal_agreement_counts_sum_over_subjects():
   a[0, 1, 0, 0] = 1
   b[1, 2, 1, 1] = 2
   counts = metrics.temporal_agreement(a, np.ones_like(a)) + metrics.temporal_agreement(
-      b, np.ones_like(b))
+    b, np.ones_like(b)
+  )
   np.testing.assert_array_equal(counts, [[3 + 18, 3 + 17], [4 + 18, 4 + 18]])

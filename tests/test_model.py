@@ -36,8 +36,9 @@ def numpy_lstm(xs, wx, bx, wh, b, hidden):
 
 def test_dense_psi_is_the_classic_lstm():
   hidden, cin, t = 3, 2, 4
-  layer = slstm.StructuredLSTM(hidden, psi_x=psi.Dense,
-                               psi_h=functools.partial(psi.Dense, use_bias=False))
+  layer = slstm.StructuredLSTM(
+    hidden, psi_x=psi.Dense, psi_h=functools.partial(psi.Dense, use_bias=False)
+  )
   x = jax.random.normal(jax.random.PRNGKey(0), (2, t, 5, 6, cin))
   params = layer.init(jax.random.PRNGKey(1), x)["params"]
   # Random (not initial) bias, so that every term of Eq. 1 is exercised.
@@ -45,26 +46,35 @@ def test_dense_psi_is_the_classic_lstm():
   got = layer.apply({"params": params}, x)
   chex.assert_shape(got, (2, t, 5, 6, hidden))
   xs = np.moveaxis(np.asarray(x, np.float64), 1, 0).reshape(t, -1, cin)  # pixels as batch
-  want = numpy_lstm(xs, np.asarray(params["psi_x"]["dense"]["kernel"]),
-                    np.asarray(params["psi_x"]["dense"]["bias"]),
-                    np.asarray(params["scan"]["psi_h"]["dense"]["kernel"]),
-                    np.asarray(params["scan"]["bias"]), hidden)
+  want = numpy_lstm(
+    xs,
+    np.asarray(params["psi_x"]["dense"]["kernel"]),
+    np.asarray(params["psi_x"]["dense"]["bias"]),
+    np.asarray(params["scan"]["psi_h"]["dense"]["kernel"]),
+    np.asarray(params["scan"]["bias"]),
+    hidden,
+  )
   want = np.moveaxis(want.reshape(t, 2, 5, 6, hidden), 0, 1)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_conv_psi_is_the_conv_lstm():
   hidden, cin, t = 3, 2, 3
-  layer = slstm.StructuredLSTM(hidden, psi_x=psi.Conv,
-                               psi_h=functools.partial(psi.Conv, use_bias=False))
+  layer = slstm.StructuredLSTM(
+    hidden, psi_x=psi.Conv, psi_h=functools.partial(psi.Conv, use_bias=False)
+  )
   x = jax.random.normal(jax.random.PRNGKey(0), (1, t, 7, 9, cin))
   params = layer.init(jax.random.PRNGKey(1), x)["params"]
   got = layer.apply({"params": params}, x)
 
   def conv(a, k):  # independent reference: lax.conv on NCHW/OIHW
     out = jax.lax.conv_general_dilated(
-        jnp.transpose(a, (0, 3, 1, 2)), jnp.transpose(k, (3, 2, 0, 1)), (1, 1), "SAME",
-        precision=jax.lax.Precision.HIGHEST)
+      jnp.transpose(a, (0, 3, 1, 2)),
+      jnp.transpose(k, (3, 2, 0, 1)),
+      (1, 1),
+      "SAME",
+      precision=jax.lax.Precision.HIGHEST,
+    )
     return np.transpose(np.asarray(out), (0, 2, 3, 1))
 
   kx, bx = params["psi_x"]["conv"]["kernel"], params["psi_x"]["conv"]["bias"]
@@ -72,7 +82,9 @@ def test_conv_psi_is_the_conv_lstm():
   h = np.zeros((1, 7, 9, hidden))
   c = np.zeros_like(h)
   for step in range(t):
-    z = conv(x[:, step], kx) + np.asarray(bx) + conv(jnp.asarray(h, jnp.float32), kh) + np.asarray(b)
+    z = (
+      conv(x[:, step], kx) + np.asarray(bx) + conv(jnp.asarray(h, jnp.float32), kh) + np.asarray(b)
+    )
     i, f, g, o = np.split(z, 4, axis=-1)
     c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
     h = sigmoid(o) * np.tanh(c)
@@ -129,7 +141,10 @@ def test_odd_size_forward_is_finite_and_crops(bidirectional):
 def _output_input_jacobian(model, t_out):
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 32, 32, 2))  # t_out=1: one step each side
   params = networks.init_params(model, 2)
-  f = lambda x: jnp.sum(model.apply({"params": params}, x)[:, t_out])
+
+  def f(x):
+    return jnp.sum(model.apply({"params": params}, x)[:, t_out])
+
   return jax.jit(jax.grad(f))(x)  # [1, T, H, W, C]
 
 
@@ -155,6 +170,7 @@ def test_fcn_sees_only_its_own_time_point():
 def _loss_fn(model):
   def loss(params, x):
     return jnp.mean(model.apply({"params": params}, x) ** 2)
+
   return loss
 
 
@@ -169,11 +185,11 @@ def test_remat_gives_the_same_gradients(remat):
 
 
 def test_chunk_size():
-  assert psi.chunk_size(0, 10, 1024) == 10       # 0: all at once
+  assert psi.chunk_size(0, 10, 1024) == 10  # 0: all at once
   assert psi.chunk_size(2048, 10, 1024) == 2
-  assert psi.chunk_size(100, 10, 1024) == 1      # never less than one image
-  assert psi.chunk_size(10 ** 9, 10, 1024) == 10
-  assert psi.chunk_size(100, 40, 1024) == 3      # at most MAX_CHUNKS = 16 calls
+  assert psi.chunk_size(100, 10, 1024) == 1  # never less than one image
+  assert psi.chunk_size(10**9, 10, 1024) == 10
+  assert psi.chunk_size(100, 40, 1024) == 3  # at most MAX_CHUNKS = 16 calls
   one_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
   assert psi.chunk_size(None, 10, 1024) == (psi.CPU_CHUNK_PIXELS // 1024 if one_cpu else 10)
 
@@ -185,20 +201,25 @@ def test_chunked_conv_stages_give_the_same_function(name):
   whole = networks.create_model(name, 3, chunk_pixels=0).clone(stages=TINY)
   chunked = whole.clone(chunk_pixels=2 * 32 * 32)
   params = networks.init_params(whole, 2)
-  convs = [str(jax.make_jaxpr(m.apply)({"params": params}, x)).count("conv_general_dilated")
-           for m in (whole, chunked)]
+  convs = [
+    str(jax.make_jaxpr(m.apply)({"params": params}, x)).count("conv_general_dilated")
+    for m in (whole, chunked)
+  ]
   assert convs[1] > convs[0], convs  # the chunked model really makes more, smaller calls
   for model in (whole, chunked):
     chex.assert_shape(model.apply({"params": params}, x), (1, 3, 32, 32, 3))
-  chex.assert_trees_all_close(whole.apply({"params": params}, x),
-                              chunked.apply({"params": params}, x), rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(
+    whole.apply({"params": params}, x), chunked.apply({"params": params}, x), rtol=1e-5, atol=1e-6
+  )
   g0 = jax.jit(jax.grad(_loss_fn(whole)))(params, x)
   g1 = jax.jit(jax.grad(_loss_fn(chunked)))(params, x)
   chex.assert_trees_all_close(g0, g1, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu" or jax.device_count() != 1,
-                    reason="the default chunks on a single CPU device only")
+@pytest.mark.skipif(
+  jax.default_backend() != "cpu" or jax.device_count() != 1,
+  reason="the default chunks on a single CPU device only",
+)
 def test_remat_turns_default_chunking_off():
   """128x128 is over CPU_CHUNK_PIXELS: by default one image per call, unless remat is on."""
   x = jax.ShapeDtypeStruct((1, 3, 128, 128, 2), jnp.float32)
@@ -207,6 +228,7 @@ def test_remat_turns_default_chunking_off():
 
   def convs(model):
     return str(jax.make_jaxpr(model.apply)({"params": params}, x)).count("conv_general_dilated")
+
   one_call = convs(base.clone(chunk_pixels=0))
   assert convs(base) > one_call
   assert convs(base.clone(remat="full")) == convs(base.clone(remat="stages")) == one_call
@@ -244,8 +266,10 @@ def test_lean_remat_gives_the_same_function_and_gradients(bidirectional):
     def loss(p):
       logits = model.apply({"params": p}, x, valid)
       return jnp.mean(jnp.sin(logits)), logits
+
     (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
     return logits, grads
+
   (l0, g0), (l1, g1) = logits_and_grads(base), logits_and_grads(lean)
   chex.assert_trees_all_close(l0, l1, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(g0, g1, rtol=1e-5, atol=1e-7)
@@ -288,15 +312,20 @@ def test_finite_difference_gradients_float64():
     params = model.init(jax.random.PRNGKey(1), x)["params"]
     leaves, tree = jax.tree_util.tree_flatten_with_path(params)
     keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
-    params = jax.tree_util.tree_unflatten(tree, [  # biases: [C], or [2, C] per direction
-        p.astype(jnp.float64) + (0.1 * jax.random.normal(k, p.shape, jnp.float64)
-                                 if path[-1].key == "bias" else 0.0)
-        for (path, p), k in zip(leaves, keys)])
+    params = jax.tree_util.tree_unflatten(
+      tree,
+      [  # biases: [C], or [2, C] per direction
+        p.astype(jnp.float64)
+        + (0.1 * jax.random.normal(k, p.shape, jnp.float64) if path[-1].key == "bias" else 0.0)
+        for (path, p), k in zip(leaves, keys)
+      ],
+    )
     loss = jax.jit(lambda p: jnp.mean(jnp.sin(model.apply({"params": p}, x))))
     # A small step: with 1e-4 (the default) along a random direction of every parameter at
     # once, a ReLU or max-pool close to its kink can switch within the step.
-    jax.test_util.check_grads(loss, (params,), order=1, modes=["rev"], atol=1e-5, rtol=1e-5,
-                              eps=1e-6)
+    jax.test_util.check_grads(
+      loss, (params,), order=1, modes=["rev"], atol=1e-5, rtol=1e-5, eps=1e-6
+    )
 
 
 @pytest.mark.parametrize("name", networks.MODELS)
@@ -323,16 +352,20 @@ def test_upsampling_treats_the_border_like_the_interior(pattern):
   along an image edge of empty slices); reflect padding gives them the interior's input, so
   a constant or period-2 input yields an output periodic up to the very border."""
   deconv = flax.linen.ConvTranspose(3, (4, 4), strides=(2, 2), padding="SAME")
-  y = jnp.ones((1, 6, 6, 2)) if pattern == "constant" else jnp.tile(
-      jnp.array([[1.0, -2.0], [0.5, 3.0]])[None, :, :, None], (1, 3, 3, 2))
+  y = (
+    jnp.ones((1, 6, 6, 2))
+    if pattern == "constant"
+    else jnp.tile(jnp.array([[1.0, -2.0], [0.5, 3.0]])[None, :, :, None], (1, 3, 3, 2))
+  )
   params = deconv.init(jax.random.PRNGKey(0), y)
   reflect = networks.upsample_reflect(functools.partial(deconv.apply, params), y)
   zeros = deconv.apply(params, y)
   chex.assert_shape(reflect, (1, 12, 12, 3))
   period = 2 if pattern == "constant" else 4
   for out, periodic in ((reflect, True), (zeros, False)):
-    same = jnp.allclose(out[:, :period], out[:, period:2 * period], atol=1e-6) and jnp.allclose(
-        out[:, :, -period:], out[:, :, -2 * period:-period], atol=1e-6)
+    same = jnp.allclose(out[:, :period], out[:, period : 2 * period], atol=1e-6) and jnp.allclose(
+      out[:, :, -period:], out[:, :, -2 * period : -period], atol=1e-6
+    )
     assert bool(same) == periodic
   # Away from the border the two agree: only the border outputs change.
   np.testing.assert_allclose(reflect[:, 1:-1, 1:-1], zeros[:, 1:-1, 1:-1], atol=1e-6)
@@ -346,15 +379,26 @@ def test_upsample_by_phases_is_the_reflect_padded_transposed_convolution(spatial
   k = spatial_dims
   y = jax.random.normal(jax.random.PRNGKey(1), (2,) + (3, 4, 5)[-k:] + (3,))
   ours = networks.Upsample(4)
-  deconv = flax.linen.ConvTranspose(4, (4,) * k, strides=(2,) * k, padding="SAME",
-                                    kernel_init=networks.psi.kaiming)
+  deconv = flax.linen.ConvTranspose(
+    4, (4,) * k, strides=(2,) * k, padding="SAME", kernel_init=networks.psi.kaiming
+  )
   params = ours.init(jax.random.PRNGKey(0), y)
   chex.assert_trees_all_equal(params, deconv.init(jax.random.PRNGKey(0), y))
   params = jax.tree_util.tree_map(  # a non-zero bias too
-      lambda p: p + jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
-  reference = lambda p, y: networks.upsample_reflect(functools.partial(deconv.apply, p), y)
+    lambda p: p + jax.random.normal(jax.random.PRNGKey(2), p.shape), params
+  )
+
+  def reference(p, y):
+    return networks.upsample_reflect(functools.partial(deconv.apply, p), y)
+
   np.testing.assert_allclose(ours.apply(params, y), reference(params, y), rtol=1e-5, atol=1e-5)
-  loss = lambda f: lambda p, y: jnp.sum(jnp.sin(f(p, y)))
-  chex.assert_trees_all_close(jax.grad(loss(ours.apply), argnums=(0, 1))(params, y),
-                              jax.grad(loss(reference), argnums=(0, 1))(params, y),
-                              rtol=1e-4, atol=1e-5)
+
+  def loss(f):
+    return lambda p, y: jnp.sum(jnp.sin(f(p, y)))
+
+  chex.assert_trees_all_close(
+    jax.grad(loss(ours.apply), argnums=(0, 1))(params, y),
+    jax.grad(loss(reference), argnums=(0, 1))(params, y),
+    rtol=1e-4,
+    atol=1e-5,
+  )

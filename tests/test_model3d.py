@@ -25,7 +25,8 @@ def sigmoid(x):
 @pytest.mark.parametrize("shape", [(2, 3, 20, 33, 40), (1, 1, 32, 32, 32)])
 def test_output_shapes(name, shape):
   model = networks.create_model(name, num_classes=4, spatial_dims=3).clone(
-      stages=networks.VGG16_EIGHTH)
+    stages=networks.VGG16_EIGHTH
+  )
   x = jax.ShapeDtypeStruct(shape + (2,), jnp.float32)
   params = jax.eval_shape(lambda: networks.init_params(model, 2))
   out = jax.eval_shape(lambda p, x: model.apply({"params": p}, x), params, x)
@@ -43,8 +44,11 @@ def test_a_2d_model_refuses_a_volume():
 
 def test_parameter_counts_are_the_documented_ones():
   """README, "3D + time": the default 3D widths (VGG-16 / 8, 3x3x3) and the 2D ones."""
-  assert networks.summary(spatial_dims=3) == {"fcn": 711_688, "fcslstm": 2_515_280,
-                                              "bi-fcslstm": 5_392_760}
+  assert networks.summary(spatial_dims=3) == {
+    "fcn": 711_688,
+    "fcslstm": 2_515_280,
+    "bi-fcslstm": 5_392_760,
+  }
   assert networks.summary() == {"fcn": 931_368, "fcslstm": 3_337_016, "bi-fcslstm": 7_161_416}
 
 
@@ -60,9 +64,12 @@ def test_conv_psi_is_the_3d_conv_lstm():
 
   def conv(a, k):
     out = jax.lax.conv_general_dilated(
-        jnp.transpose(jnp.asarray(a, jnp.float32), (0, 4, 1, 2, 3)),
-        jnp.transpose(k, (4, 3, 0, 1, 2)), (1, 1, 1), "SAME",
-        precision=jax.lax.Precision.HIGHEST)
+      jnp.transpose(jnp.asarray(a, jnp.float32), (0, 4, 1, 2, 3)),
+      jnp.transpose(k, (4, 3, 0, 1, 2)),
+      (1, 1, 1),
+      "SAME",
+      precision=jax.lax.Precision.HIGHEST,
+    )
     return np.transpose(np.asarray(out), (0, 2, 3, 4, 1))
 
   kx, bx = params["psi_x"]["conv"]["kernel"], params["psi_x"]["conv"]["bias"]
@@ -95,7 +102,10 @@ def test_missing_time_point_is_skipped_in_3d(bidirectional):
 def _per_step_sensitivity(model, steps, t_out):
   x = jax.random.normal(jax.random.PRNGKey(0), (1, steps) + VOLUME[2:])
   params = networks.init_params(model, 2, size=8)
-  f = lambda x: jnp.sum(model.apply({"params": params}, x)[:, t_out])
+
+  def f(x):
+    return jnp.sum(model.apply({"params": params}, x)[:, t_out])
+
   g = jax.jit(jax.grad(f))(x)
   return np.abs(np.asarray(g)).sum(axis=(0, 2, 3, 4, 5))
 
@@ -108,8 +118,9 @@ def test_unidirectional_is_causal_in_3d():
 
 def test_bidirectional_sees_the_future_in_3d():
   # T = 2 keeps it cheap (XLA:CPU's grouped 3D convolutions are slow, README "3D + time").
-  per_step = _per_step_sensitivity(networks.FCSLSTM(3, bidirectional=True, stages=TINY,
-                                                    spatial_dims=3), 2, t_out=0)
+  per_step = _per_step_sensitivity(
+    networks.FCSLSTM(3, bidirectional=True, stages=TINY, spatial_dims=3), 2, t_out=0
+  )
   assert np.all(per_step > 0), per_step
 
 
@@ -133,7 +144,9 @@ def test_remat_gives_the_same_gradients_in_3d():
   params = networks.init_params(base, 2, size=8)
 
   def grads(model):
-    loss = lambda p: jnp.mean(model.apply({"params": p}, x) ** 2)
+    def loss(p):
+      return jnp.mean(model.apply({"params": p}, x) ** 2)
+
     return jax.jit(jax.grad(loss))(params)
 
   g0 = grads(base)
@@ -155,6 +168,7 @@ def test_validity_per_slice_masks_the_slices_outside_a_sessions_view():
   assert np.all(h[0, 1, 2:] == 0) and np.all(np.abs(h[0, 1, :2]).sum(axis=(1, 2, 3)) > 0)
   padded = networks.slice_validity(jnp.asarray(valid[:, :, :3]), 4, 3)
   np.testing.assert_array_equal(np.asarray(padded), valid)  # the last slice repeated
-  np.testing.assert_array_equal(np.asarray(networks.pool_validity(padded))[0],
-                                [[True, True], [True, False], [True, True]])
+  np.testing.assert_array_equal(
+    np.asarray(networks.pool_validity(padded))[0], [[True, True], [True, False], [True, True]]
+  )
   assert networks.slice_validity(jnp.ones((1, 3), bool), 32, 3).shape == (1, 3)

@@ -3,11 +3,13 @@
 import gzip
 import os
 
-from hypothesis import given, settings, strategies as st
 import nibabel as nib
-from nibabel import orientations
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+from nibabel import orientations
 
 from fcslstm_jax.data import nifti_io
 from fcslstm_jax.errors import DataError
@@ -17,8 +19,9 @@ CANONICAL_AFFINE = np.array([[1.5, 0, 0, -10.0], [0, 2.0, 0, 20.0], [0, 0, 2.5, 
 
 def stored_as(canonical, canonical_affine, codes):
   """The array and affine a file in orientation ``codes`` holds for a canonical (RAS) volume."""
-  transform = orientations.ornt_transform(orientations.axcodes2ornt("RAS"),
-                                          orientations.axcodes2ornt(codes))
+  transform = orientations.ornt_transform(
+    orientations.axcodes2ornt("RAS"), orientations.axcodes2ornt(codes)
+  )
   data = orientations.apply_orientation(canonical, transform)
   return data, canonical_affine @ orientations.inv_ornt_aff(transform, canonical.shape)
 
@@ -92,8 +95,9 @@ def test_trailing_singleton_dimension_is_dropped(tmp_path):
 
 
 def test_labels_are_int32(tmp_path):
-  path = write(tmp_path / "dseg.nii.gz", np.arange(24).reshape(2, 3, 4) % 4, CANONICAL_AFFINE,
-               np.float32)
+  path = write(
+    tmp_path / "dseg.nii.gz", np.arange(24).reshape(2, 3, 4) % 4, CANONICAL_AFFINE, np.float32
+  )
   vol = nifti_io.load_volume(path, kind="labels")
   assert vol.data.dtype == np.int32
   np.testing.assert_array_equal(vol.data, np.arange(24).reshape(2, 3, 4) % 4)
@@ -126,7 +130,7 @@ def test_error_truncated_gzip(tmp_path):
   full = write(tmp_path / "full.nii.gz", canonical_volume((20, 20, 20)), CANONICAL_AFFINE)
   raw = open(full, "rb").read()
   path = tmp_path / "cut.nii.gz"
-  path.write_bytes(raw[:len(raw) // 2])
+  path.write_bytes(raw[: len(raw) // 2])
   assert "truncated" in _raises_naming(path)
 
 
@@ -134,7 +138,7 @@ def test_error_truncated_nii(tmp_path):
   full = write(tmp_path / "full.nii", canonical_volume((20, 20, 20)), CANONICAL_AFFINE)
   raw = open(full, "rb").read()
   path = tmp_path / "cut.nii"
-  path.write_bytes(raw[:len(raw) - 1000])
+  path.write_bytes(raw[: len(raw) - 1000])
   _raises_naming(path)
 
 
@@ -163,8 +167,9 @@ def test_error_non_finite(tmp_path, bad):
 def test_error_non_integer_labels(tmp_path):
   data = np.zeros((3, 3, 3), np.float32)
   data[0, 0, 0] = 1.5
-  assert "integer" in _raises_naming(write(tmp_path / "dseg.nii", data, CANONICAL_AFFINE),
-                                     kind="labels")
+  assert "integer" in _raises_naming(
+    write(tmp_path / "dseg.nii", data, CANONICAL_AFFINE), kind="labels"
+  )
 
 
 def test_read_header_does_not_need_data(tmp_path):
@@ -177,8 +182,13 @@ SIGNS = st.tuples(*[st.sampled_from([-1, 1])] * 3)
 
 
 @settings(max_examples=25, deadline=None)
-@given(axes=AXES, signs=SIGNS, shape=st.tuples(*[st.integers(1, 5)] * 3),
-       zooms=st.tuples(*[st.floats(0.5, 3.0)] * 3), gz=st.booleans())
+@given(
+  axes=AXES,
+  signs=SIGNS,
+  shape=st.tuples(*[st.integers(1, 5)] * 3),
+  zooms=st.tuples(*[st.floats(0.5, 3.0)] * 3),
+  gz=st.booleans(),
+)
 def test_property_round_trip(tmp_path_factory, axes, signs, shape, zooms, gz):
   """load -> to_original_orientation -> save_like reproduces the stored array and affine."""
   tmp = tmp_path_factory.mktemp("rt")

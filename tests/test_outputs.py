@@ -17,20 +17,20 @@ import numpy as np
 import pytest
 
 import evaluate
-from fcslstm_jax.infer import ensemble
-from fcslstm_jax.outputs import figures
 from fcslstm_jax import files
-from fcslstm_jax.outputs import flags
-from fcslstm_jax.infer import pipeline
-from fcslstm_jax.outputs import writer
 from fcslstm_jax.data import nifti_io
-from fcslstm_jax.outputs import qc
+from fcslstm_jax.data.study import GridOptions
+from fcslstm_jax.errors import ConfigError
+from fcslstm_jax.infer import ensemble
+from fcslstm_jax.infer import pipeline
 from fcslstm_jax.infer import predict
 from fcslstm_jax.infer import tta
+from fcslstm_jax.outputs import figures
+from fcslstm_jax.outputs import flags
+from fcslstm_jax.outputs import qc
 from fcslstm_jax.outputs import volumes
-from fcslstm_jax.errors import ConfigError
+from fcslstm_jax.outputs import writer
 from fcslstm_jax.outputs.volumes import SessionVolumes
-from fcslstm_jax.data.study import GridOptions
 from fcslstm_jax.run_record import RunRecord
 
 NAMES = ("background", "CSF", "GM", "WM")
@@ -56,8 +56,11 @@ def as_apply(fn):
 
 def stand_in_params(seed, c=4, channels=2):
   k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
-  return {"w": jax.random.normal(k1, (channels, c)), "b": jax.random.normal(k2, (c,)),
-          "r": jax.random.normal(k3, (c,))}
+  return {
+    "w": jax.random.normal(k1, (channels, c)),
+    "b": jax.random.normal(k2, (c,)),
+    "r": jax.random.normal(k3, (c,)),
+  }
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +71,7 @@ def batch():
 
 
 def run_tta(model, params, images, valid, flips):
-  fn = jax.jit(lambda p, x, v: tta.tta_proba(p, as_apply(model), x, v,
-                                              tta.flip_variants(flips)))
+  fn = jax.jit(lambda p, x, v: tta.tta_proba(p, as_apply(model), x, v, tta.flip_variants(flips)))
   return np.asarray(fn(params, images, valid))
 
 
@@ -85,11 +87,11 @@ def test_flips_of_a_flip_equivariant_model_equal_the_plain_prediction(batch):
   images, valid = batch
   params = stand_in_params(0)
   plain = run_tta(pixel_model, params, images, valid, ())
-  np.testing.assert_allclose(plain, jax.nn.softmax(pixel_model(params, images, valid)),
-                             rtol=1e-6)
+  np.testing.assert_allclose(plain, jax.nn.softmax(pixel_model(params, images, valid)), rtol=1e-6)
   for flips in (("x",), ("y",), ("x", "y")):
-    np.testing.assert_allclose(run_tta(pixel_model, params, images, valid, flips), plain,
-                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+      run_tta(pixel_model, params, images, valid, flips), plain, rtol=1e-6, atol=1e-7
+    )
 
 
 def test_flips_are_undone_before_averaging(batch):
@@ -113,10 +115,16 @@ def test_flips_are_undone_before_averaging(batch):
 
 def slices(images, valid):
   from fcslstm_jax.data.sequences import SliceSet
+
   n, t = images.shape[:2]
-  return SliceSet(images=images, labels=np.zeros(images.shape[:4], np.int32),
-                  label_mask=np.zeros(images.shape[:4], np.float32), valid=valid,
-                  subject_ids=("01",) * n, slice_index=np.arange(n, dtype=np.int32))
+  return SliceSet(
+    images=images,
+    labels=np.zeros(images.shape[:4], np.int32),
+    label_mask=np.zeros(images.shape[:4], np.float32),
+    valid=valid,
+    subject_ids=("01",) * n,
+    slice_index=np.arange(n, dtype=np.int32),
+  )
 
 
 def test_an_ensemble_of_one_equals_that_member_and_of_two_their_mean(batch):
@@ -133,12 +141,21 @@ def test_an_ensemble_of_one_equals_that_member_and_of_two_their_mean(batch):
 
 
 def test_members_must_share_protocol_and_grid():
-  run = RunRecord.from_json({"config": {}, "dataset": "d", "grid": {"spacing": [1.0, 1.0]},
-                             "protocol": {"name": "p", "ages": [0, 6], "train_timepoints": [0]}})
+  run = RunRecord.from_json(
+    {
+      "config": {},
+      "dataset": "d",
+      "grid": {"spacing": [1.0, 1.0]},
+      "protocol": {"name": "p", "ages": [0, 6], "train_timepoints": [0]},
+    }
+  )
   ensemble.check_compatible([("a", run), ("b", RunRecord.from_json(run.to_json()))])
   other = dataclasses.replace(run, grid=GridOptions(spacing=(1.5, 1.5)))
-  with pytest.raises(ConfigError, match=r"^b/run.json: grid 'spacing' is \[1.5, 1.5\], but "
-                     r"a/run.json has \[1.0, 1.0\]"):
+  with pytest.raises(
+    ConfigError,
+    match=r"^b/run.json: grid 'spacing' is \[1.5, 1.5\], but "
+    r"a/run.json has \[1.0, 1.0\]",
+  ):
     ensemble.check_compatible([("a", run), ("b", other)])
 
 
@@ -149,7 +166,9 @@ def test_probabilities_on_a_session_grid_reaching_past_the_working_grid_sum_to_o
   """A session grid shifted by half a voxel and wider than the working grid: inside, linear
   interpolation of the probabilities; outside, background with probability 1."""
   import types
+
   from fcslstm_jax.data.grids import Grid
+
   rng = np.random.default_rng(0)
   work = Grid((6, 5, 3), np.diag([2.0, 2.0, 3.0, 1.0]))
   affine = np.diag([2.0, 2.0, 3.0, 1.0])
@@ -226,11 +245,18 @@ def smooth_cohort(n_subjects=6, ages=(0.5, 3, 6, 9, 12, 30)):
   rows = []
   for i in range(n_subjects):
     for t, age in enumerate(ages):
-      growth = 1 + 0.08 * age - 0.0012 * age ** 2
+      growth = 1 + 0.08 * age - 0.0012 * age**2
       size = 1 + 0.03 * (i - n_subjects / 2)
-      rows.append(SessionVolumes(f"{i + 1:02d}", f"V{t + 1}", t, float(age),
-                                 {"CSF": 60 * size * growth, "GM": 200 * size * growth,
-                                  "WM": 150 * size * growth ** 1.1}, 0.05 + 0.01 * i))
+      rows.append(
+        SessionVolumes(
+          f"{i + 1:02d}",
+          f"V{t + 1}",
+          t,
+          float(age),
+          {"CSF": 60 * size * growth, "GM": 200 * size * growth, "WM": 150 * size * growth**1.1},
+          0.05 + 0.01 * i,
+        )
+      )
   return rows
 
 
@@ -252,10 +278,10 @@ def test_no_rule_fires_on_a_smooth_cohort():
 
 
 BROKEN = {  # rule -> (what breaks it, the session that must be named)
-    "shrink": (dict(scale={"GM": 0.7}), ("03", "V4")),         # -21 % at 9 months
-    "outlier": (dict(scale={"WM": 1.6}), ("02", "V3")),        # far from its time point
-    "empty": (dict(scale={"CSF": 0.001}), ("05", "V2")),       # iBEAT's "volume equals 0"
-    "uncertain": (dict(qc=0.6), ("01", "V5")),                 # the others 0.05-0.10
+  "shrink": (dict(scale={"GM": 0.7}), ("03", "V4")),  # -21 % at 9 months
+  "outlier": (dict(scale={"WM": 1.6}), ("02", "V3")),  # far from its time point
+  "empty": (dict(scale={"CSF": 0.001}), ("05", "V2")),  # iBEAT's "volume equals 0"
+  "uncertain": (dict(qc=0.6), ("01", "V5")),  # the others 0.05-0.10
 }
 
 
@@ -263,8 +289,7 @@ BROKEN = {  # rule -> (what breaks it, the session that must be named)
 def test_each_rule_fires_on_a_trajectory_built_to_break_it(rule, capsys):
   updates, (subject, session) = BROKEN[rule]
   rows = change(smooth_cohort(), subject, session, **updates)
-  only = dataclasses.replace(flags.FlagRules(), **{
-      r: None for r in flags.RULES if r != rule})
+  only = dataclasses.replace(flags.FlagRules(), **{r: None for r in flags.RULES if r != rule})
   found = flags.check(rows, only, NAMES)
   assert found and all(f.rule == rule for f in found)
   assert {(f.subject, f.session) for f in found} == {(subject, session)}
@@ -302,16 +327,17 @@ def test_outlier_needs_enough_sessions_at_the_time_point():
 
 def test_flag_rules_file(tmp_path):
   path = tmp_path / "rules.json"
-  path.write_text(json.dumps({"shrink": {"fraction": 0.05}, "outlier": None,
-                              "classes": ["GM"]}))
+  path.write_text(json.dumps({"shrink": {"fraction": 0.05}, "outlier": None, "classes": ["GM"]}))
   rules = flags.load(path)
   assert rules.shrink == flags.ShrinkRule(fraction=0.05, before_age=24.0)
   assert rules.outlier is None and rules.empty == flags.EmptyRule()
   assert rules.classes == ("GM",)
   assert flags.from_json(rules.to_json()) == rules
-  for bad, message in (({"shrnk": {}}, "unknown key 'shrnk'"),
-                       ({"shrink": {"fraction": "10%"}}, "'fraction' must be a number"),
-                       ({"outlier": {"min_sessions": 2.5}}, "must be an integer")):
+  for bad, message in (
+    ({"shrnk": {}}, "unknown key 'shrnk'"),
+    ({"shrink": {"fraction": "10%"}}, "'fraction' must be a number"),
+    ({"outlier": {"min_sessions": 2.5}}, "must be an integer"),
+  ):
     path.write_text(json.dumps(bad))
     with pytest.raises(ConfigError, match=message) as info:
       flags.load(path)
@@ -323,8 +349,11 @@ def test_flag_rules_file(tmp_path):
 @pytest.mark.parametrize("num_classes", [3, 4, 7])
 def test_trajectories_show_every_tissue_and_the_total(num_classes, tmp_path):
   names = ("background",) + tuple(f"tissue{k}" for k in range(1, num_classes))
-  rows = [SessionVolumes(s, f"V{t}", t, float(3 * t), {n: 10.0 + t for n in names[1:]}, 0.1)
-          for s in ("01", "02") for t in range(3)]
+  rows = [
+    SessionVolumes(s, f"V{t}", t, float(3 * t), {n: 10.0 + t for n in names[1:]}, 0.1)
+    for s in ("01", "02")
+    for t in range(3)
+  ]
   titles = figures.trajectories(tmp_path / "t.png", rows, names, {("01", "V1", "")})
   assert titles == list(names[1:]) + ["total (tissues)"]
   assert (tmp_path / "t.png").stat().st_size > 0
@@ -336,15 +365,17 @@ def test_label_files_get_the_label_display_range_and_no_stale_probabilities(tmp_
   t1 = nib.Nifti1Image(np.full((4, 5, 3), 700, np.int16), np.eye(4))
   t1.header["cal_min"], t1.header["cal_max"] = 100.0, 900.0
   nib.save(t1, str(tmp_path / "t1.nii.gz"))
-  session = types.SimpleNamespace(label="06mo", ref=nifti_io.load_volume(
-      tmp_path / "t1.nii.gz").ref)
+  session = types.SimpleNamespace(
+    label="06mo", ref=nifti_io.load_volume(tmp_path / "t1.nii.gz").ref
+  )
   out = tmp_path / "out"
   probs = np.full((4, 5, 3, 7), 1 / 7, np.float32)
   labels = np.zeros((4, 5, 3), np.int32)
   labels[0] = 2  # the largest label present is not c - 1
   for asked in (True, False):
-    writer.write_session(str(out), "fcn", "01", session, probs, labels,
-                            np.zeros((4, 5, 3), np.float32), asked)
+    writer.write_session(
+      str(out), "fcn", "01", session, probs, labels, np.zeros((4, 5, 3), np.float32), asked
+    )
     dseg = nib.load(str(out / "sub-01/ses-06mo/anat/sub-01_ses-06mo_desc-fcn_dseg.nii.gz"))
     assert (float(dseg.header["cal_min"]), float(dseg.header["cal_max"])) == (0.0, 6.0)
     probseg = out / "sub-01/ses-06mo/anat/sub-01_ses-06mo_desc-fcn_probseg.nii.gz"
@@ -358,8 +389,20 @@ def test_label_files_get_the_label_display_range_and_no_stale_probabilities(tmp_
 @pytest.fixture(scope="module")
 def evaluated(study_dir, study_run, tmp_path_factory):
   out = tmp_path_factory.mktemp("eval") / "pred"
-  assert evaluate.main(["--workdir", str(study_run), "--data-dir", str(study_dir), "--out",
-                        str(out), "--probabilities"]) == 0
+  assert (
+    evaluate.main(
+      [
+        "--workdir",
+        str(study_run),
+        "--data-dir",
+        str(study_dir),
+        "--out",
+        str(out),
+        "--probabilities",
+      ]
+    )
+    == 0
+  )
   return out
 
 
@@ -386,8 +429,7 @@ def test_probabilities_sum_to_one_and_their_argmax_is_the_written_label(study_di
 
 def test_volumes_and_qc_tables_follow_the_written_labels(study_dir, evaluated):
   rows = files.read_tsv(evaluated / "volumes.tsv")
-  assert len(rows) == 3 * 5 - 1 and list(rows[0])[:4] == ["subject", "session", "timepoint",
-                                                           "age"]
+  assert len(rows) == 3 * 5 - 1 and list(rows[0])[:4] == ["subject", "session", "timepoint", "age"]
   for row in rows:
     (dseg,) = (evaluated / row["subject"] / row["session"] / "anat").glob("*_dseg.nii.gz")
     img = nib.load(str(dseg))
@@ -406,70 +448,124 @@ def test_volumes_and_qc_tables_follow_the_written_labels(study_dir, evaluated):
 
 
 def test_report_and_the_other_outputs(evaluated):
-  for name in ("metrics.json", "flags.tsv", "flags.json", "dseg.tsv", "trajectories.png",
-               "qc_worst.png", "segmentation.png"):
+  for name in (
+    "metrics.json",
+    "flags.tsv",
+    "flags.json",
+    "dseg.tsv",
+    "trajectories.png",
+    "qc_worst.png",
+    "segmentation.png",
+  ):
     assert (evaluated / name).stat().st_size > 0, name
   page = (evaluated / "report.html").read_text()
   metrics = json.loads((evaluated / "metrics.json").read_text())
   assert (evaluated / "flagged.png").exists() == (metrics["flags"] > 0)
   assert page.count("data:image/png;base64,") == 2 + (metrics["flags"] > 0)
-  assert "src=\"http" not in page
+  assert 'src="http' not in page
   assert "Tissue volumes over age" in page and "Dice" in page
   assert metrics["tta_flips"] == [] and len(metrics["members"]) == 1
-  assert flags.from_json(json.loads((evaluated / "flags.json").read_text())) == \
-      flags.FlagRules()
+  assert flags.from_json(json.loads((evaluated / "flags.json").read_text())) == flags.FlagRules()
   assert not list(evaluated.rglob("*.tmp*"))
 
 
-def test_an_ensemble_of_a_run_and_its_copy_equals_the_run(study_dir, study_run, evaluated,
-                                                          tmp_path):
+def test_an_ensemble_of_a_run_and_its_copy_equals_the_run(
+  study_dir, study_run, evaluated, tmp_path
+):
   twin = shutil.copytree(study_run, tmp_path / "twin")
   out = tmp_path / "ens"
-  assert evaluate.main(["--workdir", str(study_run), "--workdir", str(twin), "--data-dir",
-                        str(study_dir), "--out", str(out), "--probabilities"]) == 0
+  assert (
+    evaluate.main(
+      [
+        "--workdir",
+        str(study_run),
+        "--workdir",
+        str(twin),
+        "--data-dir",
+        str(study_dir),
+        "--out",
+        str(out),
+        "--probabilities",
+      ]
+    )
+    == 0
+  )
   for path in session_files(evaluated, "probseg"):
     other = out / path.relative_to(evaluated)
     other = other.with_name(other.name.replace("desc-fcn", "desc-ensemble"))
-    np.testing.assert_array_equal(np.asarray(nib.load(str(other)).dataobj),
-                                  np.asarray(nib.load(str(path)).dataobj))
+    np.testing.assert_array_equal(
+      np.asarray(nib.load(str(other)).dataobj), np.asarray(nib.load(str(path)).dataobj)
+    )
   assert len(json.loads((out / "metrics.json").read_text())["members"]) == 2
 
 
-def test_an_ensemble_member_on_other_grid_options_is_one_error_line(study_dir, study_run,
-                                                                   tmp_path, capsys):
+def test_an_ensemble_member_on_other_grid_options_is_one_error_line(
+  study_dir, study_run, tmp_path, capsys
+):
   other = shutil.copytree(study_run, tmp_path / "other")
   run = json.loads((other / "run.json").read_text())
   run["grid"]["spacing"] = [4.0, 4.0]
   (other / "run.json").write_text(json.dumps(run))
   out = tmp_path / "never"
-  assert evaluate.main(["--workdir", str(study_run), "--workdir", str(other), "--data-dir",
-                        str(study_dir), "--out", str(out)]) == 2
+  assert (
+    evaluate.main(
+      [
+        "--workdir",
+        str(study_run),
+        "--workdir",
+        str(other),
+        "--data-dir",
+        str(study_dir),
+        "--out",
+        str(out),
+      ]
+    )
+    == 2
+  )
   err = capsys.readouterr().err.strip()
   assert err.count("\n") == 0 and f"{other}/run.json: grid 'spacing'" in err
   assert not out.exists()
 
 
 def test_unlabeled_study_with_missing_sessions_gets_every_output_but_metrics(
-    study_dir, study_run, tmp_path, capsys):
+  study_dir, study_run, tmp_path, capsys
+):
   root = tmp_path / "unlabeled"
   shutil.copytree(study_dir, root, ignore=shutil.ignore_patterns("derivatives", "sourcedata"))
   shutil.rmtree(root / "sub-02" / "ses-V3")  # sub-03 already misses one
   out = tmp_path / "pred"
-  assert evaluate.main(["--workdir", str(study_run), "--data-dir", str(root), "--out", str(out),
-                        "--tta-flips", "x,y"]) == 0
+  assert (
+    evaluate.main(
+      [
+        "--workdir",
+        str(study_run),
+        "--data-dir",
+        str(root),
+        "--out",
+        str(out),
+        "--tta-flips",
+        "x,y",
+      ]
+    )
+    == 0
+  )
   printed = capsys.readouterr().out
   assert "metrics are not available" in printed
   assert len(session_files(out, "dseg")) == len(session_files(out, "uncertainty")) == 3 * 5 - 2
   assert not session_files(out, "probseg")  # only with --probabilities
   rows = files.read_tsv(out / "volumes.tsv")
   assert [r["session"] for r in rows if r["subject"] == "sub-02"] == [
-      "ses-V1", "ses-V2", "ses-V4", "ses-V5"]
+    "ses-V1",
+    "ses-V2",
+    "ses-V4",
+    "ses-V5",
+  ]
   assert all(r["dice_tissues"] == "n/a" for r in files.read_tsv(out / "qc.tsv"))
   metrics = json.loads((out / "metrics.json").read_text())
   assert not metrics["metrics_available"] and metrics["tta_flips"] == ["x", "y"]
   page = (out / "report.html").read_text()
   assert "No labels in this dataset" in page
-  flag_lines = [l for l in printed.splitlines() if l.startswith("flag: ")]
+  flag_lines = [line for line in printed.splitlines() if line.startswith("flag: ")]
   assert len(flag_lines) == len(files.read_tsv(out / "flags.tsv"))
 
 

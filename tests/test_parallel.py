@@ -19,11 +19,11 @@ import types
 
 import numpy as np
 import pytest
+from helpers import train_args
 
+from fcslstm_jax.errors import ConfigError
 from fcslstm_jax.synthetic import bric_like
 from fcslstm_jax.train import parallel
-from fcslstm_jax.errors import ConfigError
-from helpers import train_args
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "parallel_worker.py"
@@ -46,18 +46,37 @@ def free_port() -> int:
 def start(args, log, nice=0, **env):
   env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **env)
   flags = env.get("XLA_FLAGS", "")
-  env["XLA_FLAGS"] = " ".join(filter(None, (flags, "" if FAST_COMPILE in flags else FAST_COMPILE,
-                                            env.pop("EXTRA_XLA_FLAGS", ""))))
-  return subprocess.Popen([sys.executable, str(WORKER), *map(str, args)], cwd=ROOT, env=env,
-                          stdout=log, stderr=subprocess.STDOUT,
-                          preexec_fn=(lambda: os.nice(nice)) if nice else None)
+  env["XLA_FLAGS"] = " ".join(
+    filter(
+      None, (flags, "" if FAST_COMPILE in flags else FAST_COMPILE, env.pop("EXTRA_XLA_FLAGS", ""))
+    )
+  )
+  return subprocess.Popen(
+    [sys.executable, str(WORKER), *map(str, args)],
+    cwd=ROOT,
+    env=env,
+    stdout=log,
+    stderr=subprocess.STDOUT,
+    preexec_fn=(lambda: os.nice(nice)) if nice else None,
+  )
 
 
 def two_process_args(data, workdir, port, *extra):
   # FCN: the cheapest model to compile (the LSTM runs sharded in the 1-vs-2-device worker).
-  return train_args(data, workdir, EPOCHS_2P, "--protocol", "ibis", "--model", "fcn",
-                    "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2",
-                    *extra)
+  return train_args(
+    data,
+    workdir,
+    EPOCHS_2P,
+    "--protocol",
+    "ibis",
+    "--model",
+    "fcn",
+    "--coordinator-address",
+    f"127.0.0.1:{port}",
+    "--num-processes",
+    "2",
+    *extra,
+  )
 
 
 def run_jobs(tmp, specs, timeout, while_running=None):
@@ -92,14 +111,22 @@ def run_jobs(tmp, specs, timeout, while_running=None):
 
 
 def pair_specs(tmp, prefix, args, port):
-  return [(f"{prefix}{i}", ["train", tmp / f"{prefix}{i}.npz", *args, "--process-id", i], 0,
-           {"JAX_COORDINATOR_BIND_ADDRESS": f"127.0.0.1:{port}"}) for i in (0, 1)]
+  return [
+    (
+      f"{prefix}{i}",
+      ["train", tmp / f"{prefix}{i}.npz", *args, "--process-id", i],
+      0,
+      {"JAX_COORDINATOR_BIND_ADDRESS": f"127.0.0.1:{port}"},
+    )
+    for i in (0, 1)
+  ]
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-  return bric_like.generate(tmp_path_factory.mktemp("parallel-data") / "data", seed=0,
-                            config=TINY_DATA)
+  return bric_like.generate(
+    tmp_path_factory.mktemp("parallel-data") / "data", seed=0, config=TINY_DATA
+  )
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +136,19 @@ def runs(tiny_data, tmp_path_factory):
   data = tiny_data
   workdir, port = tmp / "run", free_port()
   # The two processes get the CPU first; the 1-vs-2-device worker fills their idle time.
-  out = run_jobs(tmp, pair_specs(tmp, "process", two_process_args(data, workdir, port), port)
-                 + [("mesh", ["mesh", tmp / "mesh.npz"], 10,
-                     {"EXTRA_XLA_FLAGS": "--xla_force_host_platform_device_count=2"})],
-                 TIMEOUT_S)
+  out = run_jobs(
+    tmp,
+    pair_specs(tmp, "process", two_process_args(data, workdir, port), port)
+    + [
+      (
+        "mesh",
+        ["mesh", tmp / "mesh.npz"],
+        10,
+        {"EXTRA_XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+      )
+    ],
+    TIMEOUT_S,
+  )
   return dict(out, workdir=workdir, data=data)
 
 
@@ -126,8 +162,9 @@ def stopped(runs, tmp_path_factory):
   def sigterm_to_process1(jobs):
     deadline = time.time() + TIMEOUT_S
     while not (workdir / "checkpoints" / "1").is_dir():
-      assert time.time() < deadline and all(j.poll() is None for j in jobs.values()), \
-          "no step-1 checkpoint"
+      assert time.time() < deadline and all(j.poll() is None for j in jobs.values()), (
+        "no step-1 checkpoint"
+      )
       time.sleep(0.01)
     jobs["first1"].send_signal(signal.SIGTERM)
 
@@ -140,11 +177,13 @@ def stopped(runs, tmp_path_factory):
 
 
 def check_ok(run):
-  assert run["rc"] == 0, f"exit {run['rc']} (negative: killed after {TIMEOUT_S} s)\n{run['log'][-3000:]}"
+  assert run["rc"] == 0, (
+    f"exit {run['rc']} (negative: killed after {TIMEOUT_S} s)\n{run['log'][-3000:]}"
+  )
 
 
 def params_of(run, prefix=""):
-  return {k[len(prefix):]: v for k, v in run.items() if k.startswith(prefix + "['")}
+  return {k[len(prefix) :]: v for k, v in run.items() if k.startswith(prefix + "['")}
 
 
 def test_two_devices_match_one_device(runs):
@@ -178,8 +217,8 @@ def test_bfloat16_step_convolutions_and_finite_loss(runs):
   assert np.isfinite(run["bf16_loss"])
   # Parameters and optimizer state stay float32 (the step counter is int32).
   assert set(run["bf16_state_dtypes"].tolist()) == {"float32", "int32"}
-  lowered = [l for l in str(run["bf16_lowered"]).splitlines() if " convolution(" in l]
-  assert lowered and all(l.split("=", 1)[1].lstrip().startswith("bf16[") for l in lowered)
+  lowered = [line for line in str(run["bf16_lowered"]).splitlines() if " convolution(" in line]
+  assert lowered and all(line.split("=", 1)[1].lstrip().startswith("bf16[") for line in lowered)
   # XLA:CPU has no bfloat16 convolution kernels: its float normalization computes them in
   # float32 between converts, so on CPU the compiled program holds bf16 values, not bf16
   # convolutions. (On GPU the compiled convolutions stay bf16.)
@@ -240,20 +279,29 @@ def test_a_refused_run_stops_both_processes_with_one_error_line(tiny_data, tmp_p
   """The work directory holds another run's run.json, which only process 0 reads: both
   processes agree on the error before the first collective and exit with one line each
   (before, process 1 waited in a collective for process 0, which had stopped)."""
-  from fcslstm_jax.data import protocol
   from fcslstm_jax.config import get_config
+  from fcslstm_jax.data import protocol
   from fcslstm_jax.files import write_json
+
   workdir = tmp_path / "other"
-  write_json(workdir / "run.json", {"config": get_config("tiny", model="fcn", seed=7).to_json(),
-                                    "dataset": str(tiny_data),
-                                    "protocol": protocol.builtin("ibis").to_json()})
+  write_json(
+    workdir / "run.json",
+    {
+      "config": get_config("tiny", model="fcn", seed=7).to_json(),
+      "dataset": str(tiny_data),
+      "protocol": protocol.builtin("ibis").to_json(),
+    },
+  )
   port = free_port()
-  out = run_jobs(tmp_path, pair_specs(tmp_path, "refused", two_process_args(
-      tiny_data, workdir, port), port), REFUSED_TIMEOUT_S)
+  out = run_jobs(
+    tmp_path,
+    pair_specs(tmp_path, "refused", two_process_args(tiny_data, workdir, port), port),
+    REFUSED_TIMEOUT_S,
+  )
   for i in (0, 1):
     run = out[f"refused{i}"]
     assert run["rc"] == 0 and int(run["rc_train"]) == 2, run["log"][-3000:]
-    errors = [l for l in run["log"].splitlines() if l.startswith("error: ")]
+    errors = [line for line in run["log"].splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "holds a different run" in errors[0], run["log"][-3000:]
     assert str(workdir / "run.json") in errors[0]
   assert "process 0 stopped the run" in out["refused1"]["log"]
@@ -267,7 +315,10 @@ def test_distributed_args_from_flags_env_or_none():
   assert parallel.distributed_args(environ={}) is None
   assert parallel.distributed_args(num_processes=1, environ={}) is None
   assert parallel.distributed_args("h:1234", 2, 1, environ={}) == {
-      "coordinator_address": "h:1234", "num_processes": 2, "process_id": 1}
+    "coordinator_address": "h:1234",
+    "num_processes": 2,
+    "process_id": 1,
+  }
   env = {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
   assert parallel.distributed_args(environ=env)["process_id"] == 3
   assert parallel.distributed_args(process_id=0, environ=env)["process_id"] == 0  # flag wins
@@ -285,8 +336,11 @@ def test_distributed_args_incomplete_is_a_clear_error():
 def test_batch_not_divisible_by_devices_names_the_flag():
   mesh = types.SimpleNamespace(size=4)
   assert parallel.process_batch_size(8, mesh) == 8
-  with pytest.raises(ConfigError, match=r"--batch-size 6 is not divisible by the 4 devices.*"
-                                        r"--batch-size 4 or 8"):
+  with pytest.raises(
+    ConfigError,
+    match=r"--batch-size 6 is not divisible by the 4 devices.*"
+    r"--batch-size 4 or 8",
+  ):
     parallel.process_batch_size(6, mesh)
 
 
@@ -301,6 +355,7 @@ def test_subject_shard_covers_every_subject_once():
 
 def test_mesh_of_more_devices_than_exist_is_a_clear_error():
   import jax
+
   mesh = parallel.make_mesh()
   assert mesh.axis_names == ("data",) and mesh.size == jax.device_count()
   with pytest.raises(ConfigError, match="--mesh 99"):
@@ -316,12 +371,15 @@ def test_an_unwritable_run_json_stops_both_processes_with_one_error_line(tiny_da
   blocker.write_text("")
   workdir = blocker / "run"
   port = free_port()
-  out = run_jobs(tmp_path, pair_specs(tmp_path, "unwritable", two_process_args(
-      tiny_data, workdir, port), port), REFUSED_TIMEOUT_S)
+  out = run_jobs(
+    tmp_path,
+    pair_specs(tmp_path, "unwritable", two_process_args(tiny_data, workdir, port), port),
+    REFUSED_TIMEOUT_S,
+  )
   for i in (0, 1):
     run = out[f"unwritable{i}"]
     assert run["rc"] == 0 and int(run["rc_train"]) != 0, run["log"][-3000:]
-    errors = [l for l in run["log"].splitlines() if l.startswith("error: ")]
+    errors = [line for line in run["log"].splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, run["log"][-3000:]
     assert "run.json" in errors[0] or str(workdir) in errors[0], errors[0]
   assert "process 0 stopped the run" in out["unwritable1"]["log"]

@@ -5,9 +5,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fcslstm_jax.data import study
 from fcslstm_jax.data import patches
 from fcslstm_jax.data import protocol
+from fcslstm_jax.data import study
 
 PATCH = (8, 16, 16)
 
@@ -59,8 +59,9 @@ def test_patches_hold_labeled_training_voxels_and_never_held_out_labels(subjects
 
 
 def test_patches_are_a_function_of_the_key(subjects):
-  sampler = patches.PatchSampler(patches.make_volumes(subjects, protocol.BRIC, "train"),
-                                 PATCH, seed=0)
+  sampler = patches.PatchSampler(
+    patches.make_volumes(subjects, protocol.BRIC, "train"), PATCH, seed=0
+  )
   idx = np.array([0, 1])
   a, b = sampler.batch(idx, (2, 1)), sampler.batch(idx, (2, 1))
   for k in a:
@@ -107,10 +108,18 @@ def tiny_volumes(depth, labeled_z, t=2):
   shape = (1, t, depth, 4, 4)
   mask = np.zeros(shape, np.float32)
   mask[:, :, list(labeled_z)] = 1.0
-  images = np.broadcast_to(np.arange(depth, dtype=np.float32)[:, None, None, None],
-                           shape[1:] + (1,))[None].copy()  # image value = z
-  return patches.VolumeSet(images, mask.astype(np.int32), mask, np.ones((1, t, depth), bool),
-                           ("a",), np.array([["x"] * t]), np.zeros((1, 3), np.int32))
+  images = np.broadcast_to(
+    np.arange(depth, dtype=np.float32)[:, None, None, None], shape[1:] + (1,)
+  )[None].copy()  # image value = z
+  return patches.VolumeSet(
+    images,
+    mask.astype(np.int32),
+    mask,
+    np.ones((1, t, depth), bool),
+    ("a",),
+    np.array([["x"] * t]),
+    np.zeros((1, 3), np.int32),
+  )
 
 
 @pytest.mark.parametrize("z, start", [(10, 6), (1, 0), (19, 12), (4, 0), (15, 11)])
@@ -144,7 +153,7 @@ def test_slabs_are_centred_on_the_labeled_slices_and_fewest(subjects):
     slabs = patches.label_slabs(volumes, depth)
     start = int(np.clip(z - depth // 2, 0, d - depth))
     assert len(slabs) == len(volumes)
-    np.testing.assert_array_equal(slabs.images, volumes.images[:, :, start:start + depth])
+    np.testing.assert_array_equal(slabs.images, volumes.images[:, :, start : start + depth])
   assert patches.slab_starts([1, 3, 9], 8, 20) == [(0, 1, 3), (5, 9, 9)]
   assert patches.slab_starts([18, 19], 8, 20) == [(12, 18, 19)]
   assert patches.slab_starts([2, 9], 8, 20) == [(2, 2, 9)]
@@ -165,12 +174,15 @@ def test_training_slabs_are_placed_by_training_labels_only(subjects):
   def moved(subject, shift):  # the held-out session's labels, `shift` slices deeper
     sessions = list(subject.timepoints)
     s = sessions[t_held]
-    sessions[t_held] = dataclasses.replace(s, labels=np.roll(s.labels, shift, axis=2),
-                                           label_mask=np.roll(s.label_mask, shift, axis=2))
+    sessions[t_held] = dataclasses.replace(
+      s, labels=np.roll(s.labels, shift, axis=2), label_mask=np.roll(s.label_mask, shift, axis=2)
+    )
     return dataclasses.replace(subject, timepoints=sessions)
 
-  runs = [patches.training_sets([moved(s, shift) for s in subjects], p, (depth, 16, 16))
-          for shift in (0, 5)]
+  runs = [
+    patches.training_sets([moved(s, shift) for s in subjects], p, (depth, 16, 16))
+    for shift in (0, 5)
+  ]
   (_, train_a, test_a), (_, train_b, test_b) = runs
   assert not np.array_equal(test_a.label_mask, test_b.label_mask)  # the change is real
   np.testing.assert_array_equal(train_a.offsets, train_b.offsets)

@@ -12,10 +12,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from experiments import learning_curve
 from experiments.peers import convert
-from fcslstm_jax.synthetic import cohort
+from experiments.peers import run
 from fcslstm_jax.data import grids
 from fcslstm_jax.data import protocol
+from fcslstm_jax.errors import ConfigError
+from fcslstm_jax.synthetic import cohort
 
 STUDY = dataclasses.replace(cohort.TINY, fov_mm=(144.0, 144.0, 18.0))
 
@@ -37,8 +40,12 @@ def _read(path):
 
 
 def _sessions(study):
-  return {convert.case_id(s.subject_id, ses.label): (s, t, ses) for s in study.subjects
-          for t, ses in enumerate(s.timepoints) if ses is not None}
+  return {
+    convert.case_id(s.subject_id, ses.label): (s, t, ses)
+    for s in study.subjects
+    for t, ses in enumerate(s.timepoints)
+    if ses is not None
+  }
 
 
 def test_labels_on_exactly_the_labeled_voxels_ignore_elsewhere(converted):
@@ -75,8 +82,10 @@ def test_labels_on_exactly_the_labeled_voxels_ignore_elsewhere(converted):
 def test_held_out_and_unlabeled_sessions_carry_no_labels(converted):
   _, study, out, manifest = converted
   proto = study.protocol
-  in_labels = {p.name[:-len(".nii.gz")] for p in (out / "labelsTr").iterdir()}
-  in_train_images = {p.name[:-len("_0000.nii.gz")] for p in (out / "imagesTr").glob("*_0000.nii.gz")}
+  in_labels = {p.name[: -len(".nii.gz")] for p in (out / "labelsTr").iterdir()}
+  in_train_images = {
+    p.name[: -len("_0000.nii.gz")] for p in (out / "imagesTr").glob("*_0000.nii.gz")
+  }
   assert in_labels == in_train_images
   roles = {c["case"]: c for c in manifest["cases"]}
   held_out = [k for k, c in roles.items() if c["timepoint"] in proto.test_timepoints]
@@ -102,8 +111,9 @@ def test_predictions_come_back_on_each_sessions_own_grid(converted, tmp_path):
     subject, t, session = _sessions(study)[case["case"]]
     image, _ = _read(out / case["folder"] / f"{case['case']}_0000.nii.gz")
     stem = f"sub-{case['subject']}_ses-{case['session']}"
-    truth_path = full / f"sub-{case['subject']}" / f"ses-{case['session']}" / "anat" / \
-        f"{stem}_dseg.nii.gz"
+    truth_path = (
+      full / f"sub-{case['subject']}" / f"ses-{case['session']}" / "anat" / f"{stem}_dseg.nii.gz"
+    )
     truth = convert.nifti_io.load_volume(str(truth_path), kind="labels").data
     on_work = grids.resample(truth, session.grid, subject.grid, 0, session.to_session)
     assert on_work.shape == image.shape
@@ -134,9 +144,6 @@ def test_conversion_refuses_an_existing_folder_and_the_dataset_itself(converted)
 
 # --------------------------------------------------------------------------- run.py's guards
 
-from experiments.peers import run  # noqa: E402
-from fcslstm_jax.errors import ConfigError  # noqa: E402
-
 
 def _no_study(name):
   raise AssertionError("run.py went on past its checks")
@@ -155,13 +162,21 @@ def _earlier(out, args, **record):
   config = run.configuration(run.parse_args(args))
   tool = {"train_seconds": 60.0, "scores": {}, "configuration": config, **record}
   path = out / "peers-tiny.json"
-  path.write_text(json.dumps({"command": "earlier", "budget_min": config["budget_min"],
-                              "tools": {"FCSLSTM (bi-fcslstm, quick)": tool}}))
+  path.write_text(
+    json.dumps(
+      {
+        "command": "earlier",
+        "budget_min": config["budget_min"],
+        "tools": {"FCSLSTM (bi-fcslstm, quick)": tool},
+      }
+    )
+  )
   return path
 
 
 def test_keep_others_refuses_a_record_of_another_commit_configuration_or_no_commit(
-    tmp_path, capsys, monkeypatch):
+  tmp_path, capsys, monkeypatch
+):
   """``--keep-others`` with nnU-Net alone keeps the earlier FCSLSTM row only when it ran on
   this very code and configuration; otherwise one error line naming the file, before the
   study is loaded or --work touched."""
@@ -169,8 +184,9 @@ def test_keep_others_refuses_a_record_of_another_commit_configuration_or_no_comm
   args = ["--study", "tiny", "--budget-min", "0.5", "--out", str(tmp_path)]
   argv = args + ["--tools", "nnunet", "--keep-others", "--work", str(tmp_path / "work")]
   here = run.code_version(exclude=run.outputs(str(tmp_path), "tiny"))
-  head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=run.REPO, capture_output=True,
-                        text=True, check=True).stdout.strip()
+  head = subprocess.run(
+    ["git", "rev-parse", "HEAD"], cwd=run.REPO, capture_output=True, text=True, check=True
+  ).stdout.strip()
   assert here["commit"] == head and isinstance(here["dirty"], bool)
   assert (here["diff_sha256"] is not None) == here["dirty"]
   # This checkout as main() sees it, fixed: others may be editing the tree meanwhile.
@@ -193,8 +209,9 @@ def test_keep_others_refuses_a_record_of_another_commit_configuration_or_no_comm
 
   # The same code and configuration: kept, as it was.
   path = _earlier(tmp_path, args, **here)
-  kept = run.kept_records(str(path), {"nnU-Net v2 (2d)"}, here,
-                          run.configuration(run.parse_args(args)))
+  kept = run.kept_records(
+    str(path), {"nnU-Net v2 (2d)"}, here, run.configuration(run.parse_args(args))
+  )
   assert list(kept) == ["FCSLSTM (bi-fcslstm, quick)"]
   assert kept["FCSLSTM (bi-fcslstm, quick)"]["commit"] == here["commit"]
 
@@ -204,8 +221,15 @@ def test_code_version_sees_uncommitted_changes_except_the_scripts_outputs(tmp_pa
   output files aside); outside a git checkout the commit is None."""
   repo = tmp_path / "repo"
   (repo / "results").mkdir(parents=True)
-  git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a],
-                                  cwd=repo, check=True, capture_output=True)
+
+  def git(*a):
+    return subprocess.run(
+      ["git", "-c", "user.name=t", "-c", "user.email=t@t", *a],
+      cwd=repo,
+      check=True,
+      capture_output=True,
+    )
+
   git("init", "-q")
   (repo / "code.py").write_text("a = 1\n")
   out = run.outputs(str(repo / "results"), "tiny")
@@ -262,8 +286,11 @@ def _warning_study(root):
   on all 12 (8 of them share a working slice with a nearer one: Subject.warnings), and a
   30-month session no time point fits (unassigned)."""
   rng = np.random.default_rng(0)
-  for ses, dz, nz, z0, labeled in (("00mo", 3.0, 4, 0.0, [0]), ("12mo", 1.0, 12, -1.0, range(12)),
-                                   ("30mo", 3.0, 4, 0.0, [])):
+  for ses, dz, nz, z0, labeled in (
+    ("00mo", 3.0, 4, 0.0, [0]),
+    ("12mo", 1.0, 12, -1.0, range(12)),
+    ("30mo", 3.0, 4, 0.0, []),
+  ):
     affine = np.diag([2.0, 2.0, dz, 1.0])
     affine[2, 3] = z0
     shape = (6, 5, nz)
@@ -272,8 +299,10 @@ def _warning_study(root):
     anat = root / "sub-01" / f"ses-{ses}" / "anat"
     anat.mkdir(parents=True)
     for mod in ("T1w", "T2w"):
-      nib.save(nib.Nifti1Image(image.astype(np.int16), affine),
-               str(anat / f"sub-01_ses-{ses}_{mod}.nii.gz"))
+      nib.save(
+        nib.Nifti1Image(image.astype(np.int16), affine),
+        str(anat / f"sub-01_ses-{ses}_{mod}.nii.gz"),
+      )
     if labeled:
       labels = np.zeros(shape, np.uint8)
       for k in labeled:
@@ -281,9 +310,14 @@ def _warning_study(root):
       seg = root / "derivatives" / "m" / "sub-01" / f"ses-{ses}" / "anat"
       seg.mkdir(parents=True)
       nib.save(nib.Nifti1Image(labels, affine), str(seg / f"sub-01_ses-{ses}_dseg.nii.gz"))
-  proto = protocol.Protocol(name="two", num_timepoints=2, ages=(0.0, 12.0),
-                            train_timepoints=(0, 1), test_timepoints=(),
-                            labeled_slices_per_volume=100)
+  proto = protocol.Protocol(
+    name="two",
+    num_timepoints=2,
+    ages=(0.0, 12.0),
+    train_timepoints=(0, 1),
+    test_timepoints=(),
+    labeled_slices_per_volume=100,
+  )
   (root / "protocol.json").write_text(json.dumps(proto.to_json()))
   return root
 
@@ -292,8 +326,10 @@ def test_conversion_prints_the_studys_warnings(tmp_path, capsys):
   """The conversion (convert.py, and run.py through it) prints the loader's warnings as the
   CLIs do: one ``warning:`` line each on stderr."""
   study_dir = _warning_study(tmp_path / "study")
-  assert convert.main(["--data-dir", str(study_dir), "--out",
-                       str(tmp_path / "raw" / "Dataset998_two")]) == 0
+  assert (
+    convert.main(["--data-dir", str(study_dir), "--out", str(tmp_path / "raw" / "Dataset998_two")])
+    == 0
+  )
   err = capsys.readouterr().err.splitlines()
   warnings = [line for line in err if line.startswith("warning: ")]
   assert len(warnings) == 2, err
@@ -304,8 +340,6 @@ def test_conversion_prints_the_studys_warnings(tmp_path, capsys):
 
 # ------------------------------------------------------------- run.py's volumes and growth
 
-from fcslstm_jax.outputs import volumes  # noqa: E402
-from fcslstm_jax.outputs import writer  # noqa: E402
 
 # Voxels of 2 x 2 x 2.5 mm: 10 mm^3 = 0.01 mL each.
 VOXEL_AFFINE = np.diag([2.0, 2.0, 2.5, 1.0])
@@ -315,7 +349,7 @@ def _labels(csf, gm, wm, shape=(8, 8, 4)):
   """A volume of ``shape`` holding ``csf``, ``gm``, ``wm`` voxels of classes 1, 2, 3 (the
   first ones in C order: the z axis varies fastest, so 4+ of them label every slice)."""
   flat = np.zeros(int(np.prod(shape)), np.int32)
-  flat[:csf + gm + wm] = [1] * csf + [2] * gm + [3] * wm
+  flat[: csf + gm + wm] = [1] * csf + [2] * gm + [3] * wm
   return flat.reshape(shape)
 
 
@@ -324,8 +358,9 @@ def _session(tmp_path, subject, label, age, truth):
   path = tmp_path / f"sub-{subject}_ses-{label}_dseg.nii.gz"
   nib.save(nib.Nifti1Image(truth.astype(np.uint8), VOXEL_AFFINE), str(path))
   ref = type("Ref", (), {"affine": VOXEL_AFFINE})()
-  return type("Session", (), {"label": label, "age": age, "ref": ref,
-                              "paths": {"dseg": str(path)}})()
+  return type(
+    "Session", (), {"label": label, "age": age, "ref": ref, "paths": {"dseg": str(path)}}
+  )()
 
 
 def test_run_records_volume_and_growth_errors_of_labeled_and_unlabeled_subjects(tmp_path):
@@ -339,16 +374,20 @@ def test_run_records_volume_and_growth_errors_of_labeled_and_unlabeled_subjects(
   03: t0 true 20/20/20, predicted 20/30/20; t1 true 40/40/40, predicted 30/40/60.
     Volume error 0.125 / 0.25 / 0.25, bias -0.125 / +0.25 / +0.25; growth 0.5 / 0.5 / 1.
   """
-  proto = protocol.Protocol(name="two", num_timepoints=2, ages=(0.0, 12.0),
-                            train_timepoints=(0,), test_timepoints=(1,))
+  proto = protocol.Protocol(
+    name="two", num_timepoints=2, ages=(0.0, 12.0), train_timepoints=(0,), test_timepoints=(1,)
+  )
   scores = run.Scores(proto, unlabeled=["03"])
-  cases = [("01", 1, "12mo", 12.0, (40, 60, 80), (40, 60, 100)),  # out of age order
-           ("01", 0, "00mo", 0.0, (40, 40, 40), (50, 40, 20)),
-           ("03", 0, "00mo", 0.0, (20, 20, 20), (20, 30, 20)),
-           ("03", 1, "12mo", 12.0, (40, 40, 40), (30, 40, 60))]
+  cases = [
+    ("01", 1, "12mo", 12.0, (40, 60, 80), (40, 60, 100)),  # out of age order
+    ("01", 0, "00mo", 0.0, (40, 40, 40), (50, 40, 20)),
+    ("03", 0, "00mo", 0.0, (20, 20, 20), (20, 30, 20)),
+    ("03", 1, "12mo", 12.0, (40, 40, 40), (30, 40, 60)),
+  ]
   for subject, t, label, age, true, pred in cases:
-    scores.add_session(subject, t, _session(tmp_path, subject, label, age, _labels(*true)),
-                       _labels(*pred))
+    scores.add_session(
+      subject, t, _session(tmp_path, subject, label, age, _labels(*true)), _labels(*pred)
+    )
   sparse = np.zeros((8, 8, 4), np.int32)
   sparse[:, :, 2] = 3  # one labeled slice: scored, but no volume
   scores.add_session("02", 0, _session(tmp_path, "02", "00mo", 0.0, sparse), sparse)
@@ -359,9 +398,13 @@ def test_run_records_volume_and_growth_errors_of_labeled_and_unlabeled_subjects(
   labeled, unlabeled = volume_scores["labeled_subjects"], volume_scores["unlabeled_subjects"]
   assert (labeled["sessions"], labeled["subjects"]) == (2, 1)
   assert (unlabeled["sessions"], unlabeled["subjects"]) == (2, 1)
-  close = lambda got, want: list(got) == list(want) and all(
+
+  def close(got, want):
+    return list(got) == list(want) and all(
       (w is None and got[k] is None) or (got[k] is not None and abs(got[k] - w) < 1e-9)
-      for k, w in want.items())
+      for k, w in want.items()
+    )
+
   assert close(labeled["volume_error"], {"CSF": 0.125, "GM": 0.0, "WM": 0.375})
   assert close(labeled["volume_bias"], {"CSF": 0.125, "GM": 0.0, "WM": -0.125})
   assert close(labeled["growth_error"], {"CSF": None, "GM": 0.0, "WM": 1.0})
@@ -375,16 +418,29 @@ def test_run_records_volume_and_growth_errors_of_labeled_and_unlabeled_subjects(
   assert close(first["predicted_ml"], {"CSF": 0.5, "GM": 0.4, "WM": 0.2})
   assert close(first["true_ml"], {"CSF": 0.4, "GM": 0.4, "WM": 0.4})
   assert [r["group"] for r in volume_scores["per_session"]] == [
-      "train_timepoints", "heldout", "unlabeled_subjects", "unlabeled_subjects"]
+    "train_timepoints",
+    "heldout",
+    "unlabeled_subjects",
+    "unlabeled_subjects",
+  ]
   # The whole volumes are scored on every voxel; the slice labels on their slice.
   assert result["whole_volumes"]["per_timepoint"][0]["mpa"] is not None
   assert scores.whole[0].sum() == 2 * 256 + 64 and scores.whole[1].sum() == 2 * 256
 
-  record = {"train_seconds": 60.0, "infer_seconds": 2.0,
-            "scores": json.loads(json.dumps(result))}  # as the JSON file holds it
+  record = {
+    "train_seconds": 60.0,
+    "infer_seconds": 2.0,
+    "scores": json.loads(json.dumps(result)),
+  }  # as the JSON file holds it
   cells = run.row("FCSLSTM", record)[-6:]
-  assert cells == ["0.125 / 0.000 / 0.375", "+0.125 / +0.000 / -0.125", "n/a / 0.000 / 1.000",
-                   "0.125 / 0.250 / 0.250", "-0.125 / +0.250 / +0.250", "0.500 / 0.500 / 1.000"]
+  assert cells == [
+    "0.125 / 0.000 / 0.375",
+    "+0.125 / +0.000 / -0.125",
+    "n/a / 0.000 / 1.000",
+    "0.125 / 0.250 / 0.250",
+    "-0.125 / +0.250 / +0.250",
+    "0.500 / 0.500 / 1.000",
+  ]
   table = run.markdown({"tools": {"FCSLSTM": record}})
   assert "| volume error CSF / GM / WM, unlabeled subjects |" in table.splitlines()[0] + " |"
   assert table.splitlines()[2].endswith("| 0.500 / 0.500 / 1.000 |")
@@ -392,7 +448,6 @@ def test_run_records_volume_and_growth_errors_of_labeled_and_unlabeled_subjects(
 
 # ------------------------------------------------------------------------- learning curve
 
-from experiments import learning_curve  # noqa: E402
 
 HERE_CODE = {"commit": "c" * 40, "dirty": False, "diff_sha256": None}
 FCSLSTM = "FCSLSTM (bi-fcslstm, quick)"
@@ -401,16 +456,27 @@ FCSLSTM = "FCSLSTM (bi-fcslstm, quick)"
 def _curve_record(path, args, budget, mpa, code=HERE_CODE):
   """A budget's run.py record holding an FCSLSTM row of ``args``' configuration."""
   config = run.configuration(run.parse_args(learning_curve.run_argv(args, budget, ["fcslstm"], [])))
-  tool = {"train_seconds": budget * 60, "infer_seconds": 3.0, "configuration": config, **code,
-          "measured_at": "then",
-          "scores": {"labeled_slices": {"test": {"mpa": mpa, "mpa_fg": mpa - 0.1}},
-                     "whole_volumes": {"test": {"dice": {"background": 0.99, "CSF": mpa - 0.2,
-                                                         "GM": mpa - 0.1, "WM": mpa}}},
-                     "volumes": {"labeled_subjects": {
-                         "volume_error": {"CSF": 0.1, "GM": 0.2, "WM": budget / 100},
-                         "volume_bias": {"CSF": -0.1, "GM": 0.2, "WM": 0.0},
-                         "growth_error": {"CSF": 0.3, "GM": None, "WM": 0.5}},
-                                 "unlabeled_subjects": None}}}
+  tool = {
+    "train_seconds": budget * 60,
+    "infer_seconds": 3.0,
+    "configuration": config,
+    **code,
+    "measured_at": "then",
+    "scores": {
+      "labeled_slices": {"test": {"mpa": mpa, "mpa_fg": mpa - 0.1}},
+      "whole_volumes": {
+        "test": {"dice": {"background": 0.99, "CSF": mpa - 0.2, "GM": mpa - 0.1, "WM": mpa}}
+      },
+      "volumes": {
+        "labeled_subjects": {
+          "volume_error": {"CSF": 0.1, "GM": 0.2, "WM": budget / 100},
+          "volume_bias": {"CSF": -0.1, "GM": 0.2, "WM": 0.0},
+          "growth_error": {"CSF": 0.3, "GM": None, "WM": 0.5},
+        },
+        "unlabeled_subjects": None,
+      },
+    },
+  }
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w") as f:
     json.dump({"machine": {"cpus": 2}, "tools": {FCSLSTM: tool}}, f)
@@ -420,15 +486,32 @@ def test_learning_curve_skips_current_budgets_and_tabulates_the_records(tmp_path
   """Budget 10 has a current record (skipped), 30 one from another commit (run again: the
   fake run.py writes a new record), 60's run fails; nnU-Net is not installed. One row per
   budget and tool, from the records, or saying why not."""
-  argv = ["--study", "tiny", "--budgets", "10,30,60", "--tools", "fcslstm", "nnunet",
-          "--out-dir", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work")]
+  argv = [
+    "--study",
+    "tiny",
+    "--budgets",
+    "10,30,60",
+    "--tools",
+    "fcslstm",
+    "nnunet",
+    "--out-dir",
+    str(tmp_path / "out"),
+    "--work-dir",
+    str(tmp_path / "work"),
+  ]
   args, _ = learning_curve.parse_args(argv)
-  record = lambda b: run.outputs(learning_curve.budget_out(args, b), "tiny")[0]
+
+  def record(b):
+    return run.outputs(learning_curve.budget_out(args, b), "tiny")[0]
+
   _curve_record(record(10), args, 10, 0.8)
   _curve_record(record(30), args, 30, 0.5, code=dict(HERE_CODE, commit="0" * 40))
   monkeypatch.setattr(run, "code_version", lambda exclude=(), repo=None: HERE_CODE)
-  monkeypatch.setattr(learning_curve, "missing_reason", lambda tool: "not run: no nnunetv2"
-                      if tool == "nnunet" else None)
+  monkeypatch.setattr(
+    learning_curve,
+    "missing_reason",
+    lambda tool: "not run: no nnunetv2" if tool == "nnunet" else None,
+  )
   calls = []
 
   def fake_run_py(command):
@@ -443,7 +526,9 @@ def test_learning_curve_skips_current_budgets_and_tabulates_the_records(tmp_path
   monkeypatch.setattr(learning_curve, "call", fake_run_py)
   assert learning_curve.main(argv) == 0
   assert [(a.budget_min, a.tools, a.keep_others) for a in calls] == [
-      (30.0, ["fcslstm"], False), (60.0, ["fcslstm"], False)]
+    (30.0, ["fcslstm"], False),
+    (60.0, ["fcslstm"], False),
+  ]
   assert calls[0].out == str(tmp_path / "out" / "learning-curve" / "tiny-30min")
   assert calls[0].work == str(tmp_path / "work" / "tiny-30min")
 
@@ -455,15 +540,19 @@ def test_learning_curve_skips_current_budgets_and_tabulates_the_records(tmp_path
   assert thirty["heldout_mpa"] == 0.9 and thirty["commit"] == HERE_CODE["commit"]
   assert ten["heldout_whole_volume_dice"] == {"CSF": 0.8 - 0.2, "GM": 0.8 - 0.1, "WM": 0.8}
   assert ten["volume_error"]["labeled_subjects"] == {"CSF": 0.1, "GM": 0.2, "WM": 0.1}
-  assert ten["growth_error"] == {"labeled_subjects": {"CSF": 0.3, "GM": None, "WM": 0.5},
-                                 "unlabeled_subjects": None}
+  assert ten["growth_error"] == {
+    "labeled_subjects": {"CSF": 0.3, "GM": None, "WM": 0.5},
+    "unlabeled_subjects": None,
+  }
   assert rows[(FCSLSTM, 60.0)]["status"] == "failed: run.py exited with 1"
   assert all(rows[(run.NNUNET, b)]["status"] == "not run: no nnunetv2" for b in (10, 30, 60))
 
   table = (tmp_path / "out" / "learning-curve-tiny.md").read_text()
   lines = [line for line in table.splitlines() if line.startswith(f"| {FCSLSTM} |")]
-  assert lines[0] == (f"| {FCSLSTM} | 10 | 10.0 | 0.800 (0.700) | 0.600 / 0.700 / 0.800 | "
-                      "0.100 / 0.200 / 0.100 | n/a | 0.300 / n/a / 0.500 | n/a | ccccccc |  |")
+  assert lines[0] == (
+    f"| {FCSLSTM} | 10 | 10.0 | 0.800 (0.700) | 0.600 / 0.700 / 0.800 | "
+    "0.100 / 0.200 / 0.100 | n/a | 0.300 / n/a / 0.500 | n/a | ccccccc |  |"
+  )
   assert lines[2].endswith("| failed: run.py exited with 1 |")
   assert "| nnU-Net v2 (2d) | 30 | – |" in table
 
@@ -483,10 +572,20 @@ def test_learning_curve_takes_a_record_committed_since_as_current(tmp_path):
   it stale."""
   repo = tmp_path / "repo"
   (repo / "results" / "learning-curve").mkdir(parents=True)
-  git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a],
-                                  cwd=repo, check=True, capture_output=True)
-  head = lambda: subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True,
-                                capture_output=True, text=True).stdout.strip()
+
+  def git(*a):
+    return subprocess.run(
+      ["git", "-c", "user.name=t", "-c", "user.email=t@t", *a],
+      cwd=repo,
+      check=True,
+      capture_output=True,
+    )
+
+  def head():
+    return subprocess.run(
+      ["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
   git("init", "-q")
   (repo / "code.py").write_text("a = 1\n")
   git("add", "-A")
@@ -496,13 +595,16 @@ def test_learning_curve_takes_a_record_committed_since_as_current(tmp_path):
   (repo / "results" / "learning-curve-tiny.md").write_text("table")
   git("add", "-A")
   git("commit", "-q", "-m", "records")
-  ignored = [os.path.join("results", "learning-curve") + os.sep,
-             os.path.join("results", "learning-curve-tiny.json"),
-             os.path.join("results", "learning-curve-tiny.md")]
+  ignored = [
+    os.path.join("results", "learning-curve") + os.sep,
+    os.path.join("results", "learning-curve-tiny.json"),
+    os.path.join("results", "learning-curve-tiny.md"),
+  ]
   now = {"commit": head(), "dirty": False, "diff_sha256": None}
   assert learning_curve.same_code(ran_on, now, ignored, str(repo))
-  assert not learning_curve.same_code(ran_on, dict(now, dirty=True, diff_sha256="d"), ignored,
-                                      str(repo))
+  assert not learning_curve.same_code(
+    ran_on, dict(now, dirty=True, diff_sha256="d"), ignored, str(repo)
+  )
   # the records are not ignored
   assert not learning_curve.same_code(ran_on, now, ignored[1:], str(repo))
   (repo / "code.py").write_text("a = 2\n")

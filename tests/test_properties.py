@@ -4,34 +4,43 @@ metrics on random shapes and label sets."""
 import pathlib
 import tempfile
 
-from hypothesis import HealthCheck, given, settings, strategies as st
 import nibabel as nib
-from nibabel import orientations
 import numpy as np
-
 import test_study  # the loader tests' NIfTI writer
-from fcslstm_jax.data import study
+from hypothesis import HealthCheck
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+from nibabel import orientations
+
 from fcslstm_jax import metrics
 from fcslstm_jax.data import nifti_io
+from fcslstm_jax.data import study
 
-SETTINGS = settings(max_examples=25, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-ORIENTATIONS = st.tuples(st.permutations([0, 1, 2]),
-                         st.tuples(*[st.sampled_from([-1, 1])] * 3)).map(
-    lambda a: "".join(orientations.ornt2axcodes([[axis, sign] for axis, sign in zip(*a)])))
+ORIENTATIONS = st.tuples(
+  st.permutations([0, 1, 2]), st.tuples(*[st.sampled_from([-1, 1])] * 3)
+).map(lambda a: "".join(orientations.ornt2axcodes([[axis, sign] for axis, sign in zip(*a)])))
 SHAPES = st.tuples(*[st.integers(2, 6)] * 3)
-AFFINES = st.tuples(st.tuples(*[st.floats(0.5, 3.0)] * 3),
-                    st.tuples(*[st.floats(-50, 50)] * 3)).map(
-    lambda zo: np.vstack([np.hstack([np.diag(zo[0]), np.array(zo[1])[:, None]]), [0, 0, 0, 1]]))
+AFFINES = st.tuples(
+  st.tuples(*[st.floats(0.5, 3.0)] * 3), st.tuples(*[st.floats(-50, 50)] * 3)
+).map(lambda zo: np.vstack([np.hstack([np.diag(zo[0]), np.array(zo[1])[:, None]]), [0, 0, 0, 1]]))
 
 
 @SETTINGS
-@given(codes=ORIENTATIONS, shape=SHAPES, affine=AFFINES, num_sessions=st.integers(1, 3),
-       classes=st.sets(st.integers(0, 3), min_size=1), seed=st.integers(0, 2**16),
-       suffix=st.sampled_from([".nii", ".nii.gz"]))
-def test_loader_round_trips_affine_and_labels(codes, shape, affine, num_sessions, classes, seed,
-                                              suffix):
+@given(
+  codes=ORIENTATIONS,
+  shape=SHAPES,
+  affine=AFFINES,
+  num_sessions=st.integers(1, 3),
+  classes=st.sets(st.integers(0, 3), min_size=1),
+  seed=st.integers(0, 2**16),
+  suffix=st.sampled_from([".nii", ".nii.gz"]),
+)
+def test_loader_round_trips_affine_and_labels(
+  codes, shape, affine, num_sessions, classes, seed, suffix
+):
   rng = np.random.default_rng(seed)
   classes = sorted(classes)
   with tempfile.TemporaryDirectory() as tmp:
@@ -44,12 +53,23 @@ def test_loader_round_trips_affine_and_labels(codes, shape, affine, num_sessions
       labels = rng.choice(classes, size=shape).astype(np.uint8)
       for mod, image in zip(("T1w", "T2w"), images):
         test_study.write(anat / f"sub-01_ses-{ses}_{mod}{suffix}", image, codes, affine=affine)
-      test_study.write(root / "derivatives" / "manual" / "sub-01" / f"ses-{ses}" / "anat" /
-                       f"sub-01_ses-{ses}_dseg{suffix}", labels, codes, affine=affine)
+      test_study.write(
+        root
+        / "derivatives"
+        / "manual"
+        / "sub-01"
+        / f"ses-{ses}"
+        / "anat"
+        / f"sub-01_ses-{ses}_dseg{suffix}",
+        labels,
+        codes,
+        affine=affine,
+      )
       truth[ses] = (images, labels)
 
-    dense = test_study.dataclasses.replace(test_study.DENSE, ages=(0.0, 3.0, 6.0),
-                                           train_timepoints=(0, 1, 2), test_timepoints=())
+    dense = test_study.dataclasses.replace(
+      test_study.DENSE, ages=(0.0, 3.0, 6.0), train_timepoints=(0, 1, 2), test_timepoints=()
+    )
     (subject,) = study.load_dataset(root, dense)
     assert [s.label for s in subject.sessions] == sorted(truth)
     for session in subject.sessions:
@@ -66,8 +86,9 @@ def test_loader_round_trips_affine_and_labels(codes, shape, affine, num_sessions
       stored = nib.load(session.paths["T1w"])
       np.testing.assert_allclose(written.affine, stored.affine, atol=1e-4)
       assert "".join(nib.aff2axcodes(written.affine)) == codes
-      np.testing.assert_array_equal(np.asarray(written.dataobj), np.asarray(
-          nib.load(session.paths["dseg"]).dataobj))
+      np.testing.assert_array_equal(
+        np.asarray(written.dataobj), np.asarray(nib.load(session.paths["dseg"]).dataobj)
+      )
 
 
 ARRAY_SHAPES = st.lists(st.integers(1, 5), min_size=1, max_size=4).map(tuple)
@@ -92,7 +113,10 @@ def confusion(pred, labels, mask, c):
   """``metrics.confusion_matrix`` on the arrays flattened and padded (mask 0) to one length:
   the counts do not depend on the layout, and one length means one compiled program per
   class count instead of one per random shape (XLA compilation dominates on CPU)."""
-  pad = lambda a: np.pad(a.ravel(), (0, 5 ** 4 - a.size))
+
+  def pad(a):
+    return np.pad(a.ravel(), (0, 5**4 - a.size))
+
   return np.asarray(metrics.confusion_matrix(pad(pred), pad(labels), pad(mask), c))
 
 
@@ -109,8 +133,11 @@ def test_metrics_are_within_unit_interval(seg):
   cm = confusion(pred, labels, mask, c)
   assert cm.shape == (c, c) and cm.min() >= 0
   assert cm.sum() == mask.sum()
-  for per_class in (metrics.pixel_accuracy_per_class(cm), metrics.dice_per_class(cm),
-                    metrics.iou_per_class(cm)):
+  for per_class in (
+    metrics.pixel_accuracy_per_class(cm),
+    metrics.dice_per_class(cm),
+    metrics.iou_per_class(cm),
+  ):
     assert in_unit_interval_or_nan(per_class)
   summary = metrics.summarize(cm, [f"c{i}" for i in range(c)])
   for key in ("mpa", "mean_dice", "mean_iou"):
@@ -131,9 +158,11 @@ def test_perfect_prediction_scores_one(seg):
 
 
 @SETTINGS
-@given(shape=st.tuples(st.integers(1, 3), st.integers(2, 4), st.integers(1, 4),
-                       st.integers(1, 4)),
-       c=st.integers(2, 5), seed=st.integers(0, 2**16))
+@given(
+  shape=st.tuples(st.integers(1, 3), st.integers(2, 4), st.integers(1, 4), st.integers(1, 4)),
+  c=st.integers(2, 5),
+  seed=st.integers(0, 2**16),
+)
 def test_temporal_consistency_is_a_fraction(shape, c, seed):
   rng = np.random.default_rng(seed)
   seg = rng.integers(0, c, size=shape)

@@ -27,20 +27,21 @@ import jax
 import nibabel as nib
 import numpy as np
 import pytest
+import test_study  # the loader tests' helpers for writing (bad) NIfTI files
+from helpers import train_args
 
 import evaluate
-from helpers import train_args
-import test_study  # the loader tests' helpers for writing (bad) NIfTI files
 import train
-from fcslstm_jax.synthetic import bric_like
-from fcslstm_jax.data import study
-from fcslstm_jax.infer import pipeline
-from fcslstm_jax.data import sequences
-from fcslstm_jax.train import loop
-from fcslstm_jax.config import Config, get_config
-from fcslstm_jax.errors import ConfigError
+from fcslstm_jax.config import Config
+from fcslstm_jax.config import get_config
 from fcslstm_jax.data import protocol
+from fcslstm_jax.data import sequences
+from fcslstm_jax.data import study
+from fcslstm_jax.errors import ConfigError
+from fcslstm_jax.infer import pipeline
 from fcslstm_jax.run_record import RunRecord
+from fcslstm_jax.synthetic import bric_like
+from fcslstm_jax.train import loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_DATA = bric_like.TINY
@@ -62,11 +63,15 @@ def reference(dataset, tmp_path_factory):
 def checkpoint_steps(workdir):
   """Complete checkpoints (orbax renames a step's temporary folder when it is done)."""
   folder = pathlib.Path(workdir) / "checkpoints"
-  return sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit()) if folder.is_dir() else []
+  return (
+    sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit()) if folder.is_dir() else []
+  )
 
 
 def partial_checkpoints(workdir):
-  return sorted(p.name for p in (pathlib.Path(workdir) / "checkpoints").glob("*.orbax-checkpoint-tmp*"))
+  return sorted(
+    p.name for p in (pathlib.Path(workdir) / "checkpoints").glob("*.orbax-checkpoint-tmp*")
+  )
 
 
 def final_params(workdir):
@@ -85,8 +90,13 @@ def assert_identical(workdir_a, workdir_b):
 def launch(args, log):
   env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
   with open(log, "w") as f:
-    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *map(str, args)], cwd=REPO,
-                            env=env, stdout=f, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+      [sys.executable, str(REPO / "train.py"), *map(str, args)],
+      cwd=REPO,
+      env=env,
+      stdout=f,
+      stderr=subprocess.STDOUT,
+    )
 
 
 def wait_for(condition, proc, what):
@@ -111,8 +121,9 @@ def resumed_step(log):
 
 
 @pytest.mark.slow
-def test_sigkill_at_three_points_then_rerun_gives_identical_parameters(dataset, reference,
-                                                                       tmp_path, capsys):
+def test_sigkill_at_three_points_then_rerun_gives_identical_parameters(
+  dataset, reference, tmp_path, capsys
+):
   rng = random.Random(7)  # kill points: observed progress plus a seeded random delay
   workdir, log = tmp_path / "killed", tmp_path / "train.log"
   args = train_args(dataset, workdir, EPOCHS)
@@ -126,8 +137,9 @@ def test_sigkill_at_three_points_then_rerun_gives_identical_parameters(dataset, 
 
   # 2. During a checkpoint write, once an earlier checkpoint is complete.
   proc = launch(args, log)
-  wait_for(lambda: checkpoint_steps(workdir) and partial_checkpoints(workdir), proc,
-           "a checkpoint write")
+  wait_for(
+    lambda: checkpoint_steps(workdir) and partial_checkpoints(workdir), proc, "a checkpoint write"
+  )
   assert stop(proc) == -signal.SIGKILL
   assert partial_checkpoints(workdir), "the kill missed the checkpoint write"
   complete = checkpoint_steps(workdir)
@@ -144,25 +156,30 @@ def test_sigkill_at_three_points_then_rerun_gives_identical_parameters(dataset, 
   log.write_text(capsys.readouterr().out)
   assert resumed_step(log) == complete[-1]
   assert_identical(workdir, reference)
-  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records] == list(range(1, EPOCHS + 1))  # no duplicate epochs
   assert partial_checkpoints(workdir) == []
 
 
 @pytest.mark.slow
-def test_sigint_and_sigterm_save_a_checkpoint_and_say_how_to_resume(dataset, reference,
-                                                                   tmp_path, capsys):
+def test_sigint_and_sigterm_save_a_checkpoint_and_say_how_to_resume(
+  dataset, reference, tmp_path, capsys
+):
   workdir, log = tmp_path / "signals", tmp_path / "train.log"
   args = train_args(dataset, workdir, EPOCHS)
   saved = 0
   for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, then a scheduler's preemption
     proc = launch(args, log)
-    wait_for(lambda: checkpoint_steps(workdir) and checkpoint_steps(workdir)[-1] > saved, proc,
-             "a step")
+    wait_for(
+      lambda: checkpoint_steps(workdir) and checkpoint_steps(workdir)[-1] > saved, proc, "a step"
+    )
     assert stop(proc, signum) == 130
     out = log.read_text()
-    match = re.search(rf"{signum.name}: saved a checkpoint at step (\d+)\. Rerun the same "
-                      r"command to resume", out)
+    match = re.search(
+      rf"{signum.name}: saved a checkpoint at step (\d+)\. Rerun the same "
+      r"command to resume",
+      out,
+    )
     assert match, out
     assert "Traceback" not in out
     saved = int(match.group(1))
@@ -201,8 +218,9 @@ def truncate_files(folder):
       os.truncate(path, path.stat().st_size // 2)
 
 
-def test_truncated_latest_checkpoint_falls_back_with_a_warning(dataset, reference, tmp_path,
-                                                               capsys, caplog):
+def test_truncated_latest_checkpoint_falls_back_with_a_warning(
+  dataset, reference, tmp_path, capsys, caplog
+):
   workdir = tmp_path / "run"
   shutil.copytree(reference, workdir)
   newest, previous = checkpoint_steps(workdir)[-1], checkpoint_steps(workdir)[-2]
@@ -229,8 +247,9 @@ def test_no_readable_checkpoint_is_one_error_line(dataset, reference, tmp_path, 
 # ------------------------------------------------------------------------------ NaN guard
 
 
-def test_nan_in_a_batch_names_subject_and_session(dataset, reference, tmp_path, capsys,
-                                                  monkeypatch):
+def test_nan_in_a_batch_names_subject_and_session(
+  dataset, reference, tmp_path, capsys, monkeypatch
+):
   workdir = tmp_path / "run"
   shutil.copytree(reference, workdir)
   make_sequences = sequences.make_sequences
@@ -258,8 +277,11 @@ def test_nan_in_a_batch_names_subject_and_session(dataset, reference, tmp_path, 
 
 def assert_one_error_line(err, *fragments):
   """Apart from the progress bar (tqdm, on stderr), exactly one line: the error."""
-  lines = [l for l in re.split(r"[\r\n]+", err)
-           if l.strip() and not re.match(r"epoch \d+/\d+:", l.strip())]
+  lines = [
+    line
+    for line in re.split(r"[\r\n]+", err)
+    if line.strip() and not re.match(r"epoch \d+/\d+:", line.strip())
+  ]
   assert len(lines) == 1 and lines[0].startswith("error: "), err
   assert "Traceback" not in err
   for fragment in fragments:
@@ -309,8 +331,10 @@ def _labels_off_grid(root):
 
 def _two_sessions_one_timepoint(root):
   for mod in ("T1w", "T2w"):
-    test_study.write(test_study._t1(root, "07mo").with_name(f"sub-01_ses-07mo_{mod}.nii.gz"),
-                     test_study.canonical_image(5))
+    test_study.write(
+      test_study._t1(root, "07mo").with_name(f"sub-01_ses-07mo_{mod}.nii.gz"),
+      test_study.canonical_image(5),
+    )
   return root / "sub-01"
 
 
@@ -320,6 +344,7 @@ def _bad_voxel(value):
     img[2, 2, 2] = value
     test_study.write(test_study._t1(root), img)
     return test_study._t1(root)
+
   return mutate
 
 
@@ -329,6 +354,7 @@ def _bad_label(value, dtype):
     labels[0, 0, 2] = value
     test_study.write(test_study._dseg(root), labels)
     return test_study._dseg(root)
+
   return mutate
 
 
@@ -345,7 +371,7 @@ def _other_format(root):  # an MGH volume under a NIfTI name
 
 def _truncated(root):
   raw = test_study._t1(root).read_bytes()
-  test_study._t1(root).write_bytes(raw[:len(raw) * 2 // 3])
+  test_study._t1(root).write_bytes(raw[: len(raw) * 2 // 3])
   return test_study._t1(root)
 
 
@@ -360,21 +386,21 @@ def _huge_header(root):
 
 
 BAD_INPUTS = {
-    "no subjects": (_no_subjects, "no subjects found"),
-    "session missing a modality": (_missing_modality, "missing"),
-    "modality outside the first one's view": (_modality_elsewhere, "does not overlap"),
-    "labels off their image's grid": (_labels_off_grid, "must lie on their session's image"),
-    "two sessions at one time point": (_two_sessions_one_timepoint, "both fit time point 3"),
-    "NaN voxels": (_bad_voxel(np.nan), "NaN or Inf"),
-    "Inf voxels": (_bad_voxel(np.inf), "NaN or Inf"),
-    "labels above c-1": (_bad_label(4, np.uint8), "outside 0..3"),
-    "negative labels": (_bad_label(-1, np.int16), "outside 0..3"),
-    "non-integer labels": (_bad_label(0.5, np.float32), "not integers"),
-    "unreadable file": (_not_nifti, "unreadable NIfTI"),
-    "non-NIfTI format": (_other_format, "unreadable NIfTI"),
-    "truncated file": (_truncated, "truncated"),
-    "4D image": (_four_d, "expected a 3D volume"),
-    "header over the memory limit": (_huge_header, "limit"),
+  "no subjects": (_no_subjects, "no subjects found"),
+  "session missing a modality": (_missing_modality, "missing"),
+  "modality outside the first one's view": (_modality_elsewhere, "does not overlap"),
+  "labels off their image's grid": (_labels_off_grid, "must lie on their session's image"),
+  "two sessions at one time point": (_two_sessions_one_timepoint, "both fit time point 3"),
+  "NaN voxels": (_bad_voxel(np.nan), "NaN or Inf"),
+  "Inf voxels": (_bad_voxel(np.inf), "NaN or Inf"),
+  "labels above c-1": (_bad_label(4, np.uint8), "outside 0..3"),
+  "negative labels": (_bad_label(-1, np.int16), "outside 0..3"),
+  "non-integer labels": (_bad_label(0.5, np.float32), "not integers"),
+  "unreadable file": (_not_nifti, "unreadable NIfTI"),
+  "non-NIfTI format": (_other_format, "unreadable NIfTI"),
+  "truncated file": (_truncated, "truncated"),
+  "4D image": (_four_d, "expected a 3D volume"),
+  "header over the memory limit": (_huge_header, "limit"),
 }
 
 
@@ -386,9 +412,17 @@ def good_dataset(root):
 def fake_run(workdir, dataset):
   """A work directory as train.py writes it, without checkpoints (evaluate fails before)."""
   workdir.mkdir()
-  (workdir / "run.json").write_text(json.dumps({
-      "config": get_config("tiny", epochs=EPOCHS, batch_size=2).to_json(), "config_name": "tiny",
-      "dataset": str(pathlib.Path(dataset).resolve()), "data_seed": 0, "protocol": "bric"}))
+  (workdir / "run.json").write_text(
+    json.dumps(
+      {
+        "config": get_config("tiny", epochs=EPOCHS, batch_size=2).to_json(),
+        "config_name": "tiny",
+        "dataset": str(pathlib.Path(dataset).resolve()),
+        "data_seed": 0,
+        "protocol": "bric",
+      }
+    )
+  )
   return workdir
 
 
@@ -420,22 +454,27 @@ def test_resume_accepts_another_chunk_size_only(tmp_path):
   """``chunk_pixels`` changes speed, not the function: resuming with another one is fine."""
   record = RunRecord(config=Config(), dataset="bric", protocol=protocol.BRIC)
   loop.check_run_dir(str(tmp_path), record)
-  with_config = lambda **c: dataclasses.replace(record, config=record.config.replace(**c))
+
+  def with_config(**c):
+    return dataclasses.replace(record, config=record.config.replace(**c))
+
   loop.check_run_dir(str(tmp_path), with_config(chunk_pixels=0))
   with pytest.raises(ConfigError, match="seed"):
     loop.check_run_dir(str(tmp_path), with_config(seed=1))
 
 
-@pytest.mark.parametrize("flags,field", [(["--model", "fcn"], "model"),
-                                         (["--seed", "1"], "seed"),
-                                         (["--config", "quick"], "stages")])
+@pytest.mark.parametrize(
+  "flags,field",
+  [(["--model", "fcn"], "model"), (["--seed", "1"], "seed"), (["--config", "quick"], "stages")],
+)
 def test_refuses_a_workdir_of_another_run(flags, field, tmp_path, capsys):
   root = good_dataset(tmp_path / "ds")
   run = fake_run(tmp_path / "run", root)
   before = (run / "run.json").read_text()
   assert train.main(train_args(root, run, EPOCHS, *flags)) == 2
-  assert_one_error_line(capsys.readouterr().err, run / "run.json", "holds a different run",
-                        f"{field}:", "--workdir")
+  assert_one_error_line(
+    capsys.readouterr().err, run / "run.json", "holds a different run", f"{field}:", "--workdir"
+  )
   assert files_under(run) == ["run.json"] and (run / "run.json").read_text() == before
 
 
@@ -455,8 +494,9 @@ def test_refuses_outputs_inside_the_input_dataset(tmp_path, capsys):
 
 def mount_tmpfs(path, options):
   path.mkdir(parents=True, exist_ok=True)
-  result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                          capture_output=True, text=True)
+  result = subprocess.run(
+    ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True
+  )
   if result.returncode:
     pytest.skip(f"cannot mount a tmpfs ({options}): {result.stderr.strip() or 'not root'}")
 
@@ -480,21 +520,29 @@ def test_read_only_output_folders(tmpfs, tmp_path, capsys):
   readonly = tmpfs("ro", "ro,size=64k")
   root = good_dataset(tmp_path / "ds")
   assert train.main(train_args(root, readonly / "run", EPOCHS)) == 2
-  assert_one_error_line(capsys.readouterr().err, readonly / "run", "Read-only file system",
-                        "--workdir")
+  assert_one_error_line(
+    capsys.readouterr().err, readonly / "run", "Read-only file system", "--workdir"
+  )
   run = fake_run(tmp_path / "run", root)
-  assert evaluate.main(["--workdir", str(run), "--data-dir", str(root),
-                        "--out", str(readonly / "pred")]) == 2
-  assert_one_error_line(capsys.readouterr().err, readonly / "pred", "Read-only file system",
-                        "--out")
+  assert (
+    evaluate.main(["--workdir", str(run), "--data-dir", str(root), "--out", str(readonly / "pred")])
+    == 2
+  )
+  assert_one_error_line(
+    capsys.readouterr().err, readonly / "pred", "Read-only file system", "--out"
+  )
 
 
 def test_full_disk_during_training(dataset, tmpfs, capsys):
   full = tmpfs("full", "size=128k")  # run.json and logs fit, a checkpoint does not
   workdir = full / "run"
   assert train.main(train_args(dataset, workdir, EPOCHS)) == 2
-  assert_one_error_line(capsys.readouterr().err, workdir / "checkpoints",
-                        "could not write checkpoint 1 (No space left on device", "--workdir")
+  assert_one_error_line(
+    capsys.readouterr().err,
+    workdir / "checkpoints",
+    "could not write checkpoint 1 (No space left on device",
+    "--workdir",
+  )
   assert checkpoint_steps(workdir) == [] and partial_checkpoints(workdir) == []
   assert not (workdir / "results.json").exists()
 
@@ -513,7 +561,7 @@ def test_cut_short_run_json_is_one_error_line(dataset, reference, tmp_path, caps
   workdir = tmp_path / "run"
   shutil.copytree(reference, workdir)
   text = (workdir / "run.json").read_text()
-  (workdir / "run.json").write_text(text[:len(text) // 2])
+  (workdir / "run.json").write_text(text[: len(text) // 2])
   assert evaluate.main(["--workdir", str(workdir), "--out", str(tmp_path / "pred")]) == 2
   assert_one_error_line(capsys.readouterr().err, workdir / "run.json", "not valid JSON")
   assert train.main(train_args(dataset, workdir, EPOCHS)) == 2
@@ -521,8 +569,9 @@ def test_cut_short_run_json_is_one_error_line(dataset, reference, tmp_path, caps
   assert not (tmp_path / "pred").exists()
 
 
-def test_a_cut_short_metrics_line_is_dropped_on_resume(dataset, reference, tmp_path, capsys,
-                                                       caplog):
+def test_a_cut_short_metrics_line_is_dropped_on_resume(
+  dataset, reference, tmp_path, capsys, caplog
+):
   """A kill while metrics.jsonl was being appended leaves half a line: the resumed run drops
   it with a warning and goes on (the epoch is retrained and logged again)."""
   workdir = tmp_path / "run"
@@ -531,5 +580,5 @@ def test_a_cut_short_metrics_line_is_dropped_on_resume(dataset, reference, tmp_p
   (workdir / "metrics.jsonl").write_text("\n".join(lines) + "\n" + lines[-1][:20])
   assert train.main(train_args(dataset, workdir, EPOCHS + 1)) == 0
   assert f"line {len(lines) + 1} is unreadable" in caplog.text
-  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records] == list(range(1, EPOCHS + 2))

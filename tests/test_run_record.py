@@ -14,8 +14,14 @@ from fcslstm_jax.run_record import RunRecord
 
 
 def test_round_trip(tmp_path):
-  record = RunRecord(config=Config(seed=3), dataset="bric", protocol=protocol.IBIS_BUILTIN,
-                     grid=GridOptions(spacing=(1.0, 1.2)), config_name="quick", volume="whole")
+  record = RunRecord(
+    config=Config(seed=3),
+    dataset="bric",
+    protocol=protocol.IBIS_BUILTIN,
+    grid=GridOptions(spacing=(1.0, 1.2)),
+    config_name="quick",
+    volume="whole",
+  )
   run_record.write(tmp_path, record)
   assert run_record.read(tmp_path) == record
   assert json.loads((tmp_path / "run.json").read_text())["volume"] == "whole"
@@ -23,34 +29,41 @@ def test_round_trip(tmp_path):
 
 def test_an_older_record_loads(tmp_path):
   """A record with the protocol by name, no grid options, no volume, no data seed."""
-  (tmp_path / "run.json").write_text(json.dumps(
-      {"config": {"model": "fcn"}, "dataset": "/data/study", "protocol": "ibis"}))
+  (tmp_path / "run.json").write_text(
+    json.dumps({"config": {"model": "fcn"}, "dataset": "/data/study", "protocol": "ibis"})
+  )
   record = run_record.read(tmp_path)
   assert record.config == Config(model="fcn") and record.protocol.name == "ibis"
-  assert (record.grid, record.volume, record.data_seed, record.builtin) == (None, "slab", 0,
-                                                                            False)
+  assert (record.grid, record.volume, record.data_seed, record.builtin) == (None, "slab", 0, False)
   assert "volume" not in record.to_json() and "grid" not in record.to_json()
 
 
 def test_differences_name_what_changed():
-  record = RunRecord(config=Config(), dataset="bric", protocol=protocol.BRIC,
-                     grid=GridOptions())
-  other = dataclasses.replace(record, config=Config(seed=1, epochs=7),
-                              grid=GridOptions(spacing=(2.0, 2.0)))
+  record = RunRecord(config=Config(), dataset="bric", protocol=protocol.BRIC, grid=GridOptions())
+  other = dataclasses.replace(
+    record, config=Config(seed=1, epochs=7), grid=GridOptions(spacing=(2.0, 2.0))
+  )
   assert record.differences(other) == [
-      "seed: 0 -> 1", "grid: {'spacing': None, 'reference': 'first', 'register': 'none'} -> "
-      "{'spacing': [2.0, 2.0], 'reference': 'first', 'register': 'none'}"]
+    "seed: 0 -> 1",
+    "grid: {'spacing': None, 'reference': 'first', 'register': 'none'} -> "
+    "{'spacing': [2.0, 2.0], 'reference': 'first', 'register': 'none'}",
+  ]
   assert dataclasses.replace(record, grid=None).differences(other) == ["seed: 0 -> 1"]
 
 
-@pytest.mark.parametrize("text,message", [(None, "not found"), ('{"config": {', "not valid JSON"),
-                                          ('{"dataset": "bric"}', "no 'config' object"),
-                                          ('{"config": {"seed": "1"}}',
-                                           r"\(config\): key 'seed' must be an integer"),
-                                          ('{"config": {}}', "no 'dataset'")])
+@pytest.mark.parametrize(
+  "text,message",
+  [
+    (None, "not found"),
+    ('{"config": {', "not valid JSON"),
+    ('{"dataset": "bric"}', "no 'config' object"),
+    ('{"config": {"seed": "1"}}', r"\(config\): key 'seed' must be an integer"),
+    ('{"config": {}}', "no 'dataset'"),
+  ],
+)
 def test_a_broken_record_is_one_error_line(tmp_path, text, message):
   if text is not None:
     (tmp_path / "run.json").write_text(text)
   with pytest.raises(ConfigError, match=message) as info:
     run_record.read(tmp_path)
-  assert str(info.value).startswith(str(tmp_path / 'run.json')) and "\n" not in str(info.value)
+  assert str(info.value).startswith(str(tmp_path / "run.json")) and "\n" not in str(info.value)

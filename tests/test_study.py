@@ -7,30 +7,36 @@ import json
 import pathlib
 
 import nibabel as nib
-from nibabel import orientations
 import numpy as np
 import pytest
+from nibabel import orientations
 
 from fcslstm_jax.cli import preview
-from fcslstm_jax.data import study
 from fcslstm_jax.data import intensity
 from fcslstm_jax.data import layout
 from fcslstm_jax.data import protocol
 from fcslstm_jax.data import sequences
+from fcslstm_jax.data import study
 from fcslstm_jax.errors import DataError
 
 SHAPE = (8, 9, 6)  # canonical [X, Y, Z]
 AFFINE = np.array([[1.2, 0, 0, -5.0], [0, 1.0, 0, -4.0], [0, 0, 2.0, -6.0], [0, 0, 0, 1]])
 LABELED_Z = (2, 3)
-TINY = protocol.Protocol(name="tiny", num_timepoints=3, ages=(0.0, 6.0, 12.0),
-                         train_timepoints=(0, 2), test_timepoints=(1,))
+TINY = protocol.Protocol(
+  name="tiny",
+  num_timepoints=3,
+  ages=(0.0, 6.0, 12.0),
+  train_timepoints=(0, 2),
+  test_timepoints=(1,),
+)
 DENSE = dataclasses.replace(TINY, labeled_slices_per_volume=100)  # every labeled slice counts
 
 
 def write(path, canonical, codes="RAS", dtype=None, affine=AFFINE):
   """Writes a canonical [X, Y, Z] array as a file stored in orientation ``codes``."""
-  transform = orientations.ornt_transform(orientations.axcodes2ornt("RAS"),
-                                          orientations.axcodes2ornt(codes))
+  transform = orientations.ornt_transform(
+    orientations.axcodes2ornt("RAS"), orientations.axcodes2ornt(codes)
+  )
   stored = orientations.apply_orientation(canonical, transform)
   stored_affine = affine @ orientations.inv_ornt_aff(transform, canonical.shape)
   path = pathlib.Path(path)
@@ -56,9 +62,17 @@ def canonical_labels(seed):
   return labels
 
 
-def make_dataset(root, subjects=("01",), sessions=(("00mo", 0), ("06mo", 6), ("12mo", 12)),
-                 codes="RAS", suffix=".nii.gz", dtype=np.int16, tsv=False, labels=True,
-                 modalities=("T1w", "T2w")):
+def make_dataset(
+  root,
+  subjects=("01",),
+  sessions=(("00mo", 0), ("06mo", 6), ("12mo", 12)),
+  codes="RAS",
+  suffix=".nii.gz",
+  dtype=np.int16,
+  tsv=False,
+  labels=True,
+  modalities=("T1w", "T2w"),
+):
   """Writes a small dataset; returns {(sub, ses): (canonical images dict, labels)}."""
   root = pathlib.Path(root)
   truth = {}
@@ -71,8 +85,18 @@ def make_dataset(root, subjects=("01",), sessions=(("00mo", 0), ("06mo", 6), ("1
         write(anat / f"sub-{sub}_ses-{ses}_{mod}{suffix}", images[mod], codes, dtype)
       lab = canonical_labels([i, j]) if labels else None
       if labels:
-        write(root / "derivatives" / "manual" / f"sub-{sub}" / f"ses-{ses}" / "anat" /
-              f"sub-{sub}_ses-{ses}_dseg{suffix}", lab, codes, np.uint8)
+        write(
+          root
+          / "derivatives"
+          / "manual"
+          / f"sub-{sub}"
+          / f"ses-{ses}"
+          / "anat"
+          / f"sub-{sub}_ses-{ses}_dseg{suffix}",
+          lab,
+          codes,
+          np.uint8,
+        )
       truth[sub, ses] = (images, lab)
     if tsv:
       rows = "".join(f"ses-{ses}\t{age}\n" for ses, age in sessions)
@@ -80,9 +104,10 @@ def make_dataset(root, subjects=("01",), sessions=(("00mo", 0), ("06mo", 6), ("1
   return truth
 
 
-@pytest.mark.parametrize("codes,suffix,dtype", [("RAS", ".nii", np.float32),
-                                                ("LAS", ".nii.gz", np.int16),
-                                                ("PIR", ".nii.gz", np.float32)])
+@pytest.mark.parametrize(
+  "codes,suffix,dtype",
+  [("RAS", ".nii", np.float32), ("LAS", ".nii.gz", np.int16), ("PIR", ".nii.gz", np.float32)],
+)
 def test_loader_returns_reoriented_arrays(tmp_path, codes, suffix, dtype):
   truth = make_dataset(tmp_path, codes=codes, suffix=suffix, dtype=dtype)
   (subject,) = study.load_dataset(tmp_path, DENSE)
@@ -115,8 +140,10 @@ def test_sessions_ordered_by_tsv_age(tmp_path):
 
 
 def test_label_ages_need_a_unit_and_years_are_twelve_months(tmp_path):
-  assert [layout.label_age(l) for l in ("06mo", "12m", "9months", "1y", "1.5yr", "V06", "T2",
-                                        "6", "2w")] == [6, 12, 9, 12, 18, None, None, None, None]
+  assert [
+    layout.label_age(line)
+    for line in ("06mo", "12m", "9months", "1y", "1.5yr", "V06", "T2", "6", "2w")
+  ] == [6, 12, 9, 12, 18, None, None, None, None]
   make_dataset(tmp_path / "years", sessions=(("1y", 12), ("06mo", 6)))
   (subject,) = study.load_dataset(tmp_path / "years", TINY)
   assert [(s.label, s.age) for s in subject.sessions] == [("06mo", 6), ("1y", 12)]
@@ -177,8 +204,13 @@ def test_train_split_hides_test_labels(tmp_path):
 
 def test_only_labeled_slices_count(tmp_path):
   make_dataset(tmp_path)
-  proto = protocol.Protocol(name="x", num_timepoints=3, ages=(0.0, 6.0, 12.0),
-                            train_timepoints=(0, 1, 2), slice_selection=(0, 2))
+  proto = protocol.Protocol(
+    name="x",
+    num_timepoints=3,
+    ages=(0.0, 6.0, 12.0),
+    train_timepoints=(0, 1, 2),
+    slice_selection=(0, 2),
+  )
   subjects = study.load_dataset(tmp_path, proto)
   assert all(s.counted_slices == (2,) for s in subjects[0].sessions)  # slice 0 has no labels
   s = sequences.make_sequences(subjects, proto, "train")
@@ -200,14 +232,15 @@ def test_all_split_covers_every_slice_and_labeled_voxel(tmp_path):
   assert s.subject_ids == ("01",) * SHAPE[2] + ("02",) * SHAPE[2]
   np.testing.assert_array_equal(s.slice_index, list(range(SHAPE[2])) * 2)
   per_slice = s.label_mask.any(axis=(1, 2, 3))
-  np.testing.assert_array_equal(np.flatnonzero(per_slice[:SHAPE[2]]), LABELED_Z)
+  np.testing.assert_array_equal(np.flatnonzero(per_slice[: SHAPE[2]]), LABELED_Z)
   assert s.label_mask[per_slice].all()
 
 
 def test_center_selection_spreads_several_slices(tmp_path):
   make_dataset(tmp_path)
-  two = protocol.Protocol(name="x", num_timepoints=3, ages=(0.0, 6.0, 12.0),
-                          labeled_slices_per_volume=2)
+  two = protocol.Protocol(
+    name="x", num_timepoints=3, ages=(0.0, 6.0, 12.0), labeled_slices_per_volume=2
+  )
   (subject,) = study.load_dataset(tmp_path, two)
   assert all(s.counted_slices == LABELED_Z for s in subject.sessions)
   (subject,) = study.load_dataset(tmp_path, TINY)
@@ -251,8 +284,9 @@ def test_sessions_on_different_grids_share_one_working_grid(tmp_path):
   make_dataset(tmp_path)
   bigger = (9, 9, 6)
   for mod in ("T1w", "T2w"):
-    write(_t1(tmp_path, "12mo").with_name(f"sub-01_ses-12mo_{mod}.nii.gz"),
-          np.ones(bigger, np.float32))
+    write(
+      _t1(tmp_path, "12mo").with_name(f"sub-01_ses-12mo_{mod}.nii.gz"), np.ones(bigger, np.float32)
+    )
   write(_dseg(tmp_path, "12mo"), np.zeros(bigger, np.uint8))
   (subject,) = study.load_dataset(tmp_path, TINY, spacing="native")
   assert subject.grid.shape == bigger  # covers the larger session
@@ -268,8 +302,15 @@ def _t1(root, ses="06mo"):
 
 
 def _dseg(root, ses="06mo"):
-  return (pathlib.Path(root) / "derivatives" / "manual" / "sub-01" / f"ses-{ses}" / "anat" /
-          f"sub-01_ses-{ses}_dseg.nii.gz")
+  return (
+    pathlib.Path(root)
+    / "derivatives"
+    / "manual"
+    / "sub-01"
+    / f"ses-{ses}"
+    / "anat"
+    / f"sub-01_ses-{ses}_dseg.nii.gz"
+  )
 
 
 def assert_error_names(path, root, **kwargs):
@@ -341,7 +382,7 @@ def test_error_unreadable_file(tmp_path):
 def test_error_truncated_file(tmp_path):
   make_dataset(tmp_path)
   raw = _t1(tmp_path).read_bytes()
-  _t1(tmp_path).write_bytes(raw[:len(raw) * 2 // 3])
+  _t1(tmp_path).write_bytes(raw[: len(raw) * 2 // 3])
   assert "truncated" in assert_error_names(_t1(tmp_path), tmp_path)
 
 
@@ -370,8 +411,10 @@ def test_cli_preview_on_folder(tmp_path):
   make_dataset(tmp_path / "ds")
   out = tmp_path / "preview.png"
   # Sessions 0, 6, 12 months: BRIC time points 1, 3, 5; 3 and 9 months are missing.
-  assert preview.main(["--data-dir", str(tmp_path / "ds"), "--protocol", "bric",
-                    "--preview", str(out)]) == 0
+  assert (
+    preview.main(["--data-dir", str(tmp_path / "ds"), "--protocol", "bric", "--preview", str(out)])
+    == 0
+  )
   assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -390,8 +433,10 @@ def spacing_study(root, ref_dz, ref_z, ses_dz, ses_z, labeled, origin=(0.0, 0.0)
   where they came from). ``origin``: the z (mm) of each session's slice 0. Returns the
   later session's labels."""
   later = None
-  for (ses, dz, nz, z0), labels_at in ((("00mo", ref_dz, ref_z, origin[0]), [0]),
-                                       (("12mo", ses_dz, ses_z, origin[1]), labeled)):
+  for (ses, dz, nz, z0), labels_at in (
+    (("00mo", ref_dz, ref_z, origin[0]), [0]),
+    (("12mo", ses_dz, ses_z, origin[1]), labeled),
+  ):
     affine = np.diag([2.0, 2.0, dz, 1.0])
     affine[2, 3] = z0
     shape = (6, 5, nz)
@@ -403,14 +448,25 @@ def spacing_study(root, ref_dz, ref_z, ses_dz, ses_z, labeled, origin=(0.0, 0.0)
     for k in labels_at:
       labels[:, :, k] = 1 + k % 3
       labels[0, 0, k] = 1 + (k + 1) % 3  # not uniform: in-plane placement is checked too
-    write(root / "derivatives" / "m" / "sub-01" / f"ses-{ses}" / "anat" /
-          f"sub-01_ses-{ses}_dseg.nii.gz", labels, dtype=np.uint8, affine=affine)
+    write(
+      root
+      / "derivatives"
+      / "m"
+      / "sub-01"
+      / f"ses-{ses}"
+      / "anat"
+      / f"sub-01_ses-{ses}_dseg.nii.gz",
+      labels,
+      dtype=np.uint8,
+      affine=affine,
+    )
     later = labels
   return later
 
 
-TWO = dataclasses.replace(TINY, ages=(0.0, 12.0), num_timepoints=2, train_timepoints=(0, 1),
-                          test_timepoints=())
+TWO = dataclasses.replace(
+  TINY, ages=(0.0, 12.0), num_timepoints=2, train_timepoints=(0, 1), test_timepoints=()
+)
 TWO_DENSE = dataclasses.replace(TWO, labeled_slices_per_volume=100)
 
 
@@ -448,8 +504,7 @@ def test_coarse_session_label_on_a_fine_reference_lands_on_one_slice(tmp_path):
 
 
 @pytest.mark.parametrize("ref_dz, ses_dz, lost", [(1.0, 1.05, 0), (1.05, 1.0, 1)])
-def test_nearly_equal_slice_spacings_neither_copy_nor_drop_silently(tmp_path, ref_dz, ses_dz,
-                                                                   lost):
+def test_nearly_equal_slice_spacings_neither_copy_nor_drop_silently(tmp_path, ref_dz, ses_dz, lost):
   """1.0 vs 1.05 mm, every slice labeled: each labeled slice on one working slice; where
   two fall on one working slice, one is kept and the other named."""
   n = 20
@@ -468,6 +523,7 @@ def test_a_cropped_session_is_no_time_point_outside_its_view(tmp_path):
   """The later session covers working slices 0..3 of 12: its blank slices 4..11 are not
   valid time points, in slice sequences (training and inference) and in volumes."""
   from fcslstm_jax.data import patches
+
   spacing_study(tmp_path, 1.0, 12, 1.0, 4, [1])
   (subject,) = study.load_dataset(tmp_path, TWO)
   view = [True] * 4 + [False] * 8
@@ -485,14 +541,15 @@ def test_a_cropped_session_is_no_time_point_outside_its_view(tmp_path):
   np.testing.assert_array_equal(kept.timepoints[1].in_view, [True, True])
 
 
-
 def test_labels_train_with_the_image_of_their_own_plane_when_origins_differ(tmp_path):
   """Equal 3 mm slices, the later session's origin 1.4 mm off the reference's: its labeled
   slice 5 (z = 16.4 mm) lands on working slice 5 (z = 15 mm), whose interpolated image is
   47 % slice 4. Training (train.py's loader) must pair the labels with slice 5's own image."""
   import argparse
+
   from fcslstm_jax.cli import train
   from fcslstm_jax.config import get_config
+
   sessions = {}
   for ses, z0, labeled in (("00mo", 0.0, 2), ("12mo", 1.4, 5)):
     affine = np.diag([2.0, 2.0, 3.0, 1.0])
@@ -504,14 +561,35 @@ def test_labels_train_with_the_image_of_their_own_plane_when_origins_differ(tmp_
       write(anat / f"sub-01_ses-{ses}_{mod}.nii.gz", image, dtype=np.int16, affine=affine)
     labels = np.zeros(shape, np.uint8)
     labels[:, :, labeled] = 2
-    dseg = write(tmp_path / "derivatives" / "m" / "sub-01" / f"ses-{ses}" / "anat" /
-                 f"sub-01_ses-{ses}_dseg.nii.gz", labels, dtype=np.uint8, affine=affine)
-    sessions[ses] = layout.SessionFiles(label=ses, age=0.0, images={
-        m: str(anat / f"sub-01_ses-{ses}_{m}.nii.gz") for m in ("T1w", "T2w")},
-        dseg=str(dseg))
+    dseg = write(
+      tmp_path
+      / "derivatives"
+      / "m"
+      / "sub-01"
+      / f"ses-{ses}"
+      / "anat"
+      / f"sub-01_ses-{ses}_dseg.nii.gz",
+      labels,
+      dtype=np.uint8,
+      affine=affine,
+    )
+    sessions[ses] = layout.SessionFiles(
+      label=ses,
+      age=0.0,
+      images={m: str(anat / f"sub-01_ses-{ses}_{m}.nii.gz") for m in ("T1w", "T2w")},
+      dseg=str(dseg),
+    )
   (tmp_path / "protocol.json").write_text(json.dumps(TWO.to_json()))
-  args = argparse.Namespace(dataset=None, data_dir=str(tmp_path), protocol=None, data_seed=0,
-                            volume=None, spacing="native", reference="first", register="none")
+  args = argparse.Namespace(
+    dataset=None,
+    data_dir=str(tmp_path),
+    protocol=None,
+    data_seed=0,
+    volume=None,
+    spacing="native",
+    reference="first",
+    register="none",
+  )
   loaded = train.load_study(args, get_config("tiny"))
   (subject,) = loaded.subjects
   later = subject.timepoints[1]
@@ -531,6 +609,7 @@ def test_a_tilted_labeled_plane_keeps_its_own_image():
   several working slices. The image placed with its labels is that plane's own (every value
   of slice 4), not the working slice's cut through neighbouring slices."""
   from fcslstm_jax.data import grids
+
   src = grids.Grid((12, 12, 8), np.diag([2.0, 2.0, 3.0, 1.0]))
   work = grids.Grid((12, 12, 8), np.diag([2.0, 2.0, 3.0, 1.0]))
   c, s = np.cos(np.deg2rad(10)), np.sin(np.deg2rad(10))

@@ -7,13 +7,14 @@ import jax
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import assert_predictions_on_input_grids
+from helpers import train_args
 
 import evaluate
 import train
-from fcslstm_jax.synthetic import bric_like
-from fcslstm_jax.infer import pipeline
-from helpers import assert_predictions_on_input_grids, train_args
 from fcslstm_jax.config import Config
+from fcslstm_jax.infer import pipeline
+from fcslstm_jax.synthetic import bric_like
 
 TINY_DATA = bric_like.TINY
 EPOCHS = 4
@@ -30,6 +31,7 @@ def trained(dataset, tmp_path_factory):
 def test_learning_rate_decays_from_the_epoch_after_begin(begin):
   """Paper Sec. 3: "decays after 20 epochs with factor 0.97": epoch 21 is the first decayed."""
   from fcslstm_jax.train import loop
+
   config = Config(learning_rate=1.0, lr_decay_rate=0.5, lr_decay_begin_epoch=begin)
   schedule = loop.lr_schedule(config, steps_per_epoch=4)
   for epoch in range(1, 7):  # 1-based
@@ -47,7 +49,7 @@ def final_state(workdir):
 
 def test_training_lowers_the_loss(trained):
   with open(trained / "metrics.jsonl") as f:
-    records = [json.loads(l) for l in f]
+    records = [json.loads(line) for line in f]
   assert [r["epoch"] for r in records] == list(range(1, EPOCHS + 1))
   assert records[-1]["loss"] < records[0]["loss"], records
   results = json.loads((trained / "results.json").read_text())
@@ -75,7 +77,13 @@ def test_evaluate_writes_predictions_on_the_input_grid(dataset, trained, tmp_pat
   assert nib.aff2axcodes(nib.load(t1).affine) == ("L", "A", "S")
   metrics = json.loads((out / "metrics.json").read_text())
   assert len(metrics["per_timepoint"]) == len(TINY_DATA.ages)
-  assert [p["role"] for p in metrics["per_timepoint"]] == ["train", "train", "test", "train", "train"]
+  assert [p["role"] for p in metrics["per_timepoint"]] == [
+    "train",
+    "train",
+    "test",
+    "train",
+    "train",
+  ]
   tc = metrics["temporal_consistency"]
   assert len(tc["prediction"]) == len(tc["ground_truth"]) == len(TINY_DATA.ages) - 1
   assert all(0.0 <= v <= 1.0 for v in tc["prediction"] + tc["ground_truth"])
@@ -97,7 +105,9 @@ def test_evaluated_labels_follow_the_input_orientation(dataset, trained, tmp_pat
 
 
 def test_refuses_outputs_inside_the_input_dataset(dataset, trained, capsys):
-  assert evaluate.main(["--workdir", str(trained), "--out", str(dataset / "derivatives" / "x")]) == 2
+  assert (
+    evaluate.main(["--workdir", str(trained), "--out", str(dataset / "derivatives" / "x")]) == 2
+  )
   err = capsys.readouterr().err
   assert "inside the input dataset" in err and "Traceback" not in err
   assert not (dataset / "derivatives" / "x").exists()
@@ -106,20 +116,24 @@ def test_refuses_outputs_inside_the_input_dataset(dataset, trained, capsys):
 def test_any_config_field_can_be_set_and_is_recorded(dataset, tmp_path):
   """``flip_prob`` has no flag of its own: ``--set`` reaches it, and run.json records it."""
   workdir = tmp_path / "run"
-  assert train.main(train_args(dataset, workdir, 1) + ["--model", "fcn", "--set",
-                                                        "flip_prob=0.25"]) == 0
+  assert (
+    train.main(train_args(dataset, workdir, 1) + ["--model", "fcn", "--set", "flip_prob=0.25"]) == 0
+  )
   config = json.loads((workdir / "run.json").read_text())["config"]
   assert config["flip_prob"] == 0.25 and config["model"] == "fcn"
 
 
-@pytest.mark.parametrize("flags,message", [
+@pytest.mark.parametrize(
+  "flags,message",
+  [
     (["--batch-size", "0"], "--set batch_size=0: batch_size must be >= 1."),
     (["--epochs", "-1"], "--set epochs=-1: epochs must be >= 1."),
     (["--set", "flip_prob=1.5"], "flip_prob must be <= 1."),
     (["--set", "augment=maybe"], "augment must be bool."),
     (["--set", "nope=1"], "expected NAME=VALUE with NAME one of model, epochs"),
     (["--model", "unet"], "choose one of fcn, fcslstm, bi-fcslstm."),
-])
+  ],
+)
 def test_bad_config_values_are_one_error_line(dataset, tmp_path, capsys, flags, message):
   workdir = tmp_path / "run"
   assert train.main(train_args(dataset, workdir, 1) + flags) == 2
@@ -130,6 +144,7 @@ def test_bad_config_values_are_one_error_line(dataset, tmp_path, capsys, flags, 
 
 def test_help_lists_every_config_field(capsys):
   import dataclasses
+
   with pytest.raises(SystemExit):
     train.main(["--help"])
   out = capsys.readouterr().out

@@ -8,18 +8,19 @@ import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import assert_predictions_on_input_grids
+from helpers import train_args
 
 import evaluate
 import train
-from helpers import assert_predictions_on_input_grids, train_args
-from fcslstm_jax.synthetic import bric_like
+from fcslstm_jax.config import Config
+from fcslstm_jax.data import intensity
+from fcslstm_jax.data import protocol
 from fcslstm_jax.data import study
 from fcslstm_jax.infer import pipeline
 from fcslstm_jax.outputs import writer
-from fcslstm_jax.data import intensity
-from fcslstm_jax.data import protocol
+from fcslstm_jax.synthetic import bric_like
 from fcslstm_jax.train import loop
-from fcslstm_jax.config import Config
 
 # 12 slices: windows of depth 8 slide along z (starts 0 and 4); 32 in-plane: one window.
 # FCSLSTM: Bi-FCSLSTM's grouped 3D convolutions are slow on XLA:CPU (README "3D + time").
@@ -40,9 +41,11 @@ def test_3d_run_trains_records_and_resumes(dataset3d, trained, capsys):
   assert config.spatial_dims == 3 and config.patch_size == (8, 32, 32)
   # Resumed with another scoring interval (allowed: it changes no training): epoch 2 is not
   # scored, the last epoch always is.
-  assert train.main(train_args(dataset3d, trained, 3, *FLAGS) + ["--set", "score_every_epochs=3"]) == 0
+  assert (
+    train.main(train_args(dataset3d, trained, 3, *FLAGS) + ["--set", "score_every_epochs=3"]) == 0
+  )
   assert "Resuming" in capsys.readouterr().out
-  records = [json.loads(l) for l in (trained / "metrics.jsonl").read_text().splitlines()]
+  records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
   assert [r["epoch"] for r in records] == [1, 2, 3]
   assert all(np.isfinite(r["loss"]) for r in records)
   assert [r["train_mpa"] is None for r in records] == [False, True, False]
@@ -58,8 +61,9 @@ def test_3d_run_trains_records_and_resumes(dataset3d, trained, capsys):
 def test_3d_evaluate_writes_predictions_on_the_input_grid(dataset3d, trained, tmp_path):
   out = tmp_path / "pred"
   assert evaluate.main(["--workdir", str(trained), "--out", str(out), "--batch-size", "2"]) == 0
-  assert_predictions_on_input_grids(dataset3d, out,
-                                    bric_like.TINY_3D.num_subjects * len(bric_like.TINY_3D.ages))
+  assert_predictions_on_input_grids(
+    dataset3d, out, bric_like.TINY_3D.num_subjects * len(bric_like.TINY_3D.ages)
+  )
   metrics = json.loads((out / "metrics.json").read_text())
   assert metrics["metrics_available"] and len(metrics["per_timepoint"]) == 5
 
@@ -70,25 +74,30 @@ def test_3d_path_writes_each_voxel_where_it_was_read(dataset3d, tmp_path):
   of each voxel's T1w value goes through sliding windows, the session grid and the writer;
   the file must equal that function of the stored T1w voxel by voxel. Square in-plane
   grids stored LAS: an X/Y swap or a flip anywhere fails it."""
-  classes = lambda t1: jnp.clip(jnp.floor(t1 * 4), 0, 3).astype(jnp.int32)
+
+  def classes(t1):
+    return jnp.clip(jnp.floor(t1 * 4), 0, 3).astype(jnp.int32)
+
   fn = jax.jit(lambda params, x, valid: jax.nn.one_hot(classes(x[..., 0]), 4))
   proto = protocol.BRIC
   (subject, *_) = study.load_study(dataset3d, proto, spacing="native").subjects
   assert subject.grid.shape[0] == subject.grid.shape[1]
   _, probs = pipeline.segment_subject([fn], [None], subject, proto, 2, [((8, 32, 32), 0.5)])
   for t, session in enumerate(subject.timepoints):
-    native, labels, unc = pipeline.session_outputs(np.moveaxis(probs[:, t], 0, 2), subject,
-                                                   session)
-    writer.write_session(str(tmp_path), "x", subject.subject_id, session, native, labels,
-                            unc, False)
+    native, labels, unc = pipeline.session_outputs(np.moveaxis(probs[:, t], 0, 2), subject, session)
+    writer.write_session(
+      str(tmp_path), "x", subject.subject_id, session, native, labels, unc, False
+    )
     stored = np.asarray(nib.load(session.paths["T1w"]).dataobj).astype(np.float32)
     expected = np.asarray(classes(intensity.normalize_intensity(stored)))
-    written = nib.load(writer.output_path(str(tmp_path), subject.subject_id, session.label,
-                                             "x", "dseg"))
+    written = nib.load(
+      writer.output_path(str(tmp_path), subject.subject_id, session.label, "x", "dseg")
+    )
     assert nib.aff2axcodes(written.affine) == ("L", "A", "S")
     np.testing.assert_array_equal(np.asarray(written.dataobj), expected)
-    assert len(np.unique(expected)) > 1 and not np.array_equal(expected,
-                                                               expected.transpose(1, 0, 2))
+    assert len(np.unique(expected)) > 1 and not np.array_equal(
+      expected, expected.transpose(1, 0, 2)
+    )
 
 
 def test_scoring_interval_keeps_scoring_a_fifth_of_training():
@@ -102,7 +111,10 @@ def test_scoring_interval_keeps_scoring_a_fifth_of_training():
   assert loop.scoring_interval(auto3d, 90, 10) == 15  # 90 / 3 <= 0.2 * 15 * 10
   assert loop.scoring_interval(auto3d, 6, 10) == 1
   assert loop.scoring_interval(auto3d.replace(score_every_epochs=4), 90, 10) == 4
-  slabs = lambda n: types.SimpleNamespace(images=np.zeros((n, 5, 8, 96, 112, 2), np.float32))
+
+  def slabs(n):
+    return types.SimpleNamespace(images=np.zeros((n, 5, 8, 96, 112, 2), np.float32))
+
   train_slabs, test_slabs = slabs(4), slabs(4)
   assert loop.scoring_windows([train_slabs, test_slabs], (8, 32, 32)) == 4 * 3 * 4
   test_slabs.images[0, 0, 0, 0, 0] = 1.0

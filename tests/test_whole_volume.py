@@ -48,8 +48,7 @@ def test_growth_error_by_hand():
   # Class 1: a shrinks 20 true, 10 predicted (0.5); b's true change 0.2 mL (< 1 %) is skipped.
   np.testing.assert_allclose(error, [0.4, 0.5])
   np.testing.assert_array_equal(counted, [2, 1])
-  assert [(s, a, b) for s, a, b in volumes.first_last(subjects, ages)] == [
-      ("a", 1, 0), ("b", 3, 4)]
+  assert [(s, a, b) for s, a, b in volumes.first_last(subjects, ages)] == [("a", 1, 0), ("b", 3, 4)]
   error, counted = volumes.growth_errors(["a"], [1.0], [[1.0]], [[2.0]])
   assert np.isnan(error[0]) and counted[0] == 0
 
@@ -102,14 +101,23 @@ def test_writer_groups_sessions_by_the_datasets_own_labels(tmp_path):
   grown[1, 0, 0] = 1  # CSF 5, WM 3
   pred = truth.copy()
   pred[1, :, 0] = 2  # CSF 4, GM 2, WM 2
-  for subject, t, age, p, y in (("01", 2, 6.0, pred, truth), ("01", 1, 3.0, truth, truth),
-                                ("01", 4, 12.0, truth, grown), ("03", 0, 0.0, pred, grown)):
+  for subject, t, age, p, y in (
+    ("01", 2, 6.0, pred, truth),
+    ("01", 1, 3.0, truth, truth),
+    ("01", 4, 12.0, truth, grown),
+    ("03", 0, 0.0, pred, grown),
+  ):
     row = session_of(subject, f"V{t}", t, age, p)
     w.add_truth(row, t, p, truth_of(y), writer.score_against(p, y, 4))
   sparse = np.zeros((2, 2, 4), int)
   sparse[:, :, 1] = 1
-  w.add_truth(session_of("01", "V0", 0, 0.0, np.ones_like(sparse)), 0, np.ones_like(sparse),
-              truth_of(sparse), writer.score_against(np.ones_like(sparse), sparse, 4))
+  w.add_truth(
+    session_of("01", "V0", 0, 0.0, np.ones_like(sparse)),
+    0,
+    np.ones_like(sparse),
+    truth_of(sparse),
+    writer.score_against(np.ones_like(sparse), sparse, 4),
+  )
   wv = writer.whole_volume_summary(w.group_cms, w.group_sessions, w.truth, w.uncompared, NAMES)
   held, train, unlabeled = wv["heldout"], wv["train_timepoints"], wv["unlabeled_subjects"]
   assert (held["sessions"], train["sessions"], unlabeled["sessions"]) == (1, 3, 1)
@@ -128,9 +136,11 @@ def test_writer_groups_sessions_by_the_datasets_own_labels(tmp_path):
   assert growth["unlabeled_subjects"] is None  # one session
   header, rows = volumes.truth_rows(w.truth, NAMES)
   assert header == ["subject", "session", "age", "class", "predicted_ml", "true_ml"]
-  assert rows[:3] == [["sub-01", "ses-V1", "3", "CSF", "4.000", "4.000"],
-                      ["sub-01", "ses-V1", "3", "GM", "0.000", "0.000"],
-                      ["sub-01", "ses-V1", "3", "WM", "4.000", "4.000"]]
+  assert rows[:3] == [
+    ["sub-01", "ses-V1", "3", "CSF", "4.000", "4.000"],
+    ["sub-01", "ses-V1", "3", "GM", "0.000", "0.000"],
+    ["sub-01", "ses-V1", "3", "WM", "4.000", "4.000"],
+  ]
   assert len(rows) == 4 * 3
   empty = writer.StudyWriter(str(tmp_path), "fcn", bric)
   wv = writer.whole_volume_summary(empty.group_cms, empty.group_sessions, [], 0, NAMES)
@@ -148,8 +158,16 @@ def growing_cohort(n_subjects=6, ages=(1.0, 3.0, 6.0, 12.0), flat=None):
     sid, size = f"{i + 1:02d}", 1 + 0.03 * (i - 3)
     for t, age in enumerate(ages):
       wm = 100.0 + (0.0 if sid == flat else 10.0 * size * age)
-      rows.append(SessionVolumes(sid, f"V{t + 1}", t, age, {
-          "CSF": 50 + 2 * size * age, "GM": 200 + 15 * size * age, "WM": wm}, 0.1))
+      rows.append(
+        SessionVolumes(
+          sid,
+          f"V{t + 1}",
+          t,
+          age,
+          {"CSF": 50 + 2 * size * age, "GM": 200 + 15 * size * age, "WM": wm},
+          0.1,
+        )
+      )
   return rows
 
 
@@ -187,11 +205,26 @@ def test_flags_files_written_before_the_trajectory_rule_still_load(tmp_path):
 # ------------------------------------------------------------------------------ end to end
 
 
-def test_evaluate_against_full_labels_scores_whole_volumes_and_volumes(study_dir, study_run,
-                                                                      tmp_path, capsys):
+def test_evaluate_against_full_labels_scores_whole_volumes_and_volumes(
+  study_dir, study_run, tmp_path, capsys
+):
   out, full = tmp_path / "pred", study_dir / "sourcedata" / "full-labels"
-  assert evaluate.main(["--workdir", str(study_run), "--data-dir", str(study_dir), "--out",
-                        str(out), "--labels", str(full), "--no-report"]) == 0
+  assert (
+    evaluate.main(
+      [
+        "--workdir",
+        str(study_run),
+        "--data-dir",
+        str(study_dir),
+        "--out",
+        str(out),
+        "--labels",
+        str(full),
+        "--no-report",
+      ]
+    )
+    == 0
+  )
   printed = capsys.readouterr().out
   wv = json.loads((out / "metrics.json").read_text())["whole_volume"]
   # 2 labeled subjects x 5 sessions (time point 3 held out), and sub-03 (4 sessions), which
@@ -209,15 +242,19 @@ def test_evaluate_against_full_labels_scores_whole_volumes_and_volumes(study_dir
     assert float(r["true_ml"]) == pytest.approx(ml[NAMES.index(r["class"])], abs=1e-3)
     assert r["predicted_ml"] == predicted[r["subject"], r["session"]][f"{r['class']}_ml"]
   assert set(wv["growth_error"]) == {"labeled_subjects", "unlabeled_subjects"}
-  block = printed[printed.index("whole volumes"):].splitlines()
+  block = printed[printed.index("whole volumes") :].splitlines()
   assert block[1].startswith("  held-out time points (2 sessions): Dice CSF ")
   assert "| precision CSF" in block[1] and "| volume error CSF" in block[1]
   assert block[3].startswith("  unlabeled subjects (4 sessions)")
   assert block[4].startswith("  growth error, first to last session")
   # The dataset's own labels: one slice per session, so no volume (unless the session has
   # only that slice); sub-03 has none at all.
-  assert evaluate.main(["--workdir", str(study_run), "--data-dir", str(study_dir), "--out",
-                        str(out), "--no-report"]) == 0
+  assert (
+    evaluate.main(
+      ["--workdir", str(study_run), "--data-dir", str(study_dir), "--out", str(out), "--no-report"]
+    )
+    == 0
+  )
   wv = json.loads((out / "metrics.json").read_text())["whole_volume"]
   own = list(study_dir.glob("derivatives/*/sub-*/ses-*/anat/*_dseg.nii.gz"))
   several = [p for p in own if nib.load(str(p)).shape[2] > 1]

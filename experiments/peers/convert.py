@@ -20,7 +20,8 @@ subject, session, time point and folder. nnU-Net's predictions (its ``.nii.gz`` 
 them to each session's own grid through the same inverse map as our own predictions
 (:func:`fcslstm_jax.infer.pipeline.to_session_probs`), where both tools are scored.
 
-    python experiments/peers/convert.py --data-dir data/cohort --out runs/peers/raw/Dataset523_cohort
+    python experiments/peers/convert.py --data-dir data/cohort --out \
+        runs/peers/raw/Dataset523_cohort
 """
 
 import argparse
@@ -34,13 +35,13 @@ import numpy as np
 # Run as a script from the repository root or anywhere: the package is one folder up.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from fcslstm_jax.data import study  # noqa: E402
-from fcslstm_jax import datasets  # noqa: E402
-from fcslstm_jax import files  # noqa: E402
-from fcslstm_jax.infer import pipeline  # noqa: E402
-from fcslstm_jax.data import nifti_io  # noqa: E402
-from fcslstm_jax.data import protocol  # noqa: E402
-from fcslstm_jax.data import sequences  # noqa: E402
+from fcslstm_jax import datasets
+from fcslstm_jax import files
+from fcslstm_jax.data import nifti_io
+from fcslstm_jax.data import protocol
+from fcslstm_jax.data import sequences
+from fcslstm_jax.data import study
+from fcslstm_jax.infer import pipeline
 
 FILE_ENDING = ".nii.gz"
 IGNORE = "ignore"
@@ -56,11 +57,15 @@ def dataset_json(proto, num_training: int, name: str) -> dict:
   ``ignore`` = ``num_classes`` (nnU-Net requires the ignore label to be the highest)."""
   labels = {n: i for i, n in enumerate(proto.class_names)}
   labels[IGNORE] = proto.num_classes
-  return {"name": name,
-          "description": "converted by experiments/peers/convert.py from a study in the "
-                         "fcslstm-jax layout (working grids, one labeled slice per volume)",
-          "channel_names": {str(k): m for k, m in enumerate(proto.modalities)},
-          "labels": labels, "numTraining": num_training, "file_ending": FILE_ENDING}
+  return {
+    "name": name,
+    "description": "converted by experiments/peers/convert.py from a study in the "
+    "fcslstm-jax layout (working grids, one labeled slice per volume)",
+    "channel_names": {str(k): m for k, m in enumerate(proto.modalities)},
+    "labels": labels,
+    "numTraining": num_training,
+    "file_ending": FILE_ENDING,
+  }
 
 
 def sparse_labels(session, num_classes: int) -> np.ndarray:
@@ -72,8 +77,11 @@ def sparse_labels(session, num_classes: int) -> np.ndarray:
 
 def is_training_case(session, t: int, proto) -> bool:
   """A session whose labels training may see: a training time point with counted labels."""
-  return (t in proto.train_timepoints and session.label_mask is not None
-          and bool(session.label_mask.any()))
+  return (
+    t in proto.train_timepoints
+    and session.label_mask is not None
+    and bool(session.label_mask.any())
+  )
 
 
 def role_of(session, t: int, proto) -> str:
@@ -86,8 +94,12 @@ def role_of(session, t: int, proto) -> str:
 
 def _write_case(out, folder, case, subject, session, proto):
   for k in range(len(proto.modalities)):
-    nifti_io.write_volume(os.path.join(out, folder, f"{case}_{k:04d}{FILE_ENDING}"),
-                          session.image[..., k], subject.grid.affine, np.float32)
+    nifti_io.write_volume(
+      os.path.join(out, folder, f"{case}_{k:04d}{FILE_ENDING}"),
+      session.image[..., k],
+      subject.grid.affine,
+      np.float32,
+    )
 
 
 def write_dataset(loaded, out_dir: str, name: str) -> dict:
@@ -107,8 +119,10 @@ def write_dataset(loaded, out_dir: str, name: str) -> dict:
       if subject.grid is None:
         continue
       if subject.z_index is not None:
-        raise ValueError(f"sub-{subject.subject_id}: loaded with keep='labeled'; convert whole "
-                         "volumes (load_study(..., keep='all')).")
+        raise ValueError(
+          f"sub-{subject.subject_id}: loaded with keep='labeled'; convert whole "
+          "volumes (load_study(..., keep='all'))."
+        )
       for t, session in enumerate(subject.timepoints):
         if session is None:
           continue
@@ -116,18 +130,32 @@ def write_dataset(loaded, out_dir: str, name: str) -> dict:
         folder = "imagesTr" if role == "train" else "imagesTs"
         _write_case(tmp, folder, case, subject, session, proto)
         if role == "train":
-          nifti_io.write_volume(os.path.join(tmp, "labelsTr", case + FILE_ENDING),
-                                sparse_labels(session, proto.num_classes),
-                                subject.grid.affine, np.uint8)
-        cases.append({"case": case, "subject": subject.subject_id, "session": session.label,
-                      "timepoint": t, "role": role, "folder": folder,
-                      "labeled_voxels": int((session.label_mask > 0).sum())
-                      if role == "train" else 0})
+          nifti_io.write_volume(
+            os.path.join(tmp, "labelsTr", case + FILE_ENDING),
+            sparse_labels(session, proto.num_classes),
+            subject.grid.affine,
+            np.uint8,
+          )
+        cases.append(
+          {
+            "case": case,
+            "subject": subject.subject_id,
+            "session": session.label,
+            "timepoint": t,
+            "role": role,
+            "folder": folder,
+            "labeled_voxels": int((session.label_mask > 0).sum()) if role == "train" else 0,
+          }
+        )
     num_training = sum(c["role"] == "train" for c in cases)
     files.write_json(os.path.join(tmp, "dataset.json"), dataset_json(proto, num_training, name))
-    manifest = {"study": os.path.abspath(loaded.root), "protocol": proto.to_json(),
-                "grid": loaded.options.to_json(), "ignore_label": proto.num_classes,
-                "cases": cases}
+    manifest = {
+      "study": os.path.abspath(loaded.root),
+      "protocol": proto.to_json(),
+      "grid": loaded.options.to_json(),
+      "ignore_label": proto.num_classes,
+      "cases": cases,
+    }
     files.write_json(os.path.join(tmp, "manifest.json"), manifest)  # last: marks it complete
     os.replace(tmp, out_dir)
   finally:
@@ -136,15 +164,17 @@ def write_dataset(loaded, out_dir: str, name: str) -> dict:
   return manifest
 
 
-def load_for_conversion(root, proto, spacing="median", reference="first", register="none",
-                        warn=None):
+def load_for_conversion(
+  root, proto, spacing="median", reference="first", register="none", warn=None
+):
   """The study as ``train.py`` reads it (same protocol, spacing, reference, registration),
   with every slice of every session (nnU-Net samples whole volumes). Its warnings (sessions
   that fit no time point, labels that did not all come through:
   :func:`fcslstm_jax.data.sequences.describe_warnings`) are printed as ``train.py`` prints
   them, one ``warning: ...`` line each, on stderr; ``warn``: a function of a line instead."""
-  loaded = study.load_study(root, proto, spacing=spacing, reference=reference,
-                            register=register, keep="all")
+  loaded = study.load_study(
+    root, proto, spacing=spacing, reference=reference, register=register, keep="all"
+  )
   for line in sequences.describe_warnings(loaded):
     (warn or (lambda text: print(text, file=sys.stderr, flush=True)))(line)
   return loaded
@@ -196,24 +226,32 @@ def main(argv=None) -> int:
   src = p.add_mutually_exclusive_group()
   src.add_argument("--dataset", choices=datasets.BUILTIN, help="a built-in dataset")
   src.add_argument("--data-dir", help="a study in our layout (README: Your own study)")
-  p.add_argument("--protocol", help="with --data-dir: protocol file or name (default: "
-                 "DATA_DIR/protocol.json, else bric)")
+  p.add_argument(
+    "--protocol",
+    help="with --data-dir: protocol file or name (default: DATA_DIR/protocol.json, else bric)",
+  )
   p.add_argument("--spacing", default="median")
-  p.add_argument("--out", required=True, help="the nnU-Net raw dataset folder to create, "
-                 "e.g. nnUNet_raw/Dataset523_cohort")
+  p.add_argument(
+    "--out",
+    required=True,
+    help="the nnU-Net raw dataset folder to create, e.g. nnUNet_raw/Dataset523_cohort",
+  )
   args = p.parse_args(argv)
   if args.data_dir:
     proto = protocol.get_protocol(args.protocol, args.data_dir)
     root = args.data_dir
   else:
     from fcslstm_jax.synthetic import bric_like
+
     proto = protocol.builtin(args.dataset or "bric")
     root = bric_like.ensure_dataset(seed=0)
   loaded = load_for_conversion(root, proto, args.spacing)
   manifest = write_dataset(loaded, args.out, os.path.basename(os.path.normpath(args.out)))
   roles = [c["role"] for c in manifest["cases"]]
-  print(f"wrote {args.out}: {roles.count('train')} training cases, {roles.count('held-out')} "
-        f"held-out and {roles.count('unlabeled')} unlabeled sessions in imagesTs")
+  print(
+    f"wrote {args.out}: {roles.count('train')} training cases, {roles.count('held-out')} "
+    f"held-out and {roles.count('unlabeled')} unlabeled sessions in imagesTs"
+  )
   return 0
 
 

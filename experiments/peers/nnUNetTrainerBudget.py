@@ -22,8 +22,8 @@ nnUNetTrainerBudget`` finds it too (then with the defaults below).
 import time
 
 import numpy as np
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
 class nnUNetTrainerBudget(nnUNetTrainer):
@@ -31,15 +31,21 @@ class nnUNetTrainerBudget(nnUNetTrainer):
   iterations = 10
   started = None
 
-  def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-               device: torch.device = torch.device("cpu")):
+  def __init__(
+    self,
+    plans: dict,
+    configuration: str,
+    fold: int,
+    dataset_json: dict,
+    device: torch.device = torch.device("cpu"),
+  ):
     super().__init__(plans, configuration, fold, dataset_json, device)
     if type(self).started is None:
       type(self).started = time.monotonic()
     self.num_iterations_per_epoch = int(self.iterations)
     self.num_val_iterations_per_epoch = 1
-    self.num_epochs = 10 ** 6  # the clock stops training, see run_training
-    self.save_every = 10 ** 9
+    self.num_epochs = 10**6  # the clock stops training, see run_training
+    self.save_every = 10**9
 
   def elapsed(self) -> float:
     return time.monotonic() - type(self).started
@@ -50,8 +56,10 @@ class nnUNetTrainerBudget(nnUNetTrainer):
     lr = self.initial_lr * (1.0 - fraction) ** 0.9
     for group in self.optimizer.param_groups:
       group["lr"] = lr
-    self.print_to_log_file(f"Epoch {self.current_epoch}, {self.elapsed():.0f} s of "
-                           f"{self.budget_s:.0f}, learning rate {lr:.5f}")
+    self.print_to_log_file(
+      f"Epoch {self.current_epoch}, {self.elapsed():.0f} s of "
+      f"{self.budget_s:.0f}, learning rate {lr:.5f}"
+    )
     self.logger.log("lrs", lr, self.current_epoch)
 
   def save_checkpoint(self, filename: str) -> None:
@@ -69,13 +77,16 @@ class nnUNetTrainerBudget(nnUNetTrainer):
       t0 = time.monotonic()
       self.on_epoch_start()
       self.on_train_epoch_start()
-      outputs = [self.train_step(next(self.dataloader_train))
-                 for _ in range(self.num_iterations_per_epoch)]
+      outputs = [
+        self.train_step(next(self.dataloader_train)) for _ in range(self.num_iterations_per_epoch)
+      ]
       self.on_train_epoch_end(outputs)
       with torch.no_grad():
         self.on_validation_epoch_start()
-        val = [self.validation_step(next(self.dataloader_val))
-               for _ in range(self.num_val_iterations_per_epoch)]
+        val = [
+          self.validation_step(next(self.dataloader_val))
+          for _ in range(self.num_val_iterations_per_epoch)
+        ]
         self.on_validation_epoch_end(val)
       self.on_epoch_end()
       epoch_seconds.append(time.monotonic() - t0)

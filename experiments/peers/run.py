@@ -69,17 +69,19 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
-import convert  # noqa: E402
-from fcslstm_jax.data import study  # noqa: E402
-from fcslstm_jax import files  # noqa: E402
-from fcslstm_jax.infer import pipeline  # noqa: E402
-from fcslstm_jax import metrics  # noqa: E402
-from fcslstm_jax.data import nifti_io  # noqa: E402
-from fcslstm_jax.data import protocol  # noqa: E402
-from fcslstm_jax.data import sequences  # noqa: E402
-from fcslstm_jax.outputs import volumes  # noqa: E402
-from fcslstm_jax.outputs import writer  # noqa: E402
-from fcslstm_jax.errors import ConfigError, DataError  # noqa: E402
+import convert
+
+from fcslstm_jax import files
+from fcslstm_jax import metrics
+from fcslstm_jax.data import nifti_io
+from fcslstm_jax.data import protocol
+from fcslstm_jax.data import sequences
+from fcslstm_jax.data import study
+from fcslstm_jax.errors import ConfigError
+from fcslstm_jax.errors import DataError
+from fcslstm_jax.infer import pipeline
+from fcslstm_jax.outputs import volumes
+from fcslstm_jax.outputs import writer
 
 DATASET_IDS = {"cohort": 523, "bric": 524, "tiny": 525}
 NNUNET = "nnU-Net v2 (2d)"  # its row's name
@@ -90,6 +92,7 @@ WORK_MARKER = ".fcslstm-peers-work"  # in every --work folder this script made
 class Source:
   """A study to compare on: its folder, protocol, full labels (None: the study's own label
   files hold them) and the ``train.py`` arguments that name it."""
+
   name: str
   root: str
   protocol: protocol.Protocol
@@ -100,15 +103,24 @@ class Source:
 def study_source(name: str) -> Source:
   if name in ("cohort", "tiny"):  # tiny: a smoke test of this script (the tests' study)
     from fcslstm_jax.synthetic import cohort
+
     root = os.path.join(REPO, "data", "cohort" if name == "cohort" else "cohort-tiny")
-    config = cohort.CohortConfig() if name == "cohort" else dataclasses.replace(
-        cohort.TINY, fov_mm=(144.0, 144.0, 18.0))
+    config = (
+      cohort.CohortConfig()
+      if name == "cohort"
+      else dataclasses.replace(cohort.TINY, fov_mm=(144.0, 144.0, 18.0))
+    )
     if not os.path.isfile(os.path.join(root, "dataset_description.json")):
       cohort.generate(root, config=config)
-    return Source(name, root, protocol.get_protocol(None, root),
-                  os.path.join(root, "sourcedata", "full-labels"),
-                  ("--data-dir", root, "--protocol", os.path.join(root, "protocol.json")))
+    return Source(
+      name,
+      root,
+      protocol.get_protocol(None, root),
+      os.path.join(root, "sourcedata", "full-labels"),
+      ("--data-dir", root, "--protocol", os.path.join(root, "protocol.json")),
+    )
   from fcslstm_jax.synthetic import bric_like
+
   root = str(bric_like.ensure_dataset(seed=0, config=bric_like.VOLUMES["slab"]))
   return Source(name, root, protocol.builtin("bric"), None, ("--dataset", "bric"))
 
@@ -131,9 +143,12 @@ def code_version(exclude=(), repo: str = REPO) -> dict:
   checkout), ``dirty`` (``git status --porcelain`` lists a tracked file with uncommitted
   changes) and ``diff_sha256`` (of ``git diff HEAD`` when dirty, else None). ``exclude``:
   files left out of both (this script's own outputs, which may be tracked)."""
+
   def git(*args) -> bytes:
-    return subprocess.run(["git", "--no-optional-locks", *args], cwd=repo, check=True,
-                          capture_output=True).stdout
+    return subprocess.run(
+      ["git", "--no-optional-locks", *args], cwd=repo, check=True, capture_output=True
+    ).stdout
+
   try:
     commit = git("rev-parse", "HEAD").decode().strip()
     top = os.path.realpath(git("rev-parse", "--show-toplevel").decode().strip())
@@ -154,15 +169,23 @@ def configuration(args) -> dict:
   --out and --keep-others), with what they resolve to."""
   try:
     from fcslstm_jax import config
+
     seed = config.get_config(args.config).seed
   except (ConfigError, ImportError, AttributeError):
     seed = None
-  return {"study": args.study, "budget_min": args.budget_min,
-          "fcslstm_model": args.model, "fcslstm_config": args.config,
-          "fcslstm_seed": seed, "fcslstm_epochs": args.epochs,
-          "nnunet_configuration": "2d", "nnunet_fold": "all",
-          "nnunet_iterations_per_epoch": args.iterations, "nnunet_da_workers": args.da_workers,
-          "nnunet_mirroring": args.mirroring}
+  return {
+    "study": args.study,
+    "budget_min": args.budget_min,
+    "fcslstm_model": args.model,
+    "fcslstm_config": args.config,
+    "fcslstm_seed": seed,
+    "fcslstm_epochs": args.epochs,
+    "nnunet_configuration": "2d",
+    "nnunet_fold": "all",
+    "nnunet_iterations_per_epoch": args.iterations,
+    "nnunet_da_workers": args.da_workers,
+    "nnunet_mirroring": args.mirroring,
+  }
 
 
 def tool_names(args) -> dict:
@@ -192,29 +215,38 @@ def kept_records(path: str, run_names, code: dict, config: dict) -> dict:
     with open(path) as f:
       earlier = json.load(f)
   except (OSError, ValueError) as e:
-    raise ConfigError(f"{path}: cannot be read ({e}); rerun both tools without "
-                      "--keep-others.") from e
+    raise ConfigError(
+      f"{path}: cannot be read ({e}); rerun both tools without --keep-others."
+    ) from e
   kept = {}
   for name, record in earlier.get("tools", {}).items():
     if name in run_names:
       continue
-    again = "rerun both tools (without --keep-others) so that the table comes from one code " \
-        "version and configuration."
+    again = (
+      "rerun both tools (without --keep-others) so that the table comes from one code "
+      "version and configuration."
+    )
     if not record.get("commit"):
-      raise ConfigError(f"{path}: the {name} record has no commit (written before records "
-                        f"carried one); {again}")
+      raise ConfigError(
+        f"{path}: the {name} record has no commit (written before records carried one); {again}"
+      )
     if not code.get("commit"):
-      raise ConfigError(f"{path}: this checkout's commit is unknown (not a git checkout?), so "
-                        f"the {name} record cannot be matched to it; {again}")
+      raise ConfigError(
+        f"{path}: this checkout's commit is unknown (not a git checkout?), so "
+        f"the {name} record cannot be matched to it; {again}"
+      )
     theirs = {k: record.get(k) for k in ("commit", "dirty", "diff_sha256")}
     if theirs != {k: code.get(k) for k in theirs}:
-      raise ConfigError(f"{path}: the {name} record ran on {_short(theirs)}, this run on "
-                        f"{_short(code)}; {again}")
-    differ = [f"{k}={record.get('configuration', {}).get(k)!r} (this run: {v!r})"
-              for k, v in config.items() if record.get("configuration", {}).get(k) != v]
+      raise ConfigError(
+        f"{path}: the {name} record ran on {_short(theirs)}, this run on {_short(code)}; {again}"
+      )
+    differ = [
+      f"{k}={record.get('configuration', {}).get(k)!r} (this run: {v!r})"
+      for k, v in config.items()
+      if record.get("configuration", {}).get(k) != v
+    ]
     if differ:
-      raise ConfigError(f"{path}: the {name} record was measured with {', '.join(differ)}; "
-                        f"{again}")
+      raise ConfigError(f"{path}: the {name} record was measured with {', '.join(differ)}; {again}")
     kept[name] = dict(record, command=record.get("command", earlier.get("command")))
   return kept
 
@@ -231,14 +263,18 @@ def prepare_work(work: str) -> None:
     raise ConfigError(f"{work}: is not a folder (a file or a link); choose another --work.")
   if os.path.isdir(work) and os.listdir(work):
     if not os.path.isfile(os.path.join(work, WORK_MARKER)):
-      raise ConfigError(f"{work}: is not empty and has no {WORK_MARKER} marker, so this script "
-                        "did not make it and will not delete it; remove it yourself or choose "
-                        "another --work.")
+      raise ConfigError(
+        f"{work}: is not empty and has no {WORK_MARKER} marker, so this script "
+        "did not make it and will not delete it; remove it yourself or choose "
+        "another --work."
+      )
     shutil.rmtree(work)
   os.makedirs(work, exist_ok=True)
-  files.write_text(os.path.join(work, WORK_MARKER),
-                   "made by experiments/peers/run.py, which deletes this folder before its "
-                   "next run with this --work.\n")
+  files.write_text(
+    os.path.join(work, WORK_MARKER),
+    "made by experiments/peers/run.py, which deletes this folder before its "
+    "next run with this --work.\n",
+  )
 
 
 # ---------------------------------------------------------------------------------- scoring
@@ -285,9 +321,13 @@ class Scores:
       probs = probs_by_t[t]
       pred[:, t] = np.moveaxis(np.argmax(probs, axis=-1), 2, 0)
       native = convert.to_session_labels(probs, subject, session)
-      convert.write_session_labels(writer.output_path(out_dir, subject.subject_id,
-                                                      session.label, desc.replace("-", ""), "dseg"),
-                                   native, session)
+      convert.write_session_labels(
+        writer.output_path(
+          out_dir, subject.subject_id, session.label, desc.replace("-", ""), "dseg"
+        ),
+        native,
+        session,
+      )
       self.add_session(subject.subject_id, t, session, native, train_subject.timepoints[t])
     mask = seq.label_mask * seq.valid[:, :, None, None]
     for counts, seg in zip(self.agreement, (pred, seq.labels)):
@@ -308,20 +348,27 @@ class Scores:
       if whole:
         pred_ml = volumes.class_volumes_ml(native, session.ref.affine, c)
         true_ml = volumes.class_volumes_ml(truth.data, truth.ref.affine, c)
-        self.volumes.append(volumes.TruthVolumes(
-            subject_id, session.label, float(session.age),
+        self.volumes.append(
+          volumes.TruthVolumes(
+            subject_id,
+            session.label,
+            float(session.age),
             writer.session_group(self.protocol, self.unlabeled, subject_id, t),
             {n: float(v) for n, v in zip(names[1:], pred_ml[1:])},
-            {n: float(v) for n, v in zip(names[1:], true_ml[1:])}))
+            {n: float(v) for n, v in zip(names[1:], true_ml[1:])},
+          )
+        )
       else:
         self.uncompared += 1
     if counted is not None and counted.counted_slices and "dseg" in counted.paths:
       self.labeled[t] += counted_scores(native, counted, c)
 
   def summary(self) -> dict:
-    return {"labeled_slices": writer.summarize_run(self.labeled, self.agreement, self.protocol),
-            "whole_volumes": writer.summarize_run(self.whole, self.agreement, self.protocol),
-            "volumes": volume_summary(self.volumes, self.uncompared, self.protocol.class_names)}
+    return {
+      "labeled_slices": writer.summarize_run(self.labeled, self.agreement, self.protocol),
+      "whole_volumes": writer.summarize_run(self.whole, self.agreement, self.protocol),
+      "volumes": volume_summary(self.volumes, self.uncompared, self.protocol.class_names),
+    }
 
 
 SUBJECT_KINDS = ("labeled_subjects", "unlabeled_subjects")
@@ -339,7 +386,10 @@ def volume_summary(truth, uncompared: int, names) -> dict:
   ``per_session`` (each compared session's predicted and true mL). ``truth``:
   :class:`fcslstm_jax.outputs.volumes.TruthVolumes`."""
   tissues = list(names[1:])
-  per = lambda v: {n: None if np.isnan(x) else float(x) for n, x in zip(tissues, v)}
+
+  def per(v):
+    return {n: None if np.isnan(x) else float(x) for n, x in zip(tissues, v)}
+
   out = {}
   for kind in SUBJECT_KINDS:
     mine = [r for r in truth if (r.group == writer.GROUPS[2]) == (kind == SUBJECT_KINDS[1])]
@@ -349,27 +399,45 @@ def volume_summary(truth, uncompared: int, names) -> dict:
     pred = np.array([[r.predicted_ml[n] for n in tissues] for r in mine], np.float64)
     true = np.array([[r.true_ml[n] for n in tissues] for r in mine], np.float64)
     error, bias = volumes.volume_errors(pred, true)
-    growth, counted = volumes.growth_errors([r.subject for r in mine],
-                                            [r.age for r in mine], pred, true)
-    out[kind] = {"sessions": len(mine), "subjects": len({r.subject for r in mine}),
-                 "volume_error": per(error), "volume_bias": per(bias),
-                 "growth_error": per(growth),
-                 "growth_subjects": {n: int(k) for n, k in zip(tissues, counted)}}
+    growth, counted = volumes.growth_errors(
+      [r.subject for r in mine], [r.age for r in mine], pred, true
+    )
+    out[kind] = {
+      "sessions": len(mine),
+      "subjects": len({r.subject for r in mine}),
+      "volume_error": per(error),
+      "volume_bias": per(bias),
+      "growth_error": per(growth),
+      "growth_subjects": {n: int(k) for n, k in zip(tissues, counted)},
+    }
   out["sessions_not_compared"] = uncompared
-  out["per_session"] = [dataclasses.asdict(r) for r in
-                        sorted(truth, key=lambda r: (r.subject, r.age, r.session))]
+  out["per_session"] = [
+    dataclasses.asdict(r) for r in sorted(truth, key=lambda r: (r.subject, r.age, r.session))
+  ]
   return out
 
 
 # ---------------------------------------------------------------------------------- FCSLSTM
 
 
-def train_fcslstm(source: Source, workdir: str, budget_s: float, model: str, config: str,
-                  epochs: int, log_path: str) -> dict:
+def train_fcslstm(
+  source: Source, workdir: str, budget_s: float, model: str, config: str, epochs: int, log_path: str
+) -> dict:
   """``train.py`` for at most ``budget_s`` seconds of wall time (SIGTERM then: a checkpoint
   at the step reached). Returns what was run and measured."""
-  command = [sys.executable, os.path.join(REPO, "train.py"), *source.train_args,
-             "--model", model, "--config", config, "--epochs", str(epochs), "--workdir", workdir]
+  command = [
+    sys.executable,
+    os.path.join(REPO, "train.py"),
+    *source.train_args,
+    "--model",
+    model,
+    "--config",
+    config,
+    "--epochs",
+    str(epochs),
+    "--workdir",
+    workdir,
+  ]
   started, stopped = time.monotonic(), False
   with open(log_path, "w") as log:
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
@@ -380,18 +448,26 @@ def train_fcslstm(source: Source, workdir: str, budget_s: float, model: str, con
       stopped = True
       proc.wait()
   seconds = time.monotonic() - started
-  steps = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl")) if l.strip()] \
-      if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else []
-  return {"command": " ".join(os.path.relpath(a, REPO) if os.path.isabs(a) else a
-                              for a in command[1:]),
-          "seconds": round(seconds, 1), "stopped_by_budget": stopped,
-          "returncode": proc.returncode, "epochs_scored": len(steps)}
+  steps = (
+    [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl")) if line.strip()]
+    if os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+    else []
+  )
+  return {
+    "command": " ".join(os.path.relpath(a, REPO) if os.path.isabs(a) else a for a in command[1:]),
+    "seconds": round(seconds, 1),
+    "stopped_by_budget": stopped,
+    "returncode": proc.returncode,
+    "epochs_scored": len(steps),
+  }
 
 
 def fcslstm_probabilities(workdir: str, loaded, batch_size: int = 8):
   """``(seconds, {subject_id: {t: [X, Y, Z, c]}})`` of the run's newest checkpoint on every
   session of ``loaded`` (no test-time flips)."""
-  from fcslstm_jax.infer import ensemble, tta
+  from fcslstm_jax.infer import ensemble
+  from fcslstm_jax.infer import tta
+
   started = time.monotonic()
   runs = pipeline.read_runs([workdir])
   members = pipeline.load_members(runs, loaded.protocol)
@@ -402,8 +478,9 @@ def fcslstm_probabilities(workdir: str, loaded, batch_size: int = 8):
     if subject.grid is None:
       continue
     _, probs = pipeline.segment_subject(fns, params, subject, loaded.protocol, batch_size)
-    out[subject.subject_id] = {t: np.moveaxis(probs[:, t], 0, 2)
-                               for t, s in enumerate(subject.timepoints) if s is not None}
+    out[subject.subject_id] = {
+      t: np.moveaxis(probs[:, t], 0, 2) for t, s in enumerate(subject.timepoints) if s is not None
+    }
   return time.monotonic() - started, out, members[0].step
 
 
@@ -411,11 +488,14 @@ def fcslstm_probabilities(workdir: str, loaded, batch_size: int = 8):
 
 
 def nnunet_env(work: str, da_workers: int) -> dict:
-  env = {"nnUNet_raw": os.path.join(work, "nnUNet_raw"),
-         "nnUNet_preprocessed": os.path.join(work, "nnUNet_preprocessed"),
-         "nnUNet_results": os.path.join(work, "nnUNet_results"),
-         "nnUNet_n_proc_DA": str(da_workers), "nnUNet_compile": "f",
-         "nnUNet_extTrainer": HERE}
+  env = {
+    "nnUNet_raw": os.path.join(work, "nnUNet_raw"),
+    "nnUNet_preprocessed": os.path.join(work, "nnUNet_preprocessed"),
+    "nnUNet_results": os.path.join(work, "nnUNet_results"),
+    "nnUNet_n_proc_DA": str(da_workers),
+    "nnUNet_compile": "f",
+    "nnUNet_extTrainer": HERE,
+  }
   os.environ.update(env)  # nnunetv2 reads them when imported
   return env
 
@@ -437,10 +517,21 @@ def nnunet_plan(dataset_id: int, dataset_name: str, log_path: str) -> tuple:
   started = time.monotonic()
   bin_dir = os.path.dirname(sys.executable)
   with open(log_path, "w") as log:
-    run = lambda *cmd: subprocess.run([os.path.join(bin_dir, cmd[0]), *cmd[1:]], stdout=log,
-                                      stderr=subprocess.STDOUT, check=True)
-    run("nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "2d", "--no_pp",
-        "--verify_dataset_integrity")
+
+    def run(*cmd):
+      return subprocess.run(
+        [os.path.join(bin_dir, cmd[0]), *cmd[1:]], stdout=log, stderr=subprocess.STDOUT, check=True
+      )
+
+    run(
+      "nnUNetv2_plan_and_preprocess",
+      "-d",
+      str(dataset_id),
+      "-c",
+      "2d",
+      "--no_pp",
+      "--verify_dataset_integrity",
+    )
     path = os.path.join(os.environ["nnUNet_preprocessed"], dataset_name, "nnUNetPlans.json")
     with open(path) as f:
       plans = json.load(f)
@@ -456,6 +547,7 @@ def nnunet_input_check(dataset_name: str, raw_dir: str, case: dict, channels: in
   as its predictor preprocesses the same files (0 when both paths agree)."""
   from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
   from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
   base = os.path.join(os.environ["nnUNet_preprocessed"], dataset_name)
   with open(os.path.join(base, "nnUNetPlans.json")) as f:
     plans = PlansManager(json.load(f))
@@ -465,8 +557,15 @@ def nnunet_input_check(dataset_name: str, raw_dir: str, case: dict, channels: in
   folder = os.path.join(base, config.data_identifier)
   stored = np.asarray(infer_dataset_class(folder)(folder).load_case(case["case"])[0][:])
   fresh, _, _ = config.preprocessor_class(verbose=False).run_case(
-      [os.path.join(raw_dir, case["folder"], f"{case['case']}_{k:04d}{convert.FILE_ENDING}")
-       for k in range(channels)], None, plans, config, dataset_json)
+    [
+      os.path.join(raw_dir, case["folder"], f"{case['case']}_{k:04d}{convert.FILE_ENDING}")
+      for k in range(channels)
+    ],
+    None,
+    plans,
+    config,
+    dataset_json,
+  )
   if fresh.shape != stored.shape:
     return float("inf")
   return float(np.abs(fresh - stored).max())
@@ -477,14 +576,16 @@ def nnunet_train(dataset_name: str, budget_s: float, iterations: int):
   import torch
   from batchgenerators.utilities.file_and_folder_operations import load_json
   from nnUNetTrainerBudget import nnUNetTrainerBudget
+
   started = time.monotonic()
   nnUNetTrainerBudget.started, nnUNetTrainerBudget.budget_s = started, budget_s
   nnUNetTrainerBudget.iterations = iterations
   base = os.path.join(os.environ["nnUNet_preprocessed"], dataset_name)
   plans = load_json(os.path.join(base, "nnUNetPlans.json"))
   plans["continue_training"] = False
-  trainer = nnUNetTrainerBudget(plans, "2d", "all", load_json(os.path.join(base, "dataset.json")),
-                                torch.device("cpu"))
+  trainer = nnUNetTrainerBudget(
+    plans, "2d", "all", load_json(os.path.join(base, "dataset.json")), torch.device("cpu")
+  )
   trainer.run_training()
   return trainer, time.monotonic() - started, trainer.current_epoch
 
@@ -493,26 +594,44 @@ def nnunet_probabilities(trainer, raw_dir: str, manifest: dict, mirroring: bool)
   """``(seconds, {case: [X, Y, Z, c]})``: every case predicted by the trained network."""
   import torch
   from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
   started = time.monotonic()
   trainer.set_deep_supervision_enabled(False)
   trainer.network.eval()
-  predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
-                              device=torch.device("cpu"), allow_tqdm=False)
-  predictor.manual_initialization(trainer.network, trainer.plans_manager,
-                                  trainer.configuration_manager,
-                                  [trainer.network.state_dict()], trainer.dataset_json,
-                                  type(trainer).__name__, trainer.inference_allowed_mirroring_axes)
+  predictor = nnUNetPredictor(
+    tile_step_size=0.5,
+    use_gaussian=True,
+    use_mirroring=mirroring,
+    device=torch.device("cpu"),
+    allow_tqdm=False,
+  )
+  predictor.manual_initialization(
+    trainer.network,
+    trainer.plans_manager,
+    trainer.configuration_manager,
+    [trainer.network.state_dict()],
+    trainer.dataset_json,
+    type(trainer).__name__,
+    trainer.inference_allowed_mirroring_axes,
+  )
   cases = manifest["cases"]
   channels = len(manifest["protocol"]["modalities"])
-  inputs = [[os.path.join(raw_dir, c["folder"], f"{c['case']}_{k:04d}{convert.FILE_ENDING}")
-             for k in range(channels)] for c in cases]
+  inputs = [
+    [
+      os.path.join(raw_dir, c["folder"], f"{c['case']}_{k:04d}{convert.FILE_ENDING}")
+      for k in range(channels)
+    ]
+    for c in cases
+  ]
   results = predictor.predict_from_files_sequential(inputs, None, save_probabilities=True)
   out = {}
   for case, (seg, probs) in zip(cases, results):
     probs, seg = convert.from_nnunet_order(probs), convert.from_nnunet_order(seg)
     if probs.shape[:3] != seg.shape or not np.array_equal(np.argmax(probs, -1), seg):
-      raise RuntimeError(f"{case['case']}: nnU-Net's probabilities {probs.shape} do not give "
-                         f"its segmentation {seg.shape} (axis order?)")
+      raise RuntimeError(
+        f"{case['case']}: nnU-Net's probabilities {probs.shape} do not give "
+        f"its segmentation {seg.shape} (axis order?)"
+      )
     out[case["case"]] = probs
   return time.monotonic() - started, out
 
@@ -528,8 +647,9 @@ def per_class(values, signed: bool = False) -> str:
   """``values`` (class name -> number or None; None: no such numbers) as ``a / b / c``."""
   if not values:
     return "n/a"
-  return " / ".join("n/a" if v is None else f"{v:+.3f}" if signed else f"{v:.3f}"
-                    for v in values.values())
+  return " / ".join(
+    "n/a" if v is None else f"{v:+.3f}" if signed else f"{v:.3f}" for v in values.values()
+  )
 
 
 def volume_cells(record) -> list:
@@ -539,71 +659,109 @@ def volume_cells(record) -> list:
   cells = []
   for kind in SUBJECT_KINDS:
     mine = volume_scores.get(kind) or {}
-    cells += [per_class(mine.get("volume_error")), per_class(mine.get("volume_bias"), True),
-              per_class(mine.get("growth_error"))]
+    cells += [
+      per_class(mine.get("volume_error")),
+      per_class(mine.get("volume_bias"), True),
+      per_class(mine.get("growth_error")),
+    ]
   return cells
 
 
 def row(name, record) -> list:
   lab, whole = record["scores"]["labeled_slices"], record["scores"]["whole_volumes"]
-  dice = lambda split: " / ".join(fmt(whole[split]["dice"][n]) for n in ("CSF", "GM", "WM"))
-  tc = lambda which: " / ".join(fmt(v) for v in lab["temporal_consistency"][which])
-  return [name, f"{record['train_seconds'] / 60:.1f}", f"{record['infer_seconds']:.0f}",
-          f"{fmt(lab['test']['mpa'])} ({fmt(lab['test']['mpa_fg'])})",
-          f"{fmt(lab['train']['mpa'])} ({fmt(lab['train']['mpa_fg'])})",
-          f"{fmt(whole['test']['mpa'])} ({fmt(whole['test']['mpa_fg'])})", dice("test"),
-          dice("train"), tc("prediction"), *volume_cells(record)]
+
+  def dice(split):
+    return " / ".join(fmt(whole[split]["dice"][n]) for n in ("CSF", "GM", "WM"))
+
+  def tc(which):
+    return " / ".join(fmt(v) for v in lab["temporal_consistency"][which])
+
+  return [
+    name,
+    f"{record['train_seconds'] / 60:.1f}",
+    f"{record['infer_seconds']:.0f}",
+    f"{fmt(lab['test']['mpa'])} ({fmt(lab['test']['mpa_fg'])})",
+    f"{fmt(lab['train']['mpa'])} ({fmt(lab['train']['mpa_fg'])})",
+    f"{fmt(whole['test']['mpa'])} ({fmt(whole['test']['mpa_fg'])})",
+    dice("test"),
+    dice("train"),
+    tc("prediction"),
+    *volume_cells(record),
+  ]
 
 
-VOLUME_HEAD = [f"{what} CSF / GM / WM, {kind} subjects" for kind in ("labeled", "unlabeled")
-               for what in ("volume error", "volume bias", "growth error")]
+VOLUME_HEAD = [
+  f"{what} CSF / GM / WM, {kind} subjects"
+  for kind in ("labeled", "unlabeled")
+  for what in ("volume error", "volume bias", "growth error")
+]
 
 
 def markdown(result) -> str:
-  head = ["tool", "training (min)", "inference (s)", "held-out mPA, labeled slices (tissue)",
-          "training time points mPA (tissue)", "held-out mPA, whole volumes (tissue)",
-          "held-out Dice CSF / GM / WM, whole volumes", "training time points Dice CSF / GM / WM",
-          "temporal consistency t1-t2 / ... (prediction)", *VOLUME_HEAD]
+  head = [
+    "tool",
+    "training (min)",
+    "inference (s)",
+    "held-out mPA, labeled slices (tissue)",
+    "training time points mPA (tissue)",
+    "held-out mPA, whole volumes (tissue)",
+    "held-out Dice CSF / GM / WM, whole volumes",
+    "training time points Dice CSF / GM / WM",
+    "temporal consistency t1-t2 / ... (prediction)",
+    *VOLUME_HEAD,
+  ]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, record in result["tools"].items():
     lines.append("| " + " | ".join(row(name, record)) + " |")
   truth = next(iter(result["tools"].values()))["scores"]["labeled_slices"]
-  tc = " / ".join("n/a" if v is None else f"{v:.3f}"
-                  for v in truth["temporal_consistency"]["ground_truth"])
-  return ("\n".join(lines) + f"\n\nTemporal consistency of the full labels: {tc}.\n"
-          + VOLUME_NOTE)
+  tc = " / ".join(
+    "n/a" if v is None else f"{v:.3f}" for v in truth["temporal_consistency"]["ground_truth"]
+  )
+  return "\n".join(lines) + f"\n\nTemporal consistency of the full labels: {tc}.\n" + VOLUME_NOTE
 
 
 VOLUME_NOTE = (
-    "\nVolume error: mean |predicted - true| / true tissue volume over the sessions whose full "
-    "label file is a whole volume, each on its own grid; bias: its signed mean (+: too large). "
-    "Growth error: mean |predicted - true change| / |true change| from each subject's first to "
-    "last such session. Labeled subjects: those with labels at a training time point (every "
-    "session of theirs); unlabeled: the others, none of whose labels training used.\n")
+  "\nVolume error: mean |predicted - true| / true tissue volume over the sessions whose full "
+  "label file is a whole volume, each on its own grid; bias: its signed mean (+: too large). "
+  "Growth error: mean |predicted - true change| / |true change| from each subject's first to "
+  "last such session. Labeled subjects: those with labels at a training time point (every "
+  "session of theirs); unlabeled: the others, none of whose labels training used.\n"
+)
 
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--study", choices=sorted(DATASET_IDS), default="cohort")
-  p.add_argument("--budget-min", type=float, default=10.0,
-                 help="training wall-clock minutes for each tool")
-  p.add_argument("--tools", nargs="+", choices=("fcslstm", "nnunet"),
-                 default=["fcslstm", "nnunet"])
+  p.add_argument(
+    "--budget-min", type=float, default=10.0, help="training wall-clock minutes for each tool"
+  )
+  p.add_argument("--tools", nargs="+", choices=("fcslstm", "nnunet"), default=["fcslstm", "nnunet"])
   p.add_argument("--model", default="bi-fcslstm", choices=("fcn", "fcslstm", "bi-fcslstm"))
   p.add_argument("--config", default="quick", help="train.py --config")
-  p.add_argument("--epochs", type=int, default=30,
-                 help="train.py --epochs (its learning-rate schedule); the budget stops it")
+  p.add_argument(
+    "--epochs",
+    type=int,
+    default=30,
+    help="train.py --epochs (its learning-rate schedule); the budget stops it",
+  )
   p.add_argument("--iterations", type=int, default=10, help="nnU-Net batches per epoch")
-  p.add_argument("--da-workers", type=int, default=1,
-                 help="nnU-Net augmentation processes (nnUNet_n_proc_DA)")
+  p.add_argument(
+    "--da-workers", type=int, default=1, help="nnU-Net augmentation processes (nnUNet_n_proc_DA)"
+  )
   p.add_argument("--mirroring", action="store_true", help="nnU-Net test-time mirroring")
-  p.add_argument("--work", help="default: runs/peers/<study> (deleted first if this script "
-                 f"made it: its {WORK_MARKER} file; an empty folder is used, any other refused)")
+  p.add_argument(
+    "--work",
+    help="default: runs/peers/<study> (deleted first if this script "
+    f"made it: its {WORK_MARKER} file; an empty folder is used, any other refused)",
+  )
   p.add_argument("--out", default=os.path.join(REPO, "results"))
-  p.add_argument("--keep-others", action="store_true",
-                 help="keep the records of the tools not run from the existing "
-                 "OUT/peers-<study>.json (each says when it was measured); refused unless "
-                 "they ran on this commit (and uncommitted changes) with this configuration")
+  p.add_argument(
+    "--keep-others",
+    action="store_true",
+    help="keep the records of the tools not run from the existing "
+    "OUT/peers-<study>.json (each says when it was measured); refused unless "
+    "they ran on this commit (and uncommitted changes) with this configuration",
+  )
   return p.parse_args(argv)
 
 
@@ -622,11 +780,16 @@ def compare(args, argv) -> int:
   paths = outputs(args.out, args.study)
   code, config = code_version(exclude=paths), configuration(args)
   # Every check before anything is deleted or run.
-  kept = kept_records(paths[0], set(tool_names(args).values()), code, config) \
-      if args.keep_others and os.path.exists(paths[0]) else {}
+  kept = (
+    kept_records(paths[0], set(tool_names(args).values()), code, config)
+    if args.keep_others and os.path.exists(paths[0])
+    else {}
+  )
   prepare_work(work)
-  print(f"code: {_short(code)}" + (f"; kept from {paths[0]}: {', '.join(kept)}" if kept else ""),
-        flush=True)
+  print(
+    f"code: {_short(code)}" + (f"; kept from {paths[0]}: {', '.join(kept)}" if kept else ""),
+    flush=True,
+  )
   env = nnunet_env(work, args.da_workers)
   source = study_source(args.study)
   proto = source.protocol
@@ -639,9 +802,12 @@ def compare(args, argv) -> int:
       print(line, file=sys.stderr, flush=True)
 
   train_study = convert.load_for_conversion(source.root, proto, warn=warn)
-  eval_study = study.load_study(source.root, pipeline.every_labeled_slice(proto),
-                                spacing=train_study.options.spacing or "native",
-                                labels_root=source.full_labels)
+  eval_study = study.load_study(
+    source.root,
+    pipeline.every_labeled_slice(proto),
+    spacing=train_study.options.spacing or "native",
+    labels_root=source.full_labels,
+  )
   for line in sequences.describe_warnings(eval_study):  # the full labels' own, if any
     warn(line)
   by_id = {s.subject_id: s for s in train_study.subjects}
@@ -653,25 +819,43 @@ def compare(args, argv) -> int:
   raw_dir = os.path.join(env["nnUNet_raw"], dataset_name)
   manifest = convert.write_dataset(train_study, raw_dir, dataset_name)
   roles = [c["role"] for c in manifest["cases"]]
-  print(f"{source.root}: {len(roles)} sessions, {roles.count('train')} nnU-Net training cases; "
-        f"loaded and converted in {time.monotonic() - started:.0f} s", flush=True)
-  result = {"command": "python experiments/peers/run.py " + " ".join(
-                sys.argv[1:] if argv is None else argv),
-            "study": args.study, "root": source.root, "budget_min": args.budget_min,
-            **code, "configuration": config, "warnings": warnings,
-            "machine": {"cpus": os.cpu_count(), "processor": platform.processor()
-                        or platform.machine(), "python": platform.python_version()},
-            "sessions": len(roles), "nnunet_training_cases": roles.count("train"),
-            "unlabeled_subjects": sorted(unlabeled),
-            "tools": {}}
+  print(
+    f"{source.root}: {len(roles)} sessions, {roles.count('train')} nnU-Net training cases; "
+    f"loaded and converted in {time.monotonic() - started:.0f} s",
+    flush=True,
+  )
+  result = {
+    "command": "python experiments/peers/run.py "
+    + " ".join(sys.argv[1:] if argv is None else argv),
+    "study": args.study,
+    "root": source.root,
+    "budget_min": args.budget_min,
+    **code,
+    "configuration": config,
+    "warnings": warnings,
+    "machine": {
+      "cpus": os.cpu_count(),
+      "processor": platform.processor() or platform.machine(),
+      "python": platform.python_version(),
+    },
+    "sessions": len(roles),
+    "nnunet_training_cases": roles.count("train"),
+    "unlabeled_subjects": sorted(unlabeled),
+    "tools": {},
+  }
   scorers = {}
 
   def score(name, probs_of, desc):
     scores = Scores(eval_study.protocol, unlabeled)
     for subject in eval_study.subjects:
       if subject.grid is not None:
-        scores.add(subject, by_id[subject.subject_id], probs_of(subject),
-                   os.path.join(work, "predictions", desc), desc)
+        scores.add(
+          subject,
+          by_id[subject.subject_id],
+          probs_of(subject),
+          os.path.join(work, "predictions", desc),
+          desc,
+        )
     scorers[name] = scores
     return scores.summary()
 
@@ -679,63 +863,104 @@ def compare(args, argv) -> int:
   # threads in this process (FCSLSTM's inference).
   if "nnunet" in args.tools:
     import torch
+
     print("nnU-Net v2: planning and preprocessing (2d) ...", flush=True)
-    plan_seconds, planned_mask = nnunet_plan(DATASET_IDS[args.study], dataset_name,
-                                             os.path.join(work, "nnunet-plan.log"))
-    input_diff = nnunet_input_check(dataset_name, raw_dir, next(
-        c for c in manifest["cases"] if c["role"] == "train"), len(proto.modalities))
-    print(f"  a training case as trained and as predicted: largest input difference "
-          f"{input_diff:.2g}", flush=True)
+    plan_seconds, planned_mask = nnunet_plan(
+      DATASET_IDS[args.study], dataset_name, os.path.join(work, "nnunet-plan.log")
+    )
+    input_diff = nnunet_input_check(
+      dataset_name,
+      raw_dir,
+      next(c for c in manifest["cases"] if c["role"] == "train"),
+      len(proto.modalities),
+    )
+    print(
+      f"  a training case as trained and as predicted: largest input difference {input_diff:.2g}",
+      flush=True,
+    )
     print(f"nnU-Net v2 (2d): training for {args.budget_min:g} min ...", flush=True)
     before = load()
-    with open(os.path.join(work, "nnunet-train.log"), "w") as log, \
-        contextlib.redirect_stdout(log):
+    with open(os.path.join(work, "nnunet-train.log"), "w") as log, contextlib.redirect_stdout(log):
       trainer, train_seconds, epochs = nnunet_train(dataset_name, budget_s, args.iterations)
       after = load()
       seconds, probs = nnunet_probabilities(trainer, raw_dir, manifest, args.mirroring)
     config = trainer.configuration_manager
-    run = {"plan_and_preprocess_seconds": round(plan_seconds, 1),
-           "train_seconds": round(train_seconds, 1), "infer_seconds": round(seconds, 1),
-           "epochs": epochs, "iterations_per_epoch": args.iterations,
-           "batch_size": trainer.batch_size, "patch_size": list(config.patch_size),
-           "use_mask_for_norm_planned": planned_mask, "use_mask_for_norm": False,
-           "train_vs_inference_input_max_diff": input_diff,
-           "mirroring": args.mirroring, "torch": torch.__version__,
-           "torch_threads": torch.get_num_threads(), "da_workers": args.da_workers,
-           "load_before": before, "load_after": after,
-           "scores": score("nnunet", lambda s: {
-               t: probs[convert.case_id(s.subject_id, ses.label)]
-               for t, ses in enumerate(s.timepoints) if ses is not None}, "nnunet2d")}
+    run = {
+      "plan_and_preprocess_seconds": round(plan_seconds, 1),
+      "train_seconds": round(train_seconds, 1),
+      "infer_seconds": round(seconds, 1),
+      "epochs": epochs,
+      "iterations_per_epoch": args.iterations,
+      "batch_size": trainer.batch_size,
+      "patch_size": list(config.patch_size),
+      "use_mask_for_norm_planned": planned_mask,
+      "use_mask_for_norm": False,
+      "train_vs_inference_input_max_diff": input_diff,
+      "mirroring": args.mirroring,
+      "torch": torch.__version__,
+      "torch_threads": torch.get_num_threads(),
+      "da_workers": args.da_workers,
+      "load_before": before,
+      "load_after": after,
+      "scores": score(
+        "nnunet",
+        lambda s: {
+          t: probs[convert.case_id(s.subject_id, ses.label)]
+          for t, ses in enumerate(s.timepoints)
+          if ses is not None
+        },
+        "nnunet2d",
+      ),
+    }
     run["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     run.update(code, configuration=config)
     result["tools"][NNUNET] = run
-    print(f"  {train_seconds:.0f} s training ({epochs} epochs x {args.iterations} batches of "
-          f"{trainer.batch_size}), {seconds:.0f} s inference; held-out mPA "
-          f"{run['scores']['labeled_slices']['test']['mpa']:.3f}", flush=True)
+    print(
+      f"  {train_seconds:.0f} s training ({epochs} epochs x {args.iterations} batches of "
+      f"{trainer.batch_size}), {seconds:.0f} s inference; held-out mPA "
+      f"{run['scores']['labeled_slices']['test']['mpa']:.3f}",
+      flush=True,
+    )
     del trainer, probs
 
   if "fcslstm" in args.tools:
     workdir = os.path.join(work, "fcslstm")
     print(f"FCSLSTM ({args.model}): training for {args.budget_min:g} min ...", flush=True)
     before = load()
-    run = train_fcslstm(source, workdir, budget_s, args.model, args.config, args.epochs,
-                        os.path.join(work, "fcslstm-train.log"))
+    run = train_fcslstm(
+      source,
+      workdir,
+      budget_s,
+      args.model,
+      args.config,
+      args.epochs,
+      os.path.join(work, "fcslstm-train.log"),
+    )
     run["load_before"], run["load_after"] = before, load()
     seconds, probs, step = fcslstm_probabilities(workdir, eval_study)
-    run.update(train_seconds=run["seconds"], infer_seconds=round(seconds, 1),
-               checkpoint_step=step, model=args.model,
-               scores=score("fcslstm", lambda s: probs[s.subject_id], "fcslstm"))
+    run.update(
+      train_seconds=run["seconds"],
+      infer_seconds=round(seconds, 1),
+      checkpoint_step=step,
+      model=args.model,
+      scores=score("fcslstm", lambda s: probs[s.subject_id], "fcslstm"),
+    )
     run["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     run.update(code, configuration=config)
     result["tools"][tool_names(args)["fcslstm"]] = run
-    print(f"  {run['seconds']:.0f} s training (step {step}), {seconds:.0f} s inference; held-out "
-          f"mPA {run['scores']['labeled_slices']['test']['mpa']:.3f}", flush=True)
+    print(
+      f"  {run['seconds']:.0f} s training (step {step}), {seconds:.0f} s inference; held-out "
+      f"mPA {run['scores']['labeled_slices']['test']['mpa']:.3f}",
+      flush=True,
+    )
 
   os.makedirs(args.out, exist_ok=True)
   result["tools"].update(kept)
   table = markdown(result)
-  header = (f"### {args.study}: FCSLSTM and nnU-Net v2, {args.budget_min:g} min of training "
-            f"each, {os.cpu_count()} CPU cores ({result['machine']['processor']})\n\n")
+  header = (
+    f"### {args.study}: FCSLSTM and nnU-Net v2, {args.budget_min:g} min of training "
+    f"each, {os.cpu_count()} CPU cores ({result['machine']['processor']})\n\n"
+  )
   code_line = f"on {_short(code)}" if code["commit"] else "outside a git checkout"
   files.write_json(paths[0], result)
   files.write_text(paths[1], header + table + f"\nMade by `{result['command']}` {code_line}.\n")

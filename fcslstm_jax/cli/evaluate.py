@@ -25,103 +25,175 @@ import sys
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--workdir", required=True, action="append",
-                 help="a folder written by train.py; repeat it to average an ensemble (members "
-                 "must share the protocol and grid options)")
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument(
+    "--workdir",
+    required=True,
+    action="append",
+    help="a folder written by train.py; repeat it to average an ensemble (members "
+    "must share the protocol and grid options)",
+  )
   p.add_argument("--data-dir", help="segment this BIDS-like dataset instead of the run's own")
   p.add_argument("--out", help="output folder (default: the first WORKDIR/predictions)")
-  p.add_argument("--labels", help="score against the labels in this folder "
-                 "(sub-<id>/ses-<label>/anat/*_dseg.nii.gz) instead of the dataset's derivatives")
-  p.add_argument("--batch-size", type=int, default=8,
-                 help="slices (windows, for a 3D run) per forward pass (times the number of "
-                 "flipped views with --tta-flips)")
-  p.add_argument("--tta-flips", default="none", metavar="AXES",
-                 help="test-time augmentation: average over every combination of flips along "
-                 "these in-plane axes, e.g. x,y (4 views) or x; default none")
-  p.add_argument("--probabilities", action="store_true",
-                 help="also write class probabilities (*_probseg.nii.gz, float32, one volume "
-                 "per class)")
-  p.add_argument("--flags", metavar="FILE.json",
-                 help="flag rules (python -m fcslstm_jax.outputs.flags prints the defaults)")
+  p.add_argument(
+    "--labels",
+    help="score against the labels in this folder "
+    "(sub-<id>/ses-<label>/anat/*_dseg.nii.gz) instead of the dataset's derivatives",
+  )
+  p.add_argument(
+    "--batch-size",
+    type=int,
+    default=8,
+    help="slices (windows, for a 3D run) per forward pass (times the number of "
+    "flipped views with --tta-flips)",
+  )
+  p.add_argument(
+    "--tta-flips",
+    default="none",
+    metavar="AXES",
+    help="test-time augmentation: average over every combination of flips along "
+    "these in-plane axes, e.g. x,y (4 views) or x; default none",
+  )
+  p.add_argument(
+    "--probabilities",
+    action="store_true",
+    help="also write class probabilities (*_probseg.nii.gz, float32, one volume per class)",
+  )
+  p.add_argument(
+    "--flags",
+    metavar="FILE.json",
+    help="flag rules (python -m fcslstm_jax.outputs.flags prints the defaults)",
+  )
   p.add_argument("--no-report", action="store_true", help="do not write report.html")
-  p.add_argument("--compile-cache", metavar="DIR|off",
-                 help="persistent XLA compilation cache (default: $FCSLSTM_COMPILE_CACHE, else "
-                 "~/.cache/fcslstm-jax/xla; off: none)")
+  p.add_argument(
+    "--compile-cache",
+    metavar="DIR|off",
+    help="persistent XLA compilation cache (default: $FCSLSTM_COMPILE_CACHE, else "
+    "~/.cache/fcslstm-jax/xla; off: none)",
+  )
   p.add_argument("--debug", action="store_true", help="show tracebacks")
   args = p.parse_args(argv)
   if args.batch_size < 1:
     p.error(f"--batch-size {args.batch_size}: must be 1 or more")
   from fcslstm_jax.cli import quiet_libraries
   from fcslstm_jax.errors import run_cli
+
   quiet_libraries(args.debug)
   result = {}
 
   def evaluate():
     from fcslstm_jax import compile_cache
+
     compile_cache.enable(args.compile_cache)
     counter = compile_cache.CompileCounter()
-    from fcslstm_jax.outputs import flags
     from fcslstm_jax.infer import pipeline
     from fcslstm_jax.infer import tta
-    result.update(pipeline.evaluate_run(
-        args.workdir, args.out, args.data_dir, args.batch_size, truth_dir=args.labels,
-        tta_flips=tta.parse_flips(args.tta_flips), probabilities=args.probabilities,
-        flag_rules=flags.load(args.flags), report=not args.no_report, counter=counter))
+    from fcslstm_jax.outputs import flags
+
+    result.update(
+      pipeline.evaluate_run(
+        args.workdir,
+        args.out,
+        args.data_dir,
+        args.batch_size,
+        truth_dir=args.labels,
+        tta_flips=tta.parse_flips(args.tta_flips),
+        probabilities=args.probabilities,
+        flag_rules=flags.load(args.flags),
+        report=not args.no_report,
+        counter=counter,
+      )
+    )
     return 0
 
-  rc = run_cli(evaluate, args.debug, "Free disk space or choose a writable --out folder, "
-               "then rerun.")
+  rc = run_cli(
+    evaluate, args.debug, "Free disk space or choose a writable --out folder, then rerun."
+  )
   if rc:
     return rc
-  print(f"wrote {result['predictions']} predictions to {result['out']}"
-        + ("" if args.no_report else f"; report: {result['out']}/report.html"))
+  print(
+    f"wrote {result['predictions']} predictions to {result['out']}"
+    + ("" if args.no_report else f"; report: {result['out']}/report.html")
+  )
   print(f"{result['flags']} flag(s): {result['out']}/flags.tsv")
   if not result["metrics_available"]:
     print("no labels in this dataset: metrics are not available (predictions written).")
     return 0
-  fmt = lambda m, k="mpa": "n/a" if m is None or m[k] is None else f"{m[k]:.4f}"
+
+  def fmt(m, k="mpa"):
+    return "n/a" if m is None or m[k] is None else f"{m[k]:.4f}"
+
   for split in ("train", "test"):
     m = result[split]
-    print(f"{split} time points: mPA {fmt(m)} (tissue classes only {fmt(m, 'mpa_fg')}), "
-          f"mean Dice {fmt(m, 'mean_dice')}")
+    print(
+      f"{split} time points: mPA {fmt(m)} (tissue classes only {fmt(m, 'mpa_fg')}), "
+      f"mean Dice {fmt(m, 'mean_dice')}"
+    )
   tc = result["temporal_consistency"]
-  print("temporal consistency (prediction / ground truth): " + ", ".join(
+  print(
+    "temporal consistency (prediction / ground truth): "
+    + ", ".join(
       f"{a:.3f}/{b:.3f}" if a is not None and b is not None else "n/a"
-      for a, b in zip(tc["prediction"], tc["ground_truth"])))
+      for a, b in zip(tc["prediction"], tc["ground_truth"])
+    )
+  )
   for line in whole_volume_lines(result["whole_volume"]):
     print(line)
   return 0
 
 
-GROUP_NAMES = {"heldout": "held-out time points", "train_timepoints": "training time points",
-               "unlabeled_subjects": "unlabeled subjects"}
+GROUP_NAMES = {
+  "heldout": "held-out time points",
+  "train_timepoints": "training time points",
+  "unlabeled_subjects": "unlabeled subjects",
+}
 
 
 def whole_volume_lines(wv) -> list:
   """The printed block of metrics.json's ``whole_volume``: a line per group, one for growth."""
-  number = lambda v, f: "n/a" if v is None else f(v)
-  two, percent, signed = (lambda v: f"{v:.2f}", lambda v: f"{100 * v:.0f} %",
-                          lambda v: f"{100 * v:+.0f} %")
-  tissues = lambda d, f: " ".join(f"{n} {number(v, f)}" for n, v in list(d.items())[1:])
-  lines = ["whole volumes, per tissue class (volume error: mean |pred - true| / true, "
-           "its signed mean in brackets):"]
+
+  def number(v, f):
+    return "n/a" if v is None else f(v)
+
+  two, percent, signed = (
+    lambda v: f"{v:.2f}",
+    lambda v: f"{100 * v:.0f} %",
+    lambda v: f"{100 * v:+.0f} %",
+  )
+
+  def tissues(d, f):
+    return " ".join(f"{n} {number(v, f)}" for n, v in list(d.items())[1:])
+
+  lines = [
+    "whole volumes, per tissue class (volume error: mean |pred - true| / true, "
+    "its signed mean in brackets):"
+  ]
   for group, name in GROUP_NAMES.items():
     m = wv[group]
     if m is None:
       lines.append(f"  {name}: no scored session")
       continue
-    volume = " ".join(f"{n} {number(e, percent)} ({number(m['volume_bias'][n], signed)})"
-                      for n, e in m["volume_error"].items())
-    lines.append(f"  {name} ({m['sessions']} sessions): Dice {tissues(m['dice'], two)} | "
-                 f"precision {tissues(m['precision'], two)} | recall {tissues(m['recall'], two)}"
-                 f" | volume error " + (volume if m["volume_sessions"] else
-                                        "n/a (slice labels only)"))
-  growth = [f"{kind.replace('_', ' ')} ({max(g['subjects'].values())}): "
-            + " ".join(f"{n} {number(v, percent)}" for n, v in g["error"].items())
-            for kind, g in wv["growth_error"].items() if g]
-  lines.append("  growth error, first to last session (|pred - true growth| / |true growth|): "
-               + (" | ".join(growth) or "n/a (no subject with 2 whole-volume label files)"))
+    volume = " ".join(
+      f"{n} {number(e, percent)} ({number(m['volume_bias'][n], signed)})"
+      for n, e in m["volume_error"].items()
+    )
+    lines.append(
+      f"  {name} ({m['sessions']} sessions): Dice {tissues(m['dice'], two)} | "
+      f"precision {tissues(m['precision'], two)} | recall {tissues(m['recall'], two)}"
+      f" | volume error " + (volume if m["volume_sessions"] else "n/a (slice labels only)")
+    )
+  growth = [
+    f"{kind.replace('_', ' ')} ({max(g['subjects'].values())}): "
+    + " ".join(f"{n} {number(v, percent)}" for n, v in g["error"].items())
+    for kind, g in wv["growth_error"].items()
+    if g
+  ]
+  lines.append(
+    "  growth error, first to last session (|pred - true growth| / |true growth|): "
+    + (" | ".join(growth) or "n/a (no subject with 2 whole-volume label files)")
+  )
   return lines
 
 

@@ -10,63 +10,108 @@ Rerunning the same command resumes from the last checkpoint in --workdir.
 """
 
 import argparse
-import builtins
 import contextlib
 import os
 import signal
 import sys
 import threading
 
-
 # Config fields with a flag of their own (the rest: --set NAME=VALUE); help, choices and
 # ranges come from fcslstm_jax.config.
-SHORTCUTS = ("model", "epochs", "batch_size", "seed", "remat", "precision", "chunk_pixels",
-             "spatial_dims")
+SHORTCUTS = (
+  "model",
+  "epochs",
+  "batch_size",
+  "seed",
+  "remat",
+  "precision",
+  "chunk_pixels",
+  "spatial_dims",
+)
 
 
 def parse_args(argv=None):
   import dataclasses
+
   from fcslstm_jax import config
+
   p = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog="config fields (--set NAME=VALUE, repeatable; defaults of --config paper):\n"
-      + config.describe_fields())
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    epilog="config fields (--set NAME=VALUE, repeatable; defaults of --config paper):\n"
+    + config.describe_fields(),
+  )
   src = p.add_mutually_exclusive_group()
   src.add_argument("--dataset", choices=("bric", "ibis"), help="built-in dataset and protocol")
   src.add_argument("--data-dir", help="BIDS-like folder (see README: Your own study)")
-  p.add_argument("--protocol", help="for --data-dir: a protocol JSON file or a shipped name "
-                 "(bric, ibis); default: DATA_DIR/protocol.json if present, else bric")
-  p.add_argument("--spacing", default="median",
-                 help="in-plane voxel size the model sees, mm: 'median' (of the training "
-                 "subjects), 'native' (no resampling), '1.0' or '1.0,1.2' (x, y)")
-  p.add_argument("--reference", default="first", choices=("first", "last"),
-                 help="session whose grid each subject's sessions are resampled onto")
-  p.add_argument("--register", default="none", choices=("none", "rigid"),
-                 help="rigid registration of each session to the reference session")
-  p.add_argument("--config", default="quick", choices=sorted(config.CONFIGS),
-                 help="preset the fields start from (config.py): " + "; ".join(
-                     f"{k}: {v}" for k, v in config.PRESET_HELP.items()))
+  p.add_argument(
+    "--protocol",
+    help="for --data-dir: a protocol JSON file or a shipped name "
+    "(bric, ibis); default: DATA_DIR/protocol.json if present, else bric",
+  )
+  p.add_argument(
+    "--spacing",
+    default="median",
+    help="in-plane voxel size the model sees, mm: 'median' (of the training "
+    "subjects), 'native' (no resampling), '1.0' or '1.0,1.2' (x, y)",
+  )
+  p.add_argument(
+    "--reference",
+    default="first",
+    choices=("first", "last"),
+    help="session whose grid each subject's sessions are resampled onto",
+  )
+  p.add_argument(
+    "--register",
+    default="none",
+    choices=("none", "rigid"),
+    help="rigid registration of each session to the reference session",
+  )
+  p.add_argument(
+    "--config",
+    default="quick",
+    choices=sorted(config.CONFIGS),
+    help="preset the fields start from (config.py): "
+    + "; ".join(f"{k}: {v}" for k, v in config.PRESET_HELP.items()),
+  )
   fields = {f.name: f for f in dataclasses.fields(config.Config)}
   for name in SHORTCUTS:
     meta = fields[name].metadata
     choices = f" {{{', '.join(meta['choices'])}}}" if meta.get("choices") else ""
-    p.add_argument("--" + name.replace("_", "-"), dest=name, metavar=name.upper(),
-                   help=f"{meta['help']}{choices} (= --set {name}=...)")
-  p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
-                 help="any config field (listed below)")
-  p.add_argument("--mesh", default="auto",
-                 help="devices of the data-parallel mesh: 'auto' (all) or a number")
+    p.add_argument(
+      "--" + name.replace("_", "-"),
+      dest=name,
+      metavar=name.upper(),
+      help=f"{meta['help']}{choices} (= --set {name}=...)",
+    )
+  p.add_argument(
+    "--set",
+    dest="overrides",
+    action="append",
+    default=[],
+    metavar="NAME=VALUE",
+    help="any config field (listed below)",
+  )
+  p.add_argument(
+    "--mesh", default="auto", help="devices of the data-parallel mesh: 'auto' (all) or a number"
+  )
   p.add_argument("--coordinator-address", help="multi-process: process 0's host:port")
   p.add_argument("--num-processes", type=int, help="multi-process: number of processes")
   p.add_argument("--process-id", type=int, help="multi-process: this process, 0..N-1")
   p.add_argument("--workdir", help="default: runs/<dataset>-<model>[-3d]-<config>")
   p.add_argument("--data-seed", type=int, default=0, help="seed of the built-in dataset")
-  p.add_argument("--volume", choices=("slab", "whole"),
-                 help="built-in dataset: an axial slab of 20 slices (the paper's setting; "
-                 "default in 2D) or whole-brain volumes (default with --spatial-dims 3)")
-  p.add_argument("--compile-cache", metavar="DIR|off",
-                 help="persistent XLA compilation cache (default: $FCSLSTM_COMPILE_CACHE, else "
-                 "~/.cache/fcslstm-jax/xla; off: none)")
+  p.add_argument(
+    "--volume",
+    choices=("slab", "whole"),
+    help="built-in dataset: an axial slab of 20 slices (the paper's setting; "
+    "default in 2D) or whole-brain volumes (default with --spatial-dims 3)",
+  )
+  p.add_argument(
+    "--compile-cache",
+    metavar="DIR|off",
+    help="persistent XLA compilation cache (default: $FCSLSTM_COMPILE_CACHE, else "
+    "~/.cache/fcslstm-jax/xla; off: none)",
+  )
   p.add_argument("--debug", action="store_true", help="show tracebacks")
   args = p.parse_args(argv)
   if args.precision == "bf16":  # alias
@@ -81,6 +126,7 @@ def parse_args(argv=None):
     p.error("--volume goes with a built-in --dataset")
   try:
     from fcslstm_jax.data.grids import parse_spacing
+
     parse_spacing(args.spacing)
   except ValueError as e:
     p.error(f"--spacing: {e}")
@@ -89,14 +135,20 @@ def parse_args(argv=None):
 
 def format_table(result, class_names) -> str:
   rows = [f"| {'':<14} | {'train':>8} | {'test':>8} |", f"|{'-' * 16}|{'-' * 10}|{'-' * 10}|"]
-  fmt = lambda v: f"{v:8.4f}" if v is not None else f"{'n/a':>8}"
+
+  def fmt(v):
+    return f"{v:8.4f}" if v is not None else f"{'n/a':>8}"
+
   rows.append(f"| {'mPA':<14} | {fmt(result.train['mpa'])} | {fmt(result.test['mpa'])} |")
-  rows.append(f"| {'mPA tissue':<14} | {fmt(result.train['mpa_fg'])} | "
-              f"{fmt(result.test['mpa_fg'])} |")
+  rows.append(
+    f"| {'mPA tissue':<14} | {fmt(result.train['mpa_fg'])} | {fmt(result.test['mpa_fg'])} |"
+  )
   for metric in ("pixel_accuracy", "dice", "iou"):
     for c in class_names:
-      rows.append(f"| {metric.replace('pixel_accuracy', 'acc') + ' ' + c:<14} | "
-                  f"{fmt(result.train[metric][c])} | {fmt(result.test[metric][c])} |")
+      rows.append(
+        f"| {metric.replace('pixel_accuracy', 'acc') + ' ' + c:<14} | "
+        f"{fmt(result.train[metric][c])} | {fmt(result.test[metric][c])} |"
+      )
   return "\n".join(rows)
 
 
@@ -108,8 +160,10 @@ def sigterm_as_interrupt():
   if threading.current_thread() is not threading.main_thread():
     yield
     return
+
   def interrupt(signum, frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
   old = signal.signal(signal.SIGTERM, interrupt)
   try:
     yield
@@ -121,16 +175,23 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   from fcslstm_jax.cli import quiet_libraries
   from fcslstm_jax.errors import run_cli
+
   quiet_libraries(args.debug)
   try:
     with sigterm_as_interrupt():
-      return run_cli(lambda: run(args), args.debug, "Free disk space or choose a writable "
-                     "--workdir, then rerun the same command.")
+      return run_cli(
+        lambda: run(args),
+        args.debug,
+        "Free disk space or choose a writable --workdir, then rerun the same command.",
+      )
   except KeyboardInterrupt:
     if args.debug:
       raise
-    print("interrupted outside a training step: checkpoints already written are kept. Rerun "
-          "the same command to resume.", file=sys.stderr)
+    print(
+      "interrupted outside a training step: checkpoints already written are kept. Rerun "
+      "the same command to resume.",
+      file=sys.stderr,
+    )
     return 130
 
 
@@ -139,14 +200,18 @@ def make_config(args):
   A 3D run's patch size, when left null, becomes the backend's default here, so that
   run.json records the one used."""
   from fcslstm_jax import config
-  texts = [f"{name}={getattr(args, name)}" for name in SHORTCUTS
-           if getattr(args, name) is not None] + args.overrides
+
+  texts = [
+    f"{name}={getattr(args, name)}" for name in SHORTCUTS if getattr(args, name) is not None
+  ] + args.overrides
   overrides = dict(config.parse_override(t) for t in texts)
   cfg = config.get_config(args.config).replace(**overrides)
   if cfg.spatial_dims == 3 and cfg.patch_size is None:
     import jax
-    cfg = cfg.replace(patch_size=config.PATCH_CPU if jax.default_backend() == "cpu"
-                      else config.PATCH_ACCELERATOR)
+
+    cfg = cfg.replace(
+      patch_size=config.PATCH_CPU if jax.default_backend() == "cpu" else config.PATCH_ACCELERATOR
+    )
   return cfg
 
 
@@ -163,20 +228,33 @@ def load_study(args, config):
   from fcslstm_jax import datasets
   from fcslstm_jax.data import study
   from fcslstm_jax.train import parallel
-  root, protocol = datasets.resolve(args.dataset, args.data_dir, args.protocol,
-                                    data_seed=args.data_seed, volume=volume_of(args, config))
-  return study.load_study(root, protocol, spacing=args.spacing, reference=args.reference,
-                          register=args.register, shard=parallel.shard_for_this_process(),
-                          keep="labeled" if config.spatial_dims == 2
-                          and not config.pseudo_label_epochs else "all",
-                          label_planes=config.spatial_dims == 2)
+
+  root, protocol = datasets.resolve(
+    args.dataset,
+    args.data_dir,
+    args.protocol,
+    data_seed=args.data_seed,
+    volume=volume_of(args, config),
+  )
+  return study.load_study(
+    root,
+    protocol,
+    spacing=args.spacing,
+    reference=args.reference,
+    register=args.register,
+    shard=parallel.shard_for_this_process(),
+    keep="labeled" if config.spatial_dims == 2 and not config.pseudo_label_epochs else "all",
+    label_planes=config.spatial_dims == 2,
+  )
 
 
 def setup(args, main: bool):
   """``(config, workdir, study, record)`` of a run, checked: the config, the work
   directory (outside the data; whether a run.json there is this run's, the training loop
   checks: :func:`fcslstm_jax.train.loop.check_run_dir`) and this process's subjects."""
-  from fcslstm_jax import files, run_record
+  from fcslstm_jax import files
+  from fcslstm_jax import run_record
+
   config = make_config(args)
   name = args.dataset or os.path.basename(os.path.normpath(args.data_dir))
   model_name = config.model + ("-3d" if config.spatial_dims == 3 else "")
@@ -184,51 +262,65 @@ def setup(args, main: bool):
   if args.data_dir:
     files.check_outside_dataset(workdir, args.data_dir, "--workdir")
   study = load_study(args, config)
-  record = run_record.RunRecord(config=config, config_name=args.config,
-                                dataset=args.dataset or os.path.abspath(args.data_dir),
-                                data_seed=args.data_seed, protocol=study.protocol,
-                                grid=study.options,
-                                volume=volume_of(args, config) if args.dataset else "slab")
+  record = run_record.RunRecord(
+    config=config,
+    config_name=args.config,
+    dataset=args.dataset or os.path.abspath(args.data_dir),
+    data_seed=args.data_seed,
+    protocol=study.protocol,
+    grid=study.options,
+    volume=volume_of(args, config) if args.dataset else "slab",
+  )
   return config, workdir, study, record
 
 
 def run(args) -> int:
   import jax
   from tqdm import tqdm
+
+  from fcslstm_jax import compile_cache
   from fcslstm_jax import files
-  from fcslstm_jax.train import parallel
   from fcslstm_jax.data import sequences
   from fcslstm_jax.train import loop
-  from fcslstm_jax import compile_cache
+  from fcslstm_jax.train import parallel
 
   compile_cache.enable(args.compile_cache)
   parallel.initialize(args.coordinator_address, args.num_processes, args.process_id)
   mesh = parallel.make_mesh(None if args.mesh == "auto" else int(args.mesh))
   main = parallel.is_main_process()
-  print = builtins.print if main else (lambda *a, **k: None)  # logs on process 0 only
+
+  def log(*values, **kwargs):  # process 0 logs; warnings about its own subjects, every process
+    if main:
+      print(*values, **kwargs)
+
   # Every check that may fail on one process only (its share of the data; run.json, which
   # process 0 reads) is agreed on before the first collective: no process waits for one
   # that stopped.
   config, workdir, study, record = parallel.agree_on_error(lambda: setup(args, main))
   protocol = study.protocol
   for line in sequences.describe_unassigned(study):
-    print(line, file=sys.stderr)
+    log(line, file=sys.stderr)
   for subject in study.subjects:  # this process's subjects, on every process
     for line in subject.warnings:
-      builtins.print(f"warning: {line}", file=sys.stderr)
-  counts = {split: parallel.sum_over_processes(sequences.split_counts(study.subjects, protocol,
-                                                                      split))
-            for split in ("train", "test")}
-  print(sequences.describe_study(study, counts))
+      print(f"warning: {line}", file=sys.stderr)
+  counts = {
+    split: parallel.sum_over_processes(sequences.split_counts(study.subjects, protocol, split))
+    for split in ("train", "test")
+  }
+  log(sequences.describe_study(study, counts))
   sequences.check_training_labels(counts["train"], protocol, study.root)
   train_eval_set = pool = None
   if config.spatial_dims == 3:
     from fcslstm_jax.data import patches
+
     shape = parallel.agree_max(patches.volume_shape(study.subjects))
     train_set, train_eval_set, test_set = patches.training_sets(
-        study.subjects, protocol, config.patch_size, config.seed, shape)
-    what = (f"{len(train_set)} training volumes of shape {train_set.images.shape[1:]} (T, D, "
-            f"H, W, C), patches {list(config.patch_size)}")
+      study.subjects, protocol, config.patch_size, config.seed, shape
+    )
+    what = (
+      f"{len(train_set)} training volumes of shape {train_set.images.shape[1:]} (T, D, "
+      f"H, W, C), patches {list(config.patch_size)}"
+    )
   else:
     size = parallel.agree_max(sequences.in_plane_size(study.subjects))
     train_set = sequences.make_sequences(study.subjects, protocol, "train", size)
@@ -236,29 +328,52 @@ def run(args) -> int:
     what = f"{len(train_set)} training sequences of shape {train_set.images.shape[1:]}"
     if config.pseudo_label_epochs:
       pool = sequences.make_sequences(study.subjects, protocol, "train", size, every_slice=True)
-      what += (f", {len(pool)} more for self-training in the last "
-               f"{config.pseudo_label_epochs} epochs")
-  print(f"{what}; model {config.model}; workdir {workdir}; {mesh.size} "
-        f"{mesh.devices.flat[0].platform} device(s), {jax.process_count()} process(es)")
-  progress = lambda it, epoch: tqdm(it, desc=f"epoch {epoch + 1}/{config.epochs}",
-                                    leave=False, dynamic_ncols=True)
-  result = loop.train_and_evaluate(config, train_set, test_set, workdir,
-                                   protocol.class_names, record,
-                                   progress=progress if main else None, mesh=mesh,
-                                   train_eval_set=train_eval_set, pool=pool)
+      what += (
+        f", {len(pool)} more for self-training in the last {config.pseudo_label_epochs} epochs"
+      )
+  log(
+    f"{what}; model {config.model}; workdir {workdir}; {mesh.size} "
+    f"{mesh.devices.flat[0].platform} device(s), {jax.process_count()} process(es)"
+  )
+
+  def progress(it, epoch):
+    return tqdm(it, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, dynamic_ncols=True)
+
+  result = loop.train_and_evaluate(
+    config,
+    train_set,
+    test_set,
+    workdir,
+    protocol.class_names,
+    record,
+    progress=progress if main else None,
+    mesh=mesh,
+    train_eval_set=train_eval_set,
+    pool=pool,
+  )
   if result.stopped_by:
     return 130
   if not main:
     return 0
-  summary = {"train": result.train, "test": result.test, "seconds": result.seconds,
-             "step": int(result.state.step), "model": config.model, "config": args.config}
+  summary = {
+    "train": result.train,
+    "test": result.test,
+    "seconds": result.seconds,
+    "step": int(result.state.step),
+    "model": config.model,
+    "config": args.config,
+  }
   files.write_json(os.path.join(workdir, "results.json"), summary)
-  print(f"\n{config.model} on {protocol.name} (test = time point(s) "
-        f"{[t + 1 for t in protocol.test_timepoints]}), step {int(result.state.step)}, "
-        f"{result.seconds / 60:.1f} min")
-  print(format_table(result, protocol.class_names))
-  print(f"\nResults: {os.path.join(workdir, 'results.json')}; segment whole scans with "
-        f"python evaluate.py --workdir {workdir}")
+  log(
+    f"\n{config.model} on {protocol.name} (test = time point(s) "
+    f"{[t + 1 for t in protocol.test_timepoints]}), step {int(result.state.step)}, "
+    f"{result.seconds / 60:.1f} min"
+  )
+  log(format_table(result, protocol.class_names))
+  log(
+    f"\nResults: {os.path.join(workdir, 'results.json')}; segment whole scans with "
+    f"python evaluate.py --workdir {workdir}"
+  )
   return 0
 
 

@@ -16,15 +16,23 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from fcslstm_jax.infer import predict
-from fcslstm_jax.infer import tta
 from fcslstm_jax.config import Config
 from fcslstm_jax.errors import ConfigError
+from fcslstm_jax.infer import predict
+from fcslstm_jax.infer import tta
 from fcslstm_jax.run_record import RunRecord
 
 # Config fields that define the compiled program; the others only change training.
-PROGRAM_FIELDS = ("model", "stages", "remat", "unroll", "chunk_pixels", "precision",
-                  "spatial_dims", "stages_3d")
+PROGRAM_FIELDS = (
+  "model",
+  "stages",
+  "remat",
+  "unroll",
+  "chunk_pixels",
+  "precision",
+  "spatial_dims",
+  "stages_3d",
+)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -39,6 +47,7 @@ class Member:
     params: restored parameters.
     step: the checkpoint step they come from.
   """
+
   workdir: str
   run: RunRecord
   config: Config
@@ -65,9 +74,10 @@ def check_compatible(runs) -> None:
     dims = [r.config.spatial_dims for r in (ref, run)]
     if dims[0] != dims[1]:
       raise ConfigError(
-          f"{workdir}/run.json: spatial_dims is {dims[1]}, but {ref_dir}/run.json has "
-          f"{dims[0]}. Ensemble members must all segment slices (2) or all volumes (3); leave "
-          "this --workdir out.")
+        f"{workdir}/run.json: spatial_dims is {dims[1]}, but {ref_dir}/run.json has "
+        f"{dims[0]}. Ensemble members must all segment slices (2) or all volumes (3); leave "
+        "this --workdir out."
+      )
     for field in ("protocol", "grid"):
       a, b = (getattr(r, field) for r in (ref, run))
       a, b = (x.to_json() if x is not None else {} for x in (a, b))
@@ -75,9 +85,10 @@ def check_compatible(runs) -> None:
       if diff:
         k = diff[0]
         raise ConfigError(
-            f"{workdir}/run.json: {field} {k!r} is {b.get(k)!r}, but {ref_dir}/run.json has "
-            f"{a.get(k)!r}. Ensemble members must share the protocol and grid options "
-            "(--spacing, --reference, --register); leave this --workdir out or retrain it.")
+          f"{workdir}/run.json: {field} {k!r} is {b.get(k)!r}, but {ref_dir}/run.json has "
+          f"{a.get(k)!r}. Ensemble members must share the protocol and grid options "
+          "(--spacing, --reference, --register); leave this --workdir out or retrain it."
+        )
 
 
 def predict_fns(members, variants) -> list:
@@ -89,7 +100,8 @@ def predict_fns(members, variants) -> list:
     if key not in compiled:
       apply_fn = m.model.apply
       compiled[key] = jax.jit(
-          lambda p, x, v, apply_fn=apply_fn: tta.tta_proba(p, apply_fn, x, v, variants))
+        lambda p, x, v, apply_fn=apply_fn: tta.tta_proba(p, apply_fn, x, v, variants)
+      )
   return [compiled[program_key(m.config)] for m in members]
 
 

@@ -31,20 +31,23 @@ from fcslstm_jax.data import layout
 from fcslstm_jax.data import protocol
 from fcslstm_jax.data import sequences
 from fcslstm_jax.data import study
-from fcslstm_jax.errors import CheckpointError, ConfigError, DataError
+from fcslstm_jax.errors import CheckpointError
+from fcslstm_jax.errors import ConfigError
+from fcslstm_jax.errors import DataError
 from fcslstm_jax.infer import ensemble
 from fcslstm_jax.infer import sliding_window
 from fcslstm_jax.infer import tta
 from fcslstm_jax.model import networks
-from fcslstm_jax.outputs import qc
 from fcslstm_jax.outputs import flags
 from fcslstm_jax.outputs import manifest
+from fcslstm_jax.outputs import qc
 from fcslstm_jax.outputs import writer
 from fcslstm_jax.run_record import RunRecord
 
 
-def restore_params(workdir: str, config: Config, num_classes: int, in_channels: int,
-                   step: int | None = None):
+def restore_params(
+  workdir: str, config: Config, num_classes: int, in_channels: int, step: int | None = None
+):
   """The run's model and parameters (newest readable checkpoint unless ``step``); the
   optimizer state stays on disk."""
   model = networks.build_model(config, num_classes)
@@ -73,8 +76,9 @@ def load_members(runs, proto) -> list:
   """The :class:`fcslstm_jax.infer.ensemble.Member` of each ``(workdir, run)``."""
   members = []
   for workdir, run in runs:
-    model, params, step = restore_params(workdir, run.config, proto.num_classes,
-                                         len(proto.modalities))
+    model, params, step = restore_params(
+      workdir, run.config, proto.num_classes, len(proto.modalities)
+    )
     members.append(ensemble.Member(workdir, run, run.config, model, params, step))
   return members
 
@@ -82,8 +86,7 @@ def load_members(runs, proto) -> list:
 def every_labeled_slice(proto: protocol.Protocol) -> protocol.Protocol:
   """``proto`` counting every labeled slice of every session (evaluation scores all the
   labels a study has, not the few that training was allowed to count)."""
-  return dataclasses.replace(proto, labeled_slices_per_volume=1 << 30,
-                             slice_selection="center")
+  return dataclasses.replace(proto, labeled_slices_per_volume=1 << 30, slice_selection="center")
 
 
 def bucketed(seq: sequences.SliceSet, multiple: int = networks.MULTIPLE) -> sequences.SliceSet:
@@ -96,8 +99,9 @@ def bucketed(seq: sequences.SliceSet, multiple: int = networks.MULTIPLE) -> sequ
   return dataclasses.replace(seq, images=np.pad(seq.images, pads))
 
 
-def segment_subject(fns, params_list, subject, proto, batch_size: int, windows=None,
-                    bucket: bool = False):
+def segment_subject(
+  fns, params_list, subject, proto, batch_size: int, windows=None, bucket: bool = False
+):
   """``(sequences, probabilities [Z, T, X, Y, c])`` for every axial slice of one subject on
   its working grid, averaged over the members (``fns`` and ``params_list``, one each).
 
@@ -113,9 +117,10 @@ def segment_subject(fns, params_list, subject, proto, batch_size: int, windows=N
     h, w = seq.images.shape[2:4]
     return seq, ensemble.average_proba(params_list, fns, bucketed(seq), batch_size)[:, :, :h, :w]
   volume, valid = np.moveaxis(seq.images, 0, 1), seq.valid.T  # [T, Z, X, Y, C], [T, Z]
-  total = sum(sliding_window.sliding_window_proba(fn, params, volume, valid, window, overlap,
-                                                  batch_size)
-              for fn, params, (window, overlap) in zip(fns, params_list, windows))
+  total = sum(
+    sliding_window.sliding_window_proba(fn, params, volume, valid, window, overlap, batch_size)
+    for fn, params, (window, overlap) in zip(fns, params_list, windows)
+  )
   return seq, np.moveaxis(total / np.float32(len(fns)), 1, 0).astype(np.float32)
 
 
@@ -126,8 +131,9 @@ def to_session_probs(probs, subject, session) -> np.ndarray:
   probabilities still sum to 1 (linear interpolation is a convex combination)."""
   back = np.linalg.inv(session.to_session)  # session world -> working world
   probs = np.asarray(probs, np.float32)
-  background = grids.resample(probs[..., :1], subject.grid, session.grid, order=1, world=back,
-                              cval=1.0)
+  background = grids.resample(
+    probs[..., :1], subject.grid, session.grid, order=1, world=back, cval=1.0
+  )
   tissues = grids.resample(probs[..., 1:], subject.grid, session.grid, order=1, world=back)
   return np.concatenate([background, tissues], axis=-1).astype(np.float32)
 
@@ -136,9 +142,14 @@ def load_for_evaluation(run: RunRecord, data_dir=None, truth_dir=None):
   """The study to segment with a run: its own data or ``data_dir``, on the run's grids."""
   proto = run.protocol
   options = run.grid or study.GridOptions()
-  return study.load_study(data_dir or datasets.of_run(run), every_labeled_slice(proto),
-                          spacing=options.spacing or "native", reference=options.reference,
-                          register=options.register, labels_root=truth_dir), proto
+  return study.load_study(
+    data_dir or datasets.of_run(run),
+    every_labeled_slice(proto),
+    spacing=options.spacing or "native",
+    reference=options.reference,
+    register=options.register,
+    labels_root=truth_dir,
+  ), proto
 
 
 def own_unlabeled_subjects(loaded, truth_dir, log=print) -> list:
@@ -151,25 +162,42 @@ def own_unlabeled_subjects(loaded, truth_dir, log=print) -> list:
   try:
     own = dataclasses.replace(loaded, files=layout.scan(loaded.root, loaded.protocol.modalities))
   except DataError as e:
-    log(f"warning: the dataset's own label files decide which subjects count as unlabeled "
-        f"in metrics.json's whole_volume, but they cannot be read ({e}); the labels in "
-        f"{truth_dir} decide instead.")
+    log(
+      f"warning: the dataset's own label files decide which subjects count as unlabeled "
+      f"in metrics.json's whole_volume, but they cannot be read ({e}); the labels in "
+      f"{truth_dir} decide instead."
+    )
     return sequences.unlabeled_subjects(loaded)
   return sequences.unlabeled_subjects(own)
 
 
 def describe_members(members, flips) -> list:
-  lines = [f"{'member' if len(members) > 1 else 'run'}: {os.path.abspath(m.workdir)} "
-           f"({m.config.model}, checkpoint step {m.step})" for m in members]
-  lines.append("test-time flips: " + (", ".join(flips) + f" ({len(tta.flip_variants(flips))} "
-                                      "views averaged)" if flips else "none"))
+  lines = [
+    f"{'member' if len(members) > 1 else 'run'}: {os.path.abspath(m.workdir)} "
+    f"({m.config.model}, checkpoint step {m.step})"
+    for m in members
+  ]
+  lines.append(
+    "test-time flips: "
+    + (", ".join(flips) + f" ({len(tta.flip_variants(flips))} views averaged)" if flips else "none")
+  )
   return lines
 
 
-def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = None,
-                 batch_size: int = 8, truth_dir: str | None = None, log=print, *,
-                 tta_flips=(), probabilities: bool = False, flag_rules=None,
-                 report: bool = True, counter=None) -> dict:
+def evaluate_run(
+  workdir,
+  out_dir: str | None = None,
+  data_dir: str | None = None,
+  batch_size: int = 8,
+  truth_dir: str | None = None,
+  log=print,
+  *,
+  tta_flips=(),
+  probabilities: bool = False,
+  flag_rules=None,
+  report: bool = True,
+  counter=None,
+) -> dict:
   """Segments every session of every subject and writes what a study needs (see the module
   docstring). Labels (the dataset's, or ``truth_dir``'s) are scored on each session's own
   grid; without any, metrics are None and every other output is written.
@@ -202,8 +230,9 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
   ident = manifest.identity(workdirs, loaded.root)
   earlier = manifest.claim(out_dir, ident)  # refuses another run's folder
   with files.recording() as written:
-    study_writer = writer.StudyWriter(out_dir, desc, proto, probabilities,
-                                      own_unlabeled_subjects(loaded, truth_dir, log))
+    study_writer = writer.StudyWriter(
+      out_dir, desc, proto, probabilities, own_unlabeled_subjects(loaded, truth_dir, log)
+    )
     segment_seconds, sessions_done = 0.0, 0  # the forward passes (sliding windows in 3D)
     for subject, seq, probs, seconds in segment_study(loaded, members, flips, batch_size, log):
       sessions = sum(s is not None for s in subject.timepoints)
@@ -214,25 +243,40 @@ def evaluate_run(workdir, out_dir: str | None = None, data_dir: str | None = Non
           study_writer.add_session(subject.subject_id, t, session, *outputs, probs[:, t])
       pred = np.argmax(probs, axis=-1).astype(np.int32)  # [Z, T, X, Y] on the working grid
       study_writer.add_subject(subject, seq, pred)
-      log(f"sub-{subject.subject_id}: {pred.shape[0]} slices x {pred.shape[1]} time points, "
-          f"segmented in {seconds:.1f} s ({seconds / max(sessions, 1):.1f} s per session)")
+      log(
+        f"sub-{subject.subject_id}: {pred.shape[0]} slices x {pred.shape[1]} time points, "
+        f"segmented in {seconds:.1f} s ({seconds / max(sessions, 1):.1f} s per session)"
+      )
     if study_writer.figure is None:
-      raise DataError(f"{loaded.root}: no session of any subject fits the protocol "
-                      f"{proto.name}'s time points; nothing to segment.")
+      raise DataError(
+        f"{loaded.root}: no session of any subject fits the protocol "
+        f"{proto.name}'s time points; nothing to segment."
+      )
     run_fields = dict(
-        workdir=os.path.abspath(workdirs[0]), checkpoint_step=members[0].step,
-        model=members[0].config.model if len(members) == 1 else "ensemble",
-        members=[{"workdir": os.path.abspath(m.workdir), "model": m.config.model,
-                  "checkpoint_step": m.step} for m in members],
-        tta_flips=list(flips), segment_seconds=round(segment_seconds, 1),
-        segment_seconds_per_session=round(segment_seconds / max(sessions_done, 1), 2),
-        compilations=counter.to_json() if counter else None, load_seconds=round(load_seconds, 1))
-    sources = dict(labels=str(truth_dir) if truth_dir else "dataset",
-                   out=os.path.abspath(out_dir))
-    meta = [f"dataset: {os.path.abspath(loaded.root)}"] + describe_members(members, flips) + [
-        f"output: {os.path.abspath(out_dir)}"] if report else None
-    result = study_writer.finish(flag_rules or flags.FlagRules(), log, run_fields, sources,
-                                 meta, started)
+      workdir=os.path.abspath(workdirs[0]),
+      checkpoint_step=members[0].step,
+      model=members[0].config.model if len(members) == 1 else "ensemble",
+      members=[
+        {"workdir": os.path.abspath(m.workdir), "model": m.config.model, "checkpoint_step": m.step}
+        for m in members
+      ],
+      tta_flips=list(flips),
+      segment_seconds=round(segment_seconds, 1),
+      segment_seconds_per_session=round(segment_seconds / max(sessions_done, 1), 2),
+      compilations=counter.to_json() if counter else None,
+      load_seconds=round(load_seconds, 1),
+    )
+    sources = dict(labels=str(truth_dir) if truth_dir else "dataset", out=os.path.abspath(out_dir))
+    meta = (
+      [f"dataset: {os.path.abspath(loaded.root)}"]
+      + describe_members(members, flips)
+      + [f"output: {os.path.abspath(out_dir)}"]
+      if report
+      else None
+    )
+    result = study_writer.finish(
+      flag_rules or flags.FlagRules(), log, run_fields, sources, meta, started
+    )
   for path in manifest.seal(out_dir, ident, written, earlier):
     log(f"removed {path}: an earlier evaluation's output that this one does not write")
   return result
@@ -246,15 +290,19 @@ def segment_study(loaded, members, flips, batch_size: int, log=print):
   spatial_dims = members[0].config.spatial_dims
   fns = ensemble.predict_fns(members, tta.flip_variants(flips, spatial_dims))
   params_list = [m.params for m in members]
-  windows = None if spatial_dims == 2 else [
-      (sliding_window.window_shape(m.config), m.config.window_overlap) for m in members]
+  windows = (
+    None
+    if spatial_dims == 2
+    else [(sliding_window.window_shape(m.config), m.config.window_overlap) for m in members]
+  )
   for subject in loaded.subjects:
     if subject.grid is None:
       log(f"sub-{subject.subject_id}: no session fits the protocol's time points; not segmented")
       continue
     t_segment = time.monotonic()
-    seq, probs = segment_subject(fns, params_list, subject, loaded.protocol, batch_size,
-                                 windows, bucket=not flips)
+    seq, probs = segment_subject(
+      fns, params_list, subject, loaded.protocol, batch_size, windows, bucket=not flips
+    )
     yield subject, seq, probs, time.monotonic() - t_segment
 
 

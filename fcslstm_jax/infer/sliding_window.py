@@ -1,6 +1,7 @@
 """Sliding-window inference over whole volumes, all T time points at once (3D + time).
 
-Layout: a volume sequence is ``images [T, D, H, W, C]`` with ``valid [T]`` or ``[T, D]``; a window is
+Layout: a volume sequence is ``images [T, D, H, W, C]`` with ``valid [T]`` or ``[T, D]``; a window
+is
 ``[T, d, h, w]`` (every time point, so the structured LSTM sees the whole sequence); the
 result is class probabilities ``[T, D, H, W, c]``. Nothing here depends on the number of
 spatial axes (``[T, H, W, C]`` works the same way).
@@ -40,8 +41,9 @@ def window_starts(size: int, window: int, overlap: float) -> list:
 
 def window_corners(spatial, window, overlap: float) -> list:
   """Every window's corner over a volume of shape ``spatial`` (padded up to the window)."""
-  return list(itertools.product(*(window_starts(max(n, w), w, overlap)
-                                  for n, w in zip(spatial, window))))
+  return list(
+    itertools.product(*(window_starts(max(n, w), w, overlap) for n, w in zip(spatial, window)))
+  )
 
 
 def gaussian_importance(window, sigma_scale: float = SIGMA_SCALE) -> np.ndarray:
@@ -50,15 +52,23 @@ def gaussian_importance(window, sigma_scale: float = SIGMA_SCALE) -> np.ndarray:
   out = np.ones((), np.float64)
   for n in window:
     x = np.arange(n) - (n - 1) / 2
-    g = np.exp(-x ** 2 / (2 * max(n * sigma_scale, 1e-6) ** 2))
+    g = np.exp(-(x**2) / (2 * max(n * sigma_scale, 1e-6) ** 2))
     out = np.multiply.outer(out, g)
   out = out / out.max()
   tiny = out[out > 0].min()
   return np.maximum(out, tiny).astype(np.float32)
 
 
-def sliding_window_proba(predict_fn, params, images, valid, window, overlap: float = 0.5,
-                         batch_size: int = 1, on_batch=None) -> np.ndarray:
+def sliding_window_proba(
+  predict_fn,
+  params,
+  images,
+  valid,
+  window,
+  overlap: float = 0.5,
+  batch_size: int = 1,
+  on_batch=None,
+) -> np.ndarray:
   """Class probabilities ``float32 [T, *S, c]`` of one volume sequence ``images [T, *S, C]``.
 
   ``predict_fn(params, x [B, T, *window, C], valid [B, T] or [B, T, d]) -> probabilities
@@ -75,8 +85,7 @@ def sliding_window_proba(predict_fn, params, images, valid, window, overlap: flo
     raise ValueError(f"window {window} does not match the volume's spatial shape {spatial}")
   padded = tuple(max(n, w) for n, w in zip(spatial, window))
   if padded != spatial:
-    images = np.pad(images, [(0, 0)] + [(0, p - n) for n, p in zip(spatial, padded)]
-                    + [(0, 0)])
+    images = np.pad(images, [(0, 0)] + [(0, p - n) for n, p in zip(spatial, padded)] + [(0, 0)])
   corners = window_corners(padded, window, overlap)
   weight = gaussian_importance(window)
   total = weight_sum = None
@@ -85,17 +94,20 @@ def sliding_window_proba(predict_fn, params, images, valid, window, overlap: flo
   if per_slice and padded[0] != spatial[0]:
     valid = np.pad(valid, [(0, 0), (0, padded[0] - spatial[0])], mode="edge")
   for first in range(0, len(corners), batch_size):
-    chunk = corners[first:first + batch_size]
+    chunk = corners[first : first + batch_size]
     filled = chunk + [chunk[-1]] * (batch_size - len(chunk))
     boxes = [tuple(slice(o, o + w) for o, w in zip(c, window)) for c in filled]
     x = np.stack([images[(slice(None),) + box] for box in boxes])
-    v = (np.stack([valid[:, box[0]] for box in boxes]) if per_slice
-         else np.broadcast_to(valid, (batch_size,) + valid.shape))
+    v = (
+      np.stack([valid[:, box[0]] for box in boxes])
+      if per_slice
+      else np.broadcast_to(valid, (batch_size,) + valid.shape)
+    )
     probs = np.asarray(predict_fn(params, x, v))
     if total is None:
       total = np.zeros((images.shape[0],) + padded + probs.shape[-1:], np.float32)
       weight_sum = np.zeros(padded, np.float32)
-    for k, box in enumerate(boxes[:len(chunk)]):
+    for k, box in enumerate(boxes[: len(chunk)]):
       total[(slice(None),) + box] += probs[k] * weight[..., None]
       weight_sum[box] += weight
     if on_batch is not None:
@@ -104,26 +116,34 @@ def sliding_window_proba(predict_fn, params, images, valid, window, overlap: flo
   return out[(slice(None),) + tuple(slice(0, n) for n in spatial)]
 
 
-def volume_predict_fn(proba_fn, window, overlap: float, batch_size: int, proba: bool = False,
-                      desc: str | None = None):
-  """``fn(params, images [N, T, *S, C], valid [N, T] or [N, T, D])`` -> class map ``int32 [N, T, *S]``
+def volume_predict_fn(
+  proba_fn, window, overlap: float, batch_size: int, proba: bool = False, desc: str | None = None
+):
+  """``fn(params, images [N, T, *S, C], valid [N, T] or [N, T, D])`` -> class map
+  ``int32 [N, T, *S]``
   (probabilities ``[N, T, *S, c]`` with ``proba``) by :func:`sliding_window_proba` of each
   volume, for :func:`fcslstm_jax.train.loop.evaluate_splits`; with ``desc``, a progress bar
   over the windows of each call."""
+
   def fn(params, images, valid):
     images = np.asarray(images)
     bar = None
     if desc is not None:
       from tqdm import tqdm
+
       total = len(images) * len(window_corners(images.shape[2:-1], window, overlap))
       bar = tqdm(total=total, desc=desc, unit="window", leave=False, dynamic_ncols=True)
-    out = [sliding_window_proba(proba_fn, params, x, v, window, overlap, batch_size,
-                                bar.update if bar is not None else None)
-           for x, v in zip(images, np.asarray(valid))]
+    out = [
+      sliding_window_proba(
+        proba_fn, params, x, v, window, overlap, batch_size, bar.update if bar is not None else None
+      )
+      for x, v in zip(images, np.asarray(valid))
+    ]
     if bar is not None:
       bar.close()
     out = np.stack(out)
     return out if proba else np.argmax(out, axis=-1).astype(np.int32)
+
   return fn
 
 
@@ -131,6 +151,8 @@ def window_shape(config) -> tuple:
   """A 3D run's training patch and inference window ``(d, h, w)`` (its config's
   ``patch_size``)."""
   if config.patch_size is None:
-    raise ConfigError("patch_size is null: a 3D run records its patch size in run.json "
-                      "(resolved by train.py); set it with --set patch_size=[d,h,w].")
+    raise ConfigError(
+      "patch_size is null: a 3D run records its patch size in run.json "
+      "(resolved by train.py); set it with --set patch_size=[d,h,w]."
+    )
   return tuple(config.patch_size)

@@ -13,8 +13,8 @@ import itertools
 
 import jax.numpy as jnp
 
-from fcslstm_jax.infer import predict
 from fcslstm_jax.errors import ConfigError
+from fcslstm_jax.infer import predict
 
 # Flip name -> axis of [B, T, H, W, C].
 FLIP_AXES = {"x": 2, "y": 3}
@@ -31,8 +31,10 @@ def parse_flips(text) -> tuple:
     return ()
   bad = [n for n in names if n not in FLIP_AXES]
   if bad:
-    raise ConfigError(f"--tta-flips: unknown axis {', '.join(map(repr, bad))}; use a comma "
-                      f"list of {', '.join(FLIP_AXES)} (in-plane axes) or 'none'.")
+    raise ConfigError(
+      f"--tta-flips: unknown axis {', '.join(map(repr, bad))}; use a comma "
+      f"list of {', '.join(FLIP_AXES)} (in-plane axes) or 'none'."
+    )
   return tuple(sorted(set(names)))
 
 

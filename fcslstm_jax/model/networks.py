@@ -65,16 +65,21 @@ patch already holds far more than :data:`fcslstm_jax.model.psi.CPU_CHUNK_PIXELS`
 import argparse
 import functools
 import itertools
-from typing import Any, Callable, Sequence
+from typing import Any
+from typing import Callable
+from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fcslstm_jax.config import MODELS
+from fcslstm_jax.config import REMAT_POLICIES
+from fcslstm_jax.config import SPATIAL_DIMS
+from fcslstm_jax.config import VGG16_EIGHTH
+from fcslstm_jax.config import VGG16_QUARTER
 from fcslstm_jax.model import psi
 from fcslstm_jax.model import slstm
-from fcslstm_jax.config import (MODELS, REMAT_POLICIES, SPATIAL_DIMS,  # noqa: F401 (re-exported)
-                                VGG16_EIGHTH, VGG16_QUARTER)
 
 MULTIPLE = 32  # 2 ** number of poolings
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config.precision -> conv dtype
@@ -83,7 +88,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config.precision 
 def pad_to_multiple(x, multiple: int = MULTIPLE, spatial_dims: int = 2):
   """Zero-pads the ``spatial_dims`` axes before the channels of ``[..., *spatial, C]`` (H, W;
   or D, H, W) up to a multiple, at the end; returns ``(x, spatial shape before padding)``."""
-  shape = x.shape[-1 - spatial_dims:-1]
+  shape = x.shape[-1 - spatial_dims : -1]
   pads = [-n % multiple for n in shape]
   if any(pads):
     x = jnp.pad(x, [(0, 0)] * (x.ndim - 1 - spatial_dims) + [(0, p) for p in pads] + [(0, 0)])
@@ -91,7 +96,8 @@ def pad_to_multiple(x, multiple: int = MULTIPLE, spatial_dims: int = 2):
 
 
 def crop(y, shape):
-  """``y`` ``[N, *spatial, C]`` cropped to the spatial ``shape`` (undoes :func:`pad_to_multiple`)."""
+  """``y`` ``[N, *spatial, C]`` cropped to the spatial ``shape`` (undoes
+  :func:`pad_to_multiple`)."""
   return y[(slice(None),) + tuple(slice(0, n) for n in shape)]
 
 
@@ -164,6 +170,7 @@ class BackEnd(nn.Module):
   ``[N, D / 2**k, H / 2**k, W / 2**k, C_k]``: 4x4x4 transposed convolutions, 1x1x1 fuses).
   Returns ``[N, H, W, num_classes]`` (``[N, D, H, W, num_classes]``).
   """
+
   num_classes: int
   dtype: Any = jnp.float32
   pool: Callable[[jax.Array], jax.Array] = max_pool
@@ -174,8 +181,9 @@ class BackEnd(nn.Module):
     y = self.pool(feats[-1])
     for j, s in enumerate(reversed(range(len(feats)))):
       y = Upsample(c, dtype=self.dtype, name=f"deconv{6 + j}")(y)
-      y = y + nn.Conv(c, (1,) * k, kernel_init=psi.kaiming, dtype=self.dtype,
-                      name=f"fuse{s + 1}")(feats[s])
+      y = y + nn.Conv(c, (1,) * k, kernel_init=psi.kaiming, dtype=self.dtype, name=f"fuse{s + 1}")(
+        feats[s]
+      )
     return y
 
 
@@ -212,9 +220,11 @@ class Upsample(nn.Module):
   ``a, a + 2`` per axis, all phases stacked on the output channels, followed by an
   interleave, gives every output without the zeros a transposed convolution inserts. XLA:CPU
   runs transposed (input-dilated) convolutions on a slow generic path, most of a 3D forward
-  pass (the step times are in README, "3D + time", and bench/results/step3d_cpu.json). The paper's torch FCN used a plain ``ConvTranspose2d``; the function is ours
+  pass (the step times are in README, "3D + time", and bench/results/step3d_cpu.json). The paper's
+  torch FCN used a plain ``ConvTranspose2d``; the function is ours
   (:func:`upsample_reflect`), the arithmetic order differs.
   """
+
   features: int
   dtype: Any = jnp.float32
 
@@ -230,11 +240,14 @@ class Upsample(nn.Module):
     taps = jnp.stack([kernel[tuple(slice(a, None, 2) for a in ph)] for ph in phases], axis=-2)
     taps = taps.reshape((2,) * k + (y.shape[-1], len(phases) * c))
     axes = "DHW"[-k:]
-    z = jax.lax.conv_general_dilated(x, taps, (1,) * k, "VALID", dimension_numbers=(
-        f"N{axes}C", f"{axes}IO", f"N{axes}C"))
+    z = jax.lax.conv_general_dilated(
+      x, taps, (1,) * k, "VALID", dimension_numbers=(f"N{axes}C", f"{axes}IO", f"N{axes}C")
+    )
     z = z.reshape(z.shape[:-1] + (len(phases), c))
-    parts = [z[(slice(None),) + tuple(slice(a, a + n) for a, n in zip(ph, sizes)) + (i,)]
-             for i, ph in enumerate(phases)]
+    parts = [
+      z[(slice(None),) + tuple(slice(a, a + n) for a, n in zip(ph, sizes)) + (i,)]
+      for i, ph in enumerate(phases)
+    ]
     out = jnp.stack(parts, axis=-2).reshape((y.shape[0],) + sizes + (2,) * k + (c,))
     interleave = [0] + [v for i in range(k) for v in (1 + i, 1 + k + i)] + [1 + 2 * k]
     out = out.transpose(interleave).reshape((y.shape[0],) + tuple(2 * n for n in sizes) + (c,))
@@ -259,13 +272,15 @@ def _check_input(x, spatial_dims: int, who: str):
     raise ValueError(f"{who}: spatial_dims must be one of {SPATIAL_DIMS}, got {spatial_dims}")
   if x.ndim != spatial_dims + 3:
     axes = ", ".join("DHW"[-spatial_dims:])
-    raise ValueError(f"{who} (spatial_dims={spatial_dims}): expected inputs [B, T, {axes}, n], "
-                     f"got shape {x.shape}")
+    raise ValueError(
+      f"{who} (spatial_dims={spatial_dims}): expected inputs [B, T, {axes}, n], got shape {x.shape}"
+    )
 
 
 class FCN(nn.Module):
   """The concise FCN, applied to each time step alone: ``[B, T, H, W, n] -> [B, T, H, W, c]``
   (``[B, T, D, H, W, n] -> [B, T, D, H, W, c]`` with ``spatial_dims=3``)."""
+
   num_classes: int
   stages: Sequence[tuple[int, int]] = VGG16_QUARTER
   remat: str = "none"
@@ -282,8 +297,9 @@ class FCN(nn.Module):
     stage = _stage_cls(self.remat)
     feats = []
     for k, (ch, n) in enumerate(self.stages):
-      conv = stage(ch, num_convs=n, dtype=self.dtype, spatial_dims=self.spatial_dims,
-                   name=f"conv{k + 1}")
+      conv = stage(
+        ch, num_convs=n, dtype=self.dtype, spatial_dims=self.spatial_dims, name=f"conv{k + 1}"
+      )
       y = psi.apply_in_chunks(conv, max_pool(y) if k else y, self.chunk_pixels or 0)
       feats.append(y)
     logits = crop(BackEnd(self.num_classes, self.dtype, name="backend")(feats), shape)
@@ -318,6 +334,7 @@ class FCSLSTM(nn.Module):
   ``valid`` ``[B, T]`` or per axial slice ``[B, T, D]`` (:func:`slice_validity`): where a
   time point is not valid the LSTM keeps its state (:mod:`fcslstm_jax.model.slstm`).
   """
+
   num_classes: int
   bidirectional: bool = False
   stages: Sequence[tuple[int, int]] = VGG16_QUARTER
@@ -338,8 +355,13 @@ class FCSLSTM(nn.Module):
     lean = self.remat == "lean"
     stage = _stage_cls(self.remat, in_remat_step=lean)
     pool = max_pool_lean if lean else max_pool
-    psi_h = functools.partial(psi.Conv, kernel_size=self.psi_h_kernel, use_bias=False,
-                              dtype=self.dtype, spatial_dims=self.spatial_dims)
+    psi_h = functools.partial(
+      psi.Conv,
+      kernel_size=self.psi_h_kernel,
+      use_bias=False,
+      dtype=self.dtype,
+      spatial_dims=self.spatial_dims,
+    )
     chunk_pixels = self.chunk_pixels
     if chunk_pixels is None and (self.remat != "none" or self.spatial_dims == 3):
       chunk_pixels = 0  # see "Chunking" in the module docstring
@@ -350,36 +372,66 @@ class FCSLSTM(nn.Module):
         y = pool(fold_time(y))
         y = y.reshape((b, t) + y.shape[1:])
         valid = pool_validity(valid)
-      psi_x = functools.partial(stage, num_convs=n, width=ch, dtype=self.dtype,
-                                spatial_dims=self.spatial_dims)
-      y = layer_cls(hidden=ch, psi_x=psi_x, psi_h=psi_h, unroll=self.unroll,
-                    remat_step=self.remat in ("full", "lean"), chunk_pixels=chunk_pixels,
-                    dtype=self.dtype, psi_x_in_scan=lean, batching=self.batching,
-                    name=f"slstm{k + 1}")(y, valid)
+      psi_x = functools.partial(
+        stage, num_convs=n, width=ch, dtype=self.dtype, spatial_dims=self.spatial_dims
+      )
+      y = layer_cls(
+        hidden=ch,
+        psi_x=psi_x,
+        psi_h=psi_h,
+        unroll=self.unroll,
+        remat_step=self.remat in ("full", "lean"),
+        chunk_pixels=chunk_pixels,
+        dtype=self.dtype,
+        psi_x_in_scan=lean,
+        batching=self.batching,
+        name=f"slstm{k + 1}",
+      )(y, valid)
       feats.append(fold_time(y).astype(self.dtype))
     logits = crop(BackEnd(self.num_classes, self.dtype, pool, name="backend")(feats), shape)
     return _as_logits(logits.reshape((b, t) + logits.shape[1:]), self.dtype)
 
 
-def create_model(name: str, num_classes: int, *, remat: str = "none",
-                 unroll: int | None = None, chunk_pixels: int | None = None,
-                 dtype: Any = jnp.float32, spatial_dims: int = 2) -> nn.Module:
+def create_model(
+  name: str,
+  num_classes: int,
+  *,
+  remat: str = "none",
+  unroll: int | None = None,
+  chunk_pixels: int | None = None,
+  dtype: Any = jnp.float32,
+  spatial_dims: int = 2,
+) -> nn.Module:
   """The model called ``name`` (one of :data:`MODELS`), on slices (``spatial_dims=2``) or
   volumes (3)."""
   if name == "fcn":
-    return FCN(num_classes, remat=remat, chunk_pixels=chunk_pixels, dtype=dtype,
-               spatial_dims=spatial_dims)
+    return FCN(
+      num_classes, remat=remat, chunk_pixels=chunk_pixels, dtype=dtype, spatial_dims=spatial_dims
+    )
   if name in ("fcslstm", "bi-fcslstm"):
-    return FCSLSTM(num_classes, bidirectional=name == "bi-fcslstm", remat=remat, unroll=unroll,
-                   chunk_pixels=chunk_pixels, dtype=dtype, spatial_dims=spatial_dims)
+    return FCSLSTM(
+      num_classes,
+      bidirectional=name == "bi-fcslstm",
+      remat=remat,
+      unroll=unroll,
+      chunk_pixels=chunk_pixels,
+      dtype=dtype,
+      spatial_dims=spatial_dims,
+    )
   raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")
 
 
 def build_model(config, num_classes: int) -> nn.Module:
   """The network a :class:`~fcslstm_jax.config.Config` describes, for ``num_classes``."""
-  model = create_model(config.model, num_classes, remat=config.remat, unroll=config.unroll,
-                       chunk_pixels=config.chunk_pixels, dtype=DTYPES[config.precision],
-                       spatial_dims=config.spatial_dims)
+  model = create_model(
+    config.model,
+    num_classes,
+    remat=config.remat,
+    unroll=config.unroll,
+    chunk_pixels=config.chunk_pixels,
+    dtype=DTYPES[config.precision],
+    spatial_dims=config.spatial_dims,
+  )
   return model.clone(stages=config.model_stages)
 
 
@@ -395,8 +447,9 @@ def init_params(model: nn.Module, in_channels: int, rng=None, size: int = 32, st
   return jax.jit(model.init)(rng, x)["params"]
 
 
-def summary(num_classes: int = 4, in_channels: int = 2, spatial_dims: int = 2,
-            stages=None) -> dict[str, int]:
+def summary(
+  num_classes: int = 4, in_channels: int = 2, spatial_dims: int = 2, stages=None
+) -> dict[str, int]:
   """Parameter counts of FCN, FCSLSTM and Bi-FCSLSTM (shapes only, nothing is computed);
   ``stages`` default: the config's for ``spatial_dims`` (``VGG16_QUARTER``, ``VGG16_EIGHTH``)."""
   stages = stages or (VGG16_QUARTER if spatial_dims == 2 else VGG16_EIGHTH)
@@ -416,8 +469,10 @@ def main(argv=None):
   parser.add_argument("--spatial-dims", type=int, default=2, choices=SPATIAL_DIMS)
   args = parser.parse_args(argv)
   if args.summary:
-    print(f"{'model':<12}{'parameters':>12}   (n={args.channels} channels, c={args.classes} "
-          f"classes, {args.spatial_dims}D)")
+    print(
+      f"{'model':<12}{'parameters':>12}   (n={args.channels} channels, c={args.classes} "
+      f"classes, {args.spatial_dims}D)"
+    )
     for name, n in summary(args.classes, args.channels, args.spatial_dims).items():
       print(f"{name:<12}{n:>12,}")
 

@@ -21,7 +21,8 @@ same function, computed in pieces whose activations stay in the CPU's cache (see
 """
 
 import math
-from typing import Any, Callable
+from typing import Any
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -34,25 +35,30 @@ def check_rank(x, spatial_dims: int, who: str):
   """Refuses an input that is not ``[B, *spatial, C]`` with ``spatial_dims`` spatial axes (a
   2D kernel on a volume would otherwise run slice by slice, treating D as a batch axis)."""
   if x.ndim != spatial_dims + 2:
-    raise ValueError(f"{who}: expected [B, {', '.join('DHW'[-spatial_dims:])}, C] "
-                     f"(spatial_dims={spatial_dims}), got shape {x.shape}")
+    raise ValueError(
+      f"{who}: expected [B, {', '.join('DHW'[-spatial_dims:])}, C] "
+      f"(spatial_dims={spatial_dims}), got shape {x.shape}"
+    )
 
 
 class Dense(nn.Module):
   """Linear operator on the channel axis of ``[B, ..., C]`` (classic LSTM); any spatial rank."""
+
   features: int
   use_bias: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    return nn.Dense(self.features, use_bias=self.use_bias, kernel_init=kaiming,
-                    dtype=self.dtype, name="dense")(x)
+    return nn.Dense(
+      self.features, use_bias=self.use_bias, kernel_init=kaiming, dtype=self.dtype, name="dense"
+    )(x)
 
 
 class Conv(nn.Module):
   """One ``k x k`` 'SAME' convolution of ``[B, H, W, C]`` (ConvLSTM); ``k x k x k`` of
   ``[B, D, H, W, C]`` with ``spatial_dims=3``."""
+
   features: int
   kernel_size: int = 3
   use_bias: bool = True
@@ -63,8 +69,15 @@ class Conv(nn.Module):
   def __call__(self, x):
     check_rank(x, self.spatial_dims, "psi.Conv")
     k = (self.kernel_size,) * self.spatial_dims
-    return nn.Conv(self.features, k, padding="SAME", use_bias=self.use_bias,
-                   kernel_init=kaiming, dtype=self.dtype, name="conv")(x)
+    return nn.Conv(
+      self.features,
+      k,
+      padding="SAME",
+      use_bias=self.use_bias,
+      kernel_init=kaiming,
+      dtype=self.dtype,
+      name="conv",
+    )(x)
 
 
 class ConvStage(nn.Module):
@@ -76,6 +89,7 @@ class ConvStage(nn.Module):
   (Sec. 2.1); used as Ψx it is the stage whose output enters LSTM layer k (Sec. 2.3). As in
   the paper, the ReLU after the last convolution is part of the operator.
   """
+
   features: int
   num_convs: int = 2
   width: int | None = None
@@ -88,8 +102,14 @@ class ConvStage(nn.Module):
     for j in range(self.num_convs):
       last = j == self.num_convs - 1
       width = self.features if last else (self.width or self.features)
-      x = nn.Conv(width, (3,) * self.spatial_dims, padding="SAME", kernel_init=kaiming,
-                  dtype=self.dtype, name=f"conv{j + 1}")(x)
+      x = nn.Conv(
+        width,
+        (3,) * self.spatial_dims,
+        padding="SAME",
+        kernel_init=kaiming,
+        dtype=self.dtype,
+        name=f"conv{j + 1}",
+      )(x)
       x = nn.relu(x)
     return x
 
@@ -121,8 +141,12 @@ def chunk_size(chunk_pixels: int | None, num_images: int, image_pixels: int) -> 
   return max(1, fewest, min(num_images, chunk_pixels // image_pixels))
 
 
-def apply_in_chunks(fn: Callable[[jax.Array], jax.Array], x: jax.Array,
-                    chunk_pixels: int | None = None, out_axis: int = 0) -> jax.Array:
+def apply_in_chunks(
+  fn: Callable[[jax.Array], jax.Array],
+  x: jax.Array,
+  chunk_pixels: int | None = None,
+  out_axis: int = 0,
+) -> jax.Array:
   """``fn(x)`` for ``x`` ``[N, H, W, C]`` (or ``[N, D, H, W, C]``) computed on slices of the
   batch axis, concatenated; an image's pixels are all its spatial positions.
 
@@ -135,4 +159,4 @@ def apply_in_chunks(fn: Callable[[jax.Array], jax.Array], x: jax.Array,
   size = chunk_size(chunk_pixels, n, math.prod(x.shape[1:-1]))
   if size >= n:
     return fn(x)
-  return jnp.concatenate([fn(x[i:i + size]) for i in range(0, n, size)], axis=out_axis)
+  return jnp.concatenate([fn(x[i : i + size]) for i in range(0, n, size)], axis=out_axis)

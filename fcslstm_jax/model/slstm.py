@@ -6,9 +6,11 @@ Eq. 1, with Ψ any operator (see :mod:`fcslstm_jax.model.psi`)::
   o_t = σ(Ψxo(x_t) + Ψho(h_{t-1}) + b_o)      g_t = tanh(Ψxg(x_t) + Ψhg(h_{t-1}) + b_g)
   c_t = f_t ∘ c_{t-1} + i_t ∘ g_t             h_t = o_t ∘ tanh(c_t)
 
-Layout: sequences are channels-last ``[B, T, H, W, C]``; the state ``(c, h)`` is ``[B, H, W, hidden]``.
+Layout: sequences are channels-last ``[B, T, H, W, C]``; the state ``(c, h)`` is
+``[B, H, W, hidden]``.
 Volumes work the same way with one more spatial axis (``[B, T, D, H, W, C]``, state
-``[B, D, H, W, hidden]``) when Ψ is a 3D operator (:mod:`fcslstm_jax.model.psi`, ``spatial_dims=3``):
+``[B, D, H, W, hidden]``) when Ψ is a 3D operator (:mod:`fcslstm_jax.model.psi`,
+``spatial_dims=3``):
 nothing here depends on the number of spatial axes.
 
 Implementation notes (same function as Eq. 1, arranged to be cheap):
@@ -38,12 +40,12 @@ Implementation notes (same function as Eq. 1, arranged to be cheap):
 * :class:`BidirectionalLSTM` advances both directions in one scan (see its docstring).
 """
 
-from typing import Any, Callable
+from typing import Any
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
 from flax.core.scope import LazyRng
 
 from fcslstm_jax.model import psi
@@ -69,7 +71,8 @@ def gate_bias_init(hidden: int):
     del key
     # Gate order (i, f, g, o): forget-gate bias 1, the rest 0 (last axis; a merged
     # bidirectional layer's bias is [2, 4 * hidden]).
-    return jnp.zeros(shape, dtype).at[..., hidden:2 * hidden].set(1.0)
+    return jnp.zeros(shape, dtype).at[..., hidden : 2 * hidden].set(1.0)
+
   return init
 
 
@@ -87,6 +90,7 @@ class LSTMStep(nn.Module):
   ``bias`` ``[2, 4 * hidden]``); each direction's Ψ runs with its own parameters
   (:func:`per_direction`, ``batching``).
   """
+
   hidden: int
   psi_h: PsiFactory
   dtype: Any = jnp.float32
@@ -105,8 +109,9 @@ class LSTMStep(nn.Module):
     c, h = carry
     xg, valid = inputs
     if self.psi_x is not None:
-      xg = self._apply(self.psi_x, xg.astype(self.dtype),
-                       lambda m, x: psi.apply_in_chunks(m, x, self.chunk_pixels))
+      xg = self._apply(
+        self.psi_x, xg.astype(self.dtype), lambda m, x: psi.apply_in_chunks(m, x, self.chunk_pixels)
+      )
     psi_h = self.psi_h(features=4 * self.hidden, name="psi_h")
     hg = self._apply(psi_h, h.astype(self.dtype))
     lead = (self.directions,) if self.directions > 1 else ()
@@ -150,16 +155,27 @@ def per_direction(fn, module, x, *, shared: bool, batching: str):
   """
   lift = dict(variable_axes={"params": 0}, split_rngs={"params": True})
   if batching == "vmap":
-    return nn.vmap(fn, in_axes=None if shared else 0, out_axes=0, axis_size=len(DIRECTIONS),
-                   **lift)(module, x)
-  body = lambda m, carry, x: (carry, fn(m, x))  # noqa: E731
-  _, y = nn.scan(body, in_axes=nn.broadcast if shared else 0, out_axes=0,
-                 length=len(DIRECTIONS), unroll=len(DIRECTIONS), **lift)(module, None, x)
+    return nn.vmap(
+      fn, in_axes=None if shared else 0, out_axes=0, axis_size=len(DIRECTIONS), **lift
+    )(module, x)
+
+  def body(m, carry, x):
+    return carry, fn(m, x)
+
+  _, y = nn.scan(
+    body,
+    in_axes=nn.broadcast if shared else 0,
+    out_axes=0,
+    length=len(DIRECTIONS),
+    unroll=len(DIRECTIONS),
+    **lift,
+  )(module, None, x)
   return y
 
 
 class _Layer(nn.Module):
   """Fields shared by the unidirectional and the bidirectional layer."""
+
   hidden: int
   psi_x: PsiFactory
   psi_h: PsiFactory
@@ -172,9 +188,14 @@ class _Layer(nn.Module):
 
   def _scan(self, step, t, axis):
     """``nn.scan`` of ``step`` over the time axis ``axis`` of inputs and outputs."""
-    return nn.scan(step, variable_broadcast="params", split_rngs={"params": False},
-                   in_axes=axis, out_axes=axis,
-                   unroll=resolve_unroll(self.unroll, t, self.psi_x_in_scan))
+    return nn.scan(
+      step,
+      variable_broadcast="params",
+      split_rngs={"params": False},
+      in_axes=axis,
+      out_axes=axis,
+      unroll=resolve_unroll(self.unroll, t, self.psi_x_in_scan),
+    )
 
   def _step_kwargs(self, psi_x):
     kw = dict(hidden=self.hidden, psi_h=self.psi_h, dtype=self.dtype)
@@ -205,13 +226,15 @@ class StructuredLSTM(_Layer):
     if self.psi_x_in_scan:
       xs = x.astype(self.dtype)
     else:  # Ψx on all time steps at once: [B*T, H, W, C] -> [B*T, H, W, 4*hidden].
-      xs = psi.apply_in_chunks(psi_x, x.reshape((b * t,) + x.shape[2:]).astype(self.dtype),
-                               self.chunk_pixels)
+      xs = psi.apply_in_chunks(
+        psi_x, x.reshape((b * t,) + x.shape[2:]).astype(self.dtype), self.chunk_pixels
+      )
       xs = xs.reshape((b, t) + xs.shape[1:])
     step = nn.remat(LSTMStep) if self.remat_step else LSTMStep
     zeros = self._zeros((b,) + x.shape[2:-1])
     _, hs = self._scan(step, t, 1)(**self._step_kwargs(psi_x), name="scan")(
-        (zeros, zeros), (xs, valid))
+      (zeros, zeros), (xs, valid)
+    )
     return hs
 
 
@@ -257,18 +280,27 @@ class BidirectionalLSTM(_Layer):
     if self.psi_x_in_scan:  # [2, B, T, H, W, C_in]
       xs = jnp.stack([x, x[:, ::-1]]).astype(self.dtype)
     else:  # Ψx of both directions on all time steps: [2, B*T, H, W, 4*hidden]
-      both = lambda x: per_direction(lambda m, x: m(x), psi_x, x, shared=True,  # noqa: E731
-                                     batching=batching)
-      xs = psi.apply_in_chunks(both, x.reshape((b * t,) + x.shape[2:]).astype(self.dtype),
-                               self.chunk_pixels, out_axis=1)
+
+      def both(x):
+        return per_direction(
+          lambda m, x: m(x),
+          psi_x,
+          x,
+          shared=True,
+          batching=batching,
+        )
+
+      xs = psi.apply_in_chunks(
+        both, x.reshape((b * t,) + x.shape[2:]).astype(self.dtype), self.chunk_pixels, out_axis=1
+      )
       xs = xs.reshape((2, b, t) + xs.shape[2:])
       xs = jnp.stack([xs[0], xs[1, :, ::-1]])
     valid = jnp.stack([valid, valid[:, ::-1]])  # [2, B, T]
     step = nn.remat(LSTMStep) if self.remat_step else LSTMStep
     zeros = self._zeros((2, b) + x.shape[2:-1])
-    _, hs = self._scan(step, t, 2)(**self._step_kwargs(psi_x), directions=len(DIRECTIONS),
-                                   batching=batching, name="scan")(
-        (zeros, zeros), (xs, valid))  # hs: [2, B, T, H, W, hidden]
+    _, hs = self._scan(step, t, 2)(
+      **self._step_kwargs(psi_x), directions=len(DIRECTIONS), batching=batching, name="scan"
+    )((zeros, zeros), (xs, valid))  # hs: [2, B, T, H, W, hidden]
     return jnp.concatenate([hs[0], hs[1, :, ::-1]], axis=-1)
 
   def _two_scan_init(self, x, valid):
@@ -281,12 +313,23 @@ class BidirectionalLSTM(_Layer):
     depend on ``T``.
     """
     rng = self.scope.rngs["params"]
-    kw = dict(hidden=self.hidden, psi_x=self.psi_x, psi_h=self.psi_h, unroll=1,
-              remat_step=self.remat_step, chunk_pixels=0, dtype=self.dtype)
-    return merge_directions({
-        d: StructuredLSTM(**kw, parent=None).init({"params": LazyRng.create(rng, d)},
-                                                   x[:, :1], valid[:, :1])["params"]
-        for d in DIRECTIONS})
+    kw = dict(
+      hidden=self.hidden,
+      psi_x=self.psi_x,
+      psi_h=self.psi_h,
+      unroll=1,
+      remat_step=self.remat_step,
+      chunk_pixels=0,
+      dtype=self.dtype,
+    )
+    return merge_directions(
+      {
+        d: StructuredLSTM(**kw, parent=None).init(
+          {"params": LazyRng.create(rng, d)}, x[:, :1], valid[:, :1]
+        )["params"]
+        for d in DIRECTIONS
+      }
+    )
 
 
 def merge_directions(two_scan: dict) -> dict:
@@ -297,5 +340,6 @@ def merge_directions(two_scan: dict) -> dict:
   """
   if set(two_scan) != set(DIRECTIONS):
     raise ValueError(f"expected the keys {DIRECTIONS}, got {sorted(two_scan)}")
-  return jax.tree_util.tree_map(lambda f, b: jnp.stack([f, b]), two_scan["forward"],
-                                two_scan["backward"])
+  return jax.tree_util.tree_map(
+    lambda f, b: jnp.stack([f, b]), two_scan["forward"], two_scan["backward"]
+  )

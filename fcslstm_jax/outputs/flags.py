@@ -82,6 +82,7 @@ class TrajectoryRule:
 @dataclasses.dataclass(frozen=True)
 class FlagRules:
   """The rules (None: off) and the classes the volume rules look at (None: all tissues)."""
+
   shrink: Optional[ShrinkRule] = ShrinkRule()
   outlier: Optional[OutlierRule] = OutlierRule()
   empty: Optional[EmptyRule] = EmptyRule()
@@ -90,20 +91,28 @@ class FlagRules:
   classes: Optional[tuple[str, ...]] = None
 
   def to_json(self) -> dict:
-    d = {k: None if v is None else dataclasses.asdict(v) for k, v in
-         ((f, getattr(self, f)) for f in RULES)}
+    d = {
+      k: None if v is None else dataclasses.asdict(v)
+      for k, v in ((f, getattr(self, f)) for f in RULES)
+    }
     d["classes"] = None if self.classes is None else list(self.classes)
     return d
 
 
-RULES = {"shrink": ShrinkRule, "outlier": OutlierRule, "empty": EmptyRule,
-         "uncertain": UncertainRule, "trajectory": TrajectoryRule}
+RULES = {
+  "shrink": ShrinkRule,
+  "outlier": OutlierRule,
+  "empty": EmptyRule,
+  "uncertain": UncertainRule,
+  "trajectory": TrajectoryRule,
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Flag:
   """One flagged session: ``rule`` fired for ``cls`` (a class name, or ``""`` for the
   whole session) with ``value`` against ``limit``; ``message`` says it in words."""
+
   subject: str
   session: str
   age: float
@@ -114,8 +123,9 @@ class Flag:
   message: str
 
   def line(self) -> str:
-    return f"flag: sub-{self.subject} ses-{self.session} (age {self.age:g}): {self.rule}: " \
-           f"{self.message}"
+    return (
+      f"flag: sub-{self.subject} ses-{self.session} (age {self.age:g}): {self.rule}: {self.message}"
+    )
 
 
 # ----------------------------------------------------------------------------- the rules
@@ -137,10 +147,20 @@ def shrink_flags(rows, rule: ShrinkRule, classes) -> list:
         drop = (va - vb) / va
         if drop > rule.fraction:
           before = "" if rule.before_age is None else f" before age {rule.before_age:g}"
-          out.append(Flag(subject, b.session, b.age, "shrink", cls, drop, rule.fraction,
-                          f"{cls} {va:.1f} -> {vb:.1f} mL ({-100 * drop:.1f} %) since "
-                          f"ses-{a.session} (age {a.age:g}); limit "
-                          f"-{100 * rule.fraction:g} %{before}"))
+          out.append(
+            Flag(
+              subject,
+              b.session,
+              b.age,
+              "shrink",
+              cls,
+              drop,
+              rule.fraction,
+              f"{cls} {va:.1f} -> {vb:.1f} mL ({-100 * drop:.1f} %) since "
+              f"ses-{a.session} (age {a.age:g}); limit "
+              f"-{100 * rule.fraction:g} %{before}",
+            )
+          )
   return out
 
 
@@ -165,18 +185,40 @@ def outlier_flags(rows, rule: OutlierRule, classes) -> list:
       med = float(np.median(values))
       for r, z in zip(group, robust_z(values)):
         if np.isfinite(z) and abs(z) > rule.z:
-          out.append(Flag(r.subject, r.session, r.age, "outlier", cls, float(z), rule.z,
-                          f"{cls} {r.volumes_ml[cls]:.1f} mL, robust z {z:+.1f} against the "
-                          f"median {med:.1f} mL of {len(group)} sessions at time point "
-                          f"{t + 1}; limit |z| {rule.z:g}"))
+          out.append(
+            Flag(
+              r.subject,
+              r.session,
+              r.age,
+              "outlier",
+              cls,
+              float(z),
+              rule.z,
+              f"{cls} {r.volumes_ml[cls]:.1f} mL, robust z {z:+.1f} against the "
+              f"median {med:.1f} mL of {len(group)} sessions at time point "
+              f"{t + 1}; limit |z| {rule.z:g}",
+            )
+          )
   return out
 
 
 def empty_flags(rows, rule: EmptyRule, classes) -> list:
   """Sessions where a class has less than ``rule.min_ml``."""
-  return [Flag(r.subject, r.session, r.age, "empty", cls, r.volumes_ml[cls], rule.min_ml,
-               f"{cls} {r.volumes_ml[cls]:.2f} mL; limit {rule.min_ml:g} mL")
-          for r in rows for cls in classes if r.volumes_ml[cls] < rule.min_ml]
+  return [
+    Flag(
+      r.subject,
+      r.session,
+      r.age,
+      "empty",
+      cls,
+      r.volumes_ml[cls],
+      rule.min_ml,
+      f"{cls} {r.volumes_ml[cls]:.2f} mL; limit {rule.min_ml:g} mL",
+    )
+    for r in rows
+    for cls in classes
+    if r.volumes_ml[cls] < rule.min_ml
+  ]
 
 
 def uncertain_flags(rows, rule: UncertainRule) -> list:
@@ -184,18 +226,34 @@ def uncertain_flags(rows, rule: UncertainRule) -> list:
   more than ``rule.z`` robust standard deviations (with at least ``rule.min_sessions``
   sessions)."""
   out = []
-  z = robust_z([r.qc for r in rows]) if rule.z is not None and len(rows) >= rule.min_sessions \
-      else np.full(len(rows), np.nan)
+  z = (
+    robust_z([r.qc for r in rows])
+    if rule.z is not None and len(rows) >= rule.min_sessions
+    else np.full(len(rows), np.nan)
+  )
   median = float(np.median([r.qc for r in rows])) if rows else 0.0
   for r, zr in zip(rows, z):
     what = f"QC score (mean uncertainty in the predicted brain) {r.qc:.3f}"
     if rule.qc is not None and r.qc > rule.qc:
-      out.append(Flag(r.subject, r.session, r.age, "uncertain", "", r.qc, rule.qc,
-                      f"{what}; limit {rule.qc:g}"))
+      out.append(
+        Flag(
+          r.subject, r.session, r.age, "uncertain", "", r.qc, rule.qc, f"{what}; limit {rule.qc:g}"
+        )
+      )
     elif np.isfinite(zr) and zr > rule.z:
-      out.append(Flag(r.subject, r.session, r.age, "uncertain", "", float(zr), rule.z,
-                      f"{what}, robust z {zr:+.1f} against the median {median:.3f} of "
-                      f"{len(rows)} sessions; limit z {rule.z:g}"))
+      out.append(
+        Flag(
+          r.subject,
+          r.session,
+          r.age,
+          "uncertain",
+          "",
+          float(zr),
+          rule.z,
+          f"{what}, robust z {zr:+.1f} against the median {median:.3f} of "
+          f"{len(rows)} sessions; limit z {rule.z:g}",
+        )
+      )
   return out
 
 
@@ -203,14 +261,16 @@ def trajectory_flags(rows, rule: TrajectoryRule, classes) -> list:
   """Subjects whose growth of a class per unit of age, first to last session, departs from
   the cohort's median growth (see the module docstring; at least ``rule.min_subjects``
   subjects with 2 sessions at different ages, else none)."""
-  ends = [(rows[a], rows[b]) for _, a, b in volumes.first_last(
-      [r.subject for r in rows], [r.age for r in rows]) if rows[b].age > rows[a].age]
+  ends = [
+    (rows[a], rows[b])
+    for _, a, b in volumes.first_last([r.subject for r in rows], [r.age for r in rows])
+    if rows[b].age > rows[a].age
+  ]
   if len(ends) < rule.min_subjects:
     return []
   out = []
   for cls in classes:
-    rates = np.array([(b.volumes_ml[cls] - a.volumes_ml[cls]) / (b.age - a.age)
-                      for a, b in ends])
+    rates = np.array([(b.volumes_ml[cls] - a.volumes_ml[cls]) / (b.age - a.age) for a, b in ends])
     med = float(np.median(rates))
     scale = max(MAD_TO_SD * float(np.median(np.abs(rates - med))), rule.floor * abs(med))
     if scale <= 0:
@@ -218,11 +278,21 @@ def trajectory_flags(rows, rule: TrajectoryRule, classes) -> list:
     for (a, b), rate in zip(ends, rates):
       z = (rate - med) / scale
       if abs(z) > rule.z:
-        out.append(Flag(b.subject, b.session, b.age, "trajectory", cls, float(z), rule.z,
-                        f"{cls} grew {rate:+.2f} mL per unit of age from ses-{a.session} (age "
-                        f"{a.age:g}) to ses-{b.session} (age {b.age:g}); the cohort's median "
-                        f"{med:+.2f} over {len(ends)} subjects (z {z:+.1f} with spread "
-                        f"{scale:.2f}); limit |z| {rule.z:g}"))
+        out.append(
+          Flag(
+            b.subject,
+            b.session,
+            b.age,
+            "trajectory",
+            cls,
+            float(z),
+            rule.z,
+            f"{cls} grew {rate:+.2f} mL per unit of age from ses-{a.session} (age "
+            f"{a.age:g}) to ses-{b.session} (age {b.age:g}); the cohort's median "
+            f"{med:+.2f} over {len(ends)} subjects (z {z:+.1f} with spread "
+            f"{scale:.2f}); limit |z| {rule.z:g}",
+          )
+        )
   return out
 
 
@@ -232,8 +302,10 @@ def check(rows, rules: FlagRules, class_names) -> list:
   classes = tissues if rules.classes is None else list(rules.classes)
   unknown = [c for c in classes if c not in tissues]
   if unknown:
-    raise ConfigError(f"flag rules: classes {unknown} are not tissue classes of the protocol "
-                      f"({', '.join(tissues)}). Fix 'classes' in the --flags file.")
+    raise ConfigError(
+      f"flag rules: classes {unknown} are not tissue classes of the protocol "
+      f"({', '.join(tissues)}). Fix 'classes' in the --flags file."
+    )
   out = []
   if rules.shrink:
     out += shrink_flags(rows, rules.shrink, classes)
@@ -252,8 +324,19 @@ def check(rows, rules: FlagRules, class_names) -> list:
 def flag_rows(flags) -> tuple:
   """``(header, rows)`` of ``flags.tsv``."""
   header = ["subject", "session", "age", "rule", "class", "value", "limit", "message"]
-  return header, [[f"sub-{f.subject}", f"ses-{f.session}", f"{f.age:g}", f.rule, f.cls or "n/a",
-                   f"{f.value:.4g}", f"{f.limit:g}", f.message] for f in flags]
+  return header, [
+    [
+      f"sub-{f.subject}",
+      f"ses-{f.session}",
+      f"{f.age:g}",
+      f.rule,
+      f.cls or "n/a",
+      f"{f.value:.4g}",
+      f"{f.limit:g}",
+      f.message,
+    ]
+    for f in flags
+  ]
 
 
 # ------------------------------------------------------------------------------ the file
@@ -266,7 +349,8 @@ def from_json(d, path="flags.json") -> FlagRules:
   for name, cls in RULES.items():
     if changes.get(name) is not None:
       changes[name] = dataclasses.replace(
-          cls(), **jsonfile.fields_from_json(changes[name], cls, f"{path}: rule {name!r}"))
+        cls(), **jsonfile.fields_from_json(changes[name], cls, f"{path}: rule {name!r}")
+      )
   return dataclasses.replace(FlagRules(), **changes)
 
 
@@ -275,8 +359,9 @@ def load(path) -> FlagRules:
   if path is None:
     return FlagRules()
   hint = "(python -m fcslstm_jax.outputs.flags prints the defaults)"
-  d = jsonfile.read(path, missing=f"Give --flags an existing JSON file {hint}.",
-                    fix=f"Fix the file {hint}.")
+  d = jsonfile.read(
+    path, missing=f"Give --flags an existing JSON file {hint}.", fix=f"Fix the file {hint}."
+  )
   return from_json(d, path)
 
 

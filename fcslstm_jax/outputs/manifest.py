@@ -22,8 +22,10 @@ NAME = "outputs.json"
 
 def identity(workdirs, dataset_root) -> dict:
   """What makes two evaluations the same run's: its run folders and the dataset segmented."""
-  return {"workdirs": [os.path.abspath(w) for w in workdirs],
-          "dataset": os.path.abspath(dataset_root)}
+  return {
+    "workdirs": [os.path.abspath(w) for w in workdirs],
+    "dataset": os.path.abspath(dataset_root),
+  }
 
 
 def read(out_dir) -> dict | None:
@@ -53,21 +55,24 @@ def claim(out_dir, ident: dict) -> list:
     entries = foreign_entries(out_dir)
     if entries:
       raise ConfigError(
-          f"{out_dir}: holds files that evaluate.py did not write ({', '.join(entries[:3])}"
-          f"{', ...' if len(entries) > 3 else ''}). A tool reading its *_dseg files would mix "
-          "them with this run's. Choose a new or empty --out folder.")
+        f"{out_dir}: holds files that evaluate.py did not write ({', '.join(entries[:3])}"
+        f"{', ...' if len(entries) > 3 else ''}). A tool reading its *_dseg files would mix "
+        "them with this run's. Choose a new or empty --out folder."
+      )
     earlier = []
   elif record["identity"] != ident:
     other = record["identity"]
     raise ConfigError(
-        f"{out_dir}: holds the outputs of another evaluation (run folders "
-        f"{', '.join(other.get('workdirs', []))}; dataset {other.get('dataset')}). A tool "
-        "reading its *_dseg files would mix the two. Choose a new or empty --out folder.")
+      f"{out_dir}: holds the outputs of another evaluation (run folders "
+      f"{', '.join(other.get('workdirs', []))}; dataset {other.get('dataset')}). A tool "
+      "reading its *_dseg files would mix the two. Choose a new or empty --out folder."
+    )
   else:
     earlier = [os.path.join(out_dir, f) for f in record.get("files", [])]
-  files.write_json(os.path.join(out_dir, NAME),
-                   {"identity": ident, "complete": False,
-                    "files": [os.path.relpath(f, out_dir) for f in earlier]})
+  files.write_json(
+    os.path.join(out_dir, NAME),
+    {"identity": ident, "complete": False, "files": [os.path.relpath(f, out_dir) for f in earlier]},
+  )
   return earlier
 
 
@@ -75,11 +80,14 @@ def seal(out_dir, ident: dict, written, earlier) -> list:
   """Lists ``written`` in the manifest and removes the ``earlier`` files this evaluation did
   not write again; returns those removed."""
   out = os.path.abspath(out_dir)
-  mine = sorted({os.path.relpath(f, out) for f in written
-                 if os.path.abspath(f).startswith(out + os.sep)} - {NAME})
+  mine = sorted(
+    {os.path.relpath(f, out) for f in written if os.path.abspath(f).startswith(out + os.sep)}
+    - {NAME}
+  )
   stale = [f for f in earlier if os.path.relpath(f, out) not in mine and os.path.isfile(f)]
   for f in stale:
     os.unlink(f)
-  files.write_json(os.path.join(out_dir, NAME),
-                   {"identity": ident, "complete": True, "files": mine})
+  files.write_json(
+    os.path.join(out_dir, NAME), {"identity": ident, "complete": True, "files": mine}
+  )
   return stale

@@ -50,12 +50,17 @@ def _is_number(text) -> bool:
 def table(header, rows, highlight=()) -> str:
   """An HTML table; numeric cells right-aligned, text left; rows whose index is in
   ``highlight`` shaded."""
-  head = "".join(f'<th class="text">{esc(h)}</th>' if not rows or not _is_number(rows[0][i])
-                 else f"<th>{esc(h)}</th>" for i, h in enumerate(header))
+  head = "".join(
+    f'<th class="text">{esc(h)}</th>'
+    if not rows or not _is_number(rows[0][i])
+    else f"<th>{esc(h)}</th>"
+    for i, h in enumerate(header)
+  )
   body = []
   for k, row in enumerate(rows):
-    cells = "".join(f"<td>{esc(v)}</td>" if _is_number(v) else f'<td class="text">{esc(v)}</td>'
-                    for v in row)
+    cells = "".join(
+      f"<td>{esc(v)}</td>" if _is_number(v) else f'<td class="text">{esc(v)}</td>' for v in row
+    )
     body.append(f'<tr class="flagged">{cells}</tr>' if k in highlight else f"<tr>{cells}</tr>")
   return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -67,8 +72,9 @@ def _fmt(v, digits=3):
 def metrics_table(metrics: dict, class_names) -> str:
   """mPA, mPA of the tissues and Dice per class, for the train and test time points."""
   if not metrics.get("metrics_available"):
-    return ('<p class="note">No labels in this dataset: no scores. Every other output is '
-            "written.</p>")
+    return (
+      '<p class="note">No labels in this dataset: no scores. Every other output is written.</p>'
+    )
   tissues = list(class_names[1:])
   header = ["time points", "mPA", "mPA (tissues)", "mean Dice"] + [f"Dice {n}" for n in tissues]
   rows = []
@@ -77,8 +83,10 @@ def metrics_table(metrics: dict, class_names) -> str:
     if not m or m.get("mpa") is None:
       rows.append([split] + ["n/a"] * (len(header) - 1))
       continue
-    rows.append([split, _fmt(m["mpa"]), _fmt(m["mpa_fg"]), _fmt(m["mean_dice"])]
-                + [_fmt(m["dice"].get(n)) for n in tissues])
+    rows.append(
+      [split, _fmt(m["mpa"]), _fmt(m["mpa_fg"]), _fmt(m["mean_dice"])]
+      + [_fmt(m["dice"].get(n)) for n in tissues]
+    )
   return table(header, rows)
 
 
@@ -86,14 +94,28 @@ def page(title: str, meta: list, sections: list) -> str:
   """The whole HTML document: ``meta`` lines under the title, then ``(heading, html)``."""
   lines = "".join(f"<div>{esc(m)}</div>" for m in meta)
   body = "".join(f"<h2>{esc(h)}</h2>\n{content}\n" for h, content in sections)
-  return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-          f"<title>{esc(title)}</title><style>{STYLE}</style></head>\n<body>"
-          f'<h1>{esc(title)}</h1><div class="meta">{lines}</div>\n{body}</body></html>\n')
+  return (
+    f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+    f"<title>{esc(title)}</title><style>{STYLE}</style></head>\n<body>"
+    f'<h1>{esc(title)}</h1><div class="meta">{lines}</div>\n{body}</body></html>\n'
+  )
 
 
-def evaluation_page(*, title, meta, metrics, class_names, flags, volumes, qc_rows,
-                    trajectories_png, worst_png, worst_count, flagged_png=None,
-                    flagged_count=0) -> str:
+def evaluation_page(
+  *,
+  title,
+  meta,
+  metrics,
+  class_names,
+  flags,
+  volumes,
+  qc_rows,
+  trajectories_png,
+  worst_png,
+  worst_count,
+  flagged_png=None,
+  flagged_count=0,
+) -> str:
   """The evaluation report.
 
   Args:
@@ -110,53 +132,76 @@ def evaluation_page(*, title, meta, metrics, class_names, flags, volumes, qc_row
   flag_header, flag_rows = flags
   n_flags = len(flag_rows)
   flagged = {(r[0], r[1]) for r in flag_rows}
-  summary = (f'<p>{len(volumes[1])} sessions of {len({r[0] for r in volumes[1]})} subjects '
-             f"segmented. " + (f'<span class="warn">{n_flags} flag(s) on {len(flagged)} '
-                               f"session(s)</span>: check those segmentations by hand."
-                               if n_flags else '<span class="ok">No flags.</span>') + "</p>")
+  summary = (
+    f"<p>{len(volumes[1])} sessions of {len({r[0] for r in volumes[1]})} subjects "
+    f"segmented. "
+    + (
+      f'<span class="warn">{n_flags} flag(s) on {len(flagged)} '
+      f"session(s)</span>: check those segmentations by hand."
+      if n_flags
+      else '<span class="ok">No flags.</span>'
+    )
+    + "</p>"
+  )
   if n_flags > FLAGS_SHOWN:
-    flag_html = (table(flag_header, flag_rows[:FLAGS_SHOWN])
-                 + f"<details><summary>{n_flags - FLAGS_SHOWN} more</summary>"
-                 + table(flag_header, flag_rows[FLAGS_SHOWN:]) + "</details>")
+    flag_html = (
+      table(flag_header, flag_rows[:FLAGS_SHOWN])
+      + f"<details><summary>{n_flags - FLAGS_SHOWN} more</summary>"
+      + table(flag_header, flag_rows[FLAGS_SHOWN:])
+      + "</details>"
+    )
   else:
-    flag_html = (table(flag_header, flag_rows) if n_flags else
-                 '<p class="note">No rule fired.</p>')
-  flag_html += ('<p class="note">Rules and limits: <a href="flags.json">flags.json</a> '
-                "(change them with evaluate.py --flags FILE.json). All flags in "
-                '<a href="flags.tsv">flags.tsv</a>.</p>')
+    flag_html = table(flag_header, flag_rows) if n_flags else '<p class="note">No rule fired.</p>'
+  flag_html += (
+    '<p class="note">Rules and limits: <a href="flags.json">flags.json</a> '
+    "(change them with evaluate.py --flags FILE.json). All flags in "
+    '<a href="flags.tsv">flags.tsv</a>.</p>'
+  )
   if flagged_png is not None:
-    flag_html += (f"<p>The first {flagged_count} flagged session(s), at their most uncertain "
-                  "axial slice (working grid): images, prediction, uncertainty.</p>"
-                  + png_tag(flagged_png, "flagged sessions"))
+    flag_html += (
+      f"<p>The first {flagged_count} flagged session(s), at their most uncertain "
+      "axial slice (working grid): images, prediction, uncertainty.</p>"
+      + png_tag(flagged_png, "flagged sessions")
+    )
   qc_header, qc_all = qc_rows
-  shown = qc_all[:max(worst_count, 10)]
+  shown = qc_all[: max(worst_count, 10)]
   hi = {k for k, r in enumerate(shown) if (r[1], r[2]) in flagged}
-  qc_html = (table(qc_header, shown, hi)
-             + f'<p class="note">QC score: mean voxel uncertainty (normalized entropy, 0 = '
-             f"certain, 1 = all classes equally likely) inside the predicted brain; highest "
-             f"first. {len(shown)} of {len(qc_all)} sessions shown, all in "
-             f'<a href="qc.tsv">qc.tsv</a>. Shaded: flagged.</p>')
+  qc_html = (
+    table(qc_header, shown, hi)
+    + f'<p class="note">QC score: mean voxel uncertainty (normalized entropy, 0 = '
+    f"certain, 1 = all classes equally likely) inside the predicted brain; highest "
+    f"first. {len(shown)} of {len(qc_all)} sessions shown, all in "
+    f'<a href="qc.tsv">qc.tsv</a>. Shaded: flagged.</p>'
+  )
   if worst_png is not None:
-    qc_html += (f"<p>The {worst_count} least trusted sessions, at their most uncertain axial "
-                f"slice (working grid): images, prediction, uncertainty.</p>"
-                + png_tag(worst_png, "least trusted sessions"))
+    qc_html += (
+      f"<p>The {worst_count} least trusted sessions, at their most uncertain axial "
+      f"slice (working grid): images, prediction, uncertainty.</p>"
+      + png_tag(worst_png, "least trusted sessions")
+    )
   vol_header, vol_rows = volumes
   hi = {k for k, r in enumerate(vol_rows) if (r[0], r[1]) in flagged}
-  volume_html = (png_tag(trajectories_png, "tissue volumes against age")
-                 + '<p class="note">One line per subject; red circles: flagged sessions. '
-                 'Volumes on each session\'s own (input) grid, in <a href="volumes.tsv">'
-                 "volumes.tsv</a>.</p>"
-                 + f"<details><summary>All {len(vol_rows)} sessions</summary>"
-                 + table(vol_header, vol_rows, hi) + "</details>")
+  volume_html = (
+    png_tag(trajectories_png, "tissue volumes against age")
+    + '<p class="note">One line per subject; red circles: flagged sessions. '
+    'Volumes on each session\'s own (input) grid, in <a href="volumes.tsv">'
+    "volumes.tsv</a>.</p>"
+    + f"<details><summary>All {len(vol_rows)} sessions</summary>"
+    + table(vol_header, vol_rows, hi)
+    + "</details>"
+  )
   sections = [
-      ("Summary", summary + metrics_table(metrics, class_names)),
-      ("Flags", flag_html),
-      ("Tissue volumes over age", volume_html),
-      ("Quality control", qc_html),
-      ("Files", '<p class="note">Next to this page: <a href="metrics.json">metrics.json</a>, '
-                '<a href="volumes.tsv">volumes.tsv</a>, <a href="qc.tsv">qc.tsv</a>, '
-                '<a href="flags.tsv">flags.tsv</a>, <a href="flags.json">flags.json</a> (the '
-                "rules used); per session under sub-*/ses-*/anat/: *_dseg.nii.gz, "
-                "*_uncertainty.nii.gz and, with --probabilities, *_probseg.nii.gz.</p>"),
+    ("Summary", summary + metrics_table(metrics, class_names)),
+    ("Flags", flag_html),
+    ("Tissue volumes over age", volume_html),
+    ("Quality control", qc_html),
+    (
+      "Files",
+      '<p class="note">Next to this page: <a href="metrics.json">metrics.json</a>, '
+      '<a href="volumes.tsv">volumes.tsv</a>, <a href="qc.tsv">qc.tsv</a>, '
+      '<a href="flags.tsv">flags.tsv</a>, <a href="flags.json">flags.json</a> (the '
+      "rules used); per session under sub-*/ses-*/anat/: *_dseg.nii.gz, "
+      "*_uncertainty.nii.gz and, with --probabilities, *_probseg.nii.gz.</p>",
+    ),
   ]
   return page(title, meta, sections)

@@ -40,6 +40,7 @@ class SessionVolumes:
       class but background (the field of view's, not a tissue's).
     qc: the session's QC score (:func:`fcslstm_jax.outputs.qc.qc_score`; higher = less trusted).
   """
+
   subject: str
   session: str
   timepoint: int
@@ -53,13 +54,17 @@ def volume_rows(rows, class_names) -> tuple:
   ``<class>_ml`` per tissue class, ``total_ml`` (their sum), ``qc``; subjects in order,
   sessions by age."""
   tissues = list(class_names[1:])
-  header = (["subject", "session", "timepoint", "age"] + [f"{n}_ml" for n in tissues]
-            + ["total_ml", "qc"])
+  header = (
+    ["subject", "session", "timepoint", "age"] + [f"{n}_ml" for n in tissues] + ["total_ml", "qc"]
+  )
   out = []
   for r in sorted(rows, key=lambda r: (r.subject, r.age, r.session)):
     v = [r.volumes_ml[n] for n in tissues]
-    out.append([f"sub-{r.subject}", f"ses-{r.session}", r.timepoint + 1, f"{r.age:g}"]
-               + [f"{x:.3f}" for x in v] + [f"{sum(v):.3f}", f"{r.qc:.4f}"])
+    out.append(
+      [f"sub-{r.subject}", f"ses-{r.session}", r.timepoint + 1, f"{r.age:g}"]
+      + [f"{x:.3f}" for x in v]
+      + [f"{sum(v):.3f}", f"{r.qc:.4f}"]
+    )
   return header, out
 
 
@@ -88,12 +93,17 @@ def volume_errors(pred_ml, true_ml) -> tuple:
   true volume are left out of its means (NaN where none is left)."""
   pred, true = np.asarray(pred_ml, np.float64), np.asarray(true_ml, np.float64)
   if pred.ndim != 2 or pred.shape != true.shape:
-    raise ValueError(f"volume_errors: pred_ml {pred.shape} and true_ml {true.shape} must both "
-                     "be [sessions, classes].")
+    raise ValueError(
+      f"volume_errors: pred_ml {pred.shape} and true_ml {true.shape} must both "
+      "be [sessions, classes]."
+    )
   counted = true > 0
   rel = np.where(counted, (pred - true) / np.where(counted, true, 1.0), 0.0)
   n = counted.sum(0)
-  mean = lambda v: np.where(n > 0, v.sum(0) / np.maximum(n, 1), np.nan)
+
+  def mean(v):
+    return np.where(n > 0, v.sum(0) / np.maximum(n, 1), np.nan)
+
   return mean(np.abs(rel)), mean(rel)
 
 
@@ -122,8 +132,10 @@ def growth_errors(subjects, ages, pred_ml, true_ml, tolerance=GROWTH_TOLERANCE) 
   (NaN where no subject is left)."""
   pred, true = np.asarray(pred_ml, np.float64), np.asarray(true_ml, np.float64)
   if pred.ndim != 2 or pred.shape != true.shape or not len(subjects) == len(ages) == len(pred):
-    raise ValueError(f"growth_errors: subjects ({len(subjects)}), ages ({len(ages)}), pred_ml "
-                     f"{pred.shape} and true_ml {true.shape} must share the session axis.")
+    raise ValueError(
+      f"growth_errors: subjects ({len(subjects)}), ages ({len(ages)}), pred_ml "
+      f"{pred.shape} and true_ml {true.shape} must share the session axis."
+    )
   total, n = np.zeros(pred.shape[1]), np.zeros(pred.shape[1], np.int64)
   for _, a, b in first_last(subjects, ages):
     true_growth, pred_growth = true[b] - true[a], pred[b] - pred[a]
@@ -138,6 +150,7 @@ class TruthVolumes:
   """A scored session's tissue volumes, predicted and from its label file (class name ->
   mL, every class but background), and its group (``heldout``, ``train_timepoints``,
   ``unlabeled_subjects``, or None: a labeled subject's unused time point)."""
+
   subject: str
   session: str
   age: float
@@ -152,6 +165,15 @@ def truth_rows(records, class_names) -> tuple:
   header = ["subject", "session", "age", "class", "predicted_ml", "true_ml"]
   out = []
   for r in sorted(records, key=lambda r: (r.subject, r.age, r.session)):
-    out += [[f"sub-{r.subject}", f"ses-{r.session}", f"{r.age:g}", n,
-             f"{r.predicted_ml[n]:.3f}", f"{r.true_ml[n]:.3f}"] for n in class_names[1:]]
+    out += [
+      [
+        f"sub-{r.subject}",
+        f"ses-{r.session}",
+        f"{r.age:g}",
+        n,
+        f"{r.predicted_ml[n]:.3f}",
+        f"{r.true_ml[n]:.3f}",
+      ]
+      for n in class_names[1:]
+    ]
   return header, out

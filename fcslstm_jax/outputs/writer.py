@@ -26,8 +26,8 @@ from fcslstm_jax.data import nifti_io
 from fcslstm_jax.data import protocol
 from fcslstm_jax.data import study
 from fcslstm_jax.outputs import figures
-from fcslstm_jax.outputs import qc
 from fcslstm_jax.outputs import flags
+from fcslstm_jax.outputs import qc
 from fcslstm_jax.outputs import report
 from fcslstm_jax.outputs import volumes
 
@@ -53,8 +53,9 @@ class StudyWriter:
       the dataset's own label files (the ``unlabeled_subjects`` group of :data:`GROUPS`).
   """
 
-  def __init__(self, out_dir: str, desc: str, proto, probabilities: bool = False,
-               unlabeled_subjects=()):
+  def __init__(
+    self, out_dir: str, desc: str, proto, probabilities: bool = False, unlabeled_subjects=()
+  ):
     self.out_dir, self.desc, self.protocol = out_dir, desc, proto
     self.probabilities = probabilities
     self.unlabeled = frozenset(unlabeled_subjects)
@@ -70,11 +71,15 @@ class StudyWriter:
   def add_session(self, subject_id, t, session, probs, labels, uncertainty, working_probs):
     """One session's outputs on its own grid (see the module docstring), at time point ``t``."""
     names = self.protocol.class_names
-    write_session(self.out_dir, self.desc, subject_id, session, probs, labels, uncertainty,
-                  self.probabilities)
+    write_session(
+      self.out_dir, self.desc, subject_id, session, probs, labels, uncertainty, self.probabilities
+    )
     truth = load_truth(session)
-    cm = None if truth is None else score_against(labels, truth.data, len(names),
-                                                  volumes.is_whole_volume(truth.data))
+    cm = (
+      None
+      if truth is None
+      else score_against(labels, truth.data, len(names), volumes.is_whole_volume(truth.data))
+    )
     row = session_row(subject_id, session, labels, uncertainty, names)
     self.rows.append(row)
     if cm is not None:
@@ -96,9 +101,16 @@ class StudyWriter:
       self.uncompared += 1
       return
     ml = volumes.class_volumes_ml(truth.data, truth.ref.affine, len(names))
-    self.truth.append(volumes.TruthVolumes(
-        row.subject, row.session, row.age, group, dict(row.volumes_ml),
-        {n: float(v) for n, v in zip(names[1:], ml[1:])}))
+    self.truth.append(
+      volumes.TruthVolumes(
+        row.subject,
+        row.session,
+        row.age,
+        group,
+        dict(row.volumes_ml),
+        {n: float(v) for n, v in zip(names[1:], ml[1:])},
+      )
+    )
 
   def add_subject(self, subject, seq, pred):
     """A subject's temporal agreement: its slice sequences ``seq`` and their predicted class
@@ -123,9 +135,11 @@ class StudyWriter:
     for f in found:
       log(f.line())
     result = summarize_run(self.cms, self.agreement, proto)
-    result["whole_volume"] = whole_volume_summary(
-        self.group_cms, self.group_sessions, self.truth, self.uncompared, names) \
-        if result["metrics_available"] else None
+    result["whole_volume"] = (
+      whole_volume_summary(self.group_cms, self.group_sessions, self.truth, self.uncompared, names)
+      if result["metrics_available"]
+      else None
+    )
     result.update(run_fields)
     result.update(predictions=len(self.rows), flags=len(found))
     result.update(sources)
@@ -141,11 +155,13 @@ class StudyWriter:
     result["seconds"] = round(time.monotonic() - started, 1)
     if meta is not None:
       meta = list(meta) + [
-          f"written {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-          f"{result['seconds']:.0f} s"]
-      files.write_text(os.path.join(out_dir, "report.html"),
-                       report_page(out_dir, meta, result, self.rows, self.extra, found, names,
-                                   n_worst, n_flagged))
+        f"written {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"{result['seconds']:.0f} s"
+      ]
+      files.write_text(
+        os.path.join(out_dir, "report.html"),
+        report_page(out_dir, meta, result, self.rows, self.extra, found, names, n_worst, n_flagged),
+      )
     files.write_json(os.path.join(out_dir, "metrics.json"), result)  # last: marks it complete
     return result
 
@@ -153,21 +169,25 @@ class StudyWriter:
 # ------------------------------------------------------------------------------ sessions
 
 
-def output_path(out_dir: str, subject_id: str, session_label: str, desc: str,
-                suffix: str) -> str:
-  """BIDS derivative name: ``sub-<id>/ses-<label>/anat/sub-<id>_ses-<label>_desc-<desc>_<suffix>.nii.gz``."""
+def output_path(out_dir: str, subject_id: str, session_label: str, desc: str, suffix: str) -> str:
+  """BIDS derivative name:
+  ``sub-<id>/ses-<label>/anat/sub-<id>_ses-<label>_desc-<desc>_<suffix>.nii.gz``."""
   name = f"sub-{subject_id}_ses-{session_label}_desc-{desc}_{suffix}.nii.gz"
   return os.path.join(out_dir, f"sub-{subject_id}", f"ses-{session_label}", "anat", name)
 
 
-def write_session(out_dir, desc, subject_id, session, probs, labels, uncertainty,
-                  probabilities: bool) -> None:
+def write_session(
+  out_dir, desc, subject_id, session, probs, labels, uncertainty, probabilities: bool
+) -> None:
   """The session's dseg, uncertainty (uint8, 256 steps: a map to look at, not to compute
   with) and, if asked, probseg files on its input grid and header. The dseg's display
   range is 0..c-1 (``c = probs.shape[-1]``). Not asked, a probseg file an earlier
   evaluation wrote under the same name is removed (``out_dir`` lies outside the inputs:
   :func:`fcslstm_jax.files.check_output_dir`), so that no output describes another run."""
-  path = lambda suffix: output_path(out_dir, subject_id, session.label, desc, suffix)
+
+  def path(suffix):
+    return output_path(out_dir, subject_id, session.label, desc, suffix)
+
   with files.naming(path("dseg")) as p:
     nifti_io.save_like(p, labels, session.ref, num_classes=probs.shape[-1])
   with files.naming(path("uncertainty")) as p:
@@ -183,9 +203,13 @@ def session_row(subject_id, session, labels, uncertainty, names) -> volumes.Sess
   """The session's ``volumes.tsv`` row: tissue volumes on its input grid, QC score."""
   ml = volumes.class_volumes_ml(labels, session.ref.affine, len(names))
   return volumes.SessionVolumes(
-      subject=subject_id, session=session.label, timepoint=session.timepoint, age=session.age,
-      volumes_ml={n: float(v) for n, v in zip(names[1:], ml[1:])},
-      qc=qc.qc_score(uncertainty, labels))
+    subject=subject_id,
+    session=session.label,
+    timepoint=session.timepoint,
+    age=session.age,
+    volumes_ml={n: float(v) for n, v in zip(names[1:], ml[1:])},
+    qc=qc.qc_score(uncertainty, labels),
+  )
 
 
 def load_truth(session):
@@ -210,8 +234,11 @@ def native_scores(pred, session, num_classes):
   """Confusion matrix of a native-grid prediction against the session's label file, over
   every labeled axial slice (None without labels)."""
   truth = load_truth(session)
-  return None if truth is None else score_against(pred, truth.data, num_classes,
-                                                  volumes.is_whole_volume(truth.data))
+  return (
+    None
+    if truth is None
+    else score_against(pred, truth.data, num_classes, volumes.is_whole_volume(truth.data))
+  )
 
 
 def session_group(proto, unlabeled, subject_id, t):
@@ -234,6 +261,7 @@ def tissue_dice(cm):
 class Preview:
   """A session's most uncertain axial slice on the working grid, for the report:
   ``images [M] x [X, Y]``, ``labels [X, Y]``, ``uncertainty [X, Y]``, its index ``z``."""
+
   images: list
   labels: np.ndarray
   uncertainty: np.ndarray
@@ -260,8 +288,9 @@ def write_study_figures(out_dir, rows, found, previews, proto) -> tuple:
   names = proto.class_names
   flagged = {(f.subject, f.session, f.cls) for f in found}
   with files.atomic_path(os.path.join(out_dir, "trajectories.png")) as path:
-    figures.trajectories(path, rows, names, flagged,
-                         "months" if proto.name in protocol.BUILTIN else None)
+    figures.trajectories(
+      path, rows, names, flagged, "months" if proto.name in protocol.BUILTIN else None
+    )
   by_key = {(r.subject, r.session): r for r in rows}
   worst = [(r.subject, r.session) for r in qc.worst_first(rows)[:WORST_SESSIONS]]
   with files.atomic_path(os.path.join(out_dir, "qc_worst.png")) as path:
@@ -270,8 +299,12 @@ def write_study_figures(out_dir, rows, found, previews, proto) -> tuple:
   flagged_png = os.path.join(out_dir, "flagged.png")
   if shown:
     with files.atomic_path(flagged_png) as path:
-      save_worst_figure(path, [(by_key[k], previews[k]) for k in shown], proto,
-                        title="flagged sessions (first ones of flags.tsv)")
+      save_worst_figure(
+        path,
+        [(by_key[k], previews[k]) for k in shown],
+        proto,
+        title="flagged sessions (first ones of flags.tsv)",
+      )
   elif os.path.exists(flagged_png):
     os.unlink(flagged_png)  # an earlier evaluation's, into the same folder
   return len(worst), len(shown)
@@ -282,38 +315,58 @@ def write_study_figures(out_dir, rows, found, previews, proto) -> tuple:
 
 def qc_table(rows, extra) -> tuple:
   """``(header, rows)`` of ``qc.tsv``: sessions worst first (rank 1 = least trusted)."""
-  header = ["rank", "subject", "session", "timepoint", "age", "qc", "total_ml",
-            "dice_tissues"]
+  header = ["rank", "subject", "session", "timepoint", "age", "qc", "total_ml", "dice_tissues"]
   out = []
   for k, r in enumerate(qc.worst_first(rows), 1):
     dice = extra.get((r.subject, r.session))
-    out.append([k, f"sub-{r.subject}", f"ses-{r.session}", r.timepoint + 1, f"{r.age:g}",
-                f"{r.qc:.4f}", f"{sum(r.volumes_ml.values()):.3f}",
-                "n/a" if dice is None else f"{dice:.4f}"])
+    out.append(
+      [
+        k,
+        f"sub-{r.subject}",
+        f"ses-{r.session}",
+        r.timepoint + 1,
+        f"{r.age:g}",
+        f"{r.qc:.4f}",
+        f"{sum(r.volumes_ml.values()):.3f}",
+        "n/a" if dice is None else f"{dice:.4f}",
+      ]
+    )
   return header, out
 
 
 def write_study_tables(out_dir, rows, extra, found, rules, names) -> None:
   """``volumes.tsv``, ``qc.tsv``, ``flags.tsv``, ``flags.json`` (the rules used) and
   ``dseg.tsv`` (the class of each label value / probseg volume)."""
-  for name, (header, table) in (("volumes.tsv", volumes.volume_rows(rows, names)),
-                                ("qc.tsv", qc_table(rows, extra)),
-                                ("flags.tsv", flags.flag_rows(found)),
-                                ("dseg.tsv", (["index", "name"], list(enumerate(names))))):
+  for name, (header, table) in (
+    ("volumes.tsv", volumes.volume_rows(rows, names)),
+    ("qc.tsv", qc_table(rows, extra)),
+    ("flags.tsv", flags.flag_rows(found)),
+    ("dseg.tsv", (["index", "name"], list(enumerate(names)))),
+  ):
     files.write_tsv(os.path.join(out_dir, name), header, table)
   files.write_json(os.path.join(out_dir, "flags.json"), rules.to_json())
 
 
-def report_page(out_dir, meta, result, rows, extra, found, names, worst_count,
-                flagged_count) -> str:
-  read = lambda name: open(os.path.join(out_dir, name), "rb").read()
+def report_page(
+  out_dir, meta, result, rows, extra, found, names, worst_count, flagged_count
+) -> str:
+  def read(name):
+    return open(os.path.join(out_dir, name), "rb").read()
+
   return report.evaluation_page(
-      title="Segmentation report", meta=meta, metrics=result, class_names=names,
-      flags=flags.flag_rows(found), volumes=volumes.volume_rows(rows, names),
-      qc_rows=qc_table(rows, extra), trajectories_png=read("trajectories.png"),
-      worst_png=read("qc_worst.png") if worst_count else None, worst_count=worst_count,
-      flagged_png=read("flagged.png") if flagged_count else None,
-      flagged_count=flagged_count)
+    title="Segmentation report",
+    meta=meta,
+    metrics=result,
+    class_names=names,
+    flags=flags.flag_rows(found),
+    volumes=volumes.volume_rows(rows, names),
+    qc_rows=qc_table(rows, extra),
+    trajectories_png=read("trajectories.png"),
+    worst_png=read("qc_worst.png") if worst_count else None,
+    worst_count=worst_count,
+    flagged_png=read("flagged.png") if flagged_count else None,
+    flagged_count=flagged_count,
+  )
 
 
 # ------------------------------------------------------------------------------- metrics
@@ -325,16 +378,31 @@ def summarize_run(cms, agreement, proto) -> dict:
   names = proto.class_names
   per_t = []
   for t in range(proto.num_timepoints):
-    per_t.append(dict(timepoint=t + 1, role=proto.role(t),
-                      age=proto.ages[t] if proto.ages else None,
-                      **metrics.summarize(cms[t], names)))
-  pick = lambda ts: metrics.summarize(cms[list(ts)].sum(0), names) if ts else None
-  ratio = lambda counts: [None if b == 0 else float(a / b) for a, b in zip(*counts)]
-  return {"metrics_available": bool(cms.sum() > 0),
-          "test": pick(proto.test_timepoints), "train": pick(proto.train_timepoints),
-          "per_timepoint": per_t,
-          "temporal_consistency": {"prediction": ratio(agreement[0]),
-                                   "ground_truth": ratio(agreement[1])}}
+    per_t.append(
+      dict(
+        timepoint=t + 1,
+        role=proto.role(t),
+        age=proto.ages[t] if proto.ages else None,
+        **metrics.summarize(cms[t], names),
+      )
+    )
+
+  def pick(ts):
+    return metrics.summarize(cms[list(ts)].sum(0), names) if ts else None
+
+  def ratio(counts):
+    return [None if b == 0 else float(a / b) for a, b in zip(*counts)]
+
+  return {
+    "metrics_available": bool(cms.sum() > 0),
+    "test": pick(proto.test_timepoints),
+    "train": pick(proto.train_timepoints),
+    "per_timepoint": per_t,
+    "temporal_consistency": {
+      "prediction": ratio(agreement[0]),
+      "ground_truth": ratio(agreement[1]),
+    },
+  }
 
 
 def whole_volume_summary(group_cms, group_sessions, truth, uncompared, names) -> dict:
@@ -345,11 +413,16 @@ def whole_volume_summary(group_cms, group_sessions, truth, uncompared, names) ->
   kind (labeled or unlabeled subjects, every compared session of a subject); how many scored
   sessions were left out of the volumes (slice labels only)."""
   tissues = list(names[1:])
-  per = lambda v: {n: None if np.isnan(x) else float(x) for n, x in zip(tissues, v)}
-  arrays = lambda recs: (np.array([[r.predicted_ml[n] for n in tissues] for r in recs]
-                                  ).reshape(-1, len(tissues)),
-                         np.array([[r.true_ml[n] for n in tissues] for r in recs]
-                                  ).reshape(-1, len(tissues)))
+
+  def per(v):
+    return {n: None if np.isnan(x) else float(x) for n, x in zip(tissues, v)}
+
+  def arrays(recs):
+    return (
+      np.array([[r.predicted_ml[n] for n in tissues] for r in recs]).reshape(-1, len(tissues)),
+      np.array([[r.true_ml[n] for n in tissues] for r in recs]).reshape(-1, len(tissues)),
+    )
+
   out = {}
   for g in GROUPS:
     if not group_sessions[g]:
@@ -357,15 +430,26 @@ def whole_volume_summary(group_cms, group_sessions, truth, uncompared, names) ->
       continue
     mine = [r for r in truth if r.group == g]
     error, bias = volumes.volume_errors(*arrays(mine))
-    out[g] = dict(sessions=group_sessions[g], **metrics.summarize(group_cms[g], names),
-                  volume_sessions=len(mine), volume_error=per(error), volume_bias=per(bias))
+    out[g] = dict(
+      sessions=group_sessions[g],
+      **metrics.summarize(group_cms[g], names),
+      volume_sessions=len(mine),
+      volume_error=per(error),
+      volume_bias=per(bias),
+    )
   growth = {}
-  for kind, mine in (("labeled_subjects", [r for r in truth if r.group != GROUPS[2]]),
-                     ("unlabeled_subjects", [r for r in truth if r.group == GROUPS[2]])):
-    error, counted = volumes.growth_errors([r.subject for r in mine],
-                                           [r.age for r in mine], *arrays(mine))
-    growth[kind] = None if not counted.any() else dict(
-        subjects={n: int(k) for n, k in zip(tissues, counted)}, error=per(error))
+  for kind, mine in (
+    ("labeled_subjects", [r for r in truth if r.group != GROUPS[2]]),
+    ("unlabeled_subjects", [r for r in truth if r.group == GROUPS[2]]),
+  ):
+    error, counted = volumes.growth_errors(
+      [r.subject for r in mine], [r.age for r in mine], *arrays(mine)
+    )
+    growth[kind] = (
+      None
+      if not counted.any()
+      else dict(subjects={n: int(k) for n, k in zip(tissues, counted)}, error=per(error))
+    )
   out["growth_error"] = growth
   out["volumes_not_compared"] = uncompared
   return out
@@ -379,23 +463,35 @@ def save_figure(path, subject, seq, pred, proto, model_name):
   per_slice = seq.label_mask.sum(axis=(1, 2, 3))
   i = int(np.argmax(per_slice)) if per_slice.any() else len(seq) // 2
   rows = range(proto.num_timepoints)
-  columns = [(m, "image", [seq.images[i, t, ..., k] if seq.valid[i, t] else None for t in rows])
-             for k, m in enumerate(proto.modalities)]
-  columns.append(("ground truth", "labels",
-                  [seq.labels[i, t] if seq.label_mask[i, t].any() else None for t in rows]))
+  columns = [
+    (m, "image", [seq.images[i, t, ..., k] if seq.valid[i, t] else None for t in rows])
+    for k, m in enumerate(proto.modalities)
+  ]
+  columns.append(
+    (
+      "ground truth",
+      "labels",
+      [seq.labels[i, t] if seq.label_mask[i, t].any() else None for t in rows],
+    )
+  )
   columns.append((model_name, "labels", [pred[i, t] if seq.valid[i, t] else None for t in rows]))
   labels = [f"{proto.ages[t]:g}" if proto.ages else f"t{t + 1}" for t in rows]
-  labels = [l + (" (test)" if t in proto.test_timepoints else "") for t, l in enumerate(labels)]
-  figures.montage(path, columns, labels, proto.num_classes,
-                  title=f"sub-{subject.subject_id}, axial slice z={int(seq.slice_index[i])}")
+  labels = [
+    label + (" (test)" if t in proto.test_timepoints else "") for t, label in enumerate(labels)
+  ]
+  figures.montage(
+    path,
+    columns,
+    labels,
+    proto.num_classes,
+    title=f"sub-{subject.subject_id}, axial slice z={int(seq.slice_index[i])}",
+  )
 
 
-def save_worst_figure(path, worst, proto,
-                      title="least trusted sessions (highest QC score first)"):
+def save_worst_figure(path, worst, proto, title="least trusted sessions (highest QC score first)"):
   """Sessions as rows (e.g. the least trusted, worst first): each modality, the prediction
   and the uncertainty at the session's most uncertain axial slice of its working grid."""
-  columns = [(m, "image", [p.images[k] for _, p in worst])
-             for k, m in enumerate(proto.modalities)]
+  columns = [(m, "image", [p.images[k] for _, p in worst]) for k, m in enumerate(proto.modalities)]
   columns.append(("prediction", "labels", [p.labels for _, p in worst]))
   columns.append(("uncertainty (0 black, 1 yellow)", "map", [p.uncertainty for _, p in worst]))
   rows = [f"sub-{r.subject} ses-{r.session}\nz={p.z}, QC {r.qc:.3f}" for r, p in worst]

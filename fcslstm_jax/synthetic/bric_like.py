@@ -47,6 +47,7 @@ TEMPLATE_CENTER_MM = (0.0, -18.0, 12.0)  # MNI point at the slab center (axial l
 @dataclasses.dataclass(frozen=True)
 class GenerationConfig:
   """Size of the generated dataset. Defaults: the paper's BRIC shape."""
+
   num_subjects: int = 10
   ages: tuple = (0, 3, 6, 9, 12)  # months
   grid: tuple = (128, 128)  # in-plane voxels (x, y)
@@ -83,20 +84,24 @@ def template_paths():
   """``{"t1", "gm", "wm"}`` -> nilearn's MNI ICBM152 2009 files (without importing nilearn)."""
   spec = importlib.util.find_spec("nilearn")
   if spec is None or spec.origin is None:
-    raise DataError("nilearn: not installed; the built-in dataset is made from its MNI templates. "
-                    "Install it: pip install nilearn==0.14.1.")
+    raise DataError(
+      "nilearn: not installed; the built-in dataset is made from its MNI templates. "
+      "Install it: pip install nilearn==0.14.1."
+    )
   folder = pathlib.Path(spec.origin).parent / "datasets" / "data"
   paths = {k: folder / TEMPLATE_FILE.format(k) for k in ("t1", "gm", "wm")}
   for path in paths.values():
     if not path.is_file():
-      raise DataError(f"{path}: MNI template missing from the nilearn install. "
-                      "Reinstall nilearn==0.14.1.")
+      raise DataError(
+        f"{path}: MNI template missing from the nilearn install. Reinstall nilearn==0.14.1."
+      )
   return paths
 
 
 @dataclasses.dataclass(frozen=True)
 class _Templates:
   """Tissue probability maps on the (cropped) 1 mm template grid; world = MNI mm."""
+
   gm: np.ndarray
   wm: np.ndarray
   head: np.ndarray  # brain dilated by 3 mm: brain + extra-axial CSF
@@ -113,11 +118,18 @@ def load_templates(z_margin_mm):
   band = {k: v.data[:, :, lo:hi] / 255.0 for k, v in vols.items()}
   brain = band["t1"] > 0
   head = ndimage.binary_dilation(brain, iterations=3).astype(np.float32)
-  smooth = lambda a: ndimage.gaussian_filter(a.astype(np.float32), 0.7)
+
+  def smooth(a):
+    return ndimage.gaussian_filter(a.astype(np.float32), 0.7)
+
   shift = np.eye(4)
   shift[2, 3] = lo
-  return _Templates(gm=smooth(band["gm"]), wm=smooth(band["wm"]), head=smooth(head),
-                    world_to_voxel=np.linalg.inv(affine @ shift))
+  return _Templates(
+    gm=smooth(band["gm"]),
+    wm=smooth(band["wm"]),
+    head=smooth(head),
+    world_to_voxel=np.linalg.inv(affine @ shift),
+  )
 
 
 # ------------------------------------------------------------------------- random fields
@@ -141,8 +153,8 @@ def tissue_contrast(m):
   T2w: WM 0.78 -> 0.28, GM 0.50 -> 0.45, CSF brightest.
   """
   return {
-      "T1w": (0.14, 0.50 - 0.02 * m, 0.25 + 0.42 * m),
-      "T2w": (0.95, 0.50 - 0.05 * m, 0.78 - 0.50 * m),
+    "T1w": (0.14, 0.50 - 0.02 * m, 0.25 + 0.42 * m),
+    "T2w": (0.95, 0.50 - 0.05 * m, 0.78 - 0.50 * m),
   }
 
 
@@ -167,14 +179,14 @@ def subject_params(rng, num_waves=10):
   directions /= np.linalg.norm(directions, axis=1, keepdims=True)
   wavelength = rng.uniform(50.0, 100.0, size=(num_waves, 1))
   return _SubjectParams(
-      size=float(rng.uniform(0.92, 1.06)),
-      aspect=1.0 + rng.normal(0.0, 0.03, size=3),
-      angle=float(np.deg2rad(rng.uniform(-6.0, 6.0))),
-      shift=np.append(rng.normal(0.0, 2.0, size=2), 0.0),
-      wave_k=directions * 2 * np.pi / wavelength,
-      wave_phase=rng.uniform(0, 2 * np.pi, size=num_waves),
-      wave_u=rng.normal(0.0, 1.3, size=(num_waves, 3)),
-      onset_shift=float(rng.normal(0.0, 0.4)),
+    size=float(rng.uniform(0.92, 1.06)),
+    aspect=1.0 + rng.normal(0.0, 0.03, size=3),
+    angle=float(np.deg2rad(rng.uniform(-6.0, 6.0))),
+    shift=np.append(rng.normal(0.0, 2.0, size=2), 0.0),
+    wave_k=directions * 2 * np.pi / wavelength,
+    wave_phase=rng.uniform(0, 2 * np.pi, size=num_waves),
+    wave_u=rng.normal(0.0, 1.3, size=(num_waves, 3)),
+    onset_shift=float(rng.normal(0.0, 0.4)),
   )
 
 
@@ -213,8 +225,10 @@ def smooth_field(rng, shape, amplitude, order=(4, 4, 2)):
   for axis, k in enumerate(order):
     decay = 1.0 / (1.0 + np.arange(k))  # lower frequencies dominate
     weights = weights * decay.reshape([-1 if a == axis else 1 for a in range(3)])
-  bases = [np.cos(np.pi * np.outer(np.arange(k), (np.arange(n) + 0.5) / n)).astype(np.float32)
-           for k, n in zip(order, shape)]
+  bases = [
+    np.cos(np.pi * np.outer(np.arange(k), (np.arange(n) + 0.5) / n)).astype(np.float32)
+    for k, n in zip(order, shape)
+  ]
   field = np.einsum("abc,ax,by,cz->xyz", weights.astype(np.float32), *bases, optimize=True)
   return amplitude * field / (np.abs(field).max() + 1e-6)
 
@@ -230,8 +244,11 @@ def rician(rng, signal, sigma):
 
 
 def _sample(volume, voxel_coords, shape):
-  return ndimage.map_coordinates(volume, voxel_coords.T, order=1, mode="constant",
-                                 cval=0.0).reshape(shape).astype(np.float32)
+  return (
+    ndimage.map_coordinates(volume, voxel_coords.T, order=1, mode="constant", cval=0.0)
+    .reshape(shape)
+    .astype(np.float32)
+  )
 
 
 def session_tissues(templates, params, age, config, affine=None, shape=None):
@@ -252,7 +269,7 @@ def session_tissues(templates, params, age, config, affine=None, shape=None):
   probs = np.stack([1.0 - head, csf, gm, wm])
   # Myelination onset (months): central and posterior white matter first, frontal last.
   anterior = np.clip(rel[:, 1] / 60.0, -1.0, 1.0)
-  central = np.exp(-np.sum((rel - np.array([0.0, -10.0, 0.0]))**2, axis=1) / (2 * 25.0**2))
+  central = np.exp(-np.sum((rel - np.array([0.0, -10.0, 0.0])) ** 2, axis=1) / (2 * 25.0**2))
   onset = 6.2 + params.onset_shift + 1.5 * anterior - 1.5 * (central - 0.4)
   return probs, onset.reshape(shape).astype(np.float32)
 
@@ -315,34 +332,40 @@ def _write(path, array, affine, dtype):
 
 def description(seed, config):
   return {
-      "Name": "fcslstm-jax built-in BRIC-like longitudinal infant MRI (synthetic)",
-      "BIDSVersion": "1.9.0",
-      "DatasetType": "raw",
-      "GeneratedBy": [{
-          "Name": "fcslstm_jax.bric",
-          "Version": VERSION,
-          "Description": (
-              "Generated, not acquired. Anatomy from the MNI ICBM152 2009c nonlinear symmetric "
-              "templates shipped in nilearn (T1 for the brain mask, GM and WM probability maps; "
-              "CSF = brain mask dilated by 3 mm minus GM and WM). Per subject: smooth random "
-              "deformation, size, aspect, in-plane pose. Per session: brain growth with age and "
-              "an infant myelination contrast course (T1w WM darker than GM at 0 months, "
-              "isointense near 6, brighter at 12; T2w the reverse), skull and scalp, smooth "
-              "bias field, scanner gain, Rician noise. Only an axial slab of "
-              f"{config.num_slices} slices at {config.voxel_mm} mm around MNI z = "
-              f"{TEMPLATE_CENTER_MM[2]:g} mm is generated, to keep generation fast and files "
-              "small. Files are stored in LAS orientation."),
-          "Parameters": {"seed": seed, **_config_dict(config)},
-      }],
-      "SourceDatasets": [{
-          "Name": "MNI ICBM152 2009c nonlinear symmetric (nilearn copy)",
-          "URL": "https://www.bic.mni.mcgill.ca/ServicesAtlases/ICBM152NLin2009",
-          "Citation": ("Fonov et al., NeuroImage 54(1), 2011; "
-                       "Fonov et al., NeuroImage 47, S102, 2009."),
-      }],
-      "License": "Derived from the MNI ICBM152 templates, Copyright (C) 1993-2009 Louis Collins, "
-                 "McConnell Brain Imaging Centre, Montreal Neurological Institute, McGill "
-                 "University; used under their permissive license, which requires this notice.",
+    "Name": "fcslstm-jax built-in BRIC-like longitudinal infant MRI (synthetic)",
+    "BIDSVersion": "1.9.0",
+    "DatasetType": "raw",
+    "GeneratedBy": [
+      {
+        "Name": "fcslstm_jax.bric",
+        "Version": VERSION,
+        "Description": (
+          "Generated, not acquired. Anatomy from the MNI ICBM152 2009c nonlinear symmetric "
+          "templates shipped in nilearn (T1 for the brain mask, GM and WM probability maps; "
+          "CSF = brain mask dilated by 3 mm minus GM and WM). Per subject: smooth random "
+          "deformation, size, aspect, in-plane pose. Per session: brain growth with age and "
+          "an infant myelination contrast course (T1w WM darker than GM at 0 months, "
+          "isointense near 6, brighter at 12; T2w the reverse), skull and scalp, smooth "
+          "bias field, scanner gain, Rician noise. Only an axial slab of "
+          f"{config.num_slices} slices at {config.voxel_mm} mm around MNI z = "
+          f"{TEMPLATE_CENTER_MM[2]:g} mm is generated, to keep generation fast and files "
+          "small. Files are stored in LAS orientation."
+        ),
+        "Parameters": {"seed": seed, **_config_dict(config)},
+      }
+    ],
+    "SourceDatasets": [
+      {
+        "Name": "MNI ICBM152 2009c nonlinear symmetric (nilearn copy)",
+        "URL": "https://www.bic.mni.mcgill.ca/ServicesAtlases/ICBM152NLin2009",
+        "Citation": (
+          "Fonov et al., NeuroImage 54(1), 2011; Fonov et al., NeuroImage 47, S102, 2009."
+        ),
+      }
+    ],
+    "License": "Derived from the MNI ICBM152 templates, Copyright (C) 1993-2009 Louis Collins, "
+    "McConnell Brain Imaging Centre, Montreal Neurological Institute, McGill "
+    "University; used under their permissive license, which requires this notice.",
   }
 
 
@@ -370,24 +393,39 @@ def write_dataset(out_dir, seed, config):
       for volume, where in ((labels, "slab"), (labels[:, :, labeled], "labeled slice")):
         missing = set(range(len(CLASS_NAMES))) - set(np.unique(volume).tolist())
         if missing:
-          raise RuntimeError(f"sub-{sid} ses-{ses}: classes {sorted(missing)} absent from the "
-                             f"{where}; generation parameters are off.")
+          raise RuntimeError(
+            f"sub-{sid} ses-{ses}: classes {sorted(missing)} absent from the "
+            f"{where}; generation parameters are off."
+          )
       images = session_images(np.random.default_rng([seed, i, j]), probs, onset, age, config)
       stem = f"sub-{sid}_ses-{ses}"
       for modality, image in images.items():
         _write(sub / f"ses-{ses}" / "anat" / f"{stem}_{modality}.nii.gz", image, affine, np.int16)
-      _write(manual / f"sub-{sid}" / f"ses-{ses}" / "anat" / f"{stem}_dseg.nii.gz", labels,
-             affine, np.uint8)
-    files.write_tsv(sub / f"sub-{sid}_sessions.tsv", ("session_id", "age"),
-               [(f"ses-{session_label(a)}", a) for a in config.ages])
-  files.write_tsv(out_dir / "participants.tsv", ("participant_id",),
-             [(f"sub-{s}",) for s in subject_ids])
+      _write(
+        manual / f"sub-{sid}" / f"ses-{ses}" / "anat" / f"{stem}_dseg.nii.gz",
+        labels,
+        affine,
+        np.uint8,
+      )
+    files.write_tsv(
+      sub / f"sub-{sid}_sessions.tsv",
+      ("session_id", "age"),
+      [(f"ses-{session_label(a)}", a) for a in config.ages],
+    )
+  files.write_tsv(
+    out_dir / "participants.tsv", ("participant_id",), [(f"sub-{s}",) for s in subject_ids]
+  )
   desc = description(seed, config)
-  files.write_json(manual / "dataset_description.json", {
+  files.write_json(
+    manual / "dataset_description.json",
+    {
       "Name": "Tissue labels (argmax of deformed template probabilities)",
-      "BIDSVersion": "1.9.0", "DatasetType": "derivative", "GeneratedBy": desc["GeneratedBy"],
+      "BIDSVersion": "1.9.0",
+      "DatasetType": "derivative",
+      "GeneratedBy": desc["GeneratedBy"],
       "Labels": dict(enumerate(CLASS_NAMES)),
-  })
+    },
+  )
   files.write_json(out_dir / "dataset_description.json", desc)  # written last: marks completion
 
 
@@ -434,6 +472,7 @@ def ensure_dataset(seed=0, config=None, **overrides):
     generate(out_dir, seed, config)
   found = json.loads(marker.read_text())["GeneratedBy"][0].get("Parameters")
   if found != {"seed": seed, **_config_dict(config)}:
-    raise DataError(f"{marker}: made with other parameters ({found}). Delete {out_dir} "
-                    "to regenerate it.")
+    raise DataError(
+      f"{marker}: made with other parameters ({found}). Delete {out_dir} to regenerate it."
+    )
   return out_dir

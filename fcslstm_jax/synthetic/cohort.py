@@ -1,4 +1,5 @@
-"""Studies that look like a real cohort, made with the built-in generator (:mod:`fcslstm_jax.synthetic.bric_like`).
+"""Studies that look like a real cohort, made with the built-in generator
+(:mod:`fcslstm_jax.synthetic.bric_like`).
 
 A real longitudinal study is not the built-in dataset's tidy grid. This module writes one
 that has what cohorts have, each condition switchable, so that the loader, training and
@@ -32,16 +33,17 @@ import tempfile
 
 import numpy as np
 
-from fcslstm_jax.synthetic import bric_like
 from fcslstm_jax import files
 from fcslstm_jax.data import protocol
+from fcslstm_jax.synthetic import bric_like
 
 LABELS = ("sparse", "subject", "dense")
 
 
 @dataclasses.dataclass(frozen=True)
 class CohortConfig:
-  """What the study looks like. Defaults: the README's study (``python -m fcslstm_jax.synthetic.cohort``).
+  """What the study looks like. Defaults: the README's study
+  (``python -m fcslstm_jax.synthetic.cohort``).
 
   Attributes:
     num_subjects: subjects with labels.
@@ -62,6 +64,7 @@ class CohortConfig:
     noise: Rician noise relative to the brightest tissue.
     protocol: the ``protocol.json`` written at the root (fields of a Protocol).
   """
+
   num_subjects: int = 8
   num_unlabeled: int = 2
   missing: int = 1
@@ -77,8 +80,9 @@ class CohortConfig:
   labels: str = "sparse"
   skull_strip: bool = False
   noise: float = 0.03
-  protocol: dict = dataclasses.field(default_factory=lambda: protocol.BRIC.to_json()
-                                     | {"name": "cohort"})
+  protocol: dict = dataclasses.field(
+    default_factory=lambda: protocol.BRIC.to_json() | {"name": "cohort"}
+  )
 
   def __post_init__(self):
     if self.labels not in LABELS:
@@ -86,9 +90,16 @@ class CohortConfig:
 
 
 # Tests: 32-40 voxels in-plane, 3-4 slices, 2 labeled + 1 unlabeled subjects.
-TINY = CohortConfig(num_subjects=2, num_unlabeled=1, fov_mm=(192.0, 192.0, 18.0),
-                    voxel_mm=(6.0, 4.8), slice_mm=6.0, crop_vox=2, motion_deg=3.0,
-                    motion_mm=3.0)
+TINY = CohortConfig(
+  num_subjects=2,
+  num_unlabeled=1,
+  fov_mm=(192.0, 192.0, 18.0),
+  voxel_mm=(6.0, 4.8),
+  slice_mm=6.0,
+  crop_vox=2,
+  motion_deg=3.0,
+  motion_mm=3.0,
+)
 
 
 def _rotation_x(angle):
@@ -100,6 +111,7 @@ def _rotation_x(angle):
 class SessionGeometry:
   """A session's grid (``affine``: voxel -> scanner mm, ``shape``) and head pose
   (``pose``: head mm -> scanner mm, rigid)."""
+
   affine: np.ndarray
   shape: tuple
   pose: np.ndarray
@@ -134,8 +146,9 @@ def session_geometry(rng, config, voxel, moved=True) -> SessionGeometry:
 
 def _generation(config, voxel):
   """The built-in generator's config for one subject's grids (noise and voxel size)."""
-  return bric_like.GenerationConfig(num_subjects=1, ages=config.ages, voxel_mm=voxel,
-                                    noise=config.noise)
+  return bric_like.GenerationConfig(
+    num_subjects=1, ages=config.ages, voxel_mm=voxel, noise=config.noise
+  )
 
 
 def make_session(templates, params, rng, config, age, voxel, geometry):
@@ -156,10 +169,14 @@ def labeled_z(rng, labels_by_session, mode):
   """For each session, the z indices whose labels are kept (see ``CohortConfig.labels``)."""
   if mode == "dense":
     return [np.arange(lab.shape[2]) for lab in labels_by_session]
-  full = [np.flatnonzero([np.isin([1, 2, 3], lab[:, :, z]).all() for z in range(lab.shape[2])])
-          for lab in labels_by_session]  # slices showing every tissue ...
-  full = [f if f.size else np.flatnonzero(lab.any(axis=(0, 1)))  # ... else any labeled slice
-          for f, lab in zip(full, labels_by_session)]
+  full = [
+    np.flatnonzero([np.isin([1, 2, 3], lab[:, :, z]).all() for z in range(lab.shape[2])])
+    for lab in labels_by_session
+  ]  # slices showing every tissue ...
+  full = [
+    f if f.size else np.flatnonzero(lab.any(axis=(0, 1)))  # ... else any labeled slice
+    for f, lab in zip(full, labels_by_session)
+  ]
   if mode == "subject":
     common = sorted(set.intersection(*(set(f.tolist()) for f in full)))
     z = int(rng.choice(common))
@@ -185,15 +202,22 @@ def write_cohort(out_dir, seed, config):
     rng = np.random.default_rng([seed, i, 7])
     sessions = list(range(len(config.ages)))
     if not labeled and config.missing:
-      dropped = rng.choice(sessions[1:], size=min(config.missing, len(sessions) - 1),
-                           replace=False)
+      dropped = rng.choice(sessions[1:], size=min(config.missing, len(sessions) - 1), replace=False)
       sessions = [j for j in sessions if j not in set(dropped.tolist())]
     made = []
     for j in sessions:
-      geometry = session_geometry(np.random.default_rng([seed, i, j, 1]), config, voxel,
-                                  moved=j > 0)
-      images, labels = make_session(templates, params, np.random.default_rng([seed, i, j]),
-                                    config, config.ages[j], voxel, geometry)
+      geometry = session_geometry(
+        np.random.default_rng([seed, i, j, 1]), config, voxel, moved=j > 0
+      )
+      images, labels = make_session(
+        templates,
+        params,
+        np.random.default_rng([seed, i, j]),
+        config,
+        config.ages[j],
+        voxel,
+        geometry,
+      )
       made.append((j, geometry, images, labels))
     keep = labeled_z(rng, [m[3] for m in made], config.labels)
     rows = []
@@ -212,19 +236,29 @@ def write_cohort(out_dir, seed, config):
         bric_like._write(manual / f"{stem}_dseg.nii.gz", sparse, geometry.affine, np.uint8)
       age = config.ages[j] + rng.uniform(-config.age_jitter, config.age_jitter)
       rows.append((f"ses-{ses}", f"{max(age, 0.0):.2f}"))
-    files.write_tsv(out_dir / f"sub-{sid}" / f"sub-{sid}_sessions.tsv", ("session_id", "age"),
-                    rows)
-  files.write_tsv(out_dir / "participants.tsv", ("participant_id",),
-                  [(f"sub-{i + 1:02d}",) for i in range(total)])
+    files.write_tsv(out_dir / f"sub-{sid}" / f"sub-{sid}_sessions.tsv", ("session_id", "age"), rows)
+  files.write_tsv(
+    out_dir / "participants.tsv", ("participant_id",), [(f"sub-{i + 1:02d}",) for i in range(total)]
+  )
   files.write_json(out_dir / "protocol.json", config.protocol)
-  params = {k: list(v) if isinstance(v, tuple) else v for k, v in
-            dataclasses.asdict(config).items()}
-  files.write_json(out_dir / "dataset_description.json", {
+  params = {
+    k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()
+  }
+  files.write_json(
+    out_dir / "dataset_description.json",
+    {
       "Name": "fcslstm-jax synthetic cohort (built-in generator, real-study conditions)",
-      "BIDSVersion": "1.9.0", "DatasetType": "raw",
-      "GeneratedBy": [{"Name": "fcslstm_jax.cohort", "Version": bric_like.VERSION,
-                       "Parameters": {"seed": seed, **params}}],
-  })  # written last: marks completion
+      "BIDSVersion": "1.9.0",
+      "DatasetType": "raw",
+      "GeneratedBy": [
+        {
+          "Name": "fcslstm_jax.cohort",
+          "Version": bric_like.VERSION,
+          "Parameters": {"seed": seed, **params},
+        }
+      ],
+    },
+  )  # written last: marks completion
 
 
 def generate(out_dir, seed=0, config=CohortConfig()):
@@ -245,9 +279,14 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--out", default="data/cohort", help="output folder (must not exist)")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                 help="CohortConfig fields as JSON values, e.g. labels='\"subject\"' "
-                 "skull_strip=true fov_mm=[192,224,96]")
+  p.add_argument(
+    "--set",
+    nargs="*",
+    default=[],
+    metavar="KEY=VALUE",
+    help="CohortConfig fields as JSON values, e.g. labels='\"subject\"' "
+    "skull_strip=true fov_mm=[192,224,96]",
+  )
   args = p.parse_args(argv)
   changes = {}
   for item in args.set:

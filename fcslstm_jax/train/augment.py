@@ -29,12 +29,17 @@ def flip_and_scale(rng, batch: dict, flip_prob: float, intensity_scale: float) -
   h_axis = labels.ndim - 2  # labels [B, T, (D,) H, W]
   for key, axis in ((k_h, h_axis), (k_w, h_axis + 1)):
     flip = jax.random.bernoulli(key, flip_prob, (b,))
-    sel = lambda a, flip=flip, axis=axis: jnp.where(
-        flip.reshape((b,) + (1,) * (a.ndim - 1)), jnp.flip(a, axis), a)
+
+    def sel(a, flip=flip, axis=axis):
+      return jnp.where(flip.reshape((b,) + (1,) * (a.ndim - 1)), jnp.flip(a, axis), a)
+
     images, labels, mask = sel(images), sel(labels), sel(mask)
-  scale = jax.random.uniform(k_s, (b,) + (1,) * (images.ndim - 2) + (c,),
-                             minval=1 - intensity_scale,
-                             maxval=1 + intensity_scale)
+  scale = jax.random.uniform(
+    k_s,
+    (b,) + (1,) * (images.ndim - 2) + (c,),
+    minval=1 - intensity_scale,
+    maxval=1 + intensity_scale,
+  )
   return dict(batch, images=images * scale, labels=labels, label_mask=mask)
 
 
@@ -51,8 +56,12 @@ def warp_in_plane(batch: dict, angle, zoom) -> dict:
   images, labels, mask = batch["images"], batch["labels"], batch["label_mask"]
   b, (h, w) = images.shape[0], labels.shape[-2:]
   center = jnp.array([(h - 1) / 2, (w - 1) / 2], jnp.float32)
-  grid = jnp.stack(jnp.meshgrid(jnp.arange(h), jnp.arange(w), indexing="ij")).astype(
-      jnp.float32).reshape(2, -1) - center[:, None]
+  grid = (
+    jnp.stack(jnp.meshgrid(jnp.arange(h), jnp.arange(w), indexing="ij"))
+    .astype(jnp.float32)
+    .reshape(2, -1)
+    - center[:, None]
+  )
 
   def coords(a, z):  # output voxel -> input voxel: rotate by -a, shrink by 1 / z
     c, s = jnp.cos(a), jnp.sin(a)
@@ -65,13 +74,17 @@ def warp_in_plane(batch: dict, angle, zoom) -> dict:
     lead = a.shape[1:-2]
     flat = a.reshape((b, -1, h, w)).astype(jnp.float32)
     out = jax.vmap(lambda planes, c: jax.vmap(lambda p: _warp_plane(p, c, order))(planes))(
-        flat, where)
+      flat, where
+    )
     return out.reshape((b,) + lead + (h, w))
 
   moved = jnp.moveaxis(images, -1, 1)  # channels beside time: [B, C, T, ..., H, W]
-  return dict(batch, images=jnp.moveaxis(warp(moved, 1), 1, -1).astype(images.dtype),
-              labels=warp(labels, 0).astype(labels.dtype),
-              label_mask=warp(mask, 0).astype(mask.dtype))
+  return dict(
+    batch,
+    images=jnp.moveaxis(warp(moved, 1), 1, -1).astype(images.dtype),
+    labels=warp(labels, 0).astype(labels.dtype),
+    label_mask=warp(mask, 0).astype(mask.dtype),
+  )
 
 
 def rotate_and_scale(rng, batch: dict, rotate_deg: float, scale_range: float) -> dict:
@@ -88,8 +101,9 @@ def random_gamma(rng, batch: dict, gamma: float) -> dict:
   normalization stay there): tissue contrasts shift as they do with age and scanner."""
   images = batch["images"]
   b, c = images.shape[0], images.shape[-1]
-  g = jnp.exp(jax.random.uniform(rng, (b,) + (1,) * (images.ndim - 2) + (c,),
-                                 minval=-gamma, maxval=gamma))
+  g = jnp.exp(
+    jax.random.uniform(rng, (b,) + (1,) * (images.ndim - 2) + (c,), minval=-gamma, maxval=gamma)
+  )
   return dict(batch, images=jnp.power(jnp.clip(images, 0.0, None), g).astype(images.dtype))
 
 
@@ -98,8 +112,9 @@ def augment(rng, batch: dict, config: Config) -> dict:
   take ``rng`` itself (the draws of runs before the others existed), the others keys folded
   from it."""
   if config.rotate_deg or config.scale_range:
-    batch = rotate_and_scale(jax.random.fold_in(rng, 1), batch, config.rotate_deg,
-                             config.scale_range)
+    batch = rotate_and_scale(
+      jax.random.fold_in(rng, 1), batch, config.rotate_deg, config.scale_range
+    )
   if config.gamma:
     batch = random_gamma(jax.random.fold_in(rng, 2), batch, config.gamma)
   return flip_and_scale(rng, batch, config.flip_prob, config.intensity_scale)

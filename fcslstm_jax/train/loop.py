@@ -19,31 +19,34 @@ import dataclasses
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Any
+from typing import Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
-from fcslstm_jax.train import augment
-from fcslstm_jax.train import losses
-from fcslstm_jax.train import pseudo_labels
 from fcslstm_jax import metrics
-from fcslstm_jax.train import parallel
-from fcslstm_jax.train.metrics_log import MetricsLog
-from fcslstm_jax.data import patches
-from fcslstm_jax.infer import sliding_window
 from fcslstm_jax import run_record
 from fcslstm_jax.checkpoint import Checkpointer
 from fcslstm_jax.config import Config
+from fcslstm_jax.data import patches
 from fcslstm_jax.data.sequences import SliceSet
-from fcslstm_jax.errors import ConfigError, FcslstmError
-from fcslstm_jax.infer.predict import make_predict_fn, predict_all
-from fcslstm_jax.model.networks import build_model, init_params
+from fcslstm_jax.errors import ConfigError
+from fcslstm_jax.errors import FcslstmError
+from fcslstm_jax.infer import sliding_window
+from fcslstm_jax.infer.predict import make_predict_fn
+from fcslstm_jax.infer.predict import predict_all
+from fcslstm_jax.model.networks import build_model
+from fcslstm_jax.model.networks import init_params
 from fcslstm_jax.run_record import RunRecord
+from fcslstm_jax.train import augment
+from fcslstm_jax.train import losses
+from fcslstm_jax.train import parallel
+from fcslstm_jax.train import pseudo_labels
+from fcslstm_jax.train.metrics_log import MetricsLog
 
 BATCH_KEYS = ("images", "labels", "label_mask", "valid")
 
@@ -58,15 +61,20 @@ def describe_nonfinite(data: SliceSet, indices) -> str:
   images = data.images[indices]
   finite = np.isfinite(images).all(axis=tuple(range(2, images.ndim)))  # [B, T]
   labels = data.session_labels
-  scans = sorted({f"sub-{data.subject_ids[indices[b]]} " + (
-      f"ses-{labels[indices[b], t]}" if labels is not None else f"time point {t + 1}")
-      for b, t in zip(*np.nonzero(~finite))})
+  scans = sorted(
+    {
+      f"sub-{data.subject_ids[indices[b]]} "
+      + (f"ses-{labels[indices[b], t]}" if labels is not None else f"time point {t + 1}")
+      for b, t in zip(*np.nonzero(~finite))
+    }
+  )
   if scans:
-    return (f"NaN or Inf in the input images of {', '.join(scans)}. Fix or remove those "
-            "scans")
+    return f"NaN or Inf in the input images of {', '.join(scans)}. Fix or remove those scans"
   subjects = ", ".join(sorted({f"sub-{data.subject_ids[j]}" for j in indices}))
-  return (f"the batch's input images ({subjects}) are all finite, so training diverged. "
-          "Lower the learning rate")
+  return (
+    f"the batch's input images ({subjects}) are all finite, so training diverged. "
+    "Lower the learning rate"
+  )
 
 
 def first_nonfinite(losses) -> int | None:
@@ -83,22 +91,32 @@ def lr_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
   # optax holds init_value for transition_begin steps, then multiplies by the rate at each
   # transition: starting the count one epoch early makes epoch E + 1 the first decayed one.
   return optax.exponential_decay(
-      config.learning_rate * rate ** max(0, 1 - begin), transition_steps=steps_per_epoch,
-      decay_rate=rate, transition_begin=max(0, begin - 1) * steps_per_epoch, staircase=True)
+    config.learning_rate * rate ** max(0, 1 - begin),
+    transition_steps=steps_per_epoch,
+    decay_rate=rate,
+    transition_begin=max(0, begin - 1) * steps_per_epoch,
+    staircase=True,
+  )
 
 
 def make_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
   """RMSprop with smoothing constant α = 0.95 on :func:`lr_schedule` (Sec. 3)."""
   # eps outside the square root, as in torch's RMSprop the paper used.
-  return optax.rmsprop(lr_schedule(config, steps_per_epoch), decay=config.rmsprop_decay,
-                       eps=config.rmsprop_eps, eps_in_sqrt=False)
+  return optax.rmsprop(
+    lr_schedule(config, steps_per_epoch),
+    decay=config.rmsprop_decay,
+    eps=config.rmsprop_eps,
+    eps_in_sqrt=False,
+  )
 
 
-def create_train_state(rng, model: nn.Module, config: Config, in_channels: int,
-                       steps_per_epoch: int) -> TrainState:
+def create_train_state(
+  rng, model: nn.Module, config: Config, in_channels: int, steps_per_epoch: int
+) -> TrainState:
   params = init_params(model, in_channels, rng)
-  return TrainState.create(apply_fn=model.apply, params=params,
-                           tx=make_optimizer(config, steps_per_epoch))
+  return TrainState.create(
+    apply_fn=model.apply, params=params, tx=make_optimizer(config, steps_per_epoch)
+  )
 
 
 def train_step(state: TrainState, batch: dict, rng, *, class_weights, config: Config):
@@ -109,11 +127,13 @@ def train_step(state: TrainState, batch: dict, rng, *, class_weights, config: Co
 
   def loss_fn(params):
     logits = state.apply_fn({"params": params}, batch["images"], batch["valid"])
-    loss = losses.weighted_cross_entropy(logits, batch["labels"], batch["label_mask"],
-                                         class_weights)
+    loss = losses.weighted_cross_entropy(
+      logits, batch["labels"], batch["label_mask"], class_weights
+    )
     if config.dice_weight:
-      loss += config.dice_weight * losses.soft_dice_loss(logits, batch["labels"],
-                                                         batch["label_mask"])
+      loss += config.dice_weight * losses.soft_dice_loss(
+        logits, batch["labels"], batch["label_mask"]
+      )
     return loss
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -133,16 +153,23 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def make_volume_predict_fn(model: nn.Module, config: Config, mesh, window_batch: int,
-                           overlap: float | None = None, desc: str | None = None):
+def make_volume_predict_fn(
+  model: nn.Module,
+  config: Config,
+  mesh,
+  window_batch: int,
+  overlap: float | None = None,
+  desc: str | None = None,
+):
   """``fn(params, volumes [N, T, D, H, W, C], valid [N, T, D])`` -> class map ``[N, T, D, H, W]``
   by sliding windows of ``config.patch_size`` (``window_batch`` at a time, split over this
   process's devices), overlapping by ``overlap`` (default ``config.window_overlap``); with
   ``desc``, a progress bar over the windows."""
   windows = parallel.on_local_devices(make_predict_fn(model, proba=True), mesh)
   overlap = config.window_overlap if overlap is None else overlap
-  return sliding_window.volume_predict_fn(windows, sliding_window.window_shape(config), overlap, window_batch,
-                                          desc=desc)
+  return sliding_window.volume_predict_fn(
+    windows, sliding_window.window_shape(config), overlap, window_batch, desc=desc
+  )
 
 
 # Scoring a 3D run during training (README, "3D + time"): the labeled slabs are cut into
@@ -158,8 +185,9 @@ FORWARD_COST = 1.0 / 3.0
 
 def same_images(a, b) -> bool:
   """Whether two sets hold the same image sequences (then one forward pass serves both)."""
-  return a.images is b.images or (a.images.shape == b.images.shape
-                                  and np.array_equal(a.images, b.images))
+  return a.images is b.images or (
+    a.images.shape == b.images.shape and np.array_equal(a.images, b.images)
+  )
 
 
 def scoring_windows(splits, window) -> int:
@@ -168,8 +196,11 @@ def scoring_windows(splits, window) -> int:
   for data in splits:
     if len(data.images) and not any(same_images(d, data) for d in distinct):
       distinct.append(data)
-  return sum(len(d.images) * len(sliding_window.window_corners(d.images.shape[2:-1], window,
-                                                        SCORING_OVERLAP)) for d in distinct)
+  return sum(
+    len(d.images)
+    * len(sliding_window.window_corners(d.images.shape[2:-1], window, SCORING_OVERLAP))
+    for d in distinct
+  )
 
 
 def scoring_interval(config: Config, windows: int, patches_per_epoch: int) -> int:
@@ -221,9 +252,11 @@ def check_run_dir(workdir: str, record: RunRecord) -> None:
     return
   details = run_record.read(workdir).differences(record)
   if details:
-    raise ConfigError(f"{path}: this work directory holds a different run "
-                      f"({', '.join(details)}). Use another --workdir, or delete this one to "
-                      "start over.")
+    raise ConfigError(
+      f"{path}: this work directory holds a different run "
+      f"({', '.join(details)}). Use another --workdir, or delete this one to "
+      "start over."
+    )
 
 
 class StopRequest:
@@ -276,6 +309,7 @@ class Run:
   labeled slabs of a 3D run's volumes); ``eval_batch``: sequences per prediction call;
   ``score_every``: epochs between scorings (:func:`scoring_interval`).
   """
+
   config: Config
   train_set: SliceSet
   test_set: SliceSet
@@ -296,8 +330,18 @@ class Run:
   model: Any = None
 
 
-def prepare_run(config, train_set, test_set, workdir, class_names, record, mesh, log,
-                train_eval_set=None, progress: bool = False):
+def prepare_run(
+  config,
+  train_set,
+  test_set,
+  workdir,
+  class_names,
+  record,
+  mesh,
+  log,
+  train_eval_set=None,
+  progress: bool = False,
+):
   """``(run, state)``: the model, the restored or new state, the compiled step, the logs.
 
   A 3D run (``config.spatial_dims == 3``) passes a :class:`fcslstm_jax.data.patches.PatchSampler`
@@ -310,8 +354,9 @@ def prepare_run(config, train_set, test_set, workdir, class_names, record, mesh,
   local_b = parallel.process_batch_size(b, mesh)  # rows this process feeds per step
   steps_per_epoch = parallel.agree_min(n // local_b)
   if not steps_per_epoch:
-    raise ConfigError(f"--batch-size {b} is larger than the training sequences "
-                      f"({n} in this process's share).")
+    raise ConfigError(
+      f"--batch-size {b} is larger than the training sequences ({n} in this process's share)."
+    )
   # Only process 0 reads and writes run.json; whether that failed (another run's folder, a
   # read-only or full disk) is agreed on before the next collective, so that no process
   # waits in it for one that stopped.
@@ -324,41 +369,69 @@ def prepare_run(config, train_set, test_set, workdir, class_names, record, mesh,
   state, restored = ckpt.restore(state)
   if restored is not None:
     log(f"Resuming from {ckpt.directory} at step {restored}.")
-  weights = losses.class_weights_from_counts(parallel.sum_over_processes(
-      losses.class_counts(train_set.labels, train_set.label_mask, len(class_names))),
-      config.class_weighting)
-  step_fn = jax.jit(lambda s, batch, r: train_step(s, batch, r, class_weights=weights,
-                                                   config=config), donate_argnums=0,
-                    out_shardings=parallel.replicated(mesh))
+  weights = losses.class_weights_from_counts(
+    parallel.sum_over_processes(
+      losses.class_counts(train_set.labels, train_set.label_mask, len(class_names))
+    ),
+    config.class_weighting,
+  )
+  step_fn = jax.jit(
+    lambda s, batch, r: train_step(s, batch, r, class_weights=weights, config=config),
+    donate_argnums=0,
+    out_shardings=parallel.replicated(mesh),
+  )
   train_eval_set = train_set if train_eval_set is None else train_eval_set
   windows = 0
   if config.spatial_dims == 3:
-    predict_fn, eval_batch = make_volume_predict_fn(
-        model, config, mesh, local_b, SCORING_OVERLAP,
-        desc="scoring" if progress and main else None), 1
+    predict_fn, eval_batch = (
+      make_volume_predict_fn(
+        model, config, mesh, local_b, SCORING_OVERLAP, desc="scoring" if progress and main else None
+      ),
+      1,
+    )
     windows = scoring_windows([train_eval_set, test_set], sliding_window.window_shape(config))
   else:
     predict_fn, eval_batch = parallel.on_local_devices(make_predict_fn(model), mesh), local_b
     windows = len(train_eval_set) + len(test_set)
   score_every = scoring_interval(config, windows, steps_per_epoch * local_b)
   if config.spatial_dims == 3:
-    log(f"scoring every {score_every} epoch(s) and after the last: {windows} windows "
-        f"{list(sliding_window.window_shape(config))} per scoring")
-  run = Run(config, train_set, test_set, tuple(class_names), mesh, steps_per_epoch, local_b,
-            step_fn, predict_fn, parallel.replicate(jax.random.fold_in(rng, 1), mesh), ckpt,
-            MetricsLog(workdir, int(state.step)) if main else None,
-            train_eval_set, eval_batch, score_every, model=model)
+    log(
+      f"scoring every {score_every} epoch(s) and after the last: {windows} windows "
+      f"{list(sliding_window.window_shape(config))} per scoring"
+    )
+  run = Run(
+    config,
+    train_set,
+    test_set,
+    tuple(class_names),
+    mesh,
+    steps_per_epoch,
+    local_b,
+    step_fn,
+    predict_fn,
+    parallel.replicate(jax.random.fold_in(rng, 1), mesh),
+    ckpt,
+    MetricsLog(workdir, int(state.step)) if main else None,
+    train_eval_set,
+    eval_batch,
+    score_every,
+    model=model,
+  )
   return run, state
 
 
 def nonfinite_error(run: Run, epoch: int, step: int, value: float, indices):
   kept = run.ckpt.steps()
-  kept = f"the last good checkpoint, step {kept[-1]}, is kept" if kept else (
-      "no checkpoint was written yet")
+  kept = (
+    f"the last good checkpoint, step {kept[-1]}, is kept"
+    if kept
+    else ("no checkpoint was written yet")
+  )
   return NonFiniteLoss(
-      f"loss became {value} at step {step} (epoch {epoch + 1}): "
-      f"{describe_nonfinite(run.train_set, indices)}, then rerun the same command "
-      f"({run.ckpt.directory}: {kept}).")
+    f"loss became {value} at step {step} (epoch {epoch + 1}): "
+    f"{describe_nonfinite(run.train_set, indices)}, then rerun the same command "
+    f"({run.ckpt.directory}: {kept})."
+  )
 
 
 def train_epoch(run: Run, state, epoch: int, stop: StopRequest, progress=None):
@@ -376,24 +449,26 @@ def train_epoch(run: Run, state, epoch: int, stop: StopRequest, progress=None):
   bar = progress(bar, epoch) if progress else bar
   t0, seen, pending = time.time(), [], []
   for i in bar:
-    idx = order[i * b:(i + 1) * b]
+    idx = order[i * b : (i + 1) * b]
     batch = batch_at(run.train_set, idx, (epoch, i))
     if run.pseudo is not None:  # as many pseudo-labeled sequences as labeled ones
-      extra = batch_at(run.pseudo, pseudo_order[i * b:(i + 1) * b])
+      extra = batch_at(run.pseudo, pseudo_order[i * b : (i + 1) * b])
       batch = {k: np.concatenate([batch[k], extra[k]]) for k in BATCH_KEYS}
     state, out = run.step_fn(state, parallel.shard_batch(batch, run.mesh), run.step_rng)
     pending.append((epoch * spe + i + 1, idx, out["loss"]))
     due = len(pending) >= config.log_every_steps or i + 1 == spe
     if not due and not (jax.process_count() == 1 and stop.signal):
       continue
-    read = [float(l) for l in jax.device_get([l for _, _, l in pending])]
+    read = [float(loss) for loss in jax.device_get([loss for _, _, loss in pending])]
     bad = first_nonfinite(read)
     if bad is not None:
       raise nonfinite_error(run, epoch, pending[bad][0], read[bad], pending[bad][1])
     seen, pending = seen + read, []
     if hasattr(bar, "set_postfix"):
-      bar.set_postfix(loss=f"{read[-1]:.4f}",
-                      seq_per_s=f"{config.batch_size * len(seen) / (time.time() - t0):.2f}")
+      bar.set_postfix(
+        loss=f"{read[-1]:.4f}",
+        seq_per_s=f"{config.batch_size * len(seen) / (time.time() - t0):.2f}",
+      )
     stopped_by = stop.agreed(due)
     if stopped_by:
       return state, seen, stopped_by
@@ -403,18 +478,28 @@ def train_epoch(run: Run, state, epoch: int, stop: StopRequest, progress=None):
 def end_epoch(run: Run, state, epoch: int, losses_seen, seconds: float):
   """Scores the epoch's model if the epoch is scored (:func:`is_scored`), logs its line, then
   checkpoints it (in that order: a resume drops log lines past its step, see
-  :class:`fcslstm_jax.train.metrics_log.MetricsLog`). Returns the scores (train, test), or None for an unscored epoch
+  :class:`fcslstm_jax.train.metrics_log.MetricsLog`). Returns the scores (train, test), or None for
+  an unscored epoch
   (its line has no mPA; its checkpoint no metric, so it cannot become the best)."""
   scores, t0 = None, time.time()
   if is_scored(run, epoch):
-    scores = evaluate_splits(run.predict_fn, parallel.local_replica(state.params, run.mesh),
-                             [run.train_eval_set, run.test_set], run.class_names, run.eval_batch)
+    scores = evaluate_splits(
+      run.predict_fn,
+      parallel.local_replica(state.params, run.mesh),
+      [run.train_eval_set, run.test_set],
+      run.class_names,
+      run.eval_batch,
+    )
   step = int(state.step)
-  record = {"epoch": epoch + 1, "step": step,
-            "loss": float(np.mean(losses_seen)) if losses_seen else None,
-            "lr": float(lr_schedule(run.config, run.steps_per_epoch)(step - 1)),
-            "train_mpa": scores[0]["mpa"] if scores else None,
-            "test_mpa": scores[1]["mpa"] if scores else None, "epoch_seconds": seconds}
+  record = {
+    "epoch": epoch + 1,
+    "step": step,
+    "loss": float(np.mean(losses_seen)) if losses_seen else None,
+    "lr": float(lr_schedule(run.config, run.steps_per_epoch)(step - 1)),
+    "train_mpa": scores[0]["mpa"] if scores else None,
+    "test_mpa": scores[1]["mpa"] if scores else None,
+    "epoch_seconds": seconds,
+  }
   if scores:
     record["scoring_seconds"] = round(time.time() - t0, 2)
   if run.logger:
@@ -423,10 +508,19 @@ def end_epoch(run: Run, state, epoch: int, losses_seen, seconds: float):
   return scores
 
 
-def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, workdir: str,
-                       class_names, record: RunRecord, progress: Callable = None,
-                       log: Callable = print, mesh=None, train_eval_set=None,
-                       pool: SliceSet | None = None) -> RunResult:
+def train_and_evaluate(
+  config: Config,
+  train_set: SliceSet,
+  test_set: SliceSet,
+  workdir: str,
+  class_names,
+  record: RunRecord,
+  progress: Callable = None,
+  log: Callable = print,
+  mesh=None,
+  train_eval_set=None,
+  pool: SliceSet | None = None,
+) -> RunResult:
   """The whole run: resume if possible, train, checkpoint each epoch, evaluate.
 
   ``mesh``: the devices to train on (default: all, see :mod:`fcslstm_jax.train.parallel`). With
@@ -440,16 +534,35 @@ def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, 
   t0 = time.time()
   mesh = mesh or parallel.make_mesh()
   log = log if parallel.is_main_process() else (lambda *a, **k: None)
-  run, state = prepare_run(config, train_set, test_set, workdir, class_names, record, mesh,
-                           log, train_eval_set, progress=progress is not None)
+  run, state = prepare_run(
+    config,
+    train_set,
+    test_set,
+    workdir,
+    class_names,
+    record,
+    mesh,
+    log,
+    train_eval_set,
+    progress=progress is not None,
+  )
   stopped_by, scored = None, None
   with StopRequest() as stop:
     for epoch in range(int(state.step) // run.steps_per_epoch, config.epochs):
-      if pool is not None and run.pseudo is None and \
-          epoch >= config.epochs - config.pseudo_label_epochs:
+      if (
+        pool is not None
+        and run.pseudo is None
+        and epoch >= config.epochs - config.pseudo_label_epochs
+      ):
         run.pseudo = pseudo_labels.make_or_load(
-            workdir, pool, make_predict_fn(run.model, proba=True),
-            parallel.local_replica(state.params, mesh), config, run.eval_batch, log)
+          workdir,
+          pool,
+          make_predict_fn(run.model, proba=True),
+          parallel.local_replica(state.params, mesh),
+          config,
+          run.eval_batch,
+          log,
+        )
       t_epoch = time.time()
       state, seen, stopped_by = train_epoch(run, state, epoch, stop, progress)
       if stopped_by and int(state.step) % run.steps_per_epoch:  # mid-epoch
@@ -457,8 +570,10 @@ def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, 
       else:
         scored = end_epoch(run, state, epoch, seen, time.time() - t_epoch)
       if stopped_by:
-        log(f"{stopped_by}: saved a checkpoint at step {int(state.step)}. Rerun the same "
-            "command to resume.")
+        log(
+          f"{stopped_by}: saved a checkpoint at step {int(state.step)}. Rerun the same "
+          "command to resume."
+        )
         break
   run.ckpt.close()
   if run.logger:
@@ -466,7 +581,12 @@ def train_and_evaluate(config: Config, train_set: SliceSet, test_set: SliceSet, 
   if stopped_by:
     return RunResult(state, None, None, time.time() - t0, stopped_by)
   if scored is None:  # nothing left to train (a finished run rerun): score the final state
-    scored = evaluate_splits(run.predict_fn, parallel.local_replica(state.params, mesh),
-                             [run.train_eval_set, test_set], class_names, run.eval_batch)
+    scored = evaluate_splits(
+      run.predict_fn,
+      parallel.local_replica(state.params, mesh),
+      [run.train_eval_set, test_set],
+      class_names,
+      run.eval_batch,
+    )
   # else: the last epoch's scores are the final state's (the same parameters, scored once)
   return RunResult(state, *scored, time.time() - t0, stopped_by)

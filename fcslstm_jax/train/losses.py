@@ -18,12 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-
 CLASS_WEIGHTINGS = ("inverse", "sqrt", "none")
 
 
-def class_weights(labels: np.ndarray, mask: np.ndarray, num_classes: int,
-                  kind: str = "inverse") -> np.ndarray:
+def class_weights(
+  labels: np.ndarray, mask: np.ndarray, num_classes: int, kind: str = "inverse"
+) -> np.ndarray:
   """Weights inversely proportional to each class's labeled pixel count (Sec. 2.3), or to
   its square root, or equal (``kind``; see the module docstring).
 

@@ -18,6 +18,7 @@ class MetricsLog:
 
   def __init__(self, workdir: str, step: int):
     from tensorboardX import SummaryWriter  # a requirement (requirements.txt)
+
     self.path = os.path.join(workdir, "metrics.jsonl")
     kept = []
     if os.path.exists(self.path):
@@ -26,7 +27,8 @@ class MetricsLog:
           record = _record(line)
           if record is None and line.strip():
             logging.getLogger(__name__).warning(
-                "%s: line %d is unreadable (cut short by a kill?); dropped.", self.path, number)
+              "%s: line %d is unreadable (cut short by a kill?); dropped.", self.path, number
+            )
           elif record is not None and record["step"] <= step:
             kept.append(json.dumps(record) + "\n")
     files.write_text(self.path, "".join(kept))

@@ -38,7 +38,9 @@ import os
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from fcslstm_jax.errors import ConfigError
 
@@ -56,8 +58,9 @@ def _scheduler_launched(environ) -> bool:
   return slurm or ompi
 
 
-def distributed_args(coordinator_address=None, num_processes=None, process_id=None,
-                     environ=None) -> dict | None:
+def distributed_args(
+  coordinator_address=None, num_processes=None, process_id=None, environ=None
+) -> dict | None:
   """Keyword arguments for ``jax.distributed.initialize``, or None for a single process.
 
   Flags win over ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``.
@@ -65,17 +68,18 @@ def distributed_args(coordinator_address=None, num_processes=None, process_id=No
   """
   environ = os.environ if environ is None else environ
   given = {
-      "coordinator_address": coordinator_address or environ.get(ENV[0]) or None,
-      "num_processes": num_processes if num_processes is not None else environ.get(ENV[1]),
-      "process_id": process_id if process_id is not None else environ.get(ENV[2]),
+    "coordinator_address": coordinator_address or environ.get(ENV[0]) or None,
+    "num_processes": num_processes if num_processes is not None else environ.get(ENV[1]),
+    "process_id": process_id if process_id is not None else environ.get(ENV[2]),
   }
   for key in ("num_processes", "process_id"):
     if given[key] is not None:
       try:
         given[key] = int(given[key])
       except ValueError:
-        raise ConfigError(f"--{key.replace('_', '-')} must be an integer, got "
-                          f"{given[key]!r}.") from None
+        raise ConfigError(
+          f"--{key.replace('_', '-')} must be an integer, got {given[key]!r}."
+        ) from None
   scheduler = _scheduler_launched(environ)
   if all(v is None for v in given.values()) and not scheduler:
     return None
@@ -84,16 +88,19 @@ def distributed_args(coordinator_address=None, num_processes=None, process_id=No
   missing = [k for k, v in given.items() if v is None]
   if missing and not scheduler:
     flags = ", ".join(f"--{k.replace('_', '-')}" for k in missing)
-    raise ConfigError(f"multi-process training needs {flags} too (or the environment "
-                      f"variables {', '.join(ENV)}). See README: Running on a cluster.")
+    raise ConfigError(
+      f"multi-process training needs {flags} too (or the environment "
+      f"variables {', '.join(ENV)}). See README: Running on a cluster."
+    )
   n, p = given["num_processes"], given["process_id"]
   if n is not None and p is not None and not 0 <= p < n:
     raise ConfigError(f"--process-id {p} must lie in 0..{n - 1} (--num-processes {n}).")
   return {k: v for k, v in given.items() if v is not None}
 
 
-def initialize(coordinator_address=None, num_processes=None, process_id=None,
-               environ=None, **kwargs) -> bool:
+def initialize(
+  coordinator_address=None, num_processes=None, process_id=None, environ=None, **kwargs
+) -> bool:
   """Starts ``jax.distributed`` when several processes are asked for; True if it did.
 
   Call it before anything touches a device. ``kwargs`` go to ``jax.distributed.initialize``
@@ -120,8 +127,10 @@ def subject_shard(items, index=None, count=None):
   count = jax.process_count() if count is None else count
   items = list(items)
   if len(items) < count:
-    raise ConfigError(f"{len(items)} subjects cannot be shared by {count} processes: each "
-                      "process needs at least one. Use fewer processes.")
+    raise ConfigError(
+      f"{len(items)} subjects cannot be shared by {count} processes: each "
+      "process needs at least one. Use fewer processes."
+    )
   return items[index::count]
 
 
@@ -164,13 +173,13 @@ def agree_on_error(fn):
   error, result = None, None
   try:
     result = fn()
-  except Exception as e:  # noqa: BLE001 (re-raised below, after the others know)
+  except Exception as e:
     error = e
   text = "" if error is None else (str(error) or type(error).__name__)
   mine = np.zeros(MESSAGE_BYTES + 1, np.uint8)
   encoded = text.encode("utf-8")[:MESSAGE_BYTES]
   mine[0] = error is not None
-  mine[1:1 + len(encoded)] = np.frombuffer(encoded, np.uint8)
+  mine[1 : 1 + len(encoded)] = np.frombuffer(encoded, np.uint8)
   every = np.asarray(multihost_utils.process_allgather(mine))
   if error is not None:
     raise error
@@ -196,11 +205,15 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
   devices = jax.devices()
   n = len(devices) if num_devices is None else int(num_devices)
   if not 1 <= n <= len(devices):
-    raise ConfigError(f"--mesh {n}: this run sees {len(devices)} device(s) "
-                      f"({devices[0].platform}). Use a number in 1..{len(devices)}, or 'auto'.")
+    raise ConfigError(
+      f"--mesh {n}: this run sees {len(devices)} device(s) "
+      f"({devices[0].platform}). Use a number in 1..{len(devices)}, or 'auto'."
+    )
   if n != len(devices) and jax.process_count() > 1:
-    raise ConfigError(f"--mesh {n}: with {jax.process_count()} processes the mesh must span "
-                      f"all {len(devices)} devices. Use --mesh auto.")
+    raise ConfigError(
+      f"--mesh {n}: with {jax.process_count()} processes the mesh must span "
+      f"all {len(devices)} devices. Use --mesh auto."
+    )
   return Mesh(np.asarray(devices[:n]), (DATA,))
 
 
@@ -216,9 +229,11 @@ def process_batch_size(global_batch: int, mesh: Mesh) -> int:
   if global_batch % n:
     lower, upper = global_batch // n * n, (global_batch // n + 1) * n
     hint = f"{lower} or {upper}" if lower else f"{upper}"
-    raise ConfigError(f"--batch-size {global_batch} is not divisible by the {n} devices of the "
-                      f"mesh: every device needs the same number of sequences. Use --batch-size "
-                      f"{hint} (or --mesh to use fewer devices).")
+    raise ConfigError(
+      f"--batch-size {global_batch} is not divisible by the {n} devices of the "
+      f"mesh: every device needs the same number of sequences. Use --batch-size "
+      f"{hint} (or --mesh to use fewer devices)."
+    )
   return global_batch // jax.process_count()
 
 
@@ -251,8 +266,9 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
   """This process's rows of a global batch (dict of ``[B / P, ...]`` host arrays) as global
   arrays ``[B, ...]`` sharded along ``data``."""
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+  }
 
 
 def local_replica(tree, mesh: Mesh):
@@ -262,8 +278,7 @@ def local_replica(tree, mesh: Mesh):
   if local is mesh:
     return tree
   sharding = replicated(local)
-  return jax.tree_util.tree_map(
-      lambda x: jax.device_put(x.addressable_data(0), sharding), tree)
+  return jax.tree_util.tree_map(lambda x: jax.device_put(x.addressable_data(0), sharding), tree)
 
 
 def on_local_devices(fn, mesh: Mesh):

@@ -38,8 +38,7 @@ def file_name() -> str:
   return f"pseudo_labels.p{jax.process_index()}.npz"
 
 
-def label_pool(pool: SliceSet, sure: np.ndarray, predicted: np.ndarray,
-               weight: float) -> SliceSet:
+def label_pool(pool: SliceSet, sure: np.ndarray, predicted: np.ndarray, weight: float) -> SliceSet:
   """``pool`` with pseudo-labels (see the module docstring): ``predicted [N, T, H, W]`` the
   argmax, ``sure`` where its probability reached the confidence. Missing sessions and slices
   outside a session's view stay unlabeled."""
@@ -60,15 +59,16 @@ def predict_confident(proba_fn, params, pool: SliceSet, batch_size: int, confide
     idx = np.arange(start, start + batch_size) % n
     probs = np.asarray(proba_fn(params, pool.images[idx], pool.valid[idx]))
     keep = slice(0, min(batch_size, n - start))
-    sure[start:start + batch_size] = (probs.max(-1) >= confidence)[keep]
-    predicted[start:start + batch_size] = probs.argmax(-1)[keep]
+    sure[start : start + batch_size] = (probs.max(-1) >= confidence)[keep]
+    predicted[start : start + batch_size] = probs.argmax(-1)[keep]
   return sure, predicted
 
 
 def fingerprint(pool: SliceSet, made_at_epoch: int) -> np.ndarray:
   """What the saved labels belong to: the pool's sequences and the epoch they were made at."""
-  text = f"{made_at_epoch};" + ";".join(f"{s}:{z}" for s, z in zip(pool.subject_ids,
-                                                                   pool.slice_index))
+  text = f"{made_at_epoch};" + ";".join(
+    f"{s}:{z}" for s, z in zip(pool.subject_ids, pool.slice_index)
+  )
   return np.frombuffer(text.encode(), np.uint8)
 
 
@@ -78,15 +78,21 @@ def read(path: str, pool: SliceSet, made_at_epoch: int) -> SliceSet | None:
     with np.load(path) as saved:
       if not np.array_equal(saved["fingerprint"], fingerprint(pool, made_at_epoch)):
         return None
-      return dataclasses.replace(pool, labels=saved["labels"].astype(np.int32),
-                                 label_mask=saved["label_mask"].astype(np.float32))
+      return dataclasses.replace(
+        pool,
+        labels=saved["labels"].astype(np.int32),
+        label_mask=saved["label_mask"].astype(np.float32),
+      )
   except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-    raise DataError(f"{path}: unreadable pseudo-labels ({e}). Delete the file; the run makes "
-                    "them again from its checkpoint.") from None
+    raise DataError(
+      f"{path}: unreadable pseudo-labels ({e}). Delete the file; the run makes "
+      "them again from its checkpoint."
+    ) from None
 
 
-def make_or_load(workdir: str, pool: SliceSet, proba_fn, params, config, batch_size: int,
-                 log=print) -> SliceSet:
+def make_or_load(
+  workdir: str, pool: SliceSet, proba_fn, params, config, batch_size: int, log=print
+) -> SliceSet:
   """The pool's pseudo-labels: read from this process's file in ``workdir`` if an earlier
   attempt of this run made them for the same sequences and epoch, else made with
   ``params`` (the model at the first self-training epoch) and saved atomically."""
@@ -97,15 +103,21 @@ def make_or_load(workdir: str, pool: SliceSet, proba_fn, params, config, batch_s
     if saved is not None:
       return saved
     log(f"{path}: made for other sequences or another epoch; making them again")
-  sure, predicted = predict_confident(proba_fn, params, pool, batch_size,
-                                      config.pseudo_label_confidence)
+  sure, predicted = predict_confident(
+    proba_fn, params, pool, batch_size, config.pseudo_label_confidence
+  )
   labeled = label_pool(pool, sure, predicted, config.pseudo_label_weight)
   share = float((labeled.label_mask > 0).mean())
-  log(f"self-training: pseudo-labels on {len(pool)} slice sequences, {100 * share:.0f} % of "
-      f"their voxels labeled (manual or confident); saved to {path}")
+  log(
+    f"self-training: pseudo-labels on {len(pool)} slice sequences, {100 * share:.0f} % of "
+    f"their voxels labeled (manual or confident); saved to {path}"
+  )
   with files.atomic_path(path) as tmp:
     with open(tmp, "wb") as f:
-      np.savez_compressed(f, labels=labeled.labels.astype(np.uint8),
-                          label_mask=labeled.label_mask,  # float32: a resume trains alike
-                          fingerprint=fingerprint(pool, made_at))
+      np.savez_compressed(
+        f,
+        labels=labeled.labels.astype(np.uint8),
+        label_mask=labeled.label_mask,  # float32: a resume trains alike
+        fingerprint=fingerprint(pool, made_at),
+      )
   return labeled
