@@ -83,8 +83,9 @@ def git_commit(repo: str) -> str:
     return "unknown"
 
 
-def measure(repo: str, workdir: str, data_dir) -> dict:
-  cache, outs = tempfile.mkdtemp(prefix="bench-cache-"), tempfile.mkdtemp(prefix="bench-out-")
+def measure(repo: str, workdir: str, data_dir, outs: str) -> dict:
+  """Cold then warm ``evaluate.py`` of ``repo`` on one fresh cache, into ``outs/cold|warm``."""
+  cache = tempfile.mkdtemp(prefix="bench-cache-")
   try:
     return {
       "checkout": os.path.abspath(repo),
@@ -96,7 +97,30 @@ def measure(repo: str, workdir: str, data_dir) -> dict:
     }
   finally:
     shutil.rmtree(cache, ignore_errors=True)
-    shutil.rmtree(outs, ignore_errors=True)
+
+
+def compare_labels(a: str, b: str) -> dict:
+  """The ``*_dseg`` files of two output folders, voxel by voxel (same relative paths)."""
+  import nibabel as nib
+  import numpy as np
+
+  names = sorted(
+    os.path.relpath(os.path.join(d, f), a)
+    for d, _, fs in os.walk(a)
+    for f in fs
+    if f.endswith("_dseg.nii.gz")
+  )
+  differing, total, missing = 0, 0, 0
+  for name in names:
+    other = os.path.join(b, name)
+    if not os.path.exists(other):
+      missing += 1
+      continue
+    x = np.asarray(nib.load(os.path.join(a, name)).dataobj)
+    y = np.asarray(nib.load(other).dataobj)
+    differing += int(np.sum(x != y)) if x.shape == y.shape else x.size
+    total += x.size
+  return {"files": len(names), "missing": missing, "voxels": total, "differing": differing}
 
 
 COLUMNS = (
@@ -131,18 +155,38 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   workdir = os.path.abspath(args.workdir)
   repos = [REPO] + ([args.baseline] if args.baseline else [])
-  results = [measure(repo, workdir, args.data_dir) for repo in repos]
+  outs = [tempfile.mkdtemp(prefix="bench-out-") for _ in repos]
+  try:
+    results = [measure(repo, workdir, args.data_dir, out) for repo, out in zip(repos, outs)]
+    # Same predictions? This checkout's cold and warm runs, and this one against the baseline.
+    same = {"warm_vs_cold": compare_labels(*(os.path.join(outs[0], n) for n in ("cold", "warm")))}
+    if args.baseline:
+      same["baseline_vs_this"] = compare_labels(
+        os.path.join(outs[0], "cold"), os.path.join(outs[1], "cold")
+      )
+  finally:
+    for out in outs:
+      shutil.rmtree(out, ignore_errors=True)
   record = {
     "workdir": workdir,
     "data_dir": args.data_dir,
     "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
     "load_average": [round(v, 2) for v in os.getloadavg()],
     "results": results,
+    "same_labels": same,
   }
+  if args.baseline:
+    record["speedup_cold_wall"] = round(results[1]["cold"]["wall"] / results[0]["cold"]["wall"], 2)
+    record["speedup_warm_wall"] = round(results[1]["warm"]["wall"] / results[0]["warm"]["wall"], 2)
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(record, f, indent=1)
   print(table(results))
+  for key, c in same.items():
+    print(f"labels {key}: {c['differing']} of {c['voxels']} voxels differ ({c['files']} files)")
+  for key in ("speedup_cold_wall", "speedup_warm_wall"):
+    if key in record:
+      print(f"{key}: {record[key]}x")
   print(f"wrote {args.out} (seconds; load average {record['load_average']})")
   return 0
 
