@@ -595,7 +595,7 @@ def test_labels_train_with_the_image_of_their_own_plane_when_origins_differ(tmp_
   later = subject.timepoints[1]
   (k,) = np.flatnonzero(later.label_mask.any(axis=(0, 1)))
   assert subject.working_z([k])[0] == 5
-  own_image = study.read_session(sessions["12mo"], loaded.protocol, 1 << 30)[0]  # its own grid
+  own_image = study.read_session(sessions["12mo"], loaded.protocol, 1 << 30).image  # its own grid
   np.testing.assert_allclose(later.image[:, :, k], own_image[:, :, 5], atol=1e-6)
   # Evaluation interpolates every working slice at its own place, labeled or not.
   (whole,) = study.load_dataset(tmp_path, loaded.protocol, spacing="native")

@@ -36,6 +36,7 @@ SPACING_ATOL = 1e-4
 @dataclasses.dataclass(frozen=True, eq=False)
 class Grid:
   """``shape`` (X, Y, Z) and voxel-to-world ``affine`` ``[4, 4]`` of a canonical (RAS) grid."""
+
   shape: tuple
   affine: np.ndarray
 
@@ -45,12 +46,15 @@ class Grid:
     return np.linalg.norm(np.asarray(self.affine)[:3, :3], axis=0)
 
   def same_as(self, other: "Grid", atol: float = AFFINE_ATOL) -> bool:
-    return (tuple(self.shape) == tuple(other.shape)
-            and np.allclose(self.affine, other.affine, atol=atol))
+    return tuple(self.shape) == tuple(other.shape) and np.allclose(
+      self.affine, other.affine, atol=atol
+    )
 
   def to_json(self) -> dict:
-    return {"shape": [int(s) for s in self.shape],
-            "affine": np.asarray(self.affine).round(6).tolist()}
+    return {
+      "shape": [int(s) for s in self.shape],
+      "affine": np.asarray(self.affine).round(6).tolist(),
+    }
 
 
 def in_plane_spacing(grid: Grid) -> tuple:
@@ -70,16 +74,17 @@ def parse_spacing(text):
   if len(values) == 1:
     values = values * 2
   if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
-    raise ValueError(f"spacing must be 'median', 'native', one positive number or two "
-                     f"separated by a comma (mm in x, y), got {text!r}")
+    raise ValueError(
+      f"spacing must be 'median', 'native', one positive number or two "
+      f"separated by a comma (mm in x, y), got {text!r}"
+    )
   return values
 
 
 def median_spacing(grids) -> tuple:
   """Median in-plane spacing of ``grids`` (nnU-Net's default target spacing), rounded to
   1e-5 mm (headers store float32 voxel sizes)."""
-  return tuple(round(float(v), 5) for v in np.median([in_plane_spacing(g) for g in grids],
-                                                     axis=0))
+  return tuple(round(float(v), 5) for v in np.median([in_plane_spacing(g) for g in grids], axis=0))
 
 
 def _corners(shape):
@@ -148,7 +153,8 @@ def voxel_map(src: Grid, dst: Grid, world=None) -> np.ndarray:
 def is_identity(src: Grid, dst: Grid, world=None) -> bool:
   """True where resampling ``src`` onto ``dst`` would copy voxels one to one."""
   return tuple(src.shape) == tuple(dst.shape) and np.allclose(
-      voxel_map(src, dst, world), np.eye(4), atol=1e-6)
+    voxel_map(src, dst, world), np.eye(4), atol=1e-6
+  )
 
 
 def resample(volume, src: Grid, dst: Grid, order: int, world=None, cval=0.0) -> np.ndarray:
@@ -163,13 +169,22 @@ def resample(volume, src: Grid, dst: Grid, order: int, world=None, cval=0.0) -> 
     return volume.copy()
   m = voxel_map(src, dst, world)
   if volume.ndim == 4:
-    return np.stack([resample(volume[..., c], src, dst, order, world, cval)
-                     for c in range(volume.shape[-1])], axis=-1)
+    return np.stack(
+      [resample(volume[..., c], src, dst, order, world, cval) for c in range(volume.shape[-1])],
+      axis=-1,
+    )
   # "grid-constant": a voxel covers +-0.5 around its center, so a point within half a voxel
   # of the edge still takes the edge voxel (and rounding at exact edges cannot drop it).
-  return ndimage.affine_transform(volume, m[:3, :3], offset=m[:3, 3],
-                                  output_shape=tuple(dst.shape), order=order,
-                                  mode="grid-constant", cval=cval, prefilter=False)
+  return ndimage.affine_transform(
+    volume,
+    m[:3, :3],
+    offset=m[:3, 3],
+    output_shape=tuple(dst.shape),
+    order=order,
+    mode="grid-constant",
+    cval=cval,
+    prefilter=False,
+  )
 
 
 def coverage(src: Grid, dst: Grid, world=None) -> np.ndarray:
@@ -199,8 +214,12 @@ def _plane_points(src: Grid, dst: Grid, dst_z: int, world=None):
   points = np.stack([xs.ravel(), ys.ravel(), np.full(xs.size, dst_z)]).astype(np.float64)
   sx, sy = (m[:2, :3] @ points + m[:2, 3:]).reshape(2, *xs.shape)
   # A voxel covers +-0.5 around its center, as in resample's "grid-constant" mode.
-  inside = ((sx >= -0.5 - 1e-6) & (sx < src.shape[0] - 0.5 + 1e-6)
-            & (sy >= -0.5 - 1e-6) & (sy < src.shape[1] - 0.5 + 1e-6))
+  inside = (
+    (sx >= -0.5 - 1e-6)
+    & (sx < src.shape[0] - 0.5 + 1e-6)
+    & (sy >= -0.5 - 1e-6)
+    & (sy < src.shape[1] - 0.5 + 1e-6)
+  )
   return sx, sy, inside
 
 
@@ -223,9 +242,15 @@ def image_plane_on(plane, src: Grid, dst: Grid, dst_z: int, world=None) -> np.nd
   neighbouring slice), or a tilted plane where registration rotates the head."""
   sx, sy, inside = _plane_points(src, dst, dst_z, world)
   plane = np.asarray(plane, np.float32)
-  out = np.stack([ndimage.map_coordinates(plane[..., c], [sx, sy], order=1,
-                                          mode="grid-constant", cval=0.0, prefilter=False)
-                  for c in range(plane.shape[-1])], axis=-1)
+  out = np.stack(
+    [
+      ndimage.map_coordinates(
+        plane[..., c], [sx, sy], order=1, mode="grid-constant", cval=0.0, prefilter=False
+      )
+      for c in range(plane.shape[-1])
+    ],
+    axis=-1,
+  )
   return np.where(inside[..., None], out, 0.0).astype(np.float32)
 
 
@@ -259,8 +284,9 @@ def place_slices(zs, src: Grid, dst: Grid, world=None):
 REGISTRATIONS = ("none", "rigid")
 
 
-def register_rigid(static, static_grid: Grid, moving, moving_grid: Grid,
-                   level_iters=(100, 30, 10)) -> np.ndarray:
+def register_rigid(
+  static, static_grid: Grid, moving, moving_grid: Grid, level_iters=(100, 30, 10)
+) -> np.ndarray:
   """Rigid transform that aligns ``moving`` to ``static`` (mutual information, dipy).
 
   Args:
@@ -271,21 +297,29 @@ def register_rigid(static, static_grid: Grid, moving, moving_grid: Grid,
     ``[4, 4]`` map from ``static``'s world to ``moving``'s world: a point of the reference
     head lies at ``map @ point`` in the session. Pass it as ``world`` to :func:`resample`.
   """
-  from dipy.align.imaffine import AffineRegistration, MutualInformationMetric
+  from dipy.align.imaffine import AffineRegistration
+  from dipy.align.imaffine import MutualInformationMetric
   from dipy.align.imaffine import transform_centers_of_mass
-  from dipy.align.transforms import RigidTransform3D, TranslationTransform3D
+  from dipy.align.transforms import RigidTransform3D
+  from dipy.align.transforms import TranslationTransform3D
 
   static = np.asarray(static, np.float64)
   moving = np.asarray(moving, np.float64)
   s_aff, m_aff = np.asarray(static_grid.affine), np.asarray(moving_grid.affine)
   start = transform_centers_of_mass(static, s_aff, moving, m_aff)
   levels = list(level_iters)
-  reg = AffineRegistration(metric=MutualInformationMetric(nbins=32, sampling_proportion=None),
-                           level_iters=levels, sigmas=[2.0, 1.0, 0.0][-len(levels):],
-                           factors=[4, 2, 1][-len(levels):], verbosity=0)
+  reg = AffineRegistration(
+    metric=MutualInformationMetric(nbins=32, sampling_proportion=None),
+    level_iters=levels,
+    sigmas=[2.0, 1.0, 0.0][-len(levels) :],
+    factors=[4, 2, 1][-len(levels) :],
+    verbosity=0,
+  )
   grid2world = dict(static_grid2world=s_aff, moving_grid2world=m_aff)
-  shift = reg.optimize(static, moving, TranslationTransform3D(), None, **grid2world,
-                       starting_affine=start.affine)
-  rigid = reg.optimize(static, moving, RigidTransform3D(), None, **grid2world,
-                       starting_affine=shift.affine)
+  shift = reg.optimize(
+    static, moving, TranslationTransform3D(), None, **grid2world, starting_affine=start.affine
+  )
+  rigid = reg.optimize(
+    static, moving, RigidTransform3D(), None, **grid2world, starting_affine=shift.affine
+  )
   return np.asarray(rigid.affine, np.float64)

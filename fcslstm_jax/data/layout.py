@@ -26,6 +26,7 @@ from fcslstm_jax.errors import DataError
 @dataclasses.dataclass(frozen=True)
 class SessionFiles:
   """One session's files. ``images``: modality -> path; ``dseg``: label file or None."""
+
   label: str
   age: float
   images: dict
@@ -35,6 +36,7 @@ class SessionFiles:
 @dataclasses.dataclass(frozen=True)
 class SubjectFiles:
   """A subject's folder and its sessions, youngest first."""
+
   subject_id: str
   path: str
   sessions: tuple
@@ -47,8 +49,9 @@ class SubjectFiles:
 # An age in a session label: a number and a unit at the label's end, read in months (the
 # shipped protocols' unit). A bare number or an unknown unit ("V06", "T2", "6") is refused:
 # read as months, "ses-1y" would be 1 month and "ses-T2" 2 months.
-_LABEL_AGE = re.compile(r"(\d+(?:\.\d+)?)(mo|mos|month|months|m|y|yr|yrs|year|years)$",
-                        re.IGNORECASE)
+_LABEL_AGE = re.compile(
+  r"(\d+(?:\.\d+)?)(mo|mos|month|months|m|y|yr|yrs|year|years)$", re.IGNORECASE
+)
 MONTHS_PER = {"m": 1.0, "y": 12.0}
 
 
@@ -76,8 +79,10 @@ def read_session_ages(tsv_path):
     try:
       ages[session_id.strip().removeprefix("ses-")] = float(age)
     except ValueError:
-      raise DataError(f"{tsv_path}: age {age!r} of {session_id} is not a number. "
-                      "Write ages as numbers (e.g. months) or 'n/a'.") from None
+      raise DataError(
+        f"{tsv_path}: age {age!r} of {session_id} is not a number. "
+        "Write ages as numbers (e.g. months) or 'n/a'."
+      ) from None
   return ages
 
 
@@ -87,9 +92,10 @@ def _session_age(subject_dir, label, tsv_ages):
   age = label_age(label)
   if age is None:
     raise DataError(
-        f"{subject_dir / ('ses-' + label)}: cannot tell the session's age (a label states it "
-        f"only with a unit: 06mo, 12m, 1y). Add an 'age' column to "
-        f"{subject_dir.name}_sessions.tsv, or rename the session (e.g. ses-06mo).")
+      f"{subject_dir / ('ses-' + label)}: cannot tell the session's age (a label states it "
+      f"only with a unit: 06mo, 12m, 1y). Add an 'age' column to "
+      f"{subject_dir.name}_sessions.tsv, or rename the session (e.g. ses-06mo)."
+    )
   return age
 
 
@@ -108,8 +114,10 @@ def find_modality(subject_dir, label, modality):
   expected = anat / f"{stem}_{modality}.nii.gz"
   found = _find_one(anat.glob(f"{stem}*_{modality}.nii*"), modality, expected)
   if found is None:
-    raise DataError(f"{expected}: missing (session has no {modality} image). Add it as .nii or "
-                    f".nii.gz, remove the session, or choose other modalities.")
+    raise DataError(
+      f"{expected}: missing (session has no {modality} image). Add it as .nii or "
+      f".nii.gz, remove the session, or choose other modalities."
+    )
   return found
 
 
@@ -123,8 +131,9 @@ def find_dseg(root, subject_id, label, labels_root=None):
   if labels_root is not None:
     labels_root = pathlib.Path(labels_root)
     return _find_one((labels_root / rel).glob("*_dseg.nii*"), "dseg", labels_root / rel)
-  candidates = [p for d in sorted((root / "derivatives").glob("*"))
-                for p in (d / rel).glob("*_dseg.nii*")]
+  candidates = [
+    p for d in sorted((root / "derivatives").glob("*")) for p in (d / rel).glob("*_dseg.nii*")
+  ]
   return _find_one(candidates, "dseg", root / "derivatives" / "*" / rel)
 
 
@@ -133,17 +142,24 @@ def scan_subject(root, subject_dir, modalities, labels_root=None) -> SubjectFile
   root, subject_dir = pathlib.Path(root), pathlib.Path(subject_dir)
   labels = sorted(d.name.removeprefix("ses-") for d in subject_dir.glob("ses-*") if d.is_dir())
   if not labels:
-    raise DataError(f"{subject_dir}: no ses-<label> folders. Longitudinal data needs "
-                    f"{subject_dir}/ses-<label>/anat/{subject_dir.name}_ses-<label>_T1w.nii.gz.")
+    raise DataError(
+      f"{subject_dir}: no ses-<label> folders. Longitudinal data needs "
+      f"{subject_dir}/ses-<label>/anat/{subject_dir.name}_ses-<label>_T1w.nii.gz."
+    )
   tsv = subject_dir / f"{subject_dir.name}_sessions.tsv"
   tsv_ages = read_session_ages(tsv) if tsv.is_file() else {}
   subject_id = subject_dir.name.removeprefix("sub-")
   sessions = []
   for label in labels:
     images = {m: find_modality(subject_dir, label, m) for m in modalities}
-    sessions.append(SessionFiles(label=label, age=_session_age(subject_dir, label, tsv_ages),
-                                 images=images,
-                                 dseg=find_dseg(root, subject_id, label, labels_root)))
+    sessions.append(
+      SessionFiles(
+        label=label,
+        age=_session_age(subject_dir, label, tsv_ages),
+        images=images,
+        dseg=find_dseg(root, subject_id, label, labels_root),
+      )
+    )
   sessions.sort(key=lambda s: (s.age, s.label))
   return SubjectFiles(subject_id=subject_id, path=str(subject_dir), sessions=tuple(sessions))
 
@@ -155,8 +171,10 @@ def subject_dirs(root):
     raise DataError(f"{root}: dataset folder not found. Pass the folder that holds sub-<id>/.")
   dirs = sorted(d for d in root.glob("sub-*") if d.is_dir())
   if not dirs:
-    raise DataError(f"{root}: no subjects found (no sub-<id>/ folders). Expected "
-                    f"{root}/sub-<id>/ses-<label>/anat/sub-<id>_ses-<label>_T1w.nii.gz.")
+    raise DataError(
+      f"{root}: no subjects found (no sub-<id>/ folders). Expected "
+      f"{root}/sub-<id>/ses-<label>/anat/sub-<id>_ses-<label>_T1w.nii.gz."
+    )
   return dirs
 
 

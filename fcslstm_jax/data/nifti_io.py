@@ -13,8 +13,8 @@ import os
 import zlib
 
 import nibabel as nib
-from nibabel import orientations
 import numpy as np
+from nibabel import orientations
 
 from fcslstm_jax import files
 from fcslstm_jax.errors import DataError
@@ -38,6 +38,7 @@ class NiftiRef:
     ornt: ``[3, 2]`` nibabel orientation of the stored axes relative to RAS.
     shape: the stored 3D shape ``(i, j, k)``.
   """
+
   affine: np.ndarray
   header: object
   ornt: np.ndarray
@@ -54,6 +55,7 @@ class Volume:
     ref: the original grid, for :func:`save_like`.
     path: the file it was read from.
   """
+
   data: np.ndarray
   affine: np.ndarray
   ref: NiftiRef
@@ -70,14 +72,16 @@ def _open(path):
   if not os.path.isfile(path):
     raise DataError(f"{path}: file not found. Check the path and the dataset layout.")
   if not is_nifti_path(path):
-    raise DataError(f"{path}: not a NIfTI file name. Convert it to .nii or .nii.gz "
-                    "(e.g. with dcm2niix).")
+    raise DataError(
+      f"{path}: not a NIfTI file name. Convert it to .nii or .nii.gz (e.g. with dcm2niix)."
+    )
   try:
     img = nib.load(path, mmap=False)
   except _READ_ERRORS as e:
     raise DataError(
-        f"{path}: unreadable NIfTI file ({type(e).__name__}: {e}). "
-        "Re-export or re-download it; check it is not truncated.") from e
+      f"{path}: unreadable NIfTI file ({type(e).__name__}: {e}). "
+      "Re-export or re-download it; check it is not truncated."
+    ) from e
   if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
     raise DataError(f"{path}: is a {type(img).__name__}, not NIfTI. Convert it to .nii.gz.")
   return img
@@ -90,8 +94,9 @@ def _spatial_shape(img, path):
     shape = shape[:-1]
   if len(shape) != 3:
     raise DataError(
-        f"{path}: has shape {img.shape}, expected a 3D volume. "
-        "Split 4D series into 3D files (e.g. nibabel.funcs.four_to_three), one volume per file.")
+      f"{path}: has shape {img.shape}, expected a 3D volume. "
+      "Split 4D series into 3D files (e.g. nibabel.funcs.four_to_three), one volume per file."
+    )
   return shape
 
 
@@ -100,8 +105,9 @@ def _check_size(img, shape, path, max_bytes):
   nbytes = int(np.prod(shape, dtype=np.int64)) * itemsize
   if nbytes > max_bytes:
     raise DataError(
-        f"{path}: header shape {shape} would need {_size(nbytes)}, over the {_size(max_bytes)} "
-        "limit. Crop or downsample the volume, or raise max_bytes.")
+      f"{path}: header shape {shape} would need {_size(nbytes)}, over the {_size(max_bytes)} "
+      "limit. Crop or downsample the volume, or raise max_bytes."
+    )
 
 
 def _size(nbytes):
@@ -110,8 +116,9 @@ def _size(nbytes):
 
 def _check_affine(affine, path):
   if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-8:
-    raise DataError(f"{path}: invalid (singular or non-finite) affine. Fix the header's "
-                    "sform/qform.")
+    raise DataError(
+      f"{path}: invalid (singular or non-finite) affine. Fix the header's sform/qform."
+    )
 
 
 def read_header(path, max_bytes=DEFAULT_MAX_BYTES):
@@ -157,8 +164,9 @@ def _read_array(img, shape, path):
     data = np.asanyarray(img.dataobj)
   except _READ_ERRORS as e:
     raise DataError(
-        f"{path}: voxel data cannot be read ({type(e).__name__}: {e}); the file is probably "
-        "truncated or corrupt. Re-export or re-download it.") from e
+      f"{path}: voxel data cannot be read ({type(e).__name__}: {e}); the file is probably "
+      "truncated or corrupt. Re-export or re-download it."
+    ) from e
   return np.asarray(data).reshape(shape)
 
 
@@ -169,9 +177,10 @@ def _as_labels(data, path):
     rounded = np.round(data)
     if not np.array_equal(rounded, data):
       raise DataError(
-          f"{path}: labels are not integers (e.g. {data[rounded != data].flat[0]!r}). "
-          "Write integer class labels (0 = background), not probabilities or resampled labels "
-          "(use nearest-neighbour interpolation).")
+        f"{path}: labels are not integers (e.g. {data[rounded != data].flat[0]!r}). "
+        "Write integer class labels (0 = background), not probabilities or resampled labels "
+        "(use nearest-neighbour interpolation)."
+      )
     data = rounded
   return data.astype(np.int32)
 
@@ -181,8 +190,9 @@ def _as_image(data, path):
   bad = ~np.isfinite(data)
   if bad.any():
     raise DataError(
-        f"{path}: {int(bad.sum())} voxels are NaN or Inf. Replace them (e.g. with 0) "
-        "or re-run the step that produced the file.")
+      f"{path}: {int(bad.sum())} voxels are NaN or Inf. Replace them (e.g. with 0) "
+      "or re-run the step that produced the file."
+    )
   return data
 
 
@@ -228,8 +238,10 @@ def to_original_orientation(canonical_array, ref):
   back = orientations.ornt_transform(_RAS, ref.ornt)
   out = orientations.apply_orientation(np.asarray(canonical_array), back)
   if tuple(out.shape[:3]) != tuple(ref.shape):
-    raise ValueError(f"array has canonical shape {np.shape(canonical_array)}, "
-                     f"which does not map onto the reference shape {ref.shape}")
+    raise ValueError(
+      f"array has canonical shape {np.shape(canonical_array)}, "
+      f"which does not map onto the reference shape {ref.shape}"
+    )
   return np.ascontiguousarray(out)
 
 
@@ -285,8 +297,10 @@ def save_float_like(path, array, ref, dtype=np.float32):
   """
   array = np.asarray(array)
   if not np.issubdtype(array.dtype, np.floating) or array.ndim not in (3, 4):
-    raise ValueError(f"save_float_like writes float [X, Y, Z] or [X, Y, Z, c] arrays, got "
-                     f"{array.dtype} {array.shape}")
+    raise ValueError(
+      f"save_float_like writes float [X, Y, Z] or [X, Y, Z, c] arrays, got "
+      f"{array.dtype} {array.shape}"
+    )
   if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.uint8)):
     raise ValueError(f"save_float_like stores float32 or uint8, got {dtype}")
   data = to_original_orientation(array, ref).astype(np.float32)

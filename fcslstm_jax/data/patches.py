@@ -48,6 +48,7 @@ class VolumeSet:
     offsets: ``int32 [N, 3]``: the working grid's ``[Z, X, Y]`` index 0 sits at this index of
       ``[D, H, W]`` (negative along D for a slab that starts inside the volume).
   """
+
   images: np.ndarray
   labels: np.ndarray
   label_mask: np.ndarray
@@ -69,8 +70,10 @@ def volume_shape(subjects) -> tuple:
 def _subject_volume(subject, protocol, split, shape):
   seen = protocol.timepoints(split)
   if subject.z_index is not None:
-    raise ValueError(f"sub-{subject.subject_id}: loaded with keep='labeled'; volumes need "
-                     "every slice (study.load_study(..., keep='all')).")
+    raise ValueError(
+      f"sub-{subject.subject_id}: loaded with keep='labeled'; volumes need "
+      "every slice (study.load_study(..., keep='all'))."
+    )
   x, y, z = subject.grid.shape[:3]
   off = tuple((s - n) // 2 for n, s in zip((z, x, y), shape))
   region = tuple(slice(o, o + n) for o, n in zip(off, (z, x, y)))
@@ -78,7 +81,10 @@ def _subject_volume(subject, protocol, split, shape):
   images = np.zeros((t_count,) + tuple(shape) + (c,), np.float32)
   labels = np.zeros((t_count,) + tuple(shape), np.int32)
   mask = np.zeros((t_count,) + tuple(shape), np.float32)
-  to_zxy = lambda a: np.moveaxis(a, 2, 0)  # [X, Y, Z, ...] -> [Z, X, Y, ...]
+
+  def to_zxy(a):
+    return np.moveaxis(a, 2, 0)  # [X, Y, Z, ...] -> [Z, X, Y, ...]
+
   for t, session in enumerate(subject.timepoints):
     if session is None:
       continue
@@ -107,18 +113,38 @@ def make_volumes(subjects, protocol, split, shape=None) -> VolumeSet:
   for s in subjects:
     own = (s.grid.shape[2],) + tuple(s.grid.shape[:2])
     if any(n > m for n, m in zip(own, shape)):
-      raise DataError(f"{s.path}: working grid {own} (z, x, y) larger than the batch shape "
-                      f"{shape}.")
+      raise DataError(
+        f"{s.path}: working grid {own} (z, x, y) larger than the batch shape {shape}."
+      )
   parts = [_subject_volume(s, protocol, split, shape) for s in subjects]
   t, c = protocol.num_timepoints, len(protocol.modalities)
   if not parts:
-    empty = lambda *dims, dtype=np.float32: np.zeros((0,) + dims, dtype)
-    return VolumeSet(empty(t, *shape, c), empty(t, *shape, dtype=np.int32), empty(t, *shape),
-                     empty(t, shape[0], dtype=bool), (), empty(t, dtype=str),
-                     empty(3, dtype=np.int32))
-  stack = lambda i: np.stack([p[i] for p in parts])
-  return VolumeSet(stack(0), stack(1), stack(2), stack(3), tuple(s.subject_id for s in subjects),
-                   stack(4), stack(5))
+
+    def empty(*dims, dtype=np.float32):
+      return np.zeros((0,) + dims, dtype)
+
+    return VolumeSet(
+      empty(t, *shape, c),
+      empty(t, *shape, dtype=np.int32),
+      empty(t, *shape),
+      empty(t, shape[0], dtype=bool),
+      (),
+      empty(t, dtype=str),
+      empty(3, dtype=np.int32),
+    )
+
+  def stack(i):
+    return np.stack([p[i] for p in parts])
+
+  return VolumeSet(
+    stack(0),
+    stack(1),
+    stack(2),
+    stack(3),
+    tuple(s.subject_id for s in subjects),
+    stack(4),
+    stack(5),
+  )
 
 
 def pad_to(volumes: VolumeSet, minimum) -> VolumeSet:
@@ -128,11 +154,22 @@ def pad_to(volumes: VolumeSet, minimum) -> VolumeSet:
   if not any(pads):
     return volumes
   spatial = [(0, p) for p in pads]
-  pad = lambda a, extra: np.pad(a, [(0, 0), (0, 0)] + spatial + [(0, 0)] * extra)
-  valid = np.pad(volumes.valid, [(0, 0), (0, 0), (0, pads[0])], mode="edge") \
-      if volumes.valid.shape[2] else volumes.valid  # padding as the slices beside it
-  return dataclasses.replace(volumes, images=pad(volumes.images, 1), labels=pad(volumes.labels, 0),
-                             label_mask=pad(volumes.label_mask, 0), valid=valid)
+
+  def pad(a, extra):
+    return np.pad(a, [(0, 0), (0, 0)] + spatial + [(0, 0)] * extra)
+
+  valid = (
+    np.pad(volumes.valid, [(0, 0), (0, 0), (0, pads[0])], mode="edge")
+    if volumes.valid.shape[2]
+    else volumes.valid
+  )  # padding as the slices beside it
+  return dataclasses.replace(
+    volumes,
+    images=pad(volumes.images, 1),
+    labels=pad(volumes.labels, 0),
+    label_mask=pad(volumes.label_mask, 0),
+    valid=valid,
+  )
 
 
 def patch_start(center, patch, shape, rng) -> np.ndarray:
@@ -186,12 +223,17 @@ class PatchSampler:
     """The batch (``images [B, T, d, h, w, C]``, ``labels`` / ``label_mask [B, T, d, h, w]``,
     ``valid [B, T, d]``) of one patch of each subject in ``indices``."""
     starts = self.starts(indices, key)
-    crop = lambda a, i, s: a[(i, slice(None)) + tuple(slice(o, o + n) for o, n in
-                                                       zip(s, self.patch))]
-    out = {k: np.stack([crop(getattr(self.volumes, k), i, s) for i, s in zip(indices, starts)])
-           for k in ("images", "labels", "label_mask")}
-    out["valid"] = np.stack([self.volumes.valid[i, :, s[0]:s[0] + self.patch[0]]
-                             for i, s in zip(indices, starts)])
+
+    def crop(a, i, s):
+      return a[(i, slice(None)) + tuple(slice(o, o + n) for o, n in zip(s, self.patch))]
+
+    out = {
+      k: np.stack([crop(getattr(self.volumes, k), i, s) for i, s in zip(indices, starts)])
+      for k in ("images", "labels", "label_mask")
+    }
+    out["valid"] = np.stack(
+      [self.volumes.valid[i, :, s[0] : s[0] + self.patch[0]] for i, s in zip(indices, starts)]
+    )
     return out
 
 
@@ -200,7 +242,8 @@ def slab_starts(labeled_z, depth: int, total: int) -> list:
   cover the labeled z indices ``labeled_z`` (sorted), each centred on the labeled slices
   ``first..last`` it counts: ``clip(centre - depth // 2, 0, total - depth)``, moved so that
   ``first..last`` stays inside. One labeled slice sits in the middle of its slab, not on its
-  edge, where the windows' Gaussian weights are smallest (:mod:`fcslstm_jax.infer.sliding_window`)."""
+  edge, where the windows' Gaussian weights are smallest
+  (:mod:`fcslstm_jax.infer.sliding_window`)."""
   out, i, zs = [], 0, [int(z) for z in labeled_z]
   while i < len(zs):
     first = zs[i]
@@ -233,9 +276,14 @@ def label_slabs(volumes: VolumeSet, depth: int, zs=None) -> VolumeSet:
       keep.append(i)
       starts.append(s)
       counted.append((first - s, last - s + 1))
-  cut = lambda a: np.stack([
-      a[i, :, s:s + depth] for i, s in zip(keep, starts)]) if keep else \
-      np.zeros((0,) + a.shape[1:2] + (depth,) + a.shape[3:], a.dtype)
+
+  def cut(a):
+    return (
+      np.stack([a[i, :, s : s + depth] for i, s in zip(keep, starts)])
+      if keep
+      else np.zeros((0,) + a.shape[1:2] + (depth,) + a.shape[3:], a.dtype)
+    )
+
   mask = cut(volumes.label_mask)
   for k, (lo, hi) in enumerate(counted):
     mask[k, :, :lo] = 0.0
@@ -243,11 +291,20 @@ def label_slabs(volumes: VolumeSet, depth: int, zs=None) -> VolumeSet:
   labels = np.where(mask > 0, cut(volumes.labels), 0).astype(np.int32)
   offsets = volumes.offsets[keep].copy() if keep else np.zeros((0, 3), np.int32)
   offsets[:, 0] -= np.asarray(starts, np.int32)
-  valid = np.stack([volumes.valid[i, :, s:s + depth] for i, s in zip(keep, starts)]) if keep \
-      else np.zeros((0,) + volumes.valid.shape[1:2] + (depth,), bool)
-  return VolumeSet(cut(volumes.images), labels, mask, valid,
-                   tuple(volumes.subject_ids[i] for i in keep), volumes.session_labels[keep],
-                   offsets)
+  valid = (
+    np.stack([volumes.valid[i, :, s : s + depth] for i, s in zip(keep, starts)])
+    if keep
+    else np.zeros((0,) + volumes.valid.shape[1:2] + (depth,), bool)
+  )
+  return VolumeSet(
+    cut(volumes.images),
+    labels,
+    mask,
+    valid,
+    tuple(volumes.subject_ids[i] for i in keep),
+    volumes.session_labels[keep],
+    offsets,
+  )
 
 
 def training_sets(subjects, protocol, patch, seed=0, shape=None):
@@ -261,5 +318,8 @@ def training_sets(subjects, protocol, patch, seed=0, shape=None):
   shape = shape or volume_shape(subjects)
   train = make_volumes(subjects, protocol, "train", shape)
   test = make_volumes(subjects, protocol, "test", shape)
-  return (PatchSampler(train, patch, seed), label_slabs(train, patch[0]),
-          label_slabs(test, patch[0]))
+  return (
+    PatchSampler(train, patch, seed),
+    label_slabs(train, patch[0]),
+    label_slabs(test, patch[0]),
+  )

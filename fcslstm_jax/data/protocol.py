@@ -15,12 +15,14 @@ which sessions fit none, so that no scan is dropped silently.
 import dataclasses
 import os
 import pathlib
-from typing import Optional, Union
+from typing import Optional
+from typing import Union
 
 import numpy as np
 
 from fcslstm_jax import jsonfile
-from fcslstm_jax.errors import ConfigError, DataError
+from fcslstm_jax.errors import ConfigError
+from fcslstm_jax.errors import DataError
 
 SHIPPED = pathlib.Path(__file__).parent / "protocols"
 DATASET_FILE = "protocol.json"  # at the root of a dataset, used when --protocol is not given
@@ -48,6 +50,7 @@ class Protocol:
     class_names: one name per class.
     modalities: BIDS suffixes stacked as channels, in order.
   """
+
   name: str
   num_timepoints: int
   ages: Optional[tuple[float, ...]] = None
@@ -74,17 +77,22 @@ class Protocol:
       if bad:
         raise ConfigError(f"{where}: {field} {bad} outside 0..{t - 1} (0-based indices).")
     if set(self.train_timepoints) & set(self.test_timepoints):
-      raise ConfigError(f"{where}: time point(s) "
-                        f"{sorted(set(self.train_timepoints) & set(self.test_timepoints))} are "
-                        "in both train_timepoints and test_timepoints.")
+      raise ConfigError(
+        f"{where}: time point(s) "
+        f"{sorted(set(self.train_timepoints) & set(self.test_timepoints))} are "
+        "in both train_timepoints and test_timepoints."
+      )
     if self.num_classes < 2:
       raise ConfigError(f"{where}: num_classes must be >= 2 (background and one tissue).")
     if len(self.class_names) != self.num_classes:
-      raise ConfigError(f"{where}: class_names has {len(self.class_names)} names for "
-                        f"{self.num_classes} classes.")
+      raise ConfigError(
+        f"{where}: class_names has {len(self.class_names)} names for {self.num_classes} classes."
+      )
     if isinstance(self.slice_selection, str) and self.slice_selection != "center":
-      raise ConfigError(f"{where}: slice_selection must be 'center' or a list of indices, "
-                        f"got {self.slice_selection!r}.")
+      raise ConfigError(
+        f"{where}: slice_selection must be 'center' or a list of indices, "
+        f"got {self.slice_selection!r}."
+      )
     if self.labeled_slices_per_volume < 1:
       raise ConfigError(f"{where}: labeled_slices_per_volume must be >= 1.")
     if self.age_tolerance < 0:
@@ -104,8 +112,9 @@ class Protocol:
 
   def role(self, t):
     """``"train"``, ``"test"`` or ``"unused"`` for time point ``t``."""
-    return ("train" if t in self.train_timepoints else
-            "test" if t in self.test_timepoints else "unused")
+    return (
+      "train" if t in self.train_timepoints else "test" if t in self.test_timepoints else "unused"
+    )
 
   def describe_timepoint(self, t):
     """``"time point 3 (6 mo)"``: 1-based, with the age when the protocol has ages."""
@@ -119,18 +128,22 @@ class Protocol:
 
 # ------------------------------------------------------------------------------ files
 
+
 def from_dict(d: dict, path="protocol", default_name="protocol") -> Protocol:
   """A :class:`Protocol` from a JSON object; errors name ``path`` and the key."""
   d = jsonfile.fields_from_json(d, Protocol, path)
   d.setdefault("name", default_name)
   if "num_timepoints" not in d:
     if not d.get("ages"):
-      raise ConfigError(f"{path}: key 'num_timepoints' is missing (or give 'ages', one per "
-                        "time point).")
+      raise ConfigError(
+        f"{path}: key 'num_timepoints' is missing (or give 'ages', one per time point)."
+      )
     d["num_timepoints"] = len(d["ages"])
   if "train_timepoints" not in d:
-    raise ConfigError(f"{path}: key 'train_timepoints' is missing: the 0-based time points "
-                      "whose labels training uses.")
+    raise ConfigError(
+      f"{path}: key 'train_timepoints' is missing: the 0-based time points "
+      "whose labels training uses."
+    )
   try:
     return Protocol(**d)
   except ConfigError as e:
@@ -139,8 +152,11 @@ def from_dict(d: dict, path="protocol", default_name="protocol") -> Protocol:
 
 def load_file(path) -> Protocol:
   """Reads a protocol JSON file (see the module docstring)."""
-  d = jsonfile.read(path, missing=f"Give a JSON file, or one of the shipped protocols "
-                    f"{shipped_names()}.", fix="Fix the protocol file.")
+  d = jsonfile.read(
+    path,
+    missing=f"Give a JSON file, or one of the shipped protocols {shipped_names()}.",
+    fix="Fix the protocol file.",
+  )
   return from_dict(d, path, default_name=pathlib.Path(path).stem)
 
 
@@ -173,8 +189,11 @@ BRIC = get_protocol("bric")
 # takes the 6, 9 and 12 month sessions: test on the isointense 6 months, train on the two
 # later ones. Real IBIS scans are at 6, 12 and 24 months: ``protocols/ibis.json``.
 IBIS_BUILTIN = Protocol(
-    name="ibis", num_timepoints=3, ages=(6.0, 9.0, 12.0),
-    train_timepoints=(1, 2), test_timepoints=(0,),
+  name="ibis",
+  num_timepoints=3,
+  ages=(6.0, 9.0, 12.0),
+  train_timepoints=(1, 2),
+  test_timepoints=(0,),
 )
 
 BUILTIN = {"bric": BRIC, "ibis": IBIS_BUILTIN}  # --dataset NAME -> its protocol
@@ -193,6 +212,7 @@ def builtin(name) -> Protocol:
 @dataclasses.dataclass(frozen=True)
 class Unassigned:
   """A session that fits no time point, with the reason (for the start-up warning)."""
+
   subject_id: str
   session: str
   age: float
@@ -218,23 +238,35 @@ def assign_sessions(sessions, protocol: Protocol, subject_id: str, where=""):
       if t < protocol.num_timepoints:
         slots[t] = session
       else:
-        unassigned.append(Unassigned(subject_id, session.label, session.age,
-                                     f"protocol {protocol.name} uses the first "
-                                     f"{protocol.num_timepoints} sessions in age order"))
+        unassigned.append(
+          Unassigned(
+            subject_id,
+            session.label,
+            session.age,
+            f"protocol {protocol.name} uses the first "
+            f"{protocol.num_timepoints} sessions in age order",
+          )
+        )
     return slots, unassigned
   ages = np.asarray(protocol.ages, dtype=np.float64)
   for session in sessions:
     t = int(np.argmin(np.abs(ages - session.age)))
     if abs(ages[t] - session.age) > protocol.age_tolerance:
-      unassigned.append(Unassigned(
-          subject_id, session.label, session.age,
+      unassigned.append(
+        Unassigned(
+          subject_id,
+          session.label,
+          session.age,
           f"fits no time point of protocol {protocol.name} (nearest: "
-          f"{protocol.describe_timepoint(t)}, tolerance {protocol.age_tolerance:g})"))
+          f"{protocol.describe_timepoint(t)}, tolerance {protocol.age_tolerance:g})",
+        )
+      )
       continue
     if slots[t] is not None:
       raise DataError(
-          f"{where or 'sub-' + subject_id}: sessions {slots[t].label} and {session.label} both "
-          f"fit {protocol.describe_timepoint(t)}. Remove one, fix the ages in the "
-          "sessions.tsv, or lower the protocol's age_tolerance.")
+        f"{where or 'sub-' + subject_id}: sessions {slots[t].label} and {session.label} both "
+        f"fit {protocol.describe_timepoint(t)}. Remove one, fix the ages in the "
+        "sessions.tsv, or lower the protocol's age_tolerance."
+      )
     slots[t] = session
   return slots, unassigned

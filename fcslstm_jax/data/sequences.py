@@ -38,6 +38,7 @@ class SliceSet:
     offsets: ``int32 [N, 2]`` where the subject's ``[X, Y]`` starts inside ``[H, W]``
       (centered zero padding).
   """
+
   images: np.ndarray
   labels: np.ndarray
   label_mask: np.ndarray
@@ -54,8 +55,11 @@ class SliceSet:
 def labeled_z(subject, timepoints) -> np.ndarray:
   """Positions along the sessions' z axis where a session at ``timepoints`` has counted
   labels (:meth:`fcslstm_jax.data.study.Subject.working_z` turns them into working-grid z)."""
-  zs = [np.flatnonzero(s.label_mask.any(axis=(0, 1))) for t, s in enumerate(subject.timepoints)
-        if t in timepoints and s is not None and s.label_mask is not None]
+  zs = [
+    np.flatnonzero(s.label_mask.any(axis=(0, 1)))
+    for t, s in enumerate(subject.timepoints)
+    if t in timepoints and s is not None and s.label_mask is not None
+  ]
   return np.unique(np.concatenate(zs)) if zs else np.array([], np.int64)
 
 
@@ -83,8 +87,9 @@ def _subject_sequences(subject, protocol, split, size, every_slice=False):
       continue
     labels[(slice(None), t) + region[1:]] = np.moveaxis(session.labels[:, :, zs], 2, 0)
     mask[(slice(None), t) + region[1:]] = np.moveaxis(session.label_mask[:, :, zs], 2, 0)
-  valid = np.stack([np.zeros(len(zs), bool) if s is None else in_view(s)[zs]
-                    for s in subject.timepoints], axis=1)  # [len(zs), T]
+  valid = np.stack(
+    [np.zeros(len(zs), bool) if s is None else in_view(s)[zs] for s in subject.timepoints], axis=1
+  )  # [len(zs), T]
   return images, labels, mask, valid, subject.working_z(zs), (ox, oy)
 
 
@@ -121,27 +126,45 @@ def make_sequences(subjects, protocol, split, size=None, every_slice=False) -> S
   size = tuple(size) if size is not None else in_plane_size(subjects)
   for s in subjects:
     if any(n > m for n, m in zip(s.grid.shape[:2], size)):
-      raise DataError(f"{s.path}: working grid {s.grid.shape[:2]} larger than the batch size "
-                      f"{size}.")
+      raise DataError(
+        f"{s.path}: working grid {s.grid.shape[:2]} larger than the batch size {size}."
+      )
   parts = [(s, _subject_sequences(s, protocol, split, size, every_slice)) for s in subjects]
   parts = [(s, p) for s, p in parts if len(p[4])]
   t, c = protocol.num_timepoints, len(protocol.modalities)
   if not parts:
-    empty = lambda *shape, dtype=np.float32: np.zeros((0,) + shape, dtype)
-    return SliceSet(images=empty(t, *size, c), labels=empty(t, *size, dtype=np.int32),
-                    label_mask=empty(t, *size), valid=empty(t, dtype=bool), subject_ids=(),
-                    slice_index=empty(dtype=np.int32), session_labels=empty(t, dtype=str),
-                    offsets=empty(2, dtype=np.int32))
-  cat = lambda i: np.concatenate([p[i] for _, p in parts])
-  repeat = lambda v, p: np.broadcast_to(v, (len(p[4]),) + np.shape(v))
+
+    def empty(*shape, dtype=np.float32):
+      return np.zeros((0,) + shape, dtype)
+
+    return SliceSet(
+      images=empty(t, *size, c),
+      labels=empty(t, *size, dtype=np.int32),
+      label_mask=empty(t, *size),
+      valid=empty(t, dtype=bool),
+      subject_ids=(),
+      slice_index=empty(dtype=np.int32),
+      session_labels=empty(t, dtype=str),
+      offsets=empty(2, dtype=np.int32),
+    )
+
+  def cat(i):
+    return np.concatenate([p[i] for _, p in parts])
+
+  def repeat(v, p):
+    return np.broadcast_to(v, (len(p[4]),) + np.shape(v))
+
   return SliceSet(
-      images=cat(0), labels=cat(1), label_mask=cat(2),
-      valid=cat(3),
-      subject_ids=tuple(s.subject_id for s, p in parts for _ in p[4]),
-      slice_index=cat(4).astype(np.int32),
-      session_labels=np.concatenate([repeat(np.array(
-          [ses.label if ses else "" for ses in s.timepoints]), p) for s, p in parts]),
-      offsets=np.concatenate([repeat(np.array(p[5], np.int32), p) for _, p in parts]),
+    images=cat(0),
+    labels=cat(1),
+    label_mask=cat(2),
+    valid=cat(3),
+    subject_ids=tuple(s.subject_id for s, p in parts for _ in p[4]),
+    slice_index=cat(4).astype(np.int32),
+    session_labels=np.concatenate(
+      [repeat(np.array([ses.label if ses else "" for ses in s.timepoints]), p) for s, p in parts]
+    ),
+    offsets=np.concatenate([repeat(np.array(p[5], np.int32), p) for _, p in parts]),
   )
 
 
@@ -174,8 +197,10 @@ def format_counts(counts, protocol, split) -> str:
   subjects, sessions, slices, voxels = (int(v) for v in counts[:4])
   per_class = ", ".join(f"{n} {int(v)}" for n, v in zip(protocol.class_names, counts[4:]))
   times = ", ".join(str(t + 1) for t in protocol.timepoints(split)) or "none"
-  return (f"{split} (time points {times}): {subjects} subjects, {sessions} sessions, "
-          f"{slices} labeled slices; labeled voxels: {per_class}")
+  return (
+    f"{split} (time points {times}): {subjects} subjects, {sessions} sessions, "
+    f"{slices} labeled slices; labeled voxels: {per_class}"
+  )
 
 
 def check_training_labels(counts, protocol, root) -> None:
@@ -184,26 +209,31 @@ def check_training_labels(counts, protocol, root) -> None:
   times = ", ".join(str(t + 1) for t in protocol.train_timepoints) or "none"
   if counts[3] == 0:
     raise DataError(
-        f"{root}: no labeled voxel at the training time points ({times}) of protocol "
-        f"{protocol.name}. Add *_dseg.nii.gz files under {root}/derivatives/<name>/ for "
-        "sessions of those time points, or change the protocol's train_timepoints.")
-  missing = [f"{n} ({i})" for i, (n, v) in enumerate(zip(protocol.class_names, counts[4:]))
-             if v == 0]
+      f"{root}: no labeled voxel at the training time points ({times}) of protocol "
+      f"{protocol.name}. Add *_dseg.nii.gz files under {root}/derivatives/<name>/ for "
+      "sessions of those time points, or change the protocol's train_timepoints."
+    )
+  missing = [
+    f"{n} ({i})" for i, (n, v) in enumerate(zip(protocol.class_names, counts[4:])) if v == 0
+  ]
   if missing:
     raise DataError(
-        f"{root}: class {', '.join(missing)} has no labeled voxel at the training time points "
-        f"({times}); training could never learn it. Check num_classes and class_names in the "
-        "protocol, or label that class in some training session.")
+      f"{root}: class {', '.join(missing)} has no labeled voxel at the training time points "
+      f"({times}); training could never learn it. Check num_classes and class_names in the "
+      "protocol, or label that class in some training session."
+    )
 
 
 def unlabeled_subjects(study) -> list:
   """Ids of the subjects with no label file at a training time point (all processes)."""
   from fcslstm_jax.data import protocol
+
   out = []
   for f in study.files:
     slots, _ = protocol.assign_sessions(f.sessions, study.protocol, f.subject_id, f.path)
-    if not any(s is not None and s.dseg for t, s in enumerate(slots)
-               if t in study.protocol.train_timepoints):
+    if not any(
+      s is not None and s.dseg for t, s in enumerate(slots) if t in study.protocol.train_timepoints
+    ):
       out.append(f.subject_id)
   return out
 
@@ -211,21 +241,28 @@ def unlabeled_subjects(study) -> list:
 def describe_study(study, counts=None) -> str:
   """The start-up summary: protocol, grids, each split's counts, who takes no part."""
   p = study.protocol
-  spacing = ("native (per subject)" if study.options.spacing is None else
-             " x ".join(f"{v:g}" for v in study.options.spacing) + " mm")
+  spacing = (
+    "native (per subject)"
+    if study.options.spacing is None
+    else " x ".join(f"{v:g}" for v in study.options.spacing) + " mm"
+  )
   sessions = sum(len(f.sessions) for f in study.files)
-  lines = [f"{len(study.files)} subjects, {sessions} sessions in {study.root}; protocol "
-           f"{p.name}: {p.num_timepoints} time points"
-           + (f" at ages {', '.join(f'{a:g}' for a in p.ages)}" if p.ages else " (by order)")
-           + f"; in-plane spacing {spacing}; reference session {study.options.reference}; "
-           f"registration {study.options.register}"]
+  lines = [
+    f"{len(study.files)} subjects, {sessions} sessions in {study.root}; protocol "
+    f"{p.name}: {p.num_timepoints} time points"
+    + (f" at ages {', '.join(f'{a:g}' for a in p.ages)}" if p.ages else " (by order)")
+    + f"; in-plane spacing {spacing}; reference session {study.options.reference}; "
+    f"registration {study.options.register}"
+  ]
   for split in ("train", "test"):
     c = counts[split] if counts else split_counts(study.subjects, p, split)
     lines.append("  " + format_counts(c, p, split))
   unlabeled = unlabeled_subjects(study)
   if unlabeled:
-    lines.append(f"  no labels at training time points (segmented, not trained on): "
-                 f"{', '.join('sub-' + s for s in unlabeled)}")
+    lines.append(
+      f"  no labels at training time points (segmented, not trained on): "
+      f"{', '.join('sub-' + s for s in unlabeled)}"
+    )
   return "\n".join(lines)
 
 
@@ -237,5 +274,4 @@ def describe_unassigned(study) -> list:
 def describe_warnings(study) -> list:
   """:func:`describe_unassigned`, then one line per session of this process's subjects whose
   labels did not all come through (:attr:`fcslstm_jax.data.study.Subject.warnings`)."""
-  return describe_unassigned(study) + [f"warning: {w}" for s in study.subjects
-                                       for w in s.warnings]
+  return describe_unassigned(study) + [f"warning: {w}" for s in study.subjects for w in s.warnings]

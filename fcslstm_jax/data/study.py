@@ -30,17 +30,20 @@ slice is ``[H, W] = [X, Y]``.
 """
 
 import dataclasses
+from typing import Any
+from typing import NamedTuple
 from typing import Optional
 
 import numpy as np
 
+from fcslstm_jax import jsonfile
 from fcslstm_jax.data import grids
 from fcslstm_jax.data import intensity
 from fcslstm_jax.data import layout
 from fcslstm_jax.data import nifti_io
 from fcslstm_jax.data import protocol
-from fcslstm_jax import jsonfile
-from fcslstm_jax.errors import ConfigError, DataError
+from fcslstm_jax.errors import ConfigError
+from fcslstm_jax.errors import DataError
 
 REFERENCES = ("first", "last")
 
@@ -56,6 +59,7 @@ class GridOptions:
       ``"last"`` (in age order).
     register: ``"none"`` or ``"rigid"`` (each session to the reference, mutual information).
   """
+
   spacing: Optional[tuple[float, ...]] = None
   reference: str = "first"
   register: str = "none"
@@ -64,12 +68,14 @@ class GridOptions:
     if self.reference not in REFERENCES:
       raise ConfigError(f"--reference must be one of {REFERENCES}, got {self.reference!r}.")
     if self.register not in grids.REGISTRATIONS:
-      raise ConfigError(f"--register must be one of {grids.REGISTRATIONS}, got "
-                        f"{self.register!r}.")
+      raise ConfigError(f"--register must be one of {grids.REGISTRATIONS}, got {self.register!r}.")
 
   def to_json(self) -> dict:
-    return {"spacing": list(self.spacing) if self.spacing else None,
-            "reference": self.reference, "register": self.register}
+    return {
+      "spacing": list(self.spacing) if self.spacing else None,
+      "reference": self.reference,
+      "register": self.register,
+    }
 
   @classmethod
   def from_json(cls, d: dict, where="run.json (grid)") -> "GridOptions":
@@ -101,6 +107,7 @@ class Session:
     ref: the first modality's stored grid; :func:`fcslstm_jax.data.nifti_io.save_like` writes a
       prediction ``[X, Y, Z]`` of :attr:`grid` on it.
   """
+
   label: str
   age: float
   timepoint: int
@@ -135,6 +142,7 @@ class Subject:
       lost to a differing slice spacing, explicit ``slice_selection`` indices it has no
       label at), ``"sub-<id> ses-<label>: ..."``.
   """
+
   subject_id: str
   path: str
   grid: grids.Grid
@@ -154,8 +162,11 @@ class Subject:
     return tuple(s for s in self.timepoints if s is not None)
 
   def labeled_in(self, timepoints) -> bool:
-    return any(s is not None and s.labels is not None and s.label_mask.any()
-               for t, s in enumerate(self.timepoints) if t in timepoints)
+    return any(
+      s is not None and s.labels is not None and s.label_mask.any()
+      for t, s in enumerate(self.timepoints)
+      if t in timepoints
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -170,6 +181,7 @@ class Study:
     files: every subject's :class:`~fcslstm_jax.data.layout.SubjectFiles` (all processes).
     unassigned: every session that fits no time point.
   """
+
   root: str
   protocol: protocol.Protocol
   options: GridOptions
@@ -186,8 +198,9 @@ def _check_labels(volume, num_classes):
   lo, hi = int(data.min()), int(data.max())
   if lo < 0 or hi >= num_classes:
     raise DataError(
-        f"{volume.path}: labels range {lo}..{hi}, outside 0..{num_classes - 1}. Map the classes "
-        f"to 0..{num_classes - 1} (0 = background) or set num_classes in the protocol.")
+      f"{volume.path}: labels range {lo}..{hi}, outside 0..{num_classes - 1}. Map the classes "
+      f"to 0..{num_classes - 1} (0 = background) or set num_classes in the protocol."
+    )
 
 
 def labeled_slices(labels):
@@ -207,8 +220,9 @@ def counted_slices(labels, proto, path=""):
     picked = [int(z) for z in proto.slice_selection]
     bad = [z for z in picked if not 0 <= z < depth]
     if bad:
-      raise ConfigError(f"protocol {proto.name}: slice_selection {bad} outside 0..{depth - 1} "
-                        f"for {path}.")
+      raise ConfigError(
+        f"protocol {proto.name}: slice_selection {bad} outside 0..{depth - 1} for {path}."
+      )
     return tuple(z for z in picked if z in set(labeled.tolist()))
   if labeled.size == 0:
     return ()
@@ -221,13 +235,33 @@ def _grid(volume):
   return grids.Grid(shape=tuple(volume.data.shape), affine=volume.affine)
 
 
-def read_session(files: layout.SessionFiles, proto, max_bytes):
-  """One session on its own canonical grid: ``(image, labels, mask, counted, grid, ref,
-  notes)``; ``notes``: what of its labels does not count, and why (warning lines)."""
+class SessionData(NamedTuple):
+  """One session read on its own canonical grid (:func:`read_session`)."""
+
+  image: np.ndarray  # float32 [X, Y, Z, C], normalized
+  labels: np.ndarray | None  # int32 [X, Y, Z], or None without a label file
+  mask: np.ndarray | None  # float32 [X, Y, Z]: 1 on the counted labeled slices
+  counted: tuple  # canonical z indices whose labels count
+  grid: grids.Grid
+  ref: Any  # the first modality's header, for writing outputs like it
+  notes: list  # what of its labels does not count, and why (warning lines)
+
+
+class PlacedLabels(NamedTuple):
+  """A session's counted labeled slices on the working grid (:func:`place_labels`)."""
+
+  labels: np.ndarray  # int32 [X', Y', Z']
+  mask: np.ndarray  # float32 [X', Y', Z']
+  placed: dict  # session z -> working z
+  lost: list  # [(z, reason)] of the slices that did not reach the working grid
+
+
+def read_session(files: layout.SessionFiles, proto, max_bytes) -> SessionData:
+  """One session on its own canonical grid (its image channels resampled onto the first
+  modality's grid), its labels checked."""
   for path in files.images.values():
     nifti_io.read_header(path, max_bytes)  # refuse huge or broken files before reading data
-  volumes = [nifti_io.load_volume(files.images[m], max_bytes=max_bytes)
-             for m in proto.modalities]
+  volumes = [nifti_io.load_volume(files.images[m], max_bytes=max_bytes) for m in proto.modalities]
   grid = _grid(volumes[0])
   channels = []
   for volume in volumes:
@@ -235,9 +269,11 @@ def read_session(files: layout.SessionFiles, proto, max_bytes):
     if not _grid(volume).same_as(grid):
       normalized = grids.resample(normalized, _grid(volume), grid, order=1)
       if not normalized.any():
-        raise DataError(f"{volume.path}: its field of view does not overlap "
-                        f"{volumes[0].path} (affines in the headers). Fix the headers or "
-                        "co-register the modalities.")
+        raise DataError(
+          f"{volume.path}: its field of view does not overlap "
+          f"{volumes[0].path} (affines in the headers). Fix the headers or "
+          "co-register the modalities."
+        )
     channels.append(normalized)
   labels = mask = None
   counted, notes = (), []
@@ -245,29 +281,33 @@ def read_session(files: layout.SessionFiles, proto, max_bytes):
     lab = nifti_io.load_volume(files.dseg, kind="labels", max_bytes=max_bytes)
     if not _grid(lab).same_as(grid):
       raise DataError(
-          f"{lab.path}: shape {lab.ref.shape} / affine differ from {volumes[0].path} (shape "
-          f"{volumes[0].ref.shape}). Labels must lie on their session's image grid: resample "
-          "them onto it with nearest-neighbour interpolation.")
+        f"{lab.path}: shape {lab.ref.shape} / affine differ from {volumes[0].path} (shape "
+        f"{volumes[0].ref.shape}). Labels must lie on their session's image grid: resample "
+        "them onto it with nearest-neighbour interpolation."
+      )
     _check_labels(lab, proto.num_classes)
     counted = counted_slices(lab.data, proto, lab.path)
     if not isinstance(proto.slice_selection, str):
       missing = [int(z) for z in proto.slice_selection if int(z) not in counted]
       if missing:
-        notes.append(f"{lab.path}: no label at slice_selection z={missing} (canonical RAS z "
-                     f"of this session's own grid; its labeled slices: "
-                     f"{labeled_slices(lab.data).tolist()}); those slices do not count")
+        notes.append(
+          f"{lab.path}: no label at slice_selection z={missing} (canonical RAS z "
+          f"of this session's own grid; its labeled slices: "
+          f"{labeled_slices(lab.data).tolist()}); those slices do not count"
+        )
     mask = np.zeros(grid.shape, np.float32)
     mask[:, :, list(counted)] = 1.0
     labels = np.where(mask > 0, lab.data, 0).astype(np.int32)
-  return np.stack(channels, axis=-1), labels, mask, counted, grid, volumes[0].ref, notes
+  return SessionData(
+    np.stack(channels, axis=-1), labels, mask, counted, grid, volumes[0].ref, notes
+  )
 
 
-def place_labels(labels, counted, grid: grids.Grid, work: grids.Grid, world=None):
+def place_labels(labels, counted, grid: grids.Grid, work: grids.Grid, world=None) -> PlacedLabels:
   """A session's counted labeled slices on the working grid, each on its nearest working
   slice and only there (:func:`fcslstm_jax.data.grids.place_slices`): with another slice spacing
   nearest-neighbour resampling along z would drop some and copy others onto interpolated
-  neighbours. Returns ``(labels int32, mask float32 [X', Y', Z'], placed {z: working z},
-  lost [(z, reason)])``."""
+  neighbours."""
   placed, lost = grids.place_slices(counted, grid, work, world)
   out = np.zeros(work.shape, np.int32)
   mask = np.zeros(work.shape, np.float32)
@@ -275,23 +315,26 @@ def place_labels(labels, counted, grid: grids.Grid, work: grids.Grid, world=None
     values, inside = grids.slice_on(labels[:, :, z], grid, work, k, world)
     out[:, :, k] = values
     mask[:, :, k] = inside
-  return out, mask, placed, lost
+  return PlacedLabels(out, mask, placed, lost)
 
 
 def describe_lost(path, grid: grids.Grid, work: grids.Grid, lost) -> str:
   """The warning for a session's labeled slices that do not reach the working grid."""
   what = "; ".join(f"z={z} {reason}" for z, reason in lost)
-  return (f"{path}: {len(lost)} labeled slice(s) not used: {what} (its slices are "
-          f"{grid.spacing[2]:.3g} mm apart, the working grid's {work.spacing[2]:.3g} mm; each "
-          "labeled slice goes to its nearest working slice only)")
+  return (
+    f"{path}: {len(lost)} labeled slice(s) not used: {what} (its slices are "
+    f"{grid.spacing[2]:.3g} mm apart, the working grid's {work.spacing[2]:.3g} mm; each "
+    "labeled slice goes to its nearest working slice only)"
+  )
 
 
 def _reference_index(present, reference):
   return 0 if reference == "first" else len(present) - 1
 
 
-def with_label_planes(image, session_image, placed, grid: grids.Grid, work: grids.Grid,
-                      world=None) -> np.ndarray:
+def with_label_planes(
+  image, session_image, placed, grid: grids.Grid, work: grids.Grid, world=None
+) -> np.ndarray:
   """``image [X', Y', Z', C]`` (a session resampled onto the working grid) with each working
   slice that received a labeled slice (``placed {session z: working z}``) replaced by that
   labeled plane's own image (:func:`fcslstm_jax.data.grids.image_plane_on`): labels and the
@@ -304,8 +347,14 @@ def with_label_planes(image, session_image, placed, grid: grids.Grid, work: grid
   return image
 
 
-def load_subject(files: layout.SubjectFiles, proto, options: GridOptions, keep="all",
-                 max_bytes=nifti_io.DEFAULT_MAX_BYTES, label_planes=False) -> Subject:
+def load_subject(
+  files: layout.SubjectFiles,
+  proto,
+  options: GridOptions,
+  keep="all",
+  max_bytes=nifti_io.DEFAULT_MAX_BYTES,
+  label_planes=False,
+) -> Subject:
   """Reads, checks and resamples one subject (see the module docstring).
 
   ``keep``: ``"all"`` slices of the working grid, or only the ``"labeled"`` ones (training:
@@ -316,47 +365,74 @@ def load_subject(files: layout.SubjectFiles, proto, options: GridOptions, keep="
   interpolated at its own position, so that a prediction does not depend on which slices
   of the study happen to be labeled (evaluation).
   """
-  slots, unassigned = protocol.assign_sessions(files.sessions, proto, files.subject_id,
-                                               files.path)
+  slots, unassigned = protocol.assign_sessions(files.sessions, proto, files.subject_id, files.path)
   present = [(t, f) for t, f in enumerate(slots) if f is not None]
   if not present:
     return Subject(files.subject_id, files.path, None, (None,) * len(slots), tuple(unassigned))
   raw = [read_session(f, proto, max_bytes) for _, f in present]
   ref_i = _reference_index(present, options.reference)
-  ref_image, ref_grid = raw[ref_i][0], raw[ref_i][4]
+  ref_image, ref_grid = raw[ref_i].image, raw[ref_i].grid
   to_session = [np.eye(4) for _ in raw]
   if options.register == "rigid":
-    to_session = [np.eye(4) if i == ref_i else grids.register_rigid(
-        ref_image[..., 0], ref_grid, r[0][..., 0], r[4]) for i, r in enumerate(raw)]
-  work = grids.working_grid(ref_grid, options.spacing, [r[4] for r in raw],
-                            [np.linalg.inv(m) for m in to_session])
-  placed = [None if r[1] is None else place_labels(r[1], r[3], r[4], work, world)
-            for r, world in zip(raw, to_session)]
-  masks = [None if p is None else p[1] for p in placed]
+    to_session = [
+      np.eye(4)
+      if i == ref_i
+      else grids.register_rigid(ref_image[..., 0], ref_grid, r.image[..., 0], r.grid)
+      for i, r in enumerate(raw)
+    ]
+  work = grids.working_grid(
+    ref_grid, options.spacing, [r.grid for r in raw], [np.linalg.inv(m) for m in to_session]
+  )
+  placed = [
+    None if r.labels is None else place_labels(r.labels, r.counted, r.grid, work, world)
+    for r, world in zip(raw, to_session)
+  ]
+  masks = [None if p is None else p.mask for p in placed]
   warnings = []
   for (_, f), r, p in zip(present, raw, placed):
-    notes = list(r[6]) + ([describe_lost(f.dseg, r[4], work, p[3])] if p and p[3] else [])
+    notes = list(r.notes) + ([describe_lost(f.dseg, r.grid, work, p.lost)] if p and p.lost else [])
     warnings += [f"sub-{files.subject_id} ses-{f.label}: {n}" for n in notes]
   z_index = None
   if keep == "labeled":  # training needs only the slices some session labels
-    z_index = np.unique(np.concatenate([np.flatnonzero(m.any(axis=(0, 1))) for m in masks
-                                        if m is not None] or [np.array([], np.int64)]))
+    z_index = np.unique(
+      np.concatenate(
+        [np.flatnonzero(m.any(axis=(0, 1))) for m in masks if m is not None]
+        or [np.array([], np.int64)]
+      )
+    )
   keep_z = (lambda a: a) if z_index is None else (lambda a: a[:, :, z_index])
   timepoints = [None] * len(slots)
-  for (t, f), (image, *_, grid, ref, _), world, p in zip(present, raw, to_session, placed):
+  for (t, f), r, world, p in zip(present, raw, to_session, placed):
+    image, grid, ref = r.image, r.grid, r.ref
     on_work = grids.resample(image, grid, work, 1, world)
     if label_planes and p is not None and t in proto.train_timepoints:
-      on_work = with_label_planes(on_work, image, p[2], grid, work, world)
+      on_work = with_label_planes(on_work, image, p.placed, grid, work, world)
     paths = dict(f.images, **({"dseg": f.dseg} if f.dseg else {}))
     timepoints[t] = Session(
-        label=f.label, age=f.age, timepoint=t, paths=paths, image=keep_z(on_work),
-        labels=None if p is None else keep_z(p[0]),
-        label_mask=None if p is None else keep_z(p[1]),
-        counted_slices=() if p is None else tuple(sorted(p[2])), grid=grid, to_session=world,
-        ref=ref, in_view=grids.coverage(grid, work, world)[np.arange(work.shape[2])
-                                                           if z_index is None else z_index])
-  return Subject(files.subject_id, files.path, work, tuple(timepoints), tuple(unassigned),
-                 z_index, tuple(warnings))
+      label=f.label,
+      age=f.age,
+      timepoint=t,
+      paths=paths,
+      image=keep_z(on_work),
+      labels=None if p is None else keep_z(p.labels),
+      label_mask=None if p is None else keep_z(p.mask),
+      counted_slices=() if p is None else tuple(sorted(p.placed)),
+      grid=grid,
+      to_session=world,
+      ref=ref,
+      in_view=grids.coverage(grid, work, world)[
+        np.arange(work.shape[2]) if z_index is None else z_index
+      ],
+    )
+  return Subject(
+    files.subject_id,
+    files.path,
+    work,
+    tuple(timepoints),
+    tuple(unassigned),
+    z_index,
+    tuple(warnings),
+  )
 
 
 # ------------------------------------------------------------------------------- studies
@@ -367,26 +443,27 @@ def _training_files(files, proto):
   out = []
   for f in files:
     slots, _ = protocol.assign_sessions(f.sessions, proto, f.subject_id, f.path)
-    if any(s is not None and s.dseg for t, s in enumerate(slots)
-           if t in proto.train_timepoints):
+    if any(s is not None and s.dseg for t, s in enumerate(slots) if t in proto.train_timepoints):
       out.append((f, slots))
   return out
 
 
-def resolve_spacing(files, proto, spacing, reference="first",
-                    max_bytes=nifti_io.DEFAULT_MAX_BYTES):
+def resolve_spacing(files, proto, spacing, reference="first", max_bytes=nifti_io.DEFAULT_MAX_BYTES):
   """``spacing`` as a tuple, or None (native): ``"median"``/None -> the median in-plane
   spacing of the training subjects' reference sessions (of all subjects if none has
   labels), read from headers only."""
-  spacing = grids.parse_spacing(spacing) if spacing is None or isinstance(spacing, str) else \
-      tuple(float(v) for v in spacing)
+  spacing = (
+    grids.parse_spacing(spacing)
+    if spacing is None or isinstance(spacing, str)
+    else tuple(float(v) for v in spacing)
+  )
   if spacing == "native":
     return None
   if spacing is not None:
     return spacing
   chosen = _training_files(files, proto) or [
-      (f, protocol.assign_sessions(f.sessions, proto, f.subject_id, f.path)[0])
-      for f in files]
+    (f, protocol.assign_sessions(f.sessions, proto, f.subject_id, f.path)[0]) for f in files
+  ]
   ref_grids = []
   for f, slots in chosen:
     present = [s for s in slots if s is not None]
@@ -399,9 +476,18 @@ def resolve_spacing(files, proto, spacing, reference="first",
   return grids.median_spacing(ref_grids)
 
 
-def load_study(root, proto, spacing="median", reference="first", register="none",
-               labels_root=None, shard=None, keep="all",
-               max_bytes=nifti_io.DEFAULT_MAX_BYTES, label_planes=False) -> Study:
+def load_study(
+  root,
+  proto,
+  spacing="median",
+  reference="first",
+  register="none",
+  labels_root=None,
+  shard=None,
+  keep="all",
+  max_bytes=nifti_io.DEFAULT_MAX_BYTES,
+  label_planes=False,
+) -> Study:
   """Reads a study (see the module docstring).
 
   Args:
@@ -420,14 +506,21 @@ def load_study(root, proto, spacing="median", reference="first", register="none"
     max_bytes: per-file limit checked on the header before any data is read.
   """
   files = layout.scan(root, proto.modalities, labels_root)
-  unassigned = tuple(u for f in files for u in protocol.assign_sessions(
-      f.sessions, proto, f.subject_id, f.path)[1])
+  unassigned = tuple(
+    u for f in files for u in protocol.assign_sessions(f.sessions, proto, f.subject_id, f.path)[1]
+  )
   resolved = resolve_spacing(files, proto, spacing, reference, max_bytes)
   options = GridOptions(spacing=resolved, reference=reference, register=register)
   mine = shard(files) if shard else files
   subjects = [load_subject(f, proto, options, keep, max_bytes, label_planes) for f in mine]
-  return Study(root=str(root), protocol=proto, options=options, subjects=subjects,
-               files=files, unassigned=unassigned)
+  return Study(
+    root=str(root),
+    protocol=proto,
+    options=options,
+    subjects=subjects,
+    files=files,
+    unassigned=unassigned,
+  )
 
 
 def load_dataset(root, proto=protocol.BRIC, **kwargs) -> list:

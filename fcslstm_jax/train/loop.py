@@ -301,7 +301,7 @@ class RunResult:
   stopped_by: str | None = None
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class Run:
   """What one training run needs besides its state (set up by :func:`prepare_run`).
 
@@ -400,21 +400,21 @@ def prepare_run(
       f"{list(sliding_window.window_shape(config))} per scoring"
     )
   run = Run(
-    config,
-    train_set,
-    test_set,
-    tuple(class_names),
-    mesh,
-    steps_per_epoch,
-    local_b,
-    step_fn,
-    predict_fn,
-    parallel.replicate(jax.random.fold_in(rng, 1), mesh),
-    ckpt,
-    MetricsLog(workdir, int(state.step)) if main else None,
-    train_eval_set,
-    eval_batch,
-    score_every,
+    config=config,
+    train_set=train_set,
+    test_set=test_set,
+    class_names=tuple(class_names),
+    mesh=mesh,
+    steps_per_epoch=steps_per_epoch,
+    local_batch=local_b,
+    step_fn=step_fn,
+    predict_fn=predict_fn,
+    step_rng=parallel.replicate(jax.random.fold_in(rng, 1), mesh),
+    ckpt=ckpt,
+    logger=MetricsLog(workdir, int(state.step)) if main else None,
+    train_eval_set=train_eval_set,
+    eval_batch=eval_batch,
+    score_every=score_every,
     model=model,
   )
   return run, state
