@@ -1,4 +1,4 @@
-"""2D vs 3D + time under the same wall-clock training budget (README, "3D + time").
+"""2D vs 3D + time under the same wall-clock training budget (docs/model.md, "3D + time").
 
     python experiments/compare3d.py --budget-min 6        # bric-whole and cohort
     python experiments/compare3d.py --datasets cohort --budget-min 6

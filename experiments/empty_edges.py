@@ -7,7 +7,7 @@ predicted as tissue (class > 0) where the session's first-modality image is exac
 the head of skull-stripped data, or outside the field of view): on each face of the canonical
 grid (x = 0, x = -1, y = 0, y = -1), in all, and farther than 2 voxels from any image voxel
 (``far``: not a blurred boundary but tissue made up). Used to find and check the edge artifact
-of README "Your own study"; prints one row per session and the mean per volume.
+of docs/data.md; prints one row per session and the mean per volume.
 """
 
 import argparse

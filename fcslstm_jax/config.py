@@ -10,17 +10,18 @@ paper does not give the number of epochs or the batch size; we use 200 and 2.
     python train.py --dataset bric --config paper
 
 ``quick`` (the default): the same recipe on a budget that finishes in about 6 minutes on
-two idle CPU cores (30 epochs, decay from epoch 10; measured: README, "Result of the
+two idle CPU cores (30 epochs, decay from epoch 10; measured: README.md, "Result of the
 default command"). In 3D
 its sliding windows overlap by a quarter, not a half (``window_overlap``): 2.5-3x fewer
-windows, so that a small study trains and is segmented in minutes on CPU (README, "3D + time").
+windows, so that a small study trains and is segmented in minutes on CPU (docs/model.md, "3D +
+time").
 
     python train.py --dataset bric          # README states the mPA it reaches
 
 ``tiny``: a narrow network for tests and smoke runs; not meant to segment well.
 
 3D + time (``spatial_dims=3``, ours): every preset also trains volumes over time, on
-``patch_size`` patches, with the ``stages_3d`` widths (README, "3D + time"):
+``patch_size`` patches, with the ``stages_3d`` widths (docs/model.md, "3D + time"):
 
     python train.py --model bi-fcslstm --spatial-dims 3     # whole-brain built-in volumes
 """
@@ -40,7 +41,7 @@ VGG16_EIGHTH = ((8, 2), (16, 2), (32, 3), (64, 3), (64, 3))  # 3D default (3x3x3
 SPATIAL_DIMS = (2, 3)
 # Training patch [d, h, w] of a 3D run when patch_size is null (resolved once, by the CLI,
 # and recorded in run.json). CPU: the smallest patch that is not padded (five poolings need
-# multiples of 32); 3D training is still slow there (README, "3D + time").
+# multiples of 32); 3D training is still slow there (docs/model.md, "3D + time").
 # Accelerators: a patch the 3D Bi-FCSLSTM holds for T = 5 well inside 12 GB with remat
 # (bench/README.md, "3D + time").
 PATCH_CPU = (32, 32, 32)
@@ -353,7 +354,8 @@ def describe_fields() -> str:
 CONFIGS = {
   "paper": Config(),
   # 3D: windows overlap by a quarter (paper preset: nnU-Net's half), so that evaluate.py
-  # segments a ~100 x 105 x 120 volume in 80-100 windows of 32^3, not 252 (README, "3D + time").
+  # segments a ~100 x 105 x 120 volume in 80-100 windows of 32^3, not 252 (docs/model.md, "3D +
+  # time").
   "quick": Config(epochs=30, lr_decay_begin_epoch=10, window_overlap=0.25),
   "tiny": Config(
     epochs=2,

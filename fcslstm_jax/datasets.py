@@ -1,5 +1,5 @@
 """Which study a command reads: ``--dataset NAME`` (built in, generated on first use) or
-``--data-dir DIR`` (a BIDS-like folder, README "Your own study"), as its root folder and
+``--data-dir DIR`` (a BIDS-like folder, docs/data.md), as its root folder and
 protocol; for a trained run, the study it trained on.
 
 The one place that joins the loader (the ``fcslstm_jax/data/`` folder) with the generators

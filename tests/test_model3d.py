@@ -43,7 +43,7 @@ def test_a_2d_model_refuses_a_volume():
 
 
 def test_parameter_counts_are_the_documented_ones():
-  """README, "3D + time": the default 3D widths (VGG-16 / 8, 3x3x3) and the 2D ones."""
+  """docs/model.md, "3D + time": the default 3D widths (VGG-16 / 8, 3x3x3) and the 2D ones."""
   assert networks.summary(spatial_dims=3) == {
     "fcn": 711_688,
     "fcslstm": 2_515_280,
@@ -117,7 +117,7 @@ def test_unidirectional_is_causal_in_3d():
 
 
 def test_bidirectional_sees_the_future_in_3d():
-  # T = 2 keeps it cheap (XLA:CPU's grouped 3D convolutions are slow, README "3D + time").
+  # T = 2 keeps it cheap (XLA:CPU's grouped 3D convolutions are slow, docs/model.md, "3D + time").
   per_step = _per_step_sensitivity(
     networks.FCSLSTM(3, bidirectional=True, stages=TINY, spatial_dims=3), 2, t_out=0
   )

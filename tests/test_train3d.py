@@ -23,7 +23,7 @@ from fcslstm_jax.synthetic import bric_like
 from fcslstm_jax.train import loop
 
 # 12 slices: windows of depth 8 slide along z (starts 0 and 4); 32 in-plane: one window.
-# FCSLSTM: Bi-FCSLSTM's grouped 3D convolutions are slow on XLA:CPU (README "3D + time").
+# FCSLSTM: Bi-FCSLSTM's grouped 3D convolutions are slow on XLA:CPU (docs/model.md, "3D + time").
 # 2 subjects, batch 2: one step per epoch. Resume is bit-exact in 2D (tests/test_train.py);
 # a 3D run's patches are a function of (seed, epoch, step) (tests/test_patches.py).
 FLAGS = ("--spatial-dims", "3", "--model", "fcslstm", "--set", "patch_size=[8,32,32]")

@@ -225,7 +225,7 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   src = p.add_mutually_exclusive_group()
   src.add_argument("--dataset", choices=datasets.BUILTIN, help="a built-in dataset")
-  src.add_argument("--data-dir", help="a study in our layout (README: Your own study)")
+  src.add_argument("--data-dir", help="a study in our layout (docs/data.md)")
   p.add_argument(
     "--protocol",
     help="with --data-dir: protocol file or name (default: DATA_DIR/protocol.json, else bric)",

@@ -5,13 +5,13 @@
 
 writes ``results/peers-<study>.json`` and ``.md``. What it does, in order:
 
-1. The study (``cohort``: ``data/cohort``, generated if missing, as in the README; ``bric``:
+1. The study (``cohort``: ``data/cohort``, generated if missing, as in docs/data.md; ``bric``:
    the built-in dataset) is loaded the way ``train.py`` loads it and converted into an
    nnU-Net v2 raw dataset (:mod:`convert`: working grids, the protocol's training time
    points only, one labeled slice per volume, the ignore label everywhere else).
 2. FCSLSTM: ``train.py`` (the project's defaults: Bi-FCSLSTM, ``quick`` config) runs as a
    subprocess and gets SIGTERM when the budget is spent; it saves a checkpoint at the step
-   reached (README "Failure handling"), and that checkpoint is evaluated. Its wall time
+   reached (docs/failure-handling.md), and that checkpoint is evaluated. Its wall time
    includes Python start, data loading and resampling, and XLA compilation.
 3. nnU-Net: ``nnUNetv2_plan_and_preprocess -c 2d`` (timed apart, not charged to the
    budget), then the ``2d`` configuration trained with :class:`nnUNetTrainerBudget`

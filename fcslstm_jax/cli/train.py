@@ -43,7 +43,7 @@ def parse_args(argv=None):
   )
   src = p.add_mutually_exclusive_group()
   src.add_argument("--dataset", choices=("bric", "ibis"), help="built-in dataset and protocol")
-  src.add_argument("--data-dir", help="BIDS-like folder (see README: Your own study)")
+  src.add_argument("--data-dir", help="BIDS-like folder (see docs/data.md)")
   p.add_argument(
     "--protocol",
     help="for --data-dir: a protocol JSON file or a shipped name "

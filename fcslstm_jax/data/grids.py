@@ -19,7 +19,7 @@ in-plane).
 Resampling is ``scipy.ndimage.affine_transform``; where a session already lies on the
 working grid nothing is interpolated (the arrays are copied), so such data are used exactly
 as stored. Rigid registration (``register="rigid"``) uses dipy's mutual-information affine
-registration (translation, then rigid, multi-resolution); see README "Your own study".
+registration (translation, then rigid, multi-resolution); see docs/data.md.
 """
 
 import dataclasses

@@ -28,7 +28,8 @@ and 1x1x1 fuses in the back-end. One code path: every operator takes its kernel 
 know how many spatial axes its state has. The 3D channel widths are a config value
 (``stages_3d``, default VGG-16 / 8: 8, 16, 32, 64, 64), since 3x3x3 kernels hold 3x the
 weights of 3x3 ones and a volume holds D times the voxels of a slice. Parameter counts
-(``python -m fcslstm_jax.model.networks --summary --spatial-dims 3``, n = 2, c = 4): see README,
+(``python -m fcslstm_jax.model.networks --summary --spatial-dims 3``, n = 2, c = 4): see
+docs/model.md,
 "3D + time".
 
 Arbitrary slice sizes: inputs whose H, W (and D) are not multiples of 32 (five poolings) are
@@ -195,7 +196,8 @@ def upsample_reflect(deconv, y):
   first and last row and column one of them lies outside, and 'SAME' takes it as zero, so
   the border outputs miss a term that every interior output has. On an empty (all-zero)
   slice, where the deep features are constant, that alone made a trained Bi-FCSLSTM
-  predict tissue along one image edge (README, "Your own study"). Reflect-padding the input
+  predict tissue along one image edge (docs/data.md, "Empty image, no tissue"). Reflect-padding the
+  input
   by one cell and cropping the output gives the border the neighbour an interior output
   would see (exactly so for constant and period-2 inputs); interior outputs are unchanged
   and so are the parameters. The paper's torch FCN used zero padding; we differ here. The
@@ -220,7 +222,8 @@ class Upsample(nn.Module):
   ``a, a + 2`` per axis, all phases stacked on the output channels, followed by an
   interleave, gives every output without the zeros a transposed convolution inserts. XLA:CPU
   runs transposed (input-dilated) convolutions on a slow generic path, most of a 3D forward
-  pass (the step times are in README, "3D + time", and bench/results/step3d_cpu.json). The paper's
+  pass (the step times are in docs/model.md, "3D + time", and bench/results/step3d_cpu.json). The
+  paper's
   torch FCN used a plain ``ConvTranspose2d``; the function is ours
   (:func:`upsample_reflect`), the arithmetic order differs.
   """

@@ -172,7 +172,7 @@ def make_volume_predict_fn(
   )
 
 
-# Scoring a 3D run during training (README, "3D + time"): the labeled slabs are cut into
+# Scoring a 3D run during training (docs/model.md, "3D + time"): the labeled slabs are cut into
 # windows that do not overlap (the fewest that cover them); evaluate.py blends overlapping
 # windows (config window_overlap).
 SCORING_OVERLAP = 0.0

@@ -7,7 +7,8 @@ may be fractional (a per-voxel weight); 0 leaves a voxel out.
 Class weights (``Config.class_weighting``): the paper's are inversely proportional to each
 class's pixel count ("inverse"). That makes the loss a balanced one that maximizes the mean
 per-class recall, i.e. the paper's mPA, and pays for it with false positives of the rare
-class (a rim of false CSF around the brain; measured: README, "Whole volumes and volumes
+class (a rim of false CSF around the brain; measured: docs/trajectories.md, "Whole volumes and
+volumes
 over age"). "sqrt" (inverse square root) tempers it, "none" weighs every labeled
 voxel alike; the soft Dice term (``Config.dice_weight``; nnU-Net's Dice + CE) balances
 precision against recall per class instead.

@@ -90,7 +90,7 @@ def distributed_args(
     flags = ", ".join(f"--{k.replace('_', '-')}" for k in missing)
     raise ConfigError(
       f"multi-process training needs {flags} too (or the environment "
-      f"variables {', '.join(ENV)}). See README: Running on a cluster."
+      f"variables {', '.join(ENV)}). See docs/cluster.md."
     )
   n, p = given["num_processes"], given["process_id"]
   if n is not None and p is not None and not 0 <= p < n:
