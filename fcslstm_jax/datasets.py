@@ -8,6 +8,7 @@ The one place that joins the loader (the ``fcslstm_jax/data/`` folder) with the 
 
 from fcslstm_jax.data import protocol
 from fcslstm_jax.run_record import RunRecord
+from fcslstm_jax.synthetic import bric_like
 
 BUILTIN = tuple(protocol.BUILTIN)  # --dataset choices
 
@@ -37,7 +38,6 @@ def resolve(
 
 def builtin_root(data_seed: int = 0, volume: str = "slab", generation=None) -> str:
   """The built-in dataset's folder, generated on first use."""
-  from fcslstm_jax.synthetic import bric_like  # the generator is only needed here
 
   config = generation or bric_like.VOLUMES[volume]
   return str(bric_like.ensure_dataset(seed=data_seed, config=config))

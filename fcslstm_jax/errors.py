@@ -1,6 +1,7 @@
 """Errors the user can act on. Each message names the file (or flag) and says how to fix it."""
 
 import errno
+import sys
 
 
 class FcslstmError(Exception):
@@ -46,7 +47,6 @@ def run_cli(fn, debug: bool, fix: str) -> int:
   """Runs a command-line tool's body: its return code, or 2 after one ``error: ...`` line on
   stderr for a mistake the user can fix; a bug in this program (anything else, or any error
   with ``debug``) keeps its traceback."""
-  import sys
 
   try:
     return fn()

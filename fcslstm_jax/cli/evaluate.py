@@ -23,6 +23,13 @@ Writes to --out (default: the first WORKDIR/predictions), never inside the input
 import argparse
 import sys
 
+from fcslstm_jax import compile_cache
+from fcslstm_jax.cli import quiet_libraries
+from fcslstm_jax.errors import run_cli
+from fcslstm_jax.infer import pipeline
+from fcslstm_jax.infer import tta
+from fcslstm_jax.outputs import flags
+
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(
@@ -77,20 +84,14 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   if args.batch_size < 1:
     p.error(f"--batch-size {args.batch_size}: must be 1 or more")
-  from fcslstm_jax.cli import quiet_libraries
-  from fcslstm_jax.errors import run_cli
 
   quiet_libraries(args.debug)
   result = {}
 
   def evaluate():
-    from fcslstm_jax import compile_cache
 
     compile_cache.enable(args.compile_cache)
     counter = compile_cache.CompileCounter()
-    from fcslstm_jax.infer import pipeline
-    from fcslstm_jax.infer import tta
-    from fcslstm_jax.outputs import flags
 
     result.update(
       pipeline.evaluate_run(

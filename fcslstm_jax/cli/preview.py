@@ -4,15 +4,15 @@
 import argparse
 import sys
 
+from fcslstm_jax import datasets
+from fcslstm_jax.data import sequences
+from fcslstm_jax.data import study
 from fcslstm_jax.errors import ConfigError
 from fcslstm_jax.errors import DataError
+from fcslstm_jax.outputs import figures
 
 
 def main(argv=None) -> int:
-  from fcslstm_jax import datasets
-  from fcslstm_jax.data import sequences
-  from fcslstm_jax.data import study
-  from fcslstm_jax.outputs import figures
 
   parser = argparse.ArgumentParser(
     prog="python -m fcslstm_jax.cli.preview", description=__doc__.split("\n")[0]

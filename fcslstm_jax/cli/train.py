@@ -11,10 +11,28 @@ Rerunning the same command resumes from the last checkpoint in --workdir.
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
 import threading
+
+import jax
+from tqdm import tqdm
+
+from fcslstm_jax import compile_cache
+from fcslstm_jax import config
+from fcslstm_jax import datasets
+from fcslstm_jax import files
+from fcslstm_jax import run_record
+from fcslstm_jax.cli import quiet_libraries
+from fcslstm_jax.data import patches
+from fcslstm_jax.data import sequences
+from fcslstm_jax.data import study
+from fcslstm_jax.data.grids import parse_spacing
+from fcslstm_jax.errors import run_cli
+from fcslstm_jax.train import loop
+from fcslstm_jax.train import parallel
 
 # Config fields with a flag of their own (the rest: --set NAME=VALUE); help, choices and
 # ranges come from fcslstm_jax.config.
@@ -31,9 +49,6 @@ SHORTCUTS = (
 
 
 def parse_args(argv=None):
-  import dataclasses
-
-  from fcslstm_jax import config
 
   p = argparse.ArgumentParser(
     description=__doc__,
@@ -125,8 +140,6 @@ def parse_args(argv=None):
   if args.data_dir and args.volume:
     p.error("--volume goes with a built-in --dataset")
   try:
-    from fcslstm_jax.data.grids import parse_spacing
-
     parse_spacing(args.spacing)
   except ValueError as e:
     p.error(f"--spacing: {e}")
@@ -173,8 +186,6 @@ def sigterm_as_interrupt():
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  from fcslstm_jax.cli import quiet_libraries
-  from fcslstm_jax.errors import run_cli
 
   quiet_libraries(args.debug)
   try:
@@ -199,7 +210,6 @@ def make_config(args):
   """The --config preset with the shortcut flags and every --set applied, each value checked.
   A 3D run's patch size, when left null, becomes the backend's default here, so that
   run.json records the one used."""
-  from fcslstm_jax import config
 
   texts = [
     f"{name}={getattr(args, name)}" for name in SHORTCUTS if getattr(args, name) is not None
@@ -207,34 +217,28 @@ def make_config(args):
   overrides = dict(config.parse_override(t) for t in texts)
   cfg = config.get_config(args.config).replace(**overrides)
   if cfg.spatial_dims == 3 and cfg.patch_size is None:
-    import jax
-
     cfg = cfg.replace(
       patch_size=config.PATCH_CPU if jax.default_backend() == "cpu" else config.PATCH_ACCELERATOR
     )
   return cfg
 
 
-def volume_of(args, config) -> str:
+def volume_of(args, cfg) -> str:
   """The built-in dataset's extent: ``--volume``, else whole brains for a 3D run."""
-  return args.volume or ("whole" if config.spatial_dims == 3 else "slab")
+  return args.volume or ("whole" if cfg.spatial_dims == 3 else "slab")
 
 
-def load_study(args, config):
+def load_study(args, cfg):
   """The study (this process's subjects) and its root, from --dataset or --data-dir. A 2D
   run keeps only the labeled slices in memory (every slice when it self-trains), with each
   training label's own image plane (``label_planes``); a 3D run whole volumes as they are
   (a replaced plane would be a jump along z)."""
-  from fcslstm_jax import datasets
-  from fcslstm_jax.data import study
-  from fcslstm_jax.train import parallel
-
   root, protocol = datasets.resolve(
     args.dataset,
     args.data_dir,
     args.protocol,
     data_seed=args.data_seed,
-    volume=volume_of(args, config),
+    volume=volume_of(args, cfg),
   )
   return study.load_study(
     root,
@@ -243,8 +247,8 @@ def load_study(args, config):
     reference=args.reference,
     register=args.register,
     shard=parallel.shard_for_this_process(),
-    keep="labeled" if config.spatial_dims == 2 and not config.pseudo_label_epochs else "all",
-    label_planes=config.spatial_dims == 2,
+    keep="labeled" if cfg.spatial_dims == 2 and not cfg.pseudo_label_epochs else "all",
+    label_planes=cfg.spatial_dims == 2,
   )
 
 
@@ -252,37 +256,26 @@ def setup(args, main: bool):
   """``(config, workdir, study, record)`` of a run, checked: the config, the work
   directory (outside the data; whether a run.json there is this run's, the training loop
   checks: :func:`fcslstm_jax.train.loop.check_run_dir`) and this process's subjects."""
-  from fcslstm_jax import files
-  from fcslstm_jax import run_record
-
-  config = make_config(args)
+  cfg = make_config(args)
   name = args.dataset or os.path.basename(os.path.normpath(args.data_dir))
-  model_name = config.model + ("-3d" if config.spatial_dims == 3 else "")
+  model_name = cfg.model + ("-3d" if cfg.spatial_dims == 3 else "")
   workdir = args.workdir or os.path.join("runs", f"{name}-{model_name}-{args.config}")
   if args.data_dir:
     files.check_outside_dataset(workdir, args.data_dir, "--workdir")
-  study = load_study(args, config)
+  loaded = load_study(args, cfg)
   record = run_record.RunRecord(
-    config=config,
+    config=cfg,
     config_name=args.config,
     dataset=args.dataset or os.path.abspath(args.data_dir),
     data_seed=args.data_seed,
-    protocol=study.protocol,
-    grid=study.options,
-    volume=volume_of(args, config) if args.dataset else "slab",
+    protocol=loaded.protocol,
+    grid=loaded.options,
+    volume=volume_of(args, cfg) if args.dataset else "slab",
   )
-  return config, workdir, study, record
+  return cfg, workdir, loaded, record
 
 
 def run(args) -> int:
-  import jax
-  from tqdm import tqdm
-
-  from fcslstm_jax import compile_cache
-  from fcslstm_jax import files
-  from fcslstm_jax.data import sequences
-  from fcslstm_jax.train import loop
-  from fcslstm_jax.train import parallel
 
   compile_cache.enable(args.compile_cache)
   parallel.initialize(args.coordinator_address, args.num_processes, args.process_id)
@@ -296,51 +289,47 @@ def run(args) -> int:
   # Every check that may fail on one process only (its share of the data; run.json, which
   # process 0 reads) is agreed on before the first collective: no process waits for one
   # that stopped.
-  config, workdir, study, record = parallel.agree_on_error(lambda: setup(args, main))
-  protocol = study.protocol
-  for line in sequences.describe_unassigned(study):
+  cfg, workdir, loaded, record = parallel.agree_on_error(lambda: setup(args, main))
+  protocol = loaded.protocol
+  for line in sequences.describe_unassigned(loaded):
     log(line, file=sys.stderr)
-  for subject in study.subjects:  # this process's subjects, on every process
+  for subject in loaded.subjects:  # this process's subjects, on every process
     for line in subject.warnings:
       print(f"warning: {line}", file=sys.stderr)
   counts = {
-    split: parallel.sum_over_processes(sequences.split_counts(study.subjects, protocol, split))
+    split: parallel.sum_over_processes(sequences.split_counts(loaded.subjects, protocol, split))
     for split in ("train", "test")
   }
-  log(sequences.describe_study(study, counts))
-  sequences.check_training_labels(counts["train"], protocol, study.root)
+  log(sequences.describe_study(loaded, counts))
+  sequences.check_training_labels(counts["train"], protocol, loaded.root)
   train_eval_set = pool = None
-  if config.spatial_dims == 3:
-    from fcslstm_jax.data import patches
-
-    shape = parallel.agree_max(patches.volume_shape(study.subjects))
+  if cfg.spatial_dims == 3:
+    shape = parallel.agree_max(patches.volume_shape(loaded.subjects))
     train_set, train_eval_set, test_set = patches.training_sets(
-      study.subjects, protocol, config.patch_size, config.seed, shape
+      loaded.subjects, protocol, cfg.patch_size, cfg.seed, shape
     )
     what = (
       f"{len(train_set)} training volumes of shape {train_set.images.shape[1:]} (T, D, "
-      f"H, W, C), patches {list(config.patch_size)}"
+      f"H, W, C), patches {list(cfg.patch_size)}"
     )
   else:
-    size = parallel.agree_max(sequences.in_plane_size(study.subjects))
-    train_set = sequences.make_sequences(study.subjects, protocol, "train", size)
-    test_set = sequences.make_sequences(study.subjects, protocol, "test", size)
+    size = parallel.agree_max(sequences.in_plane_size(loaded.subjects))
+    train_set = sequences.make_sequences(loaded.subjects, protocol, "train", size)
+    test_set = sequences.make_sequences(loaded.subjects, protocol, "test", size)
     what = f"{len(train_set)} training sequences of shape {train_set.images.shape[1:]}"
-    if config.pseudo_label_epochs:
-      pool = sequences.make_sequences(study.subjects, protocol, "train", size, every_slice=True)
-      what += (
-        f", {len(pool)} more for self-training in the last {config.pseudo_label_epochs} epochs"
-      )
+    if cfg.pseudo_label_epochs:
+      pool = sequences.make_sequences(loaded.subjects, protocol, "train", size, every_slice=True)
+      what += f", {len(pool)} more for self-training in the last {cfg.pseudo_label_epochs} epochs"
   log(
-    f"{what}; model {config.model}; workdir {workdir}; {mesh.size} "
+    f"{what}; model {cfg.model}; workdir {workdir}; {mesh.size} "
     f"{mesh.devices.flat[0].platform} device(s), {jax.process_count()} process(es)"
   )
 
   def progress(it, epoch):
-    return tqdm(it, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, dynamic_ncols=True)
+    return tqdm(it, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
 
   result = loop.train_and_evaluate(
-    config,
+    cfg,
     train_set,
     test_set,
     workdir,
@@ -360,12 +349,12 @@ def run(args) -> int:
     "test": result.test,
     "seconds": result.seconds,
     "step": int(result.state.step),
-    "model": config.model,
+    "model": cfg.model,
     "config": args.config,
   }
   files.write_json(os.path.join(workdir, "results.json"), summary)
   log(
-    f"\n{config.model} on {protocol.name} (test = time point(s) "
+    f"\n{cfg.model} on {protocol.name} (test = time point(s) "
     f"{[t + 1 for t in protocol.test_timepoints]}), step {int(result.state.step)}, "
     f"{result.seconds / 60:.1f} min"
   )

@@ -297,6 +297,7 @@ def register_rigid(
     ``[4, 4]`` map from ``static``'s world to ``moving``'s world: a point of the reference
     head lies at ``map @ point`` in the session. Pass it as ``world`` to :func:`resample`.
   """
+  # dipy takes seconds to import and only --register rigid needs it: imported here.
   from dipy.align.imaffine import AffineRegistration
   from dipy.align.imaffine import MutualInformationMetric
   from dipy.align.imaffine import transform_centers_of_mass

@@ -15,6 +15,7 @@ from typing import Optional
 
 import numpy as np
 
+from fcslstm_jax.data import protocol
 from fcslstm_jax.errors import DataError
 
 
@@ -226,7 +227,6 @@ def check_training_labels(counts, protocol, root) -> None:
 
 def unlabeled_subjects(study) -> list:
   """Ids of the subjects with no label file at a training time point (all processes)."""
-  from fcslstm_jax.data import protocol
 
   out = []
   for f in study.files:

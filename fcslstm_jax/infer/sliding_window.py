@@ -22,6 +22,7 @@ import itertools
 import math
 
 import numpy as np
+from tqdm import tqdm
 
 from fcslstm_jax.errors import ConfigError
 
@@ -129,8 +130,6 @@ def volume_predict_fn(
     images = np.asarray(images)
     bar = None
     if desc is not None:
-      from tqdm import tqdm
-
       total = len(images) * len(window_corners(images.shape[2:-1], window, overlap))
       bar = tqdm(total=total, desc=desc, unit="window", leave=False, dynamic_ncols=True)
     out = [

@@ -2,7 +2,11 @@
 
 import pathlib
 
+import matplotlib
 import numpy as np
+from matplotlib import colors as mcolors
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 CLASS_COLORS = ("black", "#3b7dd8", "#9e9e9e", "#f5f5f5")  # background, CSF, GM, WM
 
@@ -18,21 +22,14 @@ def montage(path, columns, row_labels, num_classes: int, title: str = ""):
       row (canonical x, y), or None for an empty cell (a missing session).
     row_labels: one label per row (e.g. "6 mo (test)").
   """
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  from matplotlib import colors
-
   cmap = (
-    colors.ListedColormap(CLASS_COLORS[:num_classes])
+    mcolors.ListedColormap(CLASS_COLORS[:num_classes])
     if num_classes <= len(CLASS_COLORS)
-    else plt.get_cmap("tab10")
+    else matplotlib.colormaps["tab10"]
   )
   rows = len(row_labels)
-  fig, axes = plt.subplots(
-    rows, len(columns), figsize=(2.0 * len(columns), 2.0 * rows), squeeze=False
-  )
+  fig = Figure(figsize=(2.0 * len(columns), 2.0 * rows))
+  axes = fig.subplots(rows, len(columns), squeeze=False)
   for j, (name, kind, slices) in enumerate(columns):
     for t in range(rows):
       ax = axes[t, j]
@@ -65,7 +62,6 @@ def montage(path, columns, row_labels, num_classes: int, title: str = ""):
   fig.tight_layout()
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=80)
-  plt.close(fig)
 
 
 def subject_preview(path, subject, protocol, z=None):
@@ -115,18 +111,14 @@ def trajectories(path, rows, class_names, flagged=(), age_unit=None):
       panel of that session).
     age_unit: shown on the x axis when known (a protocol's ages carry no unit).
   """
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
   panels = list(class_names[1:]) + ["total"]
   subjects = sorted({r.subject for r in rows})
-  colors = plt.get_cmap("tab10" if len(subjects) <= 10 else "tab20")
+  colors = matplotlib.colormaps["tab10" if len(subjects) <= 10 else "tab20"]
   circled = set(flagged)
   cols = min(len(panels), 4)
   grid_rows = -(-len(panels) // cols)
-  fig, axes = plt.subplots(grid_rows, cols, figsize=(3.4 * cols, 3.2 * grid_rows), squeeze=False)
+  fig = Figure(figsize=(3.4 * cols, 3.2 * grid_rows))
+  axes = fig.subplots(grid_rows, cols, squeeze=False)
   axes = axes.ravel()
   for ax in axes[len(panels) :]:
     ax.set_visible(False)  # the last row's empty places
@@ -164,8 +156,6 @@ def trajectories(path, rows, class_names, flagged=(), age_unit=None):
     ax.grid(alpha=0.3)
   handles, labels = axes[0].get_legend_handles_labels()
   if circled:
-    from matplotlib.lines import Line2D
-
     handles.append(
       Line2D(
         [],
@@ -185,5 +175,4 @@ def trajectories(path, rows, class_names, flagged=(), age_unit=None):
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=80, bbox_inches="tight")
   titles = [ax.get_title() for ax in axes if ax.get_visible()]
-  plt.close(fig)
   return titles

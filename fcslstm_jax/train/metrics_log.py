@@ -5,6 +5,8 @@ import json
 import logging
 import os
 
+from tensorboardX import SummaryWriter
+
 from fcslstm_jax import files
 
 
@@ -17,7 +19,6 @@ class MetricsLog:
   """
 
   def __init__(self, workdir: str, step: int):
-    from tensorboardX import SummaryWriter  # a requirement (requirements.txt)
 
     self.path = os.path.join(workdir, "metrics.jsonl")
     kept = []
