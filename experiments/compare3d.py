@@ -22,7 +22,7 @@ run's folder). Then, for each run:
   the full labels, on each session's own grid, every session.
 
 Datasets: ``bric-whole`` (the built-in whole-brain volumes, ``--volume whole``: 10 subjects x
-5 sessions, 96 x 96 x 64 at 2 mm) and ``cohort`` (``python -m fcslstm_jax.synthetic.cohort``'s
+5 sessions, 96 x 96 x 64 at 2 mm) and ``cohort`` (``python -m fcslstm_jax.cli.make_study``'s
 study,
 made under ``--data`` if missing: 10 subjects, sessions on their own grids, one labeled
 slice per session at its own z; full labels in ``sourcedata/full-labels``).

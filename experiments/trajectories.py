@@ -11,7 +11,7 @@ and ``.md`` at once; a rerun skips finished runs and resumes an interrupted one 
 resumes from its checkpoint), so the command can be stopped and restarted at will.
 
 Studies (generated under ``data/`` on first use, deterministic):
-  cohort    the README's study (``python -m fcslstm_jax.synthetic.cohort``): 8 labeled + 2
+  cohort    the README's study (``python -m fcslstm_jax.cli.make_study``): 8 labeled + 2
             unlabeled subjects, 5 sessions at 0-12 months, each on its own grid, one labeled
             axial slice per session at its own z.
   cohort-b  other anatomy and geometry: another seed (other subjects' shapes and sizes),

@@ -90,3 +90,15 @@ def test_every_folder_and_module_is_in_a_layer_and_the_readme():
     and f"fcslstm_jax/{t}/`" not in section
   ]
   assert missing == []
+
+
+def test_only_the_command_line_tools_have_a_main():
+  """A ``__main__`` block only in entry points (``fcslstm_jax/cli/``): a library module run as
+  a script would be a second, unlisted command."""
+  scripts = [
+    str(path.relative_to(PACKAGE.parent))
+    for path in sorted(PACKAGE.rglob("*.py"))
+    if "cli" not in path.relative_to(PACKAGE).parts[:1]
+    and '__name__ == "__main__"' in path.read_text(encoding="utf-8")
+  ]
+  assert not scripts, f"move their main() into fcslstm_jax/cli/: {scripts}"

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
   p.add_argument(
     "--flags",
     metavar="FILE.json",
-    help="flag rules (python -m fcslstm_jax.outputs.flags prints the defaults)",
+    help="flag rules (python -m fcslstm_jax.cli.flag_rules prints the defaults)",
   )
   p.add_argument("--no-report", action="store_true", help="do not write report.html")
   p.add_argument(

@@ -28,7 +28,7 @@ and 1x1x1 fuses in the back-end. One code path: every operator takes its kernel 
 know how many spatial axes its state has. The 3D channel widths are a config value
 (``stages_3d``, default VGG-16 / 8: 8, 16, 32, 64, 64), since 3x3x3 kernels hold 3x the
 weights of 3x3 ones and a volume holds D times the voxels of a slice. Parameter counts
-(``python -m fcslstm_jax.model.networks --summary --spatial-dims 3``, n = 2, c = 4): see
+(``python -m fcslstm_jax.cli.summary --summary --spatial-dims 3``, n = 2, c = 4): see
 docs/model.md,
 "3D + time".
 
@@ -63,7 +63,6 @@ patch already holds far more than :data:`fcslstm_jax.model.psi.CPU_CHUNK_PIXELS`
 
 """
 
-import argparse
 import functools
 import itertools
 from typing import Any
@@ -462,23 +461,3 @@ def summary(
     shapes = jax.eval_shape(lambda m=model: init_params(m, in_channels))
     out[name] = count_params(shapes)
   return out
-
-
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--summary", action="store_true", help="print parameter counts")
-  parser.add_argument("--classes", type=int, default=4)
-  parser.add_argument("--channels", type=int, default=2)
-  parser.add_argument("--spatial-dims", type=int, default=2, choices=SPATIAL_DIMS)
-  args = parser.parse_args(argv)
-  if args.summary:
-    print(
-      f"{'model':<12}{'parameters':>12}   (n={args.channels} channels, c={args.classes} "
-      f"classes, {args.spatial_dims}D)"
-    )
-    for name, n in summary(args.classes, args.channels, args.spatial_dims).items():
-      print(f"{name:<12}{n:>12,}")
-
-
-if __name__ == "__main__":
-  main()

@@ -3,7 +3,7 @@
 Each rule reads the per-session tissue volumes (:class:`fcslstm_jax.outputs.volumes.SessionVolumes`)
 and returns :class:`Flag` records naming subject, session, rule, class and numbers. The
 rules and their limits are plain values (:class:`FlagRules`); a JSON file given with
-``evaluate.py --flags FILE.json`` changes any of them (``python -m fcslstm_jax.outputs.flags``
+``evaluate.py --flags FILE.json`` changes any of them (``python -m fcslstm_jax.cli.flag_rules``
 prints the defaults to start from). Ages are in the protocol's unit (months for the shipped
 protocols).
 
@@ -33,10 +33,7 @@ Setting a rule to ``null`` in the file turns it off; ``classes`` limits the volu
 some tissue classes (default: every class but background).
 """
 
-import argparse
 import dataclasses
-import json
-import sys
 from typing import Optional
 
 import numpy as np
@@ -358,26 +355,8 @@ def load(path) -> FlagRules:
   """The rules in a ``--flags`` JSON file (None: the defaults)."""
   if path is None:
     return FlagRules()
-  hint = "(python -m fcslstm_jax.outputs.flags prints the defaults)"
+  hint = "(python -m fcslstm_jax.cli.flag_rules prints the defaults)"
   d = jsonfile.read(
     path, missing=f"Give --flags an existing JSON file {hint}.", fix=f"Fix the file {hint}."
   )
   return from_json(d, path)
-
-
-def main(argv=None) -> int:
-  """``python -m fcslstm_jax.outputs.flags [--check FILE]``: print the default rules (or FILE's)."""
-  p = argparse.ArgumentParser(prog="python -m fcslstm_jax.outputs.flags", description=__doc__)
-  p.add_argument("--check", help="read this --flags file and print the rules it gives")
-  args = p.parse_args(argv)
-  try:
-    rules = load(args.check)
-  except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  print(json.dumps(rules.to_json(), indent=2))
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -20,12 +20,10 @@ evaluation are tested (and measured) against it:
 
 Files are stored LAS, like the built-in dataset. Deterministic in the seed.
 
-    python -m fcslstm_jax.synthetic.cohort --out data/cohort       # the README's study (~1 min)
+    python -m fcslstm_jax.cli.make_study --out data/cohort       # the README's study (~1 min)
 """
 
-import argparse
 import dataclasses
-import json
 import os
 import pathlib
 import shutil
@@ -43,7 +41,7 @@ LABELS = ("sparse", "subject", "dense")
 @dataclasses.dataclass(frozen=True)
 class CohortConfig:
   """What the study looks like. Defaults: the README's study
-  (``python -m fcslstm_jax.synthetic.cohort``).
+  (``python -m fcslstm_jax.cli.make_study``).
 
   Attributes:
     num_subjects: subjects with labels.
@@ -273,31 +271,3 @@ def generate(out_dir, seed=0, config=CohortConfig()):
     if tmp.exists():
       shutil.rmtree(tmp)
   return out_dir
-
-
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--out", default="data/cohort", help="output folder (must not exist)")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument(
-    "--set",
-    nargs="*",
-    default=[],
-    metavar="KEY=VALUE",
-    help="CohortConfig fields as JSON values, e.g. labels='\"subject\"' "
-    "skull_strip=true fov_mm=[192,224,96]",
-  )
-  args = p.parse_args(argv)
-  changes = {}
-  for item in args.set:
-    key, _, value = item.partition("=")
-    value = json.loads(value)
-    changes[key] = tuple(value) if isinstance(value, list) else value
-  config = dataclasses.replace(CohortConfig(), **changes)
-  if pathlib.Path(args.out).exists():
-    p.error(f"{args.out} exists; choose another --out or delete it")
-  print(f"wrote {generate(args.out, args.seed, config)}")
-
-
-if __name__ == "__main__":
-  main()
