@@ -56,6 +56,7 @@ PAPER = dict(
   rotate_deg=0.0,
   scale_range=0.0,
   gamma=0.0,
+  invert=0.0,
   pseudo_label_epochs=0,
 )
 AUGMENT = dict(
@@ -77,6 +78,11 @@ LEVERS = {
     "augment, and self-training in the last 10 of 30 epochs (confident "
     "predictions on every slice and session, weight 0.5)",
     dict(AUGMENT, pseudo_label_epochs=10),
+  ),
+  "invert": (
+    "the paper's recipe, and each time point's contrast moved toward its inversion by "
+    "U(0, 0.6) (the isointense age at 0.5)",
+    dict(PAPER, invert=0.6),
   ),
 }
 

@@ -99,6 +99,14 @@ class Config:
   gamma: float = _field(
     0.0, "intensity gamma exp(U(-g, g)) per channel and sequence (0: off)", minimum=0.0, maximum=1.0
   )
+  invert: float = _field(
+    0.0,
+    "contrast moved toward its inversion inside the head, I' = (1 - a) I + a (1 - I), a ~ "
+    "U(0, invert) per time point and channel (a = 0.5: every tissue the same grey, the "
+    "isointense age; 0: off)",
+    minimum=0.0,
+    maximum=1.0,
+  )
   class_weighting: str = _field(
     "inverse",
     "cross-entropy class weights: inverse pixel "

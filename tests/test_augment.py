@@ -72,7 +72,27 @@ def test_gamma_keeps_the_unit_range_and_the_default_config_changes_nothing_new()
   assert not np.allclose(richer["images"], plain["images"])
 
 
+def test_toward_inversion_flattens_then_inverts_contrast_inside_the_head_only():
+  """a = 0.5 makes every tissue the same grey (the isointense age), a = 1 inverts; the
+  background (0) stays 0, and each time point gets its own draw."""
+  images = np.zeros((1, 4, 6, 6, 2), np.float32)
+  images[..., 1:5, 1:5, :] = np.linspace(0.2, 0.9, 16).reshape(4, 4, 1)  # a head of 4 x 4
+  batch = {"images": jnp.asarray(images)}
+  head = images > 0
+  tiny = augment.toward_inversion(jax.random.PRNGKey(0), batch, 1e-9)["images"]
+  np.testing.assert_allclose(tiny, images, atol=1e-6)  # strength ~0: unchanged
+  out = np.asarray(augment.toward_inversion(jax.random.PRNGKey(1), batch, 1.0)["images"])
+  assert (out[~head] == 0).all() and (out[head] > 0).all() and out.max() <= 1.0
+  spreads = [np.ptp(out[0, t][head[0, t]]) for t in range(4)]
+  assert len({round(float(x), 4) for x in spreads}) == 4  # one draw per time point
+  for t in range(4):  # one a per time point and channel, the same map for every head voxel
+    for c in range(2):
+      x, y = images[0, t, 1:5, 1:5, c], out[0, t, 1:5, 1:5, c]
+      a = (y[0, 0] - x[0, 0]) / (1 - 2 * x[0, 0])
+      np.testing.assert_allclose(y, (1 - a) * x + a * (1 - x), atol=1e-5)
+
+
 def test_augment_is_jit_compatible():
-  config = get_config("quick").replace(rotate_deg=15.0, scale_range=0.15, gamma=0.3)
+  config = get_config("quick").replace(rotate_deg=15.0, scale_range=0.15, gamma=0.3, invert=0.6)
   out = jax.jit(lambda r, b: augment.augment(r, b, config))(jax.random.PRNGKey(0), batch_of())
   assert out["images"].shape == (2, 3, 9, 9, 2)

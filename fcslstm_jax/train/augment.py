@@ -107,6 +107,22 @@ def random_gamma(rng, batch: dict, gamma: float) -> dict:
   return dict(batch, images=jnp.power(jnp.clip(images, 0.0, None), g).astype(images.dtype))
 
 
+def toward_inversion(rng, batch: dict, strength: float) -> dict:
+  """Each time point and channel of each sequence moved toward its inverted contrast inside
+  the head (image > 0; the background stays 0): ``I' = (1 - a) I + a (1 - I)``, ``a ~ U(0,
+  strength)``, one draw per time point (unlike the other augmentations: contrast changes
+  between sessions). Infant T1w and T2w contrast inverts over the first year and passes
+  through an isointense phase near 6 months (``a = 0.5``: every tissue the same grey), which
+  the labeled time points alone never show. Ours; the paper has no such augmentation."""
+  images = batch["images"]
+  lead = images.shape[:2]  # [B, T]
+  a = jax.random.uniform(
+    rng, lead + (1,) * (images.ndim - 3) + images.shape[-1:], minval=0.0, maxval=strength
+  )
+  moved = (1.0 - a) * images + a * (1.0 - images)
+  return dict(batch, images=jnp.where(images > 0, moved, images).astype(images.dtype))
+
+
 def augment(rng, batch: dict, config: Config) -> dict:
   """Every augmentation ``config`` asks for (see the module docstring). Flips and scaling
   take ``rng`` itself (the draws of runs before the others existed), the others keys folded
@@ -117,4 +133,6 @@ def augment(rng, batch: dict, config: Config) -> dict:
     )
   if config.gamma:
     batch = random_gamma(jax.random.fold_in(rng, 2), batch, config.gamma)
+  if config.invert:
+    batch = toward_inversion(jax.random.fold_in(rng, 3), batch, config.invert)
   return flip_and_scale(rng, batch, config.flip_prob, config.intensity_scale)
