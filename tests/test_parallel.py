@@ -275,6 +275,25 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(runs, stopped):
       np.testing.assert_array_equal(resumed[k], reference[k], err_msg=k)  # bitwise
 
 
+def refused_pair(tiny_data, workdir, tmp_path, name):
+  """Two training processes on ``workdir`` that must both refuse the run: ``(runs, [the
+  error line of process 0, of process 1])``; each exits 2 with exactly one error line."""
+  port = free_port()
+  out = run_jobs(
+    tmp_path,
+    pair_specs(tmp_path, name, two_process_args(tiny_data, workdir, port), port),
+    REFUSED_TIMEOUT_S,
+  )
+  errors = []
+  for i in (0, 1):
+    run = out[f"{name}{i}"]
+    assert run["rc"] == 0 and int(run["rc_train"]) == 2, run["log"][-3000:]
+    lines = [line for line in run["log"].splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, run["log"][-3000:]
+    errors += lines
+  return out, errors
+
+
 def test_a_refused_run_stops_both_processes_with_one_error_line(tiny_data, tmp_path):
   """The work directory holds another run's run.json, which only process 0 reads: both
   processes agree on the error before the first collective and exit with one line each
@@ -292,18 +311,10 @@ def test_a_refused_run_stops_both_processes_with_one_error_line(tiny_data, tmp_p
       "protocol": protocol.builtin("ibis").to_json(),
     },
   )
-  port = free_port()
-  out = run_jobs(
-    tmp_path,
-    pair_specs(tmp_path, "refused", two_process_args(tiny_data, workdir, port), port),
-    REFUSED_TIMEOUT_S,
-  )
-  for i in (0, 1):
-    run = out[f"refused{i}"]
-    assert run["rc"] == 0 and int(run["rc_train"]) == 2, run["log"][-3000:]
-    errors = [line for line in run["log"].splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "holds a different run" in errors[0], run["log"][-3000:]
-    assert str(workdir / "run.json") in errors[0]
+  out, errors = refused_pair(tiny_data, workdir, tmp_path, "refused")
+  for error in errors:
+    assert "holds a different run" in error
+    assert str(workdir / "run.json") in error
   assert "process 0 stopped the run" in out["refused1"]["log"]
   assert sorted(p.name for p in workdir.iterdir()) == ["run.json"]  # nothing written
 
@@ -370,16 +381,7 @@ def test_an_unwritable_run_json_stops_both_processes_with_one_error_line(tiny_da
   blocker = tmp_path / "not-a-folder"
   blocker.write_text("")
   workdir = blocker / "run"
-  port = free_port()
-  out = run_jobs(
-    tmp_path,
-    pair_specs(tmp_path, "unwritable", two_process_args(tiny_data, workdir, port), port),
-    REFUSED_TIMEOUT_S,
-  )
-  for i in (0, 1):
-    run = out[f"unwritable{i}"]
-    assert run["rc"] == 0 and int(run["rc_train"]) != 0, run["log"][-3000:]
-    errors = [line for line in run["log"].splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, run["log"][-3000:]
-    assert "run.json" in errors[0] or str(workdir) in errors[0], errors[0]
+  out, errors = refused_pair(tiny_data, workdir, tmp_path, "unwritable")
+  for error in errors:
+    assert "run.json" in error or str(workdir) in error, error
   assert "process 0 stopped the run" in out["unwritable1"]["log"]
