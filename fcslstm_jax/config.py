@@ -9,9 +9,8 @@ paper does not give the number of epochs or the batch size; we use 200 and 2.
 
     python train.py --dataset bric --config paper
 
-``quick`` (the default): the same recipe on a budget that finishes in about 6 minutes on
-two idle CPU cores (30 epochs, decay from epoch 10; measured: README.md, "Result of the
-default command"). In 3D
+``quick`` (the default): the same recipe on a CPU-sized budget (30 epochs, decay from epoch
+10; its time and result: README.md, "Result of the default command"). In 3D
 its sliding windows overlap by a quarter, not a half (``window_overlap``): 2.5-3x fewer
 windows, so that a small study trains and is segmented in minutes on CPU (docs/model.md, "3D +
 time").

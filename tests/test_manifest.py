@@ -55,3 +55,18 @@ def test_reused_out_folder(study_dir, study_run, tmp_path, capsys):
   err = capsys.readouterr().err
   assert "holds the outputs of another evaluation" in err and str(study_run) in err
   assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+def test_an_older_evaluation_of_the_same_run_is_reused_and_of_another_refused(tmp_path):
+  """Folders written before manifests existed: metrics.json names the run folders."""
+  ident = manifest.identity(["runs/a"], "data/x")
+  (tmp_path / "metrics.json").write_text(
+    json.dumps({"members": [{"workdir": ident["workdirs"][0]}]})
+  )
+  assert manifest.claim(tmp_path, ident) == []
+  assert json.loads((tmp_path / manifest.NAME).read_text())["identity"] == ident
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "metrics.json").write_text(json.dumps({"members": [{"workdir": "/elsewhere"}]}))
+  with pytest.raises(ConfigError, match="did not write"):
+    manifest.claim(other, ident)

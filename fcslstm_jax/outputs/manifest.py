@@ -47,13 +47,28 @@ def foreign_entries(out_dir) -> list:
   return sorted(e for e in os.listdir(out_dir) if e != NAME and not e.startswith("."))
 
 
+def written_before_manifests(out_dir, ident: dict) -> bool:
+  """Whether the folder is this run's evaluation from before manifests existed: its
+  ``metrics.json`` names the same run folders (the default ``--out``, WORKDIR/predictions,
+  of a run evaluated by an older version must stay usable)."""
+  try:
+    record = jsonfile.read(os.path.join(out_dir, "metrics.json"), "", "")
+  except ConfigError:
+    return False
+  members = record.get("members") if isinstance(record, dict) else None
+  if not isinstance(members, list):
+    return False
+  workdirs = [m.get("workdir") for m in members if isinstance(m, dict)]
+  return workdirs == ident["workdirs"]
+
+
 def claim(out_dir, ident: dict) -> list:
   """Checks that ``out_dir`` may take this run's outputs and marks it as this run's; returns
   the files the same run's earlier evaluation wrote there (absolute paths; [] if none)."""
   record = read(out_dir)
   if record is None:
     entries = foreign_entries(out_dir)
-    if entries:
+    if entries and not written_before_manifests(out_dir, ident):
       raise ConfigError(
         f"{out_dir}: holds files that evaluate.py did not write ({', '.join(entries[:3])}"
         f"{', ...' if len(entries) > 3 else ''}). A tool reading its *_dseg files would mix "
