@@ -105,19 +105,30 @@ def read_tsv(path) -> list:
     return list(csv.DictReader(f, delimiter="\t"))
 
 
-def check_outside_dataset(out_dir: str, input_root: str, flag: str = "--out") -> None:
-  """Outputs never go inside the input dataset (nothing can overwrite an input)."""
+def check_outside_dataset(
+  out_dir: str, input_root: str, flag: str = "--out", derivatives: bool = False
+) -> None:
+  """Outputs never go inside the input dataset (nothing can overwrite an input). With
+  ``derivatives``, ``INPUT/derivatives/<name>`` is allowed too (where BIDS puts a
+  pipeline's outputs; the output manifest then refuses a folder that holds another
+  pipeline's files: :mod:`fcslstm_jax.outputs.manifest`)."""
   out, root = os.path.realpath(out_dir), os.path.realpath(input_root)
-  if os.path.commonpath([out, root]) == root:
-    raise ConfigError(
-      f"{out_dir}: is inside the input dataset {input_root}. Choose a {flag} "
-      "folder outside it; outputs never go next to the inputs."
-    )
+  if os.path.commonpath([out, root]) != root:
+    return
+  rel = pathlib.PurePath(os.path.relpath(out, root)).parts
+  if derivatives and len(rel) == 2 and rel[0] == "derivatives":
+    return
+  where = " (or its derivatives/<name>/)" if derivatives else ""
+  raise ConfigError(
+    f"{out_dir}: is inside the input dataset {input_root}. Choose a {flag} "
+    f"folder outside it{where}; outputs never go next to the inputs."
+  )
 
 
 def check_output_dir(out_dir: str, input_root: str) -> None:
-  """Creates ``out_dir`` after checking it is outside the input dataset and writable."""
-  check_outside_dataset(out_dir, input_root)
+  """Creates ``out_dir`` after checking it is outside the input dataset (or one of its
+  ``derivatives/<name>`` folders) and writable."""
+  check_outside_dataset(out_dir, input_root, derivatives=True)
   out = os.path.realpath(out_dir)
   try:
     os.makedirs(out, exist_ok=True)

@@ -41,6 +41,8 @@ class RunRecord:
     config_name: the preset the config started from (``quick``, ``paper``, ...).
     data_seed: the built-in dataset's generator seed.
     volume: the built-in dataset's extent, ``slab`` or ``whole``.
+    labels: the label folder the run trained on (``--labels``, absolute); None: the
+      dataset's ``derivatives/`` pipelines.
   """
 
   config: Config
@@ -50,6 +52,7 @@ class RunRecord:
   config_name: Optional[str] = None
   data_seed: int = 0
   volume: str = "slab"
+  labels: Optional[str] = None
 
   @property
   def builtin(self) -> bool:
@@ -68,6 +71,8 @@ class RunRecord:
       d["grid"] = self.grid.to_json()
     if self.volume != "slab":
       d["volume"] = self.volume
+    if self.labels is not None:
+      d["labels"] = self.labels
     return d
 
   @classmethod
@@ -106,7 +111,7 @@ class RunRecord:
     ]
     out += [
       f"{k}: {getattr(self, k)!r} -> {getattr(new, k)!r}"
-      for k in ("dataset", "volume")
+      for k in ("dataset", "volume", "labels")
       if getattr(self, k) != getattr(new, k)
     ]
     p, q = self.protocol.to_json(), new.protocol.to_json()

@@ -407,7 +407,12 @@ def evaluated(study_dir, study_run, tmp_path_factory):
 
 
 def session_files(out, suffix):
-  return sorted(out.glob(f"sub-*/ses-*/anat/*_desc-fcn_{suffix}.nii.gz"))
+  """A suffix's files (``uncertainty``: the ``*_label-uncertainty_desc-fcn_probseg``)."""
+  if suffix == "uncertainty":
+    return sorted(out.glob("sub-*/ses-*/anat/*_label-uncertainty_desc-fcn_probseg.nii.gz"))
+  return sorted(
+    p for p in out.glob(f"sub-*/ses-*/anat/*_desc-fcn_{suffix}.nii.gz") if "_label-" not in p.name
+  )
 
 
 def test_probabilities_sum_to_one_and_their_argmax_is_the_written_label(study_dir, evaluated):
@@ -423,7 +428,7 @@ def test_probabilities_sum_to_one_and_their_argmax_is_the_written_label(study_di
     np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5)
     assert p.min() >= 0.0
     np.testing.assert_array_equal(np.argmax(p, -1), np.asarray(dseg.dataobj))
-    u = np.asarray(nib.load(str(path).replace("_probseg", "_uncertainty")).dataobj)
+    u = np.asarray(nib.load(str(path).replace("_desc-", "_label-uncertainty_desc-")).dataobj)
     np.testing.assert_allclose(u, qc.normalized_entropy(p), atol=0.5 / 255 + 1e-6)  # uint8
 
 

@@ -484,6 +484,7 @@ def test_refuses_outputs_inside_the_input_dataset(tmp_path, capsys):
   assert train.main(train_args(root, inside, EPOCHS)) == 2
   assert_one_error_line(capsys.readouterr().err, inside, "inside the input dataset", "--workdir")
   run = fake_run(tmp_path / "run", root)
+  inside = root / "sub-01" / "pred"  # (ROOT/derivatives/<name> is where BIDS puts outputs)
   assert evaluate.main(["--workdir", str(run), "--data-dir", str(root), "--out", str(inside)]) == 2
   assert_one_error_line(capsys.readouterr().err, inside, "inside the input dataset", "--out")
   assert not inside.exists()

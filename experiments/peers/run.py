@@ -341,10 +341,10 @@ class Scores:
     the label file's); and on the counted labeled slices of ``counted`` (the same session
     in the training study; None: none)."""
     c, names = self.protocol.num_classes, self.protocol.class_names
-    truth = writer.load_truth(session)
+    truth = writer.load_truth(session, self.protocol)
     if truth is not None:
       whole = volumes.is_whole_volume(truth.data)
-      self.whole[t] += writer.score_against(native, truth.data, c, whole)
+      self.whole[t] += writer.scores(native, truth, c)
       if whole:
         pred_ml = volumes.class_volumes_ml(native, session.ref.affine, c)
         true_ml = volumes.class_volumes_ml(truth.data, truth.ref.affine, c)

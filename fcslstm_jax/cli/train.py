@@ -26,6 +26,7 @@ from fcslstm_jax import datasets
 from fcslstm_jax import files
 from fcslstm_jax import run_record
 from fcslstm_jax.cli import quiet_libraries
+from fcslstm_jax.data import layout
 from fcslstm_jax.data import patches
 from fcslstm_jax.data import sequences
 from fcslstm_jax.data import study
@@ -63,6 +64,13 @@ def parse_args(argv=None):
     "--protocol",
     help="for --data-dir: a protocol JSON file or a shipped name "
     "(bric, ibis); default: DATA_DIR/protocol.json if present, else bric",
+  )
+  p.add_argument(
+    "--labels",
+    metavar="DIR",
+    help="for --data-dir: train on the labels of this pipeline folder "
+    "(sub-<id>/ses-<label>/anat/*_dseg.nii.gz; e.g. derivatives/manual, relative to "
+    "DATA_DIR); default: every derivatives/ pipeline but fcslstm-jax's own outputs",
   )
   p.add_argument(
     "--spacing",
@@ -137,6 +145,8 @@ def parse_args(argv=None):
     args.dataset = "bric"
   if args.dataset and args.protocol:
     p.error("--protocol goes with --data-dir (a built-in dataset has its own protocol)")
+  if args.labels and not args.data_dir:
+    p.error("--labels goes with --data-dir (a built-in dataset has its own labels)")
   if args.data_dir and args.volume:
     p.error("--volume goes with a built-in --dataset")
   try:
@@ -246,10 +256,18 @@ def load_study(args, cfg):
     spacing=args.spacing,
     reference=args.reference,
     register=args.register,
+    labels_root=labels_dir(args),
     shard=parallel.shard_for_this_process(),
     keep="labeled" if cfg.spatial_dims == 2 and not cfg.pseudo_label_epochs else "all",
     label_planes=cfg.spatial_dims == 2,
   )
+
+
+def labels_dir(args):
+  """``--labels`` as an absolute folder (relative to --data-dir if not found as given)."""
+  if args.labels is None:
+    return None
+  return os.path.abspath(layout.resolve_labels_root(args.data_dir, args.labels))
 
 
 def setup(args, main: bool):
@@ -271,6 +289,7 @@ def setup(args, main: bool):
     protocol=loaded.protocol,
     grid=loaded.options,
     volume=volume_of(args, cfg) if args.dataset else "slab",
+    labels=labels_dir(args),
   )
   return cfg, workdir, loaded, record
 

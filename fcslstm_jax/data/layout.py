@@ -6,6 +6,10 @@
   DIR/sub-<id>/ses-<label>/anat/sub-<id>_ses-<label>_T1w.nii[.gz]     (and _T2w, ...)
   DIR/sub-<id>/sub-<id>_sessions.tsv                                  (optional: age column)
   DIR/derivatives/<any>/sub-<id>/ses-<label>/anat/*_dseg.nii[.gz]     (optional labels)
+  DIR/derivatives/<any>/dseg.tsv                  (optional: index, name of each label value)
+
+Labels come from every ``derivatives/`` pipeline but this tool's own outputs, or from the one
+``--labels`` names.
 
 Sessions are ordered by age: the ``age`` column of ``sub-<id>_sessions.tsv`` when present,
 else the age the session label states with a unit, in months (``ses-06mo``, ``ses-12m``,
@@ -15,6 +19,8 @@ else the age the session label states with a unit, in months (``ses-06mo``, ``se
 
 import csv
 import dataclasses
+import json
+import os
 import pathlib
 import re
 from typing import Optional
@@ -99,11 +105,11 @@ def _session_age(subject_dir, label, tsv_ages):
   return age
 
 
-def _find_one(candidates, what, expected):
+def _find_one(candidates, what, expected, fix="keep only one"):
   candidates = sorted(c for c in candidates if nifti_io.is_nifti_path(c))
   if len(candidates) > 1:
     names = ", ".join(str(c) for c in candidates)
-    raise DataError(f"{expected}: several {what} files match ({names}). Keep only one.")
+    raise DataError(f"{expected}: several {what} files match ({names}). {fix.capitalize()}.")
   return str(candidates[0]) if candidates else None
 
 
@@ -131,10 +137,69 @@ def find_dseg(root, subject_id, label, labels_root=None):
   if labels_root is not None:
     labels_root = pathlib.Path(labels_root)
     return _find_one((labels_root / rel).glob("*_dseg.nii*"), "dseg", labels_root / rel)
-  candidates = [
-    p for d in sorted((root / "derivatives").glob("*")) for p in (d / rel).glob("*_dseg.nii*")
-  ]
-  return _find_one(candidates, "dseg", root / "derivatives" / "*" / rel)
+  candidates = [p for d in label_pipelines(root) for p in (d / rel).glob("*_dseg.nii*")]
+  return _find_one(
+    candidates,
+    "dseg",
+    root / "derivatives" / "*" / rel,
+    "choose one pipeline with --labels derivatives/<name>",
+  )
+
+
+def label_pipelines(root) -> list:
+  """The folders under ``root/derivatives/`` that may hold labels: every one but this tool's
+  own outputs (:func:`fcslstm_jax.outputs.bids.is_own`: its ``dataset_description.json``
+  names fcslstm-jax), so that training never reads its own predictions as labels."""
+  return [d for d in sorted((pathlib.Path(root) / "derivatives").glob("*")) if not is_own(d)]
+
+
+# The GeneratedBy name of this tool's derivative datasets (fcslstm_jax.outputs.bids).
+GENERATOR = "fcslstm-jax"
+
+
+def is_own(derivative_dir) -> bool:
+  """Whether ``derivative_dir``'s ``dataset_description.json`` says this tool generated it
+  (an unreadable or missing description: not ours)."""
+  path = os.path.join(derivative_dir, "dataset_description.json")
+  try:
+    with open(path, encoding="utf-8") as f:
+      record = json.load(f)
+  except (OSError, ValueError):
+    return False
+  generated = record.get("GeneratedBy") if isinstance(record, dict) else None
+  return isinstance(generated, list) and any(
+    isinstance(g, dict) and g.get("Name") == GENERATOR for g in generated
+  )
+
+
+def resolve_labels_root(root, labels):
+  """``--labels``: a folder, absolute or relative to the dataset (``derivatives/manual``),
+  laid out as ``sub-<id>/ses-<label>/anat/*_dseg.nii*``; None stays None."""
+  if labels is None:
+    return None
+  path = pathlib.Path(labels)
+  if not path.is_absolute() and not path.is_dir() and (pathlib.Path(root) / path).is_dir():
+    path = pathlib.Path(root) / path
+  if not path.is_dir():
+    raise DataError(
+      f"{labels}: label folder not found (neither as given nor under {root}). Pass e.g. "
+      "--labels derivatives/<pipeline>."
+    )
+  return str(path)
+
+
+def dseg_tables(subjects) -> dict:
+  """``{dseg.tsv path: [label files]}`` of the label pipelines the subjects' label files
+  come from (``PIPELINE/sub-<id>/ses-<label>/anat/*_dseg.nii*`` -> ``PIPELINE/dseg.tsv``),
+  for those that have one."""
+  tables = {}
+  for subject in subjects:
+    for session in subject.sessions:
+      if session.dseg:
+        tsv = pathlib.Path(session.dseg).parents[3] / "dseg.tsv"
+        if tsv.is_file():
+          tables.setdefault(str(tsv), []).append(session.dseg)
+  return tables
 
 
 def scan_subject(root, subject_dir, modalities, labels_root=None) -> SubjectFiles:

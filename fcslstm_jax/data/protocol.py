@@ -20,6 +20,7 @@ from typing import Union
 
 import numpy as np
 
+from fcslstm_jax import files
 from fcslstm_jax import jsonfile
 from fcslstm_jax.errors import ConfigError
 from fcslstm_jax.errors import DataError
@@ -49,6 +50,14 @@ class Protocol:
     num_classes: label classes, 0 = background.
     class_names: one name per class.
     modalities: BIDS suffixes stacked as channels, in order.
+    label_values: the value of each class in the label files, in class order (iBEAT-style
+      ``[0, 10, 150, 250]``); None: the class indices 0..c-1. Read by name from the label
+      pipeline's ``dseg.tsv`` when it has one (:func:`values_from_dseg_tsv`); predictions
+      are written back in these values.
+    ignore_label: a value in the label files that means "not drawn" (nnU-Net's ignore
+      label): such voxels are left out of the loss, the scores and the choice of labeled
+      slices, so a partly drawn slice or a scribble trains only what was drawn. None: every
+      voxel of a labeled slice counts (undrawn ones as background).
   """
 
   name: str
@@ -62,6 +71,8 @@ class Protocol:
   num_classes: int = 4
   class_names: tuple[str, ...] = ("background", "CSF", "GM", "WM")
   modalities: tuple[str, ...] = ("T1w", "T2w")
+  label_values: Optional[tuple[int, ...]] = None
+  ignore_label: Optional[int] = None
 
   def __post_init__(self):
     t = self.num_timepoints
@@ -99,6 +110,20 @@ class Protocol:
       raise ConfigError(f"{where}: age_tolerance must be >= 0.")
     if not self.modalities:
       raise ConfigError(f"{where}: modalities is empty.")
+    values = class_values(self).tolist()
+    if self.label_values is not None and (
+      len(values) != self.num_classes or len(set(values)) != len(values) or min(values) < 0
+    ):
+      raise ConfigError(
+        f"{where}: label_values {values} must give {self.num_classes} distinct values >= 0, "
+        "one per class."
+      )
+    if self.ignore_label is not None and self.ignore_label in values:
+      raise ConfigError(
+        f"{where}: ignore_label {self.ignore_label} is also the value of class "
+        f"{self.class_names[values.index(self.ignore_label)]!r}. Choose a value no class uses "
+        "(e.g. 255)."
+      )
 
   def timepoints(self, split):
     """Time point indices whose labels ``split`` ('train', 'test' or 'all') may see."""
@@ -124,6 +149,76 @@ class Protocol:
   def to_json(self) -> dict:
     d = dataclasses.asdict(self)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+# ------------------------------------------------------------------------------ label values
+
+
+def class_values(proto) -> np.ndarray:
+  """``int64 [c]``: the value of each class in the label files (:attr:`Protocol.label_values`)."""
+  if proto.label_values is None:
+    return np.arange(proto.num_classes)
+  return np.asarray(proto.label_values, np.int64)
+
+
+def to_classes(data, proto, path="labels"):
+  """``(classes int32, drawn bool)`` of the same shape from a label file's values: each value
+  mapped to its class, the ignore value (undrawn) to class 0 with ``drawn`` False. A value
+  that is neither a class's nor the ignore value is a DataError naming ``path``."""
+  data = np.asarray(data)
+  values = class_values(proto)
+  drawn = np.ones(data.shape, bool) if proto.ignore_label is None else data != proto.ignore_label
+  known = np.isin(data, values) | ~drawn
+  if not known.all():
+    bad = np.unique(data[~known])
+    raise DataError(
+      f"{path}: label value(s) {bad[:5].tolist()} are not in the protocol's classes "
+      f"({dict(zip(values.tolist(), proto.class_names))}"
+      + (f", ignore {proto.ignore_label}" if proto.ignore_label is not None else "")
+      + "). Map them, give the label pipeline a dseg.tsv naming each value, or set "
+      "label_values / ignore_label in the protocol."
+    )
+  lookup = np.zeros(int(max(values.max(), data.max(initial=0))) + 1, np.int32)
+  lookup[values] = np.arange(len(values))
+  return np.where(drawn, lookup[np.where(drawn, data, 0)], 0).astype(np.int32), drawn
+
+
+def values_from_dseg_tsv(path, proto) -> tuple:
+  """The protocol's ``(label_values, ignore_label)`` as a BIDS ``dseg.tsv`` (``index``,
+  ``name``) gives them: each class found by name (case-insensitive; a missing
+  ``background`` row is value 0), and a row named ``unlabeled`` / ``ignore`` the ignore
+  value. A row naming no class, or a class with no row, is a DataError naming ``path``."""
+  try:
+    rows = files.read_tsv(path)
+  except (OSError, UnicodeDecodeError) as e:
+    raise DataError(f"{path}: cannot be read ({e}).") from None
+  by_name, ignore = {}, None
+  for row in rows:
+    name, index = (row.get("name") or "").strip(), (row.get("index") or "").strip()
+    try:
+      value = int(index)
+    except ValueError:
+      raise DataError(f"{path}: index {index!r} of {name!r} is not an integer.") from None
+    if name.lower() in IGNORE_NAMES:
+      ignore = value
+    else:
+      by_name[name.lower()] = value
+  by_name.setdefault(proto.class_names[0].lower(), 0)
+  classes = [n.lower() for n in proto.class_names]
+  unknown = sorted(set(by_name) - set(classes))
+  missing = [n for n in proto.class_names if n.lower() not in by_name]
+  if unknown or missing:
+    what = [f"names {unknown} match no class" for _ in unknown[:1]] + [
+      f"no row names class(es) {missing}" for _ in missing[:1]
+    ]
+    raise DataError(
+      f"{path}: {'; '.join(what)} of protocol {proto.name} {list(proto.class_names)}. Name "
+      "each value as the protocol's class_names do (or 'unlabeled' for undrawn voxels)."
+    )
+  return tuple(by_name[n] for n in classes), ignore
+
+
+IGNORE_NAMES = ("unlabeled", "unlabelled", "ignore")
 
 
 # ------------------------------------------------------------------------------ files

@@ -193,16 +193,6 @@ class Study:
 # ----------------------------------------------------------------------------- sessions
 
 
-def _check_labels(volume, num_classes):
-  data = volume.data
-  lo, hi = int(data.min()), int(data.max())
-  if lo < 0 or hi >= num_classes:
-    raise DataError(
-      f"{volume.path}: labels range {lo}..{hi}, outside 0..{num_classes - 1}. Map the classes "
-      f"to 0..{num_classes - 1} (0 = background) or set num_classes in the protocol."
-    )
-
-
 def labeled_slices(labels):
   """Canonical z indices of the axial slices of ``labels [X, Y, Z]`` that hold a label."""
   return np.flatnonzero(np.any(labels > 0, axis=(0, 1)))
@@ -285,29 +275,33 @@ def read_session(files: layout.SessionFiles, proto, max_bytes) -> SessionData:
         f"{volumes[0].ref.shape}). Labels must lie on their session's image grid: resample "
         "them onto it with nearest-neighbour interpolation."
       )
-    _check_labels(lab, proto.num_classes)
-    counted = counted_slices(lab.data, proto, lab.path)
+    classes, drawn = protocol.to_classes(lab.data, proto, lab.path)
+    counted = counted_slices(classes, proto, lab.path)
     if not isinstance(proto.slice_selection, str):
       missing = [int(z) for z in proto.slice_selection if int(z) not in counted]
       if missing:
         notes.append(
           f"{lab.path}: no label at slice_selection z={missing} (canonical RAS z "
           f"of this session's own grid; its labeled slices: "
-          f"{labeled_slices(lab.data).tolist()}); those slices do not count"
+          f"{labeled_slices(classes).tolist()}); those slices do not count"
         )
     mask = np.zeros(grid.shape, np.float32)
     mask[:, :, list(counted)] = 1.0
-    labels = np.where(mask > 0, lab.data, 0).astype(np.int32)
+    mask *= drawn  # the ignore value's voxels (not drawn) count nowhere
+    labels = np.where(mask > 0, classes, 0).astype(np.int32)
   return SessionData(
     np.stack(channels, axis=-1), labels, mask, counted, grid, volumes[0].ref, notes
   )
 
 
-def place_labels(labels, counted, grid: grids.Grid, work: grids.Grid, world=None) -> PlacedLabels:
+def place_labels(
+  labels, counted, grid: grids.Grid, work: grids.Grid, world=None, drawn=None
+) -> PlacedLabels:
   """A session's counted labeled slices on the working grid, each on its nearest working
   slice and only there (:func:`fcslstm_jax.data.grids.place_slices`): with another slice spacing
   nearest-neighbour resampling along z would drop some and copy others onto interpolated
-  neighbours."""
+  neighbours. ``drawn`` (``[X, Y, Z]``, the session's label mask): voxels outside it (the
+  ignore value's) stay out of the working mask too."""
   placed, lost = grids.place_slices(counted, grid, work, world)
   out = np.zeros(work.shape, np.int32)
   mask = np.zeros(work.shape, np.float32)
@@ -315,6 +309,8 @@ def place_labels(labels, counted, grid: grids.Grid, work: grids.Grid, world=None
     values, inside = grids.slice_on(labels[:, :, z], grid, work, k, world)
     out[:, :, k] = values
     mask[:, :, k] = inside
+    if drawn is not None:
+      mask[:, :, k] *= grids.slice_on(drawn[:, :, z] > 0, grid, work, k, world)[0]
   return PlacedLabels(out, mask, placed, lost)
 
 
@@ -384,7 +380,7 @@ def load_subject(
     ref_grid, options.spacing, [r.grid for r in raw], [np.linalg.inv(m) for m in to_session]
   )
   placed = [
-    None if r.labels is None else place_labels(r.labels, r.counted, r.grid, work, world)
+    None if r.labels is None else place_labels(r.labels, r.counted, r.grid, work, world, r.mask)
     for r, world in zip(raw, to_session)
   ]
   masks = [None if p is None else p.mask for p in placed]
@@ -497,15 +493,16 @@ def load_study(
       resampling), or ``(x, y)`` mm; see :func:`resolve_spacing`.
     reference: ``"first"`` or ``"last"`` session as each subject's reference grid.
     register: ``"none"`` or ``"rigid"``.
-    labels_root: take labels from this folder (``sub-*/ses-*/anat/*_dseg.nii*``) instead of
-      ``root/derivatives/*/``.
+    labels_root: take labels from this folder (``sub-*/ses-*/anat/*_dseg.nii*``; absolute or
+      relative to ``root``, e.g. ``derivatives/manual``) instead of ``root/derivatives/*/``.
     shard: ``callable(list) -> list`` choosing this process's subjects (default: all).
     keep: ``"all"`` slices, or the ``"labeled"`` ones only (see :func:`load_subject`).
     label_planes: labeled working slices show their labeled plane's image (training; see
       :func:`load_subject`).
     max_bytes: per-file limit checked on the header before any data is read.
   """
-  files = layout.scan(root, proto.modalities, labels_root)
+  files = layout.scan(root, proto.modalities, layout.resolve_labels_root(root, labels_root))
+  proto = with_dseg_values(proto, files)
   unassigned = tuple(
     u for f in files for u in protocol.assign_sessions(f.sessions, proto, f.subject_id, f.path)[1]
   )
@@ -521,6 +518,33 @@ def load_study(
     files=files,
     unassigned=unassigned,
   )
+
+
+def with_dseg_values(proto, files):
+  """``proto`` with the label values and ignore value of its label pipelines' ``dseg.tsv``
+  (:func:`fcslstm_jax.data.protocol.values_from_dseg_tsv`); unchanged without one. A table
+  that disagrees with another, or with values the protocol already has (a trained run's),
+  is a DataError naming it."""
+  for tsv in layout.dseg_tables(files):
+    values, ignore = protocol.values_from_dseg_tsv(tsv, proto)
+    ignore = proto.ignore_label if ignore is None else ignore
+    before = protocol.class_values(proto).tolist()
+    if proto.label_values is not None and list(values) != before:
+      raise DataError(
+        f"{tsv}: gives the classes {list(proto.class_names)} the values {list(values)}, "
+        f"but {before} were set before (the protocol, a trained run or another dseg.tsv). "
+        "Use one set of label values."
+      )
+    if proto.ignore_label is not None and ignore != proto.ignore_label:
+      raise DataError(
+        f"{tsv}: its unlabeled value {ignore} differs from the ignore_label "
+        f"{proto.ignore_label} set before. Use one."
+      )
+    try:
+      proto = dataclasses.replace(proto, label_values=tuple(values), ignore_label=ignore)
+    except ConfigError as e:
+      raise DataError(f"{tsv}: {e}") from None
+  return proto
 
 
 def load_dataset(root, proto=protocol.BRIC, **kwargs) -> list:

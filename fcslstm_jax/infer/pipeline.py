@@ -148,7 +148,7 @@ def load_for_evaluation(run: RunRecord, data_dir=None, truth_dir=None):
     spacing=options.spacing or "native",
     reference=options.reference,
     register=options.register,
-    labels_root=truth_dir,
+    labels_root=truth_dir or (None if data_dir else run.labels),
   ), proto
 
 
@@ -231,7 +231,19 @@ def evaluate_run(
   earlier = manifest.claim(out_dir, ident)  # refuses another run's folder
   with files.recording() as written:
     study_writer = writer.StudyWriter(
-      out_dir, desc, proto, probabilities, own_unlabeled_subjects(loaded, truth_dir, log)
+      out_dir,
+      desc,
+      proto,
+      probabilities,
+      own_unlabeled_subjects(loaded, truth_dir, log),
+      source_root=loaded.root,
+      run={
+        "Runs": [
+          {"Workdir": os.path.abspath(m.workdir), "Model": m.config.model, "Step": m.step}
+          for m in members
+        ],
+        "TestTimeFlips": list(flips),
+      },
     )
     segment_seconds, sessions_done = 0.0, 0  # the forward passes (sliding windows in 3D)
     for subject, seq, probs, seconds in segment_study(loaded, members, flips, batch_size, log):

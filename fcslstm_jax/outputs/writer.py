@@ -5,18 +5,22 @@ Layout: a session arrives with its class probabilities ``float32 [X, Y, Z, c]``,
 ``int32 [X, Y, Z]`` and uncertainty ``float32 [X, Y, Z]`` on its own canonical grid (what
 :mod:`fcslstm_jax.infer.pipeline` resamples back), and its working-grid probabilities
 ``[Z, X, Y, c]`` for the report's preview. Written per session, BIDS derivative names with
-the session's original orientation, affine and header: ``*_dseg``, ``*_uncertainty``
-(optionally ``*_probseg``). Per study: ``volumes.tsv``, ``qc.tsv``, ``flags.tsv`` and
-``flags.json`` (:mod:`fcslstm_jax.outputs.flags`), ``dseg.tsv``, figures, ``report.html``
-and ``metrics.json`` (last: it marks a complete output). Labels are scored on each session's
-own grid, against its label file: per time point, and per group of sessions (:data:`GROUPS`)
-with the tissue volumes against the label file's (``volumes_truth.tsv``).
+the session's original orientation, affine and header: ``*_desc-<model>_dseg``,
+``*_label-uncertainty_desc-<model>_probseg`` (optionally ``*_desc-<model>_probseg``), each
+with its JSON sidecar. Per study: ``volumes.tsv``, ``qc.tsv``, ``flags.tsv`` and
+``flags.json`` (:mod:`fcslstm_jax.outputs.flags`), figures, ``report.html``, the BIDS
+derivative's ``dataset_description.json``, ``dseg.tsv``, ``README`` and ``.bidsignore``
+(:mod:`fcslstm_jax.outputs.bids`) and ``metrics.json`` (last: it marks a complete output).
+Labels are scored on each session's own grid, against its label file: per time point, and
+per group of sessions (:data:`GROUPS`) with the tissue volumes against the label file's
+(``volumes_truth.tsv``).
 """
 
 import dataclasses
 import datetime
 import os
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,6 +29,7 @@ from fcslstm_jax import metrics
 from fcslstm_jax.data import nifti_io
 from fcslstm_jax.data import protocol
 from fcslstm_jax.data import study
+from fcslstm_jax.outputs import bids
 from fcslstm_jax.outputs import figures
 from fcslstm_jax.outputs import flags
 from fcslstm_jax.outputs import qc
@@ -51,13 +56,24 @@ class StudyWriter:
     probabilities: also write ``*_probseg.nii.gz`` (float32, one volume per class).
     unlabeled_subjects: ids of the subjects without a label file at a training time point in
       the dataset's own label files (the ``unlabeled_subjects`` group of :data:`GROUPS`).
+    source_root: the segmented dataset (the sidecars' ``Sources``).
+    run: what each sidecar says of the run(s) (e.g. ``{"Runs": [...]}``).
   """
 
   def __init__(
-    self, out_dir: str, desc: str, proto, probabilities: bool = False, unlabeled_subjects=()
+    self,
+    out_dir: str,
+    desc: str,
+    proto,
+    probabilities: bool = False,
+    unlabeled_subjects=(),
+    *,
+    source_root: str = ".",
+    run: dict | None = None,
   ):
     self.out_dir, self.desc, self.protocol = out_dir, desc, proto
     self.probabilities = probabilities
+    self.sidecar = Sidecar(source_root, dict(run or {}))
     self.unlabeled = frozenset(unlabeled_subjects)
     t, c = proto.num_timepoints, proto.num_classes
     self.cms = np.zeros((t, c, c))
@@ -72,14 +88,19 @@ class StudyWriter:
     """One session's outputs on its own grid (see the module docstring), at time point ``t``."""
     names = self.protocol.class_names
     write_session(
-      self.out_dir, self.desc, subject_id, session, probs, labels, uncertainty, self.probabilities
+      self.out_dir,
+      self.desc,
+      subject_id,
+      session,
+      probs,
+      labels,
+      uncertainty,
+      self.probabilities,
+      self.sidecar,
+      self.protocol,
     )
-    truth = load_truth(session)
-    cm = (
-      None
-      if truth is None
-      else score_against(labels, truth.data, len(names), volumes.is_whole_volume(truth.data))
-    )
+    truth = load_truth(session, self.protocol)
+    cm = None if truth is None else scores(labels, truth, len(names))
     row = session_row(subject_id, session, labels, uncertainty, names)
     self.rows.append(row)
     if cm is not None:
@@ -144,6 +165,8 @@ class StudyWriter:
     result.update(predictions=len(self.rows), flags=len(found))
     result.update(sources)
     write_study_tables(out_dir, self.rows, self.extra, found, rules, names)
+    values = protocol.class_values(proto)
+    bids.write_dataset_files(out_dir, self.sidecar.source_root, zip(values.tolist(), names))
     truth_tsv = os.path.join(out_dir, "volumes_truth.tsv")
     if self.truth:
       files.write_tsv(truth_tsv, *volumes.truth_rows(self.truth, names))
@@ -169,34 +192,79 @@ class StudyWriter:
 # ------------------------------------------------------------------------------ sessions
 
 
-def output_path(out_dir: str, subject_id: str, session_label: str, desc: str, suffix: str) -> str:
+def output_path(
+  out_dir: str, subject_id: str, session_label: str, desc: str, suffix: str, label: str = ""
+) -> str:
   """BIDS derivative name:
-  ``sub-<id>/ses-<label>/anat/sub-<id>_ses-<label>_desc-<desc>_<suffix>.nii.gz``."""
-  name = f"sub-{subject_id}_ses-{session_label}_desc-{desc}_{suffix}.nii.gz"
+  ``sub-<id>/ses-<label>/anat/sub-<id>_ses-<label>[_label-<label>]_desc-<desc>_<suffix>.nii.gz``."""
+  entity = f"_label-{label}" if label else ""
+  name = f"sub-{subject_id}_ses-{session_label}{entity}_desc-{desc}_{suffix}.nii.gz"
   return os.path.join(out_dir, f"sub-{subject_id}", f"ses-{session_label}", "anat", name)
 
 
+@dataclasses.dataclass(frozen=True)
+class Sidecar:
+  """What the JSON sidecars of a study's outputs share: the dataset their sources are in and
+  what they say of the run(s)."""
+
+  source_root: str
+  run: dict
+
+  def write(self, nifti_path, text, session) -> None:
+    sources = [bids.source_uri(p, self.source_root) for p in session.paths.values()]
+    reference = bids.source_uri(next(iter(session.paths.values())), self.source_root)
+    bids.write_sidecar(nifti_path, text, sources, reference, self.run)
+
+
+UNCERTAINTY_TEXT = (
+  "Voxel-wise uncertainty in [0, 1] (not a probability of a class): the entropy of the "
+  "class probabilities divided by log(number of classes); 0 = one class certain, 1 = all "
+  "equally likely. Stored uint8 with a scale factor (steps of 1/255)."
+)
+
+
 def write_session(
-  out_dir, desc, subject_id, session, probs, labels, uncertainty, probabilities: bool
+  out_dir,
+  desc,
+  subject_id,
+  session,
+  probs,
+  labels,
+  uncertainty,
+  probabilities: bool,
+  sidecar: Sidecar | None = None,
+  proto=None,
 ) -> None:
   """The session's dseg, uncertainty (uint8, 256 steps: a map to look at, not to compute
-  with) and, if asked, probseg files on its input grid and header. The dseg's display
-  range is 0..c-1 (``c = probs.shape[-1]``). Not asked, a probseg file an earlier
-  evaluation wrote under the same name is removed (``out_dir`` lies outside the inputs:
-  :func:`fcslstm_jax.files.check_output_dir`), so that no output describes another run."""
+  with) and, if asked, probseg files on its input grid and header, each with its JSON
+  sidecar (unless ``sidecar`` is None). The dseg holds the label files' own values
+  (``proto.label_values``; class indices 0..c-1 without them). Not asked, a probseg file an
+  earlier evaluation wrote under the same name is removed (``out_dir`` lies outside the
+  inputs: :func:`fcslstm_jax.files.check_output_dir`), so that no output describes another
+  run."""
 
-  def path(suffix):
-    return output_path(out_dir, subject_id, session.label, desc, suffix)
+  def path(suffix, label=""):
+    return output_path(out_dir, subject_id, session.label, desc, suffix, label)
 
+  values = protocol.class_values(proto) if proto is not None else np.arange(probs.shape[-1])
+  written = []
   with files.naming(path("dseg")) as p:
-    nifti_io.save_like(p, labels, session.ref, num_classes=probs.shape[-1])
-  with files.naming(path("uncertainty")) as p:
+    nifti_io.save_like(p, values[labels], session.ref, num_classes=int(values.max()) + 1)
+    written.append((p, "Tissue labels (values in dseg.tsv): the most probable class."))
+  with files.naming(path("probseg", bids.UNCERTAINTY_LABEL)) as p:
     nifti_io.save_float_like(p, uncertainty, session.ref, np.uint8)
+    written.append((p, UNCERTAINTY_TEXT))
   if probabilities:
     with files.naming(path("probseg")) as p:
       nifti_io.save_float_like(p, probs, session.ref)
-  elif os.path.exists(path("probseg")):
-    os.unlink(path("probseg"))  # an earlier evaluation's, into the same --out: now stale
+      written.append((p, "Class probabilities, one volume per row of dseg.tsv, in its order."))
+  else:
+    for stale in (path("probseg"), bids.sidecar_path(path("probseg"))):
+      if os.path.exists(stale):
+        os.unlink(stale)  # an earlier evaluation's, into the same --out: now stale
+  if sidecar is not None:
+    for p, text in written:
+      sidecar.write(p, text, session)
 
 
 def session_row(subject_id, session, labels, uncertainty, names) -> volumes.SessionVolumes:
@@ -212,33 +280,51 @@ def session_row(subject_id, session, labels, uncertainty, names) -> volumes.Sess
   )
 
 
-def load_truth(session):
-  """The session's label file (``.data`` ``int [X, Y, Z]`` on its own canonical grid,
-  ``.ref``), or None without one."""
+class Truth(NamedTuple):
+  """A session's label file as classes: ``data`` ``int32 [X, Y, Z]`` on its own canonical
+  grid, ``drawn`` bool (False at the protocol's ignore value), the file's header ``ref``."""
+
+  data: np.ndarray
+  drawn: np.ndarray
+  ref: object
+
+
+def load_truth(session, proto=None):
+  """The session's label file mapped to classes (:func:`fcslstm_jax.data.protocol.to_classes`;
+  the values are the class indices when ``proto`` is None), or None without one."""
   if "dseg" not in session.paths:
     return None
-  return nifti_io.load_volume(session.paths["dseg"], kind="labels")
+  volume = nifti_io.load_volume(session.paths["dseg"], kind="labels")
+  if proto is None:
+    return Truth(volume.data, np.ones(volume.data.shape, bool), volume.ref)
+  classes, drawn = protocol.to_classes(volume.data, proto, volume.path)
+  return Truth(classes, drawn, volume.ref)
 
 
-def score_against(pred, truth, num_classes, whole: bool = False):
+def score_against(pred, truth, num_classes, whole: bool = False, drawn=None):
   """Confusion matrix of ``pred`` against ``truth`` (both ``[X, Y, Z]``) over every axial
   slice holding a label, or over every voxel when ``truth`` is a whole volume
   (:func:`fcslstm_jax.outputs.volumes.is_whole_volume`): tissue predicted on a slice with no
-  brain is a false positive there, as it is in the volumes."""
+  brain is a false positive there, as it is in the volumes. ``drawn`` (bool ``[X, Y, Z]``):
+  only those voxels count (the ignore value's are left out)."""
   mask = np.zeros(truth.shape, np.float32)
   mask[:, :, slice(None) if whole else study.labeled_slices(truth)] = 1.0
+  if drawn is not None:
+    mask *= drawn
   return metrics.confusion_counts(pred, truth, mask, num_classes)
 
 
-def native_scores(pred, session, num_classes):
+def scores(pred, truth: Truth, num_classes):
+  """:func:`score_against` a loaded :class:`Truth` (whole or sparse as its file is)."""
+  whole = volumes.is_whole_volume(truth.data)
+  return score_against(pred, truth.data, num_classes, whole, truth.drawn)
+
+
+def native_scores(pred, session, num_classes, proto=None):
   """Confusion matrix of a native-grid prediction against the session's label file, over
   every labeled axial slice (None without labels)."""
-  truth = load_truth(session)
-  return (
-    None
-    if truth is None
-    else score_against(pred, truth.data, num_classes, volumes.is_whole_volume(truth.data))
-  )
+  truth = load_truth(session, proto)
+  return None if truth is None else scores(pred, truth, num_classes)
 
 
 def session_group(proto, unlabeled, subject_id, t):
@@ -335,13 +421,11 @@ def qc_table(rows, extra) -> tuple:
 
 
 def write_study_tables(out_dir, rows, extra, found, rules, names) -> None:
-  """``volumes.tsv``, ``qc.tsv``, ``flags.tsv``, ``flags.json`` (the rules used) and
-  ``dseg.tsv`` (the class of each label value / probseg volume)."""
+  """``volumes.tsv``, ``qc.tsv``, ``flags.tsv`` and ``flags.json`` (the rules used)."""
   for name, (header, table) in (
     ("volumes.tsv", volumes.volume_rows(rows, names)),
     ("qc.tsv", qc_table(rows, extra)),
     ("flags.tsv", flags.flag_rows(found)),
-    ("dseg.tsv", (["index", "name"], list(enumerate(names)))),
   ):
     files.write_tsv(os.path.join(out_dir, name), header, table)
   files.write_json(os.path.join(out_dir, "flags.json"), rules.to_json())

@@ -239,6 +239,7 @@ def write_cohort(out_dir, seed, config):
     out_dir / "participants.tsv", ("participant_id",), [(f"sub-{i + 1:02d}",) for i in range(total)]
   )
   files.write_json(out_dir / "protocol.json", config.protocol)
+  files.write_text(out_dir / ".bidsignore", "protocol.json\n")  # not a BIDS file
   params = {
     k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()
   }
