@@ -105,30 +105,27 @@ def read_tsv(path) -> list:
     return list(csv.DictReader(f, delimiter="\t"))
 
 
-def check_outside_dataset(
-  out_dir: str, input_root: str, flag: str = "--out", derivatives: bool = False
-) -> None:
-  """Outputs never go inside the input dataset (nothing can overwrite an input). With
-  ``derivatives``, ``INPUT/derivatives/<name>`` is allowed too (where BIDS puts a
-  pipeline's outputs; the output manifest then refuses a folder that holds another
-  pipeline's files: :mod:`fcslstm_jax.outputs.manifest`)."""
+def check_outside_dataset(out_dir: str, input_root: str, flag: str = "--out", allow=None) -> None:
+  """Outputs never go inside the input dataset (nothing can overwrite an input), except
+  where ``allow(parts)`` says yes (``parts``: the path relative to the dataset, e.g.
+  ``("derivatives", "fcslstm")``: :func:`fcslstm_jax.data.layout.output_place_allowed`)."""
   out, root = os.path.realpath(out_dir), os.path.realpath(input_root)
   if os.path.commonpath([out, root]) != root:
     return
-  rel = pathlib.PurePath(os.path.relpath(out, root)).parts
-  if derivatives and len(rel) == 2 and rel[0] == "derivatives":
+  parts = pathlib.PurePath(os.path.relpath(out, root)).parts
+  if allow is not None and parts != (".",) and allow(parts):
     return
-  where = " (or its derivatives/<name>/)" if derivatives else ""
+  where = " (or a new derivatives/<name>/)" if allow is not None else ""
   raise ConfigError(
     f"{out_dir}: is inside the input dataset {input_root}. Choose a {flag} "
     f"folder outside it{where}; outputs never go next to the inputs."
   )
 
 
-def check_output_dir(out_dir: str, input_root: str) -> None:
-  """Creates ``out_dir`` after checking it is outside the input dataset (or one of its
-  ``derivatives/<name>`` folders) and writable."""
-  check_outside_dataset(out_dir, input_root, derivatives=True)
+def check_output_dir(out_dir: str, input_root: str, allow=None) -> None:
+  """Creates ``out_dir`` after checking it is outside the input dataset (but where ``allow``
+  says yes: :func:`check_outside_dataset`) and writable."""
+  check_outside_dataset(out_dir, input_root, allow=allow)
   out = os.path.realpath(out_dir)
   try:
     os.makedirs(out, exist_ok=True)

@@ -1,6 +1,11 @@
 """Helpers the test modules share (fixtures are in conftest.py)."""
 
 import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
 
 from fcslstm_jax.synthetic import cohort
 
@@ -46,3 +51,16 @@ def assert_predictions_on_input_grids(dataset, out, num_scans, num_classes=4):
     values = np.asarray(pred.dataobj)
     assert np.issubdtype(values.dtype, np.integer)
     assert values.min() >= 0 and values.max() <= num_classes - 1
+
+
+def validator_errors(folder) -> list:
+  """The official BIDS validator's errors on ``folder`` (bids-validator-deno, in
+  requirements-dev.txt)."""
+  exe = shutil.which("bids-validator-deno") or os.path.join(
+    os.path.dirname(sys.executable), "bids-validator-deno"
+  )
+  done = subprocess.run(
+    [exe, str(folder), "--format", "json"], capture_output=True, text=True, timeout=300
+  )
+  report = json.loads(done.stdout)
+  return [i for i in report["issues"]["issues"] if i["severity"] == "error"]

@@ -4,10 +4,7 @@ accepts, label pipelines chosen by name, label values mapped through their dseg.
 
 import dataclasses
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,10 +12,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 from helpers import train_args
+from helpers import validator_errors
 
-import evaluate
 import train
 from fcslstm_jax import files
+from fcslstm_jax.cli import bids_app
 from fcslstm_jax.data import protocol
 from fcslstm_jax.data import sequences
 from fcslstm_jax.data import study
@@ -27,19 +25,6 @@ from fcslstm_jax.errors import DataError
 from fcslstm_jax.train import losses
 
 IBEAT = (0, 10, 150, 250)  # iBEAT's values for background / CSF / GM / WM
-
-
-def validator_errors(folder) -> list:
-  """The official BIDS validator's errors on ``folder`` (bids-validator-deno, in
-  requirements-dev.txt)."""
-  exe = shutil.which("bids-validator-deno") or os.path.join(
-    os.path.dirname(sys.executable), "bids-validator-deno"
-  )
-  done = subprocess.run(
-    [exe, str(folder), "--format", "json"], capture_output=True, text=True, timeout=300
-  )
-  report = json.loads(done.stdout)
-  return [i for i in report["issues"]["issues"] if i["severity"] == "error"]
 
 
 def relabel(folder, mapping, tsv_rows=None) -> None:
@@ -72,7 +57,7 @@ def test_label_values_map_to_classes_and_unknown_values_name_the_file():
   classes, drawn = protocol.to_classes(data, proto, "x_dseg.nii.gz")
   np.testing.assert_array_equal(classes, [0, 1, 2, 3, 0, 1])
   np.testing.assert_array_equal(drawn, [1, 1, 1, 1, 0, 1])
-  with pytest.raises(DataError, match=r"x_dseg.nii.gz: label value\(s\) \[3\]"):
+  with pytest.raises(DataError, match=r"x_dseg.nii.gz: label value\(s\) \[3\] not in"):
     protocol.to_classes(np.array([0, 3]), proto, "x_dseg.nii.gz")
   with pytest.raises(ConfigError, match="ignore_label 150 is also the value of class 'GM'"):
     protocol.Protocol(name="p", num_timepoints=1, label_values=IBEAT, ignore_label=150)
@@ -134,31 +119,40 @@ def test_a_half_drawn_slice_trains_only_on_its_drawn_voxels(copied):
 # ------------------------------------------------------------------------- end to end
 
 
-def test_bids_round_trip_label_values_pipelines_and_own_derivatives(copied, tmp_path, capsys):
+def test_bids_app_round_trip_label_values_pipelines_and_own_derivatives(copied, tmp_path, capsys):
   """Labels drawn as 10 / 150 / 250 with a dseg.tsv, beside a second pipeline: training
-  without a choice stops and names the flag; with ``--labels derivatives/manual`` it trains,
-  predictions written to ``derivatives/fcslstm`` come back as 10 / 150 / 250 and pass the
-  BIDS validator, and the next training run does not read them as labels."""
+  without a choice stops and names the flag; the BIDS-App's group level with ``--labels
+  derivatives/manual`` trains, its participant level writes ``derivatives/fcslstm`` in 10 /
+  150 / 250, which the BIDS validator accepts, and the next training run does not read
+  those predictions as labels."""
   rows = [(0, "background"), (10, "CSF"), (150, "GM"), (250, "WM")]
   relabel(copied / "derivatives" / "manual", dict(zip(range(4), IBEAT)), rows)
   shutil.copytree(copied / "derivatives" / "manual", copied / "derivatives" / "other")
   relabel(copied / "derivatives" / "other", {0: 0, 10: 1, 150: 3, 250: 2})
   (copied / "derivatives" / "other" / "dseg.tsv").unlink()
 
-  run = tmp_path / "run"
-  assert train.main(train_args(copied, run, 1)) == 2
+  assert train.main(train_args(copied, tmp_path / "run", 1)) == 2
   err = capsys.readouterr().err
   assert "several dseg files match" in err and "--labels derivatives/<name>" in err
 
-  assert train.main(train_args(copied, run, 1, "--labels", "derivatives/manual")) == 0
-  record = json.loads((run / "run.json").read_text())
+  out = copied / "derivatives" / "fcslstm"
+  tiny = train_args(copied, "unused", 1)[2:-2]  # --config tiny --epochs 1 --batch-size 2
+  assert (
+    bids_app.main([str(copied), str(out), "group", "--labels", "derivatives/manual", *tiny]) == 0
+  )
+  capsys.readouterr()  # training's progress
+  model = out / "sourcedata" / "model"
+  record = json.loads((model / "run.json").read_text())
   assert record["protocol"]["label_values"] == list(IBEAT)
   assert record["labels"] == str(copied / "derivatives" / "manual")
 
-  out = copied / "derivatives" / "fcslstm"
-  assert evaluate.main(["--workdir", str(run), "--out", str(out), "--no-report"]) == 0
+  assert bids_app.main([str(copied), str(out), "participant", "--participant-label", "99"]) == 2
+  assert_one_line(capsys.readouterr().err, str(copied), "no participant(s) sub-99")
+  assert bids_app.main([str(copied), str(out), "participant", "--no-report"]) == 0
   dsegs = sorted(out.rglob("*_dseg.nii.gz"))
-  assert dsegs and set().union(*(np.unique(nib.load(str(p)).dataobj) for p in dsegs)) <= set(IBEAT)
+  assert {p.parts[-4] for p in dsegs} == {"sub-01", "sub-02", "sub-03"}
+  values = set().union(*(np.unique(nib.load(str(p)).dataobj).tolist() for p in dsegs))
+  assert values <= set(IBEAT) and len(values) > 2
   assert [tuple(r.values()) for r in files.read_tsv(out / "dseg.tsv")] == [
     (str(v), n) for v, n in rows
   ]
@@ -173,6 +167,11 @@ def test_bids_round_trip_label_values_pipelines_and_own_derivatives(copied, tmp_
   assert train.main(train_args(copied, tmp_path / "run2", 1)) == 0
   again = json.loads((tmp_path / "run2" / "run.json").read_text())
   assert again["protocol"]["label_values"] == list(IBEAT) and "labels" not in again
+
+
+def assert_one_line(err, *parts):
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert len(lines) == 1 and all(p in lines[0] for p in parts), err
 
 
 def test_the_input_studies_pass_the_validator(dataset, copied):

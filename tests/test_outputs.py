@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import validator_errors
 
 import evaluate
 from fcslstm_jax import files
@@ -472,6 +473,7 @@ def test_report_and_the_other_outputs(evaluated):
   assert metrics["tta_flips"] == [] and len(metrics["members"]) == 1
   assert flags.from_json(json.loads((evaluated / "flags.json").read_text())) == flags.FlagRules()
   assert not list(evaluated.rglob("*.tmp*"))
+  assert validator_errors(evaluated) == []
 
 
 def test_an_ensemble_of_a_run_and_its_copy_equals_the_run(

@@ -480,7 +480,7 @@ def test_refuses_a_workdir_of_another_run(flags, field, tmp_path, capsys):
 
 def test_refuses_outputs_inside_the_input_dataset(tmp_path, capsys):
   root = good_dataset(tmp_path / "ds")
-  inside = root / "derivatives" / "out"
+  inside = root / "derivatives" / "manual" / "run"  # a label pipeline's folder
   assert train.main(train_args(root, inside, EPOCHS)) == 2
   assert_one_error_line(capsys.readouterr().err, inside, "inside the input dataset", "--workdir")
   run = fake_run(tmp_path / "run", root)

@@ -589,6 +589,7 @@ def test_labels_train_with_the_image_of_their_own_plane_when_origins_differ(tmp_
     spacing="native",
     reference="first",
     register="none",
+    labels=None,
   )
   loaded = train.load_study(args, get_config("tiny"))
   (subject,) = loaded.subjects

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from helpers import assert_predictions_on_input_grids
 from helpers import train_args
+from helpers import validator_errors
 
 import evaluate
 import train
+from fcslstm_jax.cli import bids_app
 from fcslstm_jax.config import Config
 from fcslstm_jax.infer import pipeline
 from fcslstm_jax.synthetic import bric_like
@@ -88,6 +90,16 @@ def test_evaluate_writes_predictions_on_the_input_grid(dataset, trained, tmp_pat
   assert len(tc["prediction"]) == len(tc["ground_truth"]) == len(TINY_DATA.ages) - 1
   assert all(0.0 <= v <= 1.0 for v in tc["prediction"] + tc["ground_truth"])
   assert (out / "segmentation.png").stat().st_size > 0
+  assert validator_errors(out) == []
+
+
+def test_bids_app_segments_the_chosen_participants(dataset, trained, tmp_path):
+  out = tmp_path / "derivative"
+  argv = [str(dataset), str(out), "participant", "--model-dir", str(trained), "--no-report"]
+  assert bids_app.main([*argv, "--participant-label", "sub-02"]) == 0
+  assert {p.parts[-4] for p in out.rglob("*_dseg.nii.gz")} == {"sub-02"}
+  assert validator_errors(out) == []
+  assert bids_app.main(argv) == 2  # all participants: another selection, refused
 
 
 def test_evaluated_labels_follow_the_input_orientation(dataset, trained, tmp_path):
@@ -104,13 +116,16 @@ def test_evaluated_labels_follow_the_input_orientation(dataset, trained, tmp_pat
   assert (pred == truth).mean() > (pred == truth[::-1]).mean()
 
 
-def test_refuses_outputs_inside_the_input_dataset(dataset, trained, capsys):
-  assert (
-    evaluate.main(["--workdir", str(trained), "--out", str(dataset / "derivatives" / "x")]) == 2
-  )
+@pytest.mark.parametrize("inside", ["sub-01/x", "derivatives/manual/x", "derivatives"])
+def test_refuses_outputs_inside_the_input_dataset(dataset, trained, capsys, inside):
+  """Inside the dataset, only a new (or this tool's) ``derivatives/<name>`` may take outputs:
+  never a subject's folder or a label pipeline's."""
+  out = dataset / inside
+  existed = out.exists()
+  assert evaluate.main(["--workdir", str(trained), "--out", str(out)]) == 2
   err = capsys.readouterr().err
   assert "inside the input dataset" in err and "Traceback" not in err
-  assert not (dataset / "derivatives" / "x").exists()
+  assert out.exists() == existed
 
 
 def test_any_config_field_can_be_set_and_is_recorded(dataset, tmp_path):

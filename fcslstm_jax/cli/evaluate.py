@@ -50,6 +50,12 @@ def main(argv=None) -> int:
     "(sub-<id>/ses-<label>/anat/*_dseg.nii.gz) instead of the dataset's derivatives",
   )
   p.add_argument(
+    "--participant-label",
+    nargs="+",
+    metavar="ID",
+    help="segment only these subjects (01 or sub-01); default: all",
+  )
+  p.add_argument(
     "--batch-size",
     type=int,
     default=8,
@@ -105,6 +111,7 @@ def main(argv=None) -> int:
         flag_rules=flags.load(args.flags),
         report=not args.no_report,
         counter=counter,
+        participants=args.participant_label,
       )
     )
     return 0

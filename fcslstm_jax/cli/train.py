@@ -12,6 +12,7 @@ Rerunning the same command resumes from the last checkpoint in --workdir.
 import argparse
 import contextlib
 import dataclasses
+import functools
 import os
 import signal
 import sys
@@ -279,7 +280,12 @@ def setup(args, main: bool):
   model_name = cfg.model + ("-3d" if cfg.spatial_dims == 3 else "")
   workdir = args.workdir or os.path.join("runs", f"{name}-{model_name}-{args.config}")
   if args.data_dir:
-    files.check_outside_dataset(workdir, args.data_dir, "--workdir")
+    files.check_outside_dataset(
+      workdir,
+      args.data_dir,
+      "--workdir",
+      functools.partial(layout.output_place_allowed, args.data_dir),
+    )
   loaded = load_study(args, cfg)
   record = run_record.RunRecord(
     config=cfg,

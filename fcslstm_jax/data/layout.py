@@ -153,6 +153,16 @@ def label_pipelines(root) -> list:
   return [d for d in sorted((pathlib.Path(root) / "derivatives").glob("*")) if not is_own(d)]
 
 
+def output_place_allowed(root, parts) -> bool:
+  """Whether outputs may go to ``root/<parts>`` inside a dataset: under
+  ``derivatives/<name>/`` (where BIDS puts a pipeline's outputs) unless that folder holds
+  another pipeline's subjects (labels, which must never be overwritten)."""
+  if len(parts) < 2 or parts[0] != "derivatives":
+    return False
+  pipeline = pathlib.Path(root) / parts[0] / parts[1]
+  return is_own(pipeline) or not any(pipeline.glob("sub-*"))
+
+
 # The GeneratedBy name of this tool's derivative datasets (fcslstm_jax.outputs.bids).
 GENERATOR = "fcslstm-jax"
 
@@ -243,6 +253,18 @@ def subject_dirs(root):
   return dirs
 
 
-def scan(root, modalities=("T1w", "T2w"), labels_root=None) -> list:
-  """Every subject's :class:`SubjectFiles`, sorted by id."""
-  return [scan_subject(root, d, tuple(modalities), labels_root) for d in subject_dirs(root)]
+def scan(root, modalities=("T1w", "T2w"), labels_root=None, participants=None) -> list:
+  """Every subject's :class:`SubjectFiles`, sorted by id (only ``participants``' when given:
+  labels with or without ``sub-``; one that the dataset lacks is a DataError)."""
+  dirs = subject_dirs(root)
+  if participants is not None:
+    wanted = {str(p).removeprefix("sub-") for p in participants}
+    have = {d.name.removeprefix("sub-") for d in dirs}
+    missing = sorted(wanted - have)
+    if missing:
+      raise DataError(
+        f"{root}: no participant(s) {', '.join('sub-' + m for m in missing)} (it has "
+        f"{', '.join('sub-' + h for h in sorted(have)[:8])}{', ...' if len(have) > 8 else ''})."
+      )
+    dirs = [d for d in dirs if d.name.removeprefix("sub-") in wanted]
+  return [scan_subject(root, d, tuple(modalities), labels_root) for d in dirs]

@@ -171,8 +171,13 @@ def to_classes(data, proto, path="labels"):
   known = np.isin(data, values) | ~drawn
   if not known.all():
     bad = np.unique(data[~known])
+    where = (
+      f"outside 0..{proto.num_classes - 1}"
+      if proto.label_values is None
+      else "not in the protocol's label values"
+    )
     raise DataError(
-      f"{path}: label value(s) {bad[:5].tolist()} are not in the protocol's classes "
+      f"{path}: label value(s) {bad[:5].tolist()} {where} "
       f"({dict(zip(values.tolist(), proto.class_names))}"
       + (f", ignore {proto.ignore_label}" if proto.ignore_label is not None else "")
       + "). Map them, give the label pipeline a dseg.tsv naming each value, or set "

@@ -483,6 +483,7 @@ def load_study(
   keep="all",
   max_bytes=nifti_io.DEFAULT_MAX_BYTES,
   label_planes=False,
+  participants=None,
 ) -> Study:
   """Reads a study (see the module docstring).
 
@@ -500,8 +501,10 @@ def load_study(
     label_planes: labeled working slices show their labeled plane's image (training; see
       :func:`load_subject`).
     max_bytes: per-file limit checked on the header before any data is read.
+    participants: only these subjects (ids, with or without ``sub-``); None: all.
   """
-  files = layout.scan(root, proto.modalities, layout.resolve_labels_root(root, labels_root))
+  labels_root = layout.resolve_labels_root(root, labels_root)
+  files = layout.scan(root, proto.modalities, labels_root, participants)
   proto = with_dseg_values(proto, files)
   unassigned = tuple(
     u for f in files for u in protocol.assign_sessions(f.sessions, proto, f.subject_id, f.path)[1]

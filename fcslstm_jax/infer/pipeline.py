@@ -16,6 +16,7 @@ writes the study's tables, figures, report and ``metrics.json``.
 """
 
 import dataclasses
+import functools
 import os
 import time
 
@@ -138,8 +139,9 @@ def to_session_probs(probs, subject, session) -> np.ndarray:
   return np.concatenate([background, tissues], axis=-1).astype(np.float32)
 
 
-def load_for_evaluation(run: RunRecord, data_dir=None, truth_dir=None):
-  """The study to segment with a run: its own data or ``data_dir``, on the run's grids."""
+def load_for_evaluation(run: RunRecord, data_dir=None, truth_dir=None, participants=None):
+  """The study to segment with a run: its own data or ``data_dir`` (only ``participants``'
+  subjects when given), on the run's grids."""
   proto = run.protocol
   options = run.grid or study.GridOptions()
   return study.load_study(
@@ -148,8 +150,16 @@ def load_for_evaluation(run: RunRecord, data_dir=None, truth_dir=None):
     spacing=options.spacing or "native",
     reference=options.reference,
     register=options.register,
-    labels_root=truth_dir or (None if data_dir else run.labels),
+    labels_root=truth_dir or (run.labels if same_study(run, data_dir) else None),
+    participants=participants,
   ), proto
+
+
+def same_study(run: RunRecord, data_dir) -> bool:
+  """Whether ``data_dir`` (None: the run's own) is the study the run trained on."""
+  if data_dir is None:
+    return True
+  return not run.builtin and os.path.realpath(data_dir) == os.path.realpath(run.dataset)
 
 
 def own_unlabeled_subjects(loaded, truth_dir, log=print) -> list:
@@ -197,6 +207,7 @@ def evaluate_run(
   flag_rules=None,
   report: bool = True,
   counter=None,
+  participants=None,
 ) -> dict:
   """Segments every session of every subject and writes what a study needs (see the module
   docstring). Labels (the dataset's, or ``truth_dir``'s) are scored on each session's own
@@ -211,23 +222,27 @@ def evaluate_run(
     report: write ``report.html``.
     counter: a :class:`fcslstm_jax.compile_cache.CompileCounter`; its counts go into
       ``metrics.json`` (``compilations``).
+    participants: segment only these subjects (ids); their selection is part of the output
+      folder's identity (:mod:`fcslstm_jax.outputs.manifest`).
   """
   started = time.monotonic()
   workdirs = [workdir] if isinstance(workdir, (str, os.PathLike)) else list(workdir)
   workdirs = [str(w) for w in workdirs]
   flips = tta.parse_flips(tta_flips)
   runs = read_runs(workdirs)
-  loaded, proto = load_for_evaluation(runs[0][1], data_dir, truth_dir)
+  loaded, proto = load_for_evaluation(runs[0][1], data_dir, truth_dir, participants)
   for line in sequences.describe_warnings(loaded):
     log(line)
   out_dir = out_dir or os.path.join(workdirs[0], "predictions")
-  files.check_output_dir(out_dir, loaded.root)
+  files.check_output_dir(
+    out_dir, loaded.root, functools.partial(layout.output_place_allowed, loaded.root)
+  )
   if truth_dir:
     files.check_outside_dataset(out_dir, truth_dir, "--out")
   members = load_members(runs, proto)
   load_seconds = time.monotonic() - started  # the study, resampled, and the checkpoints
   desc = members[0].config.model.replace("-", "") if len(members) == 1 else "ensemble"
-  ident = manifest.identity(workdirs, loaded.root)
+  ident = manifest.identity(workdirs, loaded.root, participants)
   earlier = manifest.claim(out_dir, ident)  # refuses another run's folder
   with files.recording() as written:
     study_writer = writer.StudyWriter(

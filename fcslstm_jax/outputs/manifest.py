@@ -20,12 +20,16 @@ from fcslstm_jax.errors import ConfigError
 NAME = "outputs.json"
 
 
-def identity(workdirs, dataset_root) -> dict:
-  """What makes two evaluations the same run's: its run folders and the dataset segmented."""
-  return {
+def identity(workdirs, dataset_root, participants=None) -> dict:
+  """What makes two evaluations the same run's: its run folders and the dataset segmented
+  (and the participants, when only some were: the folder's tables describe those)."""
+  ident = {
     "workdirs": [os.path.abspath(w) for w in workdirs],
     "dataset": os.path.abspath(dataset_root),
   }
+  if participants is not None:
+    ident["participants"] = sorted(str(p).removeprefix("sub-") for p in participants)
+  return ident
 
 
 def read(out_dir) -> dict | None:
@@ -41,10 +45,13 @@ def read(out_dir) -> dict | None:
 
 
 def foreign_entries(out_dir) -> list:
-  """Top-level entries other than the manifest and hidden files (temporary siblings)."""
+  """Top-level entries other than the manifest, hidden files (temporary siblings) and
+  ``sourcedata/`` (where the BIDS-App keeps its trained model; BIDS tools skip it)."""
   if not os.path.isdir(out_dir):
     return []
-  return sorted(e for e in os.listdir(out_dir) if e != NAME and not e.startswith("."))
+  return sorted(
+    e for e in os.listdir(out_dir) if e not in (NAME, "sourcedata") and not e.startswith(".")
+  )
 
 
 def written_before_manifests(out_dir, ident: dict) -> bool:
@@ -77,10 +84,13 @@ def claim(out_dir, ident: dict) -> list:
     earlier = []
   elif record["identity"] != ident:
     other = record["identity"]
+    chosen = other.get("participants")
     raise ConfigError(
       f"{out_dir}: holds the outputs of another evaluation (run folders "
-      f"{', '.join(other.get('workdirs', []))}; dataset {other.get('dataset')}). A tool "
-      "reading its *_dseg files would mix the two. Choose a new or empty --out folder."
+      f"{', '.join(other.get('workdirs', []))}; dataset {other.get('dataset')}"
+      + (f"; participants {', '.join(chosen)}" if chosen else "")
+      + "). A tool reading its *_dseg files would mix the two. Choose a new or empty "
+      "--out folder (or segment all the participants in one command)."
     )
   else:
     earlier = [os.path.join(out_dir, f) for f in record.get("files", [])]

@@ -74,6 +74,11 @@ class StudyWriter:
     self.out_dir, self.desc, self.protocol = out_dir, desc, proto
     self.probabilities = probabilities
     self.sidecar = Sidecar(source_root, dict(run or {}))
+    # First: a killed evaluation's *_dseg files are then already marked as this tool's
+    # (never read as labels: fcslstm_jax.data.layout.label_pipelines).
+    bids.write_dataset_files(
+      out_dir, source_root, zip(protocol.class_values(proto).tolist(), proto.class_names)
+    )
     self.unlabeled = frozenset(unlabeled_subjects)
     t, c = proto.num_timepoints, proto.num_classes
     self.cms = np.zeros((t, c, c))
@@ -165,8 +170,6 @@ class StudyWriter:
     result.update(predictions=len(self.rows), flags=len(found))
     result.update(sources)
     write_study_tables(out_dir, self.rows, self.extra, found, rules, names)
-    values = protocol.class_values(proto)
-    bids.write_dataset_files(out_dir, self.sidecar.source_root, zip(values.tolist(), names))
     truth_tsv = os.path.join(out_dir, "volumes_truth.tsv")
     if self.truth:
       files.write_tsv(truth_tsv, *volumes.truth_rows(self.truth, names))
