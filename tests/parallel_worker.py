@@ -27,6 +27,7 @@ from fcslstm_jax.config import get_config
 from fcslstm_jax.model import networks
 from fcslstm_jax.train import loop
 from fcslstm_jax.train import parallel
+from fcslstm_jax.train import scoring
 
 BATCH, STEPS, T, SIZE, CHANNELS, CLASSES = 2, 2, 2, 32, 2, 4
 WEIGHTS = np.array([0.5, 1.0, 1.5, 2.0], np.float32)
@@ -160,7 +161,7 @@ def mesh_main(out):
     mesh = parallel.make_mesh(n)
     losses, params = train_on(mesh, fcn3d, state, batches)
     model = loop.build_model(fcn3d, CLASSES)
-    predict = loop.make_volume_predict_fn(model, fcn3d, mesh, window_batch=2)
+    predict = scoring.make_volume_predict_fn(model, fcn3d, mesh, window_batch=2)
     result[f"volume_proba{n}"] = predict(
       parallel.replicate(state.params, mesh), volume, np.ones((1, T), bool)
     )

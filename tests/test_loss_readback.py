@@ -16,6 +16,7 @@ from fcslstm_jax.data.sequences import SliceSet
 from fcslstm_jax.errors import ConfigError
 from fcslstm_jax.run_record import RunRecord
 from fcslstm_jax.train import loop
+from fcslstm_jax.train import nonfinite
 
 CLASSES = ("background", "csf", "gm", "wm")
 
@@ -69,9 +70,9 @@ def run(workdir, log_every_steps, data, epochs=2):
 
 
 def test_first_nonfinite():
-  assert loop.first_nonfinite([0.5, 0.25]) is None
-  assert loop.first_nonfinite([0.5, np.inf, np.nan]) == 1
-  assert loop.first_nonfinite(np.array([np.nan], np.float32)) == 0
+  assert nonfinite.first_nonfinite([0.5, 0.25]) is None
+  assert nonfinite.first_nonfinite([0.5, np.inf, np.nan]) == 1
+  assert nonfinite.first_nonfinite(np.array([np.nan], np.float32)) == 0
 
 
 def test_losses_read_every_3_steps_equal_the_per_step_losses(tmp_path):
@@ -89,7 +90,7 @@ def test_nan_guard_names_the_step_inside_the_window(tmp_path):
   order = loop.epoch_order(0, 0, 8)  # the first epoch's order (seed 0 of "tiny")
   bad = int(order[2])  # first sequence of the second batch, i.e. step 2
   data = synthetic_set(nan_at=bad)
-  with pytest.raises(loop.NonFiniteLoss) as e:
+  with pytest.raises(nonfinite.NonFiniteLoss) as e:
     run(tmp_path / "run", 3, data)
   message = str(e.value)
   assert message.startswith("loss became nan at step 2 (epoch 1): ")

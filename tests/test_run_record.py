@@ -38,6 +38,21 @@ def test_an_older_record_loads(tmp_path):
   assert "volume" not in record.to_json() and "grid" not in record.to_json()
 
 
+def test_native_spacing_has_one_spelling_and_older_nulls_still_load(tmp_path):
+  """A record's in-plane spacing is resolved once: "native" or (x, y) mm; run.json files from
+  before wrote native as null, and the same run read from either is the same."""
+  record = RunRecord(config=Config(), dataset="/data/s", protocol=protocol.BRIC, grid=GridOptions())
+  run_record.write(tmp_path, record)
+  written = json.loads((tmp_path / "run.json").read_text())
+  assert written["grid"]["spacing"] == "native"
+  written["grid"]["spacing"] = None  # as older versions wrote it
+  (tmp_path / "run.json").write_text(json.dumps(written))
+  assert run_record.read(tmp_path) == record
+  with pytest.raises(ConfigError, match="must be resolved"):
+    GridOptions(spacing="median")
+  assert GridOptions(spacing=[1, 2]).spacing == (1.0, 2.0)
+
+
 def test_differences_name_what_changed():
   record = RunRecord(config=Config(), dataset="bric", protocol=protocol.BRIC, grid=GridOptions())
   other = dataclasses.replace(
@@ -45,7 +60,7 @@ def test_differences_name_what_changed():
   )
   assert record.differences(other) == [
     "seed: 0 -> 1",
-    "grid: {'spacing': None, 'reference': 'first', 'register': 'none'} -> "
+    "grid: {'spacing': 'native', 'reference': 'first', 'register': 'none'} -> "
     "{'spacing': [2.0, 2.0], 'reference': 'first', 'register': 'none'}",
   ]
   assert dataclasses.replace(record, grid=None).differences(other) == ["seed: 0 -> 1"]

@@ -20,7 +20,7 @@ from fcslstm_jax.data import study
 from fcslstm_jax.infer import pipeline
 from fcslstm_jax.outputs import writer
 from fcslstm_jax.synthetic import bric_like
-from fcslstm_jax.train import loop
+from fcslstm_jax.train import scoring
 
 # 12 slices: windows of depth 8 slide along z (starts 0 and 4); 32 in-plane: one window.
 # FCSLSTM: Bi-FCSLSTM's grouped 3D convolutions are slow on XLA:CPU (docs/model.md, "3D + time").
@@ -106,16 +106,16 @@ def test_scoring_interval_keeps_scoring_a_fifth_of_training():
   epochs' patches; an explicit value wins. Windows: non-overlapping tiles of each slab, a
   set whose images another set already holds counted once."""
   auto3d = Config(spatial_dims=3)
-  assert loop.scoring_interval(Config(), 39, 30) == 3  # 2D: the cohort's 39 sequences
-  assert loop.scoring_interval(Config(), 6, 30) == 1
-  assert loop.scoring_interval(auto3d, 90, 10) == 15  # 90 / 3 <= 0.2 * 15 * 10
-  assert loop.scoring_interval(auto3d, 6, 10) == 1
-  assert loop.scoring_interval(auto3d.replace(score_every_epochs=4), 90, 10) == 4
+  assert scoring.scoring_interval(Config(), 39, 30) == 3  # 2D: the cohort's 39 sequences
+  assert scoring.scoring_interval(Config(), 6, 30) == 1
+  assert scoring.scoring_interval(auto3d, 90, 10) == 15  # 90 / 3 <= 0.2 * 15 * 10
+  assert scoring.scoring_interval(auto3d, 6, 10) == 1
+  assert scoring.scoring_interval(auto3d.replace(score_every_epochs=4), 90, 10) == 4
 
   def slabs(n):
     return types.SimpleNamespace(images=np.zeros((n, 5, 8, 96, 112, 2), np.float32))
 
   train_slabs, test_slabs = slabs(4), slabs(4)
-  assert loop.scoring_windows([train_slabs, test_slabs], (8, 32, 32)) == 4 * 3 * 4
+  assert scoring.scoring_windows([train_slabs, test_slabs], (8, 32, 32)) == 4 * 3 * 4
   test_slabs.images[0, 0, 0, 0, 0] = 1.0
-  assert loop.scoring_windows([train_slabs, test_slabs], (8, 32, 32)) == 2 * 4 * 3 * 4
+  assert scoring.scoring_windows([train_slabs, test_slabs], (8, 32, 32)) == 2 * 4 * 3 * 4

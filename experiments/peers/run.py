@@ -805,7 +805,7 @@ def compare(args, argv) -> int:
   eval_study = study.load_study(
     source.root,
     pipeline.every_labeled_slice(proto),
-    spacing=train_study.options.spacing or "native",
+    spacing=train_study.options.spacing,
     labels_root=source.full_labels,
   )
   for line in sequences.describe_warnings(eval_study):  # the full labels' own, if any

@@ -62,11 +62,12 @@ def in_plane_spacing(grid: Grid) -> tuple:
 
 
 def parse_spacing(text):
-  """``--spacing``: ``"median"`` (None), ``"native"``, ``"1.2"`` or ``"1.2,1.0"`` (mm, x, y)."""
-  if text is None or text == "median":
-    return None
-  if text == "native":
-    return "native"
+  """``--spacing``: ``"median"``, ``"native"``, or ``"1.2"`` / ``"1.2,1.0"`` as the tuple
+  ``(x, y)`` in mm (a tuple is returned as it is)."""
+  if isinstance(text, (tuple, list)):
+    text = ",".join(str(v) for v in text)
+  if text in ("median", "native"):
+    return text
   try:
     values = tuple(float(v) for v in str(text).split(","))
   except ValueError:
@@ -102,7 +103,8 @@ def working_grid(reference: Grid, spacing_xy, others=(), to_reference=()) -> Gri
 
   Args:
     reference: the reference session's canonical grid (orientation and slice spacing).
-    spacing_xy: target in-plane spacing (mm) or None to keep the reference's.
+    spacing_xy: target in-plane spacing ``(x, y)`` (mm), or ``"native"`` to keep the
+      reference's.
     others: every session's grid, whose fields of view the working grid must cover.
     to_reference: for each of ``others``, the ``[4, 4]`` world-to-world map from that
       session's world to the reference's (registration; identity when empty).
@@ -114,7 +116,7 @@ def working_grid(reference: Grid, spacing_xy, others=(), to_reference=()) -> Gri
   """
   affine = np.array(reference.affine, np.float64)
   scale = np.ones(3)
-  if spacing_xy is not None:
+  if spacing_xy is not None and spacing_xy != "native":
     target = np.asarray(spacing_xy, np.float64)
     # Within SPACING_ATOL the reference's own spacing is kept (a rounded median must not
     # resample the subject it came from).

@@ -243,7 +243,7 @@ def describe_study(study, counts=None) -> str:
   p = study.protocol
   spacing = (
     "native (per subject)"
-    if study.options.spacing is None
+    if study.options.spacing == "native"
     else " x ".join(f"{v:g}" for v in study.options.spacing) + " mm"
   )
   sessions = sum(len(f.sessions) for f in study.files)

@@ -33,6 +33,7 @@ import dataclasses
 from typing import Any
 from typing import NamedTuple
 from typing import Optional
+from typing import Union
 
 import numpy as np
 
@@ -48,23 +49,33 @@ from fcslstm_jax.errors import DataError
 REFERENCES = ("first", "last")
 
 
+SPACING = Union[str, tuple[float, ...]]  # "native" or (x, y) mm, once resolved
+
+
 @dataclasses.dataclass(frozen=True)
 class GridOptions:
   """How sessions and subjects are brought onto working grids (recorded with a run).
 
   Attributes:
-    spacing: target in-plane spacing ``(x, y)`` in mm, or None to keep each subject's own
-      (``--spacing native``). :func:`load_study` resolves ``"median"`` to a tuple.
+    spacing: target in-plane spacing ``(x, y)`` in mm, or ``"native"`` to keep each
+      subject's own (:func:`load_study` resolves ``--spacing median`` to a tuple; a
+      run.json from before records native as null).
     reference: the session whose grid a subject's working grid follows: ``"first"`` or
       ``"last"`` (in age order).
     register: ``"none"`` or ``"rigid"`` (each session to the reference, mutual information).
   """
 
-  spacing: Optional[tuple[float, ...]] = None
+  spacing: Union[str, tuple[float, ...]] = "native"
   reference: str = "first"
   register: str = "none"
 
   def __post_init__(self):
+    if self.spacing is None:  # older run.json files
+      object.__setattr__(self, "spacing", "native")
+    if self.spacing != "native":
+      object.__setattr__(self, "spacing", grids.parse_spacing(self.spacing))
+      if self.spacing == "median":
+        raise ConfigError("GridOptions.spacing must be resolved: 'native' or (x, y) mm.")
     if self.reference not in REFERENCES:
       raise ConfigError(f"--reference must be one of {REFERENCES}, got {self.reference!r}.")
     if self.register not in grids.REGISTRATIONS:
@@ -72,14 +83,14 @@ class GridOptions:
 
   def to_json(self) -> dict:
     return {
-      "spacing": list(self.spacing) if self.spacing else None,
+      "spacing": self.spacing if self.spacing == "native" else list(self.spacing),
       "reference": self.reference,
       "register": self.register,
     }
 
   @classmethod
   def from_json(cls, d: dict, where="run.json (grid)") -> "GridOptions":
-    return cls(**jsonfile.fields_from_json(d, cls, where))
+    return cls(**jsonfile.fields_from_json(d, cls, where, {"spacing": Optional[SPACING]}))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -445,17 +456,11 @@ def _training_files(files, proto):
 
 
 def resolve_spacing(files, proto, spacing, reference="first", max_bytes=nifti_io.DEFAULT_MAX_BYTES):
-  """``spacing`` as a tuple, or None (native): ``"median"``/None -> the median in-plane
-  spacing of the training subjects' reference sessions (of all subjects if none has
-  labels), read from headers only."""
-  spacing = (
-    grids.parse_spacing(spacing)
-    if spacing is None or isinstance(spacing, str)
-    else tuple(float(v) for v in spacing)
-  )
-  if spacing == "native":
-    return None
-  if spacing is not None:
+  """``--spacing`` resolved once (:data:`SPACING`): ``"native"``, a tuple as given, or for
+  ``"median"`` the median in-plane spacing of the training subjects' reference sessions (of
+  all subjects if none has labels), read from headers only."""
+  spacing = grids.parse_spacing(spacing)
+  if spacing != "median":
     return spacing
   chosen = _training_files(files, proto) or [
     (f, protocol.assign_sessions(f.sessions, proto, f.subject_id, f.path)[0]) for f in files
@@ -468,7 +473,7 @@ def resolve_spacing(files, proto, spacing, reference="first", max_bytes=nifti_io
       shape, affine = nifti_io.read_grid(s.images[proto.modalities[0]], max_bytes)
       ref_grids.append(grids.Grid(shape, affine))
   if not ref_grids:
-    return None
+    return "native"
   return grids.median_spacing(ref_grids)
 
 
@@ -490,7 +495,7 @@ def load_study(
   Args:
     root: dataset folder.
     proto: a :class:`~fcslstm_jax.data.protocol.Protocol`.
-    spacing: ``"median"`` (of the training subjects), ``"native"`` / None (no in-plane
+    spacing: ``"median"`` (of the training subjects), ``"native"`` (no in-plane
       resampling), or ``(x, y)`` mm; see :func:`resolve_spacing`.
     reference: ``"first"`` or ``"last"`` session as each subject's reference grid.
     register: ``"none"`` or ``"rigid"``.

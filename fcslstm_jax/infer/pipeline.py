@@ -147,7 +147,7 @@ def load_for_evaluation(run: RunRecord, data_dir=None, truth_dir=None, participa
   return study.load_study(
     data_dir or datasets.of_run(run),
     every_labeled_slice(proto),
-    spacing=options.spacing or "native",
+    spacing=options.spacing,
     reference=options.reference,
     register=options.register,
     labels_root=truth_dir or (run.labels if same_study(run, data_dir) else None),

@@ -123,7 +123,7 @@ def volume_predict_fn(
   """``fn(params, images [N, T, *S, C], valid [N, T] or [N, T, D])`` -> class map
   ``int32 [N, T, *S]``
   (probabilities ``[N, T, *S, c]`` with ``proba``) by :func:`sliding_window_proba` of each
-  volume, for :func:`fcslstm_jax.train.loop.evaluate_splits`; with ``desc``, a progress bar
+  volume, for :func:`fcslstm_jax.train.scoring.evaluate_splits`; with ``desc``, a progress bar
   over the windows of each call."""
 
   def fn(params, images, valid):

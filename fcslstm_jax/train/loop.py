@@ -17,7 +17,6 @@ the training time points, and the reported test result is the final model's.
 
 import dataclasses
 import os
-import signal
 import time
 from typing import Any
 from typing import Callable
@@ -28,59 +27,27 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
-from fcslstm_jax import metrics
 from fcslstm_jax import run_record
 from fcslstm_jax.checkpoint import Checkpointer
 from fcslstm_jax.config import Config
 from fcslstm_jax.data import patches
 from fcslstm_jax.data.sequences import SliceSet
 from fcslstm_jax.errors import ConfigError
-from fcslstm_jax.errors import FcslstmError
 from fcslstm_jax.infer import sliding_window
 from fcslstm_jax.infer.predict import make_predict_fn
-from fcslstm_jax.infer.predict import predict_all
 from fcslstm_jax.model.networks import build_model
 from fcslstm_jax.model.networks import init_params
 from fcslstm_jax.run_record import RunRecord
 from fcslstm_jax.train import augment
 from fcslstm_jax.train import losses
+from fcslstm_jax.train import nonfinite
 from fcslstm_jax.train import parallel
 from fcslstm_jax.train import pseudo_labels
+from fcslstm_jax.train import scoring
 from fcslstm_jax.train.metrics_log import MetricsLog
+from fcslstm_jax.train.stop import StopRequest
 
 BATCH_KEYS = ("images", "labels", "label_mask", "valid")
-
-
-class NonFiniteLoss(FcslstmError):
-  """The loss became NaN or Inf; the last good checkpoint is kept."""
-
-
-def describe_nonfinite(data: SliceSet, indices) -> str:
-  """Names the scans (``sub-<id> ses-<label>``) of a batch whose images hold NaN or Inf, and
-  the fix; or says that every input is finite (the optimization itself diverged)."""
-  images = data.images[indices]
-  finite = np.isfinite(images).all(axis=tuple(range(2, images.ndim)))  # [B, T]
-  labels = data.session_labels
-  scans = sorted(
-    {
-      f"sub-{data.subject_ids[indices[b]]} "
-      + (f"ses-{labels[indices[b], t]}" if labels is not None else f"time point {t + 1}")
-      for b, t in zip(*np.nonzero(~finite))
-    }
-  )
-  if scans:
-    return f"NaN or Inf in the input images of {', '.join(scans)}. Fix or remove those scans"
-  subjects = ", ".join(sorted({f"sub-{data.subject_ids[j]}" for j in indices}))
-  return (
-    f"the batch's input images ({subjects}) are all finite, so training diverged. "
-    "Lower the learning rate"
-  )
-
-
-def first_nonfinite(losses) -> int | None:
-  """Index of the first NaN or Inf in ``losses``, or None when all are finite."""
-  bad = np.flatnonzero(~np.isfinite(np.asarray(losses, np.float64)))
-  return int(bad[0]) if bad.size else None
 
 
 def lr_schedule(config: Config, steps_per_epoch: int) -> optax.Schedule:
@@ -153,94 +120,6 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def make_volume_predict_fn(
-  model: nn.Module,
-  config: Config,
-  mesh,
-  window_batch: int,
-  overlap: float | None = None,
-  desc: str | None = None,
-):
-  """``fn(params, volumes [N, T, D, H, W, C], valid [N, T, D])`` -> class map ``[N, T, D, H, W]``
-  by sliding windows of ``config.patch_size`` (``window_batch`` at a time, split over this
-  process's devices), overlapping by ``overlap`` (default ``config.window_overlap``); with
-  ``desc``, a progress bar over the windows."""
-  windows = parallel.on_local_devices(make_predict_fn(model, proba=True), mesh)
-  overlap = config.window_overlap if overlap is None else overlap
-  return sliding_window.volume_predict_fn(
-    windows, sliding_window.window_shape(config), overlap, window_batch, desc=desc
-  )
-
-
-# Scoring a 3D run during training (docs/model.md, "3D + time"): the labeled slabs are cut into
-# windows that do not overlap (the fewest that cover them); evaluate.py blends overlapping
-# windows (config window_overlap).
-SCORING_OVERLAP = 0.0
-# The auto interval (score_every_epochs null, 3D) keeps scoring under this share of the
-# training time, counting one window's forward pass as FORWARD_COST of one patch's training
-# step (forward and backward: the backward pass costs about two forward passes).
-SCORING_SHARE = 0.2
-FORWARD_COST = 1.0 / 3.0
-
-
-def same_images(a, b) -> bool:
-  """Whether two sets hold the same image sequences (then one forward pass serves both)."""
-  return a.images is b.images or (
-    a.images.shape == b.images.shape and np.array_equal(a.images, b.images)
-  )
-
-
-def scoring_windows(splits, window) -> int:
-  """Windows one scoring of ``splits`` (3D slabs) segments: sets with the same images once."""
-  distinct = []
-  for data in splits:
-    if len(data.images) and not any(same_images(d, data) for d in distinct):
-      distinct.append(data)
-  return sum(
-    len(d.images)
-    * len(sliding_window.window_corners(d.images.shape[2:-1], window, SCORING_OVERLAP))
-    for d in distinct
-  )
-
-
-def scoring_interval(config: Config, windows: int, patches_per_epoch: int) -> int:
-  """Epochs between scorings: ``score_every_epochs``, or when null the smallest N for which
-  ``windows`` forward passes (3D windows; 2D slice sequences) every N epochs cost at most
-  ``SCORING_SHARE`` of N epochs of ``patches_per_epoch`` training sequences or patches
-  (what scoring every epoch cost: bench/README.md, "Scoring during training")."""
-  if config.score_every_epochs is not None:
-    return config.score_every_epochs
-  return max(1, int(np.ceil(windows * FORWARD_COST / (SCORING_SHARE * patches_per_epoch))))
-
-
-def is_scored(run, epoch: int) -> bool:
-  """Whether epoch ``epoch`` (0-based) is scored: every ``run.score_every`` epochs and the
-  last one."""
-  return (epoch + 1) % run.score_every == 0 or epoch + 1 == run.config.epochs
-
-
-def evaluate_splits(predict_fn, params, splits: list[SliceSet], class_names, batch_size: int):
-  """mPA / Dice / IoU over the labeled voxels (``label_mask``) of each split.
-
-  Splits that hold the same image sequences (the paper's protocol: train and test differ only
-  in which time points' labels they show) share one forward pass.
-  """
-  out, cache = [], []
-  c = len(class_names)
-  for data in splits:
-    if len(data) == 0:  # e.g. no labels at the held-out time point (in this process's share)
-      cm = np.zeros((c, c))
-    else:
-      pred = next((p for d, p in cache if same_images(d, data)), None)
-      if pred is None:
-        pred = predict_all(predict_fn, params, data, batch_size)
-        cache.append((data, pred))
-      cm = metrics.confusion_matrix(pred, data.labels, data.label_mask, c)
-    cm = parallel.sum_over_processes(cm)  # each process holds its own subjects
-    out.append(metrics.summarize(cm, class_names))
-  return out
-
-
 # ----------------------------------------------------------------------------- run folder
 
 
@@ -259,39 +138,6 @@ def check_run_dir(workdir: str, record: RunRecord) -> None:
     )
 
 
-class StopRequest:
-  """SIGINT / SIGTERM set a flag; the loop saves a checkpoint and stops (:meth:`agreed`)."""
-
-  CODES = {None: 0, "SIGINT": int(signal.SIGINT), "SIGTERM": int(signal.SIGTERM)}
-
-  def __init__(self):
-    self.signal = None
-
-  def __enter__(self):
-    self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.signal = signal.Signals(signum).name
-
-  def __exit__(self, *exc):
-    for s, h in self._old.items():
-      signal.signal(s, h)
-
-  def agreed(self, due: bool):
-    """The signal the run stops for, or None: at once with one process; with several, only
-    at ``due`` points (the loss read-backs, the same steps everywhere) and then for all of
-    them together, whichever process got it, so that all save the same step and none waits
-    in a collective for another that stopped (a ``max`` over the processes' signal codes)."""
-    if jax.process_count() == 1:
-      return self.signal
-    if not due:
-      return None
-    (code,) = parallel.agree_max([self.CODES.get(self.signal, 0)])
-    return signal.Signals(code).name if code else None
-
-
 @dataclasses.dataclass
 class RunResult:
   state: Any
@@ -307,7 +153,7 @@ class Run:
 
   ``train_eval_set``: what scores the training time points (``train_set`` itself, or the
   labeled slabs of a 3D run's volumes); ``eval_batch``: sequences per prediction call;
-  ``score_every``: epochs between scorings (:func:`scoring_interval`).
+  ``score_every``: epochs between scorings (:func:`fcslstm_jax.train.scoring.scoring_interval`).
   """
 
   config: Config
@@ -346,7 +192,7 @@ def prepare_run(
 
   A 3D run (``config.spatial_dims == 3``) passes a :class:`fcslstm_jax.data.patches.PatchSampler`
   as ``train_set`` and volume slabs as ``train_eval_set`` and ``test_set``; they are scored
-  by non-overlapping windows (``SCORING_OVERLAP``), one volume per call (with ``progress``,
+  by non-overlapping windows (``scoring.SCORING_OVERLAP``), one volume per call (with ``progress``,
   behind a progress bar).
   """
   main = parallel.is_main_process()
@@ -384,16 +230,23 @@ def prepare_run(
   windows = 0
   if config.spatial_dims == 3:
     predict_fn, eval_batch = (
-      make_volume_predict_fn(
-        model, config, mesh, local_b, SCORING_OVERLAP, desc="scoring" if progress and main else None
+      scoring.make_volume_predict_fn(
+        model,
+        config,
+        mesh,
+        local_b,
+        scoring.SCORING_OVERLAP,
+        desc="scoring" if progress and main else None,
       ),
       1,
     )
-    windows = scoring_windows([train_eval_set, test_set], sliding_window.window_shape(config))
+    windows = scoring.scoring_windows(
+      [train_eval_set, test_set], sliding_window.window_shape(config)
+    )
   else:
     predict_fn, eval_batch = parallel.on_local_devices(make_predict_fn(model), mesh), local_b
     windows = len(train_eval_set) + len(test_set)
-  score_every = scoring_interval(config, windows, steps_per_epoch * local_b)
+  score_every = scoring.scoring_interval(config, windows, steps_per_epoch * local_b)
   if config.spatial_dims == 3:
     log(
       f"scoring every {score_every} epoch(s) and after the last: {windows} windows "
@@ -418,20 +271,6 @@ def prepare_run(
     model=model,
   )
   return run, state
-
-
-def nonfinite_error(run: Run, epoch: int, step: int, value: float, indices):
-  kept = run.ckpt.steps()
-  kept = (
-    f"the last good checkpoint, step {kept[-1]}, is kept"
-    if kept
-    else ("no checkpoint was written yet")
-  )
-  return NonFiniteLoss(
-    f"loss became {value} at step {step} (epoch {epoch + 1}): "
-    f"{describe_nonfinite(run.train_set, indices)}, then rerun the same command "
-    f"({run.ckpt.directory}: {kept})."
-  )
 
 
 def train_epoch(run: Run, state, epoch: int, stop: StopRequest, progress=None):
@@ -460,9 +299,9 @@ def train_epoch(run: Run, state, epoch: int, stop: StopRequest, progress=None):
     if not due and not (jax.process_count() == 1 and stop.signal):
       continue
     read = [float(loss) for loss in jax.device_get([loss for _, _, loss in pending])]
-    bad = first_nonfinite(read)
+    bad = nonfinite.first_nonfinite(read)
     if bad is not None:
-      raise nonfinite_error(run, epoch, pending[bad][0], read[bad], pending[bad][1])
+      raise nonfinite.nonfinite_error(run, epoch, pending[bad][0], read[bad], pending[bad][1])
     seen, pending = seen + read, []
     if hasattr(bar, "set_postfix"):
       bar.set_postfix(
@@ -476,14 +315,15 @@ def train_epoch(run: Run, state, epoch: int, stop: StopRequest, progress=None):
 
 
 def end_epoch(run: Run, state, epoch: int, losses_seen, seconds: float):
-  """Scores the epoch's model if the epoch is scored (:func:`is_scored`), logs its line, then
+  """Scores the epoch's model if the epoch is scored (:func:`~fcslstm_jax.train.scoring.is_scored`),
+  logs its line, then
   checkpoints it (in that order: a resume drops log lines past its step, see
   :class:`fcslstm_jax.train.metrics_log.MetricsLog`). Returns the scores (train, test), or None for
   an unscored epoch
   (its line has no mPA; its checkpoint no metric, so it cannot become the best)."""
   scores, t0 = None, time.time()
-  if is_scored(run, epoch):
-    scores = evaluate_splits(
+  if scoring.is_scored(run, epoch):
+    scores = scoring.evaluate_splits(
       run.predict_fn,
       parallel.local_replica(state.params, run.mesh),
       [run.train_eval_set, run.test_set],
@@ -581,7 +421,7 @@ def train_and_evaluate(
   if stopped_by:
     return RunResult(state, None, None, time.time() - t0, stopped_by)
   if scored is None:  # nothing left to train (a finished run rerun): score the final state
-    scored = evaluate_splits(
+    scored = scoring.evaluate_splits(
       run.predict_fn,
       parallel.local_replica(state.params, mesh),
       [run.train_eval_set, test_set],
