@@ -7,9 +7,9 @@ For each dataset, the same model (``--model``, default Bi-FCSLSTM) is trained tw
 same ``--config`` (default ``quick``): on axial slices over time (``--spatial-dims 2``, the
 paper) and on volumes over time (``--spatial-dims 3``), each by ``train.py`` itself, stopped
 after ``--budget-min`` minutes of wall clock (loading, compiling, training and its periodic
-scoring all count; the stop is the SIGTERM a scheduler would send: the checkpoint of the step
-reached is kept). A rerun skips the runs already measured (``compare3d-row.json`` in each
-run's folder). Then, for each run:
+scoring all count; ``train.py --max-minutes``: the checkpoint of the step reached is kept).
+A rerun skips the runs already measured (``compare3d-row.json`` in each run's folder).
+Then, for each run:
 
 * held-out mPA: the labeled voxels of the held-out time point as the protocol counts them
   (train.py's "test" score; ``train.py`` rerun with ``--epochs`` = the epochs completed scores
@@ -31,14 +31,11 @@ Writes ``<out>/compare3d.json`` and ``compare3d.md`` (one table).
 """
 
 import argparse
-import contextlib
 import glob
 import json
 import os
 import platform
-import signal
 import sys
-import threading
 import time
 
 import numpy as np
@@ -82,17 +79,6 @@ def consistency_of(pred_dir, truth_dir) -> dict:
     "ground_truth": float(counts[1, 0] / counts[1, 1]),
     "sessions": len(paths),
   }
-
-
-@contextlib.contextmanager
-def sigterm_after(seconds: float):
-  """Sends this process SIGTERM after ``seconds`` (train.py saves its step and stops)."""
-  timer = threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGTERM))
-  timer.start()
-  try:
-    yield
-  finally:
-    timer.cancel()
 
 
 def completed_epochs(workdir) -> int:
@@ -145,10 +131,9 @@ def run_one(dataset, dims, args, log=print) -> dict:
     workdir,
   ]
   t0 = time.time()
-  with sigterm_after(args.budget_min * 60):
-    rc = train.main(flags + ["--epochs", str(args.max_epochs)])
+  rc = train.main(flags + ["--epochs", str(args.max_epochs), "--max-minutes", str(args.budget_min)])
   seconds = time.time() - t0
-  if rc not in (0, 130):
+  if rc != 0:
     raise RuntimeError(f"train.py {' '.join(flags)}: exit code {rc}")
   epochs = completed_epochs(workdir)
   assert train.main(flags + ["--epochs", str(epochs)]) == 0  # scores the final state

@@ -247,8 +247,7 @@ def test_two_processes_end_identical_with_one_checkpoint(runs):
   assert "training sequences" in p0["log"] and "training sequences" not in p1["log"]
   assert (runs["workdir"] / "results.json").is_file()
   lines = (runs["workdir"] / "metrics.jsonl").read_text().splitlines()
-  assert len(lines) == EPOCHS_2P, lines
-  assert max(runs["seconds"]["process0"], runs["seconds"]["process1"]) < 120, runs["seconds"]
+  assert len(lines) == EPOCHS_2P, lines  # (how long it took is not asserted: it varies with load)
 
 
 def test_sigterm_to_one_process_stops_both_at_the_same_step(runs, stopped):

@@ -60,7 +60,12 @@ def test_training_lowers_the_loss(trained):
 
 
 def test_resume_gives_identical_parameters(dataset, trained, tmp_path, capsys):
+  """A run stopped by its time budget (``--max-minutes``, here spent before the first step
+  ends), then continued in two more commands, ends bit for bit where one run ends."""
   workdir = tmp_path / "resumed"
+  assert train.main(train_args(dataset, workdir, EPOCHS // 2, "--max-minutes", "1e-6")) == 0
+  assert "time budget: saved a checkpoint at step 1." in capsys.readouterr().out
+  assert not (workdir / "results.json").exists()
   assert train.main(train_args(dataset, workdir, EPOCHS // 2)) == 0
   assert train.main(train_args(dataset, workdir, EPOCHS)) == 0
   assert "Resuming" in capsys.readouterr().out

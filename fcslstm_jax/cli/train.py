@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import jax
 from tqdm import tqdm
@@ -35,6 +36,7 @@ from fcslstm_jax.data.grids import parse_spacing
 from fcslstm_jax.errors import run_cli
 from fcslstm_jax.train import loop
 from fcslstm_jax.train import parallel
+from fcslstm_jax.train import stop
 
 # Config fields with a flag of their own (the rest: --set NAME=VALUE); help, choices and
 # ranges come from fcslstm_jax.config.
@@ -65,6 +67,13 @@ def parse_args(argv=None):
     "--protocol",
     help="for --data-dir: a protocol JSON file or a shipped name "
     "(bric, ibis); default: DATA_DIR/protocol.json if present, else bric",
+  )
+  p.add_argument(
+    "--max-minutes",
+    type=float,
+    metavar="M",
+    help="stop after M minutes of wall clock (from the start of this command), saving a "
+    "checkpoint; the same command continues the run (training on a time budget)",
   )
   p.add_argument(
     "--labels",
@@ -146,6 +155,8 @@ def parse_args(argv=None):
     args.dataset = "bric"
   if args.dataset and args.protocol:
     p.error("--protocol goes with --data-dir (a built-in dataset has its own protocol)")
+  if args.max_minutes is not None and not args.max_minutes > 0:
+    p.error(f"--max-minutes {args.max_minutes:g}: must be more than 0")
   if args.labels and not args.data_dir:
     p.error("--labels goes with --data-dir (a built-in dataset has its own labels)")
   if args.data_dir and args.volume:
@@ -196,7 +207,9 @@ def sigterm_as_interrupt():
 
 
 def main(argv=None) -> int:
+  started = time.monotonic()  # --max-minutes counts from here
   args = parse_args(argv)
+  args.deadline = None if args.max_minutes is None else started + 60 * args.max_minutes
 
   quiet_libraries(args.debug)
   try:
@@ -364,7 +377,10 @@ def run(args) -> int:
     mesh=mesh,
     train_eval_set=train_eval_set,
     pool=pool,
+    deadline=args.deadline,
   )
+  if result.stopped_by == stop.BUDGET:
+    return 0  # asked for: the checkpoint is saved, a rerun continues
   if result.stopped_by:
     return 130
   if not main:

@@ -296,7 +296,7 @@ def train_epoch(run: Run, state, epoch: int, stop: StopRequest, progress=None):
     state, out = run.step_fn(state, parallel.shard_batch(batch, run.mesh), run.step_rng)
     pending.append((epoch * spe + i + 1, idx, out["loss"]))
     due = len(pending) >= config.log_every_steps or i + 1 == spe
-    if not due and not (jax.process_count() == 1 and stop.signal):
+    if not due and not (jax.process_count() == 1 and stop.pending()):
       continue
     read = [float(loss) for loss in jax.device_get([loss for _, _, loss in pending])]
     bad = nonfinite.first_nonfinite(read)
@@ -360,6 +360,7 @@ def train_and_evaluate(
   mesh=None,
   train_eval_set=None,
   pool: SliceSet | None = None,
+  deadline: float | None = None,
 ) -> RunResult:
   """The whole run: resume if possible, train, checkpoint each epoch, evaluate.
 
@@ -368,8 +369,9 @@ def train_and_evaluate(
   ``train_eval_set``: see :func:`prepare_run` (3D runs). ``pool``: every slice sequence,
   for self-training's last ``config.pseudo_label_epochs`` epochs
   (:mod:`fcslstm_jax.train.pseudo_labels`).
-  A stop (SIGINT, SIGTERM) saves a checkpoint of the step reached and returns; a finished
-  epoch is scored and logged even when the stop came in its last step.
+  A stop (SIGINT, SIGTERM, or ``time.monotonic()`` past ``deadline``) saves a checkpoint of
+  the step reached and returns; a finished epoch is scored and logged even when the stop
+  came in its last step.
   """
   t0 = time.time()
   mesh = mesh or parallel.make_mesh()
@@ -387,7 +389,7 @@ def train_and_evaluate(
     progress=progress is not None,
   )
   stopped_by, scored = None, None
-  with StopRequest() as stop:
+  with StopRequest(deadline) as stop:
     for epoch in range(int(state.step) // run.steps_per_epoch, config.epochs):
       if (
         pool is not None
