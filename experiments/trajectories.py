@@ -2,6 +2,7 @@
 
     python experiments/trajectories.py                       # every lever, cohort, seed 0
     python experiments/trajectories.py --study cohort-b --levers paper,default --seeds 0,1,2
+    python experiments/trajectories.py --study cohort,uneven --levers paper,age --seeds 0,1,2
 
 For each study, lever and seed: ``train.py`` (the default command, with the lever's
 settings spelled out so that a row keeps its meaning when defaults change), then
@@ -16,6 +17,8 @@ Studies (generated under ``data/`` on first use, deterministic):
             axial slice per session at its own z.
   cohort-b  other anatomy and geometry: another seed (other subjects' shapes and sizes),
             2.4 mm slices, other in-plane voxel sizes, skull-stripped, heads tilted.
+  uneven    IBIS-like ages (issue 29): visits at 6, 12, 24 months jittered by up to 1.5,
+            two labeled subjects missing a visit; trains on 12 and 24, tests on 6.
 """
 
 import argparse
@@ -46,6 +49,7 @@ STUDIES = {
       tilt_deg=3.0,
     ),
   ),
+  "uneven": (11, cohort.UNEVEN),
 }
 
 # Every lever names all the settings it is about (Config fields), so that a row means the
@@ -58,6 +62,7 @@ PAPER = dict(
   gamma=0.0,
   invert=0.0,
   pseudo_label_epochs=0,
+  age_input="none",
 )
 AUGMENT = dict(
   PAPER, class_weighting="none", dice_weight=1.0, rotate_deg=15.0, scale_range=0.15, gamma=0.3
@@ -78,6 +83,11 @@ LEVERS = {
     "augment, and self-training in the last 10 of 30 epochs (confident "
     "predictions on every slice and session, weight 0.5)",
     dict(AUGMENT, pseudo_label_epochs=10),
+  ),
+  "age": (
+    "the paper's recipe, and each session's age and the gaps to its neighbours as input "
+    "(FiLM of every LSTM layer, model/age.py)",
+    dict(PAPER, age_input="film"),
   ),
   "invert": (
     "the paper's recipe, and each time point's contrast moved toward its inversion by "
@@ -302,7 +312,9 @@ def read_rows(study: str) -> list:
 def main(argv=None) -> int:
   global RESULTS
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--study", default="cohort", choices=sorted(STUDIES))
+  p.add_argument(
+    "--study", default="cohort", help=f"comma-separated, from {', '.join(sorted(STUDIES))}"
+  )
   p.add_argument(
     "--levers", default=",".join(LEVERS), help=f"comma-separated, from {', '.join(LEVERS)}"
   )
@@ -322,25 +334,36 @@ def main(argv=None) -> int:
   unknown = [k for k in levers if k not in LEVERS]
   if unknown:
     p.error(f"unknown lever(s) {unknown}; choose from {', '.join(LEVERS)}")
-  rows = read_rows(args.study)
-  if args.tables:  # rows of an older runner lack the training minutes: read them now
+  studies = args.study.split(",")
+  unknown = [k for k in studies if k not in STUDIES]
+  if unknown:
+    p.error(f"unknown study {unknown}; choose from {', '.join(sorted(STUDIES))}")
+  for study in studies:
+    run_study(study, levers, [int(s) for s in args.seeds.split(",")], args.work, args.tables)
+  return 0
+
+
+def run_study(study: str, levers, seeds, work: str, tables_only: bool) -> None:
+  """Every (lever, seed) of one study not yet in its results; or, with ``tables_only``, the
+  markdown table again from the JSON."""
+  rows = read_rows(study)
+  if tables_only:  # rows of an older runner lack the training minutes: read them now
     for r in rows:
-      workdir = os.path.join(args.work, r["study"], f"{r['lever']}-seed{r['seed']}")
+      workdir = os.path.join(work, r["study"], f"{r['lever']}-seed{r['seed']}")
       r.setdefault("workdir", os.path.relpath(workdir, REPO))
       if r.get("train_epoch_minutes") is None:
         r["train_epoch_minutes"] = training_minutes(workdir)
-    write_results(args.study, rows)
-    return 0
-  for seed in (int(s) for s in args.seeds.split(",")):
+    write_results(study, rows)
+    return
+  for seed in seeds:
     for lever in levers:
       if any(r["lever"] == lever and r["seed"] == seed for r in rows):
-        print(f"{args.study} {lever} seed {seed}: done (results/trajectories-{args.study}.json)")
+        print(f"{study} {lever} seed {seed}: done (results/trajectories-{study}.json)")
         continue
-      print(f"{args.study} {lever} seed {seed}: training and evaluating ...", flush=True)
-      rows.append(one_run(args.study, lever, seed, args.work))
-      write_results(args.study, rows)
+      print(f"{study} {lever} seed {seed}: training and evaluating ...", flush=True)
+      rows.append(one_run(study, lever, seed, work))
+      write_results(study, rows)
       print("  " + " | ".join(row_cells(rows[-1])), flush=True)
-  return 0
 
 
 if __name__ == "__main__":

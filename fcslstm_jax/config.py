@@ -35,6 +35,7 @@ from fcslstm_jax.errors import ConfigError
 MODELS = ("fcn", "fcslstm", "bi-fcslstm")
 REMAT_POLICIES = ("none", "stages", "full", "lean")
 PRECISIONS = ("float32", "bfloat16")
+AGE_INPUTS = ("none", "film")  # fcslstm_jax.model.age
 VGG16_QUARTER = ((16, 2), (32, 2), (64, 3), (128, 3), (128, 3))  # (channels, 3x3 convs)
 VGG16_EIGHTH = ((8, 2), (16, 2), (32, 3), (64, 3), (64, 3))  # 3D default (3x3x3 convs)
 SPATIAL_DIMS = (2, 3)
@@ -187,6 +188,12 @@ class Config:
     10, "read the loss back (progress bar, NaN guard, agreed stop) every N steps", minimum=1
   )
   seed: int = _field(0, "parameter, data order and augmentation seed")
+  age_input: str = _field(
+    "none",
+    "session age and gaps as input: 'film' conditions each LSTM layer on them "
+    "(model/age.py; 2D FCSLSTM / Bi-FCSLSTM); 'none': the paper's model",
+    choices=AGE_INPUTS,
+  )
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
@@ -198,6 +205,11 @@ class Config:
           f"--set {name}={json.dumps(stages)}: needs one or more "
           "[channels, convs] pairs of positive integers."
         )
+    if self.age_input != "none" and (self.model == "fcn" or self.spatial_dims == 3):
+      raise ConfigError(
+        f"--set age_input={self.age_input}: for the 2D LSTM models (fcslstm, bi-fcslstm); "
+        "the FCN sees each session alone, and 3D runs do not take ages yet."
+      )
     if self.pseudo_label_epochs and self.spatial_dims == 3:
       raise ConfigError(
         "--set pseudo_label_epochs: self-training is for 2D runs only; set it "

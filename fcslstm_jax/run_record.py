@@ -43,6 +43,8 @@ class RunRecord:
     volume: the built-in dataset's extent, ``slab`` or ``whole``.
     labels: the label folder the run trained on (``--labels``, absolute); None: the
       dataset's ``derivatives/`` pipelines.
+    age_range: the youngest and oldest session age training saw (``Config.age_input``
+      runs); evaluation warns about sessions outside it.
   """
 
   config: Config
@@ -53,6 +55,7 @@ class RunRecord:
   data_seed: int = 0
   volume: str = "slab"
   labels: Optional[str] = None
+  age_range: Optional[tuple[float, ...]] = None
 
   @property
   def builtin(self) -> bool:
@@ -73,6 +76,8 @@ class RunRecord:
       d["volume"] = self.volume
     if self.labels is not None:
       d["labels"] = self.labels
+    if self.age_range is not None:
+      d["age_range"] = list(self.age_range)
     return d
 
   @classmethod

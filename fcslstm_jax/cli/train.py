@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import math
 import os
 import signal
 import sys
@@ -309,8 +310,17 @@ def setup(args, main: bool):
     grid=loaded.options,
     volume=volume_of(args, cfg) if args.dataset else "slab",
     labels=labels_dir(args),
+    age_range=seen_ages(loaded.subjects) if cfg.age_input != "none" else None,
   )
   return cfg, workdir, loaded, record
+
+
+def seen_ages(subjects):
+  """The youngest and oldest session age over every process's subjects (to 1/1000,
+  rounded outwards: the processes agree on integers)."""
+  lo, hi = sequences.age_range(subjects) or (0.0, 0.0)
+  neg_lo, hi = parallel.agree_max([math.ceil(-lo * 1000), math.ceil(hi * 1000)])
+  return (-neg_lo / 1000, hi / 1000)
 
 
 def run(args) -> int:
@@ -352,11 +362,14 @@ def run(args) -> int:
     )
   else:
     size = parallel.agree_max(sequences.in_plane_size(loaded.subjects))
-    train_set = sequences.make_sequences(loaded.subjects, protocol, "train", size)
-    test_set = sequences.make_sequences(loaded.subjects, protocol, "test", size)
+    ages = cfg.age_input != "none"
+    train_set = sequences.make_sequences(loaded.subjects, protocol, "train", size, ages=ages)
+    test_set = sequences.make_sequences(loaded.subjects, protocol, "test", size, ages=ages)
     what = f"{len(train_set)} training sequences of shape {train_set.images.shape[1:]}"
     if cfg.pseudo_label_epochs:
-      pool = sequences.make_sequences(loaded.subjects, protocol, "train", size, every_slice=True)
+      pool = sequences.make_sequences(
+        loaded.subjects, protocol, "train", size, every_slice=True, ages=ages
+      )
       what += f", {len(pool)} more for self-training in the last {cfg.pseudo_label_epochs} epochs"
   log(
     f"{what}; model {cfg.model}; workdir {workdir}; {mesh.size} "

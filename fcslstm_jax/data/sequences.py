@@ -68,8 +68,9 @@ def _pad_offsets(shape, size):
   return tuple((s - n) // 2 for n, s in zip(shape, size))
 
 
-def _subject_sequences(subject, protocol, split, size, every_slice=False):
-  """``(images, labels, mask, valid, zs, offsets)`` of one subject, padded to ``size``."""
+def _subject_sequences(subject, protocol, split, size, every_slice=False, ages=False):
+  """``(images, labels, mask, valid, zs, offsets)`` of one subject, padded to ``size`` (with
+  ``ages``, the images carry :func:`with_age_channel`)."""
   seen = protocol.timepoints(split)
   depth = subject.sessions[0].image.shape[2]
   zs = np.arange(depth) if split == "all" or every_slice else labeled_z(subject, seen)
@@ -91,7 +92,46 @@ def _subject_sequences(subject, protocol, split, size, every_slice=False):
   valid = np.stack(
     [np.zeros(len(zs), bool) if s is None else in_view(s)[zs] for s in subject.timepoints], axis=1
   )  # [len(zs), T]
+  if ages:
+    months = [0.0 if s is None else s.age for s in subject.timepoints]
+    images = with_age_channel(images, months, valid)
   return images, labels, mask, valid, subject.working_z(zs), (ox, oy)
+
+
+MONTHS_PER_YEAR = 12.0
+
+
+def with_age_channel(images: np.ndarray, ages_months, valid) -> np.ndarray:
+  """``images [N, T, ..., C]`` with one more channel, constant over each slice: each valid
+  time point's age in years (ages in months, the shipped protocols' unit; 0 where not
+  valid), the input of ``Config.age_input`` (:mod:`fcslstm_jax.model.age`).
+  ``ages_months [N, T]`` (or ``[T]``), ``valid [N, T]``."""
+  ages = np.broadcast_to(np.asarray(ages_months, np.float32), images.shape[:2])
+  years = np.where(valid, ages / MONTHS_PER_YEAR, 0.0).astype(np.float32)
+  channel = np.broadcast_to(
+    years.reshape(years.shape + (1,) * (images.ndim - 2)), images.shape[:-1] + (1,)
+  )
+  return np.concatenate([images, channel], axis=-1)
+
+
+def age_range(subjects) -> tuple | None:
+  """``(youngest, oldest)`` session age of ``subjects`` (None without sessions)."""
+  ages = [s.age for subject in subjects for s in subject.sessions]
+  return (float(min(ages)), float(max(ages))) if ages else None
+
+
+def ages_outside(subjects, seen) -> list:
+  """Warning lines for the sessions whose age lies outside ``seen`` ``(youngest, oldest)``:
+  a model that takes the age as input extrapolates there."""
+  lo, hi = seen
+  return [
+    f"warning: sub-{subject.subject_id} ses-{s.label}: age {s.age:g} lies outside the ages "
+    f"the model trained on ({lo:g} to {hi:g}); its age input extrapolates"
+    for subject in subjects
+    if subject.grid is not None
+    for s in subject.sessions
+    if not lo <= s.age <= hi
+  ]
 
 
 def in_view(session) -> np.ndarray:
@@ -107,7 +147,7 @@ def in_plane_size(subjects) -> tuple:
   return tuple(int(v) for v in np.max(shapes, axis=0)) if shapes else (0, 0)
 
 
-def make_sequences(subjects, protocol, split, size=None, every_slice=False) -> SliceSet:
+def make_sequences(subjects, protocol, split, size=None, every_slice=False, ages=False) -> SliceSet:
   """Axial slice sequences for a split (see the module docstring).
 
   Args:
@@ -118,6 +158,8 @@ def make_sequences(subjects, protocol, split, size=None, every_slice=False) -> S
     every_slice: a sequence for every slice of every subject, labeled or not, still with
       the split's labels only (the unlabeled pool of self-training,
       :mod:`fcslstm_jax.train.pseudo_labels`).
+    ages: the images carry one more channel, each session's age (:func:`with_age_channel`;
+      for ``Config.age_input``).
 
   Returns:
     A :class:`SliceSet` (possibly empty: N = 0).
@@ -130,9 +172,9 @@ def make_sequences(subjects, protocol, split, size=None, every_slice=False) -> S
       raise DataError(
         f"{s.path}: working grid {s.grid.shape[:2]} larger than the batch size {size}."
       )
-  parts = [(s, _subject_sequences(s, protocol, split, size, every_slice)) for s in subjects]
+  parts = [(s, _subject_sequences(s, protocol, split, size, every_slice, ages)) for s in subjects]
   parts = [(s, p) for s, p in parts if len(p[4])]
-  t, c = protocol.num_timepoints, len(protocol.modalities)
+  t, c = protocol.num_timepoints, len(protocol.modalities) + bool(ages)
   if not parts:
 
     def empty(*shape, dtype=np.float32):

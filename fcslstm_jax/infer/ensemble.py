@@ -78,6 +78,13 @@ def check_compatible(runs) -> None:
         f"{dims[0]}. Ensemble members must all segment slices (2) or all volumes (3); leave "
         "this --workdir out."
       )
+    takes = [r.config.age_input != "none" for r in (ref, run)]
+    if takes[0] != takes[1]:
+      raise ConfigError(
+        f"{workdir}/run.json: age_input is {run.config.age_input!r}, but {ref_dir}/run.json "
+        f"has {ref.config.age_input!r}. Ensemble members must all take the session age as "
+        "input or none; leave this --workdir out."
+      )
     for field in ("protocol", "grid"):
       a, b = (getattr(r, field) for r in (ref, run))
       a, b = (x.to_json() if x is not None else {} for x in (a, b))

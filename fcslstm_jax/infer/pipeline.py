@@ -77,9 +77,8 @@ def load_members(runs, proto) -> list:
   """The :class:`fcslstm_jax.infer.ensemble.Member` of each ``(workdir, run)``."""
   members = []
   for workdir, run in runs:
-    model, params, step = restore_params(
-      workdir, run.config, proto.num_classes, len(proto.modalities)
-    )
+    channels = len(proto.modalities) + (run.config.age_input != "none")  # + the age channel
+    model, params, step = restore_params(workdir, run.config, proto.num_classes, channels)
     members.append(ensemble.Member(workdir, run, run.config, model, params, step))
   return members
 
@@ -101,7 +100,14 @@ def bucketed(seq: sequences.SliceSet, multiple: int = networks.MULTIPLE) -> sequ
 
 
 def segment_subject(
-  fns, params_list, subject, proto, batch_size: int, windows=None, bucket: bool = False
+  fns,
+  params_list,
+  subject,
+  proto,
+  batch_size: int,
+  windows=None,
+  bucket: bool = False,
+  ages: bool = False,
 ):
   """``(sequences, probabilities [Z, T, X, Y, c])`` for every axial slice of one subject on
   its working grid, averaged over the members (``fns`` and ``params_list``, one each).
@@ -110,8 +116,9 @@ def segment_subject(
   ``[T, Z, X, Y, C]`` is segmented by sliding windows (:mod:`fcslstm_jax.infer.sliding_window`,
   ``batch_size`` windows per call) and its probabilities returned in the same layout.
   ``bucket``: 2D, pad the slices to the network's multiple first (:func:`bucketed`); not
-  with test-time flips, whose flipped views would put the padding on the other side."""
-  seq = sequences.make_sequences([subject], proto, "all")
+  with test-time flips, whose flipped views would put the padding on the other side.
+  ``ages``: the members take each session's age as a channel (``Config.age_input``)."""
+  seq = sequences.make_sequences([subject], proto, "all", ages=ages)
   if windows is None:
     if not bucket:
       return seq, ensemble.average_proba(params_list, fns, seq, batch_size)
@@ -233,6 +240,9 @@ def evaluate_run(
   loaded, proto = load_for_evaluation(runs[0][1], data_dir, truth_dir, participants)
   for line in sequences.describe_warnings(loaded):
     log(line)
+  if runs[0][1].age_range is not None:
+    for line in sequences.ages_outside(loaded.subjects, runs[0][1].age_range):
+      log(line)
   out_dir = out_dir or os.path.join(workdirs[0], "predictions")
   files.check_output_dir(
     out_dir, loaded.root, functools.partial(layout.output_place_allowed, loaded.root)
@@ -328,7 +338,14 @@ def segment_study(loaded, members, flips, batch_size: int, log=print):
       continue
     t_segment = time.monotonic()
     seq, probs = segment_subject(
-      fns, params_list, subject, loaded.protocol, batch_size, windows, bucket=not flips
+      fns,
+      params_list,
+      subject,
+      loaded.protocol,
+      batch_size,
+      windows,
+      bucket=not flips,
+      ages=members[0].config.age_input != "none",
     )
     yield subject, seq, probs, time.monotonic() - t_segment
 

@@ -78,6 +78,7 @@ from fcslstm_jax.config import REMAT_POLICIES
 from fcslstm_jax.config import SPATIAL_DIMS
 from fcslstm_jax.config import VGG16_EIGHTH
 from fcslstm_jax.config import VGG16_QUARTER
+from fcslstm_jax.model import age
 from fcslstm_jax.model import psi
 from fcslstm_jax.model import slstm
 
@@ -347,11 +348,17 @@ class FCSLSTM(nn.Module):
   dtype: Any = jnp.float32
   spatial_dims: int = 2
   batching: str | None = None  # Bi-FCSLSTM: how both directions' Ψ run (slstm.resolve_batching)
+  age_input: str = "none"  # "film": x's last channel is the age (fcslstm_jax.model.age)
 
   @nn.compact
   def __call__(self, x, valid=None):
     _check_input(x, self.spatial_dims, "FCSLSTM")
     b, t = x.shape[:2]
+    conditions = None
+    if self.age_input == "film":  # ours (issue 29): age and gaps modulate each layer's x_t
+      x, ages = age.split_age(x)
+      steps = valid if valid is None or valid.ndim == 2 else valid.any(axis=-1)
+      conditions = age.timing(ages, steps)
     y, shape = pad_to_multiple(x.astype(self.dtype), spatial_dims=self.spatial_dims)
     layer_cls = slstm.BidirectionalLSTM if self.bidirectional else slstm.StructuredLSTM
     lean = self.remat == "lean"
@@ -377,6 +384,8 @@ class FCSLSTM(nn.Module):
       psi_x = functools.partial(
         stage, num_convs=n, width=ch, dtype=self.dtype, spatial_dims=self.spatial_dims
       )
+      if conditions is not None:
+        y = age.AgeFiLM(name=f"film{k + 1}")(y, conditions)
       y = layer_cls(
         hidden=ch,
         psi_x=psi_x,
@@ -434,6 +443,8 @@ def build_model(config, num_classes: int) -> nn.Module:
     dtype=DTYPES[config.precision],
     spatial_dims=config.spatial_dims,
   )
+  if config.age_input != "none":
+    model = model.clone(age_input=config.age_input)
   return model.clone(stages=config.model_stages)
 
 

@@ -47,6 +47,8 @@ class CohortConfig:
     num_subjects: subjects with labels.
     num_unlabeled: subjects without any label file (ids after the labeled ones).
     missing: sessions missing from each unlabeled subject (never its first).
+    missing_labeled: labeled subjects (the last ones) that miss one session, never their
+      first (uneven studies: a missed visit).
     ages: nominal ages (months) of the visits.
     age_jitter: uniform jitter (months) of the ages written to ``sessions.tsv``.
     fov_mm: field of view ``(x, y, z)`` in mm before the per-session changes.
@@ -66,6 +68,7 @@ class CohortConfig:
   num_subjects: int = 8
   num_unlabeled: int = 2
   missing: int = 1
+  missing_labeled: int = 0
   ages: tuple = (0, 3, 6, 9, 12)
   age_jitter: float = 0.5
   fov_mm: tuple = (192.0, 216.0, 60.0)
@@ -97,6 +100,16 @@ TINY = CohortConfig(
   crop_vox=2,
   motion_deg=3.0,
   motion_mm=3.0,
+)
+
+
+# An uneven study (issue 29): visits at 6, 12 and 24 months (IBIS's ages), ages jittered by up
+# to 1.5 months, two labeled subjects that missed a visit; trains on 12 and 24, tests on 6.
+UNEVEN = CohortConfig(
+  ages=(6, 12, 24),
+  age_jitter=1.5,
+  missing_labeled=2,
+  protocol=protocol.get_protocol("ibis").to_json() | {"name": "uneven"},
 )
 
 
@@ -192,15 +205,16 @@ def write_cohort(out_dir, seed, config):
   """Writes the study into ``out_dir`` (not atomic: see :func:`generate`)."""
   out_dir = pathlib.Path(out_dir)
   templates = bric_like.load_templates(config.fov_mm[2] / 2 / 0.6 + 12.0)
-  total = config.num_subjects + config.num_unlabeled
+  total, total_labeled = config.num_subjects + config.num_unlabeled, config.num_subjects
   for i in range(total):
     sid, labeled = f"{i + 1:02d}", i < config.num_subjects
     params = bric_like.subject_params(np.random.default_rng([seed, i]))
     voxel = config.voxel_mm[i % len(config.voxel_mm)]
     rng = np.random.default_rng([seed, i, 7])
     sessions = list(range(len(config.ages)))
-    if not labeled and config.missing:
-      dropped = rng.choice(sessions[1:], size=min(config.missing, len(sessions) - 1), replace=False)
+    misses = config.missing if not labeled else int(i >= total_labeled - config.missing_labeled)
+    if misses and len(sessions) > 1:
+      dropped = rng.choice(sessions[1:], size=min(misses, len(sessions) - 1), replace=False)
       sessions = [j for j in sessions if j not in set(dropped.tolist())]
     made = []
     for j in sessions:

@@ -126,7 +126,12 @@ def toward_inversion(rng, batch: dict, strength: float) -> dict:
 def augment(rng, batch: dict, config: Config) -> dict:
   """Every augmentation ``config`` asks for (see the module docstring). Flips and scaling
   take ``rng`` itself (the draws of runs before the others existed), the others keys folded
-  from it."""
+  from it. An age channel (``config.age_input``) is left out of them: it is constant over
+  each slice, so a flip or warp would not change it and an intensity change must not."""
+  if config.age_input != "none":
+    images = batch["images"]
+    out = augment(rng, dict(batch, images=images[..., :-1]), config.replace(age_input="none"))
+    return dict(out, images=jnp.concatenate([out["images"], images[..., -1:]], axis=-1))
   if config.rotate_deg or config.scale_range:
     batch = rotate_and_scale(
       jax.random.fold_in(rng, 1), batch, config.rotate_deg, config.scale_range
