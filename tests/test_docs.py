@@ -2,6 +2,7 @@
 map that names every module there is and none that is gone. Reads files only (no network)."""
 
 import collections
+import importlib.util
 import pathlib
 import re
 
@@ -166,3 +167,13 @@ def test_modules_and_scripts_named_in_the_docs_exist():
         if not (path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()):
           stale.append(f"{where} python -m {name}")
   assert stale == [], "modules or scripts named in the docs that do not exist:\n" + "\n".join(stale)
+
+
+def test_the_performance_table_is_the_one_the_json_files_make():
+  """README.md's performance table is what ``bench/readme_table.py`` makes from
+  ``bench/results/*.json`` (rerun it with ``--write`` after a benchmark)."""
+  spec = importlib.util.spec_from_file_location("readme_table", ROOT / "bench" / "readme_table.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  text = (ROOT / "README.md").read_text()
+  assert module.with_table(text, module.table()) == text
