@@ -63,6 +63,7 @@ PAPER = dict(
   invert=0.0,
   pseudo_label_epochs=0,
   age_input="none",
+  propagate_labels=0.0,
 )
 AUGMENT = dict(
   PAPER, class_weighting="none", dice_weight=1.0, rotate_deg=15.0, scale_range=0.15, gamma=0.3
@@ -83,6 +84,11 @@ LEVERS = {
     "augment, and self-training in the last 10 of 30 epochs (confident "
     "predictions on every slice and session, weight 0.5)",
     dict(AUGMENT, pseudo_label_epochs=10),
+  ),
+  "propagate": (
+    "the paper's recipe, and each labeled slice also labels the same plane of the subject's "
+    "other sessions (tissue interiors, 2 voxels from any boundary; loss weight 0.5)",
+    dict(PAPER, propagate_labels=0.5, propagate_erosion=2),
   ),
   "age": (
     "the paper's recipe, and each session's age and the gaps to its neighbours as input "

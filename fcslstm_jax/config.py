@@ -137,6 +137,17 @@ class Config:
     "self-training: loss weight of a pseudo-labeled voxel (a manual label weighs 1)",
     minimum=0.0,
   )
+  propagate_labels: float = _field(
+    0.0,
+    "within-subject label propagation: each labeled slice also labels the same plane of the "
+    "subject's other sessions, with this loss weight (data/propagate.py; 0: off; 2D only)",
+    minimum=0.0,
+  )
+  propagate_erosion: int = _field(
+    2,
+    "label propagation: carry only voxels this far (in-plane voxels) from a tissue boundary",
+    minimum=0,
+  )
   stages: tuple = _field(VGG16_QUARTER, "front-end stages as [[channels, convs], ...] (VGG-16 / 4)")
   spatial_dims: int = _field(
     2,
@@ -209,6 +220,11 @@ class Config:
       raise ConfigError(
         f"--set age_input={self.age_input}: for the 2D LSTM models (fcslstm, bi-fcslstm); "
         "the FCN sees each session alone, and 3D runs do not take ages yet."
+      )
+    if self.propagate_labels and self.spatial_dims == 3:
+      raise ConfigError(
+        "--set propagate_labels: label propagation is for 2D runs only; set it to 0 with "
+        "--spatial-dims 3."
       )
     if self.pseudo_label_epochs and self.spatial_dims == 3:
       raise ConfigError(

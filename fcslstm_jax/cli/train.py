@@ -363,7 +363,10 @@ def run(args) -> int:
   else:
     size = parallel.agree_max(sequences.in_plane_size(loaded.subjects))
     ages = cfg.age_input != "none"
-    train_set = sequences.make_sequences(loaded.subjects, protocol, "train", size, ages=ages)
+    carry = (cfg.propagate_labels, cfg.propagate_erosion)
+    train_set = sequences.make_sequences(
+      loaded.subjects, protocol, "train", size, ages=ages, propagation=carry
+    )
     test_set = sequences.make_sequences(loaded.subjects, protocol, "test", size, ages=ages)
     what = f"{len(train_set)} training sequences of shape {train_set.images.shape[1:]}"
     if cfg.pseudo_label_epochs:

@@ -15,6 +15,7 @@ from typing import Optional
 
 import numpy as np
 
+from fcslstm_jax.data import propagate
 from fcslstm_jax.data import protocol
 from fcslstm_jax.errors import DataError
 
@@ -68,9 +69,13 @@ def _pad_offsets(shape, size):
   return tuple((s - n) // 2 for n, s in zip(shape, size))
 
 
-def _subject_sequences(subject, protocol, split, size, every_slice=False, ages=False):
+def _subject_sequences(
+  subject, protocol, split, size, every_slice=False, ages=False, propagation=None
+):
   """``(images, labels, mask, valid, zs, offsets)`` of one subject, padded to ``size`` (with
-  ``ages``, the images carry :func:`with_age_channel`)."""
+  ``ages``, the images carry :func:`with_age_channel`; with ``propagation`` ``(weight,
+  erosion)``, each labeled slice labels the subject's other sessions too:
+  :mod:`fcslstm_jax.data.propagate`)."""
   seen = protocol.timepoints(split)
   depth = subject.sessions[0].image.shape[2]
   zs = np.arange(depth) if split == "all" or every_slice else labeled_z(subject, seen)
@@ -92,6 +97,9 @@ def _subject_sequences(subject, protocol, split, size, every_slice=False, ages=F
   valid = np.stack(
     [np.zeros(len(zs), bool) if s is None else in_view(s)[zs] for s in subject.timepoints], axis=1
   )  # [len(zs), T]
+  if propagation is not None and propagation[0] > 0:
+    months = [0.0 if s is None else s.age for s in subject.timepoints]
+    labels, mask = propagate.propagate(labels, mask, valid, months, seen, *propagation)
   if ages:
     months = [0.0 if s is None else s.age for s in subject.timepoints]
     images = with_age_channel(images, months, valid)
@@ -147,7 +155,9 @@ def in_plane_size(subjects) -> tuple:
   return tuple(int(v) for v in np.max(shapes, axis=0)) if shapes else (0, 0)
 
 
-def make_sequences(subjects, protocol, split, size=None, every_slice=False, ages=False) -> SliceSet:
+def make_sequences(
+  subjects, protocol, split, size=None, every_slice=False, ages=False, propagation=None
+) -> SliceSet:
   """Axial slice sequences for a split (see the module docstring).
 
   Args:
@@ -160,6 +170,8 @@ def make_sequences(subjects, protocol, split, size=None, every_slice=False, ages
       :mod:`fcslstm_jax.train.pseudo_labels`).
     ages: the images carry one more channel, each session's age (:func:`with_age_channel`;
       for ``Config.age_input``).
+    propagation: ``(weight, erosion)``: each labeled slice's labels also label the subject's
+      other sessions on that slice (:mod:`fcslstm_jax.data.propagate`; training).
 
   Returns:
     A :class:`SliceSet` (possibly empty: N = 0).
@@ -172,7 +184,10 @@ def make_sequences(subjects, protocol, split, size=None, every_slice=False, ages
       raise DataError(
         f"{s.path}: working grid {s.grid.shape[:2]} larger than the batch size {size}."
       )
-  parts = [(s, _subject_sequences(s, protocol, split, size, every_slice, ages)) for s in subjects]
+  parts = [
+    (s, _subject_sequences(s, protocol, split, size, every_slice, ages, propagation))
+    for s in subjects
+  ]
   parts = [(s, p) for s, p in parts if len(p[4])]
   t, c = protocol.num_timepoints, len(protocol.modalities) + bool(ages)
   if not parts:
