@@ -33,6 +33,11 @@ def train_args(data_dir, workdir, epochs, *extra):
   ]
 
 
+def evaluate_args(run, data_dir, out, *extra):
+  """evaluate.py's flags for a run, a dataset and an output folder (and ``extra``)."""
+  return ["--workdir", str(run), "--data-dir", str(data_dir), "--out", str(out), *extra]
+
+
 def assert_predictions_on_input_grids(dataset, out, num_scans, num_classes=4):
   """Every T1w image of ``dataset`` has one ``*_dseg.nii.gz`` under ``out``, on its grid
   (shape, affine, orientation), of integer labels in ``0..num_classes-1``."""

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from helpers import STUDY
 from helpers import STUDY_EPOCHS
+from helpers import evaluate_args
 
 import evaluate
 import train
@@ -288,21 +289,7 @@ def test_trains_on_one_labeled_slice_per_volume(study_run, capsys):
 def test_evaluate_segments_every_session_of_every_subject(study_dir, study_run, tmp_path):
   out = tmp_path / "pred"
   full = study_dir / "sourcedata" / "full-labels"
-  assert (
-    evaluate.main(
-      [
-        "--workdir",
-        str(study_run),
-        "--data-dir",
-        str(study_dir),
-        "--out",
-        str(out),
-        "--labels",
-        str(full),
-      ]
-    )
-    == 0
-  )
+  assert evaluate.main(evaluate_args(study_run, study_dir, out, "--labels", str(full))) == 0
   inputs = sorted(study_dir.glob("sub-*/ses-*/anat/*_T1w.nii.gz"))
   assert len(inputs) == 3 * 5 - 1  # the unlabeled subject too, its missing session not
   for t1 in inputs:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import evaluate_args
 from helpers import validator_errors
 
 import evaluate
@@ -390,20 +391,7 @@ def test_label_files_get_the_label_display_range_and_no_stale_probabilities(tmp_
 @pytest.fixture(scope="module")
 def evaluated(study_dir, study_run, tmp_path_factory):
   out = tmp_path_factory.mktemp("eval") / "pred"
-  assert (
-    evaluate.main(
-      [
-        "--workdir",
-        str(study_run),
-        "--data-dir",
-        str(study_dir),
-        "--out",
-        str(out),
-        "--probabilities",
-      ]
-    )
-    == 0
-  )
+  assert evaluate.main(evaluate_args(study_run, study_dir, out, "--probabilities")) == 0
   return out
 
 

@@ -10,6 +10,7 @@ import types
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import evaluate_args
 
 import evaluate
 from fcslstm_jax import files
@@ -210,19 +211,7 @@ def test_evaluate_against_full_labels_scores_whole_volumes_and_volumes(
 ):
   out, full = tmp_path / "pred", study_dir / "sourcedata" / "full-labels"
   assert (
-    evaluate.main(
-      [
-        "--workdir",
-        str(study_run),
-        "--data-dir",
-        str(study_dir),
-        "--out",
-        str(out),
-        "--labels",
-        str(full),
-        "--no-report",
-      ]
-    )
+    evaluate.main(evaluate_args(study_run, study_dir, out, "--labels", str(full), "--no-report"))
     == 0
   )
   printed = capsys.readouterr().out

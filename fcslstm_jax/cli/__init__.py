@@ -13,3 +13,14 @@ def quiet_libraries(debug: bool) -> None:
   above are kept only with ``--debug``; the tool's own warnings always show."""
   for name in NOISY_LOGGERS:
     logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.CRITICAL)
+
+
+def add_common_arguments(parser) -> None:
+  """The flags every tool has: ``--compile-cache`` and ``--debug``."""
+  parser.add_argument(
+    "--compile-cache",
+    metavar="DIR|off",
+    help="persistent XLA compilation cache (default: $FCSLSTM_COMPILE_CACHE, else "
+    "~/.cache/fcslstm-jax/xla; off: none)",
+  )
+  parser.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -24,6 +24,7 @@ import argparse
 import sys
 
 from fcslstm_jax import compile_cache
+from fcslstm_jax.cli import add_common_arguments
 from fcslstm_jax.cli import quiet_libraries
 from fcslstm_jax.errors import run_cli
 from fcslstm_jax.infer import pipeline
@@ -80,13 +81,7 @@ def main(argv=None) -> int:
     help="flag rules (python -m fcslstm_jax.cli.flag_rules prints the defaults)",
   )
   p.add_argument("--no-report", action="store_true", help="do not write report.html")
-  p.add_argument(
-    "--compile-cache",
-    metavar="DIR|off",
-    help="persistent XLA compilation cache (default: $FCSLSTM_COMPILE_CACHE, else "
-    "~/.cache/fcslstm-jax/xla; off: none)",
-  )
-  p.add_argument("--debug", action="store_true", help="show tracebacks")
+  add_common_arguments(p)
   args = p.parse_args(argv)
   if args.batch_size < 1:
     p.error(f"--batch-size {args.batch_size}: must be 1 or more")

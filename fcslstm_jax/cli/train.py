@@ -28,6 +28,7 @@ from fcslstm_jax import config
 from fcslstm_jax import datasets
 from fcslstm_jax import files
 from fcslstm_jax import run_record
+from fcslstm_jax.cli import add_common_arguments
 from fcslstm_jax.cli import quiet_libraries
 from fcslstm_jax.data import layout
 from fcslstm_jax.data import patches
@@ -140,13 +141,7 @@ def parse_args(argv=None):
     help="built-in dataset: an axial slab of 20 slices (the paper's setting; "
     "default in 2D) or whole-brain volumes (default with --spatial-dims 3)",
   )
-  p.add_argument(
-    "--compile-cache",
-    metavar="DIR|off",
-    help="persistent XLA compilation cache (default: $FCSLSTM_COMPILE_CACHE, else "
-    "~/.cache/fcslstm-jax/xla; off: none)",
-  )
-  p.add_argument("--debug", action="store_true", help="show tracebacks")
+  add_common_arguments(p)
   args = p.parse_args(argv)
   if args.precision == "bf16":  # alias
     args.precision = "bfloat16"
