@@ -1,6 +1,6 @@
 """``pip install .`` gives a working install: the package with its protocol files (and not the
 repository's ``experiments/``, which stay outside it), and the console commands
-``fcslstm-train`` / ``fcslstm-evaluate``.
+``fcslstm-train`` / ``fcslstm-evaluate`` / ``fcslstm`` (the BIDS-App).
 
 The fresh virtual environment borrows this one's dependencies (pip and setuptools too)
 through a ``.pth`` file, so the test downloads nothing and installs only this project
@@ -78,3 +78,4 @@ def test_pip_install_gives_the_package_and_its_commands(dataset, tmp_path):
   )
   assert len(list(out.glob("sub-*/ses-*/anat/*_dseg.nii.gz"))) == 10
   assert (out / "metrics.json").is_file()
+  assert "{participant,group}" in run([scripts / "fcslstm", "--help"], tmp_path, env)  # BIDS-App
