@@ -2,6 +2,7 @@
 
 python -m fcslstm_jax.cli.make_study --out data/cohort       # the README's study (~1 min)
 python -m fcslstm_jax.cli.make_study --out data/x --seed 3 --set skull_strip=true
+python -m fcslstm_jax.cli.make_study --out data/uneven --preset uneven   # 6 / 12 / 24 months
 """
 
 import argparse
@@ -9,14 +10,22 @@ import dataclasses
 import json
 import pathlib
 
-from fcslstm_jax.synthetic.cohort import CohortConfig
-from fcslstm_jax.synthetic.cohort import generate
+from fcslstm_jax.synthetic import cohort
+
+PRESETS = {"cohort": cohort.CohortConfig(), "uneven": cohort.UNEVEN}
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--out", default="data/cohort", help="output folder (must not exist)")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument(
+    "--preset",
+    default="cohort",
+    choices=sorted(PRESETS),
+    help="cohort: 0-12 months every 3 (BRIC); uneven: 6 / 12 / 24 months, jittered ages, "
+    "missed visits (IBIS-like)",
+  )
   p.add_argument(
     "--set",
     nargs="*",
@@ -31,10 +40,10 @@ def main(argv=None):
     key, _, value = item.partition("=")
     value = json.loads(value)
     changes[key] = tuple(value) if isinstance(value, list) else value
-  config = dataclasses.replace(CohortConfig(), **changes)
+  config = dataclasses.replace(PRESETS[args.preset], **changes)
   if pathlib.Path(args.out).exists():
     p.error(f"{args.out} exists; choose another --out or delete it")
-  print(f"wrote {generate(args.out, args.seed, config)}")
+  print(f"wrote {cohort.generate(args.out, args.seed, config)}")
 
 
 if __name__ == "__main__":
