@@ -5,7 +5,8 @@
 Loads the study as training does (working grids, median spacing; ``--register``), builds the
 training sequences with label propagation (:mod:`fcslstm_jax.data.propagate`), and compares
 every carried voxel with the study's full labels (``sourcedata/full-labels``, which training
-never reads) on the same working slice. Prints the agreement per time point and writes
+never reads) on the same working slice: all of them, and those carried as a tissue (not
+background). Prints the agreement per time point and writes
 ``results/propagation-<study>.json``.
 """
 
@@ -39,7 +40,7 @@ def agreement(root, erosion: int, register: str) -> dict:
     register=register,
     labels_root=os.path.join(root, "sourcedata", "full-labels"),
   )
-  counts = {t: [0, 0] for t in range(proto.num_timepoints)}  # [agree, carried]
+  counts = {t: [0, 0, 0, 0] for t in range(proto.num_timepoints)}  # all, then tissue only
   for a, b in zip(sparse.subjects, full.subjects):
     if a.grid is None:
       continue
@@ -55,17 +56,26 @@ def agreement(root, erosion: int, register: str) -> dict:
         truth = session.labels[:, :, z]
         where = new[i, t, ox : ox + x, oy : oy + y] & (session.label_mask[:, :, z] > 0)
         got = carried.labels[i, t, ox : ox + x, oy : oy + y]
+        tissue = where & (got > 0)
         counts[t][0] += int((got[where] == truth[where]).sum())
         counts[t][1] += int(where.sum())
-  agree, total = (sum(c[k] for c in counts.values()) for k in (0, 1))
+        counts[t][2] += int((got[tissue] == truth[tissue]).sum())
+        counts[t][3] += int(tissue.sum())
+  agree, total, tissue_agree, tissue_total = (sum(c[k] for c in counts.values()) for k in range(4))
   return {
     "erosion": erosion,
     "register": register,
     "carried_voxels": total,
     "agreement": agree / max(total, 1),
+    "carried_tissue_voxels": tissue_total,
+    "tissue_agreement": tissue_agree / max(tissue_total, 1),
     "per_timepoint": {
-      proto.describe_timepoint(t): {"carried": n, "agreement": a / max(n, 1)}
-      for t, (a, n) in counts.items()
+      proto.describe_timepoint(t): {
+        "carried": n,
+        "agreement": a / max(n, 1),
+        "tissue_agreement": ta / max(tn, 1),
+      }
+      for t, (a, n, ta, tn) in counts.items()
     },
   }
 
