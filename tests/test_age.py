@@ -105,7 +105,7 @@ def test_the_paper_model_is_the_default_and_older_records_load(tmp_path):
 
 def test_an_age_outside_the_training_range_is_segmented_with_a_warning(study_dir, tmp_path, capsys):
   run = tmp_path / "run"
-  args = train_args(study_dir, run, 1, "--set", "age_input=film")
+  args = train_args(study_dir, run, 1, "--model", "fcslstm", "--set", "age_input=film")
   assert train.main(args) == 0
   record = json.loads((run / "run.json").read_text())
   lo, hi = record["age_range"]

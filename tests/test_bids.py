@@ -136,7 +136,8 @@ def test_bids_app_round_trip_label_values_pipelines_and_own_derivatives(copied, 
   assert "several dseg files match" in err and "--labels derivatives/<name>" in err
 
   out = copied / "derivatives" / "fcslstm"
-  tiny = train_args(copied, "unused", 1)[2:-2]  # --config tiny --epochs 1 --batch-size 2
+  # --config tiny --epochs 1 --batch-size 2, the FCN: conftest's study_run compiled it already
+  tiny = [*train_args(copied, "unused", 1)[2:-2], "--model", "fcn"]
   assert (
     bids_app.main([str(copied), str(out), "group", "--labels", "derivatives/manual", *tiny]) == 0
   )

@@ -196,9 +196,9 @@ def test_sigterm_outside_the_training_steps_exits_cleanly(tmp_path, capsys, monk
   root = good_dataset(tmp_path / "ds")
   make_sequences = sequences.make_sequences
 
-  def preempted(*args):
+  def preempted(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGTERM)
-    return make_sequences(*args)
+    return make_sequences(*args, **kwargs)
 
   monkeypatch.setattr(sequences, "make_sequences", preempted)
   handler = signal.getsignal(signal.SIGTERM)
@@ -254,8 +254,8 @@ def test_nan_in_a_batch_names_subject_and_session(
   shutil.copytree(reference, workdir)
   make_sequences = sequences.make_sequences
 
-  def poisoned(subjects, proto, split, *args):
-    seqs = make_sequences(subjects, proto, split, *args)
+  def poisoned(subjects, proto, split, *args, **kwargs):
+    seqs = make_sequences(subjects, proto, split, *args, **kwargs)
     if split != "train":
       return seqs
     images = seqs.images.copy()
