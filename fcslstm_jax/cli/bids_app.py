@@ -26,7 +26,10 @@ from fcslstm_jax.cli import train
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(
-    prog="fcslstm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    prog="fcslstm",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    allow_abbrev=False,  # "--model fcn" goes to train.py, not to --model-dir
   )
   p.add_argument("bids_dir", help="the BIDS dataset (sub-<id>/ses-<label>/anat/...)")
   p.add_argument(
