@@ -37,6 +37,15 @@ def test_a_missing_session_makes_the_gap_span_it():
   np.testing.assert_allclose(t[0, [0, 1, 3], 2], [0.5, 1.0, 0.0])  # to the next valid
 
 
+def test_the_age_read_back_ignores_padding_and_keeps_negative_ages():
+  images = np.zeros((1, 3, 4, 4, 2), np.float32)
+  months = np.array([[-1.2, 6.0, 12.0]])  # a preterm infant's corrected age is negative
+  x = sequences.with_age_channel(images, months, np.ones((1, 3), bool))
+  x = np.pad(x, ((0, 0), (0, 0), (0, 4), (0, 4), (0, 0)))  # zero padding, as networks pad
+  _, years = age.split_age(jnp.asarray(x))
+  np.testing.assert_allclose(np.asarray(years) * 12, months, rtol=1e-6)
+
+
 def test_the_uneven_study_gives_true_gaps_through_the_data_path(tmp_path):
   """The uneven generator (6 / 12 / 24 months, jittered, a missed visit): the age channel
   the data path adds holds each session's tsv age, and the gap over the missed visit is

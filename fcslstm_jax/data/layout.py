@@ -148,8 +148,8 @@ def find_dseg(root, subject_id, label, labels_root=None):
 
 def label_pipelines(root) -> list:
   """The folders under ``root/derivatives/`` that may hold labels: every one but this tool's
-  own outputs (:func:`fcslstm_jax.outputs.bids.is_own`: its ``dataset_description.json``
-  names fcslstm-jax), so that training never reads its own predictions as labels."""
+  own outputs (:func:`is_own`: its ``dataset_description.json`` names fcslstm-jax), so
+  that training never reads its own predictions as labels."""
   return [d for d in sorted((pathlib.Path(root) / "derivatives").glob("*")) if not is_own(d)]
 
 
@@ -198,18 +198,17 @@ def resolve_labels_root(root, labels):
   return str(path)
 
 
-def dseg_tables(subjects) -> dict:
-  """``{dseg.tsv path: [label files]}`` of the label pipelines the subjects' label files
-  come from (``PIPELINE/sub-<id>/ses-<label>/anat/*_dseg.nii*`` -> ``PIPELINE/dseg.tsv``),
-  for those that have one."""
-  tables = {}
-  for subject in subjects:
-    for session in subject.sessions:
-      if session.dseg:
-        tsv = pathlib.Path(session.dseg).parents[3] / "dseg.tsv"
-        if tsv.is_file():
-          tables.setdefault(str(tsv), []).append(session.dseg)
-  return tables
+def dseg_tables(subjects) -> list:
+  """The ``dseg.tsv`` files of the label pipelines the subjects' label files come from
+  (``PIPELINE/sub-<id>/ses-<label>/anat/*_dseg.nii*`` -> ``PIPELINE/dseg.tsv``), for those
+  that have one."""
+  tables = {
+    pathlib.Path(session.dseg).parents[3] / "dseg.tsv"
+    for subject in subjects
+    for session in subject.sessions
+    if session.dseg
+  }
+  return sorted(str(t) for t in tables if t.is_file())
 
 
 def scan_subject(root, subject_dir, modalities, labels_root=None) -> SubjectFiles:

@@ -188,6 +188,9 @@ def to_classes(data, proto, path="labels"):
   return np.where(drawn, lookup[np.where(drawn, data, 0)], 0).astype(np.int32), drawn
 
 
+IGNORE_NAMES = ("unlabeled", "unlabelled", "ignore")  # dseg.tsv names of the ignore value
+
+
 def values_from_dseg_tsv(path, proto) -> tuple:
   """The protocol's ``(label_values, ignore_label)`` as a BIDS ``dseg.tsv`` (``index``,
   ``name``) gives them: each class found by name (case-insensitive; a missing
@@ -213,17 +216,14 @@ def values_from_dseg_tsv(path, proto) -> tuple:
   unknown = sorted(set(by_name) - set(classes))
   missing = [n for n in proto.class_names if n.lower() not in by_name]
   if unknown or missing:
-    what = [f"names {unknown} match no class" for _ in unknown[:1]] + [
-      f"no row names class(es) {missing}" for _ in missing[:1]
-    ]
+    what = ([f"names {unknown} match no class"] if unknown else []) + (
+      [f"no row names class(es) {missing}"] if missing else []
+    )
     raise DataError(
       f"{path}: {'; '.join(what)} of protocol {proto.name} {list(proto.class_names)}. Name "
       "each value as the protocol's class_names do (or 'unlabeled' for undrawn voxels)."
     )
   return tuple(by_name[n] for n in classes), ignore
-
-
-IGNORE_NAMES = ("unlabeled", "unlabelled", "ignore")
 
 
 # ------------------------------------------------------------------------------ files

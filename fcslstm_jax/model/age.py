@@ -9,8 +9,8 @@ changes fastest in the first months. With ``Config.age_input = "film"``:
   slice, holding the age in years (:func:`fcslstm_jax.data.sequences.with_age_channel`; the
   data pipeline adds it, so flips, windows and padding carry it untouched; augmentations
   leave it out);
-- the model reads it back (:func:`split_age`: the channel's maximum over space, so zero
-  padding and missing sessions do not change it) and computes per time step
+- the model reads it back (:func:`split_age`: the channel's value of largest magnitude over
+  space, so zero padding and missing sessions do not change it) and computes per time step
   ``[age, Δt to the previous valid step, Δt to the next valid step]`` (:func:`timing`; a
   missing session makes the gap span it: from 6 to 12 months skipping 9 is a 6-month step);
 - FiLM (Perez et al. 2018) modulates every LSTM layer's input ``x_t`` by those three numbers:
@@ -28,9 +28,12 @@ import jax.numpy as jnp
 
 
 def split_age(x):
-  """``(images [B, T, ..., C-1], ages [B, T] in years)`` of an input with an age channel."""
+  """``(images [B, T, ..., C-1], ages [B, T] in years)`` of an input with an age channel: the
+  channel's value of largest magnitude over space (zero padding does not change it, and a
+  negative age, e.g. a preterm infant's corrected age, reads as itself)."""
   spatial = tuple(range(2, x.ndim - 1))
-  return x[..., :-1], jnp.max(x[..., -1], axis=spatial).astype(jnp.float32)
+  hi, lo = jnp.max(x[..., -1], axis=spatial), jnp.min(x[..., -1], axis=spatial)
+  return x[..., :-1], jnp.where(hi >= -lo, hi, lo).astype(jnp.float32)
 
 
 def timing(ages, valid=None):

@@ -45,18 +45,23 @@ UNCERTAINTY_LABEL = "uncertainty"
 
 
 def version() -> str:
-  """The package version, with the git commit as a local label when run from a checkout
-  (``0.2.0+gabc1234``)."""
-  try:
-    commit = subprocess.check_output(
-      ["git", "rev-parse", "--short", "HEAD"],
-      cwd=os.path.dirname(os.path.abspath(fcslstm_jax.__file__)),
-      text=True,
-      stderr=subprocess.DEVNULL,
+  """The package version, with the git commit as a local label when the package runs from its
+  own checkout (``0.2.0+gabc1234``; not from another repository that happens to hold it, e.g.
+  a virtual environment inside a project)."""
+  package = os.path.dirname(os.path.abspath(fcslstm_jax.__file__))
+
+  def git(*args):
+    return subprocess.check_output(
+      ["git", *args], cwd=package, text=True, stderr=subprocess.DEVNULL
     ).strip()
+
+  try:
+    top = git("rev-parse", "--show-toplevel")
+    if os.path.realpath(os.path.join(top, "fcslstm_jax")) != os.path.realpath(package):
+      return fcslstm_jax.__version__
+    return f"{fcslstm_jax.__version__}+g{git('rev-parse', '--short', 'HEAD')}"
   except (OSError, subprocess.CalledProcessError):
     return fcslstm_jax.__version__
-  return f"{fcslstm_jax.__version__}+g{commit}"
 
 
 def description(source_root: str, name: str = "fcslstm-jax segmentations") -> dict:
