@@ -64,12 +64,18 @@ PAPER = dict(
   pseudo_label_epochs=0,
   age_input="none",
   propagate_labels=0.0,
+  prior_correction=False,
 )
 AUGMENT = dict(
   PAPER, class_weighting="none", dice_weight=1.0, rotate_deg=15.0, scale_range=0.15, gamma=0.3
 )
 LEVERS = {
   "paper": ("the paper's loss (inverse-frequency weighted CE), flips + intensity scaling", PAPER),
+  "prior": (
+    "the paper's training; its segmentation prior-corrected (the class weights divided out "
+    "again, infer/prior.py)",
+    dict(PAPER, prior_correction=True),
+  ),
   "weights-none": ("CE without class weights", dict(PAPER, class_weighting="none")),
   "weights-sqrt": (
     "CE weighted by inverse square-root frequency",

@@ -13,7 +13,8 @@ paper does not give the number of epochs or the batch size; we use 200 and 2.
 10; its time and result: README.md, "Result of the default command"). In 3D
 its sliding windows overlap by a quarter, not a half (``window_overlap``): 2.5-3x fewer
 windows, so that a small study trains and is segmented in minutes on CPU (docs/model.md, "3D +
-time").
+time"). It segments with the prior correction (``prior_correction``, ours): the paper's class
+weights shape training, then are divided out of the segmentation (fcslstm_jax/infer/prior.py).
 
     python train.py --dataset bric          # README states the mPA it reaches
 
@@ -113,6 +114,11 @@ class Config:
     "count (the paper), its square root, or none "
     "(train/losses.py)",
     choices=("inverse", "sqrt", "none"),
+  )
+  prior_correction: bool = _field(
+    False,
+    "segment with the class weights divided out again (logits - log w): the posterior at the "
+    "data's class frequencies, not the weighted loss's (infer/prior.py; ours, not the paper's)",
   )
   dice_weight: float = _field(
     0.0,
@@ -391,12 +397,13 @@ CONFIGS = {
   # 3D: windows overlap by a quarter (paper preset: nnU-Net's half), so that evaluate.py
   # segments a ~100 x 105 x 120 volume in 80-100 windows of 32^3, not 252 (docs/model.md, "3D +
   # time").
-  "quick": Config(epochs=30, lr_decay_begin_epoch=10, window_overlap=0.25),
+  "quick": Config(epochs=30, lr_decay_begin_epoch=10, window_overlap=0.25, prior_correction=True),
   "tiny": Config(
     epochs=2,
     stages=((4, 1), (4, 1), (8, 1), (8, 1), (8, 1)),
     stages_3d=((4, 1), (4, 1), (8, 1), (8, 1), (8, 1)),
     keep_checkpoints=2,
+    prior_correction=True,
   ),
 }
 
@@ -404,7 +411,8 @@ CONFIGS = {
 # One line per preset for train.py --help.
 PRESET_HELP = {
   "paper": "the paper's recipe, 200 epochs",
-  "quick": "30 epochs, decay from epoch 10; 3D windows overlap 0.25 (CPU-sized evaluation)",
+  "quick": "30 epochs, decay from epoch 10; 3D windows overlap 0.25 (CPU-sized evaluation); "
+  "prior correction",
   "tiny": "a narrow network for tests and smoke runs",
 }
 

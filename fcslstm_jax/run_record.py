@@ -45,6 +45,9 @@ class RunRecord:
       dataset's ``derivatives/`` pipelines.
     age_range: the youngest and oldest session age training saw (``Config.age_input``
       runs); evaluation warns about sessions outside it.
+    class_weights: the loss's class weights (``Config.class_weighting``, from the training
+      labels), which ``Config.prior_correction`` divides out again; None in records
+      written before they were recorded.
   """
 
   config: Config
@@ -56,6 +59,7 @@ class RunRecord:
   volume: str = "slab"
   labels: Optional[str] = None
   age_range: Optional[tuple[float, ...]] = None
+  class_weights: Optional[tuple[float, ...]] = None
 
   @property
   def builtin(self) -> bool:
@@ -78,6 +82,8 @@ class RunRecord:
       d["labels"] = self.labels
     if self.age_range is not None:
       d["age_range"] = list(self.age_range)
+    if self.class_weights is not None:
+      d["class_weights"] = [round(float(w), 6) for w in self.class_weights]
     return d
 
   @classmethod

@@ -80,6 +80,12 @@ def main(argv=None) -> int:
     metavar="FILE.json",
     help="flag rules (python -m fcslstm_jax.cli.flag_rules prints the defaults)",
   )
+  p.add_argument(
+    "--no-prior-correction",
+    action="store_true",
+    help="segment with the network's own probabilities, as the paper does, even where the "
+    "run's config has prior_correction (the class weights divided out again)",
+  )
   p.add_argument("--no-report", action="store_true", help="do not write report.html")
   add_common_arguments(p)
   args = p.parse_args(argv)
@@ -107,6 +113,7 @@ def main(argv=None) -> int:
         report=not args.no_report,
         counter=counter,
         participants=args.participant_label,
+        prior_correction=not args.no_prior_correction,
       )
     )
     return 0

@@ -19,6 +19,7 @@ import numpy as np
 from fcslstm_jax.config import Config
 from fcslstm_jax.errors import ConfigError
 from fcslstm_jax.infer import predict
+from fcslstm_jax.infer import prior
 from fcslstm_jax.infer import tta
 from fcslstm_jax.run_record import RunRecord
 
@@ -46,6 +47,8 @@ class Member:
     model: the Flax module.
     params: restored parameters.
     step: the checkpoint step they come from.
+    prior_scale: the prior correction's per-class factors (:func:`fcslstm_jax.infer.prior.scale`),
+      or None: the network's own probabilities.
   """
 
   workdir: str
@@ -54,6 +57,7 @@ class Member:
   model: nn.Module
   params: Any
   step: int
+  prior_scale: Any = None
 
 
 def program_key(config: Config) -> tuple:
@@ -112,11 +116,12 @@ def predict_fns(members, variants) -> list:
   return [compiled[program_key(m.config)] for m in members]
 
 
-def average_proba(params_list, fns, data, batch_size: int) -> np.ndarray:
+def average_proba(params_list, fns, data, batch_size: int, scales=None) -> np.ndarray:
   """Mean of the members' probabilities ``[N, T, H, W, c]`` (float32) over ``data``'s
-  sequences; one member: exactly its own probabilities."""
+  sequences, each prior-corrected by its ``scales`` entry (None: as predicted); one member:
+  exactly its own probabilities."""
   total = None
-  for params, fn in zip(params_list, fns):
-    probs = predict.predict_all(fn, params, data, batch_size)
+  for params, fn, scale in zip(params_list, fns, scales or [None] * len(fns)):
+    probs = prior.corrected(predict.predict_all(fn, params, data, batch_size), scale)
     total = probs if total is None else total + probs
   return (total / np.float32(len(fns))).astype(np.float32)

@@ -36,6 +36,7 @@ from fcslstm_jax.errors import CheckpointError
 from fcslstm_jax.errors import ConfigError
 from fcslstm_jax.errors import DataError
 from fcslstm_jax.infer import ensemble
+from fcslstm_jax.infer import prior
 from fcslstm_jax.infer import sliding_window
 from fcslstm_jax.infer import tta
 from fcslstm_jax.model import networks
@@ -73,13 +74,25 @@ def read_runs(workdirs) -> list:
   return runs
 
 
-def load_members(runs, proto) -> list:
-  """The :class:`fcslstm_jax.infer.ensemble.Member` of each ``(workdir, run)``."""
+def load_members(runs, proto, prior_correction: bool = True, log=print) -> list:
+  """The :class:`fcslstm_jax.infer.ensemble.Member` of each ``(workdir, run)``; with
+  ``prior_correction``, those whose config asks for it segment prior-corrected
+  (:mod:`fcslstm_jax.infer.prior`)."""
   members = []
   for workdir, run in runs:
     channels = len(proto.modalities) + (run.config.age_input != "none")  # + the age channel
     model, params, step = restore_params(workdir, run.config, proto.num_classes, channels)
-    members.append(ensemble.Member(workdir, run, run.config, model, params, step))
+    scale = None
+    if prior_correction and run.config.prior_correction:
+      if run.class_weights is None:
+        log(
+          f"{run_record.path_of(workdir)}: records no class weights (written before they "
+          "were recorded), so its probabilities are not prior-corrected; resuming the run "
+          "with train.py records them."
+        )
+      else:
+        scale = prior.scale(run.class_weights)
+    members.append(ensemble.Member(workdir, run, run.config, model, params, step, scale))
   return members
 
 
@@ -108,9 +121,11 @@ def segment_subject(
   windows=None,
   bucket: bool = False,
   ages: bool = False,
+  scales=None,
 ):
   """``(sequences, probabilities [Z, T, X, Y, c])`` for every axial slice of one subject on
-  its working grid, averaged over the members (``fns`` and ``params_list``, one each).
+  its working grid, averaged over the members (``fns`` and ``params_list``, one each; each
+  member's prior-corrected by its ``scales`` entry, :func:`fcslstm_jax.infer.prior.corrected`).
 
   ``windows``: for 3D members, each one's ``(window, overlap)``: the subject's whole volume
   ``[T, Z, X, Y, C]`` is segmented by sliding windows (:mod:`fcslstm_jax.infer.sliding_window`,
@@ -119,15 +134,20 @@ def segment_subject(
   with test-time flips, whose flipped views would put the padding on the other side.
   ``ages``: the members take each session's age as a channel (``Config.age_input``)."""
   seq = sequences.make_sequences([subject], proto, "all", ages=ages)
+  scales = scales or [None] * len(fns)
   if windows is None:
     if not bucket:
-      return seq, ensemble.average_proba(params_list, fns, seq, batch_size)
+      return seq, ensemble.average_proba(params_list, fns, seq, batch_size, scales)
     h, w = seq.images.shape[2:4]
-    return seq, ensemble.average_proba(params_list, fns, bucketed(seq), batch_size)[:, :, :h, :w]
+    probs = ensemble.average_proba(params_list, fns, bucketed(seq), batch_size, scales)
+    return seq, probs[:, :, :h, :w]
   volume, valid = np.moveaxis(seq.images, 0, 1), seq.valid.T  # [T, Z, X, Y, C], [T, Z]
   total = sum(
-    sliding_window.sliding_window_proba(fn, params, volume, valid, window, overlap, batch_size)
-    for fn, params, (window, overlap) in zip(fns, params_list, windows)
+    prior.corrected(
+      sliding_window.sliding_window_proba(fn, params, volume, valid, window, overlap, batch_size),
+      scale,
+    )
+    for fn, params, (window, overlap), scale in zip(fns, params_list, windows, scales)
   )
   return seq, np.moveaxis(total / np.float32(len(fns)), 1, 0).astype(np.float32)
 
@@ -191,7 +211,8 @@ def own_unlabeled_subjects(loaded, truth_dir, log=print) -> list:
 def describe_members(members, flips) -> list:
   lines = [
     f"{'member' if len(members) > 1 else 'run'}: {os.path.abspath(m.workdir)} "
-    f"({m.config.model}, checkpoint step {m.step})"
+    f"({m.config.model}, checkpoint step {m.step}"
+    f"{', prior-corrected' if m.prior_scale is not None else ''})"
     for m in members
   ]
   lines.append(
@@ -215,6 +236,7 @@ def evaluate_run(
   report: bool = True,
   counter=None,
   participants=None,
+  prior_correction: bool = True,
 ) -> dict:
   """Segments every session of every subject and writes what a study needs (see the module
   docstring). Labels (the dataset's, or ``truth_dir``'s) are scored on each session's own
@@ -229,6 +251,8 @@ def evaluate_run(
     report: write ``report.html``.
     counter: a :class:`fcslstm_jax.compile_cache.CompileCounter`; its counts go into
       ``metrics.json`` (``compilations``).
+    prior_correction: False: segment with the networks' own probabilities even where a
+      run's config asks for the prior correction (:mod:`fcslstm_jax.infer.prior`).
     participants: segment only these subjects (ids); their selection is part of the output
       folder's identity (:mod:`fcslstm_jax.outputs.manifest`).
   """
@@ -249,7 +273,7 @@ def evaluate_run(
   )
   if truth_dir:
     files.check_outside_dataset(out_dir, truth_dir, "--out")
-  members = load_members(runs, proto)
+  members = load_members(runs, proto, prior_correction, log)
   load_seconds = time.monotonic() - started  # the study, resampled, and the checkpoints
   desc = members[0].config.model.replace("-", "") if len(members) == 1 else "ensemble"
   ident = manifest.identity(workdirs, loaded.root, participants)
@@ -298,6 +322,7 @@ def evaluate_run(
         for m in members
       ],
       tta_flips=list(flips),
+      prior_corrected=[m.prior_scale is not None for m in members],
       segment_seconds=round(segment_seconds, 1),
       segment_seconds_per_session=round(segment_seconds / max(sessions_done, 1), 2),
       compilations=counter.to_json() if counter else None,
@@ -332,6 +357,7 @@ def segment_study(loaded, members, flips, batch_size: int, log=print):
     if spatial_dims == 2
     else [(sliding_window.window_shape(m.config), m.config.window_overlap) for m in members]
   )
+  scales = [m.prior_scale for m in members]
   for subject in loaded.subjects:
     if subject.grid is None:
       log(f"sub-{subject.subject_id}: no session fits the protocol's time points; not segmented")
@@ -346,6 +372,7 @@ def segment_study(loaded, members, flips, batch_size: int, log=print):
       windows,
       bucket=not flips,
       ages=members[0].config.age_input != "none",
+      scales=scales,
     )
     yield subject, seq, probs, time.monotonic() - t_segment
 

@@ -33,6 +33,7 @@ from fcslstm_jax.config import Config
 from fcslstm_jax.data import patches
 from fcslstm_jax.data.sequences import SliceSet
 from fcslstm_jax.errors import ConfigError
+from fcslstm_jax.infer import prior
 from fcslstm_jax.infer import sliding_window
 from fcslstm_jax.infer.predict import make_predict_fn
 from fcslstm_jax.model.networks import build_model
@@ -129,13 +130,16 @@ def check_run_dir(workdir: str, record: RunRecord) -> None:
   if not os.path.exists(path):
     run_record.write(workdir, record)
     return
-  details = run_record.read(workdir).differences(record)
+  recorded = run_record.read(workdir)
+  details = recorded.differences(record)
   if details:
     raise ConfigError(
       f"{path}: this work directory holds a different run "
       f"({', '.join(details)}). Use another --workdir, or delete this one to "
       "start over."
     )
+  if recorded.class_weights is None and record.class_weights is not None:
+    run_record.write(workdir, dataclasses.replace(recorded, class_weights=record.class_weights))
 
 
 @dataclasses.dataclass
@@ -203,6 +207,13 @@ def prepare_run(
     raise ConfigError(
       f"--batch-size {b} is larger than the training sequences ({n} in this process's share)."
     )
+  weights = losses.class_weights_from_counts(
+    parallel.sum_over_processes(
+      losses.class_counts(train_set.labels, train_set.label_mask, len(class_names))
+    ),
+    config.class_weighting,
+  )
+  record = dataclasses.replace(record, class_weights=tuple(float(w) for w in weights))
   # Only process 0 reads and writes run.json; whether that failed (another run's folder, a
   # read-only or full disk) is agreed on before the next collective, so that no process
   # waits in it for one that stopped.
@@ -215,18 +226,13 @@ def prepare_run(
   state, restored = ckpt.restore(state)
   if restored is not None:
     log(f"Resuming from {ckpt.directory} at step {restored}.")
-  weights = losses.class_weights_from_counts(
-    parallel.sum_over_processes(
-      losses.class_counts(train_set.labels, train_set.label_mask, len(class_names))
-    ),
-    config.class_weighting,
-  )
   step_fn = jax.jit(
     lambda s, batch, r: train_step(s, batch, r, class_weights=weights, config=config),
     donate_argnums=0,
     out_shardings=parallel.replicated(mesh),
   )
   train_eval_set = train_set if train_eval_set is None else train_eval_set
+  shift = prior.log_shift(weights) if config.prior_correction else None  # scored as segmented
   windows = 0
   if config.spatial_dims == 3:
     predict_fn, eval_batch = (
@@ -237,6 +243,7 @@ def prepare_run(
         local_b,
         scoring.SCORING_OVERLAP,
         desc="scoring" if progress and main else None,
+        log_shift=shift,
       ),
       1,
     )
@@ -244,7 +251,10 @@ def prepare_run(
       [train_eval_set, test_set], sliding_window.window_shape(config)
     )
   else:
-    predict_fn, eval_batch = parallel.on_local_devices(make_predict_fn(model), mesh), local_b
+    predict_fn, eval_batch = (
+      parallel.on_local_devices(make_predict_fn(model, log_shift=shift), mesh),
+      local_b,
+    )
     windows = len(train_eval_set) + len(test_set)
   score_every = scoring.scoring_interval(config, windows, steps_per_epoch * local_b)
   if config.spatial_dims == 3:
