@@ -83,7 +83,7 @@ def jax_model(name, remat="none", unroll=None, stages=None, dtype=jnp.float32, c
   return model.clone(stages=stages) if stages is not None else model
 
 
-def jax_train_step(model):
+def jax_train_step(model, config=CONFIG):
   """``step(params, opt_state, x, labels, mask, class_weights) -> (params, opt_state, loss)``:
   :func:`fcslstm_jax.train.loop.train_step` (the step training runs, at step 0 of the
   schedule, augmentation off), jitted with the parameters and optimizer state donated."""
@@ -100,18 +100,19 @@ def jax_train_step(model):
       "label_mask": mask,
       "valid": jnp.ones(x.shape[:2], bool),
     }
-    state, out = loop.train_step(state, batch, rng, class_weights=class_weights, config=CONFIG)
+    state, out = loop.train_step(state, batch, rng, class_weights=class_weights, config=config)
     return state.params, state.opt_state, out["loss"]
 
   return jax.jit(step, donate_argnums=(0, 1)), tx
 
 
-def lower_train_step(model, batch, steps, size):
-  """The train step of ``model`` lowered for ``[batch, steps, size, size, 2]``, shapes only.
+def lower_train_step(model, batch, steps, size, config=CONFIG):
+  """The train step of ``model`` lowered for ``[batch, steps, size, size, 2]``, shapes only
+  (``config``: training's, e.g. with ``microbatches``).
 
   Nothing is initialized or allocated: for compiled-program analyses (memory, FLOPs).
   """
-  step, tx = jax_train_step(model)
+  step, tx = jax_train_step(model, config)
   params = jax.eval_shape(lambda: networks.init_params(model, IN_CHANNELS))
   opt_state = jax.eval_shape(tx.init, params)
   data = jax.eval_shape(lambda: make_batch(batch, steps, size))

@@ -1,17 +1,16 @@
 """Memory of one Bi-FCSLSTM train step: XLA's compiled plan vs PyTorch's peak RSS.
 
 Run: ``python bench/memory.py`` (under 10 min on 2 CPU cores). For batch 1, 4, 8 at
-256x256, T = 5, for the remat policies none, full and lean (``fcslstm_jax.model.networks``; lean
-runs
-its time loop as a while loop whatever ``--unroll`` says, unless given), it compiles (does not
-run) the JAX train step and reads ``memory_analysis()``: temp (activations, gradients, workspace),
-arguments (params,
-optimizer state, batch) and outputs (aliased to the donated arguments). For PyTorch it runs
-one eager step per batch size in a fresh process and reports the rise of peak memory over
-the memory before the step (peak RSS on CPU; ``torch.cuda.max_memory_allocated`` on a GPU).
-The largest batch that fits in 12 GiB comes from a straight-line fit of total bytes against
-batch (memory is linear in batch). Writes
-``bench/results/memory.json``.
+256x256, T = 5, for the remat policies none, full and lean (``fcslstm_jax.model.networks``;
+lean runs its time loop as a while loop whatever ``--unroll`` says, unless given), and the
+memory-lean setting (remat lean with each batch run in 2 parts, ``Config.microbatches``), it
+compiles (does not run) the JAX train step and reads ``memory_analysis()``: temp
+(activations, gradients, workspace), arguments (params, optimizer state, batch) and outputs
+(aliased to the donated arguments). For PyTorch it runs one eager step per batch size in a
+fresh process and reports the rise of peak memory over the memory before the step (peak RSS
+on CPU; ``torch.cuda.max_memory_allocated`` on a GPU). The largest batch that fits in 12 GiB
+comes from a straight-line fit of total bytes against batch (memory is linear in batch).
+Writes ``bench/results/memory.json``.
 """
 
 import argparse
@@ -29,15 +28,17 @@ GIB = 2**30
 BUDGET = 12 * GIB  # the paper's 12 GB GPU
 
 
-def jax_memory(batch, steps, size, remat, stages=None, unroll=None):
+def jax_memory(batch, steps, size, remat, stages=None, unroll=None, microbatches=1):
   model = common.jax_model("bi-fcslstm", remat, unroll, stages)
+  config = common.CONFIG.replace(batch_size=batch, microbatches=microbatches)
   t0 = time.perf_counter()
-  compiled = common.lower_train_step(model, batch, steps, size).compile()
+  compiled = common.lower_train_step(model, batch, steps, size, config).compile()
   ma = compiled.memory_analysis()
   out = {
     "batch": batch,
     "remat": remat,
     "unroll": unroll,
+    "microbatches": microbatches,
     "compile_s": time.perf_counter() - t0,
     "temp_bytes": ma.temp_size_in_bytes,
     "argument_bytes": ma.argument_size_in_bytes,
@@ -121,18 +122,30 @@ def main(argv=None):
     type=int,
     help="time-loop unroll (default: the backend's, full on CPU, 1 = while loop on accelerators)",
   )
+  p.add_argument(
+    "--lean-microbatches",
+    type=int,
+    default=2,
+    help="also remat lean with each batch run in this many parts (Config.microbatches; "
+    "the memory-lean setting); 1: not",
+  )
   p.add_argument("--tiny", action="store_true", help="tiny channel widths (smoke test)")
   p.add_argument("--out", default=os.path.join(common.RESULTS, "memory.json"))
   args = p.parse_args(argv)
   stages = ((4, 1), (4, 1), (6, 1), (6, 1), (8, 1)) if args.tiny else None
 
+  settings = [(remat, 1) for remat in args.remat]
+  if args.lean_microbatches > 1:
+    settings.append(("lean", args.lean_microbatches))
   jax_rows = []
-  for remat in args.remat:
+  for remat, parts in settings:
     for b in args.batches:
-      r = jax_memory(b, args.time_steps, args.size, remat, stages, args.unroll)
+      if b % parts:
+        continue
+      r = jax_memory(b, args.time_steps, args.size, remat, stages, args.unroll, parts)
       jax_rows.append(r)
       print(
-        f"JAX remat={remat} batch={b}: temp {r['temp_bytes'] / GIB:.2f} GiB, total "
+        f"JAX {setting_name(r)} batch={b}: temp {r['temp_bytes'] / GIB:.2f} GiB, total "
         f"{r['total_bytes'] / GIB:.2f} GiB (compiled in {r['compile_s']:.0f} s)",
         flush=True,
       )
@@ -151,10 +164,10 @@ def main(argv=None):
     print("torch not installed (pip install -r bench/requirements.txt): JAX rows only")
 
   fits = {}
-  for remat in args.remat:
-    pts = [(r["batch"], r["total_bytes"]) for r in jax_rows if r["remat"] == remat]
+  for name in dict.fromkeys(setting_name(r) for r in jax_rows):
+    pts = [(r["batch"], r["total_bytes"]) for r in jax_rows if setting_name(r) == name]
     loop = "" if args.unroll is None else f", unroll={args.unroll}"
-    fits[f"JAX remat={remat}{loop}"] = largest_batch(pts)
+    fits[f"JAX {name}{loop}"] = largest_batch(pts)
   if torch_rows:
     fits["PyTorch eager"] = largest_batch([(r["batch"], r["step_bytes"]) for r in torch_rows])
   result = {
@@ -170,6 +183,12 @@ def main(argv=None):
   return common.write_result(result, args.out, table)
 
 
+def setting_name(row) -> str:
+  """``remat=lean`` or ``remat=lean, 2 microbatches``."""
+  parts = row.get("microbatches", 1)
+  return f"remat={row['remat']}" + (f", {parts} microbatches" if parts > 1 else "")
+
+
 def table(result):
   s = result["size"]
   lines = [
@@ -183,7 +202,7 @@ def table(result):
     loop = "" if r.get("unroll") is None else f", unroll={r['unroll']}"
     loop = loop or (" (while loop)" if r["remat"] == "lean" else "")
     lines.append(
-      f"| JAX remat={r['remat']}{loop} | {r['batch']} | {r['temp_bytes'] / GIB:.2f} | "
+      f"| JAX {setting_name(r)}{loop} | {r['batch']} | {r['temp_bytes'] / GIB:.2f} | "
       f"{r['total_bytes'] / GIB:.2f} |"
     )
   for r in result["torch"]:

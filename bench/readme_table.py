@@ -85,7 +85,11 @@ def memory_rows(d):
     return []
   batch = max(r["batch"] for r in d["jax"])
   temp = {
-    r["remat"]: r["temp_bytes"] / GIB
+    r["remat"]
+    + (f" in {r['microbatches']} microbatches" if r.get("microbatches", 1) > 1 else ""): r[
+      "temp_bytes"
+    ]
+    / GIB
     for r in d["jax"]
     if r["batch"] == batch and r.get("unroll") is None
   }

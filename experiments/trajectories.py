@@ -1,7 +1,7 @@
 """Which lever fixes whole volumes and trajectories from one labeled slice per volume (issue 33).
 
     python experiments/trajectories.py                       # every lever, cohort, seed 0
-    python experiments/trajectories.py --study cohort-b --levers paper,default --seeds 0,1,2
+    python experiments/trajectories.py --study cohort-b --levers paper,prior --seeds 0,1,2
     python experiments/trajectories.py --study cohort,uneven --levers paper,age --seeds 0,1,2
 
 For each study, lever and seed: ``train.py`` (the default command, with the lever's

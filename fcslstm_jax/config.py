@@ -67,6 +67,12 @@ class Config:
   model: str = _field("bi-fcslstm", "network", choices=MODELS)
   epochs: int = _field(200, "training epochs", minimum=1)
   batch_size: int = _field(2, "sequences per step (global, over all devices)", minimum=1)
+  microbatches: int = _field(
+    1,
+    "run each step's batch in this many equal parts, one after another, and sum their "
+    "gradients: the memory of a part, the step of the whole batch (train/loop.py)",
+    minimum=1,
+  )
   learning_rate: float = _field(1e-3, "initial RMSprop learning rate (paper: 1e-3)", minimum=0.0)
   rmsprop_decay: float = _field(
     0.95, "RMSprop smoothing constant alpha (paper: 0.95)", minimum=0.0, maximum=1.0
@@ -197,6 +203,12 @@ class Config:
   chunk_pixels: typing.Optional[int] = _field(
     None, "pixels per call of the Psi_x stages (speed only); null: model/networks.py's default"
   )
+  batching: typing.Optional[str] = _field(
+    None,
+    "how Bi-FCSLSTM runs its two directions' convolutions: loop (one after the other) or "
+    "vmap (one grouped convolution; speed only); null: loop on CPU, vmap on accelerators",
+    choices=("loop", "vmap"),
+  )
   precision: str = _field(
     "float32", "convolution dtype (parameters stay float32)", choices=PRECISIONS
   )
@@ -222,6 +234,10 @@ class Config:
           f"--set {name}={json.dumps(stages)}: needs one or more "
           "[channels, convs] pairs of positive integers."
         )
+    if self.batch_size % self.microbatches:
+      raise ConfigError(
+        f"--set microbatches={self.microbatches}: must divide the batch size ({self.batch_size})."
+      )
     if self.age_input != "none" and (self.model == "fcn" or self.spatial_dims == 3):
       raise ConfigError(
         f"--set age_input={self.age_input}: for the 2D LSTM models (fcslstm, bi-fcslstm); "

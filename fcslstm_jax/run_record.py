@@ -21,9 +21,17 @@ from fcslstm_jax.data.study import GridOptions
 from fcslstm_jax.errors import ConfigError
 
 FILE = "run.json"
-# Config fields a resume may change: epochs extend a finished run; chunk_pixels changes speed,
-# not the function; log_every_steps only when the loss is read back.
-RESUMABLE_FIELDS = ("epochs", "chunk_pixels", "log_every_steps", "score_every_epochs")
+# Config fields a resume may change: epochs extend a finished run; unroll, chunk_pixels and
+# batching change speed, not the function (a resume on another backend resolves them anew);
+# log_every_steps only when the loss is read back.
+RESUMABLE_FIELDS = (
+  "epochs",
+  "unroll",
+  "chunk_pixels",
+  "batching",
+  "log_every_steps",
+  "score_every_epochs",
+)
 # What run.json holds for the typed fields (older records give the protocol by name).
 JSON_TYPES = {"config": dict, "protocol": Optional[Union[dict, str]], "grid": Optional[dict]}
 

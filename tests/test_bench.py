@@ -83,6 +83,8 @@ def test_memory_script(tmp_path):
       "1",
       "--remat",
       "full",
+      "--lean-microbatches",
+      "1",
       "--out",
       str(out),
     ]

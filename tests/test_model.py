@@ -402,3 +402,21 @@ def test_upsample_by_phases_is_the_reflect_padded_transposed_convolution(spatial
     rtol=1e-4,
     atol=1e-5,
   )
+
+
+def test_backend_defaults_resolve_as_the_modules_would():
+  from fcslstm_jax.config import Config
+
+  bi = Config(model="bi-fcslstm")
+  cpu = networks.with_backend_defaults(bi, 5, backend="cpu", devices=1)
+  gpu = networks.with_backend_defaults(bi, 5, backend="gpu", devices=1)
+  assert (cpu.unroll, cpu.chunk_pixels, cpu.batching) == (5, psi.CPU_CHUNK_PIXELS, "loop")
+  assert (gpu.unroll, gpu.chunk_pixels, gpu.batching) == (1, 0, "vmap")
+  lean = networks.with_backend_defaults(bi.replace(remat="lean"), 5, backend="cpu", devices=1)
+  assert (lean.unroll, lean.chunk_pixels) == (1, 0)
+  two_cpus = networks.with_backend_defaults(bi, 5, backend="cpu", devices=2)
+  assert two_cpus.chunk_pixels == 0
+  fcn = networks.with_backend_defaults(Config(model="fcn"), 5, backend="cpu", devices=1)
+  assert (fcn.unroll, fcn.chunk_pixels, fcn.batching) == (None, 0, None)
+  given = bi.replace(unroll=2, chunk_pixels=4096, batching="vmap")
+  assert networks.with_backend_defaults(given, 5, backend="cpu", devices=1) == given

@@ -59,6 +59,22 @@ def test_training_lowers_the_loss(trained):
   assert (trained / "tensorboard").is_dir()
 
 
+def test_run_json_records_what_was_compiled_and_the_class_weights(trained):
+  """The backend's compile choices are resolved once, when the run is set up, and recorded
+  (issue 34); so are the loss's class weights, which the prior correction divides out."""
+  from fcslstm_jax.model import psi
+
+  record = json.loads((trained / "run.json").read_text())
+  config, steps = record["config"], record["protocol"]["num_timepoints"]
+  assert config["model"] == "bi-fcslstm"
+  expected = (steps, psi.default_chunk_pixels(), "loop") if jax.default_backend() == "cpu" else None
+  if expected:
+    assert (config["unroll"], config["chunk_pixels"], config["batching"]) == expected
+  assert None not in (config["unroll"], config["chunk_pixels"], config["batching"])
+  weights = record["class_weights"]
+  assert len(weights) == 4 and min(weights) > 0
+
+
 def test_resume_gives_identical_parameters(dataset, trained, tmp_path, capsys):
   """A run stopped by its time budget (``--max-minutes``, here spent before the first step
   ends), then continued in two more commands, ends bit for bit where one run ends."""

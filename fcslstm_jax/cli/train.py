@@ -36,6 +36,7 @@ from fcslstm_jax.data import sequences
 from fcslstm_jax.data import study
 from fcslstm_jax.data.grids import parse_spacing
 from fcslstm_jax.errors import run_cli
+from fcslstm_jax.model import networks
 from fcslstm_jax.train import loop
 from fcslstm_jax.train import parallel
 from fcslstm_jax.train import stop
@@ -296,6 +297,9 @@ def setup(args, main: bool):
       functools.partial(layout.output_place_allowed, args.data_dir),
     )
   loaded = load_study(args, cfg)
+  # What gets compiled (time-loop unroll, chunking, batching of the two directions) is the
+  # backend's choice where the config leaves it: resolved here, once, and recorded.
+  cfg = networks.with_backend_defaults(cfg, loaded.protocol.num_timepoints)
   record = run_record.RunRecord(
     config=cfg,
     config_name=args.config,

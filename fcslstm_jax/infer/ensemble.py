@@ -30,6 +30,7 @@ PROGRAM_FIELDS = (
   "remat",
   "unroll",
   "chunk_pixels",
+  "batching",
   "precision",
   "spatial_dims",
   "stages_3d",

@@ -75,13 +75,18 @@ def read_runs(workdirs) -> list:
 
 
 def load_members(runs, proto, prior_correction: bool = True, log=print) -> list:
-  """The :class:`fcslstm_jax.infer.ensemble.Member` of each ``(workdir, run)``; with
+  """The :class:`fcslstm_jax.infer.ensemble.Member` of each ``(workdir, run)``, compiled as
+  this backend prefers (:data:`fcslstm_jax.model.networks.COMPILE_FIELDS`); with
   ``prior_correction``, those whose config asks for it segment prior-corrected
   (:mod:`fcslstm_jax.infer.prior`)."""
   members = []
   for workdir, run in runs:
     channels = len(proto.modalities) + (run.config.age_input != "none")  # + the age channel
-    model, params, step = restore_params(workdir, run.config, proto.num_classes, channels)
+    # How the network is compiled is this machine's choice, not the training machine's.
+    config = networks.with_backend_defaults(
+      run.config.replace(**dict.fromkeys(networks.COMPILE_FIELDS)), proto.num_timepoints
+    )
+    model, params, step = restore_params(workdir, config, proto.num_classes, channels)
     scale = None
     if prior_correction and run.config.prior_correction:
       if run.class_weights is None:
@@ -92,7 +97,7 @@ def load_members(runs, proto, prior_correction: bool = True, log=print) -> list:
         )
       else:
         scale = prior.scale(run.class_weights)
-    members.append(ensemble.Member(workdir, run, run.config, model, params, step, scale))
+    members.append(ensemble.Member(workdir, run, config, model, params, step, scale))
   return members
 
 

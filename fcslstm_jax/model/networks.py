@@ -443,9 +443,40 @@ def build_model(config, num_classes: int) -> nn.Module:
     dtype=DTYPES[config.precision],
     spatial_dims=config.spatial_dims,
   )
+  if config.model != "fcn":
+    model = model.clone(batching=config.batching)
   if config.age_input != "none":
     model = model.clone(age_input=config.age_input)
   return model.clone(stages=config.model_stages)
+
+
+# Config fields that only say how the network is compiled (same function, other speed or
+# memory); left null, they are the backend's choice (:func:`with_backend_defaults`).
+COMPILE_FIELDS = ("unroll", "chunk_pixels", "batching")
+
+
+def with_backend_defaults(config, num_steps: int, backend=None, devices=None):
+  """``config`` with its :data:`COMPILE_FIELDS` that are null resolved for ``backend`` and
+  ``devices`` (default: JAX's) and ``num_steps`` time points, as the modules would resolve
+  them at trace time (:func:`fcslstm_jax.model.slstm.resolve_unroll`,
+  :func:`~fcslstm_jax.model.slstm.resolve_batching`,
+  :func:`fcslstm_jax.model.psi.default_chunk_pixels`, "Chunking" above), so that run.json
+  records what was compiled. The FCN has no time loop: only its chunking is resolved."""
+  chunk = config.chunk_pixels
+  if chunk is None:
+    lean_or_3d = config.remat != "none" or config.spatial_dims == 3
+    chunk = 0 if config.model == "fcn" or lean_or_3d else psi.default_chunk_pixels(backend, devices)
+  if config.model == "fcn":
+    return config.replace(chunk_pixels=chunk)
+  return config.replace(
+    chunk_pixels=chunk,
+    unroll=slstm.resolve_unroll(config.unroll, num_steps, config.remat == "lean", backend),
+    batching=(
+      slstm.resolve_batching(config.batching, backend)
+      if config.model == "bi-fcslstm"
+      else config.batching
+    ),
+  )
 
 
 def count_params(params) -> int:

@@ -125,6 +125,13 @@ CPU_CHUNK_PIXELS = 8192
 MAX_CHUNKS = 16
 
 
+def default_chunk_pixels(backend: str | None = None, devices: int | None = None) -> int:
+  """:data:`CPU_CHUNK_PIXELS` on a single CPU device, else 0 (everything at once); ``backend``
+  and ``devices`` default to JAX's."""
+  one_cpu = (backend or jax.default_backend()) == "cpu" and (devices or jax.device_count()) == 1
+  return CPU_CHUNK_PIXELS if one_cpu else 0
+
+
 def chunk_size(chunk_pixels: int | None, num_images: int, image_pixels: int) -> int:
   """Images per call: ``chunk_pixels // image_pixels``, at least 1 and ``N / MAX_CHUNKS``.
 
@@ -133,8 +140,7 @@ def chunk_size(chunk_pixels: int | None, num_images: int, image_pixels: int) -> 
   image would sit on one device). 0 or less means everything at once.
   """
   if chunk_pixels is None:
-    one_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
-    chunk_pixels = CPU_CHUNK_PIXELS if one_cpu else 0
+    chunk_pixels = default_chunk_pixels()
   if chunk_pixels <= 0:
     return num_images
   fewest = -(-num_images // MAX_CHUNKS)  # ceil

@@ -54,8 +54,11 @@ PsiFactory = Callable[..., nn.Module]  # called as factory(features=..., name=..
 DIRECTIONS = ("forward", "backward")  # index 0 and 1 of a merged layer's direction axis
 
 
-def resolve_unroll(unroll: int | None, num_steps: int, while_loop: bool = False) -> int:
-  """``unroll`` as given, or the default described in the module docstring.
+def resolve_unroll(
+  unroll: int | None, num_steps: int, while_loop: bool = False, backend: str | None = None
+) -> int:
+  """``unroll`` as given, or the default described in the module docstring for ``backend``
+  (default: JAX's).
 
   ``while_loop``: the default is ``unroll=1`` on every backend (the memory-lean mode).
   """
@@ -63,7 +66,7 @@ def resolve_unroll(unroll: int | None, num_steps: int, while_loop: bool = False)
     return max(1, min(int(unroll), num_steps))
   if while_loop:
     return 1
-  return num_steps if jax.default_backend() == "cpu" else 1
+  return num_steps if (backend or jax.default_backend()) == "cpu" else 1
 
 
 def gate_bias_init(hidden: int):
@@ -131,15 +134,16 @@ class LSTMStep(nn.Module):
 BATCHINGS = ("loop", "vmap")
 
 
-def resolve_batching(batching: str | None) -> str:
-  """``batching`` as given, or the default: ``"loop"`` on CPU, ``"vmap"`` on accelerators.
+def resolve_batching(batching: str | None, backend: str | None = None) -> str:
+  """``batching`` as given, or the default for ``backend`` (default: JAX's): ``"loop"`` on
+  CPU, ``"vmap"`` on accelerators.
 
   ``"vmap"`` makes the two directions' convolutions one grouped convolution
   (``feature_group_count=2``), which XLA:CPU runs several times slower than two plain ones
   (bench/README.md); ``"loop"`` applies them one after the other.
   """
   if batching is None:
-    return "loop" if jax.default_backend() == "cpu" else "vmap"
+    return "loop" if (backend or jax.default_backend()) == "cpu" else "vmap"
   if batching not in BATCHINGS:
     raise ValueError(f"batching must be one of {BATCHINGS}, got {batching!r}")
   return batching

@@ -23,6 +23,7 @@ from typing import Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training.train_state import TrainState
@@ -92,20 +93,43 @@ def train_step(state: TrainState, batch: dict, rng, *, class_weights, config: Co
   Pure; jit it with the state donated."""
   if config.augment:
     batch = augment.augment(jax.random.fold_in(rng, state.step), batch, config)
+  loss, grads = loss_and_grads(state.params, state.apply_fn, batch, class_weights, config)
+  return state.apply_gradients(grads=grads), {"loss": loss}
 
-  def loss_fn(params):
-    logits = state.apply_fn({"params": params}, batch["images"], batch["valid"])
+
+def loss_and_grads(params, apply_fn, batch: dict, class_weights, config: Config):
+  """The batch's loss and its gradient with respect to ``params``.
+
+  With ``config.microbatches`` = m > 1 the batch's m equal parts run one after another
+  (``lax.scan``) and their gradients are summed; each part's cross-entropy is divided by the
+  whole batch's weight, so the sum is the batch's loss and gradient (up to rounding), with
+  the memory of one part. The Dice term, a ratio over the batch, becomes the mean of the
+  parts' Dice."""
+  parts = config.microbatches
+  total = None
+  if parts > 1:
+    total = losses.label_weight(batch["labels"], batch["label_mask"], class_weights)
+
+  def loss_fn(params, part):
+    logits = apply_fn({"params": params}, part["images"], part["valid"])
     loss = losses.weighted_cross_entropy(
-      logits, batch["labels"], batch["label_mask"], class_weights
+      logits, part["labels"], part["label_mask"], class_weights, total
     )
     if config.dice_weight:
-      loss += config.dice_weight * losses.soft_dice_loss(
-        logits, batch["labels"], batch["label_mask"]
+      loss += (config.dice_weight / parts) * losses.soft_dice_loss(
+        logits, part["labels"], part["label_mask"]
       )
     return loss
 
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
-  return state.apply_gradients(grads=grads), {"loss": loss}
+  if parts == 1:
+    return jax.value_and_grad(loss_fn)(params, batch)
+
+  def accumulate(sums, part):
+    return jax.tree.map(jnp.add, sums, jax.value_and_grad(loss_fn)(params, part)), None
+
+  split = jax.tree.map(lambda a: a.reshape((parts, -1) + a.shape[1:]), batch)
+  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+  return jax.lax.scan(accumulate, zeros, split)[0]
 
 
 def batch_at(data, indices, key=(0, 0)) -> dict:

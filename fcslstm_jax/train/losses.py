@@ -50,17 +50,26 @@ def class_weights_from_counts(counts: np.ndarray, kind: str = "inverse") -> np.n
   return w.astype(np.float32)
 
 
-def weighted_cross_entropy(logits, labels, mask, weights):
+def weighted_cross_entropy(logits, labels, mask, weights, total=None):
   """Σ w·CE / Σ w over pixels, ``w = weights[label] * mask`` (torch's weighted CE mean).
 
-  One-hot labels with ``optax.softmax_cross_entropy`` rather than the integer-label variant:
-  the latter's gather made XLA constant-fold a large scatter-add in the backward pass.
-  Returns 0 for a batch without labeled pixels (their gradient is then zero too).
+  ``total``: divide by this instead of the batch's own Σ w (:func:`label_weight` of a whole
+  batch, when it is computed in parts). One-hot labels with ``optax.softmax_cross_entropy``
+  rather than the integer-label variant: the latter's gather made XLA constant-fold a large
+  scatter-add in the backward pass. Returns 0 for a batch without labeled pixels (their
+  gradient is then zero too).
   """
   onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
   ce = optax.softmax_cross_entropy(logits.astype(jnp.float32), onehot)
   w = (onehot @ jnp.asarray(weights, jnp.float32)) * mask
-  return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1e-6)
+  total = jnp.sum(w) if total is None else total
+  return jnp.sum(w * ce) / jnp.maximum(total, 1e-6)
+
+
+def label_weight(labels, mask, weights):
+  """Σ w over pixels, ``w = weights[label] * mask``: :func:`weighted_cross_entropy`'s
+  divisor."""
+  return jnp.sum(jnp.asarray(weights, jnp.float32)[labels] * mask)
 
 
 def soft_dice_loss(logits, labels, mask, smooth: float = 1.0):
