@@ -9,7 +9,10 @@ settings spelled out so that a row keeps its meaning when defaults change), then
 ``evaluate.py --labels FULL`` against the study's full labels (``sourcedata/full-labels``,
 which training never reads). Each finished run is added to ``results/trajectories-<study>.json``
 and ``.md`` at once; a rerun skips finished runs and resumes an interrupted one (train.py
-resumes from its checkpoint), so the command can be stopped and restarted at will.
+resumes from its checkpoint), so the command can be stopped and restarted at will. Levers
+that change only how the trained network segments (``prior``, ``prior-age``: the prior
+correction) reuse the finished training of the lever they build on (``SAME_TRAINING``), so
+list that lever first.
 
 Studies (generated under ``data/`` on first use, deterministic):
   cohort    the README's study (``python -m fcslstm_jax.cli.make_study``): 8 labeled + 2
@@ -27,6 +30,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -73,7 +77,7 @@ LEVERS = {
   "paper": ("the paper's loss (inverse-frequency weighted CE), flips + intensity scaling", PAPER),
   "prior": (
     "the paper's training; its segmentation prior-corrected (the class weights divided out "
-    "again, infer/prior.py)",
+    "again, infer/prior.py; the quick preset's default)",
     dict(PAPER, prior_correction=True),
   ),
   "weights-none": ("CE without class weights", dict(PAPER, class_weighting="none")),
@@ -101,12 +105,42 @@ LEVERS = {
     "(FiLM of every LSTM layer, model/age.py)",
     dict(PAPER, age_input="film"),
   ),
+  "prior-age": (
+    "the age lever's training; its segmentation prior-corrected",
+    dict(PAPER, prior_correction=True, age_input="film"),
+  ),
   "invert": (
     "the paper's recipe, and each time point's contrast moved toward its inversion by "
     "U(0, 0.6) (the isointense age at 0.5)",
     dict(PAPER, invert=0.6),
   ),
 }
+
+
+# Levers that differ from another only in how the trained network segments (the prior
+# correction changes no training step): their run starts from a copy of that lever's
+# finished run of the same study and seed, when there is one, instead of training again.
+SAME_TRAINING = {"prior": "paper", "prior-age": "age"}
+
+
+def reuse_training(study: str, lever: str, seed: int, work: str, workdir: str, log: str) -> None:
+  """Copies the finished run of ``SAME_TRAINING[lever]`` (checkpoints, metrics, run.json with
+  this lever's settings) into ``workdir``; train.py then only scores it."""
+  source = os.path.join(work, study, f"{SAME_TRAINING.get(lever)}-seed{seed}")
+  done = os.path.exists(os.path.join(source, "results.json"))
+  if lever not in SAME_TRAINING or not done or os.path.exists(os.path.join(workdir, "run.json")):
+    return
+  for name in ("checkpoints", "metrics.jsonl"):
+    src = os.path.join(source, name)
+    copy = shutil.copytree if os.path.isdir(src) else shutil.copy2
+    copy(src, os.path.join(workdir, name))
+  with open(os.path.join(source, "run.json")) as f:
+    record = json.load(f)
+  record["config"].update(LEVERS[lever][1])
+  with open(os.path.join(workdir, "run.json"), "w") as f:
+    json.dump(record, f, indent=1)
+  with open(log, "a") as f:
+    f.write(f"(the training of {source}: this lever changes how it segments, not how it trains)\n")
 
 
 def study_dir(name: str) -> str:
@@ -134,6 +168,7 @@ def one_run(study: str, lever: str, seed: int, work: str) -> dict:
   out = os.path.join(workdir, "predictions-full")
   os.makedirs(workdir, exist_ok=True)
   log = workdir + ".log"
+  reuse_training(study, lever, seed, work, workdir, log)
   settings = [f"--set={k}={v}" for k, v in LEVERS[lever][1].items()]
   train = [
     sys.executable,
