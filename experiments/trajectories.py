@@ -10,9 +10,9 @@ settings spelled out so that a row keeps its meaning when defaults change), then
 which training never reads). Each finished run is added to ``results/trajectories-<study>.json``
 and ``.md`` at once; a rerun skips finished runs and resumes an interrupted one (train.py
 resumes from its checkpoint), so the command can be stopped and restarted at will. Levers
-that change only how the trained network segments (``prior``, ``prior-age``: the prior
-correction) reuse the finished training of the lever they build on (``SAME_TRAINING``), so
-list that lever first.
+that change only how the trained network segments (``prior``, ``prior-fit``, ``prior-age``:
+the prior correction) reuse the finished training of the lever they build on
+(``SAME_TRAINING``), so list that lever first.
 
 Studies (generated under ``data/`` on first use, deterministic):
   cohort    the README's study (``python -m fcslstm_jax.cli.make_study``): 8 labeled + 2
@@ -68,7 +68,7 @@ PAPER = dict(
   pseudo_label_epochs=0,
   age_input="none",
   propagate_labels=0.0,
-  prior_correction=False,
+  prior_correction="none",
 )
 AUGMENT = dict(
   PAPER, class_weighting="none", dice_weight=1.0, rotate_deg=15.0, scale_range=0.15, gamma=0.3
@@ -77,8 +77,13 @@ LEVERS = {
   "paper": ("the paper's loss (inverse-frequency weighted CE), flips + intensity scaling", PAPER),
   "prior": (
     "the paper's training; its segmentation prior-corrected (the class weights divided out "
-    "again, infer/prior.py; the quick preset's default)",
-    dict(PAPER, prior_correction=True),
+    "again, infer/prior.py), in full",
+    dict(PAPER, prior_correction="full"),
+  ),
+  "prior-fit": (
+    "the paper's training; its segmentation prior-corrected as strongly as segments the "
+    "labeled training voxels best (the quick preset's default)",
+    dict(PAPER, prior_correction="fitted"),
   ),
   "weights-none": ("CE without class weights", dict(PAPER, class_weighting="none")),
   "weights-sqrt": (
@@ -107,7 +112,7 @@ LEVERS = {
   ),
   "prior-age": (
     "the age lever's training; its segmentation prior-corrected",
-    dict(PAPER, prior_correction=True, age_input="film"),
+    dict(PAPER, prior_correction="full", age_input="film"),
   ),
   "invert": (
     "the paper's recipe, and each time point's contrast moved toward its inversion by "
@@ -120,7 +125,7 @@ LEVERS = {
 # Levers that differ from another only in how the trained network segments (the prior
 # correction changes no training step): their run starts from a copy of that lever's
 # finished run of the same study and seed, when there is one, instead of training again.
-SAME_TRAINING = {"prior": "paper", "prior-age": "age"}
+SAME_TRAINING = {"prior": "paper", "prior-fit": "paper", "prior-age": "age"}
 
 
 def reuse_training(study: str, lever: str, seed: int, work: str, workdir: str, log: str) -> None:

@@ -13,8 +13,9 @@ paper does not give the number of epochs or the batch size; we use 200 and 2.
 10; its time and result: README.md, "Result of the default command"). In 3D
 its sliding windows overlap by a quarter, not a half (``window_overlap``): 2.5-3x fewer
 windows, so that a small study trains and is segmented in minutes on CPU (docs/model.md, "3D +
-time"). It segments with the prior correction (``prior_correction``, ours): the paper's class
-weights shape training, then are divided out of the segmentation (fcslstm_jax/infer/prior.py).
+time"). It segments with the fitted prior correction (``prior_correction``, ours): the paper's
+class weights shape training, then are divided out of the segmentation as far as that helps
+on the labeled training voxels (fcslstm_jax/infer/prior.py).
 
     python train.py --dataset bric          # README states the mPA it reaches
 
@@ -37,6 +38,7 @@ MODELS = ("fcn", "fcslstm", "bi-fcslstm")
 REMAT_POLICIES = ("none", "stages", "full", "lean")
 PRECISIONS = ("float32", "bfloat16")
 AGE_INPUTS = ("none", "film")  # fcslstm_jax.model.age
+PRIOR_CORRECTIONS = ("none", "full", "fitted")  # fcslstm_jax.infer.prior
 VGG16_QUARTER = ((16, 2), (32, 2), (64, 3), (128, 3), (128, 3))  # (channels, 3x3 convs)
 VGG16_EIGHTH = ((8, 2), (16, 2), (32, 3), (64, 3), (64, 3))  # 3D default (3x3x3 convs)
 SPATIAL_DIMS = (2, 3)
@@ -121,10 +123,12 @@ class Config:
     "(train/losses.py)",
     choices=("inverse", "sqrt", "none"),
   )
-  prior_correction: bool = _field(
-    False,
-    "segment with the class weights divided out again (logits - log w): the posterior at the "
-    "data's class frequencies, not the weighted loss's (infer/prior.py; ours, not the paper's)",
+  prior_correction: str = _field(
+    "none",
+    "segment with the class weights divided out again (logits - s log w): the posterior at the "
+    "data's class frequencies, not the weighted loss's; full: s = 1; fitted: the s that "
+    "segments the labeled training voxels best (infer/prior.py; ours, not the paper's)",
+    choices=PRIOR_CORRECTIONS,
   )
   dice_weight: float = _field(
     0.0,
@@ -288,7 +292,10 @@ class Config:
 
   @classmethod
   def from_json(cls, d: dict, where="run.json") -> "Config":
-    """The config a run recorded; fields added since then take their defaults."""
+    """The config a run recorded; fields added since then take their defaults (and
+    ``prior_correction`` recorded as a boolean, as for a day, reads as ``full`` / ``none``)."""
+    if isinstance(d.get("prior_correction"), bool):
+      d = dict(d, prior_correction="full" if d["prior_correction"] else "none")
     fields = jsonfile.fields_from_json(d, cls, f"{where} (config)", JSON_TYPES)
     try:
       return cls(**fields)
@@ -413,13 +420,15 @@ CONFIGS = {
   # 3D: windows overlap by a quarter (paper preset: nnU-Net's half), so that evaluate.py
   # segments a ~100 x 105 x 120 volume in 80-100 windows of 32^3, not 252 (docs/model.md, "3D +
   # time").
-  "quick": Config(epochs=30, lr_decay_begin_epoch=10, window_overlap=0.25, prior_correction=True),
+  "quick": Config(
+    epochs=30, lr_decay_begin_epoch=10, window_overlap=0.25, prior_correction="fitted"
+  ),
   "tiny": Config(
     epochs=2,
     stages=((4, 1), (4, 1), (8, 1), (8, 1), (8, 1)),
     stages_3d=((4, 1), (4, 1), (8, 1), (8, 1), (8, 1)),
     keep_checkpoints=2,
-    prior_correction=True,
+    prior_correction="fitted",
   ),
 }
 
@@ -428,7 +437,7 @@ CONFIGS = {
 PRESET_HELP = {
   "paper": "the paper's recipe, 200 epochs",
   "quick": "30 epochs, decay from epoch 10; 3D windows overlap 0.25 (CPU-sized evaluation); "
-  "prior correction",
+  "prior correction fitted",
   "tiny": "a narrow network for tests and smoke runs",
 }
 

@@ -23,9 +23,10 @@ from fcslstm_jax.errors import ConfigError
 FILE = "run.json"
 # Config fields a resume may change: epochs extend a finished run; unroll, chunk_pixels and
 # batching change speed, not the function (a resume on another backend resolves them anew);
-# log_every_steps only when the loss is read back.
+# log_every_steps only when the loss is read back; prior_correction only evaluation.
 RESUMABLE_FIELDS = (
   "epochs",
+  "prior_correction",  # how the trained network segments, not how it trains
   "unroll",
   "chunk_pixels",
   "batching",
@@ -56,6 +57,8 @@ class RunRecord:
     class_weights: the loss's class weights (``Config.class_weighting``, from the training
       labels), which ``Config.prior_correction`` divides out again; None in records
       written before they were recorded.
+    prior_strength: the strength of the prior correction that ``prior_correction="fitted"``
+      chose after training (:func:`fcslstm_jax.infer.prior.best_strength`); None before.
   """
 
   config: Config
@@ -68,6 +71,17 @@ class RunRecord:
   labels: Optional[str] = None
   age_range: Optional[tuple[float, ...]] = None
   class_weights: Optional[tuple[float, ...]] = None
+  prior_strength: Optional[float] = None
+
+  @property
+  def prior_correction_strength(self) -> Optional[float]:
+    """How strongly evaluation divides the class weights out (:mod:`fcslstm_jax.infer.prior`):
+    None for no correction (``none``, or ``fitted`` before the fit, or no recorded
+    weights)."""
+    kind = self.config.prior_correction
+    if kind == "none" or self.class_weights is None:
+      return None
+    return 1.0 if kind == "full" else self.prior_strength
 
   @property
   def builtin(self) -> bool:
@@ -92,6 +106,8 @@ class RunRecord:
       d["age_range"] = list(self.age_range)
     if self.class_weights is not None:
       d["class_weights"] = [round(float(w), 6) for w in self.class_weights]
+    if self.prior_strength is not None:
+      d["prior_strength"] = self.prior_strength
     return d
 
   @classmethod

@@ -52,15 +52,37 @@ def test_a_class_of_weight_zero_is_left_alone():
   assert prior.corrected(probs, None) is probs
 
 
-def test_training_records_the_weights_and_evaluation_divides_them_out(study_run):
+def test_the_fit_chooses_the_correction_only_where_it_segments_better():
+  rng = np.random.default_rng(0)
+  w = np.array([0.2, 4.0, 1.0, 1.5], np.float32)
+  labels = rng.choice(4, size=4000, p=[0.6, 0.1, 0.15, 0.15])
+  mask = np.ones(labels.shape)
+  truth = np.eye(4)[labels] * 0.6 + 0.1  # a calibrated-looking posterior, argmax right
+  tilted = truth * w / (truth * w).sum(-1, keepdims=True)  # what the weighted loss learns
+  # the weights pull doubtful voxels to the rare class: make some doubtful
+  doubtful = rng.random(4000) < 0.3
+  tilted[doubtful] = prior.corrected(
+    np.full((doubtful.sum(), 4), 0.25) + 0.05 * np.eye(4)[labels[doubtful]], 1 / w
+  )
+  strength, dice = prior.best_strength(prior.dice_counts(tilted, labels, mask, w))
+  assert strength > 0 and dice[prior.STRENGTHS.index(strength)] > dice[0]
+  strength, dice = prior.best_strength(prior.dice_counts(truth, labels, mask, w))
+  assert strength == 0.0  # a network that learned the posterior needs no correction
+  half = prior.scale(w, 0.5)
+  np.testing.assert_allclose(half, prior.scale(w) ** 0.5 / (prior.scale(w) ** 0.5).sum(), rtol=1e-5)
+
+
+def test_training_records_the_weights_and_the_fit_and_evaluation_divides_them_out(study_run):
   runs = pipeline.read_runs([str(study_run)])
   record = runs[0][1]
-  assert record.config.prior_correction  # the tiny preset, as quick
+  assert record.config.prior_correction == "fitted"  # the tiny preset, as quick
   w = np.asarray(record.class_weights)
   assert w.shape == (4,) and w.min() > 0 and w.max() > 2 * w.min()
-  study, proto = pipeline.load_for_evaluation(record)
-  corrected = pipeline.load_members(runs, proto)
-  plain = pipeline.load_members(runs, proto, prior_correction=False)
+  assert record.prior_strength in prior.STRENGTHS
+  full = dataclasses.replace(record, config=record.config.replace(prior_correction="full"))
+  study, proto = pipeline.load_for_evaluation(full)
+  corrected = pipeline.load_members([(runs[0][0], full)], proto)
+  plain = pipeline.load_members([(runs[0][0], full)], proto, prior_correction=False)
   np.testing.assert_allclose(corrected[0].prior_scale, prior.scale(w))
   assert plain[0].prior_scale is None
   fns = ensemble.predict_fns(corrected, tta.flip_variants((), 2))
@@ -76,14 +98,15 @@ def test_an_older_record_without_weights_loads_and_is_segmented_as_predicted(stu
   ((workdir, record),) = pipeline.read_runs([str(study_run)])
   old = record.to_json()
   del old["class_weights"]
+  old["config"]["prior_correction"] = True  # as recorded for a day, before "fitted"
   old_record = run_record.RunRecord.from_json(old)
-  assert old_record.class_weights is None
+  assert old_record.class_weights is None and old_record.config.prior_correction == "full"
   lines = []
   study, proto = pipeline.load_for_evaluation(old_record)
   (member,) = pipeline.load_members([(workdir, old_record)], proto, log=lines.append)
   assert member.prior_scale is None
   assert len(lines) == 1 and "run.json" in lines[0] and "class weights" in lines[0]
-  paper = dataclasses.replace(old_record, config=old_record.config.replace(prior_correction=False))
+  paper = dataclasses.replace(old_record, config=old_record.config.replace(prior_correction="none"))
   lines.clear()
   pipeline.load_members([(workdir, paper)], proto, log=lines.append)
   assert not lines  # the paper's recipe asks for no correction: nothing to say

@@ -73,6 +73,13 @@ def test_run_json_records_what_was_compiled_and_the_class_weights(trained):
   assert None not in (config["unroll"], config["chunk_pixels"], config["batching"])
   weights = record["class_weights"]
   assert len(weights) == 4 and min(weights) > 0
+  assert config["prior_correction"] == "fitted" and record["prior_strength"] in (
+    0,
+    0.25,
+    0.5,
+    0.75,
+    1,
+  )
 
 
 def test_resume_gives_identical_parameters(dataset, trained, tmp_path, capsys):

@@ -33,7 +33,7 @@ def batch_of(b=4, t=2, size=32, seed=0):
 def test_microbatches_give_the_whole_batch_loss_and_gradient():
   batch = batch_of()
   weights = losses.class_weights(batch["labels"], batch["label_mask"], 4)
-  model = networks.FCSLSTM(4, stages=TINY)
+  model = networks.FCN(4, stages=TINY)  # any network: the parts are split around it
   params = networks.init_params(model, 2)
   out = {}
   for parts in (1, 2):

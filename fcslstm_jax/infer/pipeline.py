@@ -87,16 +87,17 @@ def load_members(runs, proto, prior_correction: bool = True, log=print) -> list:
       run.config.replace(**dict.fromkeys(networks.COMPILE_FIELDS)), proto.num_timepoints
     )
     model, params, step = restore_params(workdir, config, proto.num_classes, channels)
-    scale = None
-    if prior_correction and run.config.prior_correction:
-      if run.class_weights is None:
+    scale, strength = None, run.prior_correction_strength
+    if prior_correction and run.config.prior_correction != "none":
+      if strength is None:
         log(
-          f"{run_record.path_of(workdir)}: records no class weights (written before they "
-          "were recorded), so its probabilities are not prior-corrected; resuming the run "
-          "with train.py records them."
+          f"{run_record.path_of(workdir)}: records no class weights or no fitted strength "
+          f"(prior_correction {run.config.prior_correction}; an older or unfinished run), so "
+          "its probabilities are not prior-corrected; finishing or resuming the run with "
+          "train.py records them."
         )
-      else:
-        scale = prior.scale(run.class_weights)
+      elif strength > 0:
+        scale = prior.scale(run.class_weights, strength)
     members.append(ensemble.Member(workdir, run, config, model, params, step, scale))
   return members
 
@@ -214,10 +215,14 @@ def own_unlabeled_subjects(loaded, truth_dir, log=print) -> list:
 
 
 def describe_members(members, flips) -> list:
+  def corrected(m):
+    return (
+      "" if m.prior_scale is None else f", prior correction {m.run.prior_correction_strength:g}"
+    )
+
   lines = [
     f"{'member' if len(members) > 1 else 'run'}: {os.path.abspath(m.workdir)} "
-    f"({m.config.model}, checkpoint step {m.step}"
-    f"{', prior-corrected' if m.prior_scale is not None else ''})"
+    f"({m.config.model}, checkpoint step {m.step}{corrected(m)})"
     for m in members
   ]
   lines.append(
@@ -327,7 +332,9 @@ def evaluate_run(
         for m in members
       ],
       tta_flips=list(flips),
-      prior_corrected=[m.prior_scale is not None for m in members],
+      prior_correction_strength=[
+        m.run.prior_correction_strength if m.prior_scale is not None else 0.0 for m in members
+      ],
       segment_seconds=round(segment_seconds, 1),
       segment_seconds_per_session=round(segment_seconds / max(sessions_done, 1), 2),
       compilations=counter.to_json() if counter else None,

@@ -37,6 +37,7 @@ from fcslstm_jax.errors import ConfigError
 from fcslstm_jax.infer import prior
 from fcslstm_jax.infer import sliding_window
 from fcslstm_jax.infer.predict import make_predict_fn
+from fcslstm_jax.infer.predict import predict_all
 from fcslstm_jax.model.networks import build_model
 from fcslstm_jax.model.networks import init_params
 from fcslstm_jax.run_record import RunRecord
@@ -199,6 +200,7 @@ class Run:
   train_eval_set: Any = None
   eval_batch: int = 1
   score_every: int = 1
+  class_weights: Any = None  # the loss's, also what the prior correction divides out
   pool: SliceSet | None = None  # self-training's unlabeled pool (train/pseudo_labels.py)
   pseudo: SliceSet | None = None  # the pool with its pseudo-labels, once made
   model: Any = None
@@ -256,7 +258,6 @@ def prepare_run(
     out_shardings=parallel.replicated(mesh),
   )
   train_eval_set = train_set if train_eval_set is None else train_eval_set
-  shift = prior.log_shift(weights) if config.prior_correction else None  # scored as segmented
   windows = 0
   if config.spatial_dims == 3:
     predict_fn, eval_batch = (
@@ -267,7 +268,6 @@ def prepare_run(
         local_b,
         scoring.SCORING_OVERLAP,
         desc="scoring" if progress and main else None,
-        log_shift=shift,
       ),
       1,
     )
@@ -275,10 +275,7 @@ def prepare_run(
       [train_eval_set, test_set], sliding_window.window_shape(config)
     )
   else:
-    predict_fn, eval_batch = (
-      parallel.on_local_devices(make_predict_fn(model, log_shift=shift), mesh),
-      local_b,
-    )
+    predict_fn, eval_batch = parallel.on_local_devices(make_predict_fn(model), mesh), local_b
     windows = len(train_eval_set) + len(test_set)
   score_every = scoring.scoring_interval(config, windows, steps_per_epoch * local_b)
   if config.spatial_dims == 3:
@@ -303,6 +300,7 @@ def prepare_run(
     eval_batch=eval_batch,
     score_every=score_every,
     model=model,
+    class_weights=weights,
   )
   return run, state
 
@@ -465,4 +463,34 @@ def train_and_evaluate(
       run.eval_batch,
     )
   # else: the last epoch's scores are the final state's (the same parameters, scored once)
+  if config.prior_correction == "fitted" and config.spatial_dims == 2:
+    fit_prior_correction(run, state, workdir, log)
   return RunResult(state, *scored, time.time() - t0, stopped_by)
+
+
+def fit_prior_correction(run: Run, state, workdir: str, log) -> float:
+  """Chooses how strongly evaluation divides the class weights out (``fitted``,
+  :mod:`fcslstm_jax.infer.prior`): the strength whose segmentation of the labeled training
+  voxels has the best mean tissue Dice, over every process's voxels; recorded in run.json
+  (``prior_strength``). The train.py table scores the network's own argmax (the paper's
+  way); evaluate.py segments with this strength."""
+  data = run.train_eval_set
+  probs = predict_all(
+    make_predict_fn(run.model, proba=True),
+    parallel.local_replica(state.params, run.mesh),
+    data,
+    run.eval_batch,
+  )
+  counts = parallel.sum_over_processes(
+    prior.dice_counts(probs, data.labels, data.label_mask, run.class_weights)
+  )
+  strength, dice = prior.best_strength(counts)
+  log(
+    f"prior correction fitted on the labeled training voxels: strength {strength:g} (mean "
+    f"tissue Dice {', '.join(f'{d:.3f}' for d in dice)} at strengths "
+    f"{', '.join(f'{s:g}' for s in prior.STRENGTHS)})"
+  )
+  if parallel.is_main_process():
+    recorded = run_record.read(workdir)
+    run_record.write(workdir, dataclasses.replace(recorded, prior_strength=strength))
+  return strength
