@@ -133,7 +133,11 @@ def test_bids_app_segments_the_chosen_participants(dataset, trained, tmp_path):
 def test_evaluated_labels_follow_the_input_orientation(dataset, trained, tmp_path):
   """The saved prediction of a voxel is the model's class at that voxel (no flipped axes)."""
   out = tmp_path / "pred"
-  assert evaluate.main(["--workdir", str(trained), "--out", str(out)]) == 0
+  # The network's own argmax: the tiny 4-epoch model's prior-corrected segmentation is mostly
+  # background, which agrees with a flipped truth nearly as well (the correction is the same
+  # per-class factor at every voxel, so it cannot flip axes either way).
+  argv = ["--workdir", str(trained), "--out", str(out), "--no-prior-correction"]
+  assert evaluate.main(argv) == 0
   dseg = sorted(dataset.glob("derivatives/*/sub-*/ses-*/anat/*_dseg.nii*"))[0]
   sub, ses = dseg.parts[-4], dseg.parts[-3]
   (pred_path,) = (out / sub / ses / "anat").glob("*_dseg.nii.gz")
