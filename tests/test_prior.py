@@ -64,9 +64,9 @@ def test_the_fit_chooses_the_correction_only_where_it_segments_better():
   tilted[doubtful] = prior.corrected(
     np.full((doubtful.sum(), 4), 0.25) + 0.05 * np.eye(4)[labels[doubtful]], 1 / w
   )
-  strength, dice = prior.best_strength(prior.dice_counts(tilted, labels, mask, w))
+  strength, dice = prior.best_strength(prior.confusions(tilted, labels, mask, w))
   assert strength > 0 and dice[prior.STRENGTHS.index(strength)] > dice[0]
-  strength, dice = prior.best_strength(prior.dice_counts(truth, labels, mask, w))
+  strength, dice = prior.best_strength(prior.confusions(truth, labels, mask, w))
   assert strength == 0.0  # a network that learned the posterior needs no correction
   half = prior.scale(w, 0.5)
   np.testing.assert_allclose(half, prior.scale(w) ** 0.5 / (prior.scale(w) ** 0.5).sum(), rtol=1e-5)

@@ -92,7 +92,8 @@ def load_members(runs, proto, prior_correction: bool = True, log=print) -> list:
       if strength is None:
         log(
           f"{run_record.path_of(workdir)}: records no class weights or no fitted strength "
-          f"(prior_correction {run.config.prior_correction}; an older or unfinished run), so "
+          f"(prior_correction {run.config.prior_correction}; an older or unfinished run, or "
+          "a 3D one, which the fit does not cover), so "
           "its probabilities are not prior-corrected; finishing or resuming the run with "
           "train.py records them."
         )

@@ -13,26 +13,17 @@ import numpy as np
 from fcslstm_jax.data.sequences import SliceSet
 
 
-def predict(state_or_params, apply_fn, images, valid, log_shift=None):
-  """Class map ``[B, T, H, W]`` (int32) for images ``[B, T, H, W, C]``; ``log_shift [c]``
-  is subtracted from the logits first (:mod:`fcslstm_jax.infer.prior`)."""
-  return jnp.argmax(_logits(state_or_params, apply_fn, images, valid, log_shift), axis=-1).astype(
-    jnp.int32
-  )
-
-
-def predict_proba(state_or_params, apply_fn, images, valid, log_shift=None):
-  """Class probabilities ``[B, T, H, W, c]`` (float32 softmax) for images ``[B, T, H, W, C]``;
-  ``log_shift`` as in :func:`predict`."""
-  return jax.nn.softmax(_logits(state_or_params, apply_fn, images, valid, log_shift), axis=-1)
-
-
-def _logits(state_or_params, apply_fn, images, valid, log_shift):
+def predict(state_or_params, apply_fn, images, valid):
+  """Class map ``[B, T, H, W]`` (int32) for images ``[B, T, H, W, C]``."""
   params = getattr(state_or_params, "params", state_or_params)
-  logits = apply_fn({"params": params}, images, valid).astype(jnp.float32)
-  if log_shift is None:
-    return logits
-  return logits - jnp.asarray(log_shift, jnp.float32).reshape((1,) * (logits.ndim - 1) + (-1,))
+  return jnp.argmax(apply_fn({"params": params}, images, valid), axis=-1).astype(jnp.int32)
+
+
+def predict_proba(state_or_params, apply_fn, images, valid):
+  """Class probabilities ``[B, T, H, W, c]`` (float32 softmax) for images ``[B, T, H, W, C]``."""
+  params = getattr(state_or_params, "params", state_or_params)
+  logits = apply_fn({"params": params}, images, valid)
+  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
 
 def predict_all(predict_fn, params, data: SliceSet, batch_size: int) -> np.ndarray:
@@ -48,9 +39,8 @@ def predict_all(predict_fn, params, data: SliceSet, batch_size: int) -> np.ndarr
   return np.concatenate(out)[:n]
 
 
-def make_predict_fn(model: nn.Module, proba: bool = False, log_shift=None):
+def make_predict_fn(model: nn.Module, proba: bool = False):
   """``fn(params, images [B, T, H, W, C], valid [B, T])`` -> class map ``[B, T, H, W]``, or
-  probabilities ``[B, T, H, W, c]`` with ``proba``; jit-compiled. ``log_shift``: the prior
-  correction's (:func:`fcslstm_jax.infer.prior.log_shift`), or None."""
+  probabilities ``[B, T, H, W, c]`` with ``proba``; jit-compiled."""
   predict_with = predict_proba if proba else predict
-  return jax.jit(lambda p, x, v: predict_with(p, model.apply, x, v, log_shift))
+  return jax.jit(lambda p, x, v: predict_with(p, model.apply, x, v))

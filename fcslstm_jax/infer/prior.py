@@ -4,26 +4,28 @@ to the class frequencies of the data.
 The paper trains with class weights inversely proportional to each class's pixel count (Sec.
 2.3). The minimizer of a cross-entropy weighted by ``w_c`` is not the class posterior
 ``p(c | x)`` but ``q(c | x) ∝ w_c p(c | x)``: the weights act as a change of class priors, so
-the rare classes win every doubtful voxel (a rim of false CSF around the brain, CSF volumes
-+33 %). Dividing by the weights again, ``p(c | x) ∝ q(c | x) / w_c`` (in logits,
-``logits - log w``), recovers the posterior: Saerens et al., "Adjusting the outputs of a
-classifier to new a priori probabilities" (Neural Computation 2002); Menon et al.,
-"Long-tail learning via logit adjustment" (ICLR 2021). Ours, not the paper's: the weights
-still shape what the network learns from the few labeled voxels of the rare classes; only
-the segmentation it writes is corrected. The argmax then maximizes accuracy (and gets the
-volumes right) instead of the mean per-class recall that the paper's mPA measures, so mPA
-falls a little (measured: docs/trajectories.md). ``Config.prior_correction``: ``none``,
-``full`` or ``fitted``. The theory holds for a calibrated network; ours is not always (on the
-built-in dataset the full correction cut held-out CSF Dice by 0.11), so ``fitted`` chooses
-a strength ``s`` in :data:`STRENGTHS` (``logits - s log w``) after training, the one whose
-segmentation of the labeled training voxels has the best mean tissue Dice: chosen on the
-labels training had, never on held-out ones. The weights and the strength are the run's own,
-recorded in ``run.json`` (``class_weights``, ``prior_strength``).
+the rare classes win every doubtful voxel (a rim of false CSF around the brain). Dividing by
+the weights again, ``p(c | x) ∝ q(c | x) / w_c`` (in logits, ``logits - log w``), recovers
+the posterior: Saerens et al., "Adjusting the outputs of a classifier to new a priori
+probabilities" (Neural Computation 2002); Menon et al., "Long-tail learning via logit
+adjustment" (ICLR 2021). Ours, not the paper's: the weights still shape what the network
+learns from the few labeled voxels of the rare classes; only the segmentation it writes is
+corrected. The argmax then maximizes accuracy (and gets the volumes right) instead of the
+mean per-class recall that the paper's mPA measures, so mPA falls a little (measured:
+docs/trajectories.md). ``Config.prior_correction``: ``none``, ``full`` or ``fitted``. The
+theory holds for a calibrated network; ours is not always (on the built-in dataset the full
+correction undershoots CSF: README.md), so ``fitted`` chooses a strength ``s`` in
+:data:`STRENGTHS` (``logits - s log w``) after training, the one whose segmentation of the
+labeled training voxels has the best mean tissue Dice: chosen on the labels training had,
+never on held-out ones. The weights and the strength are the run's own, recorded in
+``run.json`` (``class_weights``, ``prior_strength``).
 
 Layout: logits or probabilities ``[..., c]``, the classes last.
 """
 
 import numpy as np
+
+from fcslstm_jax import metrics
 
 
 def log_shift(class_weights) -> np.ndarray:
@@ -45,29 +47,26 @@ def scale(class_weights, strength: float = 1.0) -> np.ndarray:
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def dice_counts(probs, labels, mask, class_weights, strengths=STRENGTHS) -> np.ndarray:
-  """For each strength, per tissue class (1..c-1): ``[intersection, predicted, true]`` voxel
-  counts of the corrected segmentation on the labeled voxels (``mask > 0``), float64
-  ``[len(strengths), 3, c - 1]``: sums over processes or batches add up."""
-  keep = np.asarray(mask) > 0
-  probs, labels = np.asarray(probs)[keep], np.asarray(labels)[keep]  # [N, c], [N]
-  c = probs.shape[-1]
+def confusions(probs, labels, mask, class_weights, strengths=STRENGTHS) -> np.ndarray:
+  """For each strength, the confusion matrix (:func:`fcslstm_jax.metrics.confusion_counts`)
+  of the corrected segmentation on the labeled voxels (``mask > 0``), int64
+  ``[len(strengths), c, c]``: sums over processes or batches add up."""
+  c = np.shape(probs)[-1]
   logp = np.log(np.maximum(probs, 1e-30))
-  out = np.zeros((len(strengths), 3, c - 1))
-  for i, strength in enumerate(strengths):
-    pred = np.argmax(logp - strength * log_shift(class_weights), axis=-1)
-    for k in range(1, c):
-      p, t = pred == k, labels == k
-      out[i, :, k - 1] = (p & t).sum(), p.sum(), t.sum()
-  return out
+  return np.stack(
+    [
+      metrics.confusion_counts(np.argmax(logp - s * log_shift(class_weights), -1), labels, mask, c)
+      for s in strengths
+    ]
+  )
 
 
-def best_strength(counts, strengths=STRENGTHS) -> tuple[float, list]:
+def best_strength(cms, strengths=STRENGTHS) -> tuple[float, list]:
   """``(strength, mean Dice per strength)``: the strength whose segmentation has the highest
-  mean Dice of the tissue classes (from :func:`dice_counts`); the weaker one on a tie."""
-  inter, pred, true = counts[:, 0], counts[:, 1], counts[:, 2]
-  dice = (2 * inter / np.maximum(pred + true, 1)).mean(axis=-1)
-  return float(strengths[int(np.argmax(dice))]), [round(float(d), 4) for d in dice]
+  mean Dice of the tissue classes present (from :func:`confusions`); the weaker one on a
+  tie."""
+  dice = [float(np.nanmean(metrics.dice_per_class(cm)[1:])) for cm in cms]
+  return float(strengths[int(np.nanargmax(dice))]), [round(d, 4) for d in dice]
 
 
 def corrected(probs: np.ndarray, class_scale) -> np.ndarray:

@@ -372,8 +372,8 @@ class FCSLSTM(nn.Module):
       spatial_dims=self.spatial_dims,
     )
     chunk_pixels = self.chunk_pixels
-    if chunk_pixels is None and (self.remat != "none" or self.spatial_dims == 3):
-      chunk_pixels = 0  # see "Chunking" in the module docstring
+    if chunk_pixels is None:  # see "Chunking" in the module docstring
+      chunk_pixels = default_chunk_pixels("fcslstm", self.remat, self.spatial_dims)
     valid = slice_validity(valid, y.shape[2], self.spatial_dims)
     feats = []
     for k, (ch, n) in enumerate(self.stages):
@@ -450,6 +450,15 @@ def build_model(config, num_classes: int) -> nn.Module:
   return model.clone(stages=config.model_stages)
 
 
+def default_chunk_pixels(model: str, remat: str, spatial_dims: int, backend=None, devices=None):
+  """Ψx chunking when ``chunk_pixels`` is null ("Chunking" above): FCSLSTM's 2D stages without
+  remat a few images at a time where that is faster
+  (:func:`fcslstm_jax.model.psi.default_chunk_pixels`), everything else in one call (0)."""
+  if model == "fcn" or remat != "none" or spatial_dims == 3:
+    return 0
+  return psi.default_chunk_pixels(backend, devices)
+
+
 # Config fields that only say how the network is compiled (same function, other speed or
 # memory); left null, they are the backend's choice (:func:`with_backend_defaults`).
 COMPILE_FIELDS = ("unroll", "chunk_pixels", "batching")
@@ -464,8 +473,7 @@ def with_backend_defaults(config, num_steps: int, backend=None, devices=None):
   records what was compiled. The FCN has no time loop: only its chunking is resolved."""
   chunk = config.chunk_pixels
   if chunk is None:
-    lean_or_3d = config.remat != "none" or config.spatial_dims == 3
-    chunk = 0 if config.model == "fcn" or lean_or_3d else psi.default_chunk_pixels(backend, devices)
+    chunk = default_chunk_pixels(config.model, config.remat, config.spatial_dims, backend, devices)
   if config.model == "fcn":
     return config.replace(chunk_pixels=chunk)
   return config.replace(

@@ -463,8 +463,11 @@ def train_and_evaluate(
       run.eval_batch,
     )
   # else: the last epoch's scores are the final state's (the same parameters, scored once)
-  if config.prior_correction == "fitted" and config.spatial_dims == 2:
-    fit_prior_correction(run, state, workdir, log)
+  if config.prior_correction == "fitted":
+    if config.spatial_dims == 2:
+      fit_prior_correction(run, state, workdir, log)
+    else:
+      log("prior_correction fitted: the fit is for 2D runs; this 3D run segments uncorrected.")
   return RunResult(state, *scored, time.time() - t0, stopped_by)
 
 
@@ -481,10 +484,10 @@ def fit_prior_correction(run: Run, state, workdir: str, log) -> float:
     data,
     run.eval_batch,
   )
-  counts = parallel.sum_over_processes(
-    prior.dice_counts(probs, data.labels, data.label_mask, run.class_weights)
+  cms = parallel.sum_over_processes(
+    prior.confusions(probs, data.labels, data.label_mask, run.class_weights)
   )
-  strength, dice = prior.best_strength(counts)
+  strength, dice = prior.best_strength(cms)
   log(
     f"prior correction fitted on the labeled training voxels: strength {strength:g} (mean "
     f"tissue Dice {', '.join(f'{d:.3f}' for d in dice)} at strengths "

@@ -20,14 +20,12 @@ def make_volume_predict_fn(
   window_batch: int,
   overlap: float | None = None,
   desc: str | None = None,
-  log_shift=None,
 ):
   """``fn(params, volumes [N, T, D, H, W, C], valid [N, T, D])`` -> class map ``[N, T, D, H, W]``
   by sliding windows of ``config.patch_size`` (``window_batch`` at a time, split over this
   process's devices), overlapping by ``overlap`` (default ``config.window_overlap``); with
-  ``desc``, a progress bar over the windows; ``log_shift``: the prior correction's
-  (:func:`fcslstm_jax.infer.prior.log_shift`), or None."""
-  windows = parallel.on_local_devices(make_predict_fn(model, proba=True, log_shift=log_shift), mesh)
+  ``desc``, a progress bar over the windows."""
+  windows = parallel.on_local_devices(make_predict_fn(model, proba=True), mesh)
   overlap = config.window_overlap if overlap is None else overlap
   return sliding_window.volume_predict_fn(
     windows, sliding_window.window_shape(config), overlap, window_batch, desc=desc
