@@ -8,14 +8,15 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="fcsl
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-# XLA:CPU's LLVM optimization level 0: the same HLO programs (same fusion, same buffers),
-# compiled several times faster because LLVM does not optimize the generated loops; results
-# can differ from the default level in the last bits. Compiling, not running, is what these
-# tests spend their time on (the suite went from ~8.5 to ~4.5 min on 2 cores). Inherited by
-# the CLI subprocesses, so in-process and subprocess runs share cached programs.
-os.environ["XLA_FLAGS"] = " ".join(
-  filter(None, (os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"))
-)
+# Compiling, not running, is what these tests spend their time on, so XLA:CPU compiles for
+# speed of compiling: LLVM optimization level 0 (the generated loops are not optimized), and
+# fused elementwise code from XLA's classic emitter instead of its MLIR fusion emitters
+# (several times faster to compile these programs; see docs/performance.md). The HLO
+# programs are the same (same fusion, same buffers); results can differ from the default
+# flags in the last bits. Inherited by the CLI subprocesses, so in-process and subprocess
+# runs share cached programs.
+FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+os.environ["XLA_FLAGS"] = " ".join(filter(None, (os.environ.get("XLA_FLAGS", ""), *FAST_COMPILE)))
 
 import jax
 

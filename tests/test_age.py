@@ -89,14 +89,14 @@ def test_ages_change_the_output():
   images = jax.random.uniform(jax.random.PRNGKey(0), (1, 3, 16, 16, 2))
   months = np.array([[6.0, 12.0, 24.0]])
   x = jnp.asarray(sequences.with_age_channel(np.asarray(images), months, np.ones((1, 3), bool)))
-  params = model.init(jax.random.PRNGKey(1), x)["params"]
+  params = jax.jit(model.init)(jax.random.PRNGKey(1), x)["params"]
   assert "film1" in params
 
   def out(ages_years):
     channel = jnp.broadcast_to(ages_years[:, :, None, None, None], x.shape[:-1] + (1,))
     return jnp.sum(model.apply({"params": params}, jnp.concatenate([images, channel], -1)) ** 2)
 
-  grad = jax.grad(out)(jnp.asarray(months / 12, jnp.float32))
+  grad = jax.jit(jax.grad(out))(jnp.asarray(months / 12, jnp.float32))
   assert np.all(np.isfinite(grad)) and float(jnp.abs(grad).max()) > 0
 
 

@@ -98,9 +98,9 @@ def test_merged_layer_equals_two_scan_layer(options):
   old_options = {k: v for k, v in options.items() if k not in ("psi_x_in_scan", "batching")}
   old = TwoScanBidirectionalLSTM(3, PSI_X, PSI_H, **old_options)
   new = slstm.BidirectionalLSTM(3, PSI_X, PSI_H, **options)
-  init_old = old.init(jax.random.PRNGKey(1), X)["params"]
+  init_old = jax.jit(old.init)(jax.random.PRNGKey(1), X)["params"]
   chex.assert_trees_all_equal(
-    new.init(jax.random.PRNGKey(1), X)["params"],  # same start
+    jax.jit(new.init)(jax.random.PRNGKey(1), X)["params"],  # same start
     slstm.merge_directions(init_old),
   )
   p_old = _perturbed(init_old)
@@ -115,7 +115,7 @@ def test_merged_layer_equals_two_scan_layer(options):
 def test_merged_layer_skips_missing_time_points_in_both_directions():
   """A sequence with a gap equals the sequence without it, both directions' outputs."""
   layer = slstm.BidirectionalLSTM(3, PSI_X, PSI_H)
-  params = {"params": _perturbed(layer.init(jax.random.PRNGKey(1), X)["params"])}
+  params = {"params": _perturbed(jax.jit(layer.init)(jax.random.PRNGKey(1), X)["params"])}
   apply = jax.jit(layer.apply)
   for valid, kept in (
     ([True, False, True], [0, 2]),
@@ -145,10 +145,10 @@ def test_one_scan_for_both_directions(batching, convs):
   a scan of length 2 over the directions, unrolled). ``convs``: (feature groups, calls)."""
   new = slstm.BidirectionalLSTM(3, PSI_X, PSI_H, unroll=1, batching=batching)
   old = TwoScanBidirectionalLSTM(3, PSI_X, PSI_H, unroll=1)
-  assert len(_scans(old.apply, old.init(jax.random.PRNGKey(1), X), X)) == 2
+  assert len(_scans(old.apply, jax.jit(old.init)(jax.random.PRNGKey(1), X), X)) == 2
   time_scans = [
     e
-    for e in _scans(new.apply, new.init(jax.random.PRNGKey(1), X), X)
+    for e in _scans(new.apply, jax.jit(new.init)(jax.random.PRNGKey(1), X), X)
     if e.params["length"] == X.shape[1]
   ]  # not ``loop``'s scans of 2 directions
   (scan,) = time_scans

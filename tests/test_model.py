@@ -40,10 +40,10 @@ def test_dense_psi_is_the_classic_lstm():
     hidden, psi_x=psi.Dense, psi_h=functools.partial(psi.Dense, use_bias=False)
   )
   x = jax.random.normal(jax.random.PRNGKey(0), (2, t, 5, 6, cin))
-  params = layer.init(jax.random.PRNGKey(1), x)["params"]
+  params = jax.jit(layer.init)(jax.random.PRNGKey(1), x)["params"]
   # Random (not initial) bias, so that every term of Eq. 1 is exercised.
   params = jax.tree_util.tree_map(lambda p: p + 0.1, params)
-  got = layer.apply({"params": params}, x)
+  got = jax.jit(layer.apply)({"params": params}, x)
   chex.assert_shape(got, (2, t, 5, 6, hidden))
   xs = np.moveaxis(np.asarray(x, np.float64), 1, 0).reshape(t, -1, cin)  # pixels as batch
   want = numpy_lstm(
@@ -64,8 +64,8 @@ def test_conv_psi_is_the_conv_lstm():
     hidden, psi_x=psi.Conv, psi_h=functools.partial(psi.Conv, use_bias=False)
   )
   x = jax.random.normal(jax.random.PRNGKey(0), (1, t, 7, 9, cin))
-  params = layer.init(jax.random.PRNGKey(1), x)["params"]
-  got = layer.apply({"params": params}, x)
+  params = jax.jit(layer.init)(jax.random.PRNGKey(1), x)["params"]
+  got = jax.jit(layer.apply)({"params": params}, x)
 
   def conv(a, k):  # independent reference: lax.conv on NCHW/OIHW
     out = jax.lax.conv_general_dilated(
@@ -97,8 +97,8 @@ def test_masked_step_keeps_state_and_outputs_zero():
   h = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 5, 4))
   xg = jax.random.normal(jax.random.PRNGKey(2), (2, 5, 5, 16))
   valid = jnp.array([False, True])
-  params = step.init(jax.random.PRNGKey(3), (c, h), (xg, valid))
-  (c2, h2), out = step.apply(params, (c, h), (xg, valid))
+  params = jax.jit(step.init)(jax.random.PRNGKey(3), (c, h), (xg, valid))
+  (c2, h2), out = jax.jit(step.apply)(params, (c, h), (xg, valid))
   chex.assert_trees_all_equal((c2[0], h2[0]), (c[0], h[0]))
   assert not np.allclose(c2[1], c[1]) and not np.allclose(h2[1], h[1])
   chex.assert_trees_all_equal(out[0], jnp.zeros_like(out[0]))
@@ -109,9 +109,9 @@ def test_missing_time_point_is_skipped_by_the_sequence():
   """A sequence with a missing middle session equals the same sequence without it."""
   layer = slstm.StructuredLSTM(3, psi_x=psi.Conv, psi_h=functools.partial(psi.Conv, use_bias=False))
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 6, 6, 2))
-  params = layer.init(jax.random.PRNGKey(1), x)
-  with_gap = layer.apply(params, x, jnp.array([[True, False, True]]))
-  without = layer.apply(params, x[:, ::2])
+  params = jax.jit(layer.init)(jax.random.PRNGKey(1), x)
+  with_gap = jax.jit(layer.apply)(params, x, jnp.array([[True, False, True]]))
+  without = jax.jit(layer.apply)(params, x[:, ::2])
   chex.assert_trees_all_close(with_gap[:, ::2], without, atol=1e-6)
   chex.assert_trees_all_equal(with_gap[:, 1], jnp.zeros_like(with_gap[:, 1]))
 
@@ -207,9 +207,12 @@ def test_chunked_conv_stages_give_the_same_function(name):
   ]
   assert convs[1] > convs[0], convs  # the chunked model really makes more, smaller calls
   for model in (whole, chunked):
-    chex.assert_shape(model.apply({"params": params}, x), (1, 3, 32, 32, 3))
+    chex.assert_shape(jax.jit(model.apply)({"params": params}, x), (1, 3, 32, 32, 3))
   chex.assert_trees_all_close(
-    whole.apply({"params": params}, x), chunked.apply({"params": params}, x), rtol=1e-5, atol=1e-6
+    jax.jit(whole.apply)({"params": params}, x),
+    jax.jit(chunked.apply)({"params": params}, x),
+    rtol=1e-5,
+    atol=1e-6,
   )
   g0 = jax.jit(jax.grad(_loss_fn(whole)))(params, x)
   g1 = jax.jit(jax.grad(_loss_fn(chunked)))(params, x)
@@ -309,7 +312,7 @@ def test_finite_difference_gradients_float64():
   with jax.enable_x64(True):
     model = networks.FCSLSTM(2, bidirectional=True, stages=((2, 1),) * 5, dtype=jnp.float64)
     x = jax.random.normal(jax.random.PRNGKey(0), (1, 2, 32, 32, 1), jnp.float64)
-    params = model.init(jax.random.PRNGKey(1), x)["params"]
+    params = jax.jit(model.init)(jax.random.PRNGKey(1), x)["params"]
     leaves, tree = jax.tree_util.tree_flatten_with_path(params)
     keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
     params = jax.tree_util.tree_unflatten(
@@ -357,9 +360,9 @@ def test_upsampling_treats_the_border_like_the_interior(pattern):
     if pattern == "constant"
     else jnp.tile(jnp.array([[1.0, -2.0], [0.5, 3.0]])[None, :, :, None], (1, 3, 3, 2))
   )
-  params = deconv.init(jax.random.PRNGKey(0), y)
+  params = jax.jit(deconv.init)(jax.random.PRNGKey(0), y)
   reflect = networks.upsample_reflect(functools.partial(deconv.apply, params), y)
-  zeros = deconv.apply(params, y)
+  zeros = jax.jit(deconv.apply)(params, y)
   chex.assert_shape(reflect, (1, 12, 12, 3))
   period = 2 if pattern == "constant" else 4
   for out, periodic in ((reflect, True), (zeros, False)):
@@ -382,8 +385,8 @@ def test_upsample_by_phases_is_the_reflect_padded_transposed_convolution(spatial
   deconv = flax.linen.ConvTranspose(
     4, (4,) * k, strides=(2,) * k, padding="SAME", kernel_init=networks.psi.kaiming
   )
-  params = ours.init(jax.random.PRNGKey(0), y)
-  chex.assert_trees_all_equal(params, deconv.init(jax.random.PRNGKey(0), y))
+  params = jax.jit(ours.init)(jax.random.PRNGKey(0), y)
+  chex.assert_trees_all_equal(params, jax.jit(deconv.init)(jax.random.PRNGKey(0), y))
   params = jax.tree_util.tree_map(  # a non-zero bias too
     lambda p: p + jax.random.normal(jax.random.PRNGKey(2), p.shape), params
   )
@@ -391,7 +394,9 @@ def test_upsample_by_phases_is_the_reflect_padded_transposed_convolution(spatial
   def reference(p, y):
     return networks.upsample_reflect(functools.partial(deconv.apply, p), y)
 
-  np.testing.assert_allclose(ours.apply(params, y), reference(params, y), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    jax.jit(ours.apply)(params, y), reference(params, y), rtol=1e-5, atol=1e-5
+  )
 
   def loss(f):
     return lambda p, y: jnp.sum(jnp.sin(f(p, y)))

@@ -58,8 +58,8 @@ def test_conv_psi_is_the_3d_conv_lstm():
   conv3 = functools.partial(psi.Conv, spatial_dims=3)
   layer = slstm.StructuredLSTM(hidden, psi_x=conv3, psi_h=functools.partial(conv3, use_bias=False))
   x = jax.random.normal(jax.random.PRNGKey(0), (1, t, 4, 5, 6, cin))
-  params = layer.init(jax.random.PRNGKey(1), x)["params"]
-  got = layer.apply({"params": params}, x)
+  params = jax.jit(layer.init)(jax.random.PRNGKey(1), x)["params"]
+  got = jax.jit(layer.apply)({"params": params}, x)
   chex.assert_shape(got, (1, t, 4, 5, 6, hidden))
 
   def conv(a, k):
@@ -92,9 +92,9 @@ def test_missing_time_point_is_skipped_in_3d(bidirectional):
   cls = slstm.BidirectionalLSTM if bidirectional else slstm.StructuredLSTM
   layer = cls(3, psi_x=conv3, psi_h=functools.partial(conv3, use_bias=False))
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 4, 5, 4, 2))
-  params = layer.init(jax.random.PRNGKey(1), x)
-  with_gap = layer.apply(params, x, jnp.array([[True, False, True]]))
-  without = layer.apply(params, x[:, ::2])
+  params = jax.jit(layer.init)(jax.random.PRNGKey(1), x)
+  with_gap = jax.jit(layer.apply)(params, x, jnp.array([[True, False, True]]))
+  without = jax.jit(layer.apply)(params, x[:, ::2])
   chex.assert_trees_all_close(with_gap[:, ::2], without, atol=1e-6)
   chex.assert_trees_all_equal(with_gap[:, 1], jnp.zeros_like(with_gap[:, 1]))
 
@@ -161,10 +161,10 @@ def test_validity_per_slice_masks_the_slices_outside_a_sessions_view():
   conv3 = functools.partial(psi.Conv, spatial_dims=3)
   layer = slstm.StructuredLSTM(3, psi_x=conv3, psi_h=functools.partial(conv3, use_bias=False))
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 4, 5, 4, 2))
-  params = layer.init(jax.random.PRNGKey(1), x)
+  params = jax.jit(layer.init)(jax.random.PRNGKey(1), x)
   valid = np.ones((1, 3, 4), bool)
   valid[0, 1, 2:] = False  # time point 2 sees slices 0, 1 only
-  h = np.asarray(layer.apply(params, x, jnp.asarray(valid)))
+  h = np.asarray(jax.jit(layer.apply)(params, x, jnp.asarray(valid)))
   assert np.all(h[0, 1, 2:] == 0) and np.all(np.abs(h[0, 1, :2]).sum(axis=(1, 2, 3)) > 0)
   padded = networks.slice_validity(jnp.asarray(valid[:, :, :3]), 4, 3)
   np.testing.assert_array_equal(np.asarray(padded), valid)  # the last slice repeated

@@ -3,9 +3,9 @@
 The device-count and multi-process runs need fresh interpreters (XLA_FLAGS and
 jax.distributed must be set before JAX touches a device): tests/parallel_worker.py runs in
 subprocesses, all started at once by one module fixture so that their compilations overlap,
-and killed in a ``finally`` block whatever happens. XLA:CPU's LLVM optimization level 0
-makes these tiny programs compile several times faster; the numbers compared are computed
-under the same flags on both sides.
+and killed in a ``finally`` block whatever happens. They compile with conftest.py's
+fast-compile XLA:CPU flags; the numbers compared are computed under the same flags on both
+sides.
 """
 
 import os
@@ -28,7 +28,7 @@ from fcslstm_jax.train import parallel
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "parallel_worker.py"
 TINY_DATA = bric_like.TINY
-FAST_COMPILE = "--xla_backend_optimization_level=0"
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 TIMEOUT_S = 240  # all three; the two-process run must end within 120 s
 REFUSED_TIMEOUT_S = 90  # a refused two-process run: start-up and the data, no compilation
 EPOCHS_2P = 8  # two-process runs: one step per epoch

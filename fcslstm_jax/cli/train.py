@@ -349,30 +349,7 @@ def run(args) -> int:
   }
   log(sequences.describe_study(loaded, counts))
   sequences.check_training_labels(counts["train"], protocol, loaded.root)
-  train_eval_set = pool = None
-  if cfg.spatial_dims == 3:
-    shape = parallel.agree_max(patches.volume_shape(loaded.subjects))
-    train_set, train_eval_set, test_set = patches.training_sets(
-      loaded.subjects, protocol, cfg.patch_size, cfg.seed, shape
-    )
-    what = (
-      f"{len(train_set)} training volumes of shape {train_set.images.shape[1:]} (T, D, "
-      f"H, W, C), patches {list(cfg.patch_size)}"
-    )
-  else:
-    size = parallel.agree_max(sequences.in_plane_size(loaded.subjects))
-    ages = cfg.age_input != "none"
-    carry = (cfg.propagate_labels, cfg.propagate_erosion)
-    train_set = sequences.make_sequences(
-      loaded.subjects, protocol, "train", size, ages=ages, propagation=carry
-    )
-    test_set = sequences.make_sequences(loaded.subjects, protocol, "test", size, ages=ages)
-    what = f"{len(train_set)} training sequences of shape {train_set.images.shape[1:]}"
-    if cfg.pseudo_label_epochs:
-      pool = sequences.make_sequences(
-        loaded.subjects, protocol, "train", size, every_slice=True, ages=ages
-      )
-      what += f", {len(pool)} more for self-training in the last {cfg.pseudo_label_epochs} epochs"
+  train_set, test_set, train_eval_set, pool, what = training_sets(cfg, loaded.subjects, protocol)
   log(
     f"{what}; model {cfg.model}; workdir {workdir}; {mesh.size} "
     f"{mesh.devices.flat[0].platform} device(s), {jax.process_count()} process(es)"
@@ -400,6 +377,41 @@ def run(args) -> int:
     return 130
   if not main:
     return 0
+  report(args, cfg, protocol, workdir, result, log)
+  return 0
+
+
+def training_sets(cfg, subjects, protocol):
+  """``(train_set, test_set, train_eval_set, pool, description)`` for this process's
+  subjects: slice sequences (2D; ``pool``: every slice, for self-training) or volumes and
+  patches (3D; ``train_eval_set``: the training volumes' labeled slabs)."""
+  train_eval_set = pool = None
+  if cfg.spatial_dims == 3:
+    shape = parallel.agree_max(patches.volume_shape(subjects))
+    train_set, train_eval_set, test_set = patches.training_sets(
+      subjects, protocol, cfg.patch_size, cfg.seed, shape
+    )
+    what = (
+      f"{len(train_set)} training volumes of shape {train_set.images.shape[1:]} (T, D, "
+      f"H, W, C), patches {list(cfg.patch_size)}"
+    )
+    return train_set, test_set, train_eval_set, pool, what
+  size = parallel.agree_max(sequences.in_plane_size(subjects))
+  ages = cfg.age_input != "none"
+  carry = (cfg.propagate_labels, cfg.propagate_erosion)
+  train_set = sequences.make_sequences(
+    subjects, protocol, "train", size, ages=ages, propagation=carry
+  )
+  test_set = sequences.make_sequences(subjects, protocol, "test", size, ages=ages)
+  what = f"{len(train_set)} training sequences of shape {train_set.images.shape[1:]}"
+  if cfg.pseudo_label_epochs:
+    pool = sequences.make_sequences(subjects, protocol, "train", size, every_slice=True, ages=ages)
+    what += f", {len(pool)} more for self-training in the last {cfg.pseudo_label_epochs} epochs"
+  return train_set, test_set, train_eval_set, pool, what
+
+
+def report(args, cfg, protocol, workdir: str, result, log) -> None:
+  """Writes results.json and prints the table (process 0)."""
   summary = {
     "train": result.train,
     "test": result.test,
@@ -419,7 +431,6 @@ def run(args) -> int:
     f"\nResults: {os.path.join(workdir, 'results.json')}; segment whole scans with "
     f"python evaluate.py --workdir {workdir}"
   )
-  return 0
 
 
 if __name__ == "__main__":

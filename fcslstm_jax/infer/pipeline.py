@@ -305,37 +305,16 @@ def evaluate_run(
         "TestTimeFlips": list(flips),
       },
     )
-    segment_seconds, sessions_done = 0.0, 0  # the forward passes (sliding windows in 3D)
-    for subject, seq, probs, seconds in segment_study(loaded, members, flips, batch_size, log):
-      sessions = sum(s is not None for s in subject.timepoints)
-      segment_seconds, sessions_done = segment_seconds + seconds, sessions_done + sessions
-      for t, session in enumerate(subject.timepoints):
-        if session is not None:
-          outputs = session_outputs(np.moveaxis(probs[:, t], 0, 2), subject, session)
-          study_writer.add_session(subject.subject_id, t, session, *outputs, probs[:, t])
-      pred = np.argmax(probs, axis=-1).astype(np.int32)  # [Z, T, X, Y] on the working grid
-      study_writer.add_subject(subject, seq, pred)
-      log(
-        f"sub-{subject.subject_id}: {pred.shape[0]} slices x {pred.shape[1]} time points, "
-        f"segmented in {seconds:.1f} s ({seconds / max(sessions, 1):.1f} s per session)"
-      )
+    segment_seconds, sessions_done = write_segmentations(
+      loaded, members, flips, batch_size, study_writer, log
+    )
     if study_writer.figure is None:
       raise DataError(
         f"{loaded.root}: no session of any subject fits the protocol "
         f"{proto.name}'s time points; nothing to segment."
       )
     run_fields = dict(
-      workdir=os.path.abspath(workdirs[0]),
-      checkpoint_step=members[0].step,
-      model=members[0].config.model if len(members) == 1 else "ensemble",
-      members=[
-        {"workdir": os.path.abspath(m.workdir), "model": m.config.model, "checkpoint_step": m.step}
-        for m in members
-      ],
-      tta_flips=list(flips),
-      prior_correction_strength=[
-        m.run.prior_correction_strength if m.prior_scale is not None else 0.0 for m in members
-      ],
+      evaluation_fields(members, flips),
       segment_seconds=round(segment_seconds, 1),
       segment_seconds_per_session=round(segment_seconds / max(sessions_done, 1), 2),
       compilations=counter.to_json() if counter else None,
@@ -355,6 +334,44 @@ def evaluate_run(
   for path in manifest.seal(out_dir, ident, written, earlier):
     log(f"removed {path}: an earlier evaluation's output that this one does not write")
   return result
+
+
+def write_segmentations(loaded, members, flips, batch_size: int, study_writer, log):
+  """Segments every subject and hands each session's outputs to ``study_writer``.
+  Returns ``(seconds, sessions)``: the forward passes' time (sliding windows in 3D) and
+  the sessions segmented."""
+  segment_seconds, sessions_done = 0.0, 0
+  for subject, seq, probs, seconds in segment_study(loaded, members, flips, batch_size, log):
+    sessions = sum(s is not None for s in subject.timepoints)
+    segment_seconds, sessions_done = segment_seconds + seconds, sessions_done + sessions
+    for t, session in enumerate(subject.timepoints):
+      if session is not None:
+        outputs = session_outputs(np.moveaxis(probs[:, t], 0, 2), subject, session)
+        study_writer.add_session(subject.subject_id, t, session, *outputs, probs[:, t])
+    pred = np.argmax(probs, axis=-1).astype(np.int32)  # [Z, T, X, Y] on the working grid
+    study_writer.add_subject(subject, seq, pred)
+    log(
+      f"sub-{subject.subject_id}: {pred.shape[0]} slices x {pred.shape[1]} time points, "
+      f"segmented in {seconds:.1f} s ({seconds / max(sessions, 1):.1f} s per session)"
+    )
+  return segment_seconds, sessions_done
+
+
+def evaluation_fields(members, flips) -> dict:
+  """What metrics.json records about the networks that segmented."""
+  return dict(
+    workdir=os.path.abspath(members[0].workdir),
+    checkpoint_step=members[0].step,
+    model=members[0].config.model if len(members) == 1 else "ensemble",
+    members=[
+      {"workdir": os.path.abspath(m.workdir), "model": m.config.model, "checkpoint_step": m.step}
+      for m in members
+    ],
+    tta_flips=list(flips),
+    prior_correction_strength=[
+      m.run.prior_correction_strength if m.prior_scale is not None else 0.0 for m in members
+    ],
+  )
 
 
 def segment_study(loaded, members, flips, batch_size: int, log=print):

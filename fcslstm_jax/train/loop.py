@@ -206,6 +206,32 @@ class Run:
   model: Any = None
 
 
+def loss_class_weights(config: Config, train_set, num_classes: int):
+  """The loss's class weights (``config.class_weighting``), from every process's labels."""
+  counts = losses.class_counts(train_set.labels, train_set.label_mask, num_classes)
+  return losses.class_weights_from_counts(
+    parallel.sum_over_processes(counts), config.class_weighting
+  )
+
+
+def scoring_setup(model, config: Config, mesh, local_batch: int, splits, progress: bool):
+  """``(predict_fn, eval_batch, windows)`` for scoring ``splits`` during training: 2D runs
+  predict ``local_batch`` sequences per call; 3D runs one volume per call, by
+  non-overlapping windows (``scoring.SCORING_OVERLAP``), ``windows`` of them per scoring."""
+  if config.spatial_dims == 3:
+    predict_fn = scoring.make_volume_predict_fn(
+      model,
+      config,
+      mesh,
+      local_batch,
+      scoring.SCORING_OVERLAP,
+      desc="scoring" if progress else None,
+    )
+    return predict_fn, 1, scoring.scoring_windows(splits, sliding_window.window_shape(config))
+  predict_fn = parallel.on_local_devices(make_predict_fn(model), mesh)
+  return predict_fn, local_batch, sum(len(split) for split in splits)
+
+
 def prepare_run(
   config,
   train_set,
@@ -233,12 +259,7 @@ def prepare_run(
     raise ConfigError(
       f"--batch-size {b} is larger than the training sequences ({n} in this process's share)."
     )
-  weights = losses.class_weights_from_counts(
-    parallel.sum_over_processes(
-      losses.class_counts(train_set.labels, train_set.label_mask, len(class_names))
-    ),
-    config.class_weighting,
-  )
+  weights = loss_class_weights(config, train_set, len(class_names))
   record = dataclasses.replace(record, class_weights=tuple(float(w) for w in weights))
   # Only process 0 reads and writes run.json; whether that failed (another run's folder, a
   # read-only or full disk) is agreed on before the next collective, so that no process
@@ -258,25 +279,9 @@ def prepare_run(
     out_shardings=parallel.replicated(mesh),
   )
   train_eval_set = train_set if train_eval_set is None else train_eval_set
-  windows = 0
-  if config.spatial_dims == 3:
-    predict_fn, eval_batch = (
-      scoring.make_volume_predict_fn(
-        model,
-        config,
-        mesh,
-        local_b,
-        scoring.SCORING_OVERLAP,
-        desc="scoring" if progress and main else None,
-      ),
-      1,
-    )
-    windows = scoring.scoring_windows(
-      [train_eval_set, test_set], sliding_window.window_shape(config)
-    )
-  else:
-    predict_fn, eval_batch = parallel.on_local_devices(make_predict_fn(model), mesh), local_b
-    windows = len(train_eval_set) + len(test_set)
+  predict_fn, eval_batch, windows = scoring_setup(
+    model, config, mesh, local_b, [train_eval_set, test_set], progress and main
+  )
   score_every = scoring.scoring_interval(config, windows, steps_per_epoch * local_b)
   if config.spatial_dims == 3:
     log(
@@ -353,15 +358,8 @@ def end_epoch(run: Run, state, epoch: int, losses_seen, seconds: float):
   :class:`fcslstm_jax.train.metrics_log.MetricsLog`). Returns the scores (train, test), or None for
   an unscored epoch
   (its line has no mPA; its checkpoint no metric, so it cannot become the best)."""
-  scores, t0 = None, time.time()
-  if scoring.is_scored(run, epoch):
-    scores = scoring.evaluate_splits(
-      run.predict_fn,
-      parallel.local_replica(state.params, run.mesh),
-      [run.train_eval_set, run.test_set],
-      run.class_names,
-      run.eval_batch,
-    )
+  t0 = time.time()
+  scores = score(run, state) if scoring.is_scored(run, epoch) else None
   step = int(state.step)
   record = {
     "epoch": epoch + 1,
@@ -423,20 +421,8 @@ def train_and_evaluate(
   stopped_by, scored = None, None
   with StopRequest(deadline) as stop:
     for epoch in range(int(state.step) // run.steps_per_epoch, config.epochs):
-      if (
-        pool is not None
-        and run.pseudo is None
-        and epoch >= config.epochs - config.pseudo_label_epochs
-      ):
-        run.pseudo = pseudo_labels.make_or_load(
-          workdir,
-          pool,
-          make_predict_fn(run.model, proba=True),
-          parallel.local_replica(state.params, mesh),
-          config,
-          run.eval_batch,
-          log,
-        )
+      if pool is not None and run.pseudo is None and self_training_from(config) <= epoch:
+        run.pseudo = make_pseudo_labels(run, state, pool, workdir, log)
       t_epoch = time.time()
       state, seen, stopped_by = train_epoch(run, state, epoch, stop, progress)
       if stopped_by and int(state.step) % run.steps_per_epoch:  # mid-epoch
@@ -449,26 +435,61 @@ def train_and_evaluate(
           "command to resume."
         )
         break
+  close(run)
+  if stopped_by:
+    return RunResult(state, None, None, time.time() - t0, stopped_by)
+  # The last epoch's scores are the final state's (the same parameters, scored once); a
+  # finished run rerun has nothing left to train and scores its final state here.
+  scored = scored or score(run, state)
+  finish_prior_correction(run, state, workdir, log)
+  return RunResult(state, *scored, time.time() - t0, stopped_by)
+
+
+def self_training_from(config: Config) -> int:
+  """The first epoch of self-training (its last ``pseudo_label_epochs``)."""
+  return config.epochs - config.pseudo_label_epochs
+
+
+def make_pseudo_labels(run: Run, state, pool: SliceSet, workdir: str, log) -> SliceSet:
+  """The pool's pseudo-labels from the current model, or those saved by the run this one
+  resumes (:func:`fcslstm_jax.train.pseudo_labels.make_or_load`)."""
+  return pseudo_labels.make_or_load(
+    workdir,
+    pool,
+    make_predict_fn(run.model, proba=True),
+    parallel.local_replica(state.params, run.mesh),
+    run.config,
+    run.eval_batch,
+    log,
+  )
+
+
+def score(run: Run, state) -> tuple:
+  """``(train, test)`` scores of ``state`` on the run's two scoring sets."""
+  return scoring.evaluate_splits(
+    run.predict_fn,
+    parallel.local_replica(state.params, run.mesh),
+    [run.train_eval_set, run.test_set],
+    run.class_names,
+    run.eval_batch,
+  )
+
+
+def close(run: Run) -> None:
   run.ckpt.close()
   if run.logger:
     run.logger.close()
-  if stopped_by:
-    return RunResult(state, None, None, time.time() - t0, stopped_by)
-  if scored is None:  # nothing left to train (a finished run rerun): score the final state
-    scored = scoring.evaluate_splits(
-      run.predict_fn,
-      parallel.local_replica(state.params, mesh),
-      [run.train_eval_set, test_set],
-      class_names,
-      run.eval_batch,
-    )
-  # else: the last epoch's scores are the final state's (the same parameters, scored once)
-  if config.prior_correction == "fitted":
-    if config.spatial_dims == 2:
-      fit_prior_correction(run, state, workdir, log)
-    else:
-      log("prior_correction fitted: the fit is for 2D runs; this 3D run segments uncorrected.")
-  return RunResult(state, *scored, time.time() - t0, stopped_by)
+
+
+def finish_prior_correction(run: Run, state, workdir: str, log) -> None:
+  """``prior_correction fitted``: fits and records the strength (2D runs; 3D runs segment
+  uncorrected and say so)."""
+  if run.config.prior_correction != "fitted":
+    return
+  if run.config.spatial_dims == 2:
+    fit_prior_correction(run, state, workdir, log)
+  else:
+    log("prior_correction fitted: the fit is for 2D runs; this 3D run segments uncorrected.")
 
 
 def fit_prior_correction(run: Run, state, workdir: str, log) -> float:
