@@ -423,15 +423,12 @@ CONFIGS = {
   "quick": Config(
     epochs=30, lr_decay_begin_epoch=10, window_overlap=0.25, prior_correction="fitted"
   ),
-  # tiny: its programs are compiled far more often than they run (tests, smoke runs), so
-  # the time loop is not unrolled (a smaller program to compile; the same function).
   "tiny": Config(
     epochs=2,
     stages=((4, 1), (4, 1), (8, 1), (8, 1), (8, 1)),
     stages_3d=((4, 1), (4, 1), (8, 1), (8, 1), (8, 1)),
     keep_checkpoints=2,
     prior_correction="fitted",
-    unroll=1,
   ),
 }
 
