@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+import typing
 
 import jax
 from tqdm import tqdm
@@ -349,9 +350,9 @@ def run(args) -> int:
   }
   log(sequences.describe_study(loaded, counts))
   sequences.check_training_labels(counts["train"], protocol, loaded.root)
-  train_set, test_set, train_eval_set, pool, what = training_sets(cfg, loaded.subjects, protocol)
+  data = training_sets(cfg, loaded.subjects, protocol)
   log(
-    f"{what}; model {cfg.model}; workdir {workdir}; {mesh.size} "
+    f"{data.description}; model {cfg.model}; workdir {workdir}; {mesh.size} "
     f"{mesh.devices.flat[0].platform} device(s), {jax.process_count()} process(es)"
   )
 
@@ -360,15 +361,15 @@ def run(args) -> int:
 
   result = loop.train_and_evaluate(
     cfg,
-    train_set,
-    test_set,
+    data.train,
+    data.test,
     workdir,
     protocol.class_names,
     record,
     progress=progress if main else None,
     mesh=mesh,
-    train_eval_set=train_eval_set,
-    pool=pool,
+    train_eval_set=data.train_eval,
+    pool=data.pool,
     deadline=args.deadline,
   )
   if result.stopped_by == stop.BUDGET:
@@ -381,10 +382,20 @@ def run(args) -> int:
   return 0
 
 
-def training_sets(cfg, subjects, protocol):
-  """``(train_set, test_set, train_eval_set, pool, description)`` for this process's
-  subjects: slice sequences (2D; ``pool``: every slice, for self-training) or volumes and
-  patches (3D; ``train_eval_set``: the training volumes' labeled slabs)."""
+class TrainingData(typing.NamedTuple):
+  """What one process trains and scores on: slice sequences (2D; ``pool``: every slice, for
+  self-training) or volumes and patches (3D; ``train_eval``: the training volumes' labeled
+  slabs, scored by windows); ``description``: one line for the log."""
+
+  train: typing.Any
+  test: typing.Any
+  train_eval: typing.Any
+  pool: typing.Any
+  description: str
+
+
+def training_sets(cfg, subjects, protocol) -> TrainingData:
+  """The :class:`TrainingData` of this process's ``subjects``."""
   train_eval_set = pool = None
   if cfg.spatial_dims == 3:
     shape = parallel.agree_max(patches.volume_shape(subjects))
@@ -395,7 +406,7 @@ def training_sets(cfg, subjects, protocol):
       f"{len(train_set)} training volumes of shape {train_set.images.shape[1:]} (T, D, "
       f"H, W, C), patches {list(cfg.patch_size)}"
     )
-    return train_set, test_set, train_eval_set, pool, what
+    return TrainingData(train_set, test_set, train_eval_set, pool, what)
   size = parallel.agree_max(sequences.in_plane_size(subjects))
   ages = cfg.age_input != "none"
   carry = (cfg.propagate_labels, cfg.propagate_erosion)
@@ -407,7 +418,7 @@ def training_sets(cfg, subjects, protocol):
   if cfg.pseudo_label_epochs:
     pool = sequences.make_sequences(subjects, protocol, "train", size, every_slice=True, ages=ages)
     what += f", {len(pool)} more for self-training in the last {cfg.pseudo_label_epochs} epochs"
-  return train_set, test_set, train_eval_set, pool, what
+  return TrainingData(train_set, test_set, train_eval_set, pool, what)
 
 
 def report(args, cfg, protocol, workdir: str, result, log) -> None:

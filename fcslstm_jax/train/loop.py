@@ -20,6 +20,7 @@ import os
 import time
 from typing import Any
 from typing import Callable
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -214,10 +215,18 @@ def loss_class_weights(config: Config, train_set, num_classes: int):
   )
 
 
+class Scoring(NamedTuple):
+  """How training scores its splits: ``predict_fn`` on ``eval_batch`` sequences (2D) or one
+  volume (3D) per call; ``windows``: the forward passes one scoring takes."""
+
+  predict_fn: Callable
+  eval_batch: int
+  windows: int
+
+
 def scoring_setup(model, config: Config, mesh, local_batch: int, splits, progress: bool):
-  """``(predict_fn, eval_batch, windows)`` for scoring ``splits`` during training: 2D runs
-  predict ``local_batch`` sequences per call; 3D runs one volume per call, by
-  non-overlapping windows (``scoring.SCORING_OVERLAP``), ``windows`` of them per scoring."""
+  """The :class:`Scoring` of ``splits``: 2D runs predict ``local_batch`` sequences per call;
+  3D runs one volume per call, by non-overlapping windows (``scoring.SCORING_OVERLAP``)."""
   if config.spatial_dims == 3:
     predict_fn = scoring.make_volume_predict_fn(
       model,
@@ -227,9 +236,11 @@ def scoring_setup(model, config: Config, mesh, local_batch: int, splits, progres
       scoring.SCORING_OVERLAP,
       desc="scoring" if progress else None,
     )
-    return predict_fn, 1, scoring.scoring_windows(splits, sliding_window.window_shape(config))
+    return Scoring(
+      predict_fn, 1, scoring.scoring_windows(splits, sliding_window.window_shape(config))
+    )
   predict_fn = parallel.on_local_devices(make_predict_fn(model), mesh)
-  return predict_fn, local_batch, sum(len(split) for split in splits)
+  return Scoring(predict_fn, local_batch, sum(len(split) for split in splits))
 
 
 def prepare_run(
