@@ -65,6 +65,7 @@ PAPER = dict(
   scale_range=0.0,
   gamma=0.0,
   invert=0.0,
+  invert_one=0.0,
   pseudo_label_epochs=0,
   age_input="none",
   propagate_labels=0.0,
@@ -119,13 +120,27 @@ LEVERS = {
     "U(0, 0.6) (the isointense age at 0.5)",
     dict(PAPER, invert=0.6),
   ),
+  "invert-one": (
+    "the paper's recipe, and in half the sequences one labeled time point's contrast moved "
+    "toward its inversion by U(0, 1), its neighbours untouched (train/augment.py)",
+    dict(PAPER, invert_one=0.5),
+  ),
+  "prior-invert-one": (
+    "the invert-one lever's training; its segmentation prior-corrected",
+    dict(PAPER, invert_one=0.5, prior_correction="full"),
+  ),
 }
 
 
 # Levers that differ from another only in how the trained network segments (the prior
 # correction changes no training step): their run starts from a copy of that lever's
 # finished run of the same study and seed, when there is one, instead of training again.
-SAME_TRAINING = {"prior": "paper", "prior-fit": "paper", "prior-age": "age"}
+SAME_TRAINING = {
+  "prior": "paper",
+  "prior-fit": "paper",
+  "prior-age": "age",
+  "prior-invert-one": "invert-one",
+}
 
 
 def reuse_training(study: str, lever: str, seed: int, work: str, workdir: str, log: str) -> None:

@@ -116,6 +116,15 @@ class Config:
     minimum=0.0,
     maximum=1.0,
   )
+  invert_one: float = _field(
+    0.0,
+    "probability, per sequence, that one of its labeled time points (drawn at random) is "
+    "moved toward its inversion by a ~ U(0, 1) per channel, its neighbours left as they are: "
+    "the LSTM learns to take the tissue from the subject's other sessions where a session's "
+    "own contrast does not tell (0: off)",
+    minimum=0.0,
+    maximum=1.0,
+  )
   class_weighting: str = _field(
     "inverse",
     "cross-entropy class weights: inverse pixel "

@@ -96,3 +96,30 @@ def test_augment_is_jit_compatible():
   config = get_config("quick").replace(rotate_deg=15.0, scale_range=0.15, gamma=0.3, invert=0.6)
   out = jax.jit(lambda r, b: augment.augment(r, b, config))(jax.random.PRNGKey(0), batch_of())
   assert out["images"].shape == (2, 3, 9, 9, 2)
+
+
+def test_one_time_point_toward_inversion_moves_a_labeled_time_point_only():
+  """prob 1: in every sequence exactly one time point changes, one that has a labeled voxel
+  (the loss must be lowered through the other sessions), inside the head only; prob 0:
+  nothing changes."""
+  images = np.zeros((6, 4, 6, 6, 2), np.float32)
+  images[..., 1:5, 1:5, :] = np.linspace(0.2, 0.9, 16).reshape(4, 4, 1)
+  mask = np.zeros((6, 4, 6, 6), bool)
+  for b in range(6):
+    mask[b, (b % 3) + 1, 2, 2] = True  # one labeled time point per sequence, never t = 0
+  batch = {"images": jnp.asarray(images), "label_mask": jnp.asarray(mask)}
+  out = np.asarray(
+    augment.one_time_point_toward_inversion(jax.random.PRNGKey(0), batch, 1.0)["images"]
+  )
+  changed = ~np.isclose(out, images).reshape(6, 4, -1).all(axis=-1)  # [B, T]
+  assert (changed.sum(axis=1) == 1).all()
+  np.testing.assert_array_equal(changed, mask.reshape(6, 4, -1).any(axis=-1))
+  assert (out[images == 0] == 0).all()
+  off = augment.one_time_point_toward_inversion(jax.random.PRNGKey(0), batch, 0.0)["images"]
+  np.testing.assert_array_equal(off, images)
+  config = get_config("quick").replace(invert_one=0.5)
+  full = dict(batch, labels=jnp.zeros(mask.shape, jnp.int32))
+  assert (
+    jax.jit(lambda r, b: augment.augment(r, b, config))(jax.random.PRNGKey(1), full)["images"].shape
+    == images.shape
+  )

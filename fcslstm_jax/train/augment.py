@@ -123,6 +123,29 @@ def toward_inversion(rng, batch: dict, strength: float) -> dict:
   return dict(batch, images=jnp.where(images > 0, moved, images).astype(images.dtype))
 
 
+def one_time_point_toward_inversion(rng, batch: dict, prob: float) -> dict:
+  """With probability ``prob`` per sequence, one time point moved toward its inversion as in
+  :func:`toward_inversion` (``a ~ U(0, 1)`` per channel), the other time points untouched.
+  The time point is drawn among those with a labeled voxel (``label_mask [B, T, ...]``;
+  among all where none has one), so that its loss can only be lowered by what the LSTM
+  carries over from the subject's other sessions. At the isointense age (near 6 months) a
+  session's own GM / WM contrast says little, and no labeled time point shows it; the
+  ``invert`` augmentation, which draws every time point, measured much worse on ``cohort``
+  (docs/trajectories.md). Ours; the paper has no such augmentation."""
+  images, mask = batch["images"], batch["label_mask"]
+  (b, t), c = images.shape[:2], images.shape[-1]
+  k_on, k_t, k_a = jax.random.split(rng, 3)
+  labeled = mask.reshape(b, t, -1).any(axis=-1)
+  weight = jnp.where(labeled.any(axis=1, keepdims=True), labeled, True)
+  chosen = jax.random.categorical(k_t, jnp.log(weight.astype(jnp.float32)))  # [B]
+  on = jax.random.bernoulli(k_on, prob, (b,))
+  pick = (jnp.arange(t)[None, :] == chosen[:, None]) & on[:, None]  # [B, T]
+  a = jax.random.uniform(k_a, (b, 1, c)) * pick[..., None]  # [B, T, C]
+  a = a.reshape((b, t) + (1,) * (images.ndim - 3) + (c,))
+  moved = (1.0 - a) * images + a * (1.0 - images)
+  return dict(batch, images=jnp.where(images > 0, moved, images).astype(images.dtype))
+
+
 def augment(rng, batch: dict, config: Config) -> dict:
   """Every augmentation ``config`` asks for (see the module docstring). Flips and scaling
   take ``rng`` itself (the draws of runs before the others existed), the others keys folded
@@ -140,4 +163,6 @@ def augment(rng, batch: dict, config: Config) -> dict:
     batch = random_gamma(jax.random.fold_in(rng, 2), batch, config.gamma)
   if config.invert:
     batch = toward_inversion(jax.random.fold_in(rng, 3), batch, config.invert)
+  if config.invert_one:
+    batch = one_time_point_toward_inversion(jax.random.fold_in(rng, 4), batch, config.invert_one)
   return flip_and_scale(rng, batch, config.flip_prob, config.intensity_scale)
