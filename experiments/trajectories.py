@@ -35,6 +35,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
@@ -321,6 +323,83 @@ HEADER = [
 ]
 
 
+def seed_values(r) -> dict:
+  """The numbers of one row that the seed summary averages: whole-volume Dice per tissue
+  class (held-out time point, training time points, unlabeled subjects), growth error per
+  class (labeled subjects) and the held-out labeled-slice mPA."""
+  whole = r["metrics"].get("whole_volume") or {}
+  out = {}
+  for group in ("heldout", "train_timepoints", "unlabeled_subjects"):
+    for name, v in ((whole.get(group) or {}).get("dice") or {}).items():
+      if name != "background":
+        out[f"dice {group} {name}"] = v
+  growth = (whole.get("growth_error") or {}).get("labeled_subjects") or {}
+  for name, v in (growth.get("error") or {}).items():
+    out[f"growth {name}"] = v
+  out["mpa"] = (r["metrics"].get("test") or {}).get("mpa")
+  return out
+
+
+def seed_summary(rows: list) -> list:
+  """One line per lever with two or more seeds: ``(lever, seeds, {value: (mean, sd)})``,
+  the sample standard deviation (ddof 1) over seeds; a value some seed lacks is left out."""
+  by_lever = {}
+  for r in rows:
+    by_lever.setdefault(r["lever"], []).append(seed_values(r))
+  summary = []
+  for lever, values in by_lever.items():
+    if len(values) < 2:
+      continue
+    keys = [k for k in values[0] if all(v.get(k) is not None for v in values)]
+    stats = {
+      k: (float(np.mean([v[k] for v in values])), float(np.std([v[k] for v in values], ddof=1)))
+      for k in keys
+    }
+    summary.append((lever, len(values), stats))
+  return summary
+
+
+def summary_lines(rows: list) -> list:
+  """The seed summary as a markdown table (empty when no lever has two seeds)."""
+  summary = seed_summary(rows)
+  if not summary:
+    return []
+
+  def cell(stats, keys, scale=1.0, digits=3):
+    return " / ".join(
+      f"{scale * stats[k][0]:.{digits}f} ± {scale * stats[k][1]:.{digits}f}"
+      if k in stats
+      else "n/a"
+      for k in keys
+    )
+
+  tissues = ("CSF", "GM", "WM")
+  head = [
+    "lever",
+    "seeds",
+    "Dice held-out",
+    "Dice train time points",
+    "Dice unlabeled subjects",
+    "growth error (%)",
+    "slice mPA held-out",
+  ]
+  lines = [
+    "",
+    "Mean ± standard deviation over seeds (levers with two or more; CSF / GM / WM):",
+    "",
+    "| " + " | ".join(head) + " |",
+    "|" + "---|" * len(head),
+  ]
+  for lever, n, stats in summary:
+    cells = [lever, str(n)]
+    for group in ("heldout", "train_timepoints", "unlabeled_subjects"):
+      cells.append(cell(stats, [f"dice {group} {t}" for t in tissues]))
+    cells.append(cell(stats, [f"growth {t}" for t in tissues], 100.0, 0))
+    cells.append(cell(stats, ["mpa"]))
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines
+
+
 def markdown(study: str, rows: list) -> str:
   lines = [
     f"# Levers on whole volumes and trajectories: {study}",
@@ -342,6 +421,7 @@ def markdown(study: str, rows: list) -> str:
     "|" + "---|" * len(HEADER),
   ]
   lines += ["| " + " | ".join(row_cells(r)) + " |" for r in rows]
+  lines += summary_lines(rows)
   lines += ["", "Levers:", ""] + [
     f"- `{k}`: {LEVERS[k][0]}" for k in dict.fromkeys(r["lever"] for r in rows) if k in LEVERS
   ]
