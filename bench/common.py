@@ -137,20 +137,23 @@ def median_time(fn, steps, warmup=2):
   return statistics.median(times), times
 
 
-def machine():
-  cpu = platform.processor() or "unknown"
+def cpu_name() -> str:
+  """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
         if line.startswith("model name"):
-          cpu = line.split(":", 1)[1].strip()
-          break
+          return line.split(":", 1)[1].strip()
   except OSError:
     pass
+  return platform.processor() or "unknown"
+
+
+def machine():
   import flax
 
   return {
-    "cpu": cpu,
+    "cpu": cpu_name(),
     "cores": os.cpu_count(),
     "jax": jax.__version__,
     "flax": flax.__version__,

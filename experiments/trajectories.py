@@ -40,6 +40,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from bench import common
 from fcslstm_jax.synthetic import cohort
 
 STUDIES = {
@@ -230,6 +231,7 @@ def one_run(study: str, lever: str, seed: int, work: str) -> dict:
     "evaluate_seconds": round(eval_s, 1),
     "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     "commit": git_commit(),
+    "cpu": f"{common.cpu_name()}, {os.cpu_count()} cores",
     "workdir": os.path.relpath(workdir, REPO),
     "train_epoch_minutes": training_minutes(workdir),
     "metrics": metrics,
