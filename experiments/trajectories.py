@@ -375,7 +375,8 @@ def summary_lines(rows: list) -> list:
       for k in keys
     )
 
-  tissues = ("CSF", "GM", "WM")
+  first = summary[0][2]  # tissue names as the scorer wrote them (dice heldout <name>)
+  tissues = [k.split(" ", 2)[2] for k in first if k.startswith("dice heldout ")]
   head = [
     "lever",
     "seeds",
@@ -387,7 +388,7 @@ def summary_lines(rows: list) -> list:
   ]
   lines = [
     "",
-    "Mean ± standard deviation over seeds (levers with two or more; CSF / GM / WM):",
+    f"Mean ± standard deviation over seeds (levers with two or more; {' / '.join(tissues)}):",
     "",
     "| " + " | ".join(head) + " |",
     "|" + "---|" * len(head),

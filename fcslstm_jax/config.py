@@ -119,9 +119,10 @@ class Config:
   invert_one: float = _field(
     0.0,
     "probability, per sequence, that one of its labeled time points (drawn at random) is "
-    "moved toward its inversion by a ~ U(0, 1) per channel, its neighbours left as they are: "
-    "the LSTM learns to take the tissue from the subject's other sessions where a session's "
-    "own contrast does not tell (0: off)",
+    "moved toward its inversion by a ~ U(0, 1) per channel, its neighbours left as they are, "
+    "so that the LSTM must take the tissue from the subject's other sessions (measured on "
+    "cohort: no gain at the isointense time point, worse elsewhere; docs/trajectories.md; "
+    "0: off)",
     minimum=0.0,
     maximum=1.0,
   )

@@ -131,7 +131,9 @@ def one_time_point_toward_inversion(rng, batch: dict, prob: float) -> dict:
   carries over from the subject's other sessions. At the isointense age (near 6 months) a
   session's own GM / WM contrast says little, and no labeled time point shows it; the
   ``invert`` augmentation, which draws every time point, measured much worse on ``cohort``
-  (docs/trajectories.md). Ours; the paper has no such augmentation."""
+  (docs/trajectories.md). Measured there (lever ``invert-one``), this one does not help either:
+  the held-out time point's GM / WM stay where they were and the other sessions get worse; it
+  is off in every preset. Ours; the paper has no such augmentation."""
   images, mask = batch["images"], batch["label_mask"]
   (b, t), c = images.shape[:2], images.shape[-1]
   k_on, k_t, k_a = jax.random.split(rng, 3)
