@@ -1,4 +1,4 @@
-"""experiments/trajectories.py: the seed summary of issue 29's ablation."""
+"""experiments/trajectories.py: the seed summary; levers that reuse a training."""
 
 import numpy as np
 
@@ -30,3 +30,12 @@ def test_seed_summary_is_mean_and_sample_sd_per_lever_with_two_seeds_or_more():
     line.startswith("| paper | 3 | 0.900 ± 0.000 / 0.800 ± 0.000 / 0.500 ± 0.361") for line in lines
   )
   assert trajectories.summary_lines(rows[-1:]) == []
+
+
+def test_a_lever_that_reuses_a_training_differs_from_it_only_in_how_it_segments():
+  """``SAME_TRAINING`` copies another lever's finished run: valid only where no setting that
+  shapes training differs (the prior correction changes no training step)."""
+  for lever, source in trajectories.SAME_TRAINING.items():
+    mine, theirs = trajectories.LEVERS[lever][1], trajectories.LEVERS[source][1]
+    differ = {k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)}
+    assert differ == {"prior_correction"}, (lever, source, differ)
