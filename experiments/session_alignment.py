@@ -1,0 +1,218 @@
+"""How well do a subject's sessions line up, voxel by voxel, on its working grid?
+
+    python experiments/session_alignment.py --study cohort      # ~35 min on 2 cores
+
+The LSTM carries each voxel's state from one session to the next on the subject's working
+grid (``fcslstm_jax/data/grids.py``). It can only carry tissue over time where a voxel shows
+the same anatomy in consecutive sessions. This measures that with the study's full labels
+(``sourcedata/full-labels``, which training never reads): each session's labels resampled onto
+the working grid as the loader does (reference: the first session), and the Dice per tissue
+class between consecutive sessions, where both sessions cover the voxel. Three ways to place
+the sessions:
+
+* ``none``: through their affines only (the default, ``--register none``);
+* ``rigid``: ``--register rigid`` (``grids.register_rigid``: dipy, mutual information);
+* ``affine``: that rigid transform refined to a 12-parameter affine (dipy, mutual information),
+  which can follow the head's global growth. Not an option of ``train.py``: measured here
+  to see whether it would be worth one.
+
+A Dice of 1 would mean a voxel keeps its tissue between sessions. Growth, head motion and the
+thin cortex keep even the truth below that. Writes ``results/alignment-<study>.json`` and
+``.md``.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import nibabel as nib
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from bench import common
+from fcslstm_jax.data import grids
+
+METHODS = ("none", "rigid", "affine")
+TISSUES = {1: "CSF", 2: "GM", 3: "WM"}
+OUTSIDE = 255  # label of working-grid voxels a session does not cover
+
+
+def load(path):
+  """``(array, Grid)`` of a NIfTI file, canonical (RAS) as the loader reads it."""
+  img = nib.as_closest_canonical(nib.load(path))
+  return np.asarray(img.dataobj), grids.Grid(shape=img.shape[:3], affine=img.affine)
+
+
+def register_affine(static, static_grid, moving, moving_grid, start) -> np.ndarray:
+  """``start`` (a rigid map, as from ``grids.register_rigid``) refined to a full affine."""
+  from dipy.align.imaffine import AffineRegistration
+  from dipy.align.imaffine import MutualInformationMetric
+  from dipy.align.transforms import AffineTransform3D
+
+  reg = AffineRegistration(
+    metric=MutualInformationMetric(nbins=32, sampling_proportion=None),
+    level_iters=[100, 30, 10],
+    sigmas=[2.0, 1.0, 0.0],
+    factors=[4, 2, 1],
+    verbosity=0,
+  )
+  found = reg.optimize(
+    np.asarray(static, np.float64),
+    np.asarray(moving, np.float64),
+    AffineTransform3D(),
+    None,
+    static_grid2world=static_grid.affine,
+    moving_grid2world=moving_grid.affine,
+    starting_affine=start,
+  )
+  return np.asarray(found.affine, np.float64)
+
+
+def tissue_dice(a, b) -> dict:
+  """Dice per tissue class between two label volumes, where both cover the voxel."""
+  both = (a != OUTSIDE) & (b != OUTSIDE)
+  out = {}
+  for c, name in TISSUES.items():
+    x, y = (a == c) & both, (b == c) & both
+    total = x.sum() + y.sum()
+    out[name] = float(2 * (x & y).sum() / total) if total else float("nan")
+  return out
+
+
+def session_maps(images) -> dict:
+  """For each method, each session's (``None`` where missing) world map from the reference's
+  (the first session's) world to its own; ``affine`` starts from ``rigid``'s."""
+  ref_image, ref_grid = images[0]
+  maps = {m: [np.eye(4)] * len(images) for m in METHODS}
+  seconds = dict.fromkeys(METHODS, 0.0)
+  for i, session in enumerate(images):
+    if session is None or i == 0:
+      continue
+    started = time.monotonic()
+    maps["rigid"][i] = grids.register_rigid(ref_image, ref_grid, session[0], session[1])
+    seconds["rigid"] += time.monotonic() - started
+    maps["affine"][i] = register_affine(ref_image, ref_grid, *session, maps["rigid"][i])
+    seconds["affine"] += time.monotonic() - started
+  return maps, seconds
+
+
+def subject_alignment(study: str, subject: str, sessions: list) -> dict:
+  """``{method: {"t-(t+1)": {tissue: Dice}}, "seconds": {method: s}}`` for one subject
+  (``affine``'s seconds include the rigid start)."""
+  images, labels = [], []
+  for ses in sessions:
+    anat = f"sub-{subject}/ses-{ses}/anat/sub-{subject}_ses-{ses}"
+    t1 = os.path.join(study, f"{anat}_T1w.nii.gz")
+    full = os.path.join(study, "sourcedata", "full-labels", f"{anat}_dseg.nii.gz")
+    present = os.path.exists(t1) and os.path.exists(full)
+    images.append(load(t1) if present else None)
+    labels.append(load(full) if present else None)
+  every, seconds = session_maps(images)
+  out = {"seconds": {m: round(v, 1) for m, v in seconds.items()}}
+  for method in METHODS:
+    maps = every[method]
+    present = [i for i, x in enumerate(images) if x is not None]
+    work = grids.working_grid(
+      images[0][1],
+      "native",
+      [images[i][1] for i in present],
+      [np.linalg.inv(maps[i]) for i in present],
+    )
+    on_work = [
+      None
+      if lab is None
+      else grids.resample(lab[0], lab[1], work, 0, world, cval=OUTSIDE).astype(np.uint8)
+      for lab, world in zip(labels, maps)
+    ]
+    out[method] = {
+      f"{t}-{t + 1}": tissue_dice(on_work[t], on_work[t + 1])
+      for t in range(len(sessions) - 1)
+      if on_work[t] is not None and on_work[t + 1] is not None
+    }
+  return out
+
+
+def summary(subjects: dict) -> dict:
+  """Mean Dice over subjects per method, pair of sessions and tissue."""
+  out = {}
+  for method in METHODS:
+    pairs = sorted({p for s in subjects.values() for p in s[method]})
+    out[method] = {
+      p: {
+        name: round(
+          float(np.nanmean([s[method][p][name] for s in subjects.values() if p in s[method]])), 3
+        )
+        for name in TISSUES.values()
+      }
+      for p in pairs
+    }
+  return out
+
+
+def markdown(study: str, record: dict) -> str:
+  ages = record["ages"]
+  lines = [
+    f"# Session alignment on `{study}` (`python experiments/session_alignment.py --study {study}`)",
+    "",
+    f"{record['cpu']}; {len(record['subjects'])} subjects. Dice of the full labels between "
+    "consecutive sessions on the working grid (mean over subjects), CSF / GM / WM:",
+    "",
+    "| sessions (months) | " + " | ".join(METHODS) + " |",
+    "|---|" + "---|" * len(METHODS),
+  ]
+  for pair in record["summary"]["none"]:
+    a, b = (int(t) for t in pair.split("-"))
+    cells = [
+      " / ".join(f"{record['summary'][m][pair][n]:.2f}" for n in TISSUES.values()) for m in METHODS
+    ]
+    lines.append(f"| {ages[a]} -> {ages[b]} | " + " | ".join(cells) + " |")
+  lines += ["", f"Registration seconds per subject (mean): {record['seconds_per_subject']}", ""]
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--study", default="cohort", help="a study under data/ with full labels")
+  p.add_argument("--subjects", default=None, help="comma-separated ids (default: all)")
+  p.add_argument("--results", default=os.path.join(REPO, "results"))
+  args = p.parse_args(argv)
+  root = os.path.join(REPO, "data", args.study)
+  with open(os.path.join(root, "dataset_description.json")) as f:
+    generated = json.load(f)["GeneratedBy"][0]["Parameters"]
+  ages = generated["ages"]
+  sessions = [f"V{k + 1}" for k in range(len(ages))]
+  subjects = (
+    args.subjects.split(",")
+    if args.subjects
+    else sorted(d[4:] for d in os.listdir(os.path.join(root, "sourcedata", "full-labels")))
+  )
+  results = {}
+  for subject in subjects:
+    results[subject] = subject_alignment(root, subject, sessions)
+    print(subject, json.dumps(results[subject]["seconds"]), flush=True)
+  record = {
+    "study": args.study,
+    "ages": ages,
+    "cpu": f"{common.cpu_name()}, {os.cpu_count()} cores",
+    "subjects": results,
+    "summary": summary(results),
+    "seconds_per_subject": {
+      m: round(float(np.mean([r["seconds"][m] for r in results.values()])), 1) for m in METHODS
+    },
+  }
+  os.makedirs(args.results, exist_ok=True)
+  stem = os.path.join(args.results, f"alignment-{args.study}")
+  with open(stem + ".json", "w") as f:
+    json.dump(record, f, indent=1)
+  with open(stem + ".md", "w") as f:
+    f.write(markdown(args.study, record))
+  print(markdown(args.study, record))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
