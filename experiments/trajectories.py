@@ -148,7 +148,7 @@ LEVERS = {
   ),
   # For cohort-dense: every working slice of the 8 labeled subjects is a training sequence
   # (~200, against 31 sparse), so 5 epochs take about the steps (and the time) of the sparse
-  # study's 30 (~500 against 450); the decay begins after a third of them, as in the quick
+  # study's 30 (~480 against 450); the decay begins after a third of them, as in the quick
   # preset (its per-epoch factor then reaches only 0.97^3, not 0.97^20).
   "dense-steps": (
     "the paper's recipe on every slice of the training time points (cohort-dense), 5 "
