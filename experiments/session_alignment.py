@@ -1,6 +1,6 @@
 """How well do a subject's sessions line up, voxel by voxel, on its working grid?
 
-    python experiments/session_alignment.py --study cohort      # ~35 min on 2 cores
+    python experiments/session_alignment.py --study cohort   # registration: minutes a subject
 
 The LSTM carries each voxel's state from one session to the next on the subject's working
 grid (``fcslstm_jax/data/grids.py``). It can only carry tissue over time where a voxel shows
@@ -17,7 +17,8 @@ the sessions:
   to see whether it would be worth one.
 
 A Dice of 1 would mean a voxel keeps its tissue between sessions. Growth, head motion and the
-thin cortex keep even the truth below that. Writes ``results/alignment-<study>.json`` and
+thin cortex keep even the truth below that. Writes ``results/alignment-<study>.json`` (with
+the registration seconds per subject, on the machine it ran) and
 ``.md``.
 """
 
@@ -27,7 +28,6 @@ import os
 import sys
 import time
 
-import nibabel as nib
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,32 +35,26 @@ sys.path.insert(0, REPO)
 
 from bench import common
 from fcslstm_jax.data import grids
+from fcslstm_jax.data import nifti_io
 
 METHODS = ("none", "rigid", "affine")
 TISSUES = {1: "CSF", 2: "GM", 3: "WM"}
 OUTSIDE = 255  # label of working-grid voxels a session does not cover
 
 
-def load(path):
-  """``(array, Grid)`` of a NIfTI file, canonical (RAS) as the loader reads it."""
-  img = nib.as_closest_canonical(nib.load(path))
-  return np.asarray(img.dataobj), grids.Grid(shape=img.shape[:3], affine=img.affine)
+def load(path, kind):
+  """``(array, Grid)`` of a NIfTI file, read and checked as the loader reads it (canonical,
+  RAS); ``kind`` is ``"image"`` or ``"labels"``."""
+  volume = nifti_io.load_volume(path, kind=kind)
+  return volume.data, grids.Grid(shape=volume.data.shape, affine=volume.affine)
 
 
 def register_affine(static, static_grid, moving, moving_grid, start) -> np.ndarray:
-  """``start`` (a rigid map, as from ``grids.register_rigid``) refined to a full affine."""
-  from dipy.align.imaffine import AffineRegistration
-  from dipy.align.imaffine import MutualInformationMetric
+  """``start`` (a rigid map, as from ``grids.register_rigid``) refined to a full affine, with
+  the same mutual-information registration (``grids.mi_registration``)."""
   from dipy.align.transforms import AffineTransform3D
 
-  reg = AffineRegistration(
-    metric=MutualInformationMetric(nbins=32, sampling_proportion=None),
-    level_iters=[100, 30, 10],
-    sigmas=[2.0, 1.0, 0.0],
-    factors=[4, 2, 1],
-    verbosity=0,
-  )
-  found = reg.optimize(
+  found = grids.mi_registration().optimize(
     np.asarray(static, np.float64),
     np.asarray(moving, np.float64),
     AffineTransform3D(),
@@ -109,8 +103,8 @@ def subject_alignment(study: str, subject: str, sessions: list) -> dict:
     t1 = os.path.join(study, f"{anat}_T1w.nii.gz")
     full = os.path.join(study, "sourcedata", "full-labels", f"{anat}_dseg.nii.gz")
     present = os.path.exists(t1) and os.path.exists(full)
-    images.append(load(t1) if present else None)
-    labels.append(load(full) if present else None)
+    images.append(load(t1, "image") if present else None)
+    labels.append(load(full, "labels") if present else None)
   every, seconds = session_maps(images)
   out = {"seconds": {m: round(v, 1) for m, v in seconds.items()}}
   for method in METHODS:

@@ -22,9 +22,9 @@ Studies (generated under ``data/`` on first use, deterministic):
             2.4 mm slices, other in-plane voxel sizes, skull-stripped, heads tilted.
   uneven    IBIS-like ages (issue 29): visits at 6, 12, 24 months jittered by up to 1.5,
             two labeled subjects missing a visit; trains on 12 and 24, tests on 6.
-  cohort-dense  cohort's images with every slice of every training session labeled (the
-            ceiling of what labels at the training time points can teach; the held-out
-            6-month sessions stay unlabeled). Only the ages in sessions.tsv differ from
+  cohort-dense  cohort's images with every slice of every session labeled: the ceiling of
+            what labels at the training time points can teach (the held-out 6-month
+            sessions' labels score, never train). Only the ages in sessions.tsv differ from
             cohort's (their jitter is drawn after the labeled slices). Lever ``dense-steps``.
 """
 

@@ -286,6 +286,23 @@ def place_slices(zs, src: Grid, dst: Grid, world=None):
 REGISTRATIONS = ("none", "rigid")
 
 
+def mi_registration(level_iters=(100, 30, 10)):
+  """dipy's affine registration driver with the mutual-information metric (32 bins, every
+  voxel), one pyramid level per entry of ``level_iters`` (smoothing 2, 1, 0 voxels at 1/4,
+  1/2, 1 resolution, the coarsest levels dropped first)."""
+  from dipy.align.imaffine import AffineRegistration
+  from dipy.align.imaffine import MutualInformationMetric
+
+  levels = list(level_iters)
+  return AffineRegistration(
+    metric=MutualInformationMetric(nbins=32, sampling_proportion=None),
+    level_iters=levels,
+    sigmas=[2.0, 1.0, 0.0][-len(levels) :],
+    factors=[4, 2, 1][-len(levels) :],
+    verbosity=0,
+  )
+
+
 def register_rigid(
   static, static_grid: Grid, moving, moving_grid: Grid, level_iters=(100, 30, 10)
 ) -> np.ndarray:
@@ -300,8 +317,6 @@ def register_rigid(
     head lies at ``map @ point`` in the session. Pass it as ``world`` to :func:`resample`.
   """
   # dipy takes seconds to import and only --register rigid needs it: imported here.
-  from dipy.align.imaffine import AffineRegistration
-  from dipy.align.imaffine import MutualInformationMetric
   from dipy.align.imaffine import transform_centers_of_mass
   from dipy.align.transforms import RigidTransform3D
   from dipy.align.transforms import TranslationTransform3D
@@ -310,14 +325,7 @@ def register_rigid(
   moving = np.asarray(moving, np.float64)
   s_aff, m_aff = np.asarray(static_grid.affine), np.asarray(moving_grid.affine)
   start = transform_centers_of_mass(static, s_aff, moving, m_aff)
-  levels = list(level_iters)
-  reg = AffineRegistration(
-    metric=MutualInformationMetric(nbins=32, sampling_proportion=None),
-    level_iters=levels,
-    sigmas=[2.0, 1.0, 0.0][-len(levels) :],
-    factors=[4, 2, 1][-len(levels) :],
-    verbosity=0,
-  )
+  reg = mi_registration(level_iters)
   grid2world = dict(static_grid2world=s_aff, moving_grid2world=m_aff)
   shift = reg.optimize(
     static, moving, TranslationTransform3D(), None, **grid2world, starting_affine=start.affine
