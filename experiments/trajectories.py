@@ -26,6 +26,10 @@ Studies (generated under ``data/`` on first use, deterministic):
             what labels at the training time points can teach (the held-out 6-month
             sessions' labels score, never train). Only the ages in sessions.tsv differ from
             cohort's (their jitter is drawn after the labeled slices). Lever ``dense-steps``.
+  cohort-all  cohort itself (the same files) with no held-out time point: every session's
+            labeled slice trains, the isointense 6-month one too, as a user who labels one
+            slice in every session would train. Its held-out columns are empty; the table of
+            Dice per time point shows the 6-month sessions.
 """
 
 import argparse
@@ -61,6 +65,16 @@ STUDIES = {
     ),
   ),
   "uneven": (11, cohort.UNEVEN),
+  # Every session trains on its labeled slice, the 6-month one too: no time point is held
+  # out, so the isointense age's whole volumes score one labeled slice's worth of teaching.
+  "cohort-all": (
+    0,
+    dataclasses.replace(
+      cohort.CohortConfig(),
+      protocol=cohort.CohortConfig().protocol
+      | {"name": "cohort-all", "train_timepoints": [0, 1, 2, 3, 4], "test_timepoints": []},
+    ),
+  ),
   # Every labeled slice is used (labeled_slices_per_volume above any session's slice count;
   # the protocol's default, the paper's 1, would keep one slice per session).
   "cohort-dense": (
@@ -308,6 +322,47 @@ def num(v) -> str:
   return "n/a" if v is None else f"{v:.3f}"
 
 
+def tissue_names(r) -> list:
+  """The tissue classes of a row's scores (every class but background), from the first
+  whole-volume group it has (a study without a held-out time point has no ``heldout``)."""
+  whole = r["metrics"].get("whole_volume") or {}
+  for g in ("heldout", "train_timepoints", "unlabeled_subjects"):
+    dice = (whole.get(g) or {}).get("dice")
+    if dice:
+      return [n for n in dice if n != "background"]
+  return []
+
+
+def timepoint_lines(rows: list) -> list:
+  """Whole-volume Dice per time point (every subject's session at that time point, labeled
+  subject or not), one line per row, tissue classes CSF / GM / WM (empty without rows that
+  have them): where along the ages a lever gains or loses, e.g. at the isointense 6 months."""
+  scored = [r for r in rows if r["metrics"].get("per_timepoint")]
+  if not scored:
+    return []
+  points = scored[0]["metrics"]["per_timepoint"]
+  head = ["lever", "seed"] + [
+    f"{p['age']:g} mo ({p['role']})" if p.get("age") is not None else f"t{p['timepoint']}"
+    for p in points
+  ]
+  lines = [
+    "",
+    "Whole-volume Dice per time point (every subject's sessions there, labeled subjects and "
+    "not; the time point's role in training in brackets):",
+    "",
+    "| " + " | ".join(head) + " |",
+    "|" + "---|" * len(head),
+  ]
+  for r in scored:
+    names = tissue_names(r)
+    cells = [
+      " / ".join(num((p.get("dice") or {}).get(n)) for n in names)
+      for p in r["metrics"]["per_timepoint"]
+    ]
+    lines.append("| " + " | ".join([r["lever"], str(r["seed"])] + cells) + " |")
+  return lines
+
+
 def row_cells(r) -> list:
   """A markdown row (tissue classes CSF / GM / WM): whole-volume Dice at the held-out time
   point, at the training time points and on the unlabeled subjects; precision and recall
@@ -319,7 +374,7 @@ def row_cells(r) -> list:
   def group(g):
     return whole.get(g) or {}
 
-  names = [n for n in (group("heldout").get("dice") or {}) if n != "background"]
+  names = tissue_names(r)
 
   def per(d, f):
     return " / ".join(f((d or {}).get(n)) for n in names)
@@ -413,8 +468,7 @@ def summary_lines(rows: list) -> list:
       for k in keys
     )
 
-  first = summary[0][2]  # tissue names as the scorer wrote them (dice heldout <name>)
-  tissues = [k.split(" ", 2)[2] for k in first if k.startswith("dice heldout ")]
+  tissues = tissue_names(rows[0])
   head = [
     "lever",
     "seeds",
@@ -463,6 +517,7 @@ def markdown(study: str, rows: list) -> str:
   ]
   lines += ["| " + " | ".join(row_cells(r)) + " |" for r in rows]
   lines += summary_lines(rows)
+  lines += timepoint_lines(rows)
   lines += ["", "Levers:", ""] + [
     f"- `{k}`: {LEVERS[k][0]}" for k in dict.fromkeys(r["lever"] for r in rows) if k in LEVERS
   ]

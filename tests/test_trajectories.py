@@ -39,3 +39,36 @@ def test_a_lever_that_reuses_a_training_differs_from_it_only_in_how_it_segments(
     mine, theirs = trajectories.LEVERS[lever][1], trajectories.LEVERS[source][1]
     differ = {k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)}
     assert differ == {"prior_correction"}, (lever, source, differ)
+
+
+def timepoints(dice_by_age):
+  return [
+    {"timepoint": i + 1, "age": age, "role": "train", "dice": dice}
+    for i, (age, dice) in enumerate(dice_by_age)
+  ]
+
+
+def test_a_study_without_a_held_out_time_point_still_names_its_tissues_and_ages():
+  """``cohort-all`` trains on every time point: no ``heldout`` group, no held-out mPA. Its
+  cells are still filled from the other groups, and the per-time-point table shows the
+  isointense sessions that have no held-out column to appear in."""
+  dice = {"background": 0.99, "CSF": 0.91, "GM": 0.82, "WM": 0.75}
+  r = {
+    "lever": "prior",
+    "seed": 0,
+    "train_seconds": 60.0,
+    "evaluate_seconds": 60.0,
+    "metrics": {
+      "whole_volume": {"heldout": None, "train_timepoints": {"dice": dice}},
+      "test": None,
+      "per_timepoint": timepoints([(0, dice), (6, dict(dice, WM=0.5))]),
+    },
+  }
+  assert trajectories.tissue_names(r) == ["CSF", "GM", "WM"]
+  cells = trajectories.row_cells(r)
+  assert cells[2] == "n/a / n/a / n/a" and cells[3] == "0.910 / 0.820 / 0.750"
+  assert cells[11] == "n/a"  # no held-out labeled slices to take the mPA of
+  lines = trajectories.timepoint_lines([r])
+  assert lines[3] == "| lever | seed | 0 mo (train) | 6 mo (train) |"
+  assert lines[-1] == "| prior | 0 | 0.910 / 0.820 / 0.750 | 0.910 / 0.820 / 0.500 |"
+  assert trajectories.timepoint_lines([dict(r, metrics={})]) == []
