@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import jax
 import nibabel as nib
@@ -13,10 +14,13 @@ from helpers import validator_errors
 
 import evaluate
 import train
+from fcslstm_jax import run_record
 from fcslstm_jax.cli import bids_app
 from fcslstm_jax.config import Config
 from fcslstm_jax.infer import pipeline
+from fcslstm_jax.infer import prior
 from fcslstm_jax.synthetic import bric_like
+from fcslstm_jax.train import loop
 
 TINY_DATA = bric_like.TINY
 EPOCHS = 4
@@ -87,8 +91,12 @@ def test_resume_gives_identical_parameters(dataset, trained, tmp_path, capsys):
   ends), then continued in two more commands, ends bit for bit where one run ends."""
   workdir = tmp_path / "resumed"
   assert train.main(train_args(dataset, workdir, EPOCHS // 2, "--max-minutes", "1e-6")) == 0
-  assert "time budget: saved a checkpoint at step 1." in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "time budget: saved a checkpoint at step 1." in out
   assert not (workdir / "results.json").exists()
+  # Segmented as a finished run would be: the prior correction is fitted at the checkpoint.
+  assert "prior correction fitted" in out
+  assert run_record.read(str(workdir)).prior_strength in prior.STRENGTHS
   assert train.main(train_args(dataset, workdir, EPOCHS // 2)) == 0
   assert train.main(train_args(dataset, workdir, EPOCHS)) == 0
   assert "Resuming" in capsys.readouterr().out
@@ -197,3 +205,14 @@ def test_help_lists_every_config_field(capsys):
   out = capsys.readouterr().out
   for f in dataclasses.fields(Config):
     assert f"  {f.name}=" in out, f.name
+
+
+def test_training_on_forgets_a_strength_fitted_at_an_earlier_checkpoint(trained, tmp_path):
+  """A budget stop fits the prior correction at its checkpoint; a run that then trains on
+  and is killed before it fits again must not segment its newer checkpoint with it."""
+  workdir = tmp_path / "run"
+  shutil.copytree(trained, workdir)
+  assert run_record.read(str(workdir)).prior_strength is not None
+  loop.forget_prior_strength(str(workdir))
+  record = run_record.read(str(workdir))
+  assert record.prior_strength is None and record.class_weights is not None

@@ -11,8 +11,9 @@ writes ``results/peers-<study>.json`` and ``.md``. What it does, in order:
    points only, one labeled slice per volume, the ignore label everywhere else).
 2. FCSLSTM: ``train.py`` (the project's defaults: Bi-FCSLSTM, ``quick`` config) runs as a
    subprocess with ``--max-minutes`` (the budget); it saves a checkpoint at the step reached
-   (docs/failure-handling.md), and that checkpoint is evaluated. Its wall time
-   includes Python start, data loading and resampling, and XLA compilation.
+   and fits the prior correction there (docs/failure-handling.md), and that checkpoint is
+   evaluated as the default segments a finished run. Its wall time includes Python start,
+   data loading and resampling, XLA compilation and that fit.
 3. nnU-Net: ``nnUNetv2_plan_and_preprocess -c 2d`` (timed apart, not charged to the
    budget), then the ``2d`` configuration trained with :class:`nnUNetTrainerBudget`
    (nnU-Net's trainer, stopped by the same wall-clock budget, its poly learning rate decayed

@@ -49,6 +49,7 @@ from fcslstm_jax.train import parallel
 from fcslstm_jax.train import pseudo_labels
 from fcslstm_jax.train import scoring
 from fcslstm_jax.train.metrics_log import MetricsLog
+from fcslstm_jax.train.stop import BUDGET
 from fcslstm_jax.train.stop import StopRequest
 
 BATCH_KEYS = ("images", "labels", "label_mask", "valid")
@@ -412,7 +413,9 @@ def train_and_evaluate(
   (:mod:`fcslstm_jax.train.pseudo_labels`).
   A stop (SIGINT, SIGTERM, or ``time.monotonic()`` past ``deadline``) saves a checkpoint of
   the step reached and returns; a finished epoch is scored and logged even when the stop
-  came in its last step.
+  came in its last step. A budget stop also fits the prior correction at that checkpoint
+  (``prior_correction fitted``), so that a run trained on a budget segments as the default
+  does; training on clears it again.
   """
   t0 = time.time()
   mesh = mesh or parallel.make_mesh()
@@ -430,6 +433,8 @@ def train_and_evaluate(
     progress=progress is not None,
   )
   stopped_by, scored = None, None
+  if int(state.step) < config.epochs * run.steps_per_epoch:
+    forget_prior_strength(workdir)  # fitted at an earlier checkpoint than the one to come
   with StopRequest(deadline) as stop:
     for epoch in range(int(state.step) // run.steps_per_epoch, config.epochs):
       if pool is not None and run.pseudo is None and self_training_from(config) <= epoch:
@@ -447,6 +452,8 @@ def train_and_evaluate(
         )
         break
   close(run)
+  if stopped_by == BUDGET:  # asked for: evaluate.py segments it as it would a finished run
+    finish_prior_correction(run, state, workdir, log)
   if stopped_by:
     return RunResult(state, None, None, time.time() - t0, stopped_by)
   # The last epoch's scores are the final state's (the same parameters, scored once); a
@@ -501,6 +508,18 @@ def finish_prior_correction(run: Run, state, workdir: str, log) -> None:
     fit_prior_correction(run, state, workdir, log)
   else:
     log("prior_correction fitted: the fit is for 2D runs; this 3D run segments uncorrected.")
+
+
+def forget_prior_strength(workdir: str) -> None:
+  """Clears run.json's ``prior_strength`` before training goes on: it was fitted at the
+  checkpoint a time budget stopped at, and a run killed before it fits again must not pass
+  that strength off as its newer checkpoint's (evaluate.py then segments uncorrected and says
+  why)."""
+  if not parallel.is_main_process():
+    return
+  recorded = run_record.read(workdir)
+  if recorded.prior_strength is not None:
+    run_record.write(workdir, dataclasses.replace(recorded, prior_strength=None))
 
 
 def fit_prior_correction(run: Run, state, workdir: str, log) -> float:
