@@ -882,7 +882,8 @@ def compare(args, argv) -> int:
       trainer, train_seconds, epochs = nnunet_train(dataset_name, budget_s, args.iterations)
       after = load()
       seconds, probs = nnunet_probabilities(trainer, raw_dir, manifest, args.mirroring)
-    config = trainer.configuration_manager
+    # Not `config`: that name holds configuration(args), which both tools' records carry.
+    plan = trainer.configuration_manager
     run = {
       "plan_and_preprocess_seconds": round(plan_seconds, 1),
       "train_seconds": round(train_seconds, 1),
@@ -890,7 +891,7 @@ def compare(args, argv) -> int:
       "epochs": epochs,
       "iterations_per_epoch": args.iterations,
       "batch_size": trainer.batch_size,
-      "patch_size": list(config.patch_size),
+      "patch_size": list(plan.patch_size),
       "use_mask_for_norm_planned": planned_mask,
       "use_mask_for_norm": False,
       "train_vs_inference_input_max_diff": input_diff,
