@@ -12,6 +12,11 @@ checkpoints), ``segment`` (forward passes; with ``compile``: getting the XLA pro
 ``write`` (the rest of the evaluation: files, tables, scores), and ``start`` (the process's
 wall time before and after: Python, imports). A checkout without those fields (older code)
 reports what it has. Writes ``bench/results/inference.json`` and prints a table.
+
+``work`` (this checkout's model, in-process): the arithmetic of the forward passes that
+``evaluate.py`` runs (XLA's ``cost_analysis()`` of one batch, times the batches: subjects of
+one bucketed shape share batches) and the seconds they would take at this machine's float32
+matmul peak (``bench/flops.py``): a floor for ``run`` that no scheduling can beat.
 """
 
 import argparse
@@ -137,6 +142,49 @@ COLUMNS = (
 )
 
 
+def forward_work(workdir: str, data_dir, batch_size: int = 8) -> dict:
+  """FLOPs of the forward passes evaluate.py runs on the study, and their time at the
+  machine's float32 matmul peak."""
+  import math
+
+  import numpy as np
+
+  sys.path[:0] = [os.path.join(REPO, "bench"), REPO]
+  from flops import matmul_peak
+
+  from fcslstm_jax.data import sequences
+  from fcslstm_jax.infer import ensemble
+  from fcslstm_jax.infer import pipeline
+  from fcslstm_jax.infer import tta
+
+  runs = pipeline.read_runs([workdir])
+  loaded, proto = pipeline.load_for_evaluation(runs[0][1], data_dir)
+  members = pipeline.load_members(runs, proto, log=lambda line: None)
+  fn = ensemble.predict_fns(members, tta.flip_variants(()))[0]
+  runs_of_shape = []  # [shape, sequences] of consecutive subjects of one shape
+  for subject in pipeline.segmentable(loaded.subjects, log=lambda line: None):
+    seq = pipeline.bucketed(sequences.make_sequences([subject], proto, "all"))
+    if runs_of_shape and runs_of_shape[-1][0] == seq.images.shape[1:]:
+      runs_of_shape[-1][1] += len(seq)
+    else:
+      runs_of_shape.append([seq.images.shape[1:], len(seq)])
+  flops, batches = 0.0, 0
+  for shape, n in runs_of_shape:
+    x = np.zeros((batch_size,) + shape, np.float32)
+    cost = fn.lower(members[0].params, x, np.ones((batch_size, shape[0]), bool)).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops += float(cost["flops"]) * math.ceil(n / batch_size)
+    batches += math.ceil(n / batch_size)
+  peak = matmul_peak()["jnp.dot"]
+  return {
+    "batches": batches,
+    "batch_size": batch_size,
+    "gflop": round(flops / 1e9, 3),
+    "matmul_peak_gflops": round(peak, 1),
+    "seconds_at_peak": round(flops / 1e9 / peak, 3),
+  }
+
+
 def table(results) -> str:
   lines = ["| checkout | cache | " + " | ".join(COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 2)]
   for r in results:
@@ -152,6 +200,7 @@ def main(argv=None) -> int:
   p.add_argument("--data-dir", help="segment this dataset instead of the run's own")
   p.add_argument("--baseline", help="another checkout of the code (e.g. a git worktree)")
   p.add_argument("--out", default=RESULTS)
+  p.add_argument("--no-work", action="store_true", help="skip the FLOP count (forward_work)")
   args = p.parse_args(argv)
   workdir = os.path.abspath(args.workdir)
   repos = [REPO] + ([args.baseline] if args.baseline else [])
@@ -175,6 +224,8 @@ def main(argv=None) -> int:
     "results": results,
     "same_labels": same,
   }
+  if not args.no_work:
+    record["work"] = forward_work(workdir, args.data_dir)
   if args.baseline:
     record["speedup_cold_wall"] = round(results[1]["cold"]["wall"] / results[0]["cold"]["wall"], 2)
     record["speedup_warm_wall"] = round(results[1]["warm"]["wall"] / results[0]["warm"]["wall"], 2)
@@ -187,6 +238,13 @@ def main(argv=None) -> int:
   for key in ("speedup_cold_wall", "speedup_warm_wall"):
     if key in record:
       print(f"{key}: {record[key]}x")
+  if "work" in record:
+    w, run = record["work"], results[0]["warm"].get("run")
+    print(
+      f"forward passes: {w['batches']} batches of {w['batch_size']}, {w['gflop']} GFLOP: "
+      f"{w['seconds_at_peak']} s at the matmul peak ({w['matmul_peak_gflops']} GFLOP/s); "
+      f"warm run {run} s"
+    )
   print(f"wrote {args.out} (seconds; load average {record['load_average']})")
   return 0
 

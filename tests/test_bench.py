@@ -18,6 +18,7 @@ sys.path.insert(0, BENCH)
 import common  # noqa: E402 (bench/ is put on sys.path first)
 import flops  # noqa: E402 (bench/ is put on sys.path first)
 import gpu_bench  # noqa: E402 (bench/ is put on sys.path first)
+import inference  # noqa: E402 (bench/ is put on sys.path first)
 import memory  # noqa: E402 (bench/ is put on sys.path first)
 import memory3d  # noqa: E402 (bench/ is put on sys.path first)
 import memory_breakdown  # noqa: E402 (bench/ is put on sys.path first)
@@ -372,3 +373,25 @@ def test_gpu_bench_script_tiny(tmp_path, capsys):
   assert all(r["status"] == "ok" for r in saved["phase1"]), saved["phase1"]
   assert "| JAX Bi-FCSLSTM float32 | ok |" in printed
   assert res["summary"] == summary
+
+
+def test_inference_work_counts_the_batches_evaluate_runs(study_run, monkeypatch):
+  """bench/inference.py's FLOP floor counts the batches that evaluation's forward passes
+  really run (subjects of one bucketed shape share batches)."""
+  from fcslstm_jax.infer import ensemble
+  from fcslstm_jax.infer import pipeline
+
+  work = inference.forward_work(str(study_run), None, batch_size=3)
+  runs = pipeline.read_runs([str(study_run)])
+  study, proto = pipeline.load_for_evaluation(runs[0][1])
+  members = pipeline.load_members(runs, proto)
+  calls, members_mean = [], ensemble.members_mean
+
+  def counted(*args, **kwargs):
+    mean = members_mean(*args, **kwargs)
+    return lambda x, v: calls.append(len(x)) or mean(x, v)
+
+  monkeypatch.setattr(ensemble, "members_mean", counted)
+  list(pipeline.segment_study(study, members, (), 3, log=lambda line: None))
+  assert work["batches"] == len(calls) and set(calls) == {3}
+  assert work["gflop"] > 0 and work["seconds_at_peak"] >= 0 and work["matmul_peak_gflops"] > 0

@@ -117,12 +117,32 @@ def predict_fns(members, variants) -> list:
   return [compiled[program_key(m.config)] for m in members]
 
 
+def members_mean(params_list, fns, scales=None):
+  """``fn(images [B, ...], valid [B, ...])`` -> the mean of the members' probabilities
+  ``[B, ..., c]`` (float32), each prior-corrected by its ``scales`` entry (None: as predicted);
+  one member: exactly its own probabilities."""
+  scales = scales or [None] * len(fns)
+
+  def mean(images, valid):
+    total = None
+    for params, fn, scale in zip(params_list, fns, scales):
+      probs = prior.corrected(np.asarray(fn(params, images, valid)), scale)
+      total = probs if total is None else total + probs
+    return (total / np.float32(len(fns))).astype(np.float32)
+
+  return mean
+
+
 def average_proba(params_list, fns, data, batch_size: int, scales=None) -> np.ndarray:
   """Mean of the members' probabilities ``[N, T, H, W, c]`` (float32) over ``data``'s
-  sequences, each prior-corrected by its ``scales`` entry (None: as predicted); one member:
-  exactly its own probabilities."""
-  total = None
-  for params, fn, scale in zip(params_list, fns, scales or [None] * len(fns)):
-    probs = prior.corrected(predict.predict_all(fn, params, data, batch_size), scale)
-    total = probs if total is None else total + probs
-  return (total / np.float32(len(fns))).astype(np.float32)
+  sequences (:func:`members_mean`)."""
+  return predict.predict_batched(members_mean(params_list, fns, scales), data, batch_size)
+
+
+def stream_proba(params_list, fns, parts, batch_size: int, scales=None):
+  """:func:`average_proba` of each ``(key, SliceSet)`` of ``parts``, yielded as
+  ``(key, probabilities)`` in order; consecutive parts of one shape share batches
+  (:func:`fcslstm_jax.infer.predict.predict_stream`)."""
+  mean = members_mean(params_list, fns, scales)
+  arrays = ((key, data.images, data.valid) for key, data in parts)
+  yield from predict.predict_stream(mean, arrays, batch_size)

@@ -378,33 +378,58 @@ def segment_study(loaded, members, flips, batch_size: int, log=print):
   """Yields ``(subject, sequences, probabilities [Z, T, X, Y, c], seconds)`` on each
   subject's working grid, averaged over the members and the flipped views (``seconds``: the
   forward passes); subjects none of whose sessions fits the protocol are logged and
-  skipped."""
+  skipped. 2D: the subjects' slices are streamed through the network in shared batches
+  (:func:`fcslstm_jax.infer.ensemble.stream_proba`; the same probabilities as one subject
+  at a time, without a part-filled batch per subject)."""
   spatial_dims = members[0].config.spatial_dims
   fns = ensemble.predict_fns(members, tta.flip_variants(flips, spatial_dims))
   params_list = [m.params for m in members]
-  windows = (
-    None
-    if spatial_dims == 2
-    else [(sliding_window.window_shape(m.config), m.config.window_overlap) for m in members]
-  )
   scales = [m.prior_scale for m in members]
-  for subject in loaded.subjects:
-    if subject.grid is None:
-      log(f"sub-{subject.subject_id}: no session fits the protocol's time points; not segmented")
-      continue
+  ages = members[0].config.age_input != "none"
+  subjects = segmentable(loaded.subjects, log)
+  if spatial_dims == 2:
+    yield from stream_subjects(
+      fns, params_list, subjects, loaded.protocol, batch_size, ages, scales, bucket=not flips
+    )
+    return
+  windows = [(sliding_window.window_shape(m.config), m.config.window_overlap) for m in members]
+  for subject in subjects:
     t_segment = time.monotonic()
     seq, probs = segment_subject(
-      fns,
-      params_list,
-      subject,
-      loaded.protocol,
-      batch_size,
-      windows,
-      bucket=not flips,
-      ages=members[0].config.age_input != "none",
-      scales=scales,
+      fns, params_list, subject, loaded.protocol, batch_size, windows, ages=ages, scales=scales
     )
     yield subject, seq, probs, time.monotonic() - t_segment
+
+
+def segmentable(subjects, log=print):
+  """The subjects with a working grid, read lazily; the others are logged and skipped."""
+  for subject in subjects:
+    if subject.grid is None:
+      log(f"sub-{subject.subject_id}: no session fits the protocol's time points; not segmented")
+    else:
+      yield subject
+
+
+def stream_subjects(fns, params_list, subjects, proto, batch_size, ages, scales, bucket):
+  """2D :func:`segment_study`: each subject's ``(subject, sequences, probabilities,
+  seconds)``, its slices (padded with :func:`bucketed` when ``bucket``) batched together
+  with its neighbours' (``seconds``: the time spent getting it, forward passes shared
+  with a neighbour counted for whichever finished first)."""
+
+  def parts():
+    for subject in subjects:
+      seq = sequences.make_sequences([subject], proto, "all", ages=ages)
+      yield (subject, seq), bucketed(seq) if bucket else seq
+
+  stream = ensemble.stream_proba(params_list, fns, parts(), batch_size, scales)
+  while True:
+    started = time.monotonic()
+    try:
+      (subject, seq), probs = next(stream)
+    except StopIteration:
+      return
+    h, w = seq.images.shape[2:4]
+    yield subject, seq, probs[:, :, :h, :w], time.monotonic() - started
 
 
 def session_outputs(probs, subject, session):
