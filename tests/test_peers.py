@@ -205,6 +205,9 @@ def test_keep_others_refuses_a_record_of_another_commit_configuration_or_no_comm
   path = _earlier(tmp_path, args[:2] + ["--budget-min", "1"] + args[4:], **here)
   line = _refused(capsys, argv)
   assert line.startswith(f"error: {path}: ") and "budget_min" in line
+  path = _earlier(tmp_path, args + ["--set", "lr_decay_rate=0.75"], **here)  # another schedule
+  line = _refused(capsys, argv)
+  assert line.startswith(f"error: {path}: ") and "fcslstm_set" in line
   assert not (tmp_path / "work").exists()
 
   # The same code and configuration: kept, as it was.

@@ -185,7 +185,7 @@ def configuration(args) -> dict:
     "nnunet_iterations_per_epoch": args.iterations,
     "nnunet_da_workers": args.da_workers,
     "nnunet_mirroring": args.mirroring,
-  }
+  } | ({"fcslstm_set": list(args.set)} if args.set else {})
 
 
 def tool_names(args) -> dict:
@@ -240,10 +240,11 @@ def kept_records(path: str, run_names, code: dict, config: dict) -> dict:
       raise ConfigError(
         f"{path}: the {name} record ran on {_short(theirs)}, this run on {_short(code)}; {again}"
       )
+    theirs = record.get("configuration", {})
     differ = [
-      f"{k}={record.get('configuration', {}).get(k)!r} (this run: {v!r})"
-      for k, v in config.items()
-      if record.get("configuration", {}).get(k) != v
+      f"{k}={theirs.get(k)!r} (this run: {config.get(k)!r})"
+      for k in [*config, *(k for k in theirs if k not in config)]
+      if theirs.get(k) != config.get(k)
     ]
     if differ:
       raise ConfigError(f"{path}: the {name} record was measured with {', '.join(differ)}; {again}")
@@ -421,10 +422,18 @@ def volume_summary(truth, uncompared: int, names) -> dict:
 
 
 def train_fcslstm(
-  source: Source, workdir: str, budget_s: float, model: str, config: str, epochs: int, log_path: str
+  source: Source,
+  workdir: str,
+  budget_s: float,
+  model: str,
+  config: str,
+  epochs: int,
+  log_path: str,
+  overrides=(),
 ) -> dict:
   """``train.py --max-minutes`` for at most ``budget_s`` seconds of wall time (then a
-  checkpoint at the step reached). Returns what was run and measured."""
+  checkpoint at the step reached); ``overrides``: ``train.py --set NAME=VALUE`` each. Returns
+  what was run and measured."""
   command = [
     sys.executable,
     os.path.join(REPO, "train.py"),
@@ -439,6 +448,7 @@ def train_fcslstm(
     workdir,
     "--max-minutes",
     str(budget_s / 60),
+    *(a for item in overrides for a in ("--set", item)),
   ]
   started = time.monotonic()
   with open(log_path, "w") as log:
@@ -742,6 +752,13 @@ def parse_args(argv=None):
     default=30,
     help="train.py --epochs (its learning-rate schedule); the budget stops it",
   )
+  p.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="NAME=VALUE",
+    help="train.py --set for FCSLSTM (e.g. lr_decay_rate=0.75), repeatable",
+  )
   p.add_argument("--iterations", type=int, default=10, help="nnU-Net batches per epoch")
   p.add_argument(
     "--da-workers", type=int, default=1, help="nnU-Net augmentation processes (nnUNet_n_proc_DA)"
@@ -934,6 +951,7 @@ def compare(args, argv) -> int:
       args.config,
       args.epochs,
       os.path.join(work, "fcslstm-train.log"),
+      args.set,
     )
     run["load_before"], run["load_after"] = before, load()
     seconds, probs, step = fcslstm_probabilities(workdir, eval_study)
