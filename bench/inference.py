@@ -3,7 +3,7 @@ warm compilation cache, and against another checkout of the code (issue 30).
 
     python bench/inference.py --workdir runs/X                         # this checkout
     git worktree add /tmp/old e0e3821
-    python bench/inference.py --workdir runs/X --baseline /tmp/old     # ... and an older one
+    python bench/inference.py --workdir runs/X --baseline /tmp/old     # ... and older ones
 
 For each checkout, ``evaluate.py`` runs as its own process on the run's study (``--data-dir``
 to segment another), twice on one fresh compilation cache (``cold``, then ``warm``), each
@@ -77,6 +77,13 @@ def evaluate_once(repo: str, workdir: str, data_dir, cache: str, out: str) -> di
   row["start"] = round(wall - (m.get("seconds") or 0.0), 1)
   row["wall_per_session"] = round(wall / sessions, 2)
   return row
+
+
+def cpu_name() -> str:
+  sys.path.insert(0, os.path.join(REPO, "bench"))
+  from common import cpu_name as name
+
+  return name() or platform.machine()
 
 
 def git_commit(repo: str) -> str:
@@ -198,46 +205,60 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--workdir", required=True, help="a run folder written by train.py")
   p.add_argument("--data-dir", help="segment this dataset instead of the run's own")
-  p.add_argument("--baseline", help="another checkout of the code (e.g. a git worktree)")
+  p.add_argument(
+    "--baseline", nargs="+", default=[], help="other checkouts of the code (e.g. git worktrees)"
+  )
   p.add_argument("--out", default=RESULTS)
   p.add_argument("--no-work", action="store_true", help="skip the FLOP count (forward_work)")
   args = p.parse_args(argv)
   workdir = os.path.abspath(args.workdir)
-  repos = [REPO] + ([args.baseline] if args.baseline else [])
+  repos = [REPO] + args.baseline
   outs = [tempfile.mkdtemp(prefix="bench-out-") for _ in repos]
   try:
     results = [measure(repo, workdir, args.data_dir, out) for repo, out in zip(repos, outs)]
-    # Same predictions? This checkout's cold and warm runs, and this one against the baseline.
+    # Same predictions? This checkout's cold and warm runs, and this one against each baseline.
     same = {"warm_vs_cold": compare_labels(*(os.path.join(outs[0], n) for n in ("cold", "warm")))}
-    if args.baseline:
-      same["baseline_vs_this"] = compare_labels(
-        os.path.join(outs[0], "cold"), os.path.join(outs[1], "cold")
-      )
+    baselines = [
+      {
+        "commit": r["commit"],
+        "speedup_cold_wall": round(r["cold"]["wall"] / results[0]["cold"]["wall"], 2),
+        "speedup_warm_wall": round(r["warm"]["wall"] / results[0]["warm"]["wall"], 2),
+        "same_labels": compare_labels(os.path.join(outs[0], "cold"), os.path.join(out, "cold")),
+      }
+      for r, out in zip(results[1:], outs[1:])
+    ]
   finally:
     for out in outs:
       shutil.rmtree(out, ignore_errors=True)
   record = {
     "workdir": workdir,
     "data_dir": args.data_dir,
-    "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    "machine": f"{cpu_name()}, {os.cpu_count()} cores",
     "load_average": [round(v, 2) for v in os.getloadavg()],
     "results": results,
     "same_labels": same,
   }
   if not args.no_work:
     record["work"] = forward_work(workdir, args.data_dir)
-  if args.baseline:
-    record["speedup_cold_wall"] = round(results[1]["cold"]["wall"] / results[0]["cold"]["wall"], 2)
-    record["speedup_warm_wall"] = round(results[1]["warm"]["wall"] / results[0]["warm"]["wall"], 2)
+  if baselines:  # the first baseline's numbers also at the top level, as before
+    record["baselines"] = baselines
+    same["baseline_vs_this"] = baselines[0]["same_labels"]
+    record["speedup_cold_wall"] = baselines[0]["speedup_cold_wall"]
+    record["speedup_warm_wall"] = baselines[0]["speedup_warm_wall"]
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(record, f, indent=1)
   print(table(results))
-  for key, c in same.items():
-    print(f"labels {key}: {c['differing']} of {c['voxels']} voxels differ ({c['files']} files)")
-  for key in ("speedup_cold_wall", "speedup_warm_wall"):
-    if key in record:
-      print(f"{key}: {record[key]}x")
+  c = same["warm_vs_cold"]
+  print(
+    f"labels warm vs cold: {c['differing']} of {c['voxels']} voxels differ ({c['files']} files)"
+  )
+  for b in baselines:
+    c = b["same_labels"]
+    print(
+      f"against {b['commit']}: {b['speedup_cold_wall']}x cold, {b['speedup_warm_wall']}x warm; "
+      f"labels: {c['differing']} of {c['voxels']} voxels differ ({c['files']} files)"
+    )
   if "work" in record:
     w, run = record["work"], results[0]["warm"].get("run")
     print(

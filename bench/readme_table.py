@@ -114,13 +114,26 @@ def inference_rows(d):
     f"{cold['sessions']} sessions: {cold['wall']:.0f} s with an empty compilation cache, "
     f"{warm['wall']:.0f} s warm ({warm['programs_compiled']} programs compiled)"
   )
-  if base:
+  speedups = d.get("baselines") or (
+    [{"speedup_cold_wall": d["speedup_cold_wall"], "speedup_warm_wall": d["speedup_warm_wall"]}]
+    if base
+    else []
+  )
+  for b, s in zip(base, speedups):
     text += (
-      f"; {base[0]['commit']}: {base[0]['cold']['wall']:.0f} s cold "
-      f"({d['speedup_cold_wall']:.2f}x), {base[0]['warm']['wall']:.0f} s warm "
-      f"({d['speedup_warm_wall']:.2f}x)"
+      f"; {b['commit']}: {b['cold']['wall']:.0f} s cold "
+      f"({s['speedup_cold_wall']:.2f}x), {b['warm']['wall']:.0f} s warm "
+      f"({s['speedup_warm_wall']:.2f}x)"
     )
+  if len(base) > 1:
+    same = {k: sum(b["same_labels"][k] for b in d["baselines"]) for k in ("differing", "voxels")}
   text += f"; {same['differing']} of {same['voxels']:,} voxels differ"
+  if "work" in d:
+    w = d["work"]
+    text += (
+      f"; its forward passes ({w['gflop'] / 1000:.1f} TFLOP) would take "
+      f"{w['seconds_at_peak']:.0f} s at the matmul peak"
+    )
   return [
     (
       f"`evaluate.py` on `data/cohort` at {this['commit']} (`bench/inference.py`)",

@@ -472,20 +472,13 @@ def train_fcslstm(
 
 def fcslstm_probabilities(workdir: str, loaded, batch_size: int = 8):
   """``(seconds, {subject_id: {t: [X, Y, Z, c]}})`` of the run's newest checkpoint on every
-  session of ``loaded`` (no test-time flips)."""
-  from fcslstm_jax.infer import ensemble
-  from fcslstm_jax.infer import tta
-
+  session of ``loaded`` (no test-time flips), through evaluate.py's own forward passes
+  (:func:`fcslstm_jax.infer.pipeline.segment_study`: shape buckets, shared batches)."""
   started = time.monotonic()
   runs = pipeline.read_runs([workdir])
   members = pipeline.load_members(runs, loaded.protocol)
-  fns = ensemble.predict_fns(members, tta.flip_variants((), 2))
-  params = [m.params for m in members]
   out = {}
-  for subject in loaded.subjects:
-    if subject.grid is None:
-      continue
-    _, probs = pipeline.segment_subject(fns, params, subject, loaded.protocol, batch_size)
+  for subject, _, probs, _ in pipeline.segment_study(loaded, members, (), batch_size):
     out[subject.subject_id] = {
       t: np.moveaxis(probs[:, t], 0, 2) for t, s in enumerate(subject.timepoints) if s is not None
     }
