@@ -125,8 +125,10 @@ def inference_rows(d):
       f"({s['speedup_cold_wall']:.2f}x), {b['warm']['wall']:.0f} s warm "
       f"({s['speedup_warm_wall']:.2f}x)"
     )
-  if len(base) > 1:
-    same = {k: sum(b["same_labels"][k] for b in d["baselines"]) for k in ("differing", "voxels")}
+  if len(base) > 1:  # e.g. "0 / 0 of 18,997,793 voxels differ": one count per baseline
+    counts = [b["same_labels"] for b in d["baselines"]]
+    differing = " / ".join(str(c["differing"]) for c in counts)
+    same = {"differing": differing, "voxels": max(c["voxels"] for c in counts)}
   text += f"; {same['differing']} of {same['voxels']:,} voxels differ"
   if "work" in d:
     w = d["work"]
