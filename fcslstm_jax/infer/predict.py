@@ -56,8 +56,9 @@ def predict_stream(run_batch, parts, batch_size: int):
   images, valid = [], []  # sequences read but not yet predicted, in order
 
   def run(flush: bool):
-    x = np.concatenate(images) if images else None
-    v = np.concatenate(valid) if valid else None
+    # One array (a single part, or what is left of one): no copy of the whole.
+    x = (images[0] if len(images) == 1 else np.concatenate(images)) if images else None
+    v = (valid[0] if len(valid) == 1 else np.concatenate(valid)) if valid else None
     done = 0
     while x is not None and (len(x) - done >= batch_size or (flush and len(x) > done)):
       k = min(batch_size, len(x) - done)
