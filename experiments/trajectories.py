@@ -30,6 +30,9 @@ Studies (generated under ``data/`` on first use, deterministic):
             labeled slice trains, the isointense 6-month one too, as a user who labels one
             slice in every session would train. Its held-out columns are empty; the table of
             Dice per time point shows the 6-month sessions.
+  cohort-dense-all  cohort-dense with every session in training, the 6-month one too: the
+            most the network learns of the isointense age when all of it is labeled (its
+            6-month Dice is a fit, not a prediction). Lever ``dense-steps``.
 """
 
 import argparse
@@ -83,6 +86,23 @@ STUDIES = {
       cohort.CohortConfig(),
       labels="dense",
       protocol=cohort.CohortConfig().protocol | {"labeled_slices_per_volume": 64},
+    ),
+  ),
+  # cohort-dense with the 6-month sessions' labels in training too: what the network can
+  # learn of the isointense age when every slice of it is labeled (the information ceiling
+  # of the images at that age, for this network and recipe). Nothing is held out.
+  "cohort-dense-all": (
+    0,
+    dataclasses.replace(
+      cohort.CohortConfig(),
+      labels="dense",
+      protocol=cohort.CohortConfig().protocol
+      | {
+        "name": "cohort-dense-all",
+        "labeled_slices_per_volume": 64,
+        "train_timepoints": [0, 1, 2, 3, 4],
+        "test_timepoints": [],
+      },
     ),
   ),
 }
