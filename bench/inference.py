@@ -152,7 +152,7 @@ COLUMNS = (
 def forward_work(workdir: str, data_dir, batch_size: int = 8) -> dict:
   """FLOPs of the forward passes evaluate.py runs on the study, and their time at the
   machine's float32 matmul peak."""
-  import math
+  import collections
 
   import numpy as np
 
@@ -162,26 +162,32 @@ def forward_work(workdir: str, data_dir, batch_size: int = 8) -> dict:
   from fcslstm_jax.data import sequences
   from fcslstm_jax.infer import ensemble
   from fcslstm_jax.infer import pipeline
+  from fcslstm_jax.infer import predict
   from fcslstm_jax.infer import tta
 
   runs = pipeline.read_runs([workdir])
   loaded, proto = pipeline.load_for_evaluation(runs[0][1], data_dir)
   members = pipeline.load_members(runs, proto, log=lambda line: None)
   fn = ensemble.predict_fns(members, tta.flip_variants(()))[0]
-  runs_of_shape = []  # [shape, sequences] of consecutive subjects of one shape
-  for subject in pipeline.segmentable(loaded.subjects, log=lambda line: None):
-    seq = pipeline.bucketed(sequences.make_sequences([subject], proto, "all"))
-    if runs_of_shape and runs_of_shape[-1][0] == seq.images.shape[1:]:
-      runs_of_shape[-1][1] += len(seq)
-    else:
-      runs_of_shape.append([seq.images.shape[1:], len(seq)])
-  flops, batches = 0.0, 0
-  for shape, n in runs_of_shape:
-    x = np.zeros((batch_size,) + shape, np.float32)
-    cost = fn.lower(members[0].params, x, np.ones((batch_size, shape[0]), bool)).cost_analysis()
+  batch_shapes = collections.Counter()  # the batches evaluation runs, by shape
+
+  def count(x, v):  # predict_stream's own batching, without the forward passes
+    batch_shapes[x.shape] += 1
+    return np.zeros(len(x))
+
+  subjects = pipeline.segmentable(loaded.subjects, log=lambda line: None)
+  parts = (
+    (None, seq.images, seq.valid)
+    for seq in (pipeline.bucketed(sequences.make_sequences([s], proto, "all")) for s in subjects)
+  )
+  collections.deque(predict.predict_stream(count, parts, batch_size), maxlen=0)
+  flops = 0.0
+  for shape, n in batch_shapes.items():
+    x = np.zeros(shape, np.float32)
+    cost = fn.lower(members[0].params, x, np.ones(shape[:2], bool)).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops += float(cost["flops"]) * math.ceil(n / batch_size)
-    batches += math.ceil(n / batch_size)
+    flops += float(cost["flops"]) * n
+  batches = sum(batch_shapes.values())
   peak = matmul_peak()["jnp.dot"]
   return {
     "batches": batches,
