@@ -176,9 +176,13 @@ def forward_work(workdir: str, data_dir, batch_size: int = 8) -> dict:
     return np.zeros(len(x))
 
   subjects = pipeline.segmentable(loaded.subjects, log=lambda line: None)
+  inputs = sequences.Inputs.of(members[0].config)
   parts = (
     (None, seq.images, seq.valid)
-    for seq in (pipeline.bucketed(sequences.make_sequences([s], proto, "all")) for s in subjects)
+    for seq in (
+      pipeline.bucketed(sequences.make_sequences([s], proto, "all", inputs=inputs))
+      for s in subjects
+    )
   )
   collections.deque(predict.predict_stream(count, parts, batch_size), maxlen=0)
   flops = 0.0

@@ -121,6 +121,7 @@ PAPER = dict(
   age_input="none",
   propagate_labels=0.0,
   prior_correction="none",
+  context_slices=0,
 )
 AUGMENT = dict(
   PAPER, class_weighting="none", dice_weight=1.0, rotate_deg=15.0, scale_range=0.15, gamma=0.3
@@ -180,6 +181,15 @@ LEVERS = {
     "the invert-one lever's training; its segmentation prior-corrected",
     dict(PAPER, invert_one=0.5, prior_correction="full"),
   ),
+  "context": (
+    "the paper's recipe, and the working slices above and below each slice as input "
+    "channels (2.5D, context_slices=1)",
+    dict(PAPER, context_slices=1),
+  ),
+  "prior-context": (
+    "the context lever's training; its segmentation prior-corrected",
+    dict(PAPER, context_slices=1, prior_correction="full"),
+  ),
   # A shorter default (issue 33's 20 minutes): nothing in training reads the epoch count but
   # the loop's end (the decay starts at epoch 10, the data order is per (seed, epoch)), so
   # these train what the 30-epoch run's checkpoint at that epoch holds.
@@ -213,6 +223,7 @@ SAME_TRAINING = {
   "prior": "paper",
   "prior-fit": "paper",
   "prior-age": "age",
+  "prior-context": "context",
   "prior-invert-one": "invert-one",
   "prior-dense-steps": "dense-steps",
 }

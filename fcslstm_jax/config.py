@@ -237,6 +237,12 @@ class Config:
     "(model/age.py; 2D FCSLSTM / Bi-FCSLSTM); 'none': the paper's model",
     choices=AGE_INPUTS,
   )
+  context_slices: int = _field(
+    0,
+    "2.5D: each slice's input also holds the k working slices above and below it, every "
+    "modality (edge slices repeated at the volume's ends); 0: the paper's one slice (2D only)",
+    minimum=0,
+  )
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
@@ -256,6 +262,11 @@ class Config:
       raise ConfigError(
         f"--set age_input={self.age_input}: for the 2D LSTM models (fcslstm, bi-fcslstm); "
         "the FCN sees each session alone, and 3D runs do not take ages yet."
+      )
+    if self.context_slices and self.spatial_dims == 3:
+      raise ConfigError(
+        f"--set context_slices={self.context_slices}: neighbouring slices as channels are for "
+        "2D runs; a 3D run sees them already. Set it to 0 with --spatial-dims 3."
       )
     if self.propagate_labels and self.spatial_dims == 3:
       raise ConfigError(

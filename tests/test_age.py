@@ -64,7 +64,7 @@ def test_the_uneven_study_gives_true_gaps_through_the_data_path(tmp_path):
   loaded = study.load_study(root, proto, spacing="native")
   first, second = loaded.subjects
   assert len(first.sessions) == 3 and len(second.sessions) == 2  # sub-02 missed a visit
-  seq = sequences.make_sequences([second], proto, "all", ages=True)
+  seq = sequences.make_sequences([second], proto, "all", inputs=sequences.Inputs(ages=True))
   images, years = age.split_age(jnp.asarray(seq.images))
   assert images.shape[-1] == len(proto.modalities)
   tsv = {

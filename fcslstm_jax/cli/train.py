@@ -270,7 +270,9 @@ def load_study(args, cfg):
     register=args.register,
     labels_root=labels_dir(args),
     shard=parallel.shard_for_this_process(),
-    keep="labeled" if cfg.spatial_dims == 2 and not cfg.pseudo_label_epochs else "all",
+    keep="labeled"
+    if cfg.spatial_dims == 2 and not (cfg.pseudo_label_epochs or cfg.context_slices)
+    else "all",
     label_planes=cfg.spatial_dims == 2,
   )
 
@@ -408,15 +410,17 @@ def training_sets(cfg, subjects, protocol) -> TrainingData:
     )
     return TrainingData(train_set, test_set, train_eval_set, pool, what)
   size = parallel.agree_max(sequences.in_plane_size(subjects))
-  ages = cfg.age_input != "none"
+  inputs = sequences.Inputs.of(cfg)
   carry = (cfg.propagate_labels, cfg.propagate_erosion)
   train_set = sequences.make_sequences(
-    subjects, protocol, "train", size, ages=ages, propagation=carry
+    subjects, protocol, "train", size, inputs=inputs, propagation=carry
   )
-  test_set = sequences.make_sequences(subjects, protocol, "test", size, ages=ages)
+  test_set = sequences.make_sequences(subjects, protocol, "test", size, inputs=inputs)
   what = f"{len(train_set)} training sequences of shape {train_set.images.shape[1:]}"
   if cfg.pseudo_label_epochs:
-    pool = sequences.make_sequences(subjects, protocol, "train", size, every_slice=True, ages=ages)
+    pool = sequences.make_sequences(
+      subjects, protocol, "train", size, every_slice=True, inputs=inputs
+    )
     what += f", {len(pool)} more for self-training in the last {cfg.pseudo_label_epochs} epochs"
   return TrainingData(train_set, test_set, train_eval_set, pool, what)
 

@@ -1,13 +1,15 @@
 """Subjects -> axial slice sequences over time, the model's input; split summaries and checks.
 
 A sequence is one axial slice ``z`` of one subject's working grid at all T time points,
-``[T, H, W, C]`` (channels-last; ``[H, W] = [X, Y]`` canonical). For a split (``"train"``,
-``"test"``), there is a sequence for every (subject, z) where some time point *of that split*
-has counted labels at ``z`` (:attr:`fcslstm_jax.data.study.Session.label_mask`); its loss mask is 1
-exactly where those time points are labeled, so a held-out time point's labels never reach
-training arrays, nor the choice of slices. ``"all"`` gives every slice of every subject with
-every labeled voxel (whole-volume inference and evaluation). Subjects of different in-plane
-size are zero-padded (centered, mask 0) to one size for batching.
+``[T, H, W, C]`` (channels-last; ``[H, W] = [X, Y]`` canonical; C: the modalities, of
+neighbouring slices too and with the session's age where the run asks, :class:`Inputs`).
+For a split (``"train"``, ``"test"``), there is a sequence for every (subject, z) where some
+time point *of that split* has counted labels at ``z``
+(:attr:`fcslstm_jax.data.study.Session.label_mask`); its loss mask is 1 exactly where those
+time points are labeled, so a held-out time point's labels never reach training arrays, nor
+the choice of slices. ``"all"`` gives every slice of every subject with every labeled voxel
+(whole-volume inference and evaluation). Subjects of different in-plane size are
+zero-padded (centered, mask 0) to one size for batching.
 """
 
 import dataclasses
@@ -54,6 +56,45 @@ class SliceSet:
     return self.images.shape[0]
 
 
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+  """What a network's input holds besides each slice's modalities.
+
+  Attributes:
+    ages: one more channel, each session's age (:func:`with_age_channel`; for
+      ``Config.age_input``).
+    context: 2.5D, ``k`` working slices on each side of a sequence's slice as more channels
+      (``Config.context_slices``; :func:`with_context`).
+  """
+
+  ages: bool = False
+  context: int = 0
+
+  @classmethod
+  def of(cls, config) -> "Inputs":
+    """The inputs of a run of ``config`` (a :class:`fcslstm_jax.config.Config`)."""
+    return cls(ages=config.age_input != "none", context=config.context_slices)
+
+  def channels(self, num_modalities: int) -> int:
+    """Input channels: the modalities of ``2 * context + 1`` slices, then the age."""
+    return num_modalities * (2 * self.context + 1) + self.ages
+
+
+def with_context(image: np.ndarray, zs: np.ndarray, context: int) -> np.ndarray:
+  """``[len(zs), X, Y, (2k + 1) C]``: for each slice ``z`` of ``zs``, ``image [X, Y, Z, C]``
+  at ``z - k .. z + k`` (``k = context``; the first and last slice repeated past the volume's
+  ends), channels slice-major (slice ``z - k``'s modalities first).
+
+  Ours: the paper segments each slice from its own image (Sec. 2); nnU-Net's and the issue's
+  "2.5D" neighbours give the 2D network the anatomy just above and below (issue 33). On a
+  training time point a labeled working slice shows its labeled plane
+  (:func:`fcslstm_jax.data.study.with_label_planes`), its neighbours the working grid's."""
+  offsets = np.arange(-context, context + 1)
+  idx = np.clip(np.asarray(zs)[:, None] + offsets[None, :], 0, image.shape[2] - 1)  # [N, S]
+  planes = image[:, :, idx]  # [X, Y, N, S, C]
+  return np.moveaxis(planes, 2, 0).reshape(len(zs), *image.shape[:2], len(offsets) * image.shape[3])
+
+
 def labeled_z(subject, timepoints) -> np.ndarray:
   """Positions along the sessions' z axis where a session at ``timepoints`` has counted
   labels (:meth:`fcslstm_jax.data.study.Subject.working_z` turns them into working-grid z)."""
@@ -70,18 +111,23 @@ def _pad_offsets(shape, size):
 
 
 def _subject_sequences(
-  subject, protocol, split, size, every_slice=False, ages=False, propagation=None
+  subject, protocol, split, size, every_slice=False, inputs=Inputs(), propagation=None
 ):
   """``(images, labels, mask, valid, zs, offsets)`` of one subject, padded to ``size`` (with
-  ``ages``, the images carry :func:`with_age_channel`; with ``propagation`` ``(weight,
-  erosion)``, each labeled slice labels the subject's other sessions too:
-  :mod:`fcslstm_jax.data.propagate`)."""
+  ``inputs.ages``, the images carry :func:`with_age_channel`, with ``inputs.context``
+  :func:`with_context`; with ``propagation`` ``(weight, erosion)``, each labeled slice
+  labels the subject's other sessions too: :mod:`fcslstm_jax.data.propagate`)."""
   seen = protocol.timepoints(split)
   depth = subject.sessions[0].image.shape[2]
   zs = np.arange(depth) if split == "all" or every_slice else labeled_z(subject, seen)
+  if inputs.context and subject.z_index is not None:
+    raise DataError(
+      f"{subject.path}: loaded with its labeled slices only; neighbouring slices as input "
+      "(context_slices) need every slice (study.load_study(..., keep='all'))."
+    )
   x, y = subject.grid.shape[:2]
   ox, oy = _pad_offsets((x, y), size)
-  t_count, c = protocol.num_timepoints, len(protocol.modalities)
+  t_count, c = protocol.num_timepoints, len(protocol.modalities) * (2 * inputs.context + 1)
   images = np.zeros((len(zs), t_count) + tuple(size) + (c,), np.float32)
   labels = np.zeros((len(zs), t_count) + tuple(size), np.int32)
   mask = np.zeros((len(zs), t_count) + tuple(size), np.float32)
@@ -89,7 +135,7 @@ def _subject_sequences(
   for t, session in enumerate(subject.timepoints):
     if session is None:
       continue
-    images[(slice(None), t) + region[1:]] = np.moveaxis(session.image[:, :, zs], 2, 0)
+    images[(slice(None), t) + region[1:]] = with_context(session.image, zs, inputs.context)
     if session.labels is None or t not in seen:
       continue
     labels[(slice(None), t) + region[1:]] = np.moveaxis(session.labels[:, :, zs], 2, 0)
@@ -100,7 +146,7 @@ def _subject_sequences(
   if propagation is not None and propagation[0] > 0:
     months = [0.0 if s is None else s.age for s in subject.timepoints]
     labels, mask = propagate.propagate(labels, mask, valid, months, seen, *propagation)
-  if ages:
+  if inputs.ages:
     months = [0.0 if s is None else s.age for s in subject.timepoints]
     images = with_age_channel(images, months, valid)
   return images, labels, mask, valid, subject.working_z(zs), (ox, oy)
@@ -156,7 +202,7 @@ def in_plane_size(subjects) -> tuple:
 
 
 def make_sequences(
-  subjects, protocol, split, size=None, every_slice=False, ages=False, propagation=None
+  subjects, protocol, split, size=None, every_slice=False, inputs=Inputs(), propagation=None
 ) -> SliceSet:
   """Axial slice sequences for a split (see the module docstring).
 
@@ -168,8 +214,8 @@ def make_sequences(
     every_slice: a sequence for every slice of every subject, labeled or not, still with
       the split's labels only (the unlabeled pool of self-training,
       :mod:`fcslstm_jax.train.pseudo_labels`).
-    ages: the images carry one more channel, each session's age (:func:`with_age_channel`;
-      for ``Config.age_input``).
+    inputs: what the images hold besides each slice's modalities (:class:`Inputs`: the
+      session's age, neighbouring slices).
     propagation: ``(weight, erosion)``: each labeled slice's labels also label the subject's
       other sessions on that slice (:mod:`fcslstm_jax.data.propagate`; training).
 
@@ -185,11 +231,11 @@ def make_sequences(
         f"{s.path}: working grid {s.grid.shape[:2]} larger than the batch size {size}."
       )
   parts = [
-    (s, _subject_sequences(s, protocol, split, size, every_slice, ages, propagation))
+    (s, _subject_sequences(s, protocol, split, size, every_slice, inputs, propagation))
     for s in subjects
   ]
   parts = [(s, p) for s, p in parts if len(p[4])]
-  t, c = protocol.num_timepoints, len(protocol.modalities) + bool(ages)
+  t, c = protocol.num_timepoints, inputs.channels(len(protocol.modalities))
   if not parts:
 
     def empty(*shape, dtype=np.float32):

@@ -90,6 +90,13 @@ def check_compatible(runs) -> None:
         f"has {ref.config.age_input!r}. Ensemble members must all take the session age as "
         "input or none; leave this --workdir out."
       )
+    context = [r.config.context_slices for r in (ref, run)]
+    if context[0] != context[1]:
+      raise ConfigError(
+        f"{workdir}/run.json: context_slices is {context[1]}, but {ref_dir}/run.json has "
+        f"{context[0]}. Ensemble members must all see the same neighbouring slices; leave "
+        "this --workdir out."
+      )
     for field in ("protocol", "grid"):
       a, b = (getattr(r, field) for r in (ref, run))
       a, b = (x.to_json() if x is not None else {} for x in (a, b))

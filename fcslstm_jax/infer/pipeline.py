@@ -81,7 +81,7 @@ def load_members(runs, proto, prior_correction: bool = True, log=print) -> list:
   (:mod:`fcslstm_jax.infer.prior`)."""
   members = []
   for workdir, run in runs:
-    channels = len(proto.modalities) + (run.config.age_input != "none")  # + the age channel
+    channels = sequences.Inputs.of(run.config).channels(len(proto.modalities))
     # How the network is compiled is this machine's choice, not the training machine's.
     config = networks.with_backend_defaults(
       run.config.replace(**dict.fromkeys(networks.COMPILE_FIELDS)), proto.num_timepoints
@@ -127,7 +127,7 @@ def segment_subject(
   batch_size: int,
   windows=None,
   bucket: bool = False,
-  ages: bool = False,
+  inputs=sequences.Inputs(),
   scales=None,
 ):
   """``(sequences, probabilities [Z, T, X, Y, c])`` for every axial slice of one subject on
@@ -139,8 +139,9 @@ def segment_subject(
   ``batch_size`` windows per call) and its probabilities returned in the same layout.
   ``bucket``: 2D, pad the slices to the network's multiple first (:func:`bucketed`); not
   with test-time flips, whose flipped views would put the padding on the other side.
-  ``ages``: the members take each session's age as a channel (``Config.age_input``)."""
-  seq = sequences.make_sequences([subject], proto, "all", ages=ages)
+  ``inputs``: what the members' input holds besides the modalities (their session ages,
+  neighbouring slices: :class:`fcslstm_jax.data.sequences.Inputs`)."""
+  seq = sequences.make_sequences([subject], proto, "all", inputs=inputs)
   scales = scales or [None] * len(fns)
   if windows is None:
     if not bucket:
@@ -385,18 +386,18 @@ def segment_study(loaded, members, flips, batch_size: int, log=print):
   fns = ensemble.predict_fns(members, tta.flip_variants(flips, spatial_dims))
   params_list = [m.params for m in members]
   scales = [m.prior_scale for m in members]
-  ages = members[0].config.age_input != "none"
+  inputs = sequences.Inputs.of(members[0].config)
   subjects = segmentable(loaded.subjects, log)
   if spatial_dims == 2:
     yield from stream_subjects(
-      fns, params_list, subjects, loaded.protocol, batch_size, ages, scales, bucket=not flips
+      fns, params_list, subjects, loaded.protocol, batch_size, inputs, scales, bucket=not flips
     )
     return
   windows = [(sliding_window.window_shape(m.config), m.config.window_overlap) for m in members]
   for subject in subjects:
     t_segment = time.monotonic()
     seq, probs = segment_subject(
-      fns, params_list, subject, loaded.protocol, batch_size, windows, ages=ages, scales=scales
+      fns, params_list, subject, loaded.protocol, batch_size, windows, inputs=inputs, scales=scales
     )
     yield subject, seq, probs, time.monotonic() - t_segment
 
@@ -410,7 +411,7 @@ def segmentable(subjects, log=print):
       yield subject
 
 
-def stream_subjects(fns, params_list, subjects, proto, batch_size, ages, scales, bucket):
+def stream_subjects(fns, params_list, subjects, proto, batch_size, inputs, scales, bucket):
   """2D :func:`segment_study`: each subject's ``(subject, sequences, probabilities,
   seconds)``, its slices (padded with :func:`bucketed` when ``bucket``) batched together
   with its neighbours' (``seconds``: the time spent getting it, forward passes shared
@@ -418,7 +419,7 @@ def stream_subjects(fns, params_list, subjects, proto, batch_size, ages, scales,
 
   def parts():
     for subject in subjects:
-      seq = sequences.make_sequences([subject], proto, "all", ages=ages)
+      seq = sequences.make_sequences([subject], proto, "all", inputs=inputs)
       yield (subject, seq), bucketed(seq) if bucket else seq
 
   stream = ensemble.stream_proba(params_list, fns, parts(), batch_size, scales)

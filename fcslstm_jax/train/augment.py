@@ -161,6 +161,20 @@ def augment(rng, batch: dict, config: Config) -> dict:
     batch = rotate_and_scale(
       jax.random.fold_in(rng, 1), batch, config.rotate_deg, config.scale_range
     )
+  slices = 2 * config.context_slices + 1
+  if slices == 1:
+    return _per_channel(rng, batch, config)
+  # Neighbouring slices (Config.context_slices): channels [S * C] seen as [S, C], so that
+  # a modality's slices share its per-channel draws, as one volume's slices would.
+  images = batch["images"]
+  out = _per_channel(
+    rng, dict(batch, images=images.reshape(images.shape[:-1] + (slices, -1))), config
+  )
+  return dict(out, images=out["images"].reshape(images.shape))
+
+
+def _per_channel(rng, batch: dict, config: Config) -> dict:
+  """The augmentations drawn per channel (gamma, inversions, scaling) and the flips."""
   if config.gamma:
     batch = random_gamma(jax.random.fold_in(rng, 2), batch, config.gamma)
   if config.invert:
