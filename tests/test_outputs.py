@@ -159,6 +159,10 @@ def test_members_must_share_protocol_and_grid():
     r"a/run.json has \[1.0, 1.0\]",
   ):
     ensemble.check_compatible([("a", run), ("b", other)])
+  for field, value in (("spatial_dims", 3), ("age_input", "film"), ("context_slices", 1)):
+    other = dataclasses.replace(run, config=run.config.replace(**{field: value}))
+    with pytest.raises(ConfigError, match=rf"^b/run.json: {field} is {value!r}, but a/run.json"):
+      ensemble.check_compatible([("a", run), ("b", other)])
 
 
 # ------------------------------------------------------------------ back to the input grid

@@ -67,6 +67,14 @@ def program_key(config: Config) -> tuple:
   return tuple((k, repr(d[k])) for k in PROGRAM_FIELDS)
 
 
+# Config fields whose members read other inputs: (field, what must be equal, the rule).
+SHARED_INPUTS = (
+  ("spatial_dims", lambda c: c.spatial_dims, "all segment slices (2) or all volumes (3)"),
+  ("age_input", lambda c: c.age_input != "none", "all take the session age as input or none"),
+  ("context_slices", lambda c: c.context_slices, "all see the same neighbouring slices"),
+)
+
+
 def check_compatible(runs) -> None:
   """Refuses members trained with another protocol or other grid options: one line naming
   the member's ``run.json``, the first difference and the fix.
@@ -76,27 +84,13 @@ def check_compatible(runs) -> None:
   """
   (ref_dir, ref), others = runs[0], runs[1:]
   for workdir, run in others:
-    dims = [r.config.spatial_dims for r in (ref, run)]
-    if dims[0] != dims[1]:
-      raise ConfigError(
-        f"{workdir}/run.json: spatial_dims is {dims[1]}, but {ref_dir}/run.json has "
-        f"{dims[0]}. Ensemble members must all segment slices (2) or all volumes (3); leave "
-        "this --workdir out."
-      )
-    takes = [r.config.age_input != "none" for r in (ref, run)]
-    if takes[0] != takes[1]:
-      raise ConfigError(
-        f"{workdir}/run.json: age_input is {run.config.age_input!r}, but {ref_dir}/run.json "
-        f"has {ref.config.age_input!r}. Ensemble members must all take the session age as "
-        "input or none; leave this --workdir out."
-      )
-    context = [r.config.context_slices for r in (ref, run)]
-    if context[0] != context[1]:
-      raise ConfigError(
-        f"{workdir}/run.json: context_slices is {context[1]}, but {ref_dir}/run.json has "
-        f"{context[0]}. Ensemble members must all see the same neighbouring slices; leave "
-        "this --workdir out."
-      )
+    for field, key, must in SHARED_INPUTS:
+      if key(ref.config) != key(run.config):
+        raise ConfigError(
+          f"{workdir}/run.json: {field} is {getattr(run.config, field)!r}, but {ref_dir}/run.json "
+          f"has {getattr(ref.config, field)!r}. Ensemble members must {must}; leave this "
+          "--workdir out."
+        )
     for field in ("protocol", "grid"):
       a, b = (getattr(r, field) for r in (ref, run))
       a, b = (x.to_json() if x is not None else {} for x in (a, b))
