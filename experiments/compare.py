@@ -55,8 +55,10 @@ def labeled_sequences(subjects, protocol):
   chosen = set(zip(train.subject_ids, train.slice_index.tolist()))
   keep = np.array([(sid, int(z)) in chosen for sid, z in zip(full.subject_ids, full.slice_index)])
 
-  def take(v):
-    return v if v is None else v[keep] if isinstance(v, np.ndarray) else tuple(np.asarray(v)[keep])
+  def take(v):  # per-sequence fields; the others (None, the context) as they are
+    if isinstance(v, np.ndarray):
+      return v[keep]
+    return tuple(np.asarray(v)[keep]) if isinstance(v, tuple) else v
 
   return sequences.SliceSet(**{f: take(v) for f, v in vars(full).items()})
 

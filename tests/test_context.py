@@ -44,7 +44,8 @@ def test_sequences_hold_the_working_slices_above_and_below(loaded):
   wide = sequences.make_sequences(data.subjects, proto, "all", inputs=sequences.Inputs(context=1))
   c = len(proto.modalities)
   assert wide.images.shape == plain.images.shape[:-1] + (3 * c,)
-  np.testing.assert_array_equal(wide.images[..., c : 2 * c], plain.images)  # the slice itself
+  own = wide.images[..., wide.own_channels(c)]
+  np.testing.assert_array_equal(own, plain.images)  # the slice itself, where figures read it
   subject = np.asarray(plain.subject_ids)
   for n in range(len(plain)):
     same = subject == subject[n]
@@ -102,3 +103,25 @@ def test_a_run_with_neighbouring_slices_trains_segments_and_is_no_ensemble_membe
   runs = [(str(run), run_record.read(run)), (str(study_run), run_record.read(study_run))]
   with pytest.raises(ConfigError, match="context_slices is 0"):
     ensemble.check_compatible(runs)
+
+
+def test_the_figure_shows_each_slices_own_image(loaded, monkeypatch, tmp_path):
+  from fcslstm_jax.outputs import figures
+  from fcslstm_jax.outputs import writer
+
+  proto, data = loaded
+  subject = data.subjects[0]
+  plain = sequences.make_sequences([subject], proto, "all")
+  wide = sequences.make_sequences([subject], proto, "all", inputs=sequences.Inputs(context=1))
+  shown = {}
+  monkeypatch.setattr(figures, "montage", lambda path, columns, *a, **k: shown.update(c=columns))
+  pred = np.zeros(wide.labels.shape, np.int32)
+  for seq in (plain, wide):
+    writer.save_figure(tmp_path / "f.png", subject, seq, pred, proto, "m")
+    images = [[p for p in col[2] if p is not None] for col in shown["c"][: len(proto.modalities)]]
+    if seq is plain:
+      want = images
+  assert any(len(col) for col in want)
+  for got_col, want_col in zip(images, want):
+    for got, expected in zip(got_col, want_col):
+      np.testing.assert_array_equal(got, expected)

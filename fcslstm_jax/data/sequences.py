@@ -41,6 +41,8 @@ class SliceSet:
       so that errors can name the scan (``sub-<id> ses-<label>``).
     offsets: ``int32 [N, 2]`` where the subject's ``[X, Y]`` starts inside ``[H, W]``
       (centered zero padding).
+    context: neighbouring slices on each side held in ``images``' channels
+      (:attr:`Inputs.context`); the slice's own modalities are :meth:`own_channels`.
   """
 
   images: np.ndarray
@@ -51,9 +53,14 @@ class SliceSet:
   slice_index: np.ndarray
   session_labels: Optional[np.ndarray] = None
   offsets: Optional[np.ndarray] = None
+  context: int = 0
 
   def __len__(self):
     return self.images.shape[0]
+
+  def own_channels(self, num_modalities: int) -> slice:
+    """The channels of ``images`` that hold each sequence's own slice, one per modality."""
+    return slice(self.context * num_modalities, (self.context + 1) * num_modalities)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,6 +257,7 @@ def make_sequences(
       slice_index=empty(dtype=np.int32),
       session_labels=empty(t, dtype=str),
       offsets=empty(2, dtype=np.int32),
+      context=inputs.context,
     )
 
   def cat(i):
@@ -269,6 +277,7 @@ def make_sequences(
       [repeat(np.array([ses.label if ses else "" for ses in s.timepoints]), p) for s, p in parts]
     ),
     offsets=np.concatenate([repeat(np.array(p[5], np.int32), p) for _, p in parts]),
+    context=inputs.context,
   )
 
 

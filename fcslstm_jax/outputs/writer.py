@@ -550,8 +550,9 @@ def save_figure(path, subject, seq, pred, proto, model_name):
   per_slice = seq.label_mask.sum(axis=(1, 2, 3))
   i = int(np.argmax(per_slice)) if per_slice.any() else len(seq) // 2
   rows = range(proto.num_timepoints)
+  own = seq.images[i, ..., seq.own_channels(len(proto.modalities))]  # [T, H, W, M]
   columns = [
-    (m, "image", [seq.images[i, t, ..., k] if seq.valid[i, t] else None for t in rows])
+    (m, "image", [own[t, ..., k] if seq.valid[i, t] else None for t in rows])
     for k, m in enumerate(proto.modalities)
   ]
   columns.append(
