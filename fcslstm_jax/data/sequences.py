@@ -92,8 +92,8 @@ def with_context(image: np.ndarray, zs: np.ndarray, context: int) -> np.ndarray:
   at ``z - k .. z + k`` (``k = context``; the first and last slice repeated past the volume's
   ends), channels slice-major (slice ``z - k``'s modalities first).
 
-  Ours: the paper segments each slice from its own image (Sec. 2); nnU-Net's and the issue's
-  "2.5D" neighbours give the 2D network the anatomy just above and below (issue 33). On a
+  Ours: the paper segments each slice from its own image (Sec. 2); "2.5D" neighbours (issue
+  33) give the 2D network the anatomy just above and below. On a
   training time point a labeled working slice shows its labeled plane
   (:func:`fcslstm_jax.data.study.with_label_planes`), its neighbours the working grid's."""
   offsets = np.arange(-context, context + 1)
