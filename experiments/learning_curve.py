@@ -2,14 +2,14 @@
 
     python experiments/learning_curve.py --study cohort --budgets 10,30,60 [--tools fcslstm nnunet]
 
-runs ``experiments/peers/run.py`` once per budget, as a subprocess, each into its own
-``--out results/learning-curve/<study>-<budget>min`` (its ``peers-<study>.json`` and ``.md``:
-the full record) and its own ``--work runs/learning-curve/<study>-<budget>min``, then writes
-``results/learning-curve-<study>.json`` and ``.md``: one row per tool and budget with the
-held-out labeled-slice mPA, the held-out whole-volume Dice per tissue class, the volume error
-and growth error per class (labeled and unlabeled subjects apart; run.py's
-``scores.volumes``), the training wall minutes, and the commit it ran on. Arguments it does
-not know (``--model fcn``, ``--epochs 60``, ...) go to every run.py call.
+runs ``experiments/peers/run.py`` once per budget and tool, as a subprocess, each budget into
+its own ``--out results/learning-curve/<study>-<budget>min`` (its ``peers-<study>.json`` and
+``.md``: the full record) and its own ``--work runs/learning-curve/<study>-<budget>min``, then
+writes ``results/learning-curve-<study>.json`` and ``.md``: one row per tool and budget with
+the held-out labeled-slice mPA, the held-out whole-volume Dice per tissue class, the volume
+error and growth error per class (labeled and unlabeled subjects apart; run.py's
+``scores.volumes``), the training wall minutes, and the commit it ran on. Arguments it does not
+know (``--model fcn``, ``--epochs 60``, ...) go to every run.py call.
 
 Resumable: a budget whose record already holds a row for each tool, measured on the current
 code (the same commit, or one that differs from it only in the learning curve's own output
@@ -19,7 +19,12 @@ again, so a long series can be stopped and restarted. Where only some tools' row
 current and on this very commit, the others run alone (run.py ``--keep-others``); otherwise
 every tool of that budget runs again. A tool that cannot run here (nnU-Net without
 ``nnunetv2`` installed) or a run that fails gets a row saying so; the other budgets and
-tools go on. The summary is written once every budget has had its turn.
+tools go on. One tool per call: a killed series resumes after the last tool that finished.
+
+The summary is written once every budget has had its turn. It also holds the budgets that
+earlier commands recorded in ``--out-dir`` with this configuration, as they stand (a row on
+other code than this says so in its note), so that a curve can be extended a budget at a
+time.
 
 The budgets are wall-clock minutes of training for each tool on this machine's CPU (the
 project's runs: 2 cores, one tool after the other, nothing else running), the same budget
@@ -186,22 +191,34 @@ def read_record(path: str) -> dict:
     return {}
 
 
-def current_tools(args, budget: float, extra, ignored) -> tuple:
-  """``(record, {tool: exact})``: the budget's record and those of ``args.tools`` whose row
-  in it is current (this code, this configuration); ``exact``: on this very commit and
-  uncommitted changes (run.py ``--keep-others`` keeps only those)."""
+def tool_rows(args, budget: float, extra, ignored) -> tuple:
+  """``(record, {tool: state})``: the budget's record and the state of each of ``args.tools``
+  whose row in it has this configuration (:func:`run.configuration`): ``"exact"`` (this very
+  commit and uncommitted changes: run.py ``--keep-others`` keeps only those), ``"current"``
+  (this code: a commit since changed only this script's outputs) or ``"earlier"`` (other
+  code)."""
   out = budget_out(args, budget)
   code = run.code_version(exclude=run.outputs(out, args.study))
   record = read_record(run.outputs(out, args.study)[0])
-  current = {}
+  states = {}
   for tool in args.tools:
     run_args = run.parse_args(run_argv(args, budget, [tool], extra))
     row = record.get("tools", {}).get(run.tool_names(run_args)[tool])
     if row is None or row.get("configuration") != run.configuration(run_args):
       continue
-    if same_code(row, code, ignored):
-      current[tool] = all(row.get(k) == code.get(k) for k in ("commit", "dirty", "diff_sha256"))
-  return record, current
+    if all(row.get(k) == code.get(k) for k in ("commit", "dirty", "diff_sha256")):
+      states[tool] = "exact"
+    else:
+      states[tool] = "current" if same_code(row, code, ignored) else "earlier"
+  return record, states
+
+
+def current_tools(args, budget: float, extra, ignored) -> tuple:
+  """``(record, {tool: exact})``: the budget's record and those of ``args.tools`` whose row
+  in it is current (this code, this configuration); ``exact``: on this very commit and
+  uncommitted changes."""
+  record, states = tool_rows(args, budget, extra, ignored)
+  return record, {t: s == "exact" for t, s in states.items() if s != "earlier"}
 
 
 def call(command) -> int:
@@ -210,8 +227,13 @@ def call(command) -> int:
 
 
 def run_budget(args, budget: float, extra, ignored, missing: dict) -> dict:
-  """Runs run.py for ``budget`` unless its record is current; ``{tool: why not measured}``
-  for the tools that did not run or whose run failed."""
+  """Runs run.py for ``budget``, one tool per call, unless its record is current;
+  ``{tool: why not measured}`` for the tools that did not run or whose run failed.
+
+  One tool per call so that a budget is resumable tool by tool: run.py writes the record when
+  its call ends, and each later call keeps the rows before it (``--keep-others``, which takes
+  only rows of this very commit). A current row that is not on this very commit (one committed
+  since) cannot be kept, so then every tool of the budget runs again."""
   _, current = current_tools(args, budget, extra, ignored)
   to_run = [t for t in args.tools if t not in current and not missing[t]]
   notes = {t: missing[t] for t in args.tools if t not in current and missing[t]}
@@ -222,12 +244,16 @@ def run_budget(args, budget: float, extra, ignored, missing: dict) -> dict:
       print(f"{label(budget)}: the record of {', '.join(current)} is current; skipped", flush=True)
     return notes
   keep = bool(current) and all(current.values())
-  tools = to_run if keep else [t for t in args.tools if not missing[t]]
-  argv = run_argv(args, budget, tools, extra) + (["--keep-others"] if keep else [])
-  print(f"{label(budget)}: python experiments/peers/run.py {' '.join(argv)}", flush=True)
-  code = call([sys.executable, RUN_PY, *argv])
-  if code != 0:
-    notes.update({t: f"failed: run.py exited with {code}" for t in tools})
+  if current and not keep:
+    to_run = [t for t in args.tools if not missing[t]]
+  for tool in to_run:
+    argv = run_argv(args, budget, [tool], extra) + (["--keep-others"] if keep else [])
+    print(f"{label(budget)}: python experiments/peers/run.py {' '.join(argv)}", flush=True)
+    code = call([sys.executable, RUN_PY, *argv])
+    if code != 0:
+      notes[tool] = f"failed: run.py exited with {code}"
+    else:
+      keep = True  # its record now holds this tool's row, on this very commit
   return notes
 
 
@@ -265,19 +291,40 @@ def row_of(tool_name: str, budget: float, record: dict, tool: dict, path: str) -
   }
 
 
+def recorded_budgets(args) -> list:
+  """The budgets of this study with a record under ``args.out_dir`` (earlier commands')."""
+  folder = os.path.join(args.out_dir, "learning-curve")
+  prefix, found = f"{args.study}-", []
+  for name in os.listdir(folder) if os.path.isdir(folder) else ():
+    if name.startswith(prefix) and name.endswith("min"):
+      try:
+        budget = float(name[len(prefix) : -len("min")])
+      except ValueError:
+        continue
+      if budget > 0 and os.path.exists(run.outputs(os.path.join(folder, name), args.study)[0]):
+        found.append(budget)
+  return found
+
+
 def summary_rows(args, extra, ignored, notes: dict) -> list:
-  """One row per budget and tool, in that order: its numbers from the budget's record where
-  that holds a current row, else why there is none (``notes[(budget, tool)]``, or that the
-  record holds none)."""
+  """One row per budget and tool, by budget: the budgets of this command, each from its
+  record where that holds a current row, else why there is none (``notes[(budget, tool)]``,
+  or that the record holds none); and the budgets recorded by earlier commands with this
+  configuration, as they stand, each row saying when it ran on other code than this."""
   rows = []
-  for budget in args.budgets:
-    record, current = current_tools(args, budget, extra, ignored)
+  for budget in sorted(set(args.budgets) | set(recorded_budgets(args))):
+    record, states = tool_rows(args, budget, extra, ignored)
     path = run.outputs(budget_out(args, budget), args.study)[0]
+    asked = budget in args.budgets
     for tool in args.tools:
       name = run.tool_names(run.parse_args(run_argv(args, budget, [tool], extra)))[tool]
-      if tool in current:
-        rows.append(row_of(name, budget, record, record["tools"][name], path))
-      else:
+      state = states.get(tool)
+      if state in ("exact", "current") or (state == "earlier" and not asked):
+        row = row_of(name, budget, record, record["tools"][name], path)
+        if state == "earlier":
+          row["note"] = "earlier code, not rerun by this command"
+        rows.append(row)
+      elif asked:
         why = notes.get((budget, tool)) or f"no current row in {os.path.relpath(path, REPO)}"
         rows.append({"tool": name, "budget_min": budget, "status": why})
   return rows
@@ -322,7 +369,7 @@ def markdown(rows) -> str:
         cells(r["growth_error"], "labeled_subjects"),
         cells(r["growth_error"], "unlabeled_subjects"),
         commit,
-        "",
+        r.get("note", ""),
       ]
     lines.append("| " + " | ".join(cols) + " |")
   return "\n".join(lines) + "\n" + run.VOLUME_NOTE
@@ -357,7 +404,7 @@ def main(argv=None) -> int:
   cpus = sorted({r["cpus"] for r in rows if r.get("cpus")})
   header = (
     f"### {args.study}: learning curve, training wall-clock budgets of "
-    f"{' / '.join(f'{b:g}' for b in args.budgets)} min for each tool"
+    f"{' / '.join(f'{b:g}' for b in sorted({r['budget_min'] for r in rows}))} min for each tool"
     + (f", {' / '.join(map(str, cpus))} CPU cores" if cpus else "")
     + "\n\n"
   )

@@ -456,8 +456,9 @@ HERE_CODE = {"commit": "c" * 40, "dirty": False, "diff_sha256": None}
 FCSLSTM = "FCSLSTM (bi-fcslstm, quick)"
 
 
-def _curve_record(path, args, budget, mpa, code=HERE_CODE):
-  """A budget's run.py record holding an FCSLSTM row of ``args``' configuration."""
+def _curve_record(path, args, budget, mpa, code=HERE_CODE, name=FCSLSTM, keep=False):
+  """A budget's run.py record holding a ``name`` row of ``args``' configuration (``keep``:
+  and the rows already in ``path``, as run.py ``--keep-others`` keeps them)."""
   config = run.configuration(run.parse_args(learning_curve.run_argv(args, budget, ["fcslstm"], [])))
   tool = {
     "train_seconds": budget * 60,
@@ -481,8 +482,9 @@ def _curve_record(path, args, budget, mpa, code=HERE_CODE):
     },
   }
   os.makedirs(os.path.dirname(path), exist_ok=True)
+  rows = learning_curve.read_record(path).get("tools", {}) if keep else {}
   with open(path, "w") as f:
-    json.dump({"machine": {"cpus": 2}, "tools": {FCSLSTM: tool}}, f)
+    json.dump({"machine": {"cpus": 2}, "tools": {**rows, name: tool}}, f)
 
 
 def test_learning_curve_skips_current_budgets_and_tabulates_the_records(tmp_path, monkeypatch):
@@ -615,3 +617,58 @@ def test_learning_curve_takes_a_record_committed_since_as_current(tmp_path):
   assert not learning_curve.same_code(ran_on, dict(now, commit=head()), ignored, str(repo))
   assert learning_curve.same_code(ran_on, ran_on, [], str(repo))
   assert not learning_curve.same_code(dict(ran_on, commit=None), ran_on, ignored, str(repo))
+
+
+def test_learning_curve_runs_one_tool_per_call_and_resumes_after_the_last_that_finished(
+  tmp_path, monkeypatch
+):
+  """Both tools run, one run.py call each, the second keeping the first's row; killed after
+  the first, a rerun runs the second alone. A budget recorded by an earlier command on other
+  code is tabulated as it stands, saying so; one with another configuration is not."""
+  common = ["--study", "tiny", "--out-dir", str(tmp_path / "out")]
+  common += ["--work-dir", str(tmp_path / "work")]
+  argv = [*common, "--budgets", "60"]
+  args, _ = learning_curve.parse_args(argv)
+  path = run.outputs(learning_curve.budget_out(args, 60), "tiny")[0]
+  earlier = run.outputs(learning_curve.budget_out(args, 10), "tiny")[0]
+  _curve_record(earlier, args, 10, 0.7, code=dict(HERE_CODE, commit="0" * 40))
+  other_config = run.outputs(learning_curve.budget_out(args, 20), "tiny")[0]
+  _curve_record(other_config, args, 10, 0.6)  # its configuration says 10 min, not 20
+  monkeypatch.setattr(run, "code_version", lambda exclude=(), repo=None: HERE_CODE)
+  monkeypatch.setattr(learning_curve, "missing_reason", lambda tool: None)
+  names = {"fcslstm": FCSLSTM, "nnunet": run.NNUNET}
+  calls, killed = [], []
+
+  def fake_run_py(command):
+    a = run.parse_args(command[2:])
+    calls.append((a.tools, a.keep_others))
+    if a.tools == ["fcslstm"] and killed:
+      killed.pop()
+      return -9
+    (tool,) = a.tools
+    _curve_record(path, args, 60, 0.9, name=names[tool], keep=a.keep_others)
+    return 0
+
+  monkeypatch.setattr(learning_curve, "call", fake_run_py)
+  killed.append(True)
+  assert learning_curve.main(argv) == 0
+  assert calls == [(["fcslstm"], False), (["nnunet"], False)]
+  assert set(learning_curve.read_record(path)["tools"]) == {run.NNUNET}
+  calls.clear()
+  assert learning_curve.main(argv) == 0
+  assert calls == [(["fcslstm"], True)]
+  assert set(learning_curve.read_record(path)["tools"]) == {run.NNUNET, FCSLSTM}
+  calls.clear()
+  assert learning_curve.main(argv) == 0
+  assert calls == []
+
+  summary = json.loads((tmp_path / "out" / "learning-curve-tiny.json").read_text())
+  got = [(r["tool"], r["budget_min"], r["status"], r.get("note")) for r in summary["rows"]]
+  assert got == [
+    (FCSLSTM, 10.0, "measured", "earlier code, not rerun by this command"),
+    (FCSLSTM, 60.0, "measured", None),
+    (run.NNUNET, 60.0, "measured", None),
+  ]
+  table = (tmp_path / "out" / "learning-curve-tiny.md").read_text()
+  assert table.startswith("### tiny: learning curve, training wall-clock budgets of 10 / 60 min")
+  assert "| 0000000 | earlier code, not rerun by this command |" in table
