@@ -14,7 +14,11 @@ the sessions:
 * ``rigid``: ``--register rigid`` (``grids.register_rigid``: dipy, mutual information);
 * ``affine``: that rigid transform refined to a 12-parameter affine (dipy, mutual information),
   which can follow the head's global growth. Not an option of ``train.py``: measured here
-  to see whether it would be worth one.
+  to see whether it would be worth one;
+* ``moments``: a similarity (shift, rotation about the slice axis, one scale) from the head
+  outline's in-plane moments (``--register moments``, ``fcslstm_jax/data/head_moments.py``).
+
+``--methods`` measures some of them; the record keeps the others' earlier results.
 
 A Dice of 1 would mean a voxel keeps its tissue between sessions. Growth, head motion and the
 thin cortex keep even the truth below that. Writes ``results/alignment-<study>.json`` (with
@@ -35,9 +39,10 @@ sys.path.insert(0, REPO)
 
 from bench import common
 from fcslstm_jax.data import grids
+from fcslstm_jax.data import head_moments
 from fcslstm_jax.data import nifti_io
 
-METHODS = ("none", "rigid", "affine")
+METHODS = ("none", "rigid", "affine", "moments")
 TISSUES = {1: "CSF", 2: "GM", 3: "WM"}
 OUTSIDE = 255  # label of working-grid voxels a session does not cover
 
@@ -77,37 +82,53 @@ def tissue_dice(a, b) -> dict:
   return out
 
 
-def session_maps(images) -> dict:
-  """For each method, each session's (``None`` where missing) world map from the reference's
-  (the first session's) world to its own; ``affine`` starts from ``rigid``'s."""
+def session_maps(images, methods=METHODS) -> tuple:
+  """For each of ``methods``, each session's (``None`` where missing) world map from the
+  reference's (the first session's) world to its own, and the seconds it took; ``affine``
+  starts from ``rigid``'s. ``images``: ``(array, Grid)`` per session, every modality on the
+  last axis of the array."""
   ref_image, ref_grid = images[0]
-  maps = {m: [np.eye(4)] * len(images) for m in METHODS}
-  seconds = dict.fromkeys(METHODS, 0.0)
+  maps = {m: [np.eye(4)] * len(images) for m in methods}
+  seconds = dict.fromkeys(methods, 0.0)
   for i, session in enumerate(images):
     if session is None or i == 0:
       continue
-    started = time.monotonic()
-    maps["rigid"][i] = grids.register_rigid(ref_image, ref_grid, session[0], session[1])
-    seconds["rigid"] += time.monotonic() - started
-    maps["affine"][i] = register_affine(ref_image, ref_grid, *session, maps["rigid"][i])
-    seconds["affine"] += time.monotonic() - started
+    if "rigid" in methods or "affine" in methods:
+      started = time.monotonic()
+      rigid = grids.register_rigid(ref_image[..., 0], ref_grid, session[0][..., 0], session[1])
+      if "rigid" in methods:
+        maps["rigid"][i] = rigid
+        seconds["rigid"] += time.monotonic() - started
+      if "affine" in methods:
+        maps["affine"][i] = register_affine(
+          ref_image[..., 0], ref_grid, session[0][..., 0], session[1], rigid
+        )
+        seconds["affine"] += time.monotonic() - started
+    if "moments" in methods:
+      started = time.monotonic()
+      maps["moments"][i] = head_moments.register_moments(ref_image, ref_grid, *session)
+      seconds["moments"] += time.monotonic() - started
   return maps, seconds
 
 
-def subject_alignment(study: str, subject: str, sessions: list) -> dict:
+def subject_alignment(study: str, subject: str, sessions: list, methods=METHODS) -> dict:
   """``{method: {"t-(t+1)": {tissue: Dice}}, "seconds": {method: s}}`` for one subject
   (``affine``'s seconds include the rigid start)."""
   images, labels = [], []
   for ses in sessions:
     anat = f"sub-{subject}/ses-{ses}/anat/sub-{subject}_ses-{ses}"
-    t1 = os.path.join(study, f"{anat}_T1w.nii.gz")
+    t1, t2 = (os.path.join(study, f"{anat}_{m}.nii.gz") for m in ("T1w", "T2w"))
     full = os.path.join(study, "sourcedata", "full-labels", f"{anat}_dseg.nii.gz")
     present = os.path.exists(t1) and os.path.exists(full)
-    images.append(load(t1, "image") if present else None)
+    if present:
+      (a, grid), (b, _) = load(t1, "image"), load(t2, "image")
+      images.append((np.stack([a, b], axis=-1), grid))
+    else:
+      images.append(None)
     labels.append(load(full, "labels") if present else None)
-  every, seconds = session_maps(images)
+  every, seconds = session_maps(images, methods)
   out = {"seconds": {m: round(v, 1) for m, v in seconds.items()}}
-  for method in METHODS:
+  for method in methods:
     maps = every[method]
     present = [i for i, x in enumerate(images) if x is not None]
     work = grids.working_grid(
@@ -134,41 +155,41 @@ def summary(subjects: dict) -> dict:
   """Mean Dice over subjects per method, pair of sessions and tissue."""
   out = {}
   for method in METHODS:
-    pairs = sorted({p for s in subjects.values() for p in s[method]})
+    measured = [s[method] for s in subjects.values() if method in s]
+    pairs = sorted({p for s in measured for p in s})
     out[method] = {
       p: {
-        name: round(
-          float(np.nanmean([s[method][p][name] for s in subjects.values() if p in s[method]])), 3
-        )
+        name: round(float(np.nanmean([s[p][name] for s in measured if p in s])), 3)
         for name in TISSUES.values()
       }
       for p in pairs
     }
-  return out
+  return {m: v for m, v in out.items() if v}
 
 
 def markdown(study: str, record: dict) -> str:
   ages = record["ages"]
+  methods = [m for m in METHODS if m in record["summary"]]
   lines = [
     f"# Session alignment on `{study}` (`python experiments/session_alignment.py --study {study}`)",
     "",
     f"{record['cpu']}; {len(record['subjects'])} subjects. Dice of the full labels between "
     "consecutive sessions on the working grid (mean over subjects), CSF / GM / WM:",
     "",
-    "| sessions (months) | " + " | ".join(METHODS) + " |",
-    "|---|" + "---|" * len(METHODS),
+    "| sessions (months) | " + " | ".join(methods) + " |",
+    "|---|" + "---|" * len(methods),
   ]
   for pair in record["summary"]["none"]:
     a, b = (int(t) for t in pair.split("-"))
     cells = [
-      " / ".join(f"{record['summary'][m][pair][n]:.2f}" for n in TISSUES.values()) for m in METHODS
+      " / ".join(f"{record['summary'][m][pair][n]:.2f}" for n in TISSUES.values()) for m in methods
     ]
     lines.append(f"| {ages[a]} -> {ages[b]} | " + " | ".join(cells) + " |")
   sec = record["seconds_per_subject"]
+  timed = ", ".join(f"{m} {sec[m]:.1f} s" for m in methods if m in sec and m != "none")
   lines += [
     "",
-    f"Registration per subject (mean): rigid {sec['rigid']:.0f} s, affine {sec['affine']:.0f} s "
-    "(the rigid start included).",
+    f"Registration per subject (mean): {timed} (affine: the rigid start included).",
     "",
   ]
   return "\n".join(lines)
@@ -179,6 +200,11 @@ def main(argv=None) -> int:
   p.add_argument("--study", default="cohort", help="a study under data/ with full labels")
   p.add_argument("--subjects", default=None, help="comma-separated ids (default: all)")
   p.add_argument("--results", default=os.path.join(REPO, "results"))
+  p.add_argument(
+    "--methods",
+    default=",".join(METHODS),
+    help=f"comma-separated, of {','.join(METHODS)}; the record keeps the others' results",
+  )
   p.add_argument("--tables", action="store_true", help="only rewrite the .md from the .json")
   args = p.parse_args(argv)
   stem = os.path.join(args.results, f"alignment-{args.study}")
@@ -198,10 +224,17 @@ def main(argv=None) -> int:
     if args.subjects
     else sorted(d[4:] for d in os.listdir(os.path.join(root, "sourcedata", "full-labels")))
   )
-  results = {}
+  methods = [m for m in METHODS if m in args.methods.split(",")]
+  try:
+    with open(stem + ".json") as f:
+      results = json.load(f)["subjects"]  # earlier methods' results are kept
+  except (OSError, ValueError, KeyError):
+    results = {}
   for subject in subjects:
-    results[subject] = subject_alignment(root, subject, sessions)
-    print(subject, json.dumps(results[subject]["seconds"]), flush=True)
+    new = subject_alignment(root, subject, sessions, methods)
+    old = results.get(subject, {})
+    results[subject] = {**old, **new, "seconds": {**old.get("seconds", {}), **new["seconds"]}}
+    print(subject, json.dumps(new["seconds"]), flush=True)
   record = {
     "study": args.study,
     "ages": ages,
@@ -209,7 +242,9 @@ def main(argv=None) -> int:
     "subjects": results,
     "summary": summary(results),
     "seconds_per_subject": {
-      m: round(float(np.mean([r["seconds"][m] for r in results.values()])), 1) for m in METHODS
+      m: round(float(np.mean([r["seconds"][m] for r in results.values()])), 1)
+      for m in METHODS
+      if all(m in r["seconds"] for r in results.values())
     },
   }
   os.makedirs(args.results, exist_ok=True)

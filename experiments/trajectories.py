@@ -190,6 +190,15 @@ LEVERS = {
     "the context lever's training; its segmentation prior-corrected",
     dict(PAPER, context_slices=1, prior_correction="full"),
   ),
+  "moments": (
+    "the paper's recipe on sessions aligned by a similarity from the head outline (shift, "
+    "rotation, one scale for growth: train.py --register moments, data/head_moments.py)",
+    PAPER,
+  ),
+  "prior-moments": (
+    "the moments lever's training; its segmentation prior-corrected",
+    dict(PAPER, prior_correction="full"),
+  ),
   # A shorter default (issue 33's 20 minutes): nothing in training reads the epoch count but
   # the loop's end (the decay starts at epoch 10, the data order is per (seed, epoch)), so
   # these train what the 30-epoch run's checkpoint at that epoch holds.
@@ -216,6 +225,12 @@ LEVERS = {
 }
 
 
+# train.py arguments of the levers that change how the study is loaded, not a Config field.
+LOADER_ARGS = {
+  "moments": ["--register", "moments"],
+  "prior-moments": ["--register", "moments"],
+}
+
 # Levers that differ from another only in how the trained network segments (the prior
 # correction changes no training step): their run starts from a copy of that lever's
 # finished run of the same study and seed, when there is one, instead of training again.
@@ -226,6 +241,7 @@ SAME_TRAINING = {
   "prior-context": "context",
   "prior-invert-one": "invert-one",
   "prior-dense-steps": "dense-steps",
+  "prior-moments": "moments",
 }
 
 
@@ -285,6 +301,7 @@ def one_run(study: str, lever: str, seed: int, work: str) -> dict:
     workdir,
     "--seed",
     str(seed),
+    *LOADER_ARGS.get(lever, []),
     *settings,
   ]
   train_s = run_command(train, log)

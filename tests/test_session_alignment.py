@@ -24,3 +24,14 @@ def test_summary_is_the_mean_over_subjects_that_have_the_pair():
   s = sa.summary({"01": one, "02": two})
   assert s["rigid"]["0-1"] == {"CSF": 0.3, "GM": 0.7, "WM": 0.7}
   assert s["none"]["1-2"] == {"CSF": 0.5, "GM": 0.5, "WM": 0.5}
+
+
+def test_a_method_measured_on_some_subjects_only_is_summarized_over_them():
+  """``--methods moments`` on a record whose subjects hold the others: each method's mean is
+  over the subjects that have it; a method nobody has is left out."""
+  old = {m: {"0-1": {"CSF": 0.2, "GM": 0.6, "WM": 0.8}} for m in ("none", "rigid")}
+  new = dict(old, moments={"0-1": {"CSF": 0.4, "GM": 0.8, "WM": 0.9}})
+  s = sa.summary({"01": old, "02": new})
+  assert s["moments"]["0-1"] == {"CSF": 0.4, "GM": 0.8, "WM": 0.9}
+  assert s["rigid"]["0-1"] == {"CSF": 0.2, "GM": 0.6, "WM": 0.8}
+  assert "affine" not in s

@@ -34,11 +34,14 @@ def test_seed_summary_is_mean_and_sample_sd_per_lever_with_two_seeds_or_more():
 
 def test_a_lever_that_reuses_a_training_differs_from_it_only_in_how_it_segments():
   """``SAME_TRAINING`` copies another lever's finished run: valid only where no setting that
-  shapes training differs (the prior correction changes no training step)."""
+  shapes training differs (the prior correction changes no training step) and the study is
+  loaded the same way (``LOADER_ARGS``)."""
   for lever, source in trajectories.SAME_TRAINING.items():
     mine, theirs = trajectories.LEVERS[lever][1], trajectories.LEVERS[source][1]
     differ = {k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)}
     assert differ == {"prior_correction"}, (lever, source, differ)
+    loader = trajectories.LOADER_ARGS
+    assert loader.get(lever) == loader.get(source), (lever, source)  # the same study as loaded
 
 
 def timepoints(dice_by_age):

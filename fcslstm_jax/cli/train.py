@@ -35,6 +35,7 @@ from fcslstm_jax.data import layout
 from fcslstm_jax.data import patches
 from fcslstm_jax.data import sequences
 from fcslstm_jax.data import study
+from fcslstm_jax.data.grids import REGISTRATIONS
 from fcslstm_jax.data.grids import parse_spacing
 from fcslstm_jax.errors import run_cli
 from fcslstm_jax.model import networks
@@ -101,8 +102,10 @@ def parse_args(argv=None):
   p.add_argument(
     "--register",
     default="none",
-    choices=("none", "rigid"),
-    help="rigid registration of each session to the reference session",
+    choices=REGISTRATIONS,
+    help="each session aligned to the reference session: rigid (dipy, mutual information; "
+    "minutes a subject) or moments (a similarity, shift, rotation and one scale for the "
+    "head's growth, from the head outline; a second a subject; data/head_moments.py)",
   )
   p.add_argument(
     "--config",

@@ -283,7 +283,7 @@ def place_slices(zs, src: Grid, dst: Grid, world=None):
 
 # -------------------------------------------------------------------------- registration
 
-REGISTRATIONS = ("none", "rigid")
+REGISTRATIONS = ("none", "rigid", "moments")  # moments: data/head_moments.py
 
 
 def mi_registration(level_iters=(100, 30, 10)):

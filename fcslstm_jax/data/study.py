@@ -39,6 +39,7 @@ import numpy as np
 
 from fcslstm_jax import jsonfile
 from fcslstm_jax.data import grids
+from fcslstm_jax.data import head_moments
 from fcslstm_jax.data import intensity
 from fcslstm_jax.data import layout
 from fcslstm_jax.data import nifti_io
@@ -62,7 +63,8 @@ class GridOptions:
       run.json from before records native as null).
     reference: the session whose grid a subject's working grid follows: ``"first"`` or
       ``"last"`` (in age order).
-    register: ``"none"`` or ``"rigid"`` (each session to the reference, mutual information).
+    register: ``"none"``, ``"rigid"`` (each session to the reference, mutual information) or
+      ``"moments"`` (a similarity from the head outline: :mod:`fcslstm_jax.data.head_moments`).
   """
 
   spacing: Union[str, tuple[float, ...]] = "native"
@@ -335,6 +337,13 @@ def describe_lost(path, grid: grids.Grid, work: grids.Grid, lost) -> str:
   )
 
 
+def _register(options: GridOptions, ref: SessionData, session: SessionData) -> np.ndarray:
+  """``[4, 4]`` map from the reference session's world to ``session``'s (``--register``)."""
+  if options.register == "rigid":
+    return grids.register_rigid(ref.image[..., 0], ref.grid, session.image[..., 0], session.grid)
+  return head_moments.register_moments(ref.image, ref.grid, session.image, session.grid)
+
+
 def _reference_index(present, reference):
   return 0 if reference == "first" else len(present) - 1
 
@@ -378,15 +387,11 @@ def load_subject(
     return Subject(files.subject_id, files.path, None, (None,) * len(slots), tuple(unassigned))
   raw = [read_session(f, proto, max_bytes) for _, f in present]
   ref_i = _reference_index(present, options.reference)
-  ref_image, ref_grid = raw[ref_i].image, raw[ref_i].grid
-  to_session = [np.eye(4) for _ in raw]
-  if options.register == "rigid":
-    to_session = [
-      np.eye(4)
-      if i == ref_i
-      else grids.register_rigid(ref_image[..., 0], ref_grid, r.image[..., 0], r.grid)
-      for i, r in enumerate(raw)
-    ]
+  ref_grid = raw[ref_i].grid
+  to_session = [
+    np.eye(4) if i == ref_i or options.register == "none" else _register(options, raw[ref_i], r)
+    for i, r in enumerate(raw)
+  ]
   work = grids.working_grid(
     ref_grid, options.spacing, [r.grid for r in raw], [np.linalg.inv(m) for m in to_session]
   )
@@ -498,7 +503,7 @@ def load_study(
     spacing: ``"median"`` (of the training subjects), ``"native"`` (no in-plane
       resampling), or ``(x, y)`` mm; see :func:`resolve_spacing`.
     reference: ``"first"`` or ``"last"`` session as each subject's reference grid.
-    register: ``"none"`` or ``"rigid"``.
+    register: ``"none"``, ``"rigid"`` or ``"moments"``.
     labels_root: take labels from this folder (``sub-*/ses-*/anat/*_dseg.nii*``; absolute or
       relative to ``root``, e.g. ``derivatives/manual``) instead of ``root/derivatives/*/``.
     shard: ``callable(list) -> list`` choosing this process's subjects (default: all).
