@@ -4,12 +4,13 @@
 
 runs ``experiments/peers/run.py`` once per budget and tool, as a subprocess, each budget into
 its own ``--out results/learning-curve/<study>-<budget>min`` (its ``peers-<study>.json`` and
-``.md``: the full record) and its own ``--work runs/learning-curve/<study>-<budget>min``, then
-writes ``results/learning-curve-<study>.json`` and ``.md``: one row per tool and budget with
-the held-out labeled-slice mPA, the held-out whole-volume Dice per tissue class, the volume
-error and growth error per class (labeled and unlabeled subjects apart; run.py's
-``scores.volumes``), the training wall minutes, and the commit it ran on. Arguments it does not
-know (``--model fcn``, ``--epochs 60``, ...) go to every run.py call.
+``.md``: the full record) and each tool its own ``--work
+runs/learning-curve/<study>-<budget>min/<tool>``, then writes
+``results/learning-curve-<study>.json`` and ``.md``: one row per tool and budget with the
+held-out labeled-slice mPA, the held-out whole-volume Dice per tissue class, the volume error
+and growth error per class (labeled and unlabeled subjects apart; run.py's ``scores.volumes``),
+the training wall minutes, and the commit it ran on. Arguments it does not know (``--model
+fcn``, ``--epochs 60``, ...) go to every run.py call.
 
 Resumable: a budget whose record already holds a row for each tool, measured on the current
 code (the same commit, or one that differs from it only in the learning curve's own output
@@ -120,7 +121,9 @@ def run_argv(args, budget: float, tools, extra) -> list:
     "--out",
     budget_out(args, budget),
     "--work",
-    os.path.join(args.work_dir, f"{args.study}-{label(budget)}"),
+    # One folder per tool: a call empties its --work folder first, and must not take the
+    # trained model of the tool before it.
+    os.path.join(args.work_dir, f"{args.study}-{label(budget)}", "-".join(tools)),
     *extra,
   ]
 

@@ -535,7 +535,7 @@ def test_learning_curve_skips_current_budgets_and_tabulates_the_records(tmp_path
     (60.0, ["fcslstm"], False),
   ]
   assert calls[0].out == str(tmp_path / "out" / "learning-curve" / "tiny-30min")
-  assert calls[0].work == str(tmp_path / "work" / "tiny-30min")
+  assert calls[0].work == str(tmp_path / "work" / "tiny-30min" / "fcslstm")
 
   summary = json.loads((tmp_path / "out" / "learning-curve-tiny.json").read_text())
   rows = {(r["tool"], r["budget_min"]): r for r in summary["rows"]}
@@ -642,6 +642,8 @@ def test_learning_curve_runs_one_tool_per_call_and_resumes_after_the_last_that_f
   def fake_run_py(command):
     a = run.parse_args(command[2:])
     calls.append((a.tools, a.keep_others))
+    # its own work folder: run.py empties it, and must not take the other tool's model
+    assert a.work == str(tmp_path / "work" / "tiny-60min" / a.tools[0])
     if a.tools == ["fcslstm"] and killed:
       killed.pop()
       return -9
