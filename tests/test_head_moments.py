@@ -2,11 +2,16 @@
 head outline, recovered from known transforms (on a grown, moved head of the generator:
 tests/test_cohort.py, test_registration_aligns_a_moved_session)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from fcslstm_jax.data import grids
 from fcslstm_jax.data import head_moments
+from fcslstm_jax.data import protocol
+from fcslstm_jax.data import study
+from fcslstm_jax.synthetic import cohort
 
 
 def _rotation_z(angle):
@@ -61,3 +66,26 @@ def test_no_head_gives_the_identity():
   grid = _grid((2.0, 2.0, 3.0), (20, 20, 4))
   empty = np.zeros((*grid.shape, 2), np.float32)
   np.testing.assert_array_equal(head_moments.register_moments(empty, grid, empty, grid), np.eye(4))
+
+
+def test_an_implausible_similarity_is_named_and_the_session_placed_by_its_affine(
+  tmp_path, monkeypatch
+):
+  """A misread outline (here: a scale of 3) is not applied: the session keeps its affine
+  placement and the subject's warnings say why."""
+  config = dataclasses.replace(
+    cohort.TINY, num_subjects=1, num_unlabeled=0, ages=(0, 12), age_jitter=0.0,
+    protocol={"name": "two", "ages": [0, 12], "train_timepoints": [0, 1]},
+  )  # fmt: skip
+  root = cohort.generate(tmp_path / "study", seed=1, config=config)
+  proto = protocol.get_protocol(None, root)
+  wild = np.diag([3.0, 3.0, 3.0, 1.0])
+  monkeypatch.setattr(head_moments, "register_moments", lambda *a: wild)
+  (subject,) = study.load_dataset(root, proto, register="moments")
+  np.testing.assert_array_equal(subject.timepoints[1].to_session, np.eye(4))
+  (line,) = [w for w in subject.warnings if "--register moments" in w]
+  assert "scaled by 3.00" in line and "placed by its affine alone" in line, line
+  assert head_moments.implausible(np.eye(4)) is None
+  turned = np.eye(4)
+  turned[:3, :3] = _rotation_z(np.deg2rad(45.0))
+  assert "turned by 45 degrees" in head_moments.implausible(turned)

@@ -36,6 +36,11 @@ from scipy import ndimage
 THRESHOLD = 0.2
 # Below this ratio of the principal variances the outline is round: no rotation is read.
 ROUND = 1.05
+# What growth and head motion between two sessions can give (an infant head grows by about
+# 1.3 from birth to two years); outside them the outline was misread (a cropped or empty
+# view, a mask that took in the neck or a coil), and the session is placed by its affine.
+SCALES = (0.6, 1.6)
+MAX_TURN_DEG = 30.0
 
 
 def head_mask(image) -> np.ndarray:
@@ -118,3 +123,16 @@ def register_moments(static, static_grid, moving, moving_grid) -> np.ndarray:
   return similarity_from_masks(
     head_mask(static), static_grid.affine, head_mask(moving), moving_grid.affine
   )
+
+
+def implausible(world_map) -> str | None:
+  """Why ``world_map`` (:func:`register_moments`) is not a head's growth and motion between
+  sessions (None: it is)."""
+  linear = np.asarray(world_map)[:3, :3]
+  scale = abs(np.linalg.det(linear)) ** (1 / 3)
+  turn = np.degrees(np.arctan2(linear[1, 0], linear[0, 0]))
+  if not SCALES[0] <= scale <= SCALES[1]:
+    return f"the head outline reads as scaled by {scale:.2f} (outside {SCALES[0]}-{SCALES[1]})"
+  if abs(turn) > MAX_TURN_DEG:
+    return f"the head outline reads as turned by {turn:.0f} degrees (over {MAX_TURN_DEG:.0f})"
+  return None

@@ -153,7 +153,8 @@ class Subject:
       None for all of them.
     warnings: one line per session whose labels did not all come through (labeled slices
       lost to a differing slice spacing, explicit ``slice_selection`` indices it has no
-      label at), ``"sub-<id> ses-<label>: ..."``.
+      label at) or whose ``--register moments`` alignment was refused as implausible,
+      ``"sub-<id> ses-<label>: ..."``.
   """
 
   subject_id: str
@@ -341,7 +342,12 @@ def _register(options: GridOptions, ref: SessionData, session: SessionData) -> n
   """``[4, 4]`` map from the reference session's world to ``session``'s (``--register``)."""
   if options.register == "rigid":
     return grids.register_rigid(ref.image[..., 0], ref.grid, session.image[..., 0], session.grid)
-  return head_moments.register_moments(ref.image, ref.grid, session.image, session.grid)
+  found = head_moments.register_moments(ref.image, ref.grid, session.image, session.grid)
+  why = head_moments.implausible(found)
+  if why:  # said with the session's other warnings
+    session.notes.append(f"--register moments: {why}; placed by its affine alone")
+    return np.eye(4)
+  return found
 
 
 def _reference_index(present, reference):
