@@ -105,7 +105,7 @@ def parse_args(argv=None):
     choices=REGISTRATIONS,
     help="each session aligned to the reference session: rigid (dipy, mutual information; "
     "minutes a subject) or moments (a similarity, shift, rotation and one scale for the "
-    "head's growth, from the head outline; a second a subject; data/head_moments.py)",
+    "head's growth, from the head outline; seconds a subject; data/head_moments.py)",
   )
   p.add_argument(
     "--config",

@@ -1,18 +1,17 @@
 """Similarity registration between a subject's sessions from the outline of the head (ours).
 
 An infant's head grows by about a quarter in every direction over the first year, so one
-subject's sessions do not line up voxel by voxel even after rigid registration: at 0 -> 3
-months consecutive sessions share only 0.56-0.61 of their GM / WM voxels on the working grid
-(``experiments/session_alignment.py``, ``results/alignment-cohort.md``), and the LSTM, which
-carries each voxel's state from one session to the next, can carry tissue over time only
-where they do. Intensity-based registration (mutual information) has to cope with the
-contrast inversion between ages and costs minutes per subject (dipy: 112 s rigid, 194 s
-affine, per subject of ``cohort``).
+subject's sessions do not line up voxel by voxel even after rigid registration, and the
+LSTM, which carries each voxel's state from one session to the next, can carry tissue over
+time only where they do. Intensity-based registration (mutual information) has to cope with
+the contrast inversion between ages and costs minutes per subject. How well each method
+aligns a study, and its seconds per subject: ``experiments/session_alignment.py``
+(``results/alignment-<study>.md``; docs/data.md).
 
 The head's outline does not invert: head against air is bright against dark at every age and
 in every modality. This fits the 7-parameter similarity (shift, rotation about the slice
 axis, one scale) that maps the reference session's head mask onto each session's, from their
-in-plane second moments, in well under a second:
+in-plane second moments, cheaply (no optimization):
 
 * the head mask (:func:`head_mask`): voxels above a fifth of the robust maximum of any
   modality, the largest connected part, holes filled slice by slice;
