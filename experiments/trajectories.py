@@ -199,15 +199,24 @@ LEVERS = {
     "the moments lever's training; its segmentation prior-corrected",
     dict(PAPER, prior_correction="full"),
   ),
+  # The default command since --register moments became the default: the moments lever's
+  # training, segmented with the fitted prior correction (the quick preset's).
+  "prior-fit-moments": (
+    "the moments lever's training; its segmentation prior-corrected as strongly as segments "
+    "the labeled training voxels best (prior_correction=fitted): the default command",
+    dict(PAPER, prior_correction="fitted"),
+  ),
   # A shorter default (issue 33's 20 minutes): nothing in training reads the epoch count but
   # the loop's end (the decay starts at epoch 10, the data order is per (seed, epoch)), so
-  # these train what the 30-epoch run's checkpoint at that epoch holds.
+  # the moments lever's checkpoint at epoch n (it keeps every epoch's: KEEP_EVERY_EPOCH) is
+  # what an n-epoch run trains; these levers segment it as the default command does.
   **{
-    f"prior-epochs-{n}": (
-      f"the paper's recipe for {n} epochs instead of 30; its segmentation prior-corrected",
-      dict(PAPER, epochs=n, prior_correction="full"),
+    f"prior-fit-moments-epochs-{n}": (
+      f"the moments lever's training stopped after {n} epochs instead of 30 (its checkpoint "
+      "at that epoch); its segmentation prior-corrected as the default command's",
+      dict(PAPER, epochs=n, prior_correction="fitted"),
     )
-    for n in (12, 15, 18)
+    for n in (15, 20, 24)
   },
   # For cohort-dense: every working slice of the 8 labeled subjects is a training sequence
   # (~200, against 31 sparse), so 5 epochs take about the steps (and the time) of the sparse
@@ -225,15 +234,23 @@ LEVERS = {
 }
 
 
-# train.py arguments of the levers that change how the study is loaded, not a Config field.
+# train.py arguments of the levers that change how the study is loaded, not a Config field;
+# every other lever spells the registration it ran with (--register none; the default since
+# has become moments).
+MOMENTS = ["--register", "moments"]
 LOADER_ARGS = {
-  "moments": ["--register", "moments"],
-  "prior-moments": ["--register", "moments"],
+  lever: MOMENTS
+  for lever in LEVERS
+  if lever == "moments" or lever.startswith(("prior-moments", "prior-fit-moments"))
 }
+UNREGISTERED = ["--register", "none"]
+# Levers whose training keeps every epoch's checkpoint, for the levers that stop it earlier.
+KEEP_EVERY_EPOCH = {"moments"}
 
 # Levers that differ from another only in how the trained network segments (the prior
-# correction changes no training step): their run starts from a copy of that lever's
-# finished run of the same study and seed, when there is one, instead of training again.
+# correction changes no training step), or in where it stops (the checkpoint of an earlier
+# epoch): their run starts from a copy of that lever's finished run (checkpoints, metrics;
+# only up to its last epoch).
 SAME_TRAINING = {
   "prior": "paper",
   "prior-fit": "paper",
@@ -242,27 +259,50 @@ SAME_TRAINING = {
   "prior-invert-one": "invert-one",
   "prior-dense-steps": "dense-steps",
   "prior-moments": "moments",
+  "prior-fit-moments": "moments",
+  **{k: "moments" for k in LEVERS if k.startswith("prior-fit-moments-epochs-")},
 }
 
 
 def reuse_training(study: str, lever: str, seed: int, work: str, workdir: str, log: str) -> None:
   """Copies the finished run of ``SAME_TRAINING[lever]`` (checkpoints, metrics, run.json with
-  this lever's settings) into ``workdir``; train.py then only scores it."""
+  this lever's settings) into ``workdir``; train.py then only scores it. A lever with fewer
+  epochs gets the checkpoints and metrics up to its last epoch (the newest is what train.py
+  restores); a source that did not keep that epoch's checkpoint is refused."""
   source = os.path.join(work, study, f"{SAME_TRAINING.get(lever)}-seed{seed}")
   done = os.path.exists(os.path.join(source, "results.json"))
   if lever not in SAME_TRAINING or not done or os.path.exists(os.path.join(workdir, "run.json")):
     return
-  for name in ("checkpoints", "metrics.jsonl"):
-    src = os.path.join(source, name)
-    copy = shutil.copytree if os.path.isdir(src) else shutil.copy2
-    copy(src, os.path.join(workdir, name))
   with open(os.path.join(source, "run.json")) as f:
     record = json.load(f)
+  with open(os.path.join(source, "metrics.jsonl")) as f:
+    epochs = [json.loads(line) for line in f if line.strip()]
+  last = LEVERS[lever][1].get("epochs", record["config"]["epochs"])
+  epochs = [e for e in epochs if e["epoch"] <= last]
+  step = max(e["step"] for e in epochs)
+  checkpoints = os.path.join(source, "checkpoints")
+  if not os.path.isdir(os.path.join(checkpoints, str(step))):
+    raise SystemExit(
+      f"{lever} needs the checkpoint of epoch {last} (step {step}) of {source}, which did not "
+      f"keep it (it keeps every epoch's only when trained by this version: KEEP_EVERY_EPOCH)."
+    )
+  shutil.copytree(
+    checkpoints,
+    os.path.join(workdir, "checkpoints"),
+    ignore=lambda folder, names: [
+      n for n in names if folder == checkpoints and n.isdigit() and int(n) > step
+    ],
+  )
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.writelines(json.dumps(e) + "\n" for e in epochs)
   record["config"].update(LEVERS[lever][1])
   with open(os.path.join(workdir, "run.json"), "w") as f:
     json.dump(record, f, indent=1)
   with open(log, "a") as f:
-    f.write(f"(the training of {source}: this lever changes how it segments, not how it trains)\n")
+    f.write(
+      f"(the training of {source} up to epoch {last}: this lever changes how it segments "
+      "or where it stops, not how it trains)\n"
+    )
 
 
 def study_dir(name: str) -> str:
@@ -301,8 +341,9 @@ def one_run(study: str, lever: str, seed: int, work: str) -> dict:
     workdir,
     "--seed",
     str(seed),
-    *LOADER_ARGS.get(lever, []),
+    *LOADER_ARGS.get(lever, UNREGISTERED),
     *settings,
+    *(["--set=keep_checkpoints=1000"] if lever in KEEP_EVERY_EPOCH else []),
   ]
   train_s = run_command(train, log)
   evaluate = [

@@ -23,10 +23,12 @@ from fcslstm_jax.errors import ConfigError
 FILE = "run.json"
 # Config fields a resume may change: epochs extend a finished run; unroll, chunk_pixels and
 # batching change speed, not the function (a resume on another backend resolves them anew);
-# log_every_steps only when the loss is read back; prior_correction only evaluation.
+# log_every_steps only when the loss is read back; prior_correction only evaluation;
+# keep_checkpoints only how many checkpoints stay on disk.
 RESUMABLE_FIELDS = (
   "epochs",
   "prior_correction",  # how the trained network segments, not how it trains
+  "keep_checkpoints",
   "unroll",
   "chunk_pixels",
   "batching",

@@ -1,6 +1,10 @@
 """experiments/trajectories.py: the seed summary; levers that reuse a training."""
 
+import json
+import os
+
 import numpy as np
+import pytest
 
 from experiments import trajectories
 
@@ -34,14 +38,55 @@ def test_seed_summary_is_mean_and_sample_sd_per_lever_with_two_seeds_or_more():
 
 def test_a_lever_that_reuses_a_training_differs_from_it_only_in_how_it_segments():
   """``SAME_TRAINING`` copies another lever's finished run: valid only where no setting that
-  shapes training differs (the prior correction changes no training step) and the study is
-  loaded the same way (``LOADER_ARGS``)."""
+  shapes training differs (the prior correction changes no training step; fewer epochs stop
+  it earlier, from a source that keeps every epoch) and the study is loaded the same way
+  (``LOADER_ARGS``)."""
   for lever, source in trajectories.SAME_TRAINING.items():
     mine, theirs = trajectories.LEVERS[lever][1], trajectories.LEVERS[source][1]
     differ = {k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)}
-    assert differ == {"prior_correction"}, (lever, source, differ)
+    if "epochs" in differ:
+      assert source in trajectories.KEEP_EVERY_EPOCH and mine["epochs"] < 30, (lever, source)
+    assert differ - {"epochs"} == {"prior_correction"}, (lever, source, differ)
     loader = trajectories.LOADER_ARGS
     assert loader.get(lever) == loader.get(source), (lever, source)  # the same study as loaded
+
+
+def finished_run(folder, steps_kept, epochs=4, steps_per_epoch=3):
+  """A finished lever run as train.py leaves it: run.json, metrics.jsonl, results.json and
+  the checkpoint folders of ``steps_kept``."""
+  folder.mkdir(parents=True)
+  (folder / "run.json").write_text(json.dumps({"config": {"epochs": epochs}}))
+  (folder / "results.json").write_text("{}")
+  lines = [{"epoch": e, "step": e * steps_per_epoch} for e in range(1, epochs + 1)]
+  (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+  for step in steps_kept:
+    (folder / "checkpoints" / str(step) / "default").mkdir(parents=True)
+
+
+def test_a_lever_with_fewer_epochs_starts_from_the_checkpoint_of_its_last_epoch(
+  tmp_path, monkeypatch
+):
+  """The copy holds the checkpoints up to the lever's last epoch (the newest is what
+  train.py restores) and that epoch's metrics; a source without that checkpoint is refused
+  with its name, never scored at another epoch."""
+  levers = dict(trajectories.LEVERS, short=("", {"epochs": 2, "prior_correction": "fitted"}))
+  monkeypatch.setattr(trajectories, "LEVERS", levers)
+  monkeypatch.setattr(trajectories, "SAME_TRAINING", {"short": "long"})
+  finished_run(tmp_path / "s" / "long-seed0", steps_kept=[3, 6, 9, 12])
+  workdir = tmp_path / "s" / "short-seed0"
+  workdir.mkdir()
+  trajectories.reuse_training("s", "short", 0, str(tmp_path), str(workdir), str(tmp_path / "log"))
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
+  epochs = [json.loads(x)["epoch"] for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert epochs == [1, 2]
+  assert json.loads((workdir / "run.json").read_text())["config"] == levers["short"][1]
+
+  finished_run(tmp_path / "s" / "long-seed1", steps_kept=[9, 12])  # the default's two latest
+  (tmp_path / "s" / "short-seed1").mkdir()
+  with pytest.raises(SystemExit, match="long-seed1, which did not keep it"):
+    trajectories.reuse_training(
+      "s", "short", 1, str(tmp_path), str(tmp_path / "s" / "short-seed1"), str(tmp_path / "log")
+    )
 
 
 def timepoints(dice_by_age):

@@ -101,11 +101,12 @@ def parse_args(argv=None):
   )
   p.add_argument(
     "--register",
-    default="none",
+    default="moments",
     choices=REGISTRATIONS,
-    help="each session aligned to the reference session: rigid (dipy, mutual information; "
-    "minutes a subject) or moments (a similarity, shift, rotation and one scale for the "
-    "head's growth, from the head outline; seconds a subject; data/head_moments.py)",
+    help="each session aligned to the reference session: moments (the default: a "
+    "similarity, shift, rotation and one scale for the head's growth, from the head outline; "
+    "seconds a subject; data/head_moments.py), rigid (dipy, mutual information; minutes a "
+    "subject) or none (through the scanner affines alone)",
   )
   p.add_argument(
     "--config",
