@@ -7,7 +7,7 @@ training sequences with label propagation (:mod:`fcslstm_jax.data.propagate`), a
 every carried voxel with the study's full labels (``sourcedata/full-labels``, which training
 never reads) on the same working slice: all of them, and those carried as a tissue (not
 background). Prints the agreement per time point and writes
-``results/propagation-<study>.json``.
+``results/propagation-<study>.json`` (``-<register>`` appended unless ``--register none``).
 """
 
 import argparse
@@ -84,11 +84,12 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--study", default=os.path.join(REPO, "data", "cohort"))
   p.add_argument("--erosion", type=int, default=2)
-  p.add_argument("--register", default="none", choices=("none", "rigid"))
+  p.add_argument("--register", default="none", choices=("none", "rigid", "moments"))
   args = p.parse_args(argv)
   result = agreement(args.study, args.erosion, args.register)
   name = os.path.basename(os.path.normpath(args.study))
-  path = os.path.join(REPO, "results", f"propagation-{name}.json")
+  suffix = "" if args.register == "none" else f"-{args.register}"
+  path = os.path.join(REPO, "results", f"propagation-{name}{suffix}.json")
   with open(path, "w") as f:
     json.dump(result, f, indent=1)
   print(json.dumps(result, indent=1))

@@ -206,6 +206,18 @@ LEVERS = {
     "the labeled training voxels best (prior_correction=fitted): the default command",
     dict(PAPER, prior_correction="fitted"),
   ),
+  # Propagation again, now that the sessions line up: the carried labels reach the
+  # isointense 6 months from the 3 and 9 (experiments/propagation_accuracy.py --register).
+  "propagate-moments": (
+    "the propagate lever (loss weight 0.5, tissue interiors) on sessions aligned by "
+    "--register moments",
+    dict(PAPER, propagate_labels=0.5, propagate_erosion=2),
+  ),
+  "prior-fit-propagate-moments": (
+    "the propagate-moments lever's training; its segmentation prior-corrected as the default "
+    "command's (fitted)",
+    dict(PAPER, propagate_labels=0.5, propagate_erosion=2, prior_correction="fitted"),
+  ),
   # A shorter default (issue 33's 20 minutes): nothing in training reads the epoch count but
   # the loop's end (the decay starts at epoch 10, the data order is per (seed, epoch)), so
   # the moments lever's checkpoint at epoch n (it keeps every epoch's: KEEP_EVERY_EPOCH) is
@@ -238,11 +250,7 @@ LEVERS = {
 # every other lever spells the registration it ran with (--register none; the default since
 # has become moments).
 MOMENTS = ["--register", "moments"]
-LOADER_ARGS = {
-  lever: MOMENTS
-  for lever in LEVERS
-  if lever == "moments" or lever.startswith(("prior-moments", "prior-fit-moments"))
-}
+LOADER_ARGS = {lever: MOMENTS for lever in LEVERS if "moments" in lever}
 UNREGISTERED = ["--register", "none"]
 # Levers whose training keeps every epoch's checkpoint, for the levers that stop it earlier.
 KEEP_EVERY_EPOCH = {"moments"}
@@ -261,6 +269,7 @@ SAME_TRAINING = {
   "prior-moments": "moments",
   "prior-fit-moments": "moments",
   **{k: "moments" for k in LEVERS if k.startswith("prior-fit-moments-epochs-")},
+  "prior-fit-propagate-moments": "propagate-moments",
 }
 
 
