@@ -11,7 +11,8 @@ which training never reads). Each finished run is added to ``results/trajectorie
 and ``.md`` at once; a rerun skips finished runs and resumes an interrupted one (train.py
 resumes from its checkpoint), so the command can be stopped and restarted at will. Levers
 that change only how the trained network segments (``prior``, ``prior-fit``, ``prior-age``:
-the prior correction) reuse the finished training of the lever they build on
+the prior correction) or where it stops (``prior-fit-moments-epochs-N``: an earlier epoch's
+checkpoint) reuse the finished training of the lever they build on
 (``SAME_TRAINING``), so list that lever first.
 
 Studies (generated under ``data/`` on first use, deterministic):
