@@ -111,6 +111,7 @@ STUDIES = {
 # Every lever names all the settings it is about (Config fields), so that a row means the
 # same whatever the presets' defaults are.
 PAPER = dict(
+  epochs=30,
   class_weighting="inverse",
   dice_weight=0.0,
   rotate_deg=0.0,
@@ -231,6 +232,12 @@ LEVERS = {
     )
     for n in (15, 20, 24)
   },
+  # The default command since the quick preset propagates labels and stops at 24 epochs
+  # (its settings spelled out as every lever's; it keeps every epoch's checkpoint).
+  "prior-fit-propagate-moments-epochs-24": (
+    "the prior-fit-propagate-moments lever stopped after 24 epochs: the default command",
+    dict(PAPER, epochs=24, propagate_labels=0.5, propagate_erosion=2, prior_correction="fitted"),
+  ),
   # For cohort-dense: every working slice of the 8 labeled subjects is a training sequence
   # (~200, against 31 sparse), so 5 epochs take about the steps (and the time) of the sparse
   # study's 30 (~480 against 450); the decay begins after a third of them, as in the quick
@@ -254,7 +261,7 @@ MOMENTS = ["--register", "moments"]
 LOADER_ARGS = {lever: MOMENTS for lever in LEVERS if "moments" in lever}
 UNREGISTERED = ["--register", "none"]
 # Levers whose training keeps every epoch's checkpoint, for the levers that stop it earlier.
-KEEP_EVERY_EPOCH = {"moments"}
+KEEP_EVERY_EPOCH = {"moments", "prior-fit-propagate-moments-epochs-24"}
 
 # Levers that differ from another only in how the trained network segments (the prior
 # correction changes no training step), or in where it stops (the checkpoint of an earlier

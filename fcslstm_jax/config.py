@@ -9,8 +9,11 @@ paper does not give the number of epochs or the batch size; we use 200 and 2.
 
     python train.py --dataset bric --config paper
 
-``quick`` (the default): the same recipe on a CPU-sized budget (30 epochs, decay from epoch
-10; its time and result: README.md, "Result of the default command"). In 3D
+``quick`` (the default): the same recipe on a CPU-sized budget (24 epochs, decay from epoch
+10; its time and result: README.md, "Result of the default command"). In 2D each labeled
+slice also labels the same plane of the subject's other sessions, at half a manual label's
+weight (``propagate_labels``, ours: fcslstm_jax/data/propagate.py); the paper trains on the
+labeled slices only. In 3D
 its sliding windows overlap by a quarter, not a half (``window_overlap``): 2.5-3x fewer
 windows, so that a small study trains and is segmented in minutes on CPU (docs/model.md, "3D +
 time"). It segments with the fitted prior correction (``prior_correction``, ours): the paper's
@@ -36,6 +39,8 @@ from fcslstm_jax.errors import ConfigError
 
 MODELS = ("fcn", "fcslstm", "bi-fcslstm")
 REMAT_POLICIES = ("none", "stages", "full", "lean")
+# The quick preset's propagation weight in 2D (issue 33: docs/trajectories.md).
+PROPAGATE_2D = 0.5
 PRECISIONS = ("float32", "bfloat16")
 AGE_INPUTS = ("none", "film")  # fcslstm_jax.model.age
 PRIOR_CORRECTIONS = ("none", "full", "fitted")  # fcslstm_jax.infer.prior
@@ -163,10 +168,11 @@ class Config:
     "self-training: loss weight of a pseudo-labeled voxel (a manual label weighs 1)",
     minimum=0.0,
   )
-  propagate_labels: float = _field(
+  propagate_labels: typing.Optional[float] = _field(
     0.0,
     "within-subject label propagation: each labeled slice also labels the same plane of the "
-    "subject's other sessions, with this loss weight (data/propagate.py; 0: off; 2D only)",
+    "subject's other sessions, with this loss weight (data/propagate.py; 0: off; 2D only); "
+    f"null: {PROPAGATE_2D} in 2D runs, off in 3D (the quick preset's)",
     minimum=0.0,
   )
   propagate_erosion: int = _field(
@@ -288,6 +294,14 @@ class Config:
         f"--set patch_size={json.dumps(list(self.patch_size))}: needs three "
         "positive integers [d, h, w]."
       )
+
+  @property
+  def propagation_weight(self) -> float:
+    """The loss weight of propagated labels: ``propagate_labels``, or where that is null
+    :data:`PROPAGATE_2D` in 2D and 0 in 3D (propagation is not implemented for patches)."""
+    if self.propagate_labels is not None:
+      return self.propagate_labels
+    return PROPAGATE_2D if self.spatial_dims == 2 else 0.0
 
   @property
   def model_stages(self) -> tuple:
@@ -441,8 +455,16 @@ CONFIGS = {
   # 3D: windows overlap by a quarter (paper preset: nnU-Net's half), so that evaluate.py
   # segments a ~100 x 105 x 120 volume in 80-100 windows of 32^3, not 252 (docs/model.md, "3D +
   # time").
+  # 2D: each labeled slice also labels its plane in the subject's other sessions (weight
+  # 0.5), and the labeled slices are scored every 8 epochs, not every ~3 (issue 33; measured
+  # in docs/trajectories.md).
   "quick": Config(
-    epochs=30, lr_decay_begin_epoch=10, window_overlap=0.25, prior_correction="fitted"
+    epochs=24,
+    lr_decay_begin_epoch=10,
+    window_overlap=0.25,
+    prior_correction="fitted",
+    propagate_labels=None,
+    score_every_epochs=8,
   ),
   "tiny": Config(
     epochs=2,
@@ -457,8 +479,8 @@ CONFIGS = {
 # One line per preset for train.py --help.
 PRESET_HELP = {
   "paper": "the paper's recipe, 200 epochs",
-  "quick": "30 epochs, decay from epoch 10; 3D windows overlap 0.25 (CPU-sized evaluation); "
-  "prior correction fitted",
+  "quick": "24 epochs, decay from epoch 10; 2D: labels propagated across sessions; 3D windows "
+  "overlap 0.25 (CPU-sized evaluation); prior correction fitted",
   "tiny": "a narrow network for tests and smoke runs",
 }
 

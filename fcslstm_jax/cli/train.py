@@ -415,7 +415,7 @@ def training_sets(cfg, subjects, protocol) -> TrainingData:
     return TrainingData(train_set, test_set, train_eval_set, pool, what)
   size = parallel.agree_max(sequences.in_plane_size(subjects))
   inputs = sequences.Inputs.of(cfg)
-  carry = (cfg.propagate_labels, cfg.propagate_erosion)
+  carry = (cfg.propagation_weight, cfg.propagate_erosion)
   train_set = sequences.make_sequences(
     subjects, protocol, "train", size, inputs=inputs, propagation=carry
   )
