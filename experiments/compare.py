@@ -4,10 +4,10 @@
     python experiments/compare.py --dataset ibis --seeds 3
     python experiments/compare.py --quick                        # smoke test
 
-Every model gets the same data, protocol, config (``--config``, default ``quick``: 30 epochs
-of the paper's recipe) and seeds. Each run is an ordinary resumable train run under
-``--workdir/<protocol>/<model>-seed<k>``, so an interrupted comparison continues where it
-stopped.
+Every model gets the same data, protocol, config (``--config``, default ``quick``: the default
+command's recipe, fcslstm_jax/config.py) and seeds. Each run is an ordinary resumable train
+run under ``--workdir/<protocol>/<model>-seed<k>``, so an interrupted comparison continues
+where it stopped.
 Writes ``<out>/compare-<protocol>.json`` and ``.md`` (train / test mPA mean ± sample std over seeds,
 Dice per class, temporal consistency, parameters, wall time, beside the paper's numbers),
 ``compare-<protocol>.png`` (test mPA per model and seed) and ``compare-<protocol>-fig4.png``

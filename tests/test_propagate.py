@@ -58,3 +58,20 @@ def test_on_a_study_each_labeled_slice_labels_the_other_sessions(study_dir):
   assert not (new & ~carried.valid[:, :, None, None]).any()  # only where a session covers it
   held_out = list(proto.test_timepoints)
   assert new[:, held_out].any()  # the held-out time point gets other sessions' labels
+
+
+def test_the_quick_preset_propagates_in_2d_and_not_in_3d(study_dir):
+  """The default (``quick``) trains on the carried labels in 2D; in 3D, where propagation is
+  not implemented, the same preset is valid and carries nothing."""
+  from fcslstm_jax import config
+  from fcslstm_jax.cli import train
+
+  assert config.get_config("quick").propagation_weight == config.PROPAGATE_2D
+  assert config.get_config("quick", spatial_dims=3).propagation_weight == 0.0
+  assert config.get_config("paper").propagation_weight == 0.0
+  proto = protocol.get_protocol(None, study_dir)
+  loaded = study.load_study(study_dir, proto, spacing="native", keep="labeled")
+  quick = train.training_sets(config.get_config("quick"), loaded.subjects, proto).train
+  paper = train.training_sets(config.get_config("paper"), loaded.subjects, proto).train
+  carried = (quick.label_mask > 0) & (paper.label_mask == 0)
+  assert carried.sum() > 0 and set(np.unique(quick.label_mask[carried])) == {0.5}
