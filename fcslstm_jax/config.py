@@ -456,9 +456,8 @@ CONFIGS = {
   # segments a ~100 x 105 x 120 volume in 80-100 windows of 32^3, not 252 (docs/model.md, "3D +
   # time").
   # 2D: each labeled slice also labels its plane in the subject's other sessions (weight
-  # 0.5), and the labeled slices are scored every 8 epochs, not every ~3 (issue 33; measured
-  # in docs/trajectories.md: 24 epochs would finish within 20 minutes on 2 cores and lose
-  # growth accuracy on every seed).
+  # 0.5), and the labeled slices are scored every 8 epochs, not every ~3; why 30 epochs and
+  # not fewer: docs/trajectories.md (issue 33).
   "quick": Config(
     epochs=30,
     lr_decay_begin_epoch=10,

@@ -4,6 +4,8 @@ lower weight, from the nearest training session in age."""
 
 import numpy as np
 
+from fcslstm_jax import config
+from fcslstm_jax.cli import train
 from fcslstm_jax.data import propagate
 from fcslstm_jax.data import protocol
 from fcslstm_jax.data import sequences
@@ -63,9 +65,6 @@ def test_on_a_study_each_labeled_slice_labels_the_other_sessions(study_dir):
 def test_the_quick_preset_propagates_in_2d_and_not_in_3d(study_dir):
   """The default (``quick``) trains on the carried labels in 2D; in 3D, where propagation is
   not implemented, the same preset is valid and carries nothing."""
-  from fcslstm_jax import config
-  from fcslstm_jax.cli import train
-
   assert config.get_config("quick").propagation_weight == config.PROPAGATE_2D
   assert config.get_config("quick", spatial_dims=3).propagation_weight == 0.0
   assert config.get_config("paper").propagation_weight == 0.0
