@@ -180,6 +180,14 @@ class Config:
     "label propagation: carry only voxels this far (in-plane voxels) from a tissue boundary",
     minimum=0,
   )
+  crop_margin: typing.Optional[int] = _field(
+    None,
+    "2D training on windows around the head (data/head_window.py): the training slices' "
+    "nonzero box grown by this many pixels, rounded up to a multiple of 32, placed at random "
+    "around the box each step; null: whole slices (the paper). Evaluation always segments "
+    "the whole field of view; 3D runs train on patches and ignore it",
+    minimum=0,
+  )
   stages: tuple = _field(VGG16_QUARTER, "front-end stages as [[channels, convs], ...] (VGG-16 / 4)")
   spatial_dims: int = _field(
     2,

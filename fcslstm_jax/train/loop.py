@@ -32,6 +32,7 @@ from flax.training.train_state import TrainState
 from fcslstm_jax import run_record
 from fcslstm_jax.checkpoint import Checkpointer
 from fcslstm_jax.config import Config
+from fcslstm_jax.data import head_window
 from fcslstm_jax.data import patches
 from fcslstm_jax.data.sequences import SliceSet
 from fcslstm_jax.errors import ConfigError
@@ -39,6 +40,7 @@ from fcslstm_jax.infer import prior
 from fcslstm_jax.infer import sliding_window
 from fcslstm_jax.infer.predict import make_predict_fn
 from fcslstm_jax.infer.predict import predict_all
+from fcslstm_jax.model.networks import MULTIPLE
 from fcslstm_jax.model.networks import build_model
 from fcslstm_jax.model.networks import init_params
 from fcslstm_jax.run_record import RunRecord
@@ -206,6 +208,30 @@ class Run:
   pool: SliceSet | None = None  # self-training's unlabeled pool (train/pseudo_labels.py)
   pseudo: SliceSet | None = None  # the pool with its pseudo-labels, once made
   model: Any = None
+  window: head_window.Window | None = None  # 2D training windows (config.crop_margin)
+
+
+def training_window(config: Config, sets, log) -> head_window.Window | None:
+  """The window 2D training cuts from every batch (``config.crop_margin``,
+  :mod:`fcslstm_jax.data.head_window`): around the head of every slice of ``sets`` (the
+  training sequences, and self-training's pool), over every process's slices; None for
+  whole slices."""
+  if config.crop_margin is None or config.spatial_dims == 3:
+    return None
+  shape = sets[0].images.shape[2:4]
+  box = head_window.union([head_window.head_box(s.images, s.labels, s.label_mask) for s in sets])
+  # Every process's box: the largest (-first, last) row and column is their union.
+  agreed = parallel.agree_max(
+    (-shape[0], -shape[1], -1, -1) if box is None else (-box[0][0], -box[0][1], *box[1])
+  )
+  if agreed[2] < 0:
+    return None
+  window = head_window.plan(
+    ((-agreed[0], -agreed[1]), agreed[2:]), shape, config.crop_margin, MULTIPLE
+  )
+  if window is not None:
+    log(window.describe(MULTIPLE))
+  return window
 
 
 def loss_class_weights(config: Config, train_set, num_classes: int):
@@ -342,6 +368,9 @@ def train_epoch(run: Run, state, epoch: int, stop: StopRequest, progress=None):
     if run.pseudo is not None:  # as many pseudo-labeled sequences as labeled ones
       extra = batch_at(run.pseudo, pseudo_order[i * b : (i + 1) * b])
       batch = {k: np.concatenate([batch[k], extra[k]]) for k in BATCH_KEYS}
+    if run.window is not None:  # the same window for every row, at random around the head
+      corner = head_window.start(run.window, np.random.default_rng([config.seed, epoch, i]))
+      batch = head_window.crop(batch, corner, run.window.size)
     state, out = run.step_fn(state, parallel.shard_batch(batch, run.mesh), run.step_rng)
     pending.append((epoch * spe + i + 1, idx, out["loss"]))
     due = len(pending) >= config.log_every_steps or i + 1 == spe
@@ -432,6 +461,7 @@ def train_and_evaluate(
     train_eval_set,
     progress=progress is not None,
   )
+  run.window = training_window(config, [train_set] + ([pool] if pool is not None else []), log)
   stopped_by, scored = None, None
   if int(state.step) < config.epochs * run.steps_per_epoch:
     forget_prior_strength(workdir)  # fitted at an earlier checkpoint than the one to come
