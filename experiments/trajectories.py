@@ -252,6 +252,15 @@ LEVERS = {
       PAPER, propagate_labels=0.5, propagate_erosion=2, prior_correction="fitted", crop_margin=8
     ),
   ),
+  # The same training segmented with left-right flips averaged in (evaluate.py --tta-flips
+  # x; EVALUATE_ARGS): training flips too, and a brain is nearly symmetric.
+  "prior-fit-propagate-moments-window-tta-x": (
+    "the prior-fit-propagate-moments-window lever's training, segmented with test-time "
+    "left-right flips (evaluate.py --tta-flips x)",
+    dict(
+      PAPER, propagate_labels=0.5, propagate_erosion=2, prior_correction="fitted", crop_margin=8
+    ),
+  ),
   # For cohort-dense: every working slice of the 8 labeled subjects is a training sequence
   # (~200, against 31 sparse), so 5 epochs take about the steps (and the time) of the sparse
   # study's 30 (~480 against 450); the decay begins after a third of them, as in the quick
@@ -292,7 +301,10 @@ SAME_TRAINING = {
   "prior-fit-moments": "moments",
   **{k: "moments" for k in LEVERS if k.startswith("prior-fit-moments-epochs-")},
   "prior-fit-propagate-moments": "propagate-moments",
+  "prior-fit-propagate-moments-window-tta-x": "prior-fit-propagate-moments-window",
 }
+# evaluate.py arguments of the levers that segment differently (not a Config field).
+EVALUATE_ARGS = {"prior-fit-propagate-moments-window-tta-x": ["--tta-flips", "x"]}
 
 
 def reuse_training(study: str, lever: str, seed: int, work: str, workdir: str, log: str) -> None:
@@ -387,6 +399,7 @@ def one_run(study: str, lever: str, seed: int, work: str) -> dict:
     "--out",
     out,
     "--no-report",
+    *EVALUATE_ARGS.get(lever, []),
   ]
   eval_s = run_command(evaluate, log)
   with open(os.path.join(out, "metrics.json")) as f:
@@ -399,6 +412,7 @@ def one_run(study: str, lever: str, seed: int, work: str) -> dict:
     "train_command": " ".join(
       os.path.relpath(a, REPO) if os.path.isabs(a) else a for a in train[1:]
     ),
+    "evaluate_args": EVALUATE_ARGS.get(lever, []),
     "train_seconds": round(train_s, 1),
     "evaluate_seconds": round(eval_s, 1),
     "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -70,7 +70,13 @@ def test_the_quick_preset_propagates_in_2d_and_not_in_3d(study_dir):
   assert config.get_config("paper").propagation_weight == 0.0
   proto = protocol.get_protocol(None, study_dir)
   loaded = study.load_study(study_dir, proto, spacing="native", keep="labeled")
-  quick = train.training_sets(config.get_config("quick"), loaded.subjects, proto).train
-  paper = train.training_sets(config.get_config("paper"), loaded.subjects, proto).train
+  quick_data = train.training_sets(config.get_config("quick"), loaded.subjects, proto)
+  paper_data = train.training_sets(config.get_config("paper"), loaded.subjects, proto)
+  quick, paper = quick_data.train, paper_data.train
   carried = (quick.label_mask > 0) & (paper.label_mask == 0)
   assert carried.sum() > 0 and set(np.unique(quick.label_mask[carried])) == {0.5}
+  # The log says what was carried; nothing without propagation.
+  assert f": {carried.sum()} voxels ({(carried & (quick.labels > 0)).sum()} tissue)" in (
+    quick_data.carried
+  )
+  assert paper_data.carried == ""

@@ -39,14 +39,15 @@ def test_seed_summary_is_mean_and_sample_sd_per_lever_with_two_seeds_or_more():
 def test_a_lever_that_reuses_a_training_differs_from_it_only_in_how_it_segments():
   """``SAME_TRAINING`` copies another lever's finished run: valid only where no setting that
   shapes training differs (the prior correction changes no training step; fewer epochs stop
-  it earlier, from a source that keeps every epoch) and the study is loaded the same way
-  (``LOADER_ARGS``)."""
+  it earlier, from a source that keeps every epoch; evaluate.py's arguments,
+  ``EVALUATE_ARGS``, change none) and the study is loaded the same way (``LOADER_ARGS``)."""
   for lever, source in trajectories.SAME_TRAINING.items():
     mine, theirs = trajectories.LEVERS[lever][1], trajectories.LEVERS[source][1]
     differ = {k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)}
     if "epochs" in differ:
       assert source in trajectories.KEEP_EVERY_EPOCH and mine["epochs"] < 30, (lever, source)
-    assert differ - {"epochs"} == {"prior_correction"}, (lever, source, differ)
+    allowed = set() if lever in trajectories.EVALUATE_ARGS else {"prior_correction"}
+    assert differ - {"epochs"} == allowed, (lever, source, differ)
     loader = trajectories.LOADER_ARGS
     assert loader.get(lever) == loader.get(source), (lever, source)  # the same study as loaded
 

@@ -22,6 +22,7 @@ import time
 import typing
 
 import jax
+import numpy as np
 from tqdm import tqdm
 
 from fcslstm_jax import compile_cache
@@ -361,6 +362,8 @@ def run(args) -> int:
     f"{data.description}; model {cfg.model}; workdir {workdir}; {mesh.size} "
     f"{mesh.devices.flat[0].platform} device(s), {jax.process_count()} process(es)"
   )
+  if data.carried:
+    log(data.carried)
 
   def progress(it, epoch):
     return tqdm(it, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
@@ -391,13 +394,15 @@ def run(args) -> int:
 class TrainingData(typing.NamedTuple):
   """What one process trains and scores on: slice sequences (2D; ``pool``: every slice, for
   self-training) or volumes and patches (3D; ``train_eval``: the training volumes' labeled
-  slabs, scored by windows); ``description``: one line for the log."""
+  slabs, scored by windows); ``description``: one line for the log; ``carried``: one more
+  on what label propagation added (empty without it)."""
 
   train: typing.Any
   test: typing.Any
   train_eval: typing.Any
   pool: typing.Any
   description: str
+  carried: str = ""
 
 
 def training_sets(cfg, subjects, protocol) -> TrainingData:
@@ -421,12 +426,29 @@ def training_sets(cfg, subjects, protocol) -> TrainingData:
   )
   test_set = sequences.make_sequences(subjects, protocol, "test", size, inputs=inputs)
   what = f"{len(train_set)} training sequences of shape {train_set.images.shape[1:]}"
+  carried = ""
+  if carry[0] > 0:
+    own = sequences.make_sequences(subjects, protocol, "train", size, inputs=inputs)
+    carried = describe_carried(train_set, own, carry[0])
   if cfg.pseudo_label_epochs:
     pool = sequences.make_sequences(
       subjects, protocol, "train", size, every_slice=True, inputs=inputs
     )
     what += f", {len(pool)} more for self-training in the last {cfg.pseudo_label_epochs} epochs"
-  return TrainingData(train_set, test_set, train_eval_set, pool, what)
+  return TrainingData(train_set, test_set, train_eval_set, pool, what, carried)
+
+
+def describe_carried(carried, own, weight: float) -> str:
+  """What label propagation added to the training sequences ``own`` (this process's):
+  voxels, how many of them tissue, and the slices they label."""
+  added = (carried.label_mask > 0) & (own.label_mask == 0)
+  voxels, tissue, slices = parallel.sum_over_processes(
+    np.array([added.sum(), (added & (carried.labels > 0)).sum(), added.any(axis=(2, 3)).sum()])
+  )
+  return (
+    f"labels propagated across sessions (loss weight {weight:g}): {voxels} voxels "
+    f"({tissue} tissue) on {slices} slices that had none"
+  )
 
 
 def report(args, cfg, protocol, workdir: str, result, log) -> None:
