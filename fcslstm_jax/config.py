@@ -13,7 +13,9 @@ paper does not give the number of epochs or the batch size; we use 200 and 2.
 10; its time and result: README.md, "Result of the default command"). In 2D each labeled
 slice also labels the same plane of the subject's other sessions, at half a manual label's
 weight (``propagate_labels``, ours: fcslstm_jax/data/propagate.py); the paper trains on the
-labeled slices only. In 3D
+labeled slices only. Its 2D training steps see a window around the head, not the whole slice
+(``crop_margin``, ours, as nnU-Net crops to the nonzero region: fcslstm_jax/data/head_window.py);
+evaluation segments whole slices. In 3D
 its sliding windows overlap by a quarter, not a half (``window_overlap``): 2.5-3x fewer
 windows, so that a small study trains and is segmented in minutes on CPU (docs/model.md, "3D +
 time"). It segments with the fitted prior correction (``prior_correction``, ours): the paper's
@@ -464,14 +466,16 @@ CONFIGS = {
   # segments a ~100 x 105 x 120 volume in 80-100 windows of 32^3, not 252 (docs/model.md, "3D +
   # time").
   # 2D: each labeled slice also labels its plane in the subject's other sessions (weight
-  # 0.5), and the labeled slices are scored every 8 epochs, not every ~3; why 30 epochs and
-  # not fewer: docs/trajectories.md (issue 33).
+  # 0.5), training steps see windows around the head (margin 8) instead of whole slices,
+  # and the labeled slices are scored every 8 epochs, not every ~3; why 30 epochs and not
+  # fewer: docs/trajectories.md (issue 33).
   "quick": Config(
     epochs=30,
     lr_decay_begin_epoch=10,
     window_overlap=0.25,
     prior_correction="fitted",
     propagate_labels=None,
+    crop_margin=8,
     score_every_epochs=8,
   ),
   "tiny": Config(
@@ -487,8 +491,9 @@ CONFIGS = {
 # One line per preset for train.py --help.
 PRESET_HELP = {
   "paper": "the paper's recipe, 200 epochs",
-  "quick": "30 epochs, decay from epoch 10; 2D: labels propagated across sessions; 3D windows "
-  "overlap 0.25 (CPU-sized evaluation); prior correction fitted",
+  "quick": "30 epochs, decay from epoch 10; 2D: labels propagated across sessions, training "
+  "windows around the head; 3D windows overlap 0.25 (CPU-sized evaluation); prior correction "
+  "fitted",
   "tiny": "a narrow network for tests and smoke runs",
 }
 
