@@ -12,7 +12,8 @@ writes ``results/peers-<study>.json`` and ``.md``. What it does, in order:
 2. FCSLSTM: ``train.py`` (the project's defaults: Bi-FCSLSTM, ``quick`` config) runs as a
    subprocess with ``--max-minutes`` (the budget); it saves a checkpoint at the step reached
    and fits the prior correction there (docs/failure-handling.md), and that checkpoint is
-   evaluated as the default segments a finished run. Its wall time includes Python start,
+   evaluated as the default segments a finished run, on the run's own grids
+   (:func:`fcslstm_study`: its registration, as evaluate.py loads it). Its wall time includes Python start,
    data loading and resampling, XLA compilation and that fit.
 3. nnU-Net: ``nnUNetv2_plan_and_preprocess -c 2d`` (timed apart, not charged to the
    budget), then the ``2d`` configuration trained with :class:`nnUNetTrainerBudget`
@@ -73,6 +74,7 @@ import convert
 
 from fcslstm_jax import files
 from fcslstm_jax import metrics
+from fcslstm_jax import run_record
 from fcslstm_jax.data import nifti_io
 from fcslstm_jax.data import protocol
 from fcslstm_jax.data import sequences
@@ -470,6 +472,26 @@ def train_fcslstm(
   }
 
 
+def fcslstm_study(workdir: str, source, eval_study):
+  """The study FCSLSTM segments: on the run's own grid options (run.json), as evaluate.py
+  loads it (:func:`fcslstm_jax.infer.pipeline.load_for_evaluation`), so that a network
+  trained on aligned sessions (``--register moments``, the default) sees them aligned;
+  ``eval_study`` itself where the options are its own. The same in-plane spacing as
+  ``eval_study``, whose subjects it scores against."""
+  options = run_record.read(workdir).grid or study.GridOptions()
+  mine = eval_study.options
+  if (options.register, options.reference) == (mine.register, mine.reference):
+    return eval_study
+  return study.load_study(
+    source.root,
+    eval_study.protocol,
+    spacing=mine.spacing,
+    reference=options.reference,
+    register=options.register,
+    labels_root=source.full_labels,
+  )
+
+
 def fcslstm_probabilities(workdir: str, loaded, batch_size: int = 8):
   """``(seconds, {subject_id: {t: [X, Y, Z, c]}})`` of the run's newest checkpoint on every
   session of ``loaded`` (no test-time flips), through evaluate.py's own forward passes
@@ -853,9 +875,11 @@ def compare(args, argv) -> int:
   }
   scorers = {}
 
-  def score(name, probs_of, desc):
+  def score(name, probs_of, desc, segmented=None):
+    """Scores of ``probs_of(subject)``, working-grid probabilities of each subject of
+    ``segmented`` (default: ``eval_study``; the study the tool segmented)."""
     scores = Scores(eval_study.protocol, unlabeled)
-    for subject in eval_study.subjects:
+    for subject in (segmented or eval_study).subjects:
       if subject.grid is not None:
         scores.add(
           subject,
@@ -947,13 +971,15 @@ def compare(args, argv) -> int:
       args.set,
     )
     run["load_before"], run["load_after"] = before, load()
-    seconds, probs, step = fcslstm_probabilities(workdir, eval_study)
+    segmented = fcslstm_study(workdir, source, eval_study)
+    seconds, probs, step = fcslstm_probabilities(workdir, segmented)
     run.update(
       train_seconds=run["seconds"],
       infer_seconds=round(seconds, 1),
       checkpoint_step=step,
       model=args.model,
-      scores=score("fcslstm", lambda s: probs[s.subject_id], "fcslstm"),
+      registration=segmented.options.register,
+      scores=score("fcslstm", lambda s: probs[s.subject_id], "fcslstm", segmented),
     )
     run["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     run.update(code, configuration=config)
