@@ -15,9 +15,13 @@ import pytest
 from experiments import learning_curve
 from experiments.peers import convert
 from experiments.peers import run
+from fcslstm_jax import run_record
+from fcslstm_jax.config import get_config
 from fcslstm_jax.data import grids
 from fcslstm_jax.data import protocol
+from fcslstm_jax.data import study as study_mod
 from fcslstm_jax.errors import ConfigError
+from fcslstm_jax.infer import pipeline
 from fcslstm_jax.synthetic import cohort
 
 STUDY = dataclasses.replace(cohort.TINY, fov_mm=(144.0, 144.0, 18.0))
@@ -132,6 +136,27 @@ def test_predictions_come_back_on_each_sessions_own_grid(converted, tmp_path):
     assert agree >= 0.85, (case["case"], agree)
     for axis in (0, 1):  # better than the truth one voxel off: no misalignment
       assert agree > (pred == np.roll(stored_truth, 1, axis)).mean() + 0.03
+
+
+def test_fcslstm_is_segmented_on_its_runs_own_grids(converted, tmp_path):
+  """A run trained on aligned sessions (run.json: ``register moments``) is segmented on
+  aligned sessions, as evaluate.py would; one on unaligned sessions on the evaluation study
+  itself (nnU-Net's, which never aligns)."""
+  study_dir, _, _, _ = converted
+  proto = protocol.get_protocol(None, study_dir)
+  eval_study = study_mod.load_study(study_dir, pipeline.every_labeled_slice(proto))
+  source = run.Source("tiny", str(study_dir), proto, None, ())
+  for register in ("moments", "none"):
+    workdir = str(tmp_path / register)
+    options = study_mod.GridOptions(spacing=eval_study.options.spacing, register=register)
+    record = run_record.RunRecord(
+      config=get_config("tiny"), dataset=str(study_dir), protocol=proto, grid=options
+    )
+    run_record.write(workdir, record)
+    segmented = run.fcslstm_study(workdir, source, eval_study)
+    assert segmented.options.register == register
+    assert (segmented is eval_study) == (register == "none")
+    assert [s.subject_id for s in segmented.subjects] == [s.subject_id for s in eval_study.subjects]
 
 
 def test_conversion_refuses_an_existing_folder_and_the_dataset_itself(converted):
