@@ -13,8 +13,8 @@ writes ``results/peers-<study>.json`` and ``.md``. What it does, in order:
    subprocess with ``--max-minutes`` (the budget); it saves a checkpoint at the step reached
    and fits the prior correction there (docs/failure-handling.md), and that checkpoint is
    evaluated as the default segments a finished run, on the run's own grids
-   (:func:`fcslstm_study`: its registration, as evaluate.py loads it). Its wall time includes Python start,
-   data loading and resampling, XLA compilation and that fit.
+   (:func:`fcslstm_study`: its registration, as evaluate.py loads it). Its wall time
+   includes Python start, data loading and resampling, XLA compilation and that fit.
 3. nnU-Net: ``nnUNetv2_plan_and_preprocess -c 2d`` (timed apart, not charged to the
    budget), then the ``2d`` configuration trained with :class:`nnUNetTrainerBudget`
    (nnU-Net's trainer, stopped by the same wall-clock budget, its poly learning rate decayed
