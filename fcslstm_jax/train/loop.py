@@ -1,7 +1,8 @@
 """Training and evaluation: ``TrainState``, a jit-compiled ``train_step``, the loop.
 
 Layout: a batch is a dict of ``images [B, T, H, W, C]``, ``labels [B, T, H, W]``,
-``label_mask [B, T, H, W]`` and ``valid [B, T]`` (see :class:`fcslstm_jax.data.sequences.SliceSet`);
+``label_mask [B, T, H, W]`` and ``valid [B, T]`` (see :class:`fcslstm_jax.data.sequences.SliceSet`;
+2D training steps may see a window of H, W around the head: ``Config.crop_margin``);
 for a 3D run (``spatial_dims=3``) the same with ``[B, T, d, h, w]`` patches drawn from whole
 volumes (:class:`fcslstm_jax.data.patches.PatchSampler`), scored by sliding windows
 (:mod:`fcslstm_jax.infer.sliding_window`).
